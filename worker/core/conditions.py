@@ -1,0 +1,206 @@
+"""The condition language of the rules file.
+
+A condition is a Python-syntax boolean expression over customer features, e.g.
+``orders_90d >= 4 and spend_90d > 200`` or ``region in ("North China", "North-East")``.
+It is parsed with :mod:`ast`, checked against a whitelist (names must be known features; no
+calls, attributes, subscripts, lambdas or comprehensions), and translated to Python source
+that only calls the null-safe helpers below. Nothing a rules author writes is ever executed
+as given, so a rules file cannot run code.
+
+Ordering comparisons (``<``, ``<=``, ``>``, ``>=``) with a missing value (``None``: e.g. days
+since last order for a customer who never ordered) are false, ``==``/``!=`` are plain
+equality (so ``region == None`` tests for a missing region), and arithmetic on a missing
+value is missing.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import operator
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Final
+
+
+class FeatureKind(Enum):
+    """How a feature moves when time passes with no event; decides where classes can change."""
+
+    INVARIANT = "invariant"  # changes only with a new event
+    DAYS_SINCE = "days_since"  # grows by one per UTC day
+    WINDOW = "window"  # changes when an order leaves a rolling window
+    SCORE = "score"  # a step function of another feature
+
+
+class ConditionError(ValueError):
+    """Raised when a condition is not valid in the condition language."""
+
+
+@dataclass(frozen=True, slots=True)
+class Compiled:
+    """A condition translated to Python source over the feature mapping ``f``."""
+
+    source: str
+    # (days-since feature, source of the time-invariant expression it is compared with)
+    thresholds: tuple[tuple[str, str], ...]
+    names: frozenset[str]
+
+
+_COMPARE: Final[dict[type[ast.cmpop], str]] = {
+    ast.Lt: "_lt",
+    ast.LtE: "_le",
+    ast.Gt: "_gt",
+    ast.GtE: "_ge",
+    ast.Eq: "_eq",
+    ast.NotEq: "_ne",
+    ast.In: "_in",
+    ast.NotIn: "_not_in",
+}
+_ARITH: Final[dict[type[ast.operator], str]] = {
+    ast.Add: "_add",
+    ast.Sub: "_sub",
+    ast.Mult: "_mul",
+    ast.Div: "_div",
+    ast.Mod: "_mod",
+}
+
+
+def compile_condition(text: str, features: Mapping[str, FeatureKind]) -> Compiled:
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as exc:
+        raise ConditionError(f"syntax error at column {exc.offset}: {exc.msg}") from None
+    translator = _Translator(features)
+    source = translator.expr(tree.body)
+    return Compiled(f"bool({source})", tuple(translator.thresholds), frozenset(translator.names))
+
+
+class _Translator:
+    def __init__(self, features: Mapping[str, FeatureKind]) -> None:
+        self.features = features
+        self.thresholds: list[tuple[str, str]] = []
+        self.names: set[str] = set()
+
+    def expr(self, node: ast.expr, *, compared: bool = False) -> str:
+        if isinstance(node, ast.BoolOp):
+            joiner = " and " if isinstance(node.op, ast.And) else " or "
+            return "(" + joiner.join(self.expr(v) for v in node.values) + ")"
+        if isinstance(node, ast.UnaryOp):
+            if isinstance(node.op, ast.Not):
+                return f"(not {self.expr(node.operand)})"
+            if isinstance(node.op, ast.USub):
+                return f"_neg({self.expr(node.operand)})"
+            raise ConditionError(f"operator {type(node.op).__name__} is not supported")
+        if isinstance(node, ast.BinOp):
+            fn = _ARITH.get(type(node.op))
+            if fn is None:
+                raise ConditionError(f"operator {type(node.op).__name__} is not supported")
+            return f"{fn}({self.expr(node.left)}, {self.expr(node.right)})"
+        if isinstance(node, ast.Compare):
+            return self.compare(node)
+        if isinstance(node, ast.Name):
+            return self.name(node.id, compared=compared)
+        if isinstance(node, ast.Constant):
+            if node.value is None or isinstance(node.value, bool | int | float | str):
+                return repr(node.value)
+            raise ConditionError(f"constant {node.value!r} is not supported")
+        if isinstance(node, ast.Tuple | ast.List | ast.Set):
+            items = [self.expr(e) for e in node.elts]
+            if not all(isinstance(e, ast.Constant) for e in node.elts):
+                raise ConditionError("lists may hold constants only")
+            return "(" + "".join(f"{i}, " for i in items) + ")"
+        raise ConditionError(f"{type(node).__name__} is not allowed in a condition")
+
+    def name(self, ident: str, *, compared: bool) -> str:
+        kind = self.features.get(ident)
+        if kind is None:
+            close = difflib.get_close_matches(ident, list(self.features), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConditionError(f"unknown feature {ident!r}{hint}")
+        if kind is FeatureKind.DAYS_SINCE and not compared:
+            raise ConditionError(
+                f"{ident!r} grows every day: compare it directly with a fixed value "
+                f"(e.g. {ident} > 30), not inside arithmetic or as a truth value"
+            )
+        self.names.add(ident)
+        return f"f[{ident!r}]"
+
+    def compare(self, node: ast.Compare) -> str:
+        operands = [node.left, *node.comparators]
+        parts = []
+        for op, left, right in zip(node.ops, operands, operands[1:], strict=False):
+            fn = _COMPARE.get(type(op))
+            if fn is None:  # pragma: no cover - every ast.cmpop but Is/IsNot is mapped
+                raise ConditionError(f"comparison {type(op).__name__} is not supported")
+            if isinstance(op, ast.In | ast.NotIn) and not isinstance(
+                right, ast.Tuple | ast.List | ast.Set
+            ):
+                raise ConditionError("'in' needs a literal list, e.g. region in ('A', 'B')")
+            parts.append(f"{fn}({self.operand(left, right)}, {self.operand(right, left)})")
+        return "(" + " and ".join(parts) + ")"
+
+    def operand(self, node: ast.expr, other: ast.expr) -> str:
+        if isinstance(node, ast.Name) and self.features.get(node.id) is FeatureKind.DAYS_SINCE:
+            moving = self._time_dependent(other)
+            if moving:
+                raise ConditionError(
+                    f"{node.id!r} may only be compared with a value that does not change as "
+                    f"time passes; {moving!r} does"
+                )
+            source = self.name(node.id, compared=True)
+            self.thresholds.append((node.id, self.expr(other)))
+            return source
+        return self.expr(node)
+
+    def _time_dependent(self, node: ast.expr) -> str | None:
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Name):
+                kind = self.features.get(sub.id)
+                if kind is not None and kind is not FeatureKind.INVARIANT:
+                    return sub.id
+        return None
+
+
+def _safe(op: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    def apply(a: Any, b: Any) -> Any:
+        if a is None or b is None:
+            return None
+        try:
+            return op(a, b)
+        except (TypeError, ZeroDivisionError):
+            return None
+
+    return apply
+
+
+def _ordered(op: Callable[[Any, Any], bool]) -> Callable[[Any, Any], bool]:
+    def apply(a: Any, b: Any) -> bool:
+        if a is None or b is None:
+            return False
+        try:
+            return bool(op(a, b))
+        except TypeError:
+            return False
+
+    return apply
+
+
+HELPERS: Final[dict[str, object]] = {
+    "__builtins__": {},
+    "bool": bool,
+    "_lt": _ordered(operator.lt),
+    "_le": _ordered(operator.le),
+    "_gt": _ordered(operator.gt),
+    "_ge": _ordered(operator.ge),
+    "_eq": lambda a, b: a == b,
+    "_ne": lambda a, b: a != b,
+    "_in": lambda a, b: a is not None and a in b,
+    "_not_in": lambda a, b: a is not None and a not in b,
+    "_add": _safe(operator.add),
+    "_sub": _safe(operator.sub),
+    "_mul": _safe(operator.mul),
+    "_div": _safe(operator.truediv),
+    "_mod": _safe(operator.mod),
+    "_neg": lambda a: None if a is None or isinstance(a, str) else -a,
+}

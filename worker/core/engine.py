@@ -1,0 +1,141 @@
+"""The one step function every runner shares: fold an event or let time pass, re-classify,
+emit transitions, and work out when this customer could next change with no new event.
+
+Replay, the live worker and the tests all call these functions, so they cannot disagree.
+Nothing here reads a clock: ``now_ms`` (classification instant) and ``emitted_ms`` (stamp on
+output) are always passed in.
+"""
+
+from __future__ import annotations
+
+import math
+from decimal import ROUND_HALF_EVEN, Decimal
+
+from worker.core.changes import Cause, SegmentChange, change_id, snapshot
+from worker.core.events import Event, Order, Reason, Rejection
+from worker.core.features import Facts, facts_of, features_at, window_edges
+from worker.core.rules import Classes, Rules
+from worker.core.state import CustomerState
+from worker.core.timeutil import DAY_MS, day_of
+
+
+def process_event(
+    state: CustomerState, event: Event, rules: Rules, now_ms: int, emitted_ms: int
+) -> list[SegmentChange] | Rejection:
+    """Apply ``event`` to ``state`` (in place) and return the resulting class changes.
+
+    A rejection leaves the state untouched. Classification happens at ``now_ms`` (the clock),
+    or at the event's own time if that is later; a late event lands in its own day's window.
+    """
+    if isinstance(event, Order) and event.currency != rules.base_currency:
+        converted = _convert(event, rules)
+        if isinstance(converted, Rejection):
+            return converted
+        event = converted
+    changed = state.apply(event)
+    if not changed and state.rules_version == rules.version:
+        return []  # same statistics and rules: classes and due day cannot have moved
+    cause = Cause(
+        "order" if isinstance(event, Order) else "visit", event.event_id, event.occurred_ms
+    )
+    return evaluate(state, rules, day_of(max(now_ms, event.occurred_ms)), cause, emitted_ms)
+
+
+def fire_timer(
+    state: CustomerState, rules: Rules, due_day: int, emitted_ms: int
+) -> list[SegmentChange]:
+    """Re-classify at the start of ``due_day``: the changes that time alone brought."""
+    return evaluate(state, rules, due_day, Cause("timer", None, due_day * DAY_MS), emitted_ms)
+
+
+def reevaluate(
+    state: CustomerState, rules: Rules, now_ms: int, emitted_ms: int
+) -> list[SegmentChange]:
+    """Re-classify under new rules; changes carry the rules version as their cause."""
+    return evaluate(
+        state, rules, day_of(now_ms), Cause("rules_change", rules.version, now_ms), emitted_ms
+    )
+
+
+def evaluate(
+    state: CustomerState, rules: Rules, day: int, cause: Cause, emitted_ms: int
+) -> list[SegmentChange]:
+    facts = facts_of(state, rules.counting)
+    features = features_at(facts, day, rules.windows, rules.scores)
+    classes = rules.classify(features)
+    changes: list[SegmentChange] = []
+    if classes != state.classes:
+        dims = list(rules.dimension_names) + sorted(set(state.classes) - set(classes))
+        snap = snapshot(facts, features, rules.windows)
+        for dim in dims:
+            old, new = state.classes.get(dim), classes.get(dim)
+            if old == new:
+                continue
+            changes.append(
+                SegmentChange(
+                    change_id(state.customer_id, dim, cause, old, new),
+                    state.customer_id,
+                    dim,
+                    old,
+                    new,
+                    cause,
+                    emitted_ms,
+                    snap,
+                    rules.version,
+                )
+            )
+            if new is None:
+                state.since_ms.pop(dim, None)
+            else:
+                state.since_ms[dim] = cause.occurred_ms
+        state.classes = classes
+    state.rules_version = rules.version
+    state.due_day = next_change_day(facts, rules, day, classes)
+    return changes
+
+
+def next_change_day(facts: Facts, rules: Rules, day: int, classes: Classes) -> int | None:
+    """The first day after ``day`` on which some class differs, if no event arrives.
+
+    Classes are step functions of the day whose steps can only sit where a days-since
+    feature crosses a value it is compared with, or where an order enters or leaves a
+    window; those candidate days are checked in order.
+    """
+    features = features_at(facts, day, rules.windows, rules.scores)
+    candidates = window_edges(facts, day, rules.windows)
+    limits: list[tuple[str, object]] = rules.thresholds(features)
+    limits += [(s.feature, cut) for s in rules.scores for cut in s.cuts]
+    for name, limit in limits:
+        anchor = facts.anchors.get(name)
+        if anchor is None or not isinstance(limit, int | float) or isinstance(limit, bool):
+            continue
+        if not math.isfinite(limit) or abs(limit) > 1_000_000:
+            continue
+        base = anchor + math.floor(limit)
+        candidates.update((base, base + 1))
+    for candidate in sorted(c for c in candidates if c > day):
+        later = features_at(facts, candidate, rules.windows, rules.scores)
+        if rules.classify(later) != classes:
+            return candidate
+    return None
+
+
+def _convert(order: Order, rules: Rules) -> Order | Rejection:
+    rate = rules.rates.get(order.currency)
+    if rate is None:
+        return Rejection(
+            Reason.UNSUPPORTED_CURRENCY,
+            "currency",
+            f"no rate from {order.currency} to {rules.base_currency} in the rules file",
+        )
+    amount = (Decimal(order.amount_minor) * rate).quantize(Decimal(1), rounding=ROUND_HALF_EVEN)
+    return Order(
+        order.event_id,
+        order.customer_id,
+        order.occurred_ms,
+        int(amount),
+        rules.base_currency,
+        order.status,
+        order.order_id,
+        order.region,
+    )

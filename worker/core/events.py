@@ -1,0 +1,249 @@
+"""Input events (order.v1, visit.v1) and their validation from raw bytes.
+
+Parsing never raises for bad input: it returns a :class:`Rejection` with a reason code and the
+offending field, so every caller (replay, live worker, fuzzers) routes bad input the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from enum import StrEnum
+from typing import Final, Literal, TypeVar
+
+import orjson
+
+from worker.core.timeutil import parse_rfc3339
+
+EventKind = Literal["order", "visit"]
+T = TypeVar("T")
+STATUSES: Final = frozenset({"placed", "paid", "cancelled", "refunded"})
+MAX_AMOUNT: Final = Decimal(10) ** 12
+_CENT: Final = Decimal("0.01")
+
+
+class Reason(StrEnum):
+    """Why an input was rejected; the codes are part of the dead-letter contract."""
+
+    INVALID_JSON = "invalid_json"
+    INVALID_UTF8 = "invalid_utf8"
+    NOT_AN_OBJECT = "not_an_object"
+    UNKNOWN_TYPE = "unknown_type"
+    MISSING_FIELD = "missing_field"
+    WRONG_TYPE = "wrong_type"
+    INVALID_VALUE = "invalid_value"
+    NEGATIVE_AMOUNT = "negative_amount"
+    UNKNOWN_STATUS = "unknown_status"
+    INVALID_TIMESTAMP = "invalid_timestamp"
+    FUTURE_TIMESTAMP = "future_timestamp"
+    OVERSIZED = "oversized"
+    UNSUPPORTED_CURRENCY = "unsupported_currency"
+    MISSING_KEY = "missing_key"
+    KEY_MISMATCH = "key_mismatch"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    reason: Reason
+    field: str | None
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    event_id: str
+    customer_id: str
+    occurred_ms: int
+    amount_minor: int
+    currency: str
+    status: str
+    order_id: str
+    region: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Visit:
+    event_id: str
+    customer_id: str
+    occurred_ms: int
+    action: str
+    region: str | None
+
+
+Event = Order | Visit
+
+
+@dataclass(frozen=True, slots=True)
+class ParseLimits:
+    """Input bounds; all of them are settings."""
+
+    max_bytes: int = 64 * 1024
+    max_future_ms: int = 5 * 60 * 1000
+    max_id_length: int = 200
+
+
+class _Bad(Exception):
+    def __init__(self, reason: Reason, field: str | None, message: str) -> None:
+        super().__init__(message)
+        self.rejection = Rejection(reason, field, message)
+
+
+def parse_event(
+    raw: bytes, kind: EventKind | None, *, now_ms: int, limits: ParseLimits
+) -> Event | Rejection:
+    """Validate one payload. ``kind`` None means: read it from the document's ``type`` field."""
+    if len(raw) > limits.max_bytes:
+        return Rejection(
+            Reason.OVERSIZED, None, f"payload of {len(raw)} bytes exceeds {limits.max_bytes}"
+        )
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        reason = Reason.INVALID_UTF8 if "UTF-8" in str(exc) else Reason.INVALID_JSON
+        return Rejection(reason, None, str(exc))
+    if not isinstance(doc, dict):
+        return Rejection(Reason.NOT_AN_OBJECT, None, f"expected a JSON object, got {_kind(doc)}")
+    try:
+        return _parse_document(doc, kind, now_ms, limits)
+    except _Bad as bad:
+        return bad.rejection
+
+
+def _parse_document(
+    doc: dict[str, object], kind: EventKind | None, now_ms: int, limits: ParseLimits
+) -> Event:
+    declared = doc.get("type")
+    if kind is None:
+        if declared not in ("order", "visit"):
+            raise _Bad(
+                Reason.UNKNOWN_TYPE, "type", f"type must be 'order' or 'visit', got {declared!r}"
+            )
+        kind = "order" if declared == "order" else "visit"
+    elif declared is not None and declared != kind:
+        raise _Bad(Reason.UNKNOWN_TYPE, "type", f"type {declared!r} on the {kind} stream")
+    event_id = _ident(doc, "event_id", limits)
+    customer_id = _ident(doc, "customer_id", limits)
+    occurred_ms = _timestamp(doc, now_ms, limits)
+    if kind == "order":
+        amount = _amount(doc)
+        currency = _required(doc, "currency", str)
+        if len(currency) != 3 or not currency.isascii() or not currency.isupper():
+            raise _Bad(Reason.INVALID_VALUE, "currency", f"not an ISO 4217 code: {currency[:16]!r}")
+        status = _required(doc, "status", str)
+        if status not in STATUSES:
+            raise _Bad(Reason.UNKNOWN_STATUS, "status", f"unknown status {status[:32]!r}")
+        order_id = _optional(doc, "order_id", str)
+        if order_id is not None:
+            order_id = _ident(doc, "order_id", limits)
+        items = _optional(doc, "items", int)
+        if items is not None and items < 0:
+            raise _Bad(Reason.INVALID_VALUE, "items", "items must be >= 0")
+        _check_common_optionals(doc)
+        return Order(
+            event_id,
+            customer_id,
+            occurred_ms,
+            amount,
+            currency,
+            status,
+            order_id if order_id is not None else event_id,
+            _optional(doc, "region", str),
+        )
+    action = _required(doc, "action", str)
+    if not action or len(action) > 100:
+        raise _Bad(Reason.INVALID_VALUE, "action", "action must be 1..100 characters")
+    _check_common_optionals(doc)
+    return Visit(event_id, customer_id, occurred_ms, action, _optional(doc, "region", str))
+
+
+def _check_common_optionals(doc: dict[str, object]) -> None:
+    for name in ("region", "channel"):
+        value = _optional(doc, name, str)
+        if value is not None and len(value) > 200:
+            raise _Bad(Reason.INVALID_VALUE, name, f"{name} longer than 200 characters")
+    _optional(doc, "attributes", dict)
+
+
+def _kind(value: object) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean"}.get(
+        type(value), "null" if value is None else "number"
+    )
+
+
+def _required(doc: dict[str, object], name: str, typ: type[T]) -> T:
+    if name not in doc or doc[name] is None:
+        raise _Bad(Reason.MISSING_FIELD, name, f"required field {name!r} is missing")
+    return _typed(doc[name], name, typ)
+
+
+def _optional(doc: dict[str, object], name: str, typ: type[T]) -> T | None:
+    value = doc.get(name)
+    return None if value is None else _typed(value, name, typ)
+
+
+def _typed(value: object, name: str, typ: type[T]) -> T:
+    # bool is an int in Python but not in JSON.
+    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        raise _Bad(Reason.WRONG_TYPE, name, f"{name} must be {typ.__name__}, got {_kind(value)}")
+    return value
+
+
+def _ident(doc: dict[str, object], name: str, limits: ParseLimits) -> str:
+    value = _required(doc, name, str)
+    if not value or len(value) > limits.max_id_length:
+        raise _Bad(
+            Reason.INVALID_VALUE, name, f"{name} must be 1..{limits.max_id_length} characters"
+        )
+    return value
+
+
+def _timestamp(doc: dict[str, object], now_ms: int, limits: ParseLimits) -> int:
+    text = _required(doc, "occurred_at", str)
+    try:
+        ms = parse_rfc3339(text)
+    except (ValueError, OverflowError) as exc:
+        raise _Bad(Reason.INVALID_TIMESTAMP, "occurred_at", str(exc)) from None
+    if ms > now_ms + limits.max_future_ms:
+        raise _Bad(
+            Reason.FUTURE_TIMESTAMP,
+            "occurred_at",
+            f"occurred_at {text!r} is more than {limits.max_future_ms} ms in the future",
+        )
+    return ms
+
+
+def _amount(doc: dict[str, object]) -> int:
+    """Amount in minor units (1/100): integers keep sums exact and order-independent."""
+    if "amount" not in doc or doc["amount"] is None:
+        raise _Bad(Reason.MISSING_FIELD, "amount", "required field 'amount' is missing")
+    value = doc["amount"]
+    if isinstance(value, str):
+        whole, dot, frac = value.partition(".")
+        if not (whole.isascii() and whole.isdigit()) or (
+            dot and not (frac.isascii() and frac.isdigit() and len(frac) <= 2)
+        ):
+            if value.startswith("-"):
+                raise _Bad(Reason.NEGATIVE_AMOUNT, "amount", "amount must be >= 0")
+            raise _Bad(
+                Reason.INVALID_VALUE, "amount", f"not a decimal with <= 2 places: {value[:32]!r}"
+            )
+        number = Decimal(value)
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise _Bad(Reason.INVALID_VALUE, "amount", "amount must be finite")
+        try:
+            number = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+        except InvalidOperation:  # pragma: no cover - repr of a finite float always parses
+            raise _Bad(Reason.INVALID_VALUE, "amount", "unreadable amount") from None
+    else:
+        raise _Bad(
+            Reason.WRONG_TYPE,
+            "amount",
+            f"amount must be a number or decimal string, got {_kind(value)}",
+        )
+    if number < 0:
+        raise _Bad(Reason.NEGATIVE_AMOUNT, "amount", "amount must be >= 0")
+    if number > MAX_AMOUNT:
+        raise _Bad(Reason.INVALID_VALUE, "amount", "amount exceeds 1e12")
+    return int((number.quantize(_CENT, rounding=ROUND_HALF_EVEN) * 100).to_integral_value())

@@ -1,0 +1,303 @@
+"""The rules file: dimensions, classes and thresholds, validated and compiled at load.
+
+A rules file is TOML (see ``default_rules.toml``). Loading validates every field and
+condition and reports the first problem with its path (``dimensions[2].classes[0].when``),
+hashes the file's bytes into a version that is stamped on every change event, and compiles
+all dimensions into one Python function so that classifying a customer costs a few µs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from importlib import resources
+from pathlib import Path
+from typing import Any, Final
+
+from worker.core.conditions import HELPERS, Compiled, ConditionError, FeatureKind, compile_condition
+from worker.core.features import Features, Score, feature_kinds
+from worker.core.state import PAID, PLACED
+
+Classes = dict[str, str | None]
+SEGMENT_CLASS: Final = "in"
+_COUNTING: Final = {"paid": PAID, "placed": PLACED | PAID}
+_NAME_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
+
+
+class RulesError(ValueError):
+    """Raised when a rules file is not valid; the message names the file and the field."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClassRule:
+    name: str
+    when: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Dimension:
+    name: str
+    applies: str | None
+    classes: tuple[ClassRule, ...]
+
+
+@dataclass(frozen=True)
+class Rules:
+    version: str
+    source: str
+    counting: int
+    windows: tuple[int, ...]
+    base_currency: str
+    rates: Mapping[str, Decimal]
+    scores: tuple[Score, ...]
+    dimensions: tuple[Dimension, ...]
+    classify: Callable[[Features], Classes]
+    # Per days-since feature: functions giving the values it is compared with.
+    thresholds: Callable[[Features], list[tuple[str, object]]]
+
+    @property
+    def dimension_names(self) -> tuple[str, ...]:
+        return tuple(d.name for d in self.dimensions)
+
+
+def default_rules_text() -> bytes:
+    return resources.files("worker.core").joinpath("default_rules.toml").read_bytes()
+
+
+def load_rules(path: Path | None = None) -> Rules:
+    """Rules from ``path``, or the built-in defaults when ``path`` is None."""
+    if path is None:
+        return parse_rules(default_rules_text(), "<built-in defaults>")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise RulesError(f"{path}: cannot read rules file: {exc.strerror}") from None
+    return parse_rules(data, str(path))
+
+
+def parse_rules(data: bytes, source: str) -> Rules:
+    try:
+        doc = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise RulesError(f"{source}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise RulesError(f"{source}: {exc}") from None
+    try:
+        return _build(doc, data, source)
+    except _FieldError as exc:
+        raise RulesError(f"{source}: {exc.path}: {exc.message}") from None
+
+
+class _FieldError(Exception):
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path, self.message = path, message
+
+
+def _table(doc: Mapping[str, Any], key: str, path: str) -> dict[str, Any]:
+    value = doc.get(key, {})
+    if not isinstance(value, dict):
+        raise _FieldError(_join(path, key), "must be a table")
+    return value
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _check_keys(table: Mapping[str, Any], allowed: set[str], path: str) -> None:
+    for key in table:
+        if key not in allowed:
+            raise _FieldError(
+                _join(path, key), f"unknown key (allowed: {', '.join(sorted(allowed))})"
+            )
+
+
+def _name(value: object, path: str) -> str:
+    if not isinstance(value, str) or not value or not set(value) <= _NAME_CHARS:
+        raise _FieldError(path, "must be a non-empty name of a-z, 0-9 and _")
+    return value
+
+
+def _build(doc: dict[str, Any], data: bytes, source: str) -> Rules:
+    _check_keys(doc, {"orders", "money", "scores", "dimensions", "segments"}, "")
+    orders = _table(doc, "orders", "")
+    _check_keys(orders, {"count_status", "windows"}, "orders")
+    count_status = orders.get("count_status", "paid")
+    if count_status not in _COUNTING:
+        raise _FieldError("orders.count_status", "must be 'paid' or 'placed'")
+    windows = orders.get("windows", [90])
+    if (
+        not isinstance(windows, list)
+        or not windows
+        or not all(
+            isinstance(w, int) and not isinstance(w, bool) and 1 <= w <= 3660 for w in windows
+        )
+        or len(set(windows)) != len(windows)
+    ):
+        raise _FieldError("orders.windows", "must be a non-empty list of distinct days (1..3660)")
+
+    money = _table(doc, "money", "")
+    _check_keys(money, {"base_currency", "rates"}, "money")
+    base = money.get("base_currency", "USD")
+    if not isinstance(base, str) or len(base) != 3 or not base.isupper():
+        raise _FieldError("money.base_currency", "must be an ISO 4217 code such as 'USD'")
+    rates: dict[str, Decimal] = {}
+    for code, rate in _table(money, "rates", "money").items():
+        path = f"money.rates.{code}"
+        try:
+            value = Decimal(str(rate))
+        except InvalidOperation:
+            raise _FieldError(path, "must be a positive number") from None
+        if isinstance(rate, bool) or not value.is_finite() or value <= 0:
+            raise _FieldError(path, "must be a positive number")
+        rates[code] = value
+
+    scores = tuple(_score(name, spec, windows) for name, spec in _table(doc, "scores", "").items())
+    kinds = feature_kinds(windows, scores)
+    dimensions = [_dimension(i, d, kinds) for i, d in enumerate(_list(doc, "dimensions"))]
+    dimensions += [_segment(i, s, kinds) for i, s in enumerate(_list(doc, "segments"))]
+    seen: set[str] = set()
+    for dim in dimensions:
+        if dim.name in seen:
+            raise _FieldError("dimensions", f"dimension or segment {dim.name!r} is defined twice")
+        seen.add(dim.name)
+    classify, thresholds = _compile(dimensions, kinds)
+    return Rules(
+        version="sha256:" + hashlib.sha256(data).hexdigest()[:16],
+        source=source,
+        counting=_COUNTING[count_status],
+        windows=tuple(windows),
+        base_currency=base,
+        rates=rates,
+        scores=scores,
+        dimensions=tuple(dimensions),
+        classify=classify,
+        thresholds=thresholds,
+    )
+
+
+def _list(doc: Mapping[str, Any], key: str) -> list[Any]:
+    value = doc.get(key, [])
+    if not isinstance(value, list):
+        raise _FieldError(key, "must be an array of tables ([[" + key + "]])")
+    return value
+
+
+def _score(name: str, spec: Any, windows: list[int]) -> Score:
+    path = f"scores.{name}"
+    _name(name, path)
+    if not isinstance(spec, dict):
+        raise _FieldError(path, "must be a table")
+    _check_keys(spec, {"feature", "cuts", "better"}, path)
+    base_kinds = feature_kinds(windows, ())
+    feature = spec.get("feature")
+    if feature not in base_kinds:
+        raise _FieldError(f"{path}.feature", f"unknown feature {feature!r}")
+    cuts = spec.get("cuts")
+    if (
+        not isinstance(cuts, list)
+        or len(cuts) != 4
+        or not all(isinstance(c, int | float) and not isinstance(c, bool) for c in cuts)
+        or not all(math.isfinite(c) for c in cuts)
+        or sorted(set(cuts)) != cuts
+    ):
+        raise _FieldError(f"{path}.cuts", "must be 4 increasing numbers (scores run 1-5)")
+    better = spec.get("better")
+    if better not in ("higher", "lower"):
+        raise _FieldError(f"{path}.better", "must be 'higher' or 'lower'")
+    return Score(name, feature, tuple(cuts), better == "higher")
+
+
+def _condition(text: Any, path: str, kinds: Mapping[str, FeatureKind]) -> str:
+    if not isinstance(text, str) or not text.strip():
+        raise _FieldError(path, "must be a non-empty condition string")
+    try:
+        compile_condition(text, kinds)
+    except ConditionError as exc:
+        raise _FieldError(path, str(exc)) from None
+    return text
+
+
+def _dimension(index: int, spec: Any, kinds: Mapping[str, FeatureKind]) -> Dimension:
+    path = f"dimensions[{index}]"
+    if not isinstance(spec, dict):
+        raise _FieldError(path, "must be a table")
+    _check_keys(spec, {"name", "applies", "classes"}, path)
+    name = _name(spec.get("name"), f"{path}.name")
+    applies = spec.get("applies")
+    if applies is not None:
+        _condition(applies, f"{path}.applies", kinds)
+    raw_classes = spec.get("classes")
+    if not isinstance(raw_classes, list) or not raw_classes:
+        raise _FieldError(f"{path}.classes", "must be a non-empty list of {name, when} tables")
+    classes: list[ClassRule] = []
+    for j, cls in enumerate(raw_classes):
+        cpath = f"{path}.classes[{j}]"
+        if not isinstance(cls, dict):
+            raise _FieldError(cpath, "must be a table")
+        _check_keys(cls, {"name", "when"}, cpath)
+        cname = _name(cls.get("name"), f"{cpath}.name")
+        if any(c.name == cname for c in classes):
+            raise _FieldError(f"{cpath}.name", f"class {cname!r} appears twice")
+        when = cls.get("when")
+        if when is not None:
+            _condition(when, f"{cpath}.when", kinds)
+        elif j != len(raw_classes) - 1:
+            raise _FieldError(f"{cpath}.when", "only the last class may omit 'when' (fallback)")
+        classes.append(ClassRule(cname, when))
+    return Dimension(name, applies, tuple(classes))
+
+
+def _segment(index: int, spec: Any, kinds: Mapping[str, FeatureKind]) -> Dimension:
+    path = f"segments[{index}]"
+    if not isinstance(spec, dict):
+        raise _FieldError(path, "must be a table")
+    _check_keys(spec, {"name", "when"}, path)
+    name = _name(spec.get("name"), f"{path}.name")
+    when = _condition(spec.get("when"), f"{path}.when", kinds)
+    return Dimension(name, None, (ClassRule(SEGMENT_CLASS, when),))
+
+
+def _compile(
+    dimensions: list[Dimension], kinds: Mapping[str, FeatureKind]
+) -> tuple[Callable[[Features], Classes], Callable[[Features], list[tuple[str, object]]]]:
+    """Generate one classifier and one threshold function from validated conditions."""
+    body = ["def classify(f):", "    out = {}"]
+    thresholds: list[tuple[str, str]] = []
+
+    def cond(text: str) -> str:
+        compiled: Compiled = compile_condition(text, kinds)
+        thresholds.extend(compiled.thresholds)
+        return compiled.source
+
+    for dim in dimensions:
+        indent = "    "
+        if dim.applies is not None:
+            body.append(f"    if not {cond(dim.applies)}:")
+            body.append(f"        out[{dim.name!r}] = None")
+            body.append("    else:")
+            indent = "        "
+        keyword = "if"
+        for cls in dim.classes:
+            if cls.when is None:
+                body.append(f"{indent}else:" if keyword == "elif" else f"{indent}if True:")
+            else:
+                body.append(f"{indent}{keyword} {cond(cls.when)}:")
+            body.append(f"{indent}    out[{dim.name!r}] = {cls.name!r}")
+            keyword = "elif"
+        if dim.classes[-1].when is not None:
+            body.append(f"{indent}else:")
+            body.append(f"{indent}    out[{dim.name!r}] = None")
+    body.append("    return out")
+    unique = sorted(set(thresholds))
+    body.append("def thresholds(f):")
+    body.append("    return [" + ", ".join(f"({n!r}, {src})" for n, src in unique) + "]")
+    namespace: dict[str, Any] = dict(HELPERS)
+    # Safe: every condition went through the whitelist in conditions.py; names are repr()-quoted.
+    exec(compile("\n".join(body), "<rules>", "exec"), namespace)
+    return namespace["classify"], namespace["thresholds"]
