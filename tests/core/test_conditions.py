@@ -1,0 +1,54 @@
+import pytest
+
+from worker.core.conditions import HELPERS, ConditionError, FeatureKind, compile_condition
+
+KINDS = {
+    "orders_total": FeatureKind.INVARIANT,
+    "region": FeatureKind.INVARIANT,
+    "avg_interval_days": FeatureKind.INVARIANT,
+    "days_since_last_order": FeatureKind.DAYS_SINCE,
+    "orders_90d": FeatureKind.WINDOW,
+}
+
+
+def run(text: str, **features: object) -> bool:
+    compiled = compile_condition(text, KINDS)
+    fn = eval(f"lambda f: {compiled.source}", dict(HELPERS))  # test-only: source is whitelisted
+    return bool(fn(features))
+
+
+def test_boolean_logic_and_chains() -> None:
+    assert run("orders_total >= 2 and not region == 'West'", orders_total=3, region="East")
+    assert run("1 < orders_total <= 3", orders_total=3)
+    assert not run("1 < orders_total <= 3", orders_total=4)
+    assert run("region in ('A', 'B') or orders_total > 9", region="B", orders_total=0)
+
+
+def test_missing_values_make_ordering_comparisons_false() -> None:
+    assert not run("days_since_last_order <= 60", days_since_last_order=None)
+    assert not run("days_since_last_order > 60", days_since_last_order=None)
+    assert run("region == None", region=None)
+    assert not run("avg_interval_days * 2 > 1", avg_interval_days=None)
+
+
+def test_days_since_thresholds_are_extracted_with_their_other_side() -> None:
+    compiled = compile_condition("days_since_last_order > 2 * avg_interval_days", KINDS)
+    assert compiled.thresholds == (("days_since_last_order", "_mul(2, f['avg_interval_days'])"),)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("__import__('os').system('x')", "Call is not allowed"),
+        ("orders_total.real > 1", "Attribute is not allowed"),
+        ("orderz_total > 1", "did you mean 'orders_total'"),
+        ("days_since_last_order + 1 > 30", "compare it directly"),
+        ("days_since_last_order > orders_90d", "does not change as time passes"),
+        ("region in region", "literal list"),
+        ("orders_total >", "syntax error"),
+        ("[x for x in (1,)]", "ListComp is not allowed"),
+    ],
+)
+def test_unsafe_or_invalid_conditions_are_refused(text: str, message: str) -> None:
+    with pytest.raises(ConditionError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        compile_condition(text, KINDS)

@@ -1,0 +1,107 @@
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.core.strategies import T0, histories, state_of
+from worker.core.changes import Cause
+from worker.core.engine import evaluate, fire_timer, next_change_day, process_event
+from worker.core.events import Order, Reason, Rejection, Visit
+from worker.core.features import facts_of, features_at
+from worker.core.rules import default_rules_text, load_rules, parse_rules
+from worker.core.state import CustomerState
+from worker.core.timeutil import DAY_MS, day_of
+
+RULES = load_rules()
+days = st.integers(min_value=day_of(T0), max_value=day_of(T0) + 900)
+
+
+def classes_at(state: CustomerState, day: int) -> dict:
+    facts = facts_of(state, RULES.counting)
+    return RULES.classify(features_at(facts, day, RULES.windows, RULES.scores))
+
+
+@given(histories, days)
+def test_classification_is_total_and_deterministic(events: list, day: int) -> None:
+    state = state_of(events)
+    first, second = classes_at(state, day), classes_at(state, day)
+    assert first == second
+    assert list(first) == list(RULES.dimension_names)
+    for dim in RULES.dimensions:
+        assert first[dim.name] is None or first[dim.name] in {c.name for c in dim.classes}
+
+
+@settings(max_examples=150)
+@given(histories, days)
+def test_next_change_day_matches_a_day_by_day_scan(events: list, day: int) -> None:
+    state = state_of(events)
+    facts = facts_of(state, RULES.counting)
+    now = classes_at(state, day)
+    due = next_change_day(facts, RULES, day, now)
+    horizon = day + 1200
+    scanned = next((d for d in range(day + 1, horizon) if classes_at(state, d) != now), None)
+    assert due == scanned or (scanned is None and due is not None and due >= horizon)
+
+
+@given(st.integers(0, 400), st.integers(0, 400))
+def test_r_scores_recent_customers_high(recent: int, older: int) -> None:
+    def r_score(days_ago: int) -> int:
+        state = state_of([Order("e", "c1", T0, 5000, "USD", "paid", "A", None)])
+        facts = facts_of(state, RULES.counting)
+        return features_at(facts, day_of(T0) + days_ago, RULES.windows, RULES.scores)["r_score"]
+
+    if recent <= older:
+        assert r_score(recent) >= r_score(older)
+    assert r_score(0) == 5
+    assert r_score(400) == 1
+
+
+def test_change_ids_are_deterministic_and_cause_specific() -> None:
+    def run(event_id: str) -> list[str]:
+        state = CustomerState("c1")
+        event = Order(event_id, "c1", T0, 5000, "USD", "paid", "A", None)
+        result = process_event(state, event, RULES, T0, T0)
+        assert not isinstance(result, Rejection)
+        return [c.event_id for c in result]
+
+    assert run("e1") == run("e1")
+    assert set(run("e1")).isdisjoint(run("e2"))
+
+
+def test_duplicate_event_emits_nothing_and_timer_fires_on_due_day() -> None:
+    state = CustomerState("c1")
+    order = Order("e1", "c1", T0, 5000, "USD", "paid", "A", None)
+    first = process_event(state, order, RULES, T0, T0)
+    assert isinstance(first, list) and first
+    assert process_event(state, order, RULES, T0, T0) == []
+    assert state.due_day is not None
+    changes = fire_timer(state, RULES, state.due_day, state.due_day * DAY_MS)
+    assert changes and all(c.cause.type == "timer" for c in changes)
+    assert all(
+        c.from_class == prev.to_class
+        for c in changes
+        for prev in first
+        if prev.dimension == c.dimension
+    )
+
+
+def test_foreign_currency_needs_a_rate() -> None:
+    order = Order("e1", "c1", T0, 1000, "EUR", "paid", "A", None)
+    rejected = process_event(CustomerState("c1"), order, RULES, T0, T0)
+    assert isinstance(rejected, Rejection) and rejected.reason is Reason.UNSUPPORTED_CURRENCY
+    text = default_rules_text().replace(b"rates = {}", b"rates = { EUR = 1.5 }")
+    state = CustomerState("c1")
+    assert isinstance(process_event(state, order, parse_rules(text, "x"), T0, T0), list)
+    assert state.counted(RULES.counting) == [(T0, 1500)]
+
+
+def test_rules_change_reclassifies_and_drops_removed_dimensions() -> None:
+    state = CustomerState("c1")
+    process_event(state, Visit("v1", "c1", T0, "login", None), RULES, T0, T0)
+    text = default_rules_text().split(b"[[segments]]")[0]
+    text = text.replace(b'name = "potential", when', b'name = "prospect", when')
+    new_rules = parse_rules(text, "x")
+    changes = evaluate(
+        state, new_rules, day_of(T0), Cause("rules_change", new_rules.version, T0), T0
+    )
+    moved = {(c.dimension, c.from_class, c.to_class) for c in changes}
+    assert ("lifecycle", "potential", "prospect") in moved
+    assert all(c.rules_version == new_rules.version for c in changes)

@@ -1,0 +1,119 @@
+import orjson
+import pytest
+
+from worker.core.events import Order, ParseLimits, Reason, Rejection, Visit, parse_event
+from worker.core.timeutil import format_ms, parse_rfc3339
+
+NOW = parse_rfc3339("2026-06-01T00:00:00Z")
+LIMITS = ParseLimits()
+ORDER = {
+    "event_id": "e1",
+    "customer_id": "c1",
+    "occurred_at": "2026-05-01T10:00:00+02:00",
+    "amount": "19.99",
+    "currency": "USD",
+    "status": "paid",
+}
+
+
+def parse(doc: object, kind: str | None = "order") -> object:
+    return parse_event(orjson.dumps(doc), kind, now_ms=NOW, limits=LIMITS)  # type: ignore[arg-type]
+
+
+def test_valid_order_normalises_time_amount_and_order_id() -> None:
+    event = parse(ORDER)
+    assert isinstance(event, Order)
+    assert format_ms(event.occurred_ms) == "2026-05-01T08:00:00.000Z"
+    assert event.amount_minor == 1999
+    assert event.order_id == "e1"
+
+
+def test_unknown_fields_are_ignored_and_type_routes_replay_lines() -> None:
+    event = parse({**ORDER, "type": "visit", "action": "login", "extra": [1]}, None)
+    assert isinstance(event, Visit)
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason", "field"),
+    [
+        (b"{", Reason.INVALID_JSON, None),
+        (b'{"a": NaN}', Reason.INVALID_JSON, None),
+        (b'"\xff"', Reason.INVALID_UTF8, None),
+        (b"[1]", Reason.NOT_AN_OBJECT, None),
+        (b"1e400", Reason.INVALID_JSON, None),
+        (b"x" * (LIMITS.max_bytes + 1), Reason.OVERSIZED, None),
+    ],
+)
+def test_undecodable_payloads(raw: bytes, reason: Reason, field: str | None) -> None:
+    result = parse_event(raw, "order", now_ms=NOW, limits=LIMITS)
+    assert isinstance(result, Rejection)
+    assert (result.reason, result.field) == (reason, field)
+
+
+@pytest.mark.parametrize(
+    ("patch", "reason", "field"),
+    [
+        ({"amount": -1}, Reason.NEGATIVE_AMOUNT, "amount"),
+        ({"amount": "-1.00"}, Reason.NEGATIVE_AMOUNT, "amount"),
+        ({"amount": "1.234"}, Reason.INVALID_VALUE, "amount"),
+        ({"amount": True}, Reason.WRONG_TYPE, "amount"),
+        ({"amount": 1e13}, Reason.INVALID_VALUE, "amount"),
+        ({"status": "shipped"}, Reason.UNKNOWN_STATUS, "status"),
+        ({"occurred_at": "2026-05-01T10:00:00"}, Reason.INVALID_TIMESTAMP, "occurred_at"),
+        ({"occurred_at": "2026-13-01T10:00:00Z"}, Reason.INVALID_TIMESTAMP, "occurred_at"),
+        ({"occurred_at": "2026-06-02T00:00:00Z"}, Reason.FUTURE_TIMESTAMP, "occurred_at"),
+        ({"customer_id": ""}, Reason.INVALID_VALUE, "customer_id"),
+        ({"customer_id": 7}, Reason.WRONG_TYPE, "customer_id"),
+        ({"customer_id": "x" * 201}, Reason.INVALID_VALUE, "customer_id"),
+        ({"currency": "usd"}, Reason.INVALID_VALUE, "currency"),
+        ({"items": "3"}, Reason.WRONG_TYPE, "items"),
+        ({"items": -1}, Reason.INVALID_VALUE, "items"),
+        ({"attributes": []}, Reason.WRONG_TYPE, "attributes"),
+        ({"event_id": None}, Reason.MISSING_FIELD, "event_id"),
+    ],
+)
+def test_each_bad_field_has_its_reason(patch: dict, reason: Reason, field: str) -> None:
+    result = parse({**ORDER, **patch})
+    assert isinstance(result, Rejection)
+    assert (result.reason, result.field) == (reason, field)
+
+
+@pytest.mark.parametrize("missing", ["event_id", "customer_id", "occurred_at", "amount", "status"])
+def test_missing_required_fields(missing: str) -> None:
+    doc = {k: v for k, v in ORDER.items() if k != missing}
+    result = parse(doc)
+    assert isinstance(result, Rejection)
+    assert (result.reason, result.field) == (Reason.MISSING_FIELD, missing)
+
+
+def test_replay_line_needs_a_known_type() -> None:
+    result = parse(ORDER, None)
+    assert isinstance(result, Rejection)
+    assert (result.reason, result.field) == (Reason.UNKNOWN_TYPE, "type")
+
+
+def test_amount_float_rounds_half_even_to_cents() -> None:
+    event = parse({**ORDER, "amount": 0.125})
+    assert isinstance(event, Order)
+    assert event.amount_minor == 12
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1970-01-01T00:00:00Z", "1970-01-01T00:00:00.000Z"),
+        ("2026-01-01T00:30:00.123456+01:00", "2025-12-31T23:30:00.123Z"),
+        ("2026-01-01t00:00:00.5z", "2026-01-01T00:00:00.500Z"),
+        ("1960-06-01T12:00:00-05:30", "1960-06-01T17:30:00.000Z"),
+    ],
+)
+def test_rfc3339_round_trip(text: str, expected: str) -> None:
+    assert format_ms(parse_rfc3339(text)) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["2026-01-01", "2026-01-01T00:00Z", "yesterday", "2026-01-01T00:00:00+1"]
+)
+def test_rfc3339_rejects_ambiguous_forms(text: str) -> None:
+    with pytest.raises(ValueError, match="RFC 3339"):
+        parse_rfc3339(text)
