@@ -3,7 +3,7 @@ from hypothesis import strategies as st
 
 from tests.core.strategies import histories, state_of
 from worker.core.events import Order
-from worker.core.state import PAID, PLACED, CustomerState
+from worker.core.state import PAID, PLACED, CustomerState, OrderIndex
 
 
 def statistics(state: CustomerState) -> tuple[object, ...]:
@@ -54,3 +54,20 @@ def test_region_follows_latest_event() -> None:
     a = Order("e1", "c1", 10, 0, "USD", "paid", "A", "East")
     b = Order("e2", "c1", 20, 0, "USD", "paid", "B", "North")
     assert state_of([b, a]).region == "North"
+
+
+@given(histories, st.sampled_from([PAID, PLACED | PAID]))
+def test_incremental_order_index_equals_a_rebuild(events: list, counting: int) -> None:
+    state = CustomerState("c1")
+    for event in events:
+        state.index(counting)  # keep the derived index live while events arrive
+        state.apply(event)
+    live = state.index(counting)
+    fresh = OrderIndex(state.orders, counting)
+    assert (live.counted, live.total, live.day_counts, live.day_amounts, live.days) == (
+        fresh.counted,
+        fresh.total,
+        fresh.day_counts,
+        fresh.day_amounts,
+        fresh.days,
+    )

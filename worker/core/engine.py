@@ -12,11 +12,13 @@ import math
 from decimal import ROUND_HALF_EVEN, Decimal
 
 from worker.core.changes import Cause, SegmentChange, change_id, snapshot
-from worker.core.events import Event, Order, Reason, Rejection
+from worker.core.events import Event, Order, Reason, Rejection, Visit
 from worker.core.features import Facts, facts_of, features_at, window_edges
 from worker.core.rules import Classes, Rules
 from worker.core.state import CustomerState
 from worker.core.timeutil import DAY_MS, day_of
+
+EXACT_CHECKS = 8
 
 
 def process_event(
@@ -32,9 +34,12 @@ def process_event(
         if isinstance(converted, Rejection):
             return converted
         event = converted
+    seen = _visit_features(state)
     changed = state.apply(event)
-    if not changed and state.rules_version == rules.version:
-        return []  # same statistics and rules: classes and due day cannot have moved
+    if state.rules_version == rules.version and (
+        not changed or (isinstance(event, Visit) and _visit_features(state) == seen)
+    ):
+        return []  # no feature moved under the same rules: classes and due day stand
     cause = Cause(
         "order" if isinstance(event, Order) else "visit", event.event_id, event.occurred_ms
     )
@@ -94,12 +99,16 @@ def evaluate(
     return changes
 
 
-def next_change_day(facts: Facts, rules: Rules, day: int, classes: Classes) -> int | None:
-    """The first day after ``day`` on which some class differs, if no event arrives.
+def next_change_day(
+    facts: Facts, rules: Rules, day: int, classes: Classes, exact_checks: int = EXACT_CHECKS
+) -> int | None:
+    """The first day after ``day`` on which some class could differ, if no event arrives.
 
     Classes are step functions of the day whose steps can only sit where a days-since
     feature crosses a value it is compared with, or where an order enters or leaves a
-    window; those candidate days are checked in order.
+    window. The first ``exact_checks`` candidate days are classified; if none changes a
+    class, the next candidate is returned as a wake-up (classes cannot change before it),
+    which bounds the cost for customers with many orders in a window.
     """
     features = features_at(facts, day, rules.windows, rules.scores)
     candidates = window_edges(facts, day, rules.windows)
@@ -113,11 +122,19 @@ def next_change_day(facts: Facts, rules: Rules, day: int, classes: Classes) -> i
             continue
         base = anchor + math.floor(limit)
         candidates.update((base, base + 1))
-    for candidate in sorted(c for c in candidates if c > day):
+    for checked, candidate in enumerate(sorted(c for c in candidates if c > day)):
+        if checked == exact_checks:
+            return candidate
         later = features_at(facts, candidate, rules.windows, rules.scores)
         if rules.classify(later) != classes:
             return candidate
     return None
+
+
+def _visit_features(state: CustomerState) -> tuple[int | None, str | None]:
+    """What a visit can change that classification reads: the visit's day and the region."""
+    last = state.last_visit_ms
+    return (None if last is None else last // DAY_MS, state.region)
 
 
 def _convert(order: Order, rules: Rules) -> Order | Rejection:

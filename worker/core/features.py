@@ -10,12 +10,11 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass
-from itertools import accumulate
 from typing import Final
 
 from worker.core.conditions import FeatureKind
-from worker.core.state import CustomerState
-from worker.core.timeutil import day_of
+from worker.core.state import CustomerState, OrderIndex
+from worker.core.timeutil import DAY_MS, day_of
 
 Features = dict[str, object]
 
@@ -69,8 +68,7 @@ def feature_kinds(windows: Iterable[int], scores: Iterable[Score]) -> dict[str, 
 class Facts:
     """Day-independent digest of a state."""
 
-    order_days: list[int]
-    cumulative_spend: list[int]  # cumulative_spend[i] = sum of the first i amounts
+    index: OrderIndex  # read only
     first_order_ms: int | None
     last_order_ms: int | None
     last_visit_ms: int | None
@@ -79,28 +77,29 @@ class Facts:
 
 
 def facts_of(state: CustomerState, counting: int) -> Facts:
-    counted = state.counted(counting)
-    days = [day_of(ms) for ms, _ in counted]
-    spend = list(accumulate((amount for _, amount in counted), initial=0))
-    n = len(days)
-    first_day = days[0] if n else None
-    last_day = days[-1] if n else None
+    index = state.index(counting)
+    counted = index.counted
+    n = len(counted)
+    first_day = counted[0][0] // DAY_MS if n else None
+    last_day = counted[-1][0] // DAY_MS if n else None
     visit_day = None if state.last_visit_ms is None else day_of(state.last_visit_ms)
     activity = max((d for d in (last_day, visit_day) if d is not None), default=None)
+    span = None if first_day is None or last_day is None else last_day - first_day
     invariant: Features = {
         "orders_total": n,
-        "monetary_total": spend[-1] / 100,
+        "monetary_total": index.total / 100,
         "has_order": n > 0,
         "has_visit": state.last_visit_ms is not None,
-        "last_order_gap_days": days[-1] - days[-2] if n >= 2 else None,
-        "avg_interval_days": (days[-1] - days[0]) / (n - 1) if n >= 2 else None,
-        "repeat_purchases": len(set(days)) - 1 if n else None,
-        "purchase_span_days": days[-1] - days[0] if n else None,
+        "last_order_gap_days": last_day - counted[-2][0] // DAY_MS
+        if n >= 2 and last_day is not None
+        else None,
+        "avg_interval_days": span / (n - 1) if n >= 2 and span is not None else None,
+        "repeat_purchases": len(index.day_counts) - 1 if n else None,
+        "purchase_span_days": span,
         "region": state.region,
     }
     return Facts(
-        order_days=days,
-        cumulative_spend=spend,
+        index=index,
         first_order_ms=counted[0][0] if n else None,
         last_order_ms=counted[-1][0] if n else None,
         last_visit_ms=state.last_visit_ms,
@@ -120,12 +119,14 @@ def features_at(
     f = dict(facts.invariant)
     for name, anchor in facts.anchors.items():
         f[name] = None if anchor is None else day - anchor
-    days, spend = facts.order_days, facts.cumulative_spend
-    hi = bisect_right(days, day)
+    index = facts.index
+    counted, days, amounts = index.counted, index.days, index.day_amounts
+    hi = bisect_left(counted, ((day + 1) * DAY_MS,))
+    day_hi = bisect_right(days, day)
     for n in windows:
-        lo = bisect_left(days, day - n + 1, 0, hi)
-        f[f"orders_{n}d"] = hi - lo
-        f[f"spend_{n}d"] = (spend[hi] - spend[lo]) / 100
+        f[f"orders_{n}d"] = hi - bisect_left(counted, ((day - n + 1) * DAY_MS,), 0, hi)
+        day_lo = bisect_left(days, day - n + 1, 0, day_hi)
+        f[f"spend_{n}d"] = sum([amounts[d] for d in days[day_lo:day_hi]]) / 100
     for score in scores:
         f[f"{score.name}_score"] = score.of(f[score.feature])
     return f
@@ -133,11 +134,9 @@ def features_at(
 
 def window_edges(facts: Facts, day: int, windows: tuple[int, ...]) -> set[int]:
     """Days after ``day`` on which some order enters or leaves a rolling window."""
-    edges: set[int] = set()
-    for order_day in facts.order_days:
-        if order_day > day:
-            edges.add(order_day)
-        for n in windows:
-            if order_day + n > day:
-                edges.add(order_day + n)
+    days = facts.index.days
+    order_days = days[bisect_left(days, day - max(windows) + 1) :]
+    edges = {d for d in order_days if d > day}
+    for n in windows:
+        edges.update(d + n for d in order_days if d + n > day)
     return edges

@@ -9,10 +9,13 @@ which in turn is what lets a crashed worker re-read Kafka without double countin
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Final
 
 from worker.core.events import Event, Order
+from worker.core.timeutil import DAY_MS
 
 PLACED: Final = 1
 PAID: Final = 2
@@ -48,6 +51,56 @@ class OrderRecord:
             changed = True
         return changed
 
+    def contribution(self, counting: int) -> tuple[int, int] | None:
+        """(ms, amount) while this order counts under ``counting``, else None."""
+        if self.flags & counting and not self.flags & VOIDED:
+            return (self.ms, self.amount)
+        return None
+
+
+class OrderIndex:
+    """Counted orders sorted by time, with running totals and per-day sums.
+
+    Derived from the records and kept up to date on every apply, so that a customer with
+    tens of thousands of orders costs O(log n + window days) per event, never a re-sort.
+    """
+
+    __slots__ = ("counted", "counting", "day_amounts", "day_counts", "days", "total")
+
+    def __init__(self, records: dict[str, OrderRecord], counting: int) -> None:
+        self.counting = counting
+        contributions = (r.contribution(counting) for r in records.values())
+        self.counted = sorted(c for c in contributions if c is not None)
+        self.total = 0
+        self.day_counts: Counter[int] = Counter()
+        self.day_amounts: dict[int, int] = {}
+        for ms, amount in self.counted:
+            self._add_day(ms // DAY_MS, amount)
+        self.total = sum(amount for _, amount in self.counted)
+        self.days = sorted(self.day_counts)
+
+    def _add_day(self, day: int, amount: int) -> bool:
+        """Count one order on ``day``; True if the day is new."""
+        self.day_counts[day] += 1
+        self.day_amounts[day] = self.day_amounts.get(day, 0) + amount
+        return self.day_counts[day] == 1
+
+    def move(self, before: tuple[int, int] | None, after: tuple[int, int] | None) -> None:
+        if before is not None:
+            del self.counted[bisect_left(self.counted, before)]
+            self.total -= before[1]
+            day = before[0] // DAY_MS
+            self.day_counts[day] -= 1
+            self.day_amounts[day] -= before[1]
+            if not self.day_counts[day]:
+                del self.day_counts[day], self.day_amounts[day]
+                del self.days[bisect_left(self.days, day)]
+        if after is not None:
+            insort(self.counted, after)
+            self.total += after[1]
+            if self._add_day(after[0] // DAY_MS, after[1]):
+                insort(self.days, after[0] // DAY_MS)
+
 
 @dataclass(slots=True)
 class CustomerState:
@@ -62,6 +115,7 @@ class CustomerState:
     since_ms: dict[str, int] = field(default_factory=dict)
     rules_version: str = ""
     due_day: int | None = None
+    _index: OrderIndex | None = field(default=None, compare=False, repr=False)
 
     def apply(self, event: Event) -> bool:
         """Fold one event in; returns whether the statistics changed."""
@@ -70,8 +124,13 @@ class CustomerState:
             record = self.orders.get(event.order_id)
             if record is None:
                 record = self.orders[event.order_id] = OrderRecord()
-            flag = STATUS_FLAG[event.status]
-            return record.absorb(flag, event.occurred_ms, event.amount_minor) or changed
+            index = self._index
+            before = None if index is None else record.contribution(index.counting)
+            if not record.absorb(STATUS_FLAG[event.status], event.occurred_ms, event.amount_minor):
+                return changed
+            if index is not None:
+                index.move(before, record.contribution(index.counting))
+            return True
         ms = event.occurred_ms
         if self.last_visit_ms is None or ms > self.last_visit_ms:
             self.last_visit_ms = ms
@@ -88,14 +147,13 @@ class CustomerState:
         self.region, self.region_ms = region, ms
         return True
 
-    def counted(self, counting: int) -> list[tuple[int, int]]:
-        """(ms, amount) of every order that counts, sorted by time.
+    def index(self, counting: int) -> OrderIndex:
+        """The counted orders under ``counting``: PAID, or PLACED | PAID for shops with no
+        payment step. A cancel or refund voids an order, whatever the arrival order."""
+        if self._index is None or self._index.counting != counting:
+            self._index = OrderIndex(self.orders, counting)
+        return self._index
 
-        ``counting`` is the status mask that makes an order count: PAID, or PLACED | PAID for
-        shops with no payment step. A cancel or refund voids the order, whatever its order.
-        """
-        return sorted(
-            (r.ms, r.amount)
-            for r in self.orders.values()
-            if r.flags & counting and not r.flags & VOIDED
-        )
+    def counted(self, counting: int) -> list[tuple[int, int]]:
+        """(ms, amount) of every order that counts, sorted by time."""
+        return list(self.index(counting).counted)
