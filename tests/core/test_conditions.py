@@ -12,7 +12,7 @@ KINDS = {
 
 
 def run(text: str, **features: object) -> bool:
-    compiled = compile_condition(text, KINDS)
+    compiled = compile_condition(text, KINDS, frozenset({"region"}))
     fn = eval(f"lambda f: {compiled.source}", dict(HELPERS))  # test-only: source is whitelisted
     return bool(fn(features))
 
@@ -47,8 +47,10 @@ def test_days_since_thresholds_are_extracted_with_their_other_side() -> None:
         ("region in region", "literal list"),
         ("orders_total >", "syntax error"),
         ("[x for x in (1,)]", "ListComp is not allowed"),
+        ("region > 3", "'region' is text"),
+        ("orders_total < 'a'", "'orders_total' is a number"),
     ],
 )
 def test_unsafe_or_invalid_conditions_are_refused(text: str, message: str) -> None:
     with pytest.raises(ConditionError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        compile_condition(text, KINDS)
+        compile_condition(text, KINDS, frozenset({"region"}))

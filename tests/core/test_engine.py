@@ -35,12 +35,13 @@ def test_next_change_day_matches_a_day_by_day_scan(events: list, day: int) -> No
     state = state_of(events)
     facts = facts_of(state, RULES.counting)
     now = classes_at(state, day)
-    due = next_change_day(facts, RULES, day, now, exact_checks=10_000)
+    features = features_at(facts, day, RULES.windows, RULES.scores)
+    due = next_change_day(facts, features, RULES, day, now, exact_checks=10_000)
     horizon = day + 1200
     scanned = next((d for d in range(day + 1, horizon) if classes_at(state, d) != now), None)
     assert due == scanned or (scanned is None and due is not None and due >= horizon)
     # With few exact checks the answer may be an earlier wake-up, never a later day.
-    wake_up = next_change_day(facts, RULES, day, now, exact_checks=1)
+    wake_up = next_change_day(facts, features, RULES, day, now, exact_checks=1)
     if scanned is not None:
         assert wake_up is not None
         assert wake_up <= scanned

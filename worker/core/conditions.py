@@ -57,6 +57,12 @@ _COMPARE: Final[dict[type[ast.cmpop], str]] = {
     ast.In: "_in",
     ast.NotIn: "_not_in",
 }
+_INLINE: Final[dict[type[ast.cmpop], str]] = {
+    ast.Lt: "<",
+    ast.LtE: "<=",
+    ast.Gt: ">",
+    ast.GtE: ">=",
+}
 _ARITH: Final[dict[type[ast.operator], str]] = {
     ast.Add: "_add",
     ast.Sub: "_sub",
@@ -66,19 +72,24 @@ _ARITH: Final[dict[type[ast.operator], str]] = {
 }
 
 
-def compile_condition(text: str, features: Mapping[str, FeatureKind]) -> Compiled:
+def compile_condition(
+    text: str, features: Mapping[str, FeatureKind], textual: frozenset[str] = frozenset()
+) -> Compiled:
+    """Translate ``text``; ``textual`` names the features that hold text, not numbers."""
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as exc:
         raise ConditionError(f"syntax error at column {exc.offset}: {exc.msg}") from None
-    translator = _Translator(features)
+    translator = _Translator(features, textual)
     source = translator.expr(tree.body)
     return Compiled(f"bool({source})", tuple(translator.thresholds), frozenset(translator.names))
 
 
 class _Translator:
-    def __init__(self, features: Mapping[str, FeatureKind]) -> None:
+    def __init__(self, features: Mapping[str, FeatureKind], textual: frozenset[str]) -> None:
         self.features = features
+        self.textual = textual
+        self.temps = 0
         self.thresholds: list[tuple[str, str]] = []
         self.names: set[str] = set()
 
@@ -137,8 +148,31 @@ class _Translator:
                 right, ast.Tuple | ast.List | ast.Set
             ):
                 raise ConditionError("'in' needs a literal list, e.g. region in ('A', 'B')")
-            parts.append(f"{fn}({self.operand(left, right)}, {self.operand(right, left)})")
+            inline = _INLINE.get(type(op))
+            if inline is not None:
+                self._check_ordering(left, right)
+            a, b = self.operand(left, right), self.operand(right, left)
+            if inline is not None and _is_number(right) and isinstance(left, ast.Name):
+                # Hot path: feature vs number, null-safe without a helper call.
+                self.temps += 1
+                parts.append(
+                    f"((_v{self.temps} := {a}) is not None and _v{self.temps} {inline} {b})"
+                )
+            else:
+                parts.append(f"{fn}({a}, {b})")
         return "(" + " and ".join(parts) + ")"
+
+    def _check_ordering(self, left: ast.expr, right: ast.expr) -> None:
+        for side, other in ((left, right), (right, left)):
+            if isinstance(side, ast.Name) and side.id in self.textual and _is_number(other):
+                raise ConditionError(f"{side.id!r} is text; it cannot be ordered against a number")
+            if (
+                isinstance(side, ast.Constant)
+                and isinstance(side.value, str)
+                and isinstance(other, ast.Name)
+                and other.id not in self.textual
+            ):
+                raise ConditionError(f"{other.id!r} is a number; compare it with a number")
 
     def operand(self, node: ast.expr, other: ast.expr) -> str:
         if isinstance(node, ast.Name) and self.features.get(node.id) is FeatureKind.DAYS_SINCE:
@@ -160,6 +194,14 @@ class _Translator:
                 if kind is not None and kind is not FeatureKind.INVARIANT:
                     return sub.id
         return None
+
+
+def _is_number(node: ast.expr) -> bool:
+    return (
+        isinstance(node, ast.Constant)
+        and isinstance(node.value, int | float)
+        and not isinstance(node.value, bool)
+    )
 
 
 def _safe(op: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:

@@ -8,17 +8,24 @@ output) are always passed in.
 
 from __future__ import annotations
 
-import math
 from decimal import ROUND_HALF_EVEN, Decimal
 
 from worker.core.changes import Cause, SegmentChange, change_id, snapshot
 from worker.core.events import Event, Order, Reason, Rejection, Visit
-from worker.core.features import Facts, facts_of, features_at, window_edges
+from worker.core.features import (
+    Facts,
+    Features,
+    day_offsets,
+    facts_of,
+    features_at,
+    score_limits,
+    window_edges,
+)
 from worker.core.rules import Classes, Rules
 from worker.core.state import CustomerState
 from worker.core.timeutil import DAY_MS, day_of
 
-EXACT_CHECKS = 8
+EXACT_CHECKS = 2
 
 
 def process_event(
@@ -95,12 +102,18 @@ def evaluate(
                 state.since_ms[dim] = cause.occurred_ms
         state.classes = classes
     state.rules_version = rules.version
-    state.due_day = next_change_day(facts, rules, day, classes)
+    state.due_day = next_change_day(facts, features, rules, day, classes)
     return changes
 
 
 def next_change_day(
-    facts: Facts, rules: Rules, day: int, classes: Classes, exact_checks: int = EXACT_CHECKS
+    facts: Facts,
+    features: Features,
+    rules: Rules,
+    day: int,
+    classes: Classes,
+    *,
+    exact_checks: int = EXACT_CHECKS,
 ) -> int | None:
     """The first day after ``day`` on which some class could differ, if no event arrives.
 
@@ -108,20 +121,18 @@ def next_change_day(
     feature crosses a value it is compared with, or where an order enters or leaves a
     window. The first ``exact_checks`` candidate days are classified; if none changes a
     class, the next candidate is returned as a wake-up (classes cannot change before it),
-    which bounds the cost for customers with many orders in a window.
+    which bounds the cost for customers with many orders in a window. ``features`` are the
+    features at ``day``.
     """
-    features = features_at(facts, day, rules.windows, rules.scores)
     candidates = window_edges(facts, day, rules.windows)
-    limits: list[tuple[str, object]] = rules.thresholds(features)
-    limits += [(s.feature, cut) for s in rules.scores for cut in s.cuts]
-    for name, limit in limits:
-        anchor = facts.anchors.get(name)
-        if anchor is None or not isinstance(limit, int | float) or isinstance(limit, bool):
-            continue
-        if not math.isfinite(limit) or abs(limit) > 1_000_000:
-            continue
-        base = anchor + math.floor(limit)
-        candidates.update((base, base + 1))
+    offsets = rules.fixed_offsets
+    if offsets is None:
+        offsets = day_offsets(rules.thresholds(features) + score_limits(rules.scores))
+    anchors = facts.anchors
+    for name, deltas in offsets.items():
+        anchor = anchors.get(name)
+        if anchor is not None:
+            candidates.update(d for d in (anchor + o for o in deltas) if d > day)
     for checked, candidate in enumerate(sorted(c for c in candidates if c > day)):
         if checked == exact_checks:
             return candidate

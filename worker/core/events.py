@@ -128,7 +128,9 @@ def _parse_document(
     if kind == "order":
         amount = _amount(doc)
         currency = _required(doc, "currency", str)
-        if len(currency) != 3 or not currency.isascii() or not currency.isupper():
+        if len(currency) != 3 or not (
+            currency.isascii() and currency.isalpha() and currency.isupper()
+        ):
             raise _Bad(Reason.INVALID_VALUE, "currency", f"not an ISO 4217 code: {currency[:16]!r}")
         status = _required(doc, "status", str)
         if status not in STATUSES:

@@ -7,6 +7,7 @@ next change) costs little: :func:`facts_of` does everything that does not depend
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ INVARIANT: Final = {
     "purchase_span_days": "days from first to last order (BG/NBD t_x)",
     "region": "region of the latest event that carried one",
 }
+TEXTUAL: Final = frozenset({"region"})
 DAYS_SINCE: Final = {
     "days_since_first_order": "UTC dates since the first counted order (BG/NBD T)",
     "days_since_last_order": "UTC dates since the last counted order",
@@ -130,6 +132,24 @@ def features_at(
     for score in scores:
         f[f"{score.name}_score"] = score.of(f[score.feature])
     return f
+
+
+def day_offsets(limits: Iterable[tuple[str, object]]) -> dict[str, tuple[int, ...]]:
+    """Per days-since feature, the offsets from its anchor day at which a comparison with one
+    of ``limits`` can flip (both sides of each limit, so that any operator is covered)."""
+    out: dict[str, set[int]] = {}
+    for name, limit in limits:
+        if name not in DAYS_SINCE or not isinstance(limit, int | float) or isinstance(limit, bool):
+            continue
+        if not math.isfinite(limit) or abs(limit) > 1_000_000:
+            continue
+        base = math.floor(limit)
+        out.setdefault(name, set()).update((base, base + 1))
+    return {name: tuple(sorted(offsets)) for name, offsets in out.items()}
+
+
+def score_limits(scores: Iterable[Score]) -> list[tuple[str, object]]:
+    return [(s.feature, cut) for s in scores for cut in s.cuts]
 
 
 def window_edges(facts: Facts, day: int, windows: tuple[int, ...]) -> set[int]:

@@ -8,6 +8,7 @@ all dimensions into one Python function so that classifying a customer costs a f
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import math
 import tomllib
@@ -19,7 +20,14 @@ from pathlib import Path
 from typing import Any, Final
 
 from worker.core.conditions import HELPERS, Compiled, ConditionError, FeatureKind, compile_condition
-from worker.core.features import Features, Score, feature_kinds
+from worker.core.features import (
+    TEXTUAL,
+    Features,
+    Score,
+    day_offsets,
+    feature_kinds,
+    score_limits,
+)
 from worker.core.state import PAID, PLACED
 
 Classes = dict[str, str | None]
@@ -58,6 +66,9 @@ class Rules:
     classify: Callable[[Features], Classes]
     # Per days-since feature: functions giving the values it is compared with.
     thresholds: Callable[[Features], list[tuple[str, object]]]
+    # When every such value is a constant (the usual case): the day offsets from each
+    # feature's anchor at which a class can flip, score cuts included, precomputed.
+    fixed_offsets: Mapping[str, tuple[int, ...]] | None
 
     @property
     def dimension_names(self) -> tuple[str, ...]:
@@ -166,7 +177,7 @@ def _build(doc: dict[str, Any], data: bytes, source: str) -> Rules:
         if dim.name in seen:
             raise _FieldError("dimensions", f"dimension or segment {dim.name!r} is defined twice")
         seen.add(dim.name)
-    classify, thresholds = _compile(dimensions, kinds)
+    classify, thresholds, fixed = _compile(dimensions, kinds)
     return Rules(
         version="sha256:" + hashlib.sha256(data).hexdigest()[:16],
         source=source,
@@ -178,6 +189,7 @@ def _build(doc: dict[str, Any], data: bytes, source: str) -> Rules:
         dimensions=tuple(dimensions),
         classify=classify,
         thresholds=thresholds,
+        fixed_offsets=None if fixed is None else day_offsets(fixed + score_limits(scores)),
     )
 
 
@@ -217,7 +229,7 @@ def _condition(text: Any, path: str, kinds: Mapping[str, FeatureKind]) -> str:
     if not isinstance(text, str) or not text.strip():
         raise _FieldError(path, "must be a non-empty condition string")
     try:
-        compile_condition(text, kinds)
+        compile_condition(text, kinds, TEXTUAL)
     except ConditionError as exc:
         raise _FieldError(path, str(exc)) from None
     return text
@@ -265,13 +277,17 @@ def _segment(index: int, spec: Any, kinds: Mapping[str, FeatureKind]) -> Dimensi
 
 def _compile(
     dimensions: list[Dimension], kinds: Mapping[str, FeatureKind]
-) -> tuple[Callable[[Features], Classes], Callable[[Features], list[tuple[str, object]]]]:
+) -> tuple[
+    Callable[[Features], Classes],
+    Callable[[Features], list[tuple[str, object]]],
+    list[tuple[str, object]] | None,
+]:
     """Generate one classifier and one threshold function from validated conditions."""
     body = ["def classify(f):", "    out = {}"]
     thresholds: list[tuple[str, str]] = []
 
     def cond(text: str) -> str:
-        compiled: Compiled = compile_condition(text, kinds)
+        compiled: Compiled = compile_condition(text, kinds, TEXTUAL)
         thresholds.extend(compiled.thresholds)
         return compiled.source
 
@@ -300,4 +316,10 @@ def _compile(
     namespace: dict[str, Any] = dict(HELPERS)
     # Safe: every condition went through the whitelist in conditions.py; names are repr()-quoted.
     exec(compile("\n".join(body), "<rules>", "exec"), namespace)
-    return namespace["classify"], namespace["thresholds"]
+    try:
+        fixed: list[tuple[str, object]] | None = [
+            (name, ast.literal_eval(src)) for name, src in unique
+        ]
+    except ValueError:  # some threshold depends on the customer
+        fixed = None
+    return namespace["classify"], namespace["thresholds"], fixed

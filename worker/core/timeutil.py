@@ -7,13 +7,15 @@ compare and to store) and are turned into text only at the edges.
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import date, timedelta
+from functools import lru_cache
 
 DAY_MS = 86_400_000
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_DATE = date(1970, 1, 1)
 _RFC3339 = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
-    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))"
+    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))",
+    re.ASCII,  # \d must not match other scripts' digits
 )
 
 
@@ -26,23 +28,40 @@ def parse_rfc3339(text: str) -> int:
     m = _RFC3339.fullmatch(text)
     if m is None:
         raise ValueError(f"not an RFC 3339 timestamp with offset: {text[:64]!r}")
-    year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
-    if m.group(8):
-        tz = UTC
-    else:
-        delta = timedelta(hours=int(m.group(10)), minutes=int(m.group(11)))
-        tz = timezone(-delta if m.group(9) == "-" else delta)
+    hour, minute, second = int(m.group(4)), int(m.group(5)), int(m.group(6))
+    if hour > 23 or minute > 59 or second > 60:
+        raise ValueError(f"time of day out of range: {text[:64]!r}")
+    offset = 0
+    if not m.group(8):
+        if int(m.group(10)) > 23 or int(m.group(11)) > 59:
+            raise ValueError(f"offset out of range: {text[:64]!r}")
+        offset = int(m.group(10)) * 60 + int(m.group(11))
+        if m.group(9) == "-":
+            offset = -offset
     frac = m.group(7) or ""
     millis = int((frac + "000")[:3])
-    instant = datetime(year, month, day, hour, minute, min(second, 59), tzinfo=tz)
-    delta_ms = (instant - _EPOCH) // timedelta(milliseconds=1)
-    return int(delta_ms) + millis
+    minutes = (_epoch_day(m.group(1, 2, 3)) * 24 + hour) * 60 + minute - offset
+    return (minutes * 60 + min(second, 59)) * 1000 + millis
+
+
+@lru_cache(maxsize=4096)
+def _epoch_day(ymd: tuple[str, str, str]) -> int:
+    return (date(int(ymd[0]), int(ymd[1]), int(ymd[2])) - _EPOCH_DATE).days
+
+
+@lru_cache(maxsize=4096)
+def _date_text(day: int) -> str:
+    d = _EPOCH_DATE + timedelta(days=day)
+    return f"{d.year:04d}-{d.month:02d}-{d.day:02d}T"
 
 
 def format_ms(ms: int) -> str:
     """RFC 3339 in UTC with exactly three fractional digits, so output is byte-stable."""
-    instant = _EPOCH + timedelta(milliseconds=ms)
-    return instant.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    day, rest = divmod(ms, DAY_MS)
+    seconds, millis = divmod(rest, 1000)
+    minutes, second = divmod(seconds, 60)
+    hour, minute = divmod(minutes, 60)
+    return f"{_date_text(day)}{hour:02d}:{minute:02d}:{second:02d}.{millis:03d}Z"
 
 
 def format_optional(ms: int | None) -> str | None:

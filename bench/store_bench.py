@@ -1,0 +1,194 @@
+"""Throughput of the Redis adapter's commit against plain pipelined writes on the same server.
+
+    python bench/store_bench.py [--url redis://...] [--customers 1000] [--blob 200]
+                                [--seconds 3] [--concurrency 1]
+
+Without --url it starts its own redis-server (no persistence) on a free port. Every variant
+writes the same number of customers per call with blobs of the same size:
+
+- ``Store.commit``: one FCALL that checks the epoch, sets the states, indexes the due times and
+  moves two input offsets, atomically;
+- pipelined MSET: the states only, in one round trip (the floor for moving these bytes);
+- pipelined MSET+ZADD+HSET: the same writes as the commit, neither atomic nor fenced.
+
+With --concurrency N, N tasks (one partition and connection each) write at once.
+
+A last variant runs ``Store.commit`` over a connection that packs commands with hiredis (C):
+redis-py's asyncio client packs them in pure Python, about 2 us per argument, which is most of
+a 1,000-customer commit's time on the client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+
+import hiredis
+import redis.asyncio as aioredis
+from redis.asyncio.connection import Connection
+
+from worker.store import Store
+
+Writer = Callable[[int, int], Awaitable[None]]  # (partition, round) -> one call
+PREFIX = "swbench"  # its keys are deleted at the end
+
+
+class HiredisPackConnection(Connection):
+    """Packs commands with hiredis instead of redis-py's pure-Python asyncio packer."""
+
+    def pack_command(self, *args: object) -> list[bytes]:  # type: ignore[override]
+        if isinstance(args[0], str) and " " in args[0]:  # "FUNCTION LOAD" -> two words
+            args = (*args[0].split(), *args[1:])
+        return [hiredis.pack_command(args)]
+
+
+@contextmanager
+def redis_server() -> Iterator[str]:
+    """A throwaway redis-server on a free port; yields its URL."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    directory = tempfile.mkdtemp(prefix="sw-bench-")
+    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", directory]
+    command += ["--save", "", "--appendonly", "no"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                time.sleep(0.02)
+        else:
+            raise RuntimeError("redis-server did not start")
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.kill()
+        process.wait()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+async def measure(name: str, write: Writer, seconds: float, concurrency: int, n: int) -> None:
+    latencies: list[float] = []
+
+    async def run(partition: int, deadline: float) -> None:
+        round_ = 0
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            await write(partition, round_)
+            latencies.append(time.perf_counter() - started)
+            round_ += 1
+
+    warmup = time.perf_counter() + min(0.5, seconds / 4)
+    await asyncio.gather(*(run(p, warmup) for p in range(concurrency)))
+    latencies.clear()
+    started = time.perf_counter()
+    await asyncio.gather(*(run(p, started + seconds) for p in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    calls = len(latencies)
+    ms = sorted(x * 1000 for x in latencies)
+    p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
+    print(
+        f"{name:<44} {calls / elapsed:>9,.0f} calls/s {calls * n / elapsed:>12,.0f} customers/s"
+        f"   p50 {statistics.median(ms):6.2f} ms   p99 {p99:6.2f} ms"
+    )
+
+
+async def bench(url: str, customers: int, blob_size: int, seconds: float, concurrency: int) -> None:
+    client = aioredis.from_url(url, max_connections=concurrency + 2)
+    packed = aioredis.Redis(
+        connection_pool=aioredis.ConnectionPool.from_url(
+            url, max_connections=concurrency + 2, connection_class=HiredisPackConnection
+        )
+    )
+    store, packed_store = Store(client, PREFIX), Store(packed, PREFIX)
+    await store.load_library()
+    claims = {p: await store.claim(p) for p in range(concurrency)}
+    batches = 8  # rotate over distinct customers, as a live partition would
+    ids = [[f"customer-{b}-{i:06d}" for i in range(customers)] for b in range(batches)]
+    blob = os.urandom(blob_size)
+    now = 1_760_000_000_000
+
+    def committer(store: Store) -> Writer:
+        async def commit(partition: int, round_: int) -> None:
+            batch = ids[round_ % batches]
+            await store.commit(
+                claims[partition],
+                states=dict.fromkeys(batch, blob),
+                due={c: now + i for i, c in enumerate(batch)},
+                outbox=[],
+                offsets={"orders": round_ * customers, "visits": round_ * customers},
+            )
+
+        return commit
+
+    async def mset(partition: int, round_: int) -> None:
+        batch = ids[round_ % batches]
+        pipe = client.pipeline(transaction=False)
+        pipe.mset({store.customer_key(partition, c): blob for c in batch})
+        await pipe.execute()
+
+    async def mset_zadd_hset(partition: int, round_: int) -> None:
+        batch = ids[round_ % batches]
+        pipe = client.pipeline(transaction=False)
+        pipe.mset({store.customer_key(partition, c): blob for c in batch})
+        pipe.zadd(store.key(partition, "due"), {c: now + i for i, c in enumerate(batch)})
+        pipe.hset(
+            store.key(partition, "meta"),
+            mapping={"off:orders": round_ * customers, "off:visits": round_ * customers},
+        )
+        await pipe.execute()
+
+    info = await client.info("server")
+    print(
+        f"redis-server {info['redis_version']} at {url}: {customers:,} customers x "
+        f"{blob_size} B per call, {concurrency} concurrent writer(s), {seconds:g} s each"
+    )
+    variants: list[tuple[str, Writer]] = [
+        ("Store.commit (1 FCALL, fenced, atomic)", committer(store)),
+        ("pipelined MSET (states only)", mset),
+        ("pipelined MSET+ZADD+HSET (not atomic/fenced)", mset_zadd_hset),
+        ("Store.commit, hiredis-packed connection", committer(packed_store)),
+    ]
+    try:
+        for name, write in variants:
+            await measure(name, write, seconds, concurrency, customers)
+    finally:
+        async for key in client.scan_iter(match=f"{PREFIX}:*", count=1000):
+            await client.delete(key)
+        await packed.aclose()
+        await client.aclose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--url", help="a scratch Redis (the segment_worker library is (re)loaded there)"
+    )
+    parser.add_argument("--customers", type=int, default=1000)
+    parser.add_argument("--blob", type=int, default=200, help="state size in bytes")
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--concurrency", type=int, default=1)
+    args = parser.parse_args()
+    run = (args.customers, args.blob, args.seconds, args.concurrency)
+    if args.url:
+        asyncio.run(bench(args.url, *run))
+    else:
+        with redis_server() as url:
+            asyncio.run(bench(url, *run))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""The live worker's batch step agrees with replay on the same input."""
+
+from collections import defaultdict
+from itertools import islice
+
+import orjson
+import pytest
+
+from worker.core.batch import (
+    InRecord,
+    Topics,
+    apply_batch,
+    customers_of,
+    parse_batch,
+    reevaluate_batch,
+    sweep,
+)
+from worker.core.codec import OutRecord, decode_state, encode_state
+from worker.core.events import ParseLimits, Reason, Rejection
+from worker.core.rules import default_rules_text, load_rules, parse_rules
+from worker.core.state import CustomerState
+from worker.core.timeutil import parse_rfc3339
+from worker.core.views import describe
+from worker.replay import Replayer
+from worker.simulate import FeedFaults, Simulator
+
+RULES = load_rules(None)
+TOPICS = Topics()
+FUTURE = parse_rfc3339("2100-01-01T00:00:00Z")
+LIMITS = ParseLimits()
+START = parse_rfc3339("2025-01-01T00:00:00Z")
+
+
+def records(count: int, seed: int = 11) -> list[InRecord]:
+    sim = Simulator(seed, 300, START, faults=FeedFaults.realistic())
+    return [InRecord(e.topic, 0, n, e.key, e.value) for n, e in enumerate(islice(sim, count))]
+
+
+class Live:
+    """The worker's loop with a dict of encoded states standing in for Redis."""
+
+    def __init__(self) -> None:
+        self.redis: dict[str, bytes] = {}
+        self.out: list[OutRecord] = []
+        self.changes: dict[str, list[str]] = defaultdict(list)
+
+    def load(self, customer_ids: list[str]) -> dict[str, CustomerState | None]:
+        return {
+            c: decode_state(c, self.redis[c]) if c in self.redis else None for c in customer_ids
+        }
+
+    def run(self, batch: list[InRecord], now_ms: int) -> None:
+        parsed = parse_batch(batch, TOPICS, FUTURE, LIMITS)
+        outcome = apply_batch(
+            batch,
+            parsed,
+            self.load(customers_of(parsed)),
+            rules=RULES,
+            topics=TOPICS,
+            now_ms=now_ms,
+        )
+        self.store(outcome)
+
+    def sweep(self, now_ms: int) -> None:
+        self.store(sweep(self.load(sorted(self.redis)), RULES, TOPICS, now_ms))
+
+    def store(self, outcome) -> None:  # type: ignore[no-untyped-def]
+        for cid, state in outcome.states.items():
+            self.redis[cid] = encode_state(state)
+        self.out += outcome.out
+        for change in outcome.changes:
+            self.changes[change.customer_id].append(change.event_id)
+
+
+def replay(batch: list[InRecord], as_of: int) -> tuple[Replayer, dict[str, list[str]]]:
+    changes: dict[str, list[str]] = defaultdict(list)
+    replayer = Replayer(
+        RULES,
+        lambda c: changes[c.customer_id].append(c.event_id),
+        lambda *_: None,
+        limits=LIMITS,
+        future_reference_ms=FUTURE,
+    )
+    for r in batch:
+        kind = b"order" if r.topic == "orders" else b"visit"
+        assert r.value is not None
+        line = (
+            r.value if not r.value.startswith(b"{") else b'{"type":"' + kind + b'",' + r.value[1:]
+        )
+        replayer.feed(line, r.offset)
+    replayer.advance(as_of)
+    return replayer, changes
+
+
+def test_batches_of_one_with_the_event_clock_give_replays_changes_and_state() -> None:
+    batch = records(6000)
+    as_of = parse_rfc3339("2026-06-01T00:00:00Z")
+    replayer, expected = replay(batch, as_of)
+    live = Live()
+    clock = 0
+    for record in batch:
+        parsed = parse_batch([record], TOPICS, FUTURE, LIMITS)[0]
+        if not isinstance(parsed, Rejection):
+            clock = max(clock, parsed.occurred_ms)
+        live.run([record], clock)
+    live.sweep(as_of)
+    assert dict(live.changes) == dict(expected)
+    day = as_of // 86_400_000
+    for cid, state in replayer.states.items():
+        assert describe(decode_state(cid, live.redis[cid]), RULES, day) == describe(
+            state, RULES, day
+        )
+    assert set(live.redis) == set(replayer.states)
+
+
+@pytest.mark.parametrize("size", [7, 500])
+def test_big_batches_reach_the_same_final_state(size: int) -> None:
+    batch = records(4000, seed=12)
+    as_of = parse_rfc3339("2026-06-01T00:00:00Z")
+    replayer, _ = replay(batch, as_of)
+    live = Live()
+    clock = 0
+    for i in range(0, len(batch), size):
+        chunk = batch[i : i + size]
+        for p in parse_batch(chunk, TOPICS, FUTURE, LIMITS):
+            if not isinstance(p, Rejection):
+                clock = max(clock, p.occurred_ms)
+        live.run(chunk, clock)
+        live.sweep(clock)
+    live.sweep(as_of)
+    day = as_of // 86_400_000
+    for cid, state in replayer.states.items():
+        got = describe(decode_state(cid, live.redis[cid]), RULES, day)
+        want = describe(state, RULES, day)
+        assert {k: v for k, v in got.items() if k != "since"} == {
+            k: v for k, v in want.items() if k != "since"
+        }
+    # Each customer's chain of changes is unbroken: every 'from' is the previous 'to'.
+    last: dict[tuple[str, str], str | None] = {}
+    for rec in live.out:
+        if rec.topic != TOPICS.changes:
+            continue
+        change = orjson.loads(rec.value or b"")
+        key = (change["customer_id"], change["dimension"])
+        assert change["from"] == last.get(key)
+        last[key] = change["to"]
+
+
+def test_kafka_level_rejections_and_dead_letter_headers() -> None:
+    good = b'{"event_id":"e1","customer_id":"c1","occurred_at":"2026-01-01T00:00:00Z","action":"login"}'
+    big = (
+        b'{"event_id":"e2","customer_id":"c1","occurred_at":"2026-01-01T00:00:00Z","action":"'
+        + b"x" * 70_000
+        + b'"}'
+    )
+    batch = [
+        InRecord("visits", 3, 10, None, good),
+        InRecord("visits", 3, 11, b"c2", good),
+        InRecord("visits", 3, 12, b"c1", None),
+        InRecord("visits", 3, 13, b"c1", big, (("trace", b"t1"),)),
+        InRecord("visits", 3, 14, b"c1", good),
+    ]
+    parsed = parse_batch(batch, TOPICS, FUTURE, LIMITS)
+    reasons = [p.reason if isinstance(p, Rejection) else None for p in parsed]
+    assert reasons == [
+        Reason.MISSING_KEY,
+        Reason.KEY_MISMATCH,
+        Reason.NOT_AN_OBJECT,
+        Reason.OVERSIZED,
+        None,
+    ]
+    outcome = apply_batch(batch, parsed, {"c1": None}, rules=RULES, topics=TOPICS, now_ms=FUTURE)
+    assert outcome.offsets == {"visits": 15}
+    dlq = [r for r in outcome.out if r.topic == TOPICS.dlq]
+    assert len(dlq) == 4
+    headers = dict(dlq[3].headers)
+    assert headers["trace"] == b"t1"
+    assert headers["dlq.source.offset"] == b"13"
+    assert headers["dlq.error.class"] == b"oversized"
+    assert headers["dlq.value.truncated"] == b"true"
+    assert len(dlq[3].value or b"") == 64 * 1024
+    assert dict(dlq[0].headers)["dlq.stage"] == b"kafka"
+    changes = [r for r in outcome.out if r.topic == TOPICS.changes]
+    assert {dict(r.headers)["dimension"] for r in changes} == {b"lifecycle", b"membership"}
+    assert all(r.key == b"c1" for r in changes)
+
+
+def test_reevaluation_under_new_rules_emits_rules_change_once() -> None:
+    live = Live()
+    batch = records(800, seed=13)
+    clock = max(
+        p.occurred_ms
+        for p in parse_batch(batch, TOPICS, FUTURE, LIMITS)
+        if not isinstance(p, Rejection)
+    )
+    live.run(batch, clock)
+    text = default_rules_text().replace(b'orders_total >= 3" }', b'orders_total >= 2" }')
+    new = parse_rules(text, "new")
+    outcome = reevaluate_batch(live.load(sorted(live.redis)), new, TOPICS, clock)
+    moved = [c for c in outcome.changes if c.dimension == "membership"]
+    assert moved and all(
+        c.cause.type == "rules_change" and c.cause.event_id == new.version for c in moved
+    )
+    assert {(c.from_class, c.to_class) for c in moved} == {("ordinary", "member")}
+    assert all(s.rules_version == new.version for s in outcome.states.values())
+    live.store(outcome)
+    again = reevaluate_batch(live.load(sorted(live.redis)), new, TOPICS, clock)
+    assert again.changes == [] and again.states == {}

@@ -1,0 +1,347 @@
+"""The live worker against a real broker and a real Redis: same results as replay, through
+redelivery, crashes, takeovers and Redis restarts."""
+
+import asyncio
+import contextlib
+import re
+import shutil
+import signal
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import orjson
+import pytest
+from aiohttp import ClientSession
+
+from tests.integration.live_support import (
+    DAY0,
+    ManualClock,
+    all_committed,
+    assert_state_matches,
+    assert_unbroken_chains,
+    change_ids,
+    make_settings,
+    one_day_of_traffic,
+    produce,
+    read_all,
+    replay,
+    start_worker,
+    stored_states,
+    wait_until,
+    worker_log,
+)
+from worker.core.rules import load_rules
+from worker.core.rulesdiff import class_moves
+from worker.core.timeutil import DAY_MS
+from worker.embedded import Broker, RedisServer, free_port
+from worker.service import Worker, send_erasures
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+NOW = DAY0 + DAY_MS - 1  # end of the traffic's day: every event is in the past, none is late
+
+
+@contextlib.asynccontextmanager
+async def running(worker: Worker):  # type: ignore[no-untyped-def]
+    task = asyncio.create_task(worker.run())
+    try:
+        yield task
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 30)
+
+
+async def test_end_to_end_matches_replay_including_timers_and_dead_letters(
+    broker: Broker, redis_server: RedisServer
+) -> None:
+    settings = await make_settings(broker, redis_server.url)
+    events = one_day_of_traffic(400, orders_only=True)
+    produced = await produce(settings, events)
+    clock = ManualClock(NOW)
+    worker = Worker(settings, clock)
+    async with running(worker):
+        await wait_until(lambda: all_committed(settings, produced), 90, "offsets committed")
+        expected_replay, expected, rejects = replay(events, NOW)
+        changes = await read_all(settings, settings.topic_changes)
+        assert set(change_ids(changes)) == {c["event_id"] for c in expected}
+        await assert_state_matches(settings, expected_replay, NOW // DAY_MS)
+
+        # Headers let subscribers filter without parsing.
+        sample = changes[0]
+        headers = dict(sample.headers)
+        body = orjson.loads(sample.value or b"")
+        assert headers["dimension"].decode() == body["dimension"]
+        assert sample.key == body["customer_id"].encode()
+
+        dlq = await read_all(settings, settings.topic_dlq, timeout=1.0)
+        assert len(dlq) == rejects > 0
+        for record in dlq:
+            h = dict(record.headers)
+            assert {
+                "dlq.source.topic",
+                "dlq.source.partition",
+                "dlq.source.offset",
+                "dlq.error.class",
+            } <= set(h)
+
+        # The HTTP port: lookup, metrics, readiness.
+        async with ClientSession(f"http://127.0.0.1:{settings.http_port}") as http:
+            cid = sorted(expected_replay.states)[0]
+            async with http.get(f"/customers/{cid}") as resp:
+                assert resp.status == 200
+                assert (await resp.json())["customer_id"] == cid
+            async with http.get("/customers/nobody-at-all") as resp:
+                assert resp.status == 404
+            async with http.get("/readyz") as resp:
+                assert resp.status == 200
+            async with http.get("/metrics") as resp:
+                text = await resp.text()
+                assert "segment_worker_events_total" in text
+                assert "cus_" not in text  # no customer id in any label
+
+            # Class populations (kept in Redis by every commit) match replay's classes.
+            want_pop = Counter(s.classes.get("lifecycle") for s in expected_replay.states.values())
+            want_pop.pop(None, None)
+
+            async def population() -> bool:
+                async with http.get("/metrics") as resp:
+                    text = await resp.text()
+                got = {
+                    m.group(1): float(m.group(2))
+                    for m in re.finditer(
+                        r'segment_worker_class_population\{class_name="([^"]+)",dimension="lifecycle"\} (\S+)',
+                        text,
+                    )
+                }
+                return got == {k: float(v) for k, v in want_pop.items()}
+
+            await wait_until(population, 10, "population gauge")
+
+        # Time passes with no event: the timer fires what falls due, as replay's clock would.
+        later = NOW + 200 * DAY_MS
+        clock.now = later
+        _, expected_later, _ = replay(events, NOW, as_of=later)
+        want = {c["event_id"] for c in expected_later}
+        assert len(want) > len(expected)
+
+        async def timers_done() -> bool:
+            return set(change_ids(await read_all(settings, settings.topic_changes, 0.5))) == want
+
+        await wait_until(timers_done, 60, "time-driven changes")
+
+
+async def test_mixed_topics_reach_replays_state_with_unbroken_chains(
+    broker: Broker, redis_server: RedisServer
+) -> None:
+    settings = await make_settings(broker, redis_server.url)
+    events = one_day_of_traffic(400, seed=7)
+    produced = await produce(settings, events)
+    async with running(Worker(settings, ManualClock(NOW))):
+        await wait_until(lambda: all_committed(settings, produced), 90, "offsets committed")
+    expected_replay, _, _ = replay(events, NOW)
+    changes = await read_all(settings, settings.topic_changes)
+    change_ids(changes)
+    assert_unbroken_chains(changes, expected_replay)
+    await assert_state_matches(settings, expected_replay, NOW // DAY_MS, exact=False)
+
+
+async def test_redelivered_input_changes_nothing(broker: Broker, redis_server: RedisServer) -> None:
+    settings = await make_settings(broker, redis_server.url)
+    events = one_day_of_traffic(150, seed=2, orders_only=True)
+    produced = await produce(settings, events)
+    worker = Worker(settings, ManualClock(NOW))
+    async with running(worker):
+        await wait_until(lambda: all_committed(settings, produced), 90, "first pass")
+    first = change_ids(await read_all(settings, settings.topic_changes))
+    # The same input again (an upstream re-send of everything) and a restarted worker.
+    produced = await produce(settings, events, produced)
+    worker = Worker(settings, ManualClock(NOW))
+    async with running(worker):
+        await wait_until(lambda: all_committed(settings, produced), 90, "second pass")
+    again = change_ids(await read_all(settings, settings.topic_changes))
+    assert again == first
+    expected_replay, _, _ = replay(events, NOW)
+    await assert_state_matches(settings, expected_replay, NOW // DAY_MS)
+
+
+@pytest.mark.parametrize("crash", ["after_commit:2", "after_relay:3"])
+async def test_kill_9_then_restart_loses_and_duplicates_nothing(
+    broker: Broker, redis_server: RedisServer, crash: str
+) -> None:
+    settings = await make_settings(broker, redis_server.url)
+    events = one_day_of_traffic(300, seed=3, orders_only=True)
+    produced = await produce(settings, events)
+    doomed = start_worker(settings, NOW, SW_TEST_CRASH=crash)
+    code = await asyncio.to_thread(doomed.wait, 90)
+    assert code == 137, worker_log(doomed)
+    survivor = start_worker(settings, NOW)
+    try:
+        await wait_until(lambda: all_committed(settings, produced), 90, "restart catches up")
+    finally:
+        survivor.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(survivor.wait, 30) == 0, worker_log(survivor)
+    expected_replay, expected, _ = replay(events, NOW)
+    got = change_ids(await read_all(settings, settings.topic_changes))
+    assert set(got) == {c["event_id"] for c in expected}
+    await assert_state_matches(settings, expected_replay, NOW // DAY_MS)
+
+
+async def test_two_workers_split_partitions_and_one_takes_over(
+    broker: Broker, redis_server: RedisServer
+) -> None:
+    settings = await make_settings(broker, redis_server.url)
+    first_half = one_day_of_traffic(300, seed=4, orders_only=True)
+    half = len(first_half) // 2
+    produced = await produce(settings, first_half[:half])
+    workers = [
+        start_worker(settings, NOW),
+        start_worker(settings, NOW, SEGMENT_WORKER_HTTP_PORT=str(free_port())),
+    ]
+    try:
+        await wait_until(lambda: all_committed(settings, produced), 90, "two workers")
+        workers[0].kill()
+        workers[0].wait()
+        produced = await produce(settings, first_half[half:], produced)
+        await wait_until(lambda: all_committed(settings, produced), 90, "takeover")
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.send_signal(signal.SIGTERM)
+                w.wait(30)
+    expected_replay, expected, _ = replay(first_half, NOW)
+    got = change_ids(await read_all(settings, settings.topic_changes))
+    assert set(got) == {c["event_id"] for c in expected}
+    await assert_state_matches(settings, expected_replay, NOW // DAY_MS)
+
+
+async def test_redis_restart_with_aof_mid_stream(broker: Broker, redis_factory) -> None:  # type: ignore[no-untyped-def]
+    redis = redis_factory(appendonly=True, appendfsync="always")
+    settings = await make_settings(broker, redis.url)
+    events = one_day_of_traffic(300, seed=5, orders_only=True)
+    half = len(events) // 2
+    produced = await produce(settings, events[:half])
+    worker = Worker(settings, ManualClock(NOW))
+    async with running(worker):
+        await wait_until(lambda: all_committed(settings, produced), 90, "first half")
+        await asyncio.to_thread(redis.restart)
+        produced = await produce(settings, events[half:], produced)
+        await wait_until(lambda: all_committed(settings, produced), 90, "after the restart")
+    expected_replay, expected, _ = replay(events, NOW)
+    got = change_ids(await read_all(settings, settings.topic_changes))
+    assert set(got) == {c["event_id"] for c in expected}
+    await assert_state_matches(settings, expected_replay, NOW // DAY_MS)
+
+
+async def test_hot_reload_reevaluates_everyone_and_refuses_a_bad_file(
+    broker: Broker, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    rules_file = tmp_path / "rules.toml"
+    default = (Path(__file__).parents[2] / "worker/core/default_rules.toml").read_text()
+    rules_file.write_text(default)
+    settings = replace(await make_settings(broker, redis_server.url), rules=rules_file)
+    events = one_day_of_traffic(300, seed=8, orders_only=True)
+    produced = await produce(settings, events)
+    worker = Worker(settings, ManualClock(NOW))
+    async with running(worker):
+        await wait_until(lambda: all_committed(settings, produced), 90, "offsets committed")
+        before = change_ids(await read_all(settings, settings.topic_changes, 1.0))
+
+        rules_file.write_text("[orders]\ncount_status = 'shipped'\n")  # broken: refused
+        await wait_until(
+            lambda: worker.metrics.rules_reloads.labels("rejected")._value.get() == 1, 10, "refusal"
+        )
+        assert worker.pipeline.rules.version == load_rules(None).version
+
+        rules_file.write_text(default.replace('orders_total >= 3" }', 'orders_total >= 1" }'))
+        new_rules = load_rules(rules_file)
+        new_version = new_rules.version
+
+        async def reevaluated() -> bool:
+            return not worker.pipeline.reevaluating and worker.pipeline.rules.version == new_version
+
+        await wait_until(reevaluated, 30, "re-evaluation")
+        records = await read_all(settings, settings.topic_changes, 1.0)
+        after = [orjson.loads(r.value or b"") for r in records]
+        moved = [c for c in after if c["cause"]["type"] == "rules_change"]
+        expected_replay, _, _ = replay(events, NOW)
+        moves = class_moves(
+            expected_replay.states.values(), load_rules(None), new_rules, NOW // DAY_MS
+        )
+        expected_moves = sum(n for (a, b), n in moves["membership"].items() if a != b)
+        assert expected_moves > 0
+        assert sum(1 for c in moved if c["dimension"] == "membership") == expected_moves
+        assert all(
+            c["cause"]["event_id"] == new_version and c["rules_version"] == new_version
+            for c in moved
+        )
+        assert len(after) == len(before) + len(moved)
+
+
+async def test_erasure_removes_the_customer_and_keeps_them_out(
+    broker: Broker, redis_server: RedisServer
+) -> None:
+    settings = await make_settings(broker, redis_server.url)
+    events = one_day_of_traffic(200, seed=9, orders_only=True)
+    produced = await produce(settings, events)
+    worker = Worker(settings, ManualClock(NOW))
+    async with running(worker):
+        await wait_until(lambda: all_committed(settings, produced), 90, "offsets committed")
+        expected_replay, _, _ = replay(events, NOW)
+        victims = sorted(expected_replay.states)[:3]
+        await send_erasures(settings, victims)
+
+        async def gone() -> bool:
+            return all(s is None for s in (await stored_states(settings, victims)).values())
+
+        await wait_until(gone, 30, "erasure")
+        tombstones = [
+            r for r in await read_all(settings, settings.topic_changes, 1.0) if r.value is None
+        ]
+        assert sorted((r.key or b"").decode() for r in tombstones) == victims
+
+        # The same events again (a replay of the topic, a late re-send) do not bring them back.
+        again = [e for e in events if e.key.decode() in victims]
+        produced = await produce(settings, again, produced)
+        await wait_until(lambda: all_committed(settings, produced), 60, "re-sent events consumed")
+        assert all(s is None for s in (await stored_states(settings, victims)).values())
+        suppressed = sum(
+            s.value
+            for m in worker.metrics.registry.collect()
+            for s in m.samples
+            if s.name == "segment_worker_events_total" and s.labels.get("outcome") == "suppressed"
+        )
+        assert suppressed == len(again)
+        others = await stored_states(settings, sorted(expected_replay.states)[3:])
+        assert all(s is not None for s in others.values())
+
+
+async def test_redis_rolled_back_to_an_older_copy_is_healed_by_rereading_kafka(
+    broker: Broker, redis_factory
+) -> None:  # type: ignore[no-untyped-def]
+    redis = redis_factory(appendonly=True, appendfsync="always")
+    settings = await make_settings(broker, redis.url)
+    events = one_day_of_traffic(300, seed=10, orders_only=True)
+    third = len(events) // 3
+    produced = await produce(settings, events[:third])
+    worker = Worker(settings, ManualClock(NOW))
+    async with running(worker):
+        await wait_until(lambda: all_committed(settings, produced), 90, "first third")
+        backup = redis.directory.parent / (redis.directory.name + "-backup")
+        await asyncio.to_thread(shutil.copytree, redis.directory / "appendonlydir", backup)
+        produced = await produce(settings, events[third : 2 * third], produced)
+        await wait_until(lambda: all_committed(settings, produced), 90, "second third")
+
+        def roll_back() -> None:  # Redis loses everything written after the copy
+            redis.kill()
+            shutil.rmtree(redis.directory / "appendonlydir")
+            shutil.copytree(backup, redis.directory / "appendonlydir")
+            redis.start()
+
+        await asyncio.to_thread(roll_back)
+        produced = await produce(settings, events[2 * third :], produced)
+        await wait_until(lambda: all_committed(settings, produced), 90, "last third")
+        expected_replay, expected, _ = replay(events, NOW)
+        await wait_until(lambda: worker.metrics.redis_resets._value.get() >= 1, 10, "reset noticed")
+    await assert_state_matches(settings, expected_replay, NOW // DAY_MS)
+    got = change_ids(await read_all(settings, settings.topic_changes))
+    assert set(got) == {c["event_id"] for c in expected}

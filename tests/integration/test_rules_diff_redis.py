@@ -1,0 +1,51 @@
+"""rules diff against the state a worker keeps in Redis."""
+
+import asyncio
+from pathlib import Path
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from worker.cli import main
+from worker.core.codec import encode_state
+from worker.core.events import Order
+from worker.core.state import CustomerState
+from worker.core.timeutil import DAY_MS, format_ms
+from worker.embedded import RedisServer
+from worker.store import Store
+
+pytestmark = pytest.mark.integration
+
+
+async def seed(url: str) -> None:
+    client = aioredis.from_url(url)
+    store = Store(client)
+    await store.load_library()
+    for partition, (cid, orders) in enumerate([("a", 1), ("b", 2), ("c{x}:y", 2), ("d", 3)]):
+        state = CustomerState(cid)
+        for n in range(orders):
+            state.apply(
+                Order(
+                    f"{cid}{n}", cid, (20_500 - n) * DAY_MS, 1000, "USD", "paid", f"{cid}{n}", None
+                )
+            )
+        claim = await store.claim(partition)
+        await store.commit(claim, states={cid: encode_state(state)}, due={}, outbox=[], offsets={})
+    await client.aclose()
+
+
+def test_rules_diff_reads_the_live_state(
+    redis_server: RedisServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    asyncio.run(seed(redis_server.url))
+    new = tmp_path / "new.toml"
+    text = (Path(__file__).parents[2] / "worker/core/default_rules.toml").read_text()
+    new.write_text(text.replace('orders_total >= 3" }', 'orders_total >= 2" }'))
+    as_of = format_ms(20_500 * DAY_MS)
+    assert (
+        main(["rules", "diff", str(new), "--redis", redis_server.url, "--as-of", as_of, "--json"])
+        == 0
+    )
+    out = orjson.loads(capsys.readouterr().out)
+    assert out["membership"] == [{"from": "ordinary", "to": "member", "customers": 2}]

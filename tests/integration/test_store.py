@@ -1,0 +1,554 @@
+"""The Redis adapter against a real redis-server: atomic fenced commits, offsets, outbox, due
+index, argument checks before any write, large batches, odd customer ids, AOF restarts."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from redis.crc import key_slot
+from redis.exceptions import ResponseError
+
+from tests.integration.conftest import RedisProcess
+from worker.store import Claim, Fenced, Store, library_code
+
+pytestmark = pytest.mark.integration
+
+
+class CountingRedis(aioredis.Redis):
+    """Counts the commands the adapter sends: one per round trip (no pipelines are used)."""
+
+    sent: list[str]
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        self.sent.append(str(args[0]).upper())
+        return await super().execute_command(*args, **options)
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[CountingRedis]:
+    redis = CountingRedis.from_url(redis_url)
+    redis.sent = []
+    yield redis
+    await redis.aclose()
+
+
+@pytest.fixture
+async def store(client: CountingRedis) -> Store:
+    store = Store(client)
+    await store.load_library()
+    client.sent.clear()
+    return store
+
+
+async def snapshot(client: aioredis.Redis) -> dict[bytes, tuple[str, object, int]]:
+    """Every key of the database: type, value and TTL state."""
+    out: dict[bytes, tuple[str, object, int]] = {}
+    async for key in client.scan_iter(count=1000):
+        kind = (await client.type(key)).decode()
+        value: object
+        if kind == "string":
+            value = await client.get(key)
+        elif kind == "hash":
+            value = await client.hgetall(key)
+        elif kind == "zset":
+            value = await client.zrange(key, 0, -1, withscores=True)
+        elif kind == "list":
+            value = await client.lrange(key, 0, -1)
+        else:
+            raise AssertionError(f"unexpected {kind} at {key!r}")
+        out[key] = (kind, value, -1 if await client.pttl(key) == -1 else 1)
+    return out
+
+
+async def test_round_trip_of_states_due_outbox_and_offsets(
+    store: Store, client: CountingRedis
+) -> None:
+    claim = await store.claim(3)
+    assert claim == Claim(3, 1, {})
+    await store.commit(
+        claim,
+        states={"alice": b"\x00state-a\xff", "bob": b"state-b"},
+        due={"alice": 2_000, "bob": 1_000},
+        outbox=[b"out-1", b"out-2"],
+        offsets={"orders": 11, "visits": 7},
+    )
+    assert await store.read(3, ["alice", "bob", "carol"]) == [b"\x00state-a\xff", b"state-b", None]
+    assert await store.get(3, "alice") == b"\x00state-a\xff"
+    assert await store.get(4, "alice") is None  # another partition, other keys
+    assert await store.due(3, 1_999, 10) == ["bob"]
+    assert await store.due(3, 2_000, 10) == ["bob", "alice"]
+    assert await store.due(3, 2_000, 1) == ["bob"]
+    assert await store.due_count(3, 2_000) == 2
+    assert await store.outbox(3, 10) == [b"out-1", b"out-2"]
+
+    # None deletes the state and removes the due entry; records append after the old ones.
+    await store.commit(
+        claim,
+        states={"alice": None, "bob": b"state-b2"},
+        due={"alice": None, "bob": 5_000},
+        outbox=[b"out-3"],
+        offsets={"orders": 12},
+    )
+    assert await store.read(3, ["alice", "bob"]) == [None, b"state-b2"]
+    assert await store.due(3, 10_000, 10) == ["bob"]
+    assert await store.outbox(3, 10) == [b"out-1", b"out-2", b"out-3"]
+    assert (await store.claim(3)).offsets == {"orders": 12, "visits": 7}
+
+    # The key layout the store documents, all in one slot.
+    keys = {k.decode() for k in await client.keys("*")}
+    assert keys == {"sw:{p3}:meta", "sw:{p3}:due", "sw:{p3}:outbox", "sw:{p3}:c:bob"}
+    assert {key_slot(k.encode()) for k in keys} == {key_slot(b"{p3}")}
+
+
+async def test_one_round_trip_per_read_and_per_commit(store: Store, client: CountingRedis) -> None:
+    claim = await store.claim(0)
+    client.sent.clear()
+    ids = [f"c{i}" for i in range(1_000)]
+    await store.commit(
+        claim,
+        states=dict.fromkeys(ids, b"x" * 200),
+        due={c: i for i, c in enumerate(ids)},
+        outbox=[b"r"] * 50,
+        offsets={"orders": 1_000},
+        populations={("lifecycle", "new"): 1_000},
+    )
+    assert client.sent == ["FCALL"]
+    client.sent.clear()
+    assert len(await store.read(0, ids)) == 1_000
+    assert client.sent == ["MGET"]
+    client.sent.clear()
+    assert await store.read(0, []) == []
+    assert client.sent == []
+
+
+async def test_stale_epoch_is_fenced_and_writes_nothing(
+    store: Store, client: CountingRedis
+) -> None:
+    old = await store.claim(5)
+    await store.commit(
+        old, states={"a": b"1"}, due={"a": 10}, outbox=[b"r1"], offsets={"orders": 3}
+    )
+    new = await store.claim(5)
+    assert new.epoch == old.epoch + 1
+    assert new.offsets == {"orders": 3}
+    before = await snapshot(client)
+
+    with pytest.raises(Fenced) as fenced:
+        await store.commit(
+            old,
+            states={"a": b"stale", "b": b"stale", "gone": None},
+            due={"a": None, "b": 1},
+            outbox=[b"stale-record"],
+            offsets={"orders": 99, "visits": 5},
+            populations={("lifecycle", "active"): 1},
+        )
+    assert (fenced.value.partition, fenced.value.epoch, fenced.value.current) == (5, 1, 2)
+    with pytest.raises(Fenced):
+        await store.ack_outbox(old, 1)
+    with pytest.raises(Fenced):
+        await store.erase(old, "a", 60_000)
+    assert await snapshot(client) == before
+
+    # The new owner writes; the old one stays fenced for good.
+    await store.commit(new, states={"a": b"2"}, due={}, outbox=[], offsets={"orders": 4})
+    assert await store.get(5, "a") == b"2"
+    with pytest.raises(Fenced):
+        await store.commit(old, states={}, due={}, outbox=[], offsets={})
+
+
+async def test_commit_before_any_claim_is_refused(store: Store, client: CountingRedis) -> None:
+    with pytest.raises(ResponseError, match="epoch must be >= 1"):
+        await store.commit(Claim(1, 0, {}), states={"a": b"1"}, due={}, outbox=[], offsets={})
+    with pytest.raises(Fenced) as fenced:  # an epoch nobody was ever given
+        await store.commit(Claim(1, 7, {}), states={"a": b"1"}, due={}, outbox=[], offsets={})
+    assert fenced.value.current == 0
+    assert await snapshot(client) == {}
+
+
+async def test_offsets_never_go_backwards(store: Store) -> None:
+    claim = await store.claim(2)
+    for given, expected in [(10, 10), (5, 10), (10, 10), (12, 12), (0, 12)]:
+        await store.commit(claim, states={}, due={}, outbox=[], offsets={"orders": given})
+        assert (await store.claim(2)).offsets["orders"] == expected
+        claim = await store.claim(2)
+    big = 2**53 - 1  # the largest offset the Function accepts
+    await store.commit(claim, states={}, due={}, outbox=[], offsets={"orders": big, "v": 0})
+    assert (await store.claim(2)).offsets == {"orders": big, "v": 0}
+
+
+async def test_outbox_ack_trims_exactly(store: Store) -> None:
+    claim = await store.claim(1)
+    for batch in ([b"r0", b"r1"], [], [b"r2", b"r3", b"r4"]):
+        await store.commit(claim, states={}, due={}, outbox=batch, offsets={})
+    assert await store.outbox(1, 3) == [b"r0", b"r1", b"r2"]
+    assert await store.outbox(1, 0) == []
+    await store.ack_outbox(claim, 0)
+    await store.ack_outbox(claim, 2)
+    assert await store.outbox(1, 10) == [b"r2", b"r3", b"r4"]
+    await store.commit(claim, states={}, due={}, outbox=[b"r5"], offsets={})
+    await store.ack_outbox(claim, 1)
+    assert await store.outbox(1, 10) == [b"r3", b"r4", b"r5"]
+    await store.ack_outbox(claim, 10)  # more than there is: empty, not an error
+    assert await store.outbox(1, 10) == []
+    with pytest.raises(ValueError, match="count"):
+        await store.ack_outbox(claim, -1)
+
+
+async def test_large_commit_in_one_call(store: Store, client: CountingRedis) -> None:
+    claim = await store.claim(7)
+    ids = [f"customer-{i:05d}" for i in range(2_000)]
+    states = {c: c.encode() * 10 for c in ids}
+    client.sent.clear()
+    await store.commit(
+        claim,
+        states=states,
+        due={c: 1_700_000_000_000 + i for i, c in enumerate(ids)},
+        outbox=[f"record-{i}".encode() for i in range(2_000)],
+        offsets={"orders": 2_000},
+    )
+    assert client.sent == ["FCALL"]
+    assert await store.read(7, ids) == list(states.values())
+    assert await store.due_count(7, 2**52) == 2_000
+    assert await store.due(7, 1_700_000_000_001, 5) == ids[:2]
+    outbox = await store.outbox(7, 5_000)
+    assert outbox == [f"record-{i}".encode() for i in range(2_000)]
+
+    # And delete them all in one call again.
+    await store.commit(
+        claim, states=dict.fromkeys(ids), due=dict.fromkeys(ids), outbox=[], offsets={}
+    )
+    assert await store.read(7, ids) == [None] * 2_000
+    assert await store.due_count(7, 2**52) == 0
+
+
+ODD_IDS = [
+    "{p4}",
+    "}{",
+    "{",
+    "}",
+    "a:b:c",
+    "sw:{p9}:c:x",
+    "with space",
+    "line\nbreak\r\n",
+    "tab\tand\x00nul",
+    "ünïcødé ✓ 🎉 顧客",
+    "x" * 1024,
+    "é" * 600,  # 1,200 bytes in UTF-8
+    "",
+]
+
+
+async def test_customer_ids_with_any_characters(store: Store, client: CountingRedis) -> None:
+    claim = await store.claim(4)
+    states = {c: f"state of {c!r}".encode() for c in ODD_IDS}
+    await store.commit(
+        claim,
+        states=states,
+        due={c: i for i, c in enumerate(ODD_IDS)},
+        outbox=[],
+        offsets={},
+    )
+    assert await store.read(4, ODD_IDS) == list(states.values())
+    for c in ODD_IDS:
+        assert await store.get(4, c) == states[c]
+    assert await store.due(4, 10**6, 100) == ODD_IDS
+    keys = await client.keys("*")
+    assert len(keys) == 2 + len(ODD_IDS)  # meta, due and one key per customer
+    assert {key_slot(k) for k in keys} == {key_slot(b"{p4}")}  # the first {...} is ours
+    assert await store.read(9, ODD_IDS) == [None] * len(ODD_IDS)  # "sw:{p9}:c:x" is not p9's
+
+    removed = ODD_IDS[:6]
+    await store.commit(
+        claim,
+        states=dict.fromkeys(removed),
+        due=dict.fromkeys(removed),
+        outbox=[],
+        offsets={},
+    )
+    assert await store.read(4, removed) == [None] * len(removed)
+    assert await store.due(4, 10**6, 100) == ODD_IDS[6:]
+
+
+async def test_erase_deletes_state_and_due_and_leaves_a_marker(store: Store) -> None:
+    claim = await store.claim(6)
+    await store.commit(
+        claim, states={"a": b"1", "b": b"2"}, due={"a": 1, "b": 2}, outbox=[], offsets={}
+    )
+    assert await store.erase(claim, "a", 60_000) is True
+    assert await store.erase(claim, "a", None) is False
+    assert await store.erase(claim, "b", None) is True
+    assert await store.read(6, ["a", "b"]) == [None, None]
+    assert await store.due(6, 100, 10) == []
+    assert await store.erased(6, "a")
+    assert not await store.erased(6, "b")
+    with pytest.raises(ValueError, match="marker_ttl_ms"):
+        await store.erase(claim, "a", 0)
+
+
+async def test_populations_are_kept_by_commits(store: Store) -> None:
+    claim = await store.claim(8)
+    deltas = {("lifecycle", "new"): 2, ("value_tier", "low"): 2, ("rfm", "x"): 0}
+    await store.commit(claim, states={}, due={}, outbox=[], offsets={}, populations=deltas)
+    await store.commit(
+        claim,
+        states={},
+        due={},
+        outbox=[],
+        offsets={"orders": 1},
+        populations={("lifecycle", "new"): -1, ("lifecycle", "active"): 1},
+    )
+    assert await store.populations(8) == {
+        ("lifecycle", "new"): 1,
+        ("lifecycle", "active"): 1,
+        ("value_tier", "low"): 2,
+    }
+    assert (await store.claim(8)).offsets == {"orders": 1}  # pop:* fields are not offsets
+
+
+# Malformed calls straight to the Functions: every one is refused with a clear message and
+# writes nothing, although valid states, due entries and records come before the bad part.
+
+META, DUE, OUT = "sw:{p3}:meta", "sw:{p3}:due", "sw:{p3}:outbox"
+CA, CB = "sw:{p3}:c:a", "sw:{p3}:c:b"
+
+
+def commit_call(
+    *,
+    keys: list[str] | None = None,
+    epoch: object = 1,
+    counts: tuple[object, ...] = (2, 0, 1, 0, 1, 1, 0),
+    blobs: tuple[object, ...] = ("A", "B"),
+    zadd: tuple[object, ...] = (5, "a"),
+    zrem: tuple[object, ...] = (),
+    out: tuple[object, ...] = ("record",),
+    offsets: tuple[object, ...] = ("orders", 9),
+    pops: tuple[object, ...] = (),
+) -> tuple[object, ...]:
+    keys = [META, DUE, OUT, CA, CB] if keys is None else keys
+    args = (epoch, *counts, *blobs, *zadd, *zrem, *out, *offsets, *pops)
+    return ("segment_worker_commit", len(keys), *keys, *args)
+
+
+BAD_CALLS: dict[str, tuple[tuple[object, ...], str]] = {
+    "epoch not a number": (commit_call(epoch="one"), "epoch must be a non-negative integer"),
+    "epoch negative": (commit_call(epoch=-1), "epoch must be a non-negative integer"),
+    "epoch fractional": (commit_call(epoch="1.0"), "epoch must be a non-negative integer"),
+    "epoch zero": (commit_call(epoch=0), "epoch must be >= 1"),
+    "count with exponent": (
+        commit_call(counts=("2e0", 0, 1, 0, 1, 1, 0)),
+        "n_set must be a non-negative integer",
+    ),
+    "count missing": (
+        ("segment_worker_commit", 5, META, DUE, OUT, CA, CB, 1, 2, 0),
+        "n_zadd must be a non-negative integer, got nothing",
+    ),
+    "too few keys": (commit_call(keys=[META, DUE, OUT, CA]), "expected 5 keys, got 4"),
+    "too many arguments": (
+        commit_call(pops=("lifecycle\x1fnew",)),
+        "expected 15 arguments (from the counts given), got 16",
+    ),
+    "too few arguments": (
+        commit_call(offsets=("orders",)),
+        "expected 15 arguments (from the counts given), got 14",
+    ),
+    "due time fractional": (commit_call(zadd=("5.5", "a")), 'due time of "a"'),
+    "due time negative": (commit_call(zadd=(-5, "a")), 'due time of "a"'),
+    "due time hex": (commit_call(zadd=("0x10", "a")), 'due time of "a"'),
+    "due time leading zero": (commit_call(zadd=("05", "a")), 'due time of "a"'),
+    "due time beyond 2^53": (commit_call(zadd=(2**53, "a")), "at most 2^53 - 1"),
+    "offset not a number": (commit_call(offsets=("orders", "nine")), 'offset of "orders"'),
+    "offset with spaces": (commit_call(offsets=("orders", " 9")), 'offset of "orders"'),
+    "offset huge": (commit_call(offsets=("orders", "1" * 30)), 'offset of "orders"'),
+    "topic empty": (commit_call(offsets=("", 9)), "topic must be a Kafka topic name"),
+    "topic with colon": (commit_call(offsets=("a:b", 9)), "topic must be a Kafka topic name"),
+    "population delta fractional": (
+        commit_call(counts=(2, 0, 1, 0, 1, 1, 1), pops=("lifecycle\x1fnew", "0.5")),
+        "population delta",
+    ),
+    "population field empty": (
+        commit_call(counts=(2, 0, 1, 0, 1, 1, 1), pops=("", 1)),
+        "population field must not be empty",
+    ),
+    "meta key of another layout": (
+        commit_call(keys=["sw:meta", DUE, OUT, CA, CB]),
+        "KEYS[1] must be <prefix>:{p<N>}:meta",
+    ),
+    "braces in the prefix": (
+        commit_call(keys=["{x}:{p3}:meta", DUE, OUT, CA, CB]),
+        "KEYS[1] must be <prefix>:{p<N>}:meta",
+    ),
+    "due key of another partition": (
+        commit_call(keys=[META, "sw:{p4}:due", OUT, CA, CB]),
+        'KEYS[2] must be "sw:{p3}:due"',
+    ),
+    "outbox key wrong": (
+        commit_call(keys=[META, DUE, "sw:{p3}:out", CA, CB]),
+        'KEYS[3] must be "sw:{p3}:outbox"',
+    ),
+    "state key of another partition": (
+        commit_call(keys=[META, DUE, OUT, CA, "sw:{p4}:c:b"]),
+        'KEYS[5] must start with "sw:{p3}:c:"',
+    ),
+    "state key not a customer": (
+        commit_call(keys=[META, DUE, OUT, CA, META]),
+        'KEYS[5] must start with "sw:{p3}:c:"',
+    ),
+    "claim with arguments": (
+        ("segment_worker_claim", 1, META, "extra"),
+        "segment_worker_claim: expected 0 arguments",
+    ),
+    "claim without key": (("segment_worker_claim", 0), "segment_worker_claim: expected 1 keys"),
+    "claim of a bad key": (
+        ("segment_worker_claim", 1, "sw:{p3}:due"),
+        "segment_worker_claim: KEYS[1] must be",
+    ),
+    "ack count negative": (
+        ("segment_worker_ack", 2, META, OUT, 1, -1),
+        "segment_worker_ack: count must be a non-negative integer",
+    ),
+    "ack count missing": (
+        ("segment_worker_ack", 2, META, OUT, 1),
+        "segment_worker_ack: expected 2 arguments",
+    ),
+    "ack of another list": (
+        ("segment_worker_ack", 2, META, DUE, 1, 1),
+        'segment_worker_ack: KEYS[2] must be "sw:{p3}:outbox"',
+    ),
+    "erase key of another customer": (
+        ("segment_worker_erase", 4, META, DUE, CB, "sw:{p3}:x:a", 1, "a", ""),
+        'segment_worker_erase: KEYS[3] must be "sw:{p3}:c:a"',
+    ),
+    "erase key with a line break in the message": (
+        ("segment_worker_erase", 4, META, DUE, "sw:{p3}:c:a\r\nb", "sw:{p3}:x:a", 1, "a", ""),
+        'segment_worker_erase: KEYS[3] must be "sw:{p3}:c:a", got "sw:{p3}:c:a',
+    ),
+    "erase ttl zero": (
+        ("segment_worker_erase", 4, META, DUE, CA, "sw:{p3}:x:a", 1, "a", 0),
+        "marker_ttl_ms must be >= 1",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_CALLS))
+async def test_bad_arguments_are_refused_before_any_write(
+    store: Store, client: CountingRedis, name: str
+) -> None:
+    claim = await store.claim(3)
+    assert claim.epoch == 1
+    await store.commit(
+        claim, states={"old": b"old"}, due={"old": 1}, outbox=[b"old"], offsets={"orders": 1}
+    )
+    call, message = BAD_CALLS[name]
+    good = commit_call()
+    before = await snapshot(client)
+    with pytest.raises(ResponseError) as refused:
+        await client.fcall(*call)  # type: ignore[arg-type]
+    assert message in str(refused.value), str(refused.value)
+    assert await snapshot(client) == before
+    # The same call well formed goes through.
+    await client.fcall(*good)  # type: ignore[arg-type]
+    assert await store.read(3, ["a", "b"]) == [b"A", b"B"]
+
+
+@pytest.mark.parametrize("kind", ["due", "outbox", "meta"])
+async def test_keys_of_the_wrong_type_are_refused_before_any_write(
+    store: Store, client: CountingRedis, kind: str
+) -> None:
+    claim = await store.claim(3)
+    key = {"due": DUE, "outbox": OUT, "meta": META}[kind]
+    await client.delete(key)
+    await client.set(key, "not mine")
+    before = await snapshot(client)
+    with pytest.raises(ResponseError, match=f"{kind} key .* holds a string"):
+        await store.commit(claim, states={"a": b"1"}, due={"a": 1}, outbox=[b"r"], offsets={})
+    assert await snapshot(client) == before
+
+
+async def test_store_refuses_a_prefix_with_braces_and_a_decoding_client(redis_url: str) -> None:
+    plain = aioredis.from_url(redis_url)
+    decoding = aioredis.from_url(redis_url, decode_responses=True)
+    try:
+        with pytest.raises(ValueError, match="hash tag"):
+            Store(plain, "sw{x}")
+        with pytest.raises(ValueError, match="decode"):
+            Store(decoding)
+        assert Store(plain, "other").customer_key(3, "a") == "other:{p3}:c:a"
+    finally:
+        await plain.aclose()
+        await decoding.aclose()
+
+
+async def test_load_library_is_idempotent_and_replaces_other_code(
+    store: Store, client: CountingRedis
+) -> None:
+    assert await client.fcall_ro("segment_worker_version", 0) == b"3"
+    client.sent.clear()
+    await store.load_library()  # the same code is loaded: nothing written
+    assert client.sent == ["FUNCTION LIST"]
+    old = "#!lua name=segment_worker\nredis.register_function('segment_worker_old', function() return 1 end)"
+    await client.function_load(old, replace=True)
+    await store.load_library()
+    libraries = await client.function_list("segment_worker", withcode=True)
+    assert len(libraries) == 1
+    assert dict(zip(libraries[0][::2], libraries[0][1::2], strict=True))[
+        b"library_code"
+    ].decode() == (library_code())
+
+
+async def test_ping(store: Store, redis_proc: Callable[..., RedisProcess]) -> None:
+    assert await store.ping()
+    server = redis_proc()
+    gone = aioredis.from_url(server.url)
+    server.kill()
+    try:
+        assert await Store(gone).ping() is False
+    finally:
+        await gone.aclose()
+
+
+async def test_committed_data_survives_kill_9_with_aof(
+    redis_proc: Callable[..., RedisProcess],
+) -> None:
+    server = redis_proc("--appendonly", "yes", "--appendfsync", "always")
+    client = aioredis.from_url(server.url)
+    try:
+        store = Store(client)
+        await store.load_library()
+        claim = await store.claim(2)
+        ids = [f"c{i}" for i in range(500)] + ODD_IDS
+        await store.commit(
+            claim,
+            states={c: c.encode() for c in ids},
+            due={c: i for i, c in enumerate(ids)},
+            outbox=[b"r1", b"r2", b"r3"],
+            offsets={"orders": 500, "visits": 42},
+        )
+        await store.ack_outbox(claim, 1)
+        before = await snapshot(client)
+
+        server.restart()  # kill -9: only what was fsynced survives
+        await client.connection_pool.disconnect()
+        assert await snapshot(client) == before
+        assert await store.read(2, ids) == [c.encode() for c in ids]
+        assert await store.outbox(2, 10) == [b"r2", b"r3"]
+        # Functions were persisted with the data; loading again is harmless.
+        assert await client.fcall_ro("segment_worker_version", 0) == b"3"
+        await store.load_library()
+        # The epoch survived too: the old claim still writes, a new claim fences it.
+        await store.commit(claim, states={"c0": b"after"}, due={}, outbox=[], offsets={})
+        fresh = await store.claim(2)
+        assert fresh.epoch == claim.epoch + 1
+        assert fresh.offsets == {"orders": 500, "visits": 42}
+        with pytest.raises(Fenced):
+            await store.commit(claim, states={"c0": b"stale"}, due={}, outbox=[], offsets={})
+
+        server.restart()
+        await client.connection_pool.disconnect()
+        await store.load_library()
+        assert await store.get(2, "c0") == b"after"
+        assert (await store.claim(2)).epoch == fresh.epoch + 1
+    finally:
+        await client.aclose()

@@ -1,0 +1,915 @@
+"""An independent oracle for ``worker.replay.Replayer``, and a seeded shop-history generator.
+
+The oracle recomputes, from the specification alone (README "Replay", "Event contracts" and
+"The rules file", DESIGN.md sections 2-6, ``worker/core/default_rules.toml``), what replay must
+output: segment changes, rejected lines and the final per-customer state. It shares no code
+with ``worker``: it parses lines with the standard ``json`` module (exact decimals), keeps the
+*set* of accepted events per customer, recomputes every statistic from that set, and re-classifies
+every customer at every UTC midnight the clock crosses, with the default rules written out as
+plain if/elif code. Nothing is incremental and nothing predicts due days, so it is slow but
+easy to check by reading.
+
+Spec points the oracle encodes (and the tests therefore hold the core to):
+
+- The clock is the greatest ``occurred_at`` of the lines that pass the event contract (the
+  parser). A currency without a rate is refused later, by the rules, after the clock moved.
+- When the clock moves from C to C' > C, every midnight D*DAY with C < D*DAY <= C' is visited
+  in increasing order and every known customer, in ascending id order, is re-classified at D;
+  differences are emitted as ``timer`` changes stamped D*DAY. Then the event is applied and
+  its customer re-classified at day(C').
+- An order counts (count_status = paid) iff some event of its order_id is ``paid`` and none is
+  ``cancelled``/``refunded``; its time and amount are those of the max (is_paid, ms, amount) over
+  its placed/paid events.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
+
+DAY = 86_400_000
+HOUR = 3_600_000
+MINUTE = 60_000
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+DIMENSIONS = ("lifecycle", "value_tier", "rfm", "membership", "tenure", "old_customer")
+STATUSES = ("placed", "paid", "cancelled", "refunded")
+BASE_CURRENCY = "USD"  # default rules: base USD, no rates
+MAX_FUTURE_MS = 5 * MINUTE  # ParseLimits() defaults, from the README contract
+MAX_ID_LENGTH = 200
+MAX_AMOUNT = Decimal(10) ** 12
+WINDOW_DAYS = 90
+# An order in a currency with no rate passed the event contract: it moves the clock, then is
+# refused (see the module docstring). False: refused before the clock sees it.
+CURRENCY_REJECTS_MOVE_CLOCK = True
+
+_TIMESTAMP = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|([+-])(\d{2}):(\d{2}))"
+)
+_DECIMAL_TEXT = re.compile(r"[0-9]+(\.[0-9]{1,2})?")
+
+
+# --- time and money -----------------------------------------------------------------------
+
+
+def parse_time(text: str) -> int | None:
+    """Epoch ms of an RFC 3339 timestamp with a mandatory offset; None if it is not one."""
+    m = _TIMESTAMP.fullmatch(text)
+    if m is None:
+        return None
+    try:
+        year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
+        moment = datetime(year, month, day, hour, minute, second, tzinfo=UTC)
+    except ValueError:
+        return None
+    ms = (moment - EPOCH) // timedelta(milliseconds=1) + int((m[7] or "").ljust(3, "0")[:3])
+    if m[8] != "Z":
+        offset = (int(m[10]) * 60 + int(m[11])) * MINUTE
+        ms += -offset if m[9] == "+" else offset
+    return ms
+
+
+def ms_of(text: str) -> int:
+    """Epoch ms of a timestamp known to be valid."""
+    ms = parse_time(text)
+    assert ms is not None, text
+    return ms
+
+
+def text_of(ms: int) -> str:
+    """UTC, millisecond precision, 'Z': the output format of every timestamp."""
+    moment = EPOCH + timedelta(milliseconds=ms)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def optional_text(ms: int | None) -> str | None:
+    """``text_of`` that passes None through."""
+    return None if ms is None else text_of(ms)
+
+
+def money(cents: int) -> str:
+    """Exact minor units as a two-decimal string."""
+    return f"{cents // 100}.{cents % 100:02d}"
+
+
+def cents_of(amount: Decimal | int) -> int:
+    """Minor units: round half to even at the cent."""
+    return int((Decimal(amount) * 100).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+
+
+# --- input lines --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Order:
+    """An order event that passed the contract (amount in exact minor units)."""
+
+    event_id: str
+    customer_id: str
+    ms: int
+    cents: int
+    currency: str
+    status: str
+    order_id: str
+    region: str | None
+
+
+@dataclass(frozen=True)
+class Visit:
+    """A visit event that passed the contract."""
+
+    event_id: str
+    customer_id: str
+    ms: int
+    region: str | None
+
+
+@dataclass(frozen=True)
+class Reject:
+    """A refused line: the dead-letter reason code and the offending field."""
+
+    reason: str
+    field: str | None
+
+
+class _Refused(Exception):
+    """Raised when a line breaks the contract; carries the Reject."""
+
+    def __init__(self, reason: str, name: str | None) -> None:
+        super().__init__(reason)
+        self.reject = Reject(reason, name)
+
+
+def _text_field(doc: dict[str, object], name: str) -> str:
+    """A required string field (null counts as absent)."""
+    value = doc.get(name)
+    if value is None:
+        raise _Refused("missing_field", name)
+    if not isinstance(value, str):
+        raise _Refused("wrong_type", name)
+    return value
+
+
+def _identifier(doc: dict[str, object], name: str) -> str:
+    """A required id: 1..200 characters."""
+    value = _text_field(doc, name)
+    if not 1 <= len(value) <= MAX_ID_LENGTH:
+        raise _Refused("invalid_value", name)
+    return value
+
+
+def _optional_text(doc: dict[str, object], name: str) -> str | None:
+    """An optional string field."""
+    value = doc.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _Refused("wrong_type", name)
+    return value
+
+
+def _amount(doc: dict[str, object]) -> int:
+    """Minor units of a number (any precision) or a decimal string (<= 2 places)."""
+    value = doc.get("amount")
+    if value is None:
+        raise _Refused("missing_field", "amount")
+    if isinstance(value, str):
+        if _DECIMAL_TEXT.fullmatch(value) is None:
+            raise _Refused(
+                "negative_amount" if value.startswith("-") else "invalid_value", "amount"
+            )
+        number = Decimal(value)
+    elif isinstance(value, int | Decimal) and not isinstance(value, bool):
+        number = Decimal(value)
+    else:
+        raise _Refused("wrong_type", "amount")
+    if number < 0:
+        raise _Refused("negative_amount", "amount")
+    if number > MAX_AMOUNT:
+        raise _Refused("invalid_value", "amount")
+    return cents_of(number)
+
+
+def read_line(raw: bytes, reference_ms: int) -> Order | Visit | Reject:
+    """The event contract (order.v1 / visit.v1) applied to one input line."""
+    try:
+        doc = json.loads(raw.decode("utf-8"), parse_float=Decimal)
+    except UnicodeDecodeError:
+        return Reject("invalid_utf8", None)
+    except ValueError:
+        return Reject("invalid_json", None)
+    if not isinstance(doc, dict):
+        return Reject("not_an_object", None)
+    try:
+        kind = doc.get("type")
+        if kind not in ("order", "visit"):
+            raise _Refused("unknown_type", "type")
+        event_id = _identifier(doc, "event_id")
+        customer_id = _identifier(doc, "customer_id")
+        ms = parse_time(_text_field(doc, "occurred_at"))
+        if ms is None:
+            raise _Refused("invalid_timestamp", "occurred_at")
+        if ms > reference_ms + MAX_FUTURE_MS:
+            raise _Refused("future_timestamp", "occurred_at")
+        if kind == "visit":
+            action = _text_field(doc, "action")
+            if not 1 <= len(action) <= 100:
+                raise _Refused("invalid_value", "action")
+            return Visit(event_id, customer_id, ms, _optional_text(doc, "region"))
+        cents = _amount(doc)
+        currency = _text_field(doc, "currency")
+        if not (len(currency) == 3 and currency.isascii() and currency.isupper()):
+            raise _Refused("invalid_value", "currency")
+        status = _text_field(doc, "status")
+        if status not in STATUSES:
+            raise _Refused("unknown_status", "status")
+        order_id = _optional_text(doc, "order_id")
+        if order_id is not None:
+            order_id = _identifier(doc, "order_id")
+        region = _optional_text(doc, "region")
+        return Order(
+            event_id, customer_id, ms, cents, currency, status, order_id or event_id, region
+        )
+    except _Refused as refused:
+        return refused.reject
+
+
+# --- per-customer statistics, recomputed from the set of events ----------------------------
+
+
+@dataclass
+class Stats:
+    """Everything that does not depend on the day, derived from a customer's event set."""
+
+    orders: list[tuple[int, int]]  # counted orders (ms, cents), sorted
+    days: list[int]  # UTC day of each counted order, same order
+    prefix: list[int]  # prefix[i] = cents of the first i counted orders
+    first_visit_ms: int | None
+    last_visit_ms: int | None
+    region: str | None
+
+    @property
+    def n(self) -> int:
+        """orders_total."""
+        return len(self.orders)
+
+    @property
+    def total(self) -> int:
+        """monetary_total in cents."""
+        return self.prefix[-1]
+
+
+def stats_of(events: Iterable[Order | Visit]) -> Stats:
+    """Recompute the statistics of an event set from scratch."""
+    by_order: dict[str, list[Order]] = {}
+    visits: list[int] = []
+    tagged: list[tuple[int, str]] = []
+    for event in events:
+        if event.region is not None:
+            tagged.append((event.ms, event.region))
+        if isinstance(event, Visit):
+            visits.append(event.ms)
+        else:
+            by_order.setdefault(event.order_id, []).append(event)
+    counted = []
+    for records in by_order.values():
+        statuses = {r.status for r in records}
+        if "paid" not in statuses or "cancelled" in statuses or "refunded" in statuses:
+            continue
+        best = max(
+            (r.status == "paid", r.ms, r.cents) for r in records if r.status in ("placed", "paid")
+        )
+        counted.append((best[1], best[2]))
+    counted.sort()
+    prefix = [0]
+    for _, cents in counted:
+        prefix.append(prefix[-1] + cents)
+    return Stats(
+        orders=counted,
+        days=[ms // DAY for ms, _ in counted],
+        prefix=prefix,
+        first_visit_ms=min(visits) if visits else None,
+        last_visit_ms=max(visits) if visits else None,
+        region=max(tagged)[1] if tagged else None,
+    )
+
+
+@dataclass
+class Features:
+    """The rule features at one UTC day (money in cents, so comparisons are exact)."""
+
+    orders_total: int
+    monetary_total: int
+    has_visit: bool
+    last_order_gap_days: int | None
+    days_since_first_order: int | None
+    days_since_last_order: int | None
+    days_since_last_visit: int | None
+    days_since_last_activity: int | None
+    orders_90d: int
+    spend_90d: int
+    r_score: int | None
+    f_score: int
+    m_score: int
+
+
+def features_at(s: Stats, day: int) -> Features:
+    """Features of ``s`` at the start of UTC day ``day``."""
+    n = s.n
+    first_day = s.days[0] if n else None
+    last_day = s.days[-1] if n else None
+    visit_day = None if s.last_visit_ms is None else s.last_visit_ms // DAY
+    known = [d for d in (last_day, visit_day) if d is not None]
+    activity_day = max(known) if known else None
+    lo = bisect_left(s.days, day - WINDOW_DAYS + 1)
+    hi = bisect_right(s.days, day)
+    since_last = None if last_day is None else day - last_day
+    r_score = None
+    if since_last is not None:  # lower is better: 5 when <= 14, ... 1 above 120
+        r_score = 5
+        for cut in (14, 30, 60, 120):
+            if since_last > cut:
+                r_score -= 1
+    f_score = 1 + sum(1 for cut in (2, 3, 5, 10) if n >= cut)
+    m_score = 1 + sum(1 for cut in (50, 150, 400, 1000) if s.total >= cut * 100)
+    return Features(
+        orders_total=n,
+        monetary_total=s.total,
+        has_visit=s.last_visit_ms is not None,
+        last_order_gap_days=s.days[-1] - s.days[-2] if n >= 2 else None,
+        days_since_first_order=None if first_day is None else day - first_day,
+        days_since_last_order=since_last,
+        days_since_last_visit=None if visit_day is None else day - visit_day,
+        days_since_last_activity=None if activity_day is None else day - activity_day,
+        orders_90d=hi - lo,
+        spend_90d=s.prefix[hi] - s.prefix[lo],
+        r_score=r_score,
+        f_score=f_score,
+        m_score=m_score,
+    )
+
+
+def _gt(value: int | None, limit: int) -> bool:
+    """``value > limit``; false for a null feature."""
+    return value is not None and value > limit
+
+
+def _le(value: int | None, limit: int) -> bool:
+    """``value <= limit``; false for a null feature."""
+    return value is not None and value <= limit
+
+
+def classify(f: Features) -> tuple[str | None, ...]:
+    """The default rules, one dimension after the other, in DIMENSIONS order."""
+    n = f.orders_total
+    lifecycle = None
+    if n > 0 or f.has_visit:
+        if n == 0 and f.has_visit:
+            lifecycle = "potential"
+        elif n >= 2 and _gt(f.last_order_gap_days, 180) and _le(f.days_since_last_order, 30):
+            lifecycle = "returning"
+        elif n == 1 and _le(f.days_since_first_order, 30):
+            lifecycle = "new"
+        elif _le(f.days_since_last_order, 60):
+            lifecycle = "active"
+        elif _gt(f.days_since_last_order, 180) and _gt(f.days_since_last_activity, 180):
+            lifecycle = "churned"
+        else:
+            lifecycle = "churn_risk"
+
+    value_tier = None
+    if n >= 1:
+        if f.orders_90d >= 4 and f.spend_90d > 200_00:
+            value_tier = "high"
+        elif f.orders_90d >= 2 and f.spend_90d > 100_00:
+            value_tier = "medium"
+        else:
+            value_tier = "low"
+
+    rfm = None
+    if n >= 1:
+        r, fs, m = f.r_score, f.f_score, f.m_score
+        assert r is not None
+        if r >= 4 and fs >= 4 and m >= 4:
+            rfm = "champions"
+        elif r >= 3 and fs >= 4:
+            rfm = "loyal"
+        elif r == 5 and fs == 1:
+            rfm = "new"
+        elif r == 4 and fs == 1:
+            rfm = "promising"
+        elif r >= 4 and fs >= 2:
+            rfm = "potential_loyalist"
+        elif r == 3 and fs >= 2:
+            rfm = "need_attention"
+        elif r == 3:
+            rfm = "about_to_sleep"
+        elif r <= 2 and fs >= 4 and m >= 4:
+            rfm = "cant_lose"
+        elif r <= 2 and fs >= 3:
+            rfm = "at_risk"
+        else:
+            rfm = "hibernating"
+
+    membership = None
+    if n >= 1 or f.has_visit:
+        if n >= 10:
+            membership = "super_member"
+        elif n >= 3:
+            membership = "member"
+        else:
+            membership = "ordinary"
+
+    tenure = None
+    if n >= 1:
+        if _gt(f.days_since_first_order, 365):
+            tenure = "long"
+        elif _gt(f.days_since_first_order, 90):
+            tenure = "mid"
+        else:
+            tenure = "short"
+
+    old_customer = "in" if n >= 2 and f.monetary_total > 40_00 else None
+    return (lifecycle, value_tier, rfm, membership, tenure, old_customer)
+
+
+def snapshot(s: Stats, f: Features) -> dict[str, object]:
+    """The ``state`` of a change event, in segment_change.v1 field order."""
+    return {
+        "orders_total": f.orders_total,
+        "monetary_total": money(f.monetary_total),
+        "orders_90d": f.orders_90d,
+        "spend_90d": money(f.spend_90d),
+        "first_order_at": optional_text(s.orders[0][0] if s.orders else None),
+        "last_order_at": optional_text(s.orders[-1][0] if s.orders else None),
+        "last_visit_at": optional_text(s.last_visit_ms),
+        "days_since_first_order": f.days_since_first_order,
+        "days_since_last_order": f.days_since_last_order,
+        "days_since_last_visit": f.days_since_last_visit,
+        "region": s.region,
+        "r_score": f.r_score,
+        "f_score": f.f_score,
+        "m_score": f.m_score,
+    }
+
+
+def change_id(
+    customer_id: str,
+    dimension: str,
+    cause: tuple[str, str | None, int],
+    old: str | None,
+    new: str | None,
+) -> str:
+    """blake2b-128 over the unit-separated transition and its cause."""
+    parts = (customer_id, dimension, cause[0], cause[1] or "", str(cause[2]), old or "", new or "")
+    return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=16).hexdigest()
+
+
+@dataclass
+class Customer:
+    """The accepted events of one customer, and the classes last emitted for them."""
+
+    id: str
+    events: set[Order | Visit] = field(default_factory=set)
+    classes: tuple[str | None, ...] = (None,) * len(DIMENSIONS)
+    since: dict[str, int] = field(default_factory=dict)
+    _stats: Stats | None = None
+
+    def add(self, event: Order | Visit) -> None:
+        """Set union: an event seen before changes nothing."""
+        if event not in self.events:
+            self.events.add(event)
+            self._stats = None
+
+    @property
+    def stats(self) -> Stats:
+        """Statistics of the current event set (recomputed after each new event)."""
+        if self._stats is None:
+            self._stats = stats_of(self.events)
+        return self._stats
+
+    def classes_at(self, day: int) -> tuple[str | None, ...]:
+        """What the rules say at ``day`` for the current event set."""
+        return classify(features_at(self.stats, day))
+
+
+# --- the oracle -----------------------------------------------------------------------------
+
+
+class Oracle:
+    """Replay recomputed from the specification, one input line at a time."""
+
+    def __init__(self, rules_version: str, reference_ms: int) -> None:
+        self.rules_version = rules_version
+        self.reference_ms = reference_ms
+        self.customers: dict[str, Customer] = {}
+        self.clock: int | None = None
+        self.changes: list[dict[str, object]] = []
+        self.rejects: list[tuple[int, str, str | None]] = []
+
+    def feed(self, raw: bytes, line_no: int) -> None:
+        """One input line: reject it, or move the clock and apply it."""
+        event = read_line(raw, self.reference_ms)
+        if isinstance(event, Reject):
+            self.rejects.append((line_no, event.reason, event.field))
+            return
+        unsupported = isinstance(event, Order) and event.currency != BASE_CURRENCY
+        if unsupported and not CURRENCY_REJECTS_MOVE_CLOCK:
+            self.rejects.append((line_no, "unsupported_currency", "currency"))
+            return
+        self.advance(event.ms)
+        if unsupported:
+            self.rejects.append((line_no, "unsupported_currency", "currency"))
+            return
+        customer = self.customers.get(event.customer_id)
+        if customer is None:
+            customer = self.customers[event.customer_id] = Customer(event.customer_id)
+        customer.add(event)
+        assert self.clock is not None
+        kind = "order" if isinstance(event, Order) else "visit"
+        self._classify(customer, self.clock // DAY, (kind, event.event_id, event.ms), self.clock)
+
+    def advance(self, to_ms: int) -> None:
+        """Move the clock to ``to_ms`` if later, visiting every midnight on the way."""
+        if self.clock is None:
+            self.clock = to_ms
+            return
+        day = self.clock // DAY + 1
+        while day * DAY <= to_ms:
+            for customer_id in sorted(self.customers):
+                midnight = day * DAY
+                self._classify(
+                    self.customers[customer_id], day, ("timer", None, midnight), midnight
+                )
+            day += 1
+        self.clock = max(self.clock, to_ms)
+
+    def _classify(
+        self, c: Customer, day: int, cause: tuple[str, str | None, int], emitted_ms: int
+    ) -> None:
+        features = features_at(c.stats, day)
+        now = classify(features)
+        if now == c.classes:
+            return
+        state = snapshot(c.stats, features)
+        for dimension, old, new in zip(DIMENSIONS, c.classes, now, strict=True):
+            if old == new:
+                continue
+            self.changes.append(
+                {
+                    "event_id": change_id(c.id, dimension, cause, old, new),
+                    "customer_id": c.id,
+                    "dimension": dimension,
+                    "from": old,
+                    "to": new,
+                    "occurred_at": text_of(cause[2]),
+                    "emitted_at": text_of(emitted_ms),
+                    "cause": {"type": cause[0], "event_id": cause[1]},
+                    "state": state,
+                    "rules_version": self.rules_version,
+                }
+            )
+            if new is None:
+                c.since.pop(dimension, None)
+            else:
+                c.since[dimension] = cause[2]
+        c.classes = now
+
+    def classes_of(self, customer_id: str) -> dict[str, str | None]:
+        """The customer's current class per dimension."""
+        return dict(zip(DIMENSIONS, self.customers[customer_id].classes, strict=True))
+
+    def state_out(self, customer_id: str) -> dict[str, object]:
+        """The --state-out record at the clock, without ``next_change_at``."""
+        assert self.clock is not None
+        c = self.customers[customer_id]
+        s = c.stats
+        f = features_at(s, self.clock // DAY)
+        return {
+            "customer_id": customer_id,
+            "orders_total": f.orders_total,
+            "monetary_total": money(f.monetary_total),
+            "first_order_at": optional_text(s.orders[0][0] if s.orders else None),
+            "last_order_at": optional_text(s.orders[-1][0] if s.orders else None),
+            "first_visit_at": optional_text(s.first_visit_ms),
+            "last_visit_at": optional_text(s.last_visit_ms),
+            "region": s.region,
+            "orders_90d": f.orders_90d,
+            "spend_90d": money(f.spend_90d),
+            "r_score": f.r_score,
+            "f_score": f.f_score,
+            "m_score": f.m_score,
+            "classes": self.classes_of(customer_id),
+            "since": {dim: text_of(ms) for dim, ms in sorted(c.since.items())},
+            "rules_version": self.rules_version,
+        }
+
+    def first_change_day(self, customer_id: str, until_day: int) -> int | None:
+        """The first day in (clock day, until_day) on which a class of this customer would
+        change with no new event, or None."""
+        assert self.clock is not None
+        c = self.customers[customer_id]
+        for day in range(self.clock // DAY + 1, until_day):
+            if c.classes_at(day) != c.classes:
+                return day
+        return None
+
+
+def run_oracle(lines: list[bytes], as_of_ms: int, rules_version: str, reference_ms: int) -> Oracle:
+    """Feed every line (numbered from 1), then advance to ``as_of_ms``."""
+    oracle = Oracle(rules_version, reference_ms)
+    for line_no, raw in enumerate(lines, start=1):
+        oracle.feed(raw, line_no)
+    oracle.advance(as_of_ms)
+    return oracle
+
+
+# --- the generator --------------------------------------------------------------------------
+
+
+def encode(doc: dict[str, object]) -> bytes:
+    """One JSON line, UTF-8, compact."""
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def amount_value(rng: random.Random, cents: int) -> object:
+    """``cents`` written the ways producers do: decimal string, number, whole number."""
+    roll = rng.random()
+    if roll < 0.45:
+        return money(cents)
+    if roll < 0.8:
+        return cents / 100
+    if roll < 0.9 and cents % 100 == 0:
+        return cents // 100
+    # A number with a third decimal: the contract rounds half to even at the cent.
+    return (cents * 10 + rng.choice((0, 5, 5, 4, 6))) / 1000
+
+
+def order_doc(
+    event_id: str,
+    customer_id: str,
+    ms: int,
+    amount: object,
+    status: str,
+    *,
+    order_id: str | None = None,
+    region: str | None = None,
+    currency: str = "USD",
+) -> dict[str, object]:
+    """An order.v1 document (``type`` set, as replay input carries it)."""
+    doc: dict[str, object] = {
+        "type": "order",
+        "event_id": event_id,
+        "customer_id": customer_id,
+        "occurred_at": text_of(ms),
+        "amount": amount,
+        "currency": currency,
+        "status": status,
+    }
+    if order_id is not None:
+        doc["order_id"] = order_id
+    if region is not None:
+        doc["region"] = region
+    return doc
+
+
+def visit_doc(
+    event_id: str, customer_id: str, ms: int, action: str, region: str | None = None
+) -> dict[str, object]:
+    """A visit.v1 document."""
+    doc: dict[str, object] = {
+        "type": "visit",
+        "event_id": event_id,
+        "customer_id": customer_id,
+        "occurred_at": text_of(ms),
+        "action": action,
+    }
+    if region is not None:
+        doc["region"] = region
+    return doc
+
+
+@dataclass(frozen=True)
+class Persona:
+    """How one kind of customer behaves."""
+
+    name: str
+    share: float
+    sessions_per_year: float
+    buy: float  # probability of an order per session
+    absence: float  # probability that the next gap is a long absence (> 180 days)
+    basket: float  # median order value in dollars
+
+
+PERSONAS = (
+    Persona("browser", 0.18, 8, 0.0, 0.10, 0),
+    Persona("one_timer", 0.25, 3, 0.3, 0.15, 35),
+    Persona("regular", 0.30, 12, 0.45, 0.08, 45),
+    Persona("lapser", 0.19, 10, 0.5, 0.40, 40),
+    Persona("big_spender", 0.08, 30, 0.7, 0.05, 110),
+)
+REGIONS = ("EU", "NA", "APAC", "LATAM")
+ACTIONS = ("page_view", "page_view", "search", "add_to_cart", "login", "app_open")
+
+
+class _Feed:
+    """Deliveries being collected: (delivery key, sequence, line)."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[int, int, bytes]] = []
+
+    def put(self, key: int, line: bytes) -> None:
+        """Deliver ``line`` at ``key`` (ties keep insertion order)."""
+        self.items.append((key, len(self.items), line))
+
+
+def _customer_ids(rng: random.Random, count: int) -> list[str]:
+    """``count`` distinct customer ids."""
+    # Unpadded numbers, so that id order is not numeric order; a few non-ASCII ids.
+    ids = [f"c{i}" for i in range(count)]
+    for i in rng.sample(range(count), max(1, count // 100)):
+        ids[i] = rng.choice(("Zoë-", "Łukasz-", "ünal-", "cust_")) + str(i)
+    return ids
+
+
+def _order_flow(
+    rng: random.Random,
+    feed: _Feed,
+    cid: str,
+    *,
+    tag: str,
+    at: int,
+    cents: int,
+    region: str | None,
+    late: float,
+) -> None:
+    """One order's events, delivered mostly in time order."""
+
+    def put(ms: int, doc: dict[str, object], delay: int = 0) -> None:
+        """Deliver ``doc`` at its time, plus ``delay`` or, sometimes, a random lateness."""
+        if not delay and rng.random() < late:
+            delay = rng.choice((rng.randrange(HOUR, DAY), rng.randrange(DAY, 6 * DAY)))
+        feed.put(ms + delay, encode(doc))
+
+    oid = f"{cid}:{tag}"
+    amount = amount_value(rng, cents)
+    paid_at = at + rng.randrange(MINUTE, 3 * HOUR)
+    roll = rng.random()
+    if roll < 0.42:  # a shop without order ids: the paid event is the order
+        put(at, order_doc(f"{oid}:paid", cid, at, amount, "paid", region=region))
+    elif roll < 0.77:  # placed, then paid (sometimes for a different amount: a coupon)
+        paid_amount = amount_value(rng, max(0, cents - rng.randrange(500)))
+        put(at, order_doc(f"{oid}:placed", cid, at, amount, "placed", order_id=oid))
+        put(
+            paid_at,
+            order_doc(
+                f"{oid}:paid",
+                cid,
+                paid_at,
+                paid_amount if rng.random() < 0.1 else amount,
+                "paid",
+                order_id=oid,
+                region=region,
+            ),
+        )
+    elif roll < 0.84:  # abandoned: placed, never paid
+        put(at, order_doc(f"{oid}:placed", cid, at, amount, "placed", order_id=oid))
+    elif roll < 0.90:  # paid, then refunded or cancelled days later
+        put(at, order_doc(f"{oid}:paid", cid, at, amount, "paid", order_id=oid, region=region))
+        void_at = at + rng.randrange(HOUR, 40 * DAY)
+        status = rng.choice(("cancelled", "refunded"))
+        put(void_at, order_doc(f"{oid}:{status}", cid, void_at, amount, status, order_id=oid))
+    elif roll < 0.94:  # the cancel arrives before the payment it voids
+        cancel_at = paid_at + rng.randrange(MINUTE, HOUR)
+        put(at, order_doc(f"{oid}:placed", cid, at, amount, "placed", order_id=oid))
+        put(
+            cancel_at,
+            order_doc(f"{oid}:cancelled", cid, cancel_at, amount, "cancelled", order_id=oid),
+        )
+        put(
+            paid_at,
+            order_doc(f"{oid}:paid", cid, paid_at, amount, "paid", order_id=oid),
+            delay=cancel_at - paid_at + rng.randrange(MINUTE, 2 * DAY),
+        )
+    else:  # payment retried: two paid events, the later one wins
+        put(at, order_doc(f"{oid}:paid", cid, at, amount, "paid", order_id=oid))
+        again = at + rng.randrange(MINUTE, 2 * DAY)
+        put(again, order_doc(f"{oid}:paid2", cid, again, amount, "paid", order_id=oid))
+
+
+def _bad_line(rng: random.Random, cid: str, serial: int, at: int) -> tuple[int, bytes]:
+    """One invalid line near ``at`` (its delivery key, its bytes)."""
+    eid = f"bad{serial}"
+    good = order_doc(eid, cid, at, "12.50", "paid")
+    kind = rng.randrange(8)
+    if kind == 0:  # truncated JSON
+        return at, encode(good)[:-3]
+    if kind == 1:
+        good["amount"] = rng.choice((-5, "-3.10", -0.5))
+    elif kind == 2:
+        good["status"] = rng.choice(("shipped", "PAID", ""))
+    elif kind == 3:
+        del good[rng.choice(("customer_id", "amount", "status", "currency", "occurred_at"))]
+    elif kind == 4:
+        visit = visit_doc(eid, cid, at, "page_view")
+        del visit["action"]
+        return at, encode(visit)
+    elif kind == 5:
+        # No rate for EUR: refused by the rules, after the clock moved (maybe days ahead).
+        ahead = rng.choice((0, 0, rng.randrange(HOUR), rng.randrange(DAY, 3 * DAY)))
+        good = order_doc(eid, cid, at + ahead, "9.99", "paid", currency="EUR", region="EU")
+        return at, encode(good)
+    elif kind == 6:
+        good["occurred_at"] = text_of(at)[:10]  # a date, no time or offset
+    else:
+        good["occurred_at"] = "2101-01-01T00:00:00.000Z"  # beyond the future limit
+    return at, encode(good)
+
+
+def history(
+    seed: int,
+    customers: int = 2000,
+    events: int = 20_000,
+    start: str = "2025-01-01T00:00:00.000Z",
+    days: int = 730,
+    *,
+    bad: float = 0.01,
+    late: float = 0.04,
+    duplicate: float = 0.01,
+) -> tuple[list[bytes], int]:
+    """A seeded shop history: at least ``events`` lines over ``days`` days, and an as-of.
+
+    Personas (browsers, one-timers, regulars, lapsers, big spenders) with heavy-tailed activity,
+    bursts and long absences; placed/paid pairs, abandoned carts, cancels and refunds (some
+    before the payment arrives), retried payments, visits with and without region; delivery
+    mostly in time order with ``late`` events hours or days behind the clock, ``duplicate``
+    re-sent lines and ``bad`` invalid lines.
+    """
+    rng = random.Random(seed)
+    t0 = ms_of(start)
+    end = t0 + days * DAY
+    ids = _customer_ids(rng, customers)
+    personas = rng.choices(PERSONAS, [p.share for p in PERSONAS], k=customers)
+    activity = [min(rng.paretovariate(1.6), 12.0) for _ in range(customers)]
+    pace = events / (customers * 60)  # sessions scale: about ``events`` lines in all
+    feed = _Feed()
+    serial = 0
+
+    def session(i: int, at: int) -> None:
+        """Customer ``i`` comes by at ``at``: a few visits, maybe an order."""
+        nonlocal serial
+        cid, persona = ids[i], personas[i]
+        home = REGIONS[i % len(REGIONS)]
+        for _ in range(rng.choice((0, 1, 1, 1, 2, 3))):
+            serial += 1
+            ms = at + rng.randrange(0, HOUR)
+            region = rng.choice((home, None, None, rng.choice(REGIONS)))
+            doc = visit_doc(f"{cid}:v{serial}", cid, ms, rng.choice(ACTIONS), region)
+            key = ms + (rng.randrange(HOUR, 5 * DAY) if rng.random() < late else 0)
+            feed.put(key, encode(doc))
+        if rng.random() < persona.buy:
+            serial += 1
+            dollars = rng.lognormvariate(0, 0.8) * persona.basket
+            cents = min(int(dollars * 100), 5_000_00)
+            region = home if rng.random() < 0.5 else None
+            ms = at + rng.randrange(0, 2 * HOUR)
+            _order_flow(
+                rng, feed, cid, tag=f"o{serial}", at=ms, cents=cents, region=region, late=late
+            )
+
+    for i in range(customers):
+        persona = personas[i]
+        per_day = persona.sessions_per_year * activity[i] * pace / 365
+        at = t0 + int(rng.random() ** 2 * (end - t0) * 0.9)  # most join early
+        while at < end:
+            burst = rng.randrange(1, 4) if rng.random() < 0.3 else 1
+            for _ in range(burst):  # a burst: sessions a few hours or days apart
+                session(i, at)
+                at += rng.randrange(HOUR, 3 * DAY)
+            if rng.random() < persona.absence:
+                at += rng.randrange(181, 420) * DAY + rng.randrange(DAY)
+            else:
+                at += int(rng.expovariate(per_day) * DAY) + rng.randrange(HOUR)
+
+    while len(feed.items) < events:  # top up with extra activity of weighted customers
+        i = rng.choices(range(customers), activity)[0]
+        session(i, t0 + rng.randrange(days * DAY))
+
+    for key, _, line in list(feed.items):
+        if rng.random() < duplicate:  # re-sent soon, or much later
+            feed.put(key + rng.choice((0, rng.randrange(HOUR), rng.randrange(10 * DAY))), line)
+        if rng.random() < bad:
+            serial += 1
+            cid = ids[rng.randrange(customers)]
+            bad_key, bad_line = _bad_line(rng, cid, serial, key + rng.randrange(HOUR))
+            feed.put(bad_key, bad_line)
+
+    feed.items.sort()
+    as_of = end + rng.randrange(20, 60) * DAY + rng.randrange(DAY)
+    return [line for _, _, line in feed.items], as_of

@@ -1,0 +1,97 @@
+"""Settings come from the environment, fail early naming the variable, and hide secrets."""
+
+from pathlib import Path
+
+import pytest
+
+from worker.settings import Settings, SettingsError
+
+
+def test_defaults_work_with_an_empty_environment() -> None:
+    s = Settings.from_env({})
+    assert s.kafka_bootstrap == "localhost:9092"
+    assert s.redis_url == "redis://localhost:6379/0"
+    assert s.http_port == 8080
+    assert (s.topic_orders, s.topic_visits) == ("orders", "visits")
+
+
+def test_values_are_converted() -> None:
+    s = Settings.from_env(
+        {
+            "SEGMENT_WORKER_HTTP_PORT": "9000",
+            "SEGMENT_WORKER_KAFKA_IDEMPOTENCE": "false",
+            "SEGMENT_WORKER_RULES": "/etc/rules.toml",
+            "SEGMENT_WORKER_CLOCK_SPEED": "86400",
+        }
+    )
+    assert s.http_port == 9000
+    assert s.kafka_idempotence is False
+    assert s.rules == Path("/etc/rules.toml")
+    assert s.clock_speed == 86400.0
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"SEGMENT_WORKER_HTTP_PORT": "eighty"}, "SEGMENT_WORKER_HTTP_PORT"),
+        ({"SEGMENT_WORKER_HTTP_PORT": "70000"}, "SEGMENT_WORKER_HTTP_PORT"),
+        ({"SEGMENT_WORKER_BATCH_SIZE": "0"}, "SEGMENT_WORKER_BATCH_SIZE"),
+        ({"SEGMENT_WORKER_KAFKA_IDEMPOTENCE": "maybe"}, "SEGMENT_WORKER_KAFKA_IDEMPOTENCE"),
+        ({"SEGMENT_WORKER_REDIS_URL": "localhost:6379"}, "SEGMENT_WORKER_REDIS_URL"),
+        (
+            {"SEGMENT_WORKER_KAFKA_SECURITY_PROTOCOL": "TLS"},
+            "SEGMENT_WORKER_KAFKA_SECURITY_PROTOCOL",
+        ),
+        (
+            {"SEGMENT_WORKER_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"},
+            "SEGMENT_WORKER_KAFKA_SASL_USERNAME",
+        ),
+        ({"SEGMENT_WORKER_TOPIC_DLQ": "orders"}, "SEGMENT_WORKER_TOPIC_"),
+        ({"SEGMENT_WORKER_BACTH_SIZE": "10"}, "SEGMENT_WORKER_BACTH_SIZE"),
+        ({"SEGMENT_WORKER_HEARTBEAT_INTERVAL_MS": "20000"}, "SEGMENT_WORKER_HEARTBEAT_INTERVAL_MS"),
+        (
+            {"SEGMENT_WORKER_KAFKA_SASL_PASSWORD_FILE": "/nonexistent"},
+            "SEGMENT_WORKER_KAFKA_SASL_PASSWORD_FILE",
+        ),
+    ],
+)
+def test_bad_settings_fail_naming_the_variable(env: dict[str, str], named: str) -> None:
+    with pytest.raises(SettingsError, match=named):
+        Settings.from_env(env)
+
+
+def test_secrets_from_files_never_shown(tmp_path: Path) -> None:
+    secret = tmp_path / "password"
+    secret.write_text("hunter2\n")
+    s = Settings.from_env(
+        {
+            "SEGMENT_WORKER_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "SEGMENT_WORKER_KAFKA_SASL_USERNAME": "worker",
+            "SEGMENT_WORKER_KAFKA_SASL_PASSWORD_FILE": str(secret),
+            "SEGMENT_WORKER_REDIS_URL": "rediss://worker:s3cret@redis:6380/0",
+        }
+    )
+    assert s.kafka_sasl_password == "hunter2"
+    shown = repr(s) + str(s.describe())
+    assert "hunter2" not in shown
+    assert "s3cret" not in shown
+
+
+def test_run_refuses_to_start_on_a_bad_setting(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from worker.cli import main
+
+    monkeypatch.setenv("SEGMENT_WORKER_BATCH_SIZE", "lots")
+    assert main(["run"]) == 2
+    assert "SEGMENT_WORKER_BATCH_SIZE" in capsys.readouterr().err
+
+
+def test_run_help_lists_every_setting(capsys: pytest.CaptureFixture[str]) -> None:
+    from worker.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = capsys.readouterr().out
+    for name, _, _ in Settings().describe():
+        assert name in text

@@ -1,0 +1,229 @@
+"""A consumer batch, or a timer sweep, through the core, as the live worker runs it.
+
+Pure: records in, touched states and outgoing records out. The worker does the I/O around it
+(one Redis read of the states, one atomic Redis commit of the outcome), so that what it does
+per event is the same code replay runs and the tests check against the oracle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from worker.core.changes import SegmentChange
+from worker.core.codec import OutRecord
+from worker.core.deadletter import Stage
+from worker.core.engine import fire_timer, process_event, reevaluate
+from worker.core.events import Event, EventKind, ParseLimits, Reason, Rejection, parse_event
+from worker.core.rules import Rules
+from worker.core.state import CustomerState
+from worker.core.timeutil import DAY_MS
+
+DLQ_VALUE_LIMIT: Final = 64 * 1024
+_KAFKA_REASONS: Final = frozenset({Reason.MISSING_KEY, Reason.KEY_MISMATCH})
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    orders: str = "orders"
+    visits: str = "visits"
+    changes: str = "segment-changes"
+    dlq: str = "segment-worker-dlq"
+
+
+@dataclass(frozen=True, slots=True)
+class InRecord:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one batch or sweep did; ``states`` are the customers it touched."""
+
+    states: dict[str, CustomerState] = field(default_factory=dict)
+    out: list[OutRecord] = field(default_factory=list)
+    offsets: dict[str, int] = field(default_factory=dict)
+    applied: Counter[str] = field(default_factory=Counter)
+    rejected: Counter[str] = field(default_factory=Counter)  # by reason
+    dead_lettered: Counter[str] = field(default_factory=Counter)  # by input topic
+    changes: list[SegmentChange] = field(default_factory=list)
+    timers: int = 0
+    population: Counter[tuple[str, str]] = field(default_factory=Counter)  # extra deltas
+
+    def population_deltas(self) -> Counter[tuple[str, str]]:
+        """How many customers entered (+) and left (-) each (dimension, class)."""
+        deltas: Counter[tuple[str, str]] = Counter()
+        for change in self.changes:
+            if change.from_class is not None:
+                deltas[(change.dimension, change.from_class)] -= 1
+            if change.to_class is not None:
+                deltas[(change.dimension, change.to_class)] += 1
+        return deltas
+
+    def due_ms(self) -> dict[str, int | None]:
+        return {
+            cid: None if s.due_day is None else s.due_day * DAY_MS for cid, s in self.states.items()
+        }
+
+
+def parse_batch(
+    records: Sequence[InRecord], topics: Topics, now_ms: int, limits: ParseLimits
+) -> list[Event | Rejection]:
+    """Validate every record, Kafka-level checks (key present, key == customer_id) included."""
+    out: list[Event | Rejection] = []
+    for record in records:
+        kind: EventKind = "order" if record.topic == topics.orders else "visit"
+        if record.value is None:
+            out.append(Rejection(Reason.NOT_AN_OBJECT, None, "message has no value (tombstone)"))
+            continue
+        event = parse_event(record.value, kind, now_ms=now_ms, limits=limits)
+        if not isinstance(event, Rejection):
+            if record.key is None:
+                event = Rejection(Reason.MISSING_KEY, None, "message has no key")
+            elif record.key != event.customer_id.encode():
+                event = Rejection(
+                    Reason.KEY_MISMATCH,
+                    "customer_id",
+                    f"key {record.key[:64]!r} differs from customer_id {event.customer_id[:64]!r}",
+                )
+        out.append(event)
+    return out
+
+
+def customers_of(parsed: Iterable[Event | Rejection]) -> list[str]:
+    """The customers a batch touches, in first-seen order: the keys to read from Redis."""
+    return list(dict.fromkeys(e.customer_id for e in parsed if not isinstance(e, Rejection)))
+
+
+def apply_batch(
+    records: Sequence[InRecord],
+    parsed: Sequence[Event | Rejection],
+    states: Mapping[str, CustomerState | None],
+    *,
+    rules: Rules,
+    topics: Topics,
+    now_ms: int,
+) -> Outcome:
+    """Fold the batch in record order. A customer whose timer is overdue has it fired first,
+    exactly as replay does, so the same input yields the same changes in both."""
+    outcome = Outcome()
+    for record, event in zip(records, parsed, strict=True):
+        outcome.offsets[record.topic] = max(outcome.offsets.get(record.topic, 0), record.offset + 1)
+        if isinstance(event, Rejection):
+            stage: Stage = "kafka" if event.reason in _KAFKA_REASONS else "parse"
+            _dead_letter(outcome, topics, record, event, stage)
+            continue
+        state = outcome.states.get(event.customer_id) or states.get(event.customer_id)
+        if state is None:
+            state = CustomerState(event.customer_id)
+        else:
+            _catch_up(outcome, state, rules, topics, now_ms)
+        result = process_event(state, event, rules, now_ms, now_ms)
+        if isinstance(result, Rejection):
+            _dead_letter(outcome, topics, record, result, "apply")
+            continue
+        outcome.states[event.customer_id] = state
+        outcome.applied[record.topic] += 1
+        _emit(outcome, topics, result)
+    return outcome
+
+
+def sweep(
+    states: Mapping[str, CustomerState | None], rules: Rules, topics: Topics, now_ms: int
+) -> Outcome:
+    """Fire the timers of due customers (a customer may have been indexed under an older due
+    time, or have none left: then it is only re-indexed)."""
+    outcome = Outcome()
+    for customer_id in sorted(states):
+        state = states[customer_id]
+        if state is None:
+            continue
+        _catch_up(outcome, state, rules, topics, now_ms)
+        outcome.states[customer_id] = state
+    return outcome
+
+
+def reevaluate_batch(
+    states: Mapping[str, CustomerState | None], rules: Rules, topics: Topics, now_ms: int
+) -> Outcome:
+    """Move customers classified under older rules to ``rules`` (hot reload): one
+    re-classification at ``now_ms`` whose changes carry the cause ``rules_change`` (an overdue
+    timer's change is part of it)."""
+    outcome = Outcome()
+    for customer_id in sorted(states):
+        state = states[customer_id]
+        if state is None or state.rules_version == rules.version:
+            continue
+        _emit(outcome, topics, reevaluate(state, rules, now_ms, now_ms))
+        outcome.states[customer_id] = state
+    return outcome
+
+
+def _catch_up(
+    outcome: Outcome, state: CustomerState, rules: Rules, topics: Topics, now_ms: int
+) -> None:
+    while state.due_day is not None and state.due_day * DAY_MS <= now_ms:
+        outcome.timers += 1
+        _emit(outcome, topics, fire_timer(state, rules, state.due_day, now_ms))
+        outcome.states[state.customer_id] = state
+
+
+def _emit(outcome: Outcome, topics: Topics, changes: list[SegmentChange]) -> None:
+    for change in changes:
+        outcome.changes.append(change)
+        outcome.out.append(change_record(topics, change))
+
+
+def change_record(topics: Topics, change: SegmentChange) -> OutRecord:
+    """Headers let a subscriber filter on dimension or target class without parsing JSON."""
+    return OutRecord(
+        topics.changes,
+        change.customer_id.encode(),
+        change.to_json(),
+        (
+            ("dimension", change.dimension.encode()),
+            ("to", (change.to_class or "").encode()),
+            ("rules_version", change.rules_version.encode()),
+            ("event_id", change.event_id.encode()),
+        ),
+    )
+
+
+def _dead_letter(
+    outcome: Outcome, topics: Topics, record: InRecord, rejection: Rejection, stage: Stage
+) -> None:
+    outcome.rejected[rejection.reason.value] += 1
+    outcome.dead_lettered[record.topic] += 1
+    outcome.out.append(dead_letter_record(topics, record, rejection, stage))
+
+
+def dead_letter_record(
+    topics: Topics, record: InRecord, rejection: Rejection, stage: Stage
+) -> OutRecord:
+    """The original key, value and headers, plus headers saying where it came from and why."""
+    value = record.value
+    digest = hashlib.sha256(value or b"").hexdigest()
+    truncated = value is not None and len(value) > DLQ_VALUE_LIMIT
+    if value is not None and truncated:
+        value = value[:DLQ_VALUE_LIMIT]
+    headers = (
+        *record.headers,
+        ("dlq.source.topic", record.topic.encode()),
+        ("dlq.source.partition", str(record.partition).encode()),
+        ("dlq.source.offset", str(record.offset).encode()),
+        ("dlq.stage", stage.encode()),
+        ("dlq.error.class", rejection.reason.value.encode()),
+        ("dlq.error.field", (rejection.field or "").encode()),
+        ("dlq.error.message", rejection.message[:1024].encode("utf-8", "replace")),
+        ("dlq.value.sha256", digest.encode()),
+        ("dlq.value.truncated", b"true" if truncated else b"false"),
+    )
+    return OutRecord(topics.dlq, record.key, value, headers)

@@ -1,0 +1,56 @@
+"""The worker's HTTP port, served by the Faust app's web server: Prometheus metrics, liveness,
+readiness and the customer lookup."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from worker.core.codec import CorruptRecord, decode_state
+from worker.core.timeutil import day_of
+from worker.core.views import describe
+from worker.live import Pipeline, partition_of
+
+
+def register_routes(app: faust.App, pipeline: Pipeline) -> None:
+    @app.page("/metrics")
+    async def metrics(view: Any, request: Any) -> Any:
+        return view.bytes(
+            pipeline.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    @app.page("/healthz")
+    async def healthz(view: Any, request: Any) -> Any:
+        return view.json({"status": "alive"})
+
+    @app.page("/readyz")
+    async def readyz(view: Any, request: Any) -> Any:
+        if pipeline.ready:
+            return view.json({"status": "ready", "partitions": sorted(pipeline.claims)})
+        why = "kafka or redis unavailable" if not pipeline.healthy else "no partitions assigned"
+        return view.json({"status": "not ready", "reason": why}, status=503)
+
+    @app.page("/customers/{customer_id}")
+    async def customer(view: Any, request: Any, customer_id: str) -> Any:
+        partitions = pipeline.consumer.partitions_for_topic(pipeline.topics.orders)
+        if not partitions:
+            return view.json({"error": "topic metadata not available yet"}, status=503)
+        partition = partition_of(customer_id, len(partitions))
+        try:
+            blob = await pipeline.store.get(partition, customer_id)
+        except OSError as exc:
+            return view.json({"error": f"redis unavailable: {exc}"}, status=503)
+        if blob is None:
+            return view.json({"error": "unknown customer"}, status=404)
+        try:
+            state = decode_state(customer_id, blob)
+        except CorruptRecord as exc:
+            return view.json({"error": str(exc)}, status=500)
+        body = describe(state, pipeline.rules, day_of(pipeline.clock.now_ms()))
+        body["partition"] = partition
+        return view.bytes(orjson.dumps(body), content_type="application/json")
+
+    del metrics, healthz, readyz, customer

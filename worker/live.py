@@ -1,0 +1,577 @@
+"""The live worker's hot path: Kafka batches in, one atomic Redis commit per partition batch,
+segment changes and dead letters out through the outbox, offsets committed last.
+
+Per partition batch: parse (pure), read the touched states (one Redis round trip), apply
+(pure, the same step replay runs), commit states + due index + outbox + input offsets in one
+fenced Redis Function call, produce the outbox records, trim them, commit the Kafka offsets.
+A crash at any point re-reads input that the state already holds (a no-op: the state is a
+set of events) or re-relays outbox records (same event ids), so nothing is lost or counted
+twice. Ownership is fenced: on assignment the worker bumps the partition's epoch in Redis, and
+a commit carrying an older epoch is refused, so a paused ex-owner cannot write late.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from functools import partial
+from pathlib import Path
+from typing import TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.partitioner import murmur2
+from aiokafka.structs import RecordMetadata
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from worker.clock import Clock
+from worker.core.batch import (
+    InRecord,
+    Outcome,
+    Topics,
+    apply_batch,
+    customers_of,
+    parse_batch,
+    reevaluate_batch,
+)
+from worker.core.batch import sweep as sweep_due
+from worker.core.codec import OutRecord, decode_state, encode_state
+from worker.core.events import ParseLimits, Rejection
+from worker.core.rules import Rules, RulesError, load_rules
+from worker.core.state import CustomerState
+from worker.core.timeutil import DAY_MS
+from worker.metrics import Metrics
+from worker.settings import Settings
+from worker.store import Claim, Fenced, Store
+
+log = logging.getLogger("segment_worker")
+T = TypeVar("T")
+TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, KafkaError)
+
+
+def _mtime(path: Path | None) -> float | None:
+    try:
+        return None if path is None else path.stat().st_mtime
+    except OSError:
+        return None
+
+
+def partition_of(customer_id: str, partitions: int) -> int:
+    """Kafka's default partitioner, so lookups find the partition the producer chose."""
+    return int(murmur2(customer_id.encode()) & 0x7FFFFFFF) % partitions
+
+
+def _crash_point(name: str) -> None:
+    """Fault injection for the kill tests: ``SW_TEST_CRASH=<point>:<n>`` exits
+    the process abruptly the n-th time it passes ``point``. Unset in production."""
+    spec = os.environ.get("SW_TEST_CRASH")
+    if not spec or not spec.startswith(name + ":"):
+        return
+    remaining = int(spec.rsplit(":", 1)[1]) - 1
+    os.environ["SW_TEST_CRASH"] = f"{name}:{remaining}"
+    if remaining <= 0:
+        os._exit(137)
+
+
+class RedisReset(Exception):
+    """Redis answers as a different server than the one our partitions were claimed on."""
+
+
+class Pipeline:
+    """Owns the consumer loop and the timer; one per worker process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        rules: Rules,
+        store: Store,
+        *,
+        consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
+        metrics: Metrics,
+        clock: Clock,
+    ) -> None:
+        self.settings, self.rules, self.store = settings, rules, store
+        self.consumer, self.producer = consumer, producer
+        self.metrics, self.clock = metrics, clock
+        self.topics = Topics(
+            settings.topic_orders, settings.topic_visits, settings.topic_changes, settings.topic_dlq
+        )
+        self.limits = ParseLimits(settings.max_event_bytes, settings.future_skew_ms)
+        self.claims: dict[int, Claim] = {}
+        self.backlog: set[int] = set()  # partitions whose outbox may hold unrelayed records
+        self.lock = asyncio.Lock()
+        self.stopping = asyncio.Event()
+        self.healthy = False
+        self._next_sweep = 0.0
+        self._reload_requested = False
+        self._rules_mtime = _mtime(settings.rules)
+        self.reevaluating: dict[int, int] = {}  # partition -> SCAN cursor of the re-evaluation
+        self.redis_id: str | None = None  # which Redis server our claims were made on
+        self._suspect = False  # a Redis call failed: check the server before writing again
+        metrics.rules_info.labels(rules.version).set(1)
+
+    @property
+    def ready(self) -> bool:
+        return self.healthy and bool(self.claims)
+
+    def listener(self) -> ConsumerRebalanceListener:
+        return _Listener(self)
+
+    async def run(self) -> None:
+        """Consume until :meth:`stop`; transient Redis/Kafka failures back off and retry."""
+        while not self.stopping.is_set():
+            try:
+                batch = await self.consumer.getmany(
+                    timeout_ms=self.settings.batch_wait_ms,
+                    max_records=self.settings.batch_size * max(1, len(self.claims)),
+                )
+            except KafkaError as exc:
+                await self._trouble("kafka", "getmany", exc)
+                continue
+            async with self.lock:
+                try:
+                    await self._process(batch)
+                except RedisReset:
+                    await self._retake_all()
+                    continue
+                if time.monotonic() >= self._next_sweep:
+                    self._next_sweep = time.monotonic() + self.settings.timer_interval_ms / 1000
+                    self._check_rules_file()
+                    try:
+                        await self._retry("sweep", self._sweep_all)
+                        await self._retry("reevaluate", self._reevaluate_step)
+                    except RedisReset:
+                        await self._retake_all()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def request_reload(self) -> None:
+        """SIGHUP: re-read the rules file at the next timer tick."""
+        self._reload_requested = True
+
+    def _check_rules_file(self) -> None:
+        path = self.settings.rules
+        mtime = _mtime(path)
+        if not self._reload_requested and mtime == self._rules_mtime:
+            return
+        self._reload_requested, self._rules_mtime = False, mtime
+        if path is None:
+            return
+        try:
+            rules = load_rules(path)
+        except RulesError as exc:
+            self.metrics.rules_reloads.labels("rejected").inc()
+            log.error("rules reload refused, the current rules keep running: %s", exc)
+            return
+        if rules.version == self.rules.version:
+            return
+        log.info("rules %s -> %s: re-evaluating every customer", self.rules.version, rules.version)
+        self.metrics.rules_reloads.labels("applied").inc()
+        self.metrics.rules_info.clear()
+        self.metrics.rules_info.labels(rules.version).set(1)
+        self.rules = rules
+        self.reevaluating = dict.fromkeys(self.claims, 0)
+        self.metrics.reevaluation_pending.set(len(self.reevaluating))
+
+    async def _reevaluate_step(self) -> None:
+        """Re-classify customers under new rules at a bounded rate (a share of
+        SEGMENT_WORKER_RULES_REEVALUATION_RATE per timer tick), partition by partition."""
+        await self._guard()
+        budget = max(
+            1, int(self.settings.rules_reevaluation_rate * self.settings.timer_interval_ms / 1000)
+        )
+        now = self.clock.now_ms()
+        for partition, start in sorted(self.reevaluating.items()):
+            cursor = start
+            claim = self.claims.get(partition)
+            if claim is None:
+                del self.reevaluating[partition]
+                continue
+            while budget > 0:
+                cursor, ids = await self._timed(
+                    "scan", self.store.scan_customers(partition, cursor, min(budget, 1000))
+                )
+                budget -= max(1, len(ids))
+                states = await self._load(partition, ids)
+                outcome = reevaluate_batch(states, self.rules, self.topics, now)
+                if outcome.states and await self._commit(claim, outcome):
+                    await self._retry("relay", partial(self._relay, claim, outcome.out))
+                    self._observe_emits(outcome, [])
+                self.metrics.reevaluated.inc(len(outcome.states))
+                if cursor == 0:
+                    await self._timed("mark", self.store.mark_rules(partition, self.rules.version))
+                    del self.reevaluating[partition]
+                    break
+                self.reevaluating[partition] = cursor
+            if budget <= 0:
+                break
+        self.metrics.reevaluation_pending.set(len(self.reevaluating))
+
+    async def _process(
+        self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+    ) -> None:
+        by_partition: dict[int, list[ConsumerRecord[bytes, bytes]]] = defaultdict(list)
+        for tp, messages in batch.items():
+            by_partition[tp.partition].extend(messages)
+        # Partitions are independent (own keys, own claim, own outbox): overlap their Redis
+        # and Kafka round trips instead of waiting for each in turn.
+        results = await asyncio.gather(
+            *(
+                self._partition_batch(partition, messages)
+                for partition, messages in sorted(by_partition.items())
+                if partition in self.claims
+            ),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def _partition_batch(
+        self, partition: int, messages: Sequence[ConsumerRecord[bytes, bytes]]
+    ) -> None:
+        started = time.perf_counter()
+        claim = self.claims.get(partition)
+        if claim is None:
+            return
+        records = [
+            InRecord(m.topic, m.partition, m.offset, m.key, m.value, tuple(m.headers))
+            for m in messages
+        ]
+        outcome = await self._retry("apply", partial(self._apply, claim, records))
+        if outcome is None:
+            return
+        _crash_point("after_commit")
+        await self._retry("relay", partial(self._relay, claim, outcome.out))
+        _crash_point("after_relay")
+        offsets = {TopicPartition(t, partition): o for t, o in outcome.offsets.items()}
+        try:
+            await self.consumer.commit(offsets)
+        except CommitFailedError as exc:  # rebalancing: the next owner resumes from Redis
+            log.warning("offset commit for partition %d refused: %s", partition, exc)
+        m = self.metrics
+        for topic, count in outcome.applied.items():
+            m.events.labels(topic, "applied").inc(count)
+        for reason, count in outcome.rejected.items():
+            m.dead_letters.labels(reason).inc(count)
+        for topic, count in outcome.dead_lettered.items():
+            m.events.labels(topic, "dead_lettered").inc(count)
+        m.batch_size.observe(len(records))
+        m.batch_seconds.observe(time.perf_counter() - started)
+        self._observe_emits(outcome, messages)
+        for tp, offset in offsets.items():
+            highwater = self.consumer.highwater(tp)
+            if highwater is not None:
+                m.lag.labels(tp.topic, str(tp.partition)).set(max(0, highwater - offset))
+
+    async def _apply(self, claim: Claim, records: Sequence[InRecord]) -> Outcome | None:
+        """Parse, load, apply and commit; None if the partition was taken over meanwhile.
+        Erasure requests in the batch are carried out after its events."""
+        await self._guard()
+        now = self.clock.now_ms()
+        erasures = [r for r in records if r.topic == self.settings.topic_erasures]
+        events = [r for r in records if r.topic != self.settings.topic_erasures]
+        parsed = parse_batch(events, self.topics, now, self.limits)
+        states = await self._load(claim.partition, customers_of(parsed))
+        unknown = [cid for cid, state in states.items() if state is None]
+        erased = await self._timed("erased", self.store.erased_many(claim.partition, unknown))
+        if erased:  # an erased customer's late or replayed events must not resurrect them
+            keep = [
+                i
+                for i, p in enumerate(parsed)
+                if isinstance(p, Rejection) or p.customer_id not in erased
+            ]
+            kept = set(keep)
+            dropped = Counter(r.topic for i, r in enumerate(events) if i not in kept)
+            for topic, n in dropped.items():
+                self.metrics.events.labels(topic, "suppressed").inc(n)
+            offsets = {r.topic: r.offset + 1 for r in events}
+            events = [events[i] for i in keep]
+            parsed = [parsed[i] for i in keep]
+        else:
+            offsets = {}
+        outcome = apply_batch(
+            events, parsed, states, rules=self.rules, topics=self.topics, now_ms=now
+        )
+        for topic, offset in offsets.items():
+            outcome.offsets[topic] = max(outcome.offsets.get(topic, 0), offset)
+        if not await self._commit(claim, outcome):
+            return None
+        if erasures:
+            return await self._erase(claim, erasures, outcome)
+        return outcome
+
+    async def _erase(
+        self, claim: Claim, erasures: Sequence[InRecord], outcome: Outcome
+    ) -> Outcome | None:
+        """Delete each customer's state and due entry, leave a marker, and put a tombstone
+        (null value) for them on the change topic; idempotent, so a retry is harmless."""
+        ttl = self.settings.erasure_marker_days * DAY_MS
+        tombstones = Outcome()
+        for record in erasures:
+            if not record.key:
+                continue
+            customer_id = record.key.decode("utf-8", "replace")
+            previous = (await self._load(claim.partition, [customer_id]))[customer_id]
+            try:
+                await self._timed("erase", self.store.erase(claim, customer_id, ttl))
+            except Fenced:
+                self.metrics.fenced.inc()
+                self.claims.pop(claim.partition, None)
+                return None
+            if previous is not None:
+                for dim, cls in previous.classes.items():
+                    if cls is not None:
+                        tombstones.population[(dim, cls)] -= 1
+            tombstones.out.append(
+                OutRecord(self.topics.changes, record.key, None, (("erased", b"true"),))
+            )
+            self.metrics.erasures.inc()
+        tombstones.offsets[self.settings.topic_erasures] = erasures[-1].offset + 1
+        if not await self._commit(claim, tombstones):
+            return None
+        outcome.out.extend(tombstones.out)
+        outcome.offsets.update(tombstones.offsets)
+        return outcome
+
+    def _observe_emits(
+        self, outcome: Outcome, messages: Sequence[ConsumerRecord[bytes, bytes]]
+    ) -> None:
+        if outcome.changes and messages:
+            # From the batch's oldest broker timestamp: one observation per batch, an upper bound.
+            oldest = min(m.timestamp for m in messages)
+            self.metrics.emit_seconds.observe(max(0.0, time.time() - oldest / 1000))
+        for change in outcome.changes:
+            self.metrics.transitions.labels(
+                change.dimension, change.from_class or "none", change.to_class or "none"
+            ).inc()
+
+    async def _load(
+        self, partition: int, customer_ids: list[str]
+    ) -> dict[str, CustomerState | None]:
+        if not customer_ids:
+            return {}
+        run_id, blobs = await self._timed("read", self.store.read_checked(partition, customer_ids))
+        if self.redis_id is not None and run_id != self.redis_id:
+            self.redis_id = run_id
+            raise RedisReset(run_id)  # restarted since our claims: re-take before writing
+        return {
+            cid: None if blob is None else decode_state(cid, blob)
+            for cid, blob in zip(customer_ids, blobs, strict=True)
+        }
+
+    async def _commit(self, claim: Claim, outcome: Outcome) -> bool:
+        """The one atomic write; False if another worker now owns the partition."""
+        try:
+            await self._timed(
+                "commit",
+                self.store.commit(
+                    claim,
+                    states={cid: encode_state(s) for cid, s in outcome.states.items()},
+                    due=outcome.due_ms(),
+                    outbox=[r.encode() for r in outcome.out],
+                    offsets=outcome.offsets,
+                    populations=outcome.population_deltas() + outcome.population,
+                ),
+            )
+        except Fenced:
+            self.metrics.fenced.inc()
+            log.warning("partition %d: fenced by a newer owner; dropping it", claim.partition)
+            self.claims.pop(claim.partition, None)
+            return False
+        return True
+
+    async def _relay(self, claim: Claim, records: Sequence[OutRecord]) -> None:
+        """Produce outbox records, wait for the broker's acks, then trim them from Redis. If an
+        earlier relay of this partition failed, drain the stored outbox first, in order."""
+        await self._guard()
+        if claim.partition in self.backlog:
+            await self._drain(claim)
+            return
+        if records:
+            self.backlog.add(claim.partition)  # until acked: a retry drains from Redis
+            await self._produce(records)
+            await self._ack(claim, len(records))
+            self.backlog.discard(claim.partition)
+
+    async def _drain(self, claim: Claim) -> None:
+        while True:
+            stored = await self._timed("outbox", self.store.outbox(claim.partition, 500))
+            if not stored:
+                break
+            await self._produce([OutRecord.decode(b) for b in stored])
+            await self._ack(claim, len(stored))
+        self.backlog.discard(claim.partition)
+
+    async def _ack(self, claim: Claim, count: int) -> None:
+        try:
+            await self._timed("ack", self.store.ack_outbox(claim, count))
+        except Fenced:
+            self.metrics.fenced.inc()
+            self.claims.pop(claim.partition, None)
+
+    async def _produce(self, records: Sequence[OutRecord]) -> None:
+        futures: list[Awaitable[RecordMetadata]] = []
+        for r in records:
+            futures.append(
+                await self.producer.send(r.topic, r.value, key=r.key, headers=list(r.headers))
+            )
+        await asyncio.gather(*futures)
+        counts: dict[str, int] = defaultdict(int)
+        for r in records:
+            counts[r.topic] += 1
+        for topic, n in counts.items():
+            self.metrics.relayed.labels(topic).inc(n)
+
+    async def _sweep_all(self) -> None:
+        """Fire the time-driven changes that fell due in every owned partition."""
+        await self._guard()
+        now = self.clock.now_ms()
+        backlog = 0
+        for partition, claim in sorted(self.claims.items()):
+            due = await self._timed(
+                "due", self.store.due(partition, now, self.settings.timer_batch)
+            )
+            backlog += len(due)
+            if not due:
+                continue
+            states = await self._load(partition, due)
+            for state in states.values():
+                if state is not None and state.due_day is not None:
+                    self.metrics.timer_delay.observe(max(0, now - state.due_day * DAY_MS) / 1000)
+            outcome = sweep_due(states, self.rules, self.topics, now)
+            if not await self._commit(claim, outcome):
+                continue
+            await self._retry("relay", partial(self._relay, claim, outcome.out))
+            self.metrics.timers.inc(outcome.timers)
+            self._observe_emits(outcome, [])
+        self.metrics.timer_backlog.set(backlog)
+        totals: dict[tuple[str, str], int] = defaultdict(int)
+        for partition in list(self.claims):
+            counts = await self._timed("populations", self.store.populations(partition))
+            for key, count in counts.items():
+                totals[key] += count
+        self.metrics.population.clear()
+        for (dimension, class_name), count in totals.items():
+            self.metrics.population.labels(dimension, class_name).set(count)
+
+    async def acquire(self, assigned: Iterable[TopicPartition]) -> None:
+        """Fence the previous owners, relay what they left in the outbox, resume from the
+        offsets Redis holds (it may be ahead of the group's committed offsets)."""
+        async with self.lock:
+            assigned = list(assigned)
+            if self.redis_id is None:
+                self.redis_id = await self._retry("identity", self.store.server_id)
+            for partition in sorted({tp.partition for tp in assigned}):
+                await self._take(partition, [tp for tp in assigned if tp.partition == partition])
+            self.metrics.partitions.set(len(self.claims))
+            log.info("assigned partitions %s", sorted(self.claims))
+
+    async def _take(self, partition: int, tps: list[TopicPartition]) -> None:
+        claim = await self._retry("claim", partial(self.store.claim, partition))
+        self.claims[partition] = claim
+        done = await self._retry("rules", partial(self.store.rules_version, partition))
+        if done != self.rules.version:  # e.g. the previous owner died mid-way
+            self.reevaluating.setdefault(partition, 0)
+        self.backlog.add(partition)
+        await self._retry("drain", partial(self._drain, claim))
+        resume = {tp: claim.offsets[tp.topic] for tp in tps if tp.topic in claim.offsets}
+        for tp, offset in resume.items():
+            self.consumer.seek(tp, offset)
+        unseen = [tp for tp in tps if tp not in resume]
+        if unseen:
+            # Redis holds nothing applied from these (new, or lost with a Redis that went
+            # back in time): start from the beginning, not from the group's committed offset.
+            await self.consumer.seek_to_beginning(*unseen)
+        if resume:
+            # What Redis holds is durable: a crash between the Redis commit and the
+            # offset commit must not leave the group's offsets behind forever.
+            with contextlib.suppress(CommitFailedError):
+                await self.consumer.commit(resume)
+
+    async def _guard(self) -> None:
+        """After a Redis failure, before writing again: if Redis came back as a different
+        server (restarted, possibly having lost its last second of writes, or restored from
+        an older copy), re-take every partition so that input is re-read from the offsets
+        Redis now holds. Re-reading is safe: applying an event twice changes nothing."""
+        if not self._suspect:
+            return
+        current = await self.store.server_id()
+        self._suspect = False
+        if self.redis_id is not None and current != self.redis_id:
+            self.redis_id = current
+            raise RedisReset(current)
+        self.redis_id = current
+
+    async def _retake_all(self) -> None:
+        log.warning(
+            "Redis restarted: re-taking partitions %s from its offsets", sorted(self.claims)
+        )
+        self.metrics.redis_resets.inc()
+        assignment = list(self.consumer.assignment())
+        for partition in sorted(self.claims):
+            await self._take(partition, [tp for tp in assignment if tp.partition == partition])
+
+    async def release(self, revoked: Iterable[TopicPartition]) -> None:
+        async with self.lock:  # waits for the batch in flight
+            for tp in revoked:
+                self.claims.pop(tp.partition, None)
+            self.metrics.partitions.set(len(self.claims))
+
+    async def _timed(self, op: str, call: Awaitable[T]) -> T:
+        started = time.perf_counter()
+        try:
+            return await call
+        except Fenced:
+            raise
+        except Exception:
+            self.metrics.redis_errors.labels(op).inc()
+            raise
+        finally:
+            self.metrics.redis_seconds.labels(op).observe(time.perf_counter() - started)
+
+    async def _retry(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Retry transient failures with capped exponential backoff, reporting not-ready."""
+        delay = 0.1
+        while True:
+            try:
+                result = await attempt()
+            except TRANSIENT as exc:
+                if isinstance(exc, RedisError | OSError):
+                    self._suspect = True
+                await self._trouble("redis/kafka", what, exc, delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            if not self.healthy:
+                self.healthy = True
+                self.metrics.ready.set(1)
+                log.info("%s: connected", what)
+            return result
+
+    async def _trouble(self, system: str, what: str, exc: BaseException, delay: float = 1) -> None:
+        if self.healthy:
+            log.warning("%s failed (%s: %s); retrying", what, system, exc)
+        self.healthy = False
+        self.metrics.ready.set(0)
+        await asyncio.sleep(delay)
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self.pipeline.release(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self.pipeline.acquire(assigned)

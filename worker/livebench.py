@@ -1,0 +1,367 @@
+"""`segment-worker bench live`: the worker end to end against two baselines in the same run,
+on the embedded broker and a local Redis, plus latency at half capacity and Redis memory per
+customer.
+
+- raw ceiling: aiokafka getmany + orjson + one Lua call per batch of up to 1,000 events that
+  bumps a counter per customer; no classification, no output;
+- segment-worker: the real worker, from assignment until every offset is committed (which it
+  does only after the changes are in Kafka);
+- plain Faust agent: a Faust agent doing per-event work (parse, one Redis update per event).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from itertools import islice
+
+import orjson
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from worker.clock import SimulatedClock
+from worker.core.codec import encode_state
+from worker.core.events import ParseLimits
+from worker.core.rules import load_rules
+from worker.core.timeutil import DAY_MS, parse_rfc3339
+from worker.embedded import Broker, RedisServer, free_port
+from worker.live import partition_of
+from worker.progress import Progress
+from worker.replay import Replayer
+from worker.service import Worker, ensure_topics
+from worker.settings import Settings
+from worker.simulate import SimEvent, Simulator
+from worker.store import Claim, Store
+
+PARTITIONS = 4
+START = parse_rfc3339("2025-01-01T00:00:00Z")
+RAW_LUA = """
+for i = 1, #KEYS do redis.call('HINCRBY', KEYS[i], 'n', 1) end
+return #KEYS
+"""
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    events: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds else 0.0
+
+
+@dataclass(frozen=True)
+class Topics:
+    orders: str
+    visits: str
+    changes: str
+    dlq: str
+
+
+async def bench_live(events: int, customers: int, memory_customers: int, seed: int) -> None:
+    traffic = list(islice(Simulator(seed, customers, START), events))
+    end_ms = max(e.delivered_ms for e in traffic) + 60_000
+    with Broker() as broker, RedisServer() as redis_server:
+        topics = await _topics(broker.bootstrap)
+        print(f"producing {len(traffic):,} events for {customers:,} customers ...", file=sys.stderr)
+        ends = await _produce(broker.bootstrap, topics, traffic)
+        rows = [
+            await _raw_ceiling(broker.bootstrap, redis_server.url, topics, ends),
+            await _worker(broker.bootstrap, redis_server.url, topics, ends, end_ms),
+            await _faust(broker.bootstrap, redis_server.url, topics, ends),
+        ]
+        raw = rows[0].rate
+        print(f"\n{'path':<34} {'events':>9} {'seconds':>8} {'events/s':>9} {'x raw':>6}")
+        for row in rows:
+            print(
+                f"{row.name:<34} {row.events:>9,} {row.seconds:>8.2f} {row.rate:>9,.0f} "
+                f"{row.rate / raw if raw else 0:>6.2f}"
+            )
+        worker_rate = rows[1].rate
+        print(f"segment-worker vs plain Faust agent: {worker_rate / rows[2].rate:.1f}x")
+        await _latency(broker.bootstrap, redis_server.url, customers, seed, worker_rate / 2)
+    await _memory(memory_customers, seed)
+
+
+async def _topics(bootstrap: str) -> Topics:
+    tag = uuid.uuid4().hex[:6]
+    topics = Topics(f"orders-{tag}", f"visits-{tag}", f"changes-{tag}", f"dlq-{tag}")
+    await ensure_topics(_settings(bootstrap, "redis://unused", topics, "unused"), PARTITIONS)
+    return topics
+
+
+async def _produce(
+    bootstrap: str, topics: Topics, traffic: Sequence[SimEvent]
+) -> dict[TopicPartition, int]:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, acks=1)
+    await producer.start()
+    ends: dict[TopicPartition, int] = {}
+    progress = Progress(len(traffic), "produce")
+    try:
+        pending = []
+        for n, e in enumerate(traffic, start=1):
+            topic = topics.orders if e.topic == "orders" else topics.visits
+            partition = partition_of(e.key.decode(), PARTITIONS)
+            pending.append(await producer.send(topic, e.value, key=e.key, partition=partition))
+            if n % 5000 == 0:
+                progress.update(n, n)
+        for meta in await asyncio.gather(*pending):
+            tp = TopicPartition(meta.topic, meta.partition)
+            ends[tp] = max(ends.get(tp, 0), meta.offset + 1)
+    finally:
+        progress.close()
+        await producer.stop()
+    return ends
+
+
+def _settings(bootstrap: str, redis_url: str, topics: Topics, group: str) -> Settings:
+    return replace(
+        Settings(),
+        kafka_bootstrap=bootstrap,
+        redis_url=redis_url,
+        http_port=free_port(),
+        kafka_idempotence=False,
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=500,
+        rebalance_timeout_ms=5000,
+        topic_orders=topics.orders,
+        topic_visits=topics.visits,
+        topic_changes=topics.changes,
+        topic_dlq=topics.dlq,
+        topic_erasures=f"{topics.dlq}-erasures",
+        group_id=group,
+    )
+
+
+async def _raw_ceiling(
+    bootstrap: str, redis_url: str, topics: Topics, ends: dict[TopicPartition, int]
+) -> Row:
+    client = aioredis.from_url(redis_url)
+    script = client.register_script(RAW_LUA)
+    consumer = AIOKafkaConsumer(
+        topics.orders,
+        topics.visits,
+        bootstrap_servers=bootstrap,
+        group_id=f"raw-{uuid.uuid4().hex[:6]}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=500,
+    )
+    await consumer.start()
+    total, done, started = sum(ends.values()), 0, 0.0
+    try:
+        while done < total:
+            batch = await consumer.getmany(timeout_ms=100, max_records=1000)
+            keys = []
+            for messages in batch.values():
+                for m in messages:
+                    if not started:
+                        started = time.perf_counter()
+                    with contextlib.suppress(orjson.JSONDecodeError):
+                        doc = orjson.loads(m.value or b"")
+                        if isinstance(doc, dict) and isinstance(doc.get("customer_id"), str):
+                            keys.append(f"raw:c:{doc['customer_id']}")
+                    done += 1
+            if keys:
+                await script(keys=keys)
+            if batch:
+                await consumer.commit()
+        return Row("raw ceiling (getmany+orjson+Lua)", total, time.perf_counter() - started)
+    finally:
+        await consumer.stop()
+        await client.aclose()
+
+
+async def _worker(
+    bootstrap: str,
+    redis_url: str,
+    topics: Topics,
+    ends: dict[TopicPartition, int],
+    clock_ms: int,
+) -> Row:
+    settings = _settings(bootstrap, redis_url, topics, f"worker-{uuid.uuid4().hex[:6]}")
+    worker = Worker(settings, SimulatedClock(clock_ms, 1.0))
+    task = asyncio.create_task(worker.run())
+    try:
+        while not worker.pipeline.claims:
+            await asyncio.sleep(0.02)
+        started = time.perf_counter()
+        probe = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=settings.group_id, enable_auto_commit=False
+        )
+        await probe.start()
+        try:
+            while True:
+                committed = {tp: (await probe.committed(tp)) or 0 for tp in ends}
+                if all(committed[tp] >= end for tp, end in ends.items()):
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            await probe.stop()
+        return Row("segment-worker (end to end)", sum(ends.values()), time.perf_counter() - started)
+    finally:
+        worker.stop()
+        await task
+
+
+async def _faust(
+    bootstrap: str, redis_url: str, topics: Topics, ends: dict[TopicPartition, int]
+) -> Row:
+    client = aioredis.from_url(redis_url)
+    total = sum(ends.values())
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "worker.baselines.faust_agent",
+            bootstrap,
+            redis_url,
+            f"faust-{uuid.uuid4().hex[:6]}",
+            topics.orders,
+            topics.visits,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        started = 0.0
+        while True:
+            seen = int(await client.get("faust:events") or 0)
+            if seen and not started:
+                started = time.perf_counter()
+            if seen >= total:
+                return Row("plain Faust agent (per event)", total, time.perf_counter() - started)
+            if proc.poll() is not None:
+                raise RuntimeError("the Faust baseline exited early")
+            await asyncio.sleep(0.05)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        await client.aclose()
+
+
+async def _latency(bootstrap: str, redis_url: str, customers: int, seed: int, rate: float) -> None:
+    """Paced traffic at ``rate``: from each event's send to the arrival of the change it
+    caused on the output topic."""
+    topics = await _topics(bootstrap)
+    settings = _settings(bootstrap, redis_url, topics, f"lat-{uuid.uuid4().hex[:6]}")
+    duration = 20.0
+    count = int(rate * duration)
+    traffic = list(islice(Simulator(seed + 1, customers, START), count))
+    clock_ms = max(e.delivered_ms for e in traffic) + 60_000
+    worker = Worker(settings, SimulatedClock(clock_ms, 1.0))
+    task = asyncio.create_task(worker.run())
+    sent: dict[str, float] = {}
+    latencies: list[float] = []
+    watcher = AIOKafkaConsumer(
+        topics.changes,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=10,
+    )
+    await watcher.start()
+
+    async def watch() -> None:
+        while True:
+            batch = await watcher.getmany(timeout_ms=50)
+            now = time.perf_counter()
+            for messages in batch.values():
+                for m in messages:
+                    cause = orjson.loads(m.value or b"")["cause"]["event_id"]
+                    if cause in sent:
+                        latencies.append((now - sent.pop(cause)) * 1000)
+
+    watching = asyncio.create_task(watch())
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1, acks=1)
+    await producer.start()
+    try:
+        while not worker.pipeline.claims:
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(1.0)
+        begin = time.perf_counter()
+        for n, e in enumerate(traffic):
+            due = begin + n / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            topic = topics.orders if e.topic == "orders" else topics.visits
+            sent[orjson.loads(e.value)["event_id"]] = time.perf_counter()
+            await producer.send(
+                topic, e.value, key=e.key, partition=partition_of(e.key.decode(), PARTITIONS)
+            )
+        await asyncio.sleep(3.0)
+    finally:
+        watching.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watching
+        await producer.stop()
+        await watcher.stop()
+        worker.stop()
+        await task
+    if latencies:
+        q = statistics.quantiles(latencies, n=100)
+        print(
+            f"event-to-change latency at {rate:,.0f} events/s (half the measured capacity), "
+            f"{len(latencies):,} changes: p50 {q[49]:.1f} ms, p99 {q[98]:.1f} ms"
+        )
+
+
+async def _memory(customers: int, seed: int) -> None:
+    """Redis bytes per customer: the states and due index the worker writes, for the states
+    a replay of simulated traffic builds for ``customers`` customers."""
+    rules = load_rules(None)
+    replayer = Replayer(
+        rules, lambda _: None, lambda *_: None, limits=ParseLimits(), future_reference_ms=2**62
+    )
+    events = customers * 6
+    progress = Progress(events, "memory: replay")
+    for n, e in enumerate(islice(Simulator(seed, customers, START), events), start=1):
+        replayer.feed(e.jsonl(), n)
+        if n % 8192 == 0:
+            progress.update(n, n)
+    progress.close()
+    with RedisServer() as server:
+        client = aioredis.from_url(server.url)
+        store = Store(client)
+        await store.load_library()
+        before = int((await client.info("memory"))["used_memory"])
+        batch: dict[int, list[tuple[str, bytes, int | None]]] = {}
+        for cid, state in replayer.states.items():
+            due = None if state.due_day is None else state.due_day * DAY_MS
+            batch.setdefault(partition_of(cid, PARTITIONS), []).append(
+                (cid, encode_state(state), due)
+            )
+        for partition, items in batch.items():
+            claim: Claim = await store.claim(partition)
+            for i in range(0, len(items), 1000):
+                chunk = items[i : i + 1000]
+                await store.commit(
+                    claim,
+                    states={c: b for c, b, _ in chunk},
+                    due={c: d for c, _, d in chunk},
+                    outbox=[],
+                    offsets={},
+                )
+        after = int((await client.info("memory"))["used_memory"])
+        blobs = [len(encode_state(s)) for s in replayer.states.values()]
+        await client.aclose()
+    n = len(replayer.states)
+    print(
+        f"Redis memory: {(after - before) / n:,.0f} bytes per customer at {n:,} customers "
+        f"(state blob mean {statistics.mean(blobs):,.0f} B, p99 "
+        f"{statistics.quantiles(blobs, n=100)[98]:,.0f} B; due index and key overhead included)"
+    )
+
+
+def run(events: int, customers: int, memory_customers: int, seed: int) -> None:
+    asyncio.run(bench_live(events, customers, memory_customers, seed))

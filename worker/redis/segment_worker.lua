@@ -1,0 +1,393 @@
+#!lua name=segment_worker
+--[[
+segment-worker: the atomic, fenced writes of one input partition (Redis Functions, Redis >= 7).
+
+Key layout. <base> is "<prefix>:{p<N>}:" for input partition N; "{p<N>}" is the FIRST {...} of
+every key, hence its Redis Cluster hash tag, so all keys of one call live in one slot:
+  <base>meta             hash   epoch (fencing), off:<topic> (next offset to read),
+                                pop:<dimension>\x1f<class> (customers per class)
+  <base>due              zset   member customer id, score = instant (epoch ms) a class may change
+  <base>outbox           list   output records waiting for the relay, oldest first
+  <base>c:<customer id>  string the customer's state (opaque bytes of the core's codec)
+  <base>x:<customer id>  string erasure marker (optional, with a TTL)
+
+Every function:
+- touches only keys passed in KEYS, and checks that they follow the layout and share <base>;
+- checks ALL its arguments, the types of the keys it writes and the epoch before its first
+  write (Redis has no rollback) and answers bad input with "ERR segment_worker_<fn>: ...",
+  having written nothing;
+- answers a write with an epoch other than the stored one with
+  "FENCED current=<stored> given=<caller's>", having written nothing.
+Integers in ARGV are canonical decimal strings (no sign unless noted, no leading zeros, no
+exponent) of at most 2^53 - 1: Lua numbers are doubles. Values are passed on to Redis as the
+strings they came in as, never re-formatted (tostring(1.7e12) is "1.7e+12").
+Batches of any size: multi-argument commands are issued in chunks of CHUNK values, because
+Lua's unpack() is bounded by the C stack (about 8,000 values).
+
+segment_worker_claim
+  KEYS  meta
+  ARGV  (none)
+  Bumps the epoch (fencing the previous owner) and returns
+  {epoch, topic_1, offset_1, topic_2, offset_2, ...} (the stored off:<topic> fields).
+
+segment_worker_commit
+  KEYS  meta, due, outbox, c:<id> x n_set (states to set), c:<id> x n_del (states to delete)
+  ARGV  epoch, n_set, n_del, n_zadd, n_zrem, n_out, n_off, n_pop,
+        blob x n_set                       (value of the i-th state key to set)
+        (due_ms, customer id) x n_zadd     (add to / move in the due index)
+        customer id x n_zrem               (remove from the due index)
+        record x n_out                     (RPUSH to the outbox, in order)
+        (topic, offset) x n_off            (off:<topic> = max(stored, offset))
+        (field, delta) x n_pop             (HINCRBY pop:<field> by delta; delta may be < 0)
+  Returns the outbox length after the append.
+
+segment_worker_ack
+  KEYS  meta, outbox
+  ARGV  epoch, count
+  Trims the first `count` records (the relay has had them acknowledged by the broker).
+  Returns the outbox length after the trim.
+
+segment_worker_erase
+  KEYS  meta, due, c:<id>, x:<id>
+  ARGV  epoch, customer id, marker_ttl_ms ("" = no marker)
+  Deletes the state and the due entry; with a TTL, sets the marker x:<id> = "1" for that long.
+  Returns 1 if a state was deleted, else 0.
+
+segment_worker_version (read-only)
+  Returns LIBRARY_VERSION.
+]]
+
+local LIBRARY_VERSION = '3'
+local CHUNK = 512 -- values per multi-argument command; even, so that pairs never split
+local MAX_INT = 9007199254740991 -- 2^53 - 1
+local HEADER = 8 -- commit: epoch and the seven counts
+
+-- Validation. `fail` raises a plain message (level 0: no source position); each function runs
+-- its checks under pcall and turns a failure into an error reply before anything is written.
+
+local function fail(message)
+  error(message, 0)
+end
+
+local function show(value)
+  if value == nil then
+    return 'nothing'
+  end
+  if #value > 40 then
+    return string.format('%q', string.sub(value, 1, 40)) .. '...'
+  end
+  return string.format('%q', value)
+end
+
+-- The number a canonical decimal string stands for, or nil and what it should have been.
+local function parse_uint(value)
+  if value == nil or #value > 16 or not (value == '0' or string.find(value, '^[1-9]%d*$')) then
+    return nil, 'a non-negative integer'
+  end
+  local n = tonumber(value)
+  if n > MAX_INT then
+    return nil, 'at most 2^53 - 1'
+  end
+  return n
+end
+
+-- `whose` (optional) names the item the value belongs to; formatted only on failure, as this
+-- runs once per entry of a batch.
+local function uint(value, what, whose)
+  local n, need = parse_uint(value)
+  if n == nil then
+    if whose ~= nil then
+      what = what .. ' of ' .. show(whose)
+    end
+    fail(what .. ' must be ' .. need .. ', got ' .. show(value))
+  end
+  return n
+end
+
+local function int(value, what, whose)
+  if value ~= nil and string.sub(value, 1, 1) == '-' and value ~= '-0' then
+    return -uint(string.sub(value, 2), what, whose)
+  end
+  return uint(value, what, whose)
+end
+
+local function topic_name(value, what)
+  if value == nil or #value == 0 or #value > 249 or not string.find(value, '^[%w%._%-]+$') then
+    fail(what .. ' must be a Kafka topic name ([A-Za-z0-9._-], 1 to 249 characters), got '
+      .. show(value))
+  end
+  return value
+end
+
+local function key_count(keys, want)
+  if #keys ~= want then
+    fail('expected ' .. want .. ' keys, got ' .. #keys)
+  end
+end
+
+local function arg_count(args, want)
+  if #args ~= want then
+    fail('expected ' .. want .. ' arguments (from the counts given), got ' .. #args)
+  end
+end
+
+-- KEYS[1] must be <prefix>:{p<N>}:meta with no brace in <prefix>; returns <base>.
+local function base_of(meta)
+  local base = meta and string.match(meta, '^([^{}]*{p%d+}:)meta$')
+  if base == nil then
+    fail('KEYS[1] must be <prefix>:{p<N>}:meta (no braces in the prefix), got ' .. show(meta))
+  end
+  return base
+end
+
+local function same_key(key, want, what)
+  if key ~= want then
+    fail(what .. ' must be ' .. show(want) .. ', got ' .. show(key))
+  end
+end
+
+local function key_type(key, want, what)
+  local found = redis.call('TYPE', key)['ok']
+  if found ~= 'none' and found ~= want then
+    fail(what .. ' ' .. show(key) .. ' holds a ' .. found .. ', not a ' .. want)
+  end
+end
+
+-- The meta hash's epoch (0 if never claimed), after checking the key's type and the value.
+local function stored_epoch(meta)
+  key_type(meta, 'hash', 'meta key')
+  local value = redis.call('HGET', meta, 'epoch')
+  if value == false then
+    return 0
+  end
+  return uint(value, 'stored epoch')
+end
+
+local function checked(name, check, keys, args)
+  local ok, result = pcall(check, keys, args)
+  if ok then
+    return result, nil
+  end
+  if type(result) == 'table' then -- an error reply of redis.call
+    result = result.err or 'error'
+  end
+  return nil, redis.error_reply('ERR ' .. name .. ': ' .. tostring(result))
+end
+
+local function fenced(current, given)
+  return redis.error_reply('FENCED current=' .. current .. ' given=' .. given)
+end
+
+-- Writes in chunks of at most CHUNK values.
+
+local function call_values(command, key, values, first, last)
+  local i = first
+  while i <= last do
+    local j = math.min(i + CHUNK - 1, last)
+    redis.call(command, key, unpack(values, i, j))
+    i = j + 1
+  end
+end
+
+local function del_keys(keys, first, last)
+  local i = first
+  while i <= last do
+    local j = math.min(i + CHUNK - 1, last)
+    redis.call('DEL', unpack(keys, i, j))
+    i = j + 1
+  end
+end
+
+local function mset(keys, key_first, values, value_first, n)
+  local done = 0
+  while done < n do
+    local m = math.min(CHUNK / 2, n - done)
+    local flat = {}
+    for i = 0, m - 1 do
+      flat[2 * i + 1] = keys[key_first + done + i]
+      flat[2 * i + 2] = values[value_first + done + i]
+    end
+    redis.call('MSET', unpack(flat))
+    done = done + m
+  end
+end
+
+-- claim
+
+local function check_claim(keys, args)
+  key_count(keys, 1)
+  base_of(keys[1])
+  arg_count(args, 0)
+  return stored_epoch(keys[1])
+end
+
+local function claim(keys, args)
+  local _, err = checked('segment_worker_claim', check_claim, keys, args)
+  if err then
+    return err
+  end
+  local out = { redis.call('HINCRBY', keys[1], 'epoch', 1) }
+  local fields = redis.call('HGETALL', keys[1])
+  for i = 1, #fields, 2 do
+    if string.sub(fields[i], 1, 4) == 'off:' then
+      out[#out + 1] = string.sub(fields[i], 5)
+      out[#out + 1] = fields[i + 1]
+    end
+  end
+  return out
+end
+
+-- commit
+
+local function check_commit(keys, args)
+  local plan = { epoch = uint(args[1], 'epoch') }
+  if plan.epoch < 1 then
+    fail('epoch must be >= 1 (claim the partition first), got ' .. show(args[1]))
+  end
+  local names = { 'n_set', 'n_del', 'n_zadd', 'n_zrem', 'n_out', 'n_off', 'n_pop' }
+  for i, name in ipairs(names) do
+    plan[name] = uint(args[1 + i], name)
+  end
+  key_count(keys, 3 + plan.n_set + plan.n_del)
+  arg_count(args, HEADER + plan.n_set + 2 * plan.n_zadd + plan.n_zrem + plan.n_out
+    + 2 * plan.n_off + 2 * plan.n_pop)
+
+  local base = base_of(keys[1])
+  same_key(keys[2], base .. 'due', 'KEYS[2]')
+  same_key(keys[3], base .. 'outbox', 'KEYS[3]')
+  local customer = base .. 'c:'
+  for i = 4, 3 + plan.n_set + plan.n_del do
+    if string.find(keys[i], customer, 1, true) ~= 1 then -- plain find: no substring allocated
+      fail('KEYS[' .. i .. '] must start with ' .. show(customer) .. ', got ' .. show(keys[i]))
+    end
+  end
+
+  -- Offsets of each section in ARGV.
+  plan.blobs = HEADER + 1
+  plan.zadd = plan.blobs + plan.n_set
+  plan.zrem = plan.zadd + 2 * plan.n_zadd
+  plan.out = plan.zrem + plan.n_zrem
+  plan.off = plan.out + plan.n_out
+  plan.pop = plan.off + 2 * plan.n_off
+  for i = plan.zadd, plan.zrem - 1, 2 do
+    uint(args[i], 'due time', args[i + 1])
+  end
+  plan.offsets = {}
+  for i = plan.off, plan.pop - 1, 2 do
+    topic_name(args[i], 'topic')
+    local offset = uint(args[i + 1], 'offset', args[i])
+    plan.offsets[#plan.offsets + 1] = { 'off:' .. args[i], offset, args[i + 1] }
+  end
+  for i = plan.pop, #args - 1, 2 do
+    if #args[i] == 0 then
+      fail('population field must not be empty')
+    end
+    int(args[i + 1], 'population delta', args[i])
+  end
+
+  plan.current = stored_epoch(keys[1])
+  key_type(keys[2], 'zset', 'due key')
+  key_type(keys[3], 'list', 'outbox key')
+  return plan
+end
+
+local function commit(keys, args)
+  local plan, err = checked('segment_worker_commit', check_commit, keys, args)
+  if err then
+    return err
+  end
+  if plan.current ~= plan.epoch then
+    return fenced(plan.current, plan.epoch)
+  end
+
+  -- Everything is checked: write.
+  mset(keys, 4, args, plan.blobs, plan.n_set)
+  del_keys(keys, 4 + plan.n_set, 3 + plan.n_set + plan.n_del)
+  call_values('ZADD', keys[2], args, plan.zadd, plan.zrem - 1)
+  call_values('ZREM', keys[2], args, plan.zrem, plan.out - 1)
+  call_values('RPUSH', keys[3], args, plan.out, plan.off - 1)
+  for _, offset in ipairs(plan.offsets) do
+    local field, given, text = offset[1], offset[2], offset[3]
+    local stored = redis.call('HGET', keys[1], field)
+    if stored == false or given > (tonumber(stored) or -1) then
+      redis.call('HSET', keys[1], field, text)
+    end
+  end
+  for i = plan.pop, #args - 1, 2 do
+    redis.call('HINCRBY', keys[1], 'pop:' .. args[i], args[i + 1])
+  end
+  return redis.call('LLEN', keys[3])
+end
+
+-- ack
+
+local function check_ack(keys, args)
+  key_count(keys, 2)
+  arg_count(args, 2)
+  local base = base_of(keys[1])
+  same_key(keys[2], base .. 'outbox', 'KEYS[2]')
+  local plan = { epoch = uint(args[1], 'epoch'), count = uint(args[2], 'count') }
+  plan.current = stored_epoch(keys[1])
+  key_type(keys[2], 'list', 'outbox key')
+  return plan
+end
+
+local function ack(keys, args)
+  local plan, err = checked('segment_worker_ack', check_ack, keys, args)
+  if err then
+    return err
+  end
+  if plan.current ~= plan.epoch then
+    return fenced(plan.current, plan.epoch)
+  end
+  if plan.count > 0 then
+    redis.call('LTRIM', keys[2], args[2], -1)
+  end
+  return redis.call('LLEN', keys[2])
+end
+
+-- erase
+
+local function check_erase(keys, args)
+  key_count(keys, 4)
+  arg_count(args, 3)
+  local base = base_of(keys[1])
+  local plan = { epoch = uint(args[1], 'epoch') }
+  same_key(keys[2], base .. 'due', 'KEYS[2]')
+  same_key(keys[3], base .. 'c:' .. args[2], 'KEYS[3]')
+  same_key(keys[4], base .. 'x:' .. args[2], 'KEYS[4]')
+  if args[3] ~= '' and uint(args[3], 'marker_ttl_ms') < 1 then
+    fail('marker_ttl_ms must be >= 1 or empty (no marker), got ' .. show(args[3]))
+  end
+  plan.current = stored_epoch(keys[1])
+  key_type(keys[2], 'zset', 'due key')
+  return plan
+end
+
+local function erase(keys, args)
+  local plan, err = checked('segment_worker_erase', check_erase, keys, args)
+  if err then
+    return err
+  end
+  if plan.current ~= plan.epoch then
+    return fenced(plan.current, plan.epoch)
+  end
+  local deleted = redis.call('DEL', keys[3])
+  redis.call('ZREM', keys[2], args[2])
+  if args[3] ~= '' then
+    redis.call('SET', keys[4], '1', 'PX', args[3])
+  end
+  return deleted
+end
+
+local function version(keys, args)
+  return LIBRARY_VERSION
+end
+
+redis.register_function('segment_worker_claim', claim)
+redis.register_function('segment_worker_commit', commit)
+redis.register_function('segment_worker_ack', ack)
+redis.register_function('segment_worker_erase', erase)
+redis.register_function{
+  function_name = 'segment_worker_version', callback = version, flags = { 'no-writes' },
+}

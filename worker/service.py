@@ -1,0 +1,264 @@
+"""Assembles and runs one worker process: a Faust app (lifecycle, web server, sensors) hosting
+the batched pipeline (our aiokafka consumer and producer, Redis) and the HTTP routes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import tempfile
+from collections.abc import Sequence
+from typing import Any
+
+import faust
+import mode
+import orjson
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
+from faust.app.base import BootStrategy
+
+from worker.clock import Clock, SimulatedClock, WallClock
+from worker.core.rules import load_rules
+from worker.core.timeutil import parse_rfc3339
+from worker.http import register_routes
+from worker.live import Pipeline
+from worker.metrics import Metrics
+from worker.settings import Settings, SettingsError
+from worker.store import Store
+
+log = logging.getLogger("segment_worker")
+
+
+def kafka_security(settings: Settings) -> dict[str, Any]:
+    """Client arguments for SASL and TLS, shared by the consumer, producer and admin."""
+    out: dict[str, Any] = {"security_protocol": settings.kafka_security_protocol}
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        out["ssl_context"] = create_ssl_context(
+            cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None,
+            certfile=str(settings.kafka_ssl_certfile) if settings.kafka_ssl_certfile else None,
+            keyfile=str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None,
+        )
+    if settings.kafka_security_protocol.startswith("SASL"):
+        out["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        out["sasl_plain_username"] = settings.kafka_sasl_username
+        out["sasl_plain_password"] = settings.kafka_sasl_password
+    return out
+
+
+async def ensure_topics(settings: Settings, partitions: int) -> None:
+    """Create the four topics if missing: inputs and output with ``partitions`` each
+    (co-partitioned), the dead-letter topic with one."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap, **kafka_security(settings)
+    )
+    await admin.start()
+    try:
+        wanted = [
+            NewTopic(settings.topic_orders, partitions, 1),
+            NewTopic(settings.topic_visits, partitions, 1),
+            NewTopic(settings.topic_changes, partitions, 1),
+            NewTopic(settings.topic_dlq, 1, 1),
+            NewTopic(settings.topic_erasures, partitions, 1),
+        ]
+        existing = set(await admin.list_topics())
+        missing = [t for t in wanted if t.name not in existing]
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(missing)
+    finally:
+        await admin.close()
+
+
+async def send_erasures(settings: Settings, customer_ids: Sequence[str]) -> None:
+    """Erasure requests, keyed by customer id so they reach the partition owning the customer."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        acks="all",
+        enable_idempotence=settings.kafka_idempotence,
+        **kafka_security(settings),
+    )
+    await producer.start()
+    try:
+        for customer_id in customer_ids:
+            value = orjson.dumps({"customer_id": customer_id})
+            await producer.send_and_wait(settings.topic_erasures, value, key=customer_id.encode())
+    finally:
+        await producer.stop()
+
+
+def clock_of(settings: Settings) -> Clock:
+    if settings.clock_start is None:
+        if settings.clock_speed != 1.0:
+            raise SettingsError("SEGMENT_WORKER_CLOCK_SPEED: needs SEGMENT_WORKER_CLOCK_START")
+        return WallClock()
+    try:
+        start = parse_rfc3339(settings.clock_start)
+    except ValueError as exc:
+        raise SettingsError(f"SEGMENT_WORKER_CLOCK_START: {exc}") from None
+    return SimulatedClock(start, settings.clock_speed)
+
+
+class _NoFaustKafka(BootStrategy):
+    """Faust hosts the services, the web server and the sensors; Kafka is ours (batched
+    aiokafka consumer, producer with our SASL/TLS/idempotence settings), because Faust's
+    per-event stream costs ~100 us an event on the hot path."""
+
+    enable_kafka = False
+
+
+class SegmentApp(faust.App):
+    BootStrategy = _NoFaustKafka
+
+    async def on_start(self) -> None:
+        # The stock on_start wires Faust's consumer, which this app does not have.
+        self.finalize()
+
+
+class _PipelineService(mode.Service):
+    """The consumer loop as a service of the Faust app; stops it gracefully before mode
+    cancels anything: the batch in flight finishes, is relayed and committed."""
+
+    def __init__(self, worker: Worker) -> None:
+        super().__init__()
+        self.worker = worker
+        self.done = asyncio.Event()
+
+    @mode.Service.task
+    async def _serve(self) -> None:
+        try:
+            await self.worker.serve()
+        finally:
+            self.done.set()
+
+    async def on_stop(self) -> None:
+        self.worker.pipeline.stop()
+        await asyncio.wait_for(self.done.wait(), 60)
+
+
+class Worker:
+    """One worker process: a Faust app hosting the pipeline service and the HTTP port."""
+
+    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.clock = clock or clock_of(settings)
+        self.rules = load_rules(settings.rules)
+        self.metrics = Metrics()
+        self.redis = aioredis.from_url(
+            settings.redis_url, socket_timeout=10, socket_connect_timeout=5
+        )
+        self.store = Store(self.redis, settings.redis_prefix)
+        security = kafka_security(settings)
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            acks="all",
+            enable_idempotence=settings.kafka_idempotence,
+            linger_ms=5,
+            max_request_size=4 * 1024 * 1024,
+            **security,
+        )
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            group_id=settings.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            partition_assignment_strategy=(RangePartitionAssignor,),
+            session_timeout_ms=settings.session_timeout_ms,
+            heartbeat_interval_ms=settings.heartbeat_interval_ms,
+            rebalance_timeout_ms=settings.rebalance_timeout_ms,
+            max_poll_interval_ms=settings.max_poll_interval_ms,
+            # The broker holds a fetch open until data arrives or this passes; some brokers
+            # (Tansu) hold it the full time, so it bounds event-to-change latency.
+            fetch_max_wait_ms=max(10, settings.batch_wait_ms),
+            **security,
+        )
+        self.pipeline = Pipeline(
+            settings,
+            self.rules,
+            self.store,
+            consumer=self.consumer,
+            producer=self.producer,
+            metrics=self.metrics,
+            clock=self.clock,
+        )
+        self._datadir = tempfile.TemporaryDirectory(prefix="segment-worker-")
+        self.app = SegmentApp(
+            settings.group_id,
+            broker=f"kafka://{settings.kafka_bootstrap.split(',')[0]}",
+            store="memory://",
+            datadir=self._datadir.name,
+            autodiscover=False,
+            web_enabled=True,
+            web_host=settings.http_host,
+            web_bind=settings.http_host,
+            web_port=settings.http_port,
+            topic_disable_leader=True,
+            topic_allow_declare=False,
+        )
+        register_routes(self.app, self.pipeline)
+        self.service = _PipelineService(self)
+        self.app.service(self.service)  # type: ignore[arg-type]
+
+    async def run(self) -> None:
+        """Serve until :meth:`stop` (or SIGTERM/SIGINT when installed), then shut down
+        gracefully: finish the batch in flight, relay, commit, leave the group."""
+        await self.app.start()
+        log.info("HTTP on %s:%d", self.settings.http_host, self.settings.http_port)
+        try:
+            await self.service.done.wait()
+        finally:
+            await self.app.stop()
+            self._datadir.cleanup()
+            log.info("stopped")
+
+    async def serve(self) -> None:
+        try:
+            await self._start_clients()
+            if not self.pipeline.stopping.is_set():
+                self.consumer.subscribe(
+                    [
+                        self.settings.topic_orders,
+                        self.settings.topic_visits,
+                        self.settings.topic_erasures,
+                    ],
+                    listener=self.pipeline.listener(),
+                )
+                await self.pipeline.run()
+        finally:
+            await self._shutdown()
+
+    def stop(self) -> None:
+        self.pipeline.stop()
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, self.pipeline.request_reload)
+
+    async def _start_clients(self) -> None:
+        delay = 0.2
+        while not self.pipeline.stopping.is_set():
+            try:
+                await self.store.load_library()
+                await self.producer.start()
+                await self.consumer.start()
+                return
+            except (KafkaError, OSError) as exc:
+                log.warning("waiting for Kafka and Redis: %s", exc)
+                self.metrics.ready.set(0)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _shutdown(self) -> None:
+        async with self.pipeline.lock:  # no batch in flight past this point
+            pass
+        for step in (self.consumer.stop, self.producer.stop, self.redis.aclose):
+            try:
+                await step()
+            except Exception as exc:  # shutting down: report and go on
+                log.warning("shutdown: %s", exc)

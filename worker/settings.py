@@ -1,0 +1,180 @@
+"""Settings of the live worker, from ``SEGMENT_WORKER_*`` environment variables.
+
+Every setting is checked at start and a bad one fails with a message naming the variable,
+not with a stack trace an hour later. Secrets can come from files (``<NAME>_FILE``, as
+Kubernetes and Docker mount them) and never appear in reprs or logs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Final
+
+PREFIX: Final = "SEGMENT_WORKER_"
+SECURITY_PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS: Final = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+def _secret() -> Any:
+    return field(default=None, repr=False, metadata={"secret": True})
+
+
+def _doc(text: str) -> dict[str, str]:
+    return {"doc": text}
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka_bootstrap: str = field(default="localhost:9092", metadata=_doc("host:port[,host:port]"))
+    kafka_security_protocol: str = field(
+        default="PLAINTEXT", metadata=_doc("PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+    )
+    kafka_sasl_mechanism: str = field(
+        default="PLAIN", metadata=_doc("PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
+    )
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = _secret()
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    kafka_idempotence: bool = field(
+        default=True, metadata=_doc("idempotent producer; turn off only for brokers without it")
+    )
+    redis_url: str = field(default="redis://localhost:6379/0", repr=False)
+    redis_prefix: str = "sw"
+    rules: Path | None = field(
+        default=None, metadata=_doc("rules file; built-in defaults if unset")
+    )
+    http_host: str = "0.0.0.0"
+    http_port: int = 8080
+    topic_orders: str = "orders"
+    topic_visits: str = "visits"
+    topic_changes: str = "segment-changes"
+    topic_dlq: str = "segment-worker-dlq"
+    topic_erasures: str = field(
+        default="segment-worker-erasures",
+        metadata=_doc("erasure requests, keyed by customer_id, co-partitioned with the inputs"),
+    )
+    erasure_marker_days: int = field(
+        default=400, metadata=_doc("how long events of an erased customer are suppressed")
+    )
+    group_id: str = "segment-worker"
+    batch_size: int = field(default=1000, metadata=_doc("max records per partition batch"))
+    batch_wait_ms: int = field(default=50, metadata=_doc("max wait for a batch to fill"))
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 3_000
+    rebalance_timeout_ms: int = 30_000
+    max_poll_interval_ms: int = 300_000
+    timer_interval_ms: int = field(default=500, metadata=_doc("how often due customers are swept"))
+    timer_batch: int = 1000
+    rules_reevaluation_rate: int = field(
+        default=5000, metadata=_doc("customers per second re-classified after a rules change")
+    )
+    max_event_bytes: int = 64 * 1024
+    future_skew_ms: int = 5 * 60 * 1000
+    clock_start: str | None = field(
+        default=None, metadata=_doc("simulated clock: RFC 3339 start instant (demo, tests)")
+    )
+    clock_speed: float = field(
+        default=1.0, metadata=_doc("simulated clock: seconds of shop time per real second")
+    )
+
+    def __post_init__(self) -> None:
+        checks: dict[str, Callable[[Any], bool]] = {
+            "http_port": lambda v: 0 <= v <= 65535,
+            "batch_size": lambda v: 1 <= v <= 100_000,
+            "batch_wait_ms": lambda v: 0 <= v <= 60_000,
+            "session_timeout_ms": lambda v: v >= 1000,
+            "heartbeat_interval_ms": lambda v: 100 <= v < self.session_timeout_ms,
+            "rebalance_timeout_ms": lambda v: v >= 1000,
+            "max_poll_interval_ms": lambda v: v >= 1000,
+            "timer_interval_ms": lambda v: v >= 10,
+            "timer_batch": lambda v: v >= 1,
+            "max_event_bytes": lambda v: v >= 256,
+            "future_skew_ms": lambda v: v >= 0,
+            "clock_speed": lambda v: 0 < v <= 1e7,
+            "kafka_security_protocol": lambda v: v in SECURITY_PROTOCOLS,
+            "kafka_sasl_mechanism": lambda v: v in SASL_MECHANISMS,
+            "redis_url": lambda v: v.startswith(("redis://", "rediss://", "unix://")),
+            "kafka_bootstrap": lambda v: all(":" in h for h in v.split(",")),
+        }
+        for name, ok in checks.items():
+            if not ok(getattr(self, name)):
+                raise SettingsError(f"{PREFIX}{name.upper()}: invalid value")
+        names = [
+            self.topic_orders,
+            self.topic_visits,
+            self.topic_changes,
+            self.topic_dlq,
+            self.topic_erasures,
+        ]
+        if len(set(names)) != len(names) or not all(names):
+            raise SettingsError(f"{PREFIX}TOPIC_*: topic names must be distinct and non-empty")
+        if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_username:
+            raise SettingsError(f"{PREFIX}KAFKA_SASL_USERNAME: required for SASL")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        known = {f"{PREFIX}{f.name.upper()}" for f in fields(cls)}
+        known |= {f"{name}_FILE" for name in known}
+        unknown = sorted(k for k in env if k.startswith(PREFIX) and k not in known)
+        if unknown:
+            raise SettingsError(f"{unknown[0]}: unknown setting (typo?)")
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = f"{PREFIX}{f.name.upper()}"
+            raw = env.get(name)
+            if raw is None and f"{name}_FILE" in env:
+                raw = _read_secret(f"{name}_FILE", env[f"{name}_FILE"])
+            if raw is None:
+                continue
+            values[f.name] = _convert(name, raw, f.type)
+        return cls(**values)
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """(variable, current value, what it is) for --help and the start-up log; secrets
+        are masked."""
+        out = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            shown = "(set)" if value and (f.metadata.get("secret") or not f.repr) else str(value)
+            out.append((f"{PREFIX}{f.name.upper()}", shown, f.metadata.get("doc", "")))
+        return out
+
+
+def _read_secret(name: str, path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise SettingsError(f"{name}: cannot read {path}: {exc.strerror}") from None
+
+
+def _convert(name: str, raw: str, typ: object) -> object:
+    text = raw.strip()
+    kind = str(typ)
+    try:
+        if kind == "bool":
+            lowered = text.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if kind == "int":
+            return int(text)
+        if kind == "float":
+            return float(text)
+        if kind.startswith("Path"):
+            return Path(text) if text else None
+        return text or None if "None" in kind else text
+    except ValueError:
+        expected = kind.split(" ", maxsplit=1)[0]
+        raise SettingsError(f"{name}: expected {expected}, got {raw[:40]!r}") from None

@@ -1,0 +1,305 @@
+"""Redis adapter of the live worker: per-partition keys and their atomic, fenced updates.
+
+Key layout (``prefix`` default ``sw``; ``{pN}`` is the input partition N and the Redis Cluster
+hash tag of every key: the FIRST ``{...}`` of a key decides its slot and it is always ours, so
+customer ids may contain braces, and one Function call touches one slot):
+
+- ``sw:{p3}:meta``: hash with ``epoch`` (fencing), ``off:<topic>`` (next offset to read per input
+  topic) and ``pop:<dimension>\\x1f<class>`` (customers per class);
+- ``sw:{p3}:due``: sorted set, customer id -> instant (epoch ms) at which a class may change;
+- ``sw:{p3}:outbox``: list of opaque output records waiting for the relay, oldest first;
+- ``sw:{p3}:c:<customer_id>``: the customer's state (opaque bytes from the core's codec);
+- ``sw:{p3}:x:<customer_id>``: erasure marker written by :meth:`Store.erase` (with a TTL).
+
+Writes go through the Redis Functions library in ``worker/redis/segment_worker.lua`` (its header
+documents every KEYS and ARGV). They check all their arguments before the first write and
+refuse, writing nothing, when another worker has claimed the partition since the caller did.
+Functions are loaded with FUNCTION LOAD: unlike the EVAL script cache they survive restarts
+(AOF/RDB) and reach replicas.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any, Final, cast
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+LIBRARY: Final = "segment_worker"
+POP_SEPARATOR: Final = "\x1f"
+_FENCED: Final = re.compile(r"FENCED current=(\d+)")
+
+
+class Fenced(Exception):
+    """Raised when another worker claimed the partition after us: our write was refused and
+    nothing was written. Carries the partition, our epoch and the current one."""
+
+    def __init__(self, partition: int, epoch: int, current: int) -> None:
+        super().__init__(f"partition {partition}: epoch {epoch} fenced by epoch {current}")
+        self.partition, self.epoch, self.current = partition, epoch, current
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Ownership of one partition: the epoch our writes carry and the offsets (next offset to
+    read, per input topic) up to which its input is already applied."""
+
+    partition: int
+    epoch: int
+    offsets: dict[str, int]
+
+
+@cache
+def library_code() -> str:
+    """The Functions library source, shipped as package data."""
+    return resources.files("worker.redis").joinpath("segment_worker.lua").read_text("utf-8")
+
+
+class Store:
+    """Async adapter over one ``redis.asyncio.Redis`` client (``decode_responses=False``: states
+    and outbox records are bytes). All keys of a partition share its hash tag, so in a Redis
+    Cluster every call goes to one node."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str = "sw") -> None:
+        if "{" in prefix or "}" in prefix:
+            raise ValueError(f"prefix {prefix!r}: braces would take over the keys' hash tag")
+        pool = getattr(client, "connection_pool", None)
+        if pool is not None and pool.connection_kwargs.get("decode_responses"):
+            raise ValueError("the Redis client must not decode responses: states are bytes")
+        self.client = client
+        self.prefix = prefix
+
+    def key(self, partition: int, suffix: str) -> str:
+        if partition < 0:
+            raise ValueError(f"partition must be >= 0, got {partition}")
+        return f"{self.prefix}:{{p{partition}}}:{suffix}"
+
+    def customer_key(self, partition: int, customer_id: str) -> str:
+        return self.key(partition, f"c:{customer_id}")
+
+    async def load_library(self) -> None:
+        """Load the Functions library unless exactly this code is loaded already (then nothing
+        is written, so many workers may start at once); call once at start-up. Functions are
+        persisted with the data, but a Redis that lost its files has none."""
+        code = library_code()
+        if await self._loaded_code() != code:
+            await self.client.function_load(code, replace=True)
+
+    async def _loaded_code(self) -> str | None:
+        for entry in await self.client.function_list(LIBRARY, withcode=True):
+            # RESP2: a flat list of names and values; RESP3: a map.
+            fields = entry if isinstance(entry, dict) else _pairs(entry)
+            info = {_text(k): v for k, v in fields.items()}
+            if _text(info.get("library_name", b"")) == LIBRARY:
+                return _text(info.get("library_code", b""))
+        return None
+
+    async def server_id(self) -> str:
+        """The server's run id: it changes when Redis restarts (and may have lost writes)."""
+        info = await self.client.info("server")
+        return str(info["run_id"])
+
+    async def ping(self) -> bool:
+        """Readiness: False, not an exception, when Redis does not answer."""
+        try:
+            return bool(await self.client.ping())
+        except (RedisError, OSError):
+            return False
+
+    async def claim(self, partition: int) -> Claim:
+        """Become the partition's owner: bump its epoch, which fences the previous owner, and
+        read the offsets up to which its input is already applied (resume from there)."""
+        reply = cast(
+            list[bytes | int],
+            await self.client.fcall("segment_worker_claim", 1, self.key(partition, "meta")),
+        )
+        offsets = {_text(cast(bytes, reply[i])): int(reply[i + 1]) for i in range(1, len(reply), 2)}
+        return Claim(partition, int(reply[0]), offsets)
+
+    async def scan_customers(
+        self, partition: int, cursor: int, count: int
+    ) -> tuple[int, list[str]]:
+        """One SCAN step over the partition's customers: (next cursor, 0 when done; ids)."""
+        prefix = self.customer_key(partition, "")
+        pattern = "".join("\\" + ch if ch in "*?[]\\" else ch for ch in prefix) + "*"
+        reply = await self.client.scan(cursor, match=pattern, count=count)
+        keys = cast(list[bytes], reply[1])
+        return int(reply[0]), [key[len(prefix.encode()) :].decode() for key in keys]
+
+    async def rules_version(self, partition: int) -> str | None:
+        """The rules version every customer of the partition was last re-evaluated under."""
+        value = await self.client.hget(self.key(partition, "meta"), "rules")
+        return None if value is None else _text(cast(bytes, value))
+
+    async def mark_rules(self, partition: int, version: str) -> None:
+        await self.client.hset(self.key(partition, "meta"), "rules", version)
+
+    async def read(self, partition: int, customer_ids: Sequence[str]) -> list[bytes | None]:
+        """The customers' states in one round trip (MGET; one slot), None for unknown ones."""
+        if not customer_ids:
+            return []
+        keys = [self.customer_key(partition, c) for c in customer_ids]
+        return cast(list[bytes | None], await self.client.mget(keys))
+
+    async def read_checked(
+        self, partition: int, customer_ids: Sequence[str]
+    ) -> tuple[str, list[bytes | None]]:
+        """The server's run id and the states, in one round trip: a caller about to write can
+        tell that Redis restarted (and may have lost writes) since it last looked."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.info("server")
+        pipe.mget([self.customer_key(partition, c) for c in customer_ids] or ["-"])
+        info, blobs = await pipe.execute()
+        return str(info["run_id"]), cast(list[bytes | None], blobs)[: len(customer_ids)]
+
+    async def get(self, partition: int, customer_id: str) -> bytes | None:
+        return cast(bytes | None, await self.client.get(self.customer_key(partition, customer_id)))
+
+    async def commit(
+        self,
+        claim: Claim,
+        *,
+        states: Mapping[str, bytes | None],
+        due: Mapping[str, int | None],
+        outbox: Sequence[bytes],
+        offsets: Mapping[str, int],
+        populations: Mapping[tuple[str, str], int] | None = None,
+    ) -> None:
+        """One atomic call (one round trip): states (None deletes), due index (None removes),
+        outbox records appended in order, input offsets (``off:<topic>`` = max(stored, given):
+        never backwards) and class population deltas. Raises :class:`Fenced`, having written
+        nothing, if another worker claimed the partition since ``claim``."""
+        p = claim.partition
+        set_keys: list[str] = []
+        blobs: list[bytes] = []
+        del_keys: list[str] = []
+        for customer_id, blob in states.items():
+            if blob is None:
+                del_keys.append(self.customer_key(p, customer_id))
+            else:
+                set_keys.append(self.customer_key(p, customer_id))
+                blobs.append(blob)
+        zadd: list[str | int] = []
+        zrem: list[str] = []
+        for customer_id, at in due.items():
+            if at is None:
+                zrem.append(customer_id)
+            else:
+                zadd += (at, customer_id)
+        pops: list[str | int] = []
+        for (dimension, class_name), delta in (populations or {}).items():
+            if POP_SEPARATOR in dimension:
+                raise ValueError(f"dimension {dimension!r} contains the population separator")
+            if delta:
+                pops += (f"{dimension}{POP_SEPARATOR}{class_name}", delta)
+        flat_offsets: list[str | int] = []
+        for topic, offset in offsets.items():
+            flat_offsets += (topic, offset)
+        keys = [self.key(p, "meta"), self.key(p, "due"), self.key(p, "outbox")]
+        keys += set_keys
+        keys += del_keys
+        header = [claim.epoch, len(set_keys), len(del_keys), len(zadd) // 2, len(zrem)]
+        header += [len(outbox), len(offsets), len(pops) // 2]
+        args: list[str | bytes | int] = [*header, *blobs, *zadd, *zrem, *outbox]
+        args += flat_offsets
+        args += pops
+        await self._fenced_call("segment_worker_commit", claim, keys, args)
+
+    async def ack_outbox(self, claim: Claim, count: int) -> None:
+        """Trim the first ``count`` records, which the relay has had acknowledged by the broker.
+        Fenced like :meth:`commit`: only the owner relays."""
+        if count < 0:
+            raise ValueError(f"count must be >= 0, got {count}")
+        if count == 0:
+            return
+        p = claim.partition
+        keys = [self.key(p, "meta"), self.key(p, "outbox")]
+        await self._fenced_call("segment_worker_ack", claim, keys, [claim.epoch, count])
+
+    async def erase(self, claim: Claim, customer_id: str, marker_ttl_ms: int | None) -> bool:
+        """GDPR erasure: delete the customer's state and due entry; with a TTL, leave an
+        ``x:<customer_id>`` marker for that long. True if there was a state. Fenced like
+        :meth:`commit`. (The tombstone event and the population deltas are the caller's.)"""
+        if marker_ttl_ms is not None and marker_ttl_ms < 1:
+            raise ValueError(f"marker_ttl_ms must be >= 1 or None, got {marker_ttl_ms}")
+        p = claim.partition
+        keys = [
+            self.key(p, "meta"),
+            self.key(p, "due"),
+            self.customer_key(p, customer_id),
+            self.key(p, f"x:{customer_id}"),
+        ]
+        ttl: str | int = "" if marker_ttl_ms is None else marker_ttl_ms
+        reply = await self._fenced_call(
+            "segment_worker_erase", claim, keys, [claim.epoch, customer_id, ttl]
+        )
+        return bool(reply)
+
+    async def erased_many(self, partition: int, customer_ids: Sequence[str]) -> set[str]:
+        """Which of these customers have a live erasure marker (one MGET)."""
+        if not customer_ids:
+            return set()
+        keys = [self.key(partition, f"x:{c}") for c in customer_ids]
+        values = cast(list[bytes | None], await self.client.mget(keys))
+        return {c for c, v in zip(customer_ids, values, strict=True) if v is not None}
+
+    async def erased(self, partition: int, customer_id: str) -> bool:
+        """Whether an erasure marker for the customer is still alive."""
+        return bool(await self.client.exists(self.key(partition, f"x:{customer_id}")))
+
+    async def due(self, partition: int, now_ms: int, limit: int) -> list[str]:
+        """Customers whose next class change is due at or before ``now_ms``, earliest first."""
+        if limit <= 0:
+            return []
+        members = cast(
+            list[bytes],
+            await self.client.zrangebyscore(
+                self.key(partition, "due"), "-inf", now_ms, start=0, num=limit
+            ),
+        )
+        return [_text(m) for m in members]
+
+    async def due_count(self, partition: int, now_ms: int) -> int:
+        """The timer backlog: how many customers are due at or before ``now_ms``."""
+        return int(await self.client.zcount(self.key(partition, "due"), "-inf", now_ms))
+
+    async def outbox(self, partition: int, limit: int) -> list[bytes]:
+        """The oldest ``limit`` records waiting for the relay, oldest first."""
+        if limit <= 0:
+            return []
+        key = self.key(partition, "outbox")
+        return cast(list[bytes], await self.client.lrange(key, 0, limit - 1))
+
+    async def populations(self, partition: int) -> dict[tuple[str, str], int]:
+        """Customers per (dimension, class) in the partition, kept by every commit."""
+        fields = cast(dict[bytes, bytes], await self.client.hgetall(self.key(partition, "meta")))
+        out: dict[tuple[str, str], int] = {}
+        for name, value in fields.items():
+            if name.startswith(b"pop:"):
+                dimension, _, class_name = name[4:].decode().partition(POP_SEPARATOR)
+                out[(dimension, class_name)] = int(value)
+        return out
+
+    async def _fenced_call(
+        self, function: str, claim: Claim, keys: list[str], args: list[str | bytes | int]
+    ) -> Any:
+        try:
+            return await self.client.fcall(function, len(keys), *keys, *args)
+        except ResponseError as exc:
+            match = _FENCED.match(str(exc))
+            if match:
+                raise Fenced(claim.partition, claim.epoch, int(match[1])) from None
+            raise
+
+
+def _pairs(flat: list[Any]) -> dict[Any, Any]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
