@@ -244,10 +244,17 @@ class Pipeline:
         claim = self.claims.get(partition)
         if claim is None:
             return
+        # The consumer may hand back records Redis already holds (a fetch that raced the seek
+        # of a take): they were applied, dead-lettered and relayed once; never again.
         records = [
             InRecord(m.topic, m.partition, m.offset, m.key, m.value, tuple(m.headers))
             for m in messages
+            if m.offset >= claim.offsets.get(m.topic, 0)
         ]
+        if len(records) < len(messages):
+            self.metrics.redelivered.inc(len(messages) - len(records))
+        if not records:
+            return
         outcome = await self._retry("apply", partial(self._apply, claim, records))
         if outcome is None:
             return
@@ -389,6 +396,8 @@ class Pipeline:
             log.warning("partition %d: fenced by a newer owner; dropping it", claim.partition)
             self.claims.pop(claim.partition, None)
             return False
+        for topic, offset in outcome.offsets.items():
+            claim.offsets[topic] = max(claim.offsets.get(topic, 0), offset)
         return True
 
     async def _relay(self, claim: Claim, records: Sequence[OutRecord]) -> None:

@@ -91,6 +91,11 @@ class Metrics:
             "Commits refused because another worker owns the partition",
             registry=r,
         )
+        self.redelivered = Counter(
+            p + "redelivered_records",
+            "Input records skipped because Redis already holds their effect",
+            registry=r,
+        )
         self.relayed = Counter(
             p + "outbox_relayed", "Outbox records produced to Kafka", ["topic"], registry=r
         )
