@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from importlib import resources
 from itertools import islice
 from pathlib import Path
@@ -37,6 +38,7 @@ from worker.replay import Replayer
 from worker.service import Worker, send_erasures
 from worker.settings import Settings, SettingsError
 from worker.simulate import FeedFaults, Simulator
+from worker.store import tls_options
 
 SAMPLE = "sample-events.jsonl"
 DEFAULT_LIMITS = ParseLimits()
@@ -455,7 +457,11 @@ def _rules_diff(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise SystemExit(f"segment-worker: --as-of: {exc}") from None
     if args.redis:
-        states = list(_redis_states(args.redis, args.prefix))
+        try:  # TLS files and the like still come from SEGMENT_WORKER_REDIS_TLS_*
+            settings = replace(Settings.from_env(), redis_url=args.redis)
+        except SettingsError as exc:
+            raise SystemExit(f"segment-worker: bad setting: {exc}") from None
+        states = list(_redis_states(settings, args.prefix))
         day = day_of(as_of if as_of is not None else int(time.time() * 1000))
     else:
         replayer = Replayer(
@@ -486,8 +492,8 @@ def _rules_diff(args: argparse.Namespace) -> int:
     return 0
 
 
-def _redis_states(url: str, prefix: str) -> Iterator[CustomerState]:
-    client = redis.Redis.from_url(url)
+def _redis_states(settings: Settings, prefix: str) -> Iterator[CustomerState]:
+    client = redis.Redis.from_url(settings.redis_url, **tls_options(settings))
     try:
         for key in client.scan_iter(match=f"{prefix}:{{p*}}:c:*", count=1000):
             customer_id = key.decode().split(":c:", 1)[1]

@@ -14,7 +14,6 @@ from typing import Any
 import faust
 import mode
 import orjson
-import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
@@ -29,7 +28,7 @@ from worker.http import register_routes
 from worker.live import Pipeline
 from worker.metrics import Metrics
 from worker.settings import Settings, SettingsError
-from worker.store import Store
+from worker.store import Store, connect
 
 log = logging.getLogger("segment_worker")
 
@@ -148,9 +147,7 @@ class Worker:
         self.clock = clock or clock_of(settings)
         self.rules = load_rules(settings.rules)
         self.metrics = Metrics()
-        self.redis = aioredis.from_url(
-            settings.redis_url, socket_timeout=10, socket_connect_timeout=5
-        )
+        self.redis = connect(settings)
         self.store = Store(self.redis, settings.redis_prefix)
         security = kafka_security(settings)
         self.producer = AIOKafkaProducer(

@@ -48,6 +48,13 @@ class Settings:
         default=True, metadata=_doc("idempotent producer; turn off only for brokers without it")
     )
     redis_url: str = field(default="redis://localhost:6379/0", repr=False)
+    redis_tls_cafile: Path | None = field(
+        default=None, metadata=_doc("CA bundle that signed the Redis server's certificate")
+    )
+    redis_tls_certfile: Path | None = field(
+        default=None, metadata=_doc("client certificate, when Redis requires one (mutual TLS)")
+    )
+    redis_tls_keyfile: Path | None = field(default=None, metadata=_doc("its private key"))
     redis_prefix: str = "sw"
     rules: Path | None = field(
         default=None, metadata=_doc("rules file; built-in defaults if unset")
@@ -117,6 +124,11 @@ class Settings:
         ]
         if len(set(names)) != len(names) or not all(names):
             raise SettingsError(f"{PREFIX}TOPIC_*: topic names must be distinct and non-empty")
+        tls_files = (self.redis_tls_cafile, self.redis_tls_certfile, self.redis_tls_keyfile)
+        if any(tls_files) and not self.redis_url.startswith("rediss://"):
+            raise SettingsError(f"{PREFIX}REDIS_URL: TLS files are set, so use rediss://")
+        if (self.redis_tls_certfile is None) != (self.redis_tls_keyfile is None):
+            raise SettingsError(f"{PREFIX}REDIS_TLS_KEYFILE: give the certificate and key together")
         if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_username:
             raise SettingsError(f"{PREFIX}KAFKA_SASL_USERNAME: required for SASL")
 

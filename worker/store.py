@@ -30,9 +30,31 @@ from typing import Any, Final, cast
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
+from worker.settings import Settings
+
 LIBRARY: Final = "segment_worker"
 POP_SEPARATOR: Final = "\x1f"
 _FENCED: Final = re.compile(r"FENCED current=(\d+)")
+
+
+def connect(settings: Settings) -> aioredis.Redis:
+    """The worker's Redis client: the URL's credentials, and TLS (verified against
+    SEGMENT_WORKER_REDIS_TLS_CAFILE, with a client certificate if given) for rediss://."""
+    return aioredis.from_url(
+        settings.redis_url, socket_timeout=10, socket_connect_timeout=5, **tls_options(settings)
+    )
+
+
+def tls_options(settings: Settings) -> dict[str, Any]:
+    """redis-py's TLS arguments (empty for plain redis://); shared by every client we make."""
+    if not settings.redis_url.startswith("rediss://"):
+        return {}
+    paths = {
+        "ssl_ca_certs": settings.redis_tls_cafile,
+        "ssl_certfile": settings.redis_tls_certfile,
+        "ssl_keyfile": settings.redis_tls_keyfile,
+    }
+    return {"ssl_cert_reqs": "required"} | {k: str(v) for k, v in paths.items() if v}
 
 
 class Fenced(Exception):

@@ -15,7 +15,6 @@ from itertools import islice
 from pathlib import Path
 
 import orjson
-import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from worker.core.codec import decode_state
@@ -30,6 +29,7 @@ from worker.replay import Replayer
 from worker.service import ensure_topics
 from worker.settings import Settings
 from worker.simulate import FeedFaults, SimEvent, Simulator
+from worker.store import connect
 
 PARTITIONS = 4
 DAY0 = parse_rfc3339("2026-03-02T00:00:00Z")
@@ -211,7 +211,7 @@ def replay(
 async def stored_states(
     settings: Settings, customer_ids: list[str]
 ) -> dict[str, CustomerState | None]:
-    client = aioredis.from_url(settings.redis_url)
+    client = connect(settings)
     try:
         out: dict[str, CustomerState | None] = {}
         for cid in customer_ids:

@@ -1,0 +1,183 @@
+"""Redis over TLS with client certificates, as the least-privilege ACL user: the worker and the
+CLI connect with SEGMENT_WORKER_REDIS_TLS_*; plaintext, unknown CAs and certificate-less
+clients are turned away. The CA and certificates are generated per test run."""
+
+import asyncio
+import datetime
+import ipaddress
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from tests.integration.live_support import (
+    DAY0,
+    ManualClock,
+    all_committed,
+    assert_state_matches,
+    make_settings,
+    one_day_of_traffic,
+    produce,
+    replay,
+    wait_until,
+)
+from tests.integration.test_redis_acl import PASSWORD, acl_lines
+from worker.core.timeutil import DAY_MS
+from worker.embedded import Broker, RedisServer
+from worker.service import Worker
+from worker.settings import Settings, SettingsError
+from worker.store import Store, connect
+
+pytestmark = pytest.mark.integration
+NOW = DAY0 + DAY_MS - 1
+
+
+@dataclass(frozen=True)
+class Pki:
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    stranger_ca: Path  # a CA that signed nothing of ours
+
+
+def _key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _cert(
+    subject: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: tuple[str, ec.EllipticCurvePrivateKey] | None = None,
+) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC)
+    issuer_name, issuer_key = issuer or (subject, key)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_name)]))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+    )
+    if issuer is None:
+        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+    else:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            False,
+        )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _write(path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey | None) -> None:
+    path.with_suffix(".crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    if key is not None:
+        path.with_suffix(".key").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    d = tmp_path_factory.mktemp("pki")
+    ca_key, stranger_key = _key(), _key()
+    _write(d / "ca", _cert("test-ca", ca_key), None)
+    _write(d / "stranger", _cert("stranger-ca", stranger_key), None)
+    for name in ("server", "client"):
+        key = _key()
+        _write(d / name, _cert(f"segment-worker-{name}", key, ("test-ca", ca_key)), key)
+    return Pki(
+        d / "ca.crt",
+        d / "server.crt",
+        d / "server.key",
+        d / "client.crt",
+        d / "client.key",
+        d / "stranger.crt",
+    )
+
+
+@pytest.fixture
+def tls_redis(redis_factory, pki: Pki) -> RedisServer:  # type: ignore[no-untyped-def]
+    return redis_factory(
+        tls=True,
+        config=(
+            f"tls-cert-file {pki.server_cert}",
+            f"tls-key-file {pki.server_key}",
+            f"tls-ca-cert-file {pki.ca}",
+            "tls-auth-clients yes",
+            *acl_lines(),
+        ),
+    )
+
+
+def tls_settings(base: Settings, server: RedisServer, pki: Pki) -> Settings:
+    return replace(
+        base,
+        redis_url=f"rediss://segment-worker:{PASSWORD}@127.0.0.1:{server.port}/0",
+        redis_tls_cafile=pki.ca,
+        redis_tls_certfile=pki.client_cert,
+        redis_tls_keyfile=pki.client_key,
+    )
+
+
+async def test_only_verified_tls_clients_with_a_certificate_get_in(
+    tls_redis: RedisServer, pki: Pki
+) -> None:
+    good = tls_settings(Settings(), tls_redis, pki)
+    client = connect(good)
+    store = Store(client)
+    await store.load_library()
+    assert (await store.claim(0)).epoch >= 1
+    await client.aclose()
+
+    refused = [
+        # plaintext on the TLS port
+        aioredis.from_url(f"redis://127.0.0.1:{tls_redis.port}/0", socket_timeout=3),
+        # a server certificate signed by a CA we do not trust
+        connect(replace(good, redis_tls_cafile=pki.stranger_ca)),
+        # no client certificate
+        connect(replace(good, redis_tls_certfile=None, redis_tls_keyfile=None)),
+    ]
+    for bad in refused:
+        with pytest.raises((RedisConnectionError, OSError, asyncio.TimeoutError)):
+            await bad.ping()
+        await bad.aclose()
+
+
+def test_tls_files_need_a_rediss_url_and_come_in_pairs(pki: Pki) -> None:
+    with pytest.raises(SettingsError, match="REDIS_URL"):
+        Settings(redis_url="redis://localhost:6379/0", redis_tls_cafile=pki.ca)
+    with pytest.raises(SettingsError, match="REDIS_TLS_KEYFILE"):
+        Settings(redis_url="rediss://localhost:6379/0", redis_tls_certfile=pki.client_cert)
+
+
+async def test_the_worker_runs_end_to_end_over_tls(
+    broker: Broker, tls_redis: RedisServer, pki: Pki
+) -> None:
+    settings = tls_settings(await make_settings(broker, "redis://unused:1/0"), tls_redis, pki)
+    events = one_day_of_traffic(150, seed=13, orders_only=True)
+    produced = await produce(settings, events)
+    worker = Worker(settings, ManualClock(NOW))
+    task = asyncio.create_task(worker.run())
+    try:
+        await wait_until(lambda: all_committed(settings, produced), 90, "offsets committed")
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 30)
+    expected_replay, _, _ = replay(events, NOW)
+    await assert_state_matches(settings, expected_replay, NOW // DAY_MS)
