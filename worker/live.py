@@ -312,6 +312,8 @@ class Pipeline:
         )
         for topic, offset in offsets.items():
             outcome.offsets[topic] = max(outcome.offsets.get(topic, 0), offset)
+        if erasures:
+            outcome.withhold(self.topics.changes, {r.key for r in erasures if r.key})
         if not await self._commit(claim, outcome):
             return None
         if erasures:

@@ -8,6 +8,7 @@ import pytest
 
 from worker.core.batch import (
     InRecord,
+    Outcome,
     Topics,
     apply_batch,
     customers_of,
@@ -206,3 +207,15 @@ def test_reevaluation_under_new_rules_emits_rules_change_once() -> None:
     live.store(outcome)
     again = reevaluate_batch(live.load(sorted(live.redis)), new, TOPICS, clock)
     assert again.changes == [] and again.states == {}
+
+
+def test_withhold_keeps_only_the_erased_customers_changes_out_of_the_outbox() -> None:
+    outcome = Outcome(
+        out=[
+            OutRecord("changes", b"gone", b"{}"),
+            OutRecord("changes", b"kept", b"{}"),
+            OutRecord("dlq", b"gone", b"raw"),
+        ]
+    )
+    outcome.withhold("changes", {b"gone"})
+    assert [(r.topic, r.key) for r in outcome.out] == [("changes", b"kept"), ("dlq", b"gone")]

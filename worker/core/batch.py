@@ -68,6 +68,11 @@ class Outcome:
                 deltas[(change.dimension, change.to_class)] += 1
         return deltas
 
+    def withhold(self, topic: str, keys: set[bytes]) -> None:
+        """Keep these customers' records for ``topic`` out of the outbox: they are erased in
+        this same batch, so nothing more about them may leave."""
+        self.out = [r for r in self.out if r.topic != topic or r.key not in keys]
+
     def due_ms(self) -> dict[str, int | None]:
         return {
             cid: None if s.due_day is None else s.due_day * DAY_MS for cid, s in self.states.items()
