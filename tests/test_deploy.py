@@ -383,7 +383,7 @@ def test_redis_acl_allows_the_worker_and_nothing_more(compose_redis: tuple[Path,
             await store.load_library()
             await store.load_library()
             assert await store.ping()
-            assert await store.server_id()
+            assert await store.server_id(3)
             claim = await store.claim(3)
             await store.commit(
                 claim,

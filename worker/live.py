@@ -115,7 +115,7 @@ class Pipeline:
         self._reload_requested = False
         self._rules_mtime = _mtime(settings.rules)
         self.reevaluating: dict[int, int] = {}  # partition -> SCAN cursor of the re-evaluation
-        self.redis_id: str | None = None  # which Redis server our claims were made on
+        self.redis_ids: dict[int, str] = {}  # partition -> run id of the server it was claimed on
         self._suspect = False  # a Redis call failed: check the server before writing again
         metrics.rules_info.labels(rules.version).set(1)
 
@@ -371,8 +371,7 @@ class Pipeline:
         if not customer_ids:
             return {}
         run_id, blobs = await self._timed("read", self.store.read_checked(partition, customer_ids))
-        if self.redis_id is not None and run_id != self.redis_id:
-            self.redis_id = run_id
+        if run_id != self.redis_ids.get(partition, run_id):
             raise RedisReset(run_id)  # restarted since our claims: re-take before writing
         return {
             cid: None if blob is None else decode_state(cid, blob)
@@ -481,15 +480,15 @@ class Pipeline:
         offsets Redis holds (it may be ahead of the group's committed offsets)."""
         async with self.lock:
             assigned = list(assigned)
-            if self.redis_id is None:
-                self.redis_id = await self._retry("identity", self.store.server_id)
             for partition in sorted({tp.partition for tp in assigned}):
                 await self._take(partition, [tp for tp in assigned if tp.partition == partition])
             self.metrics.partitions.set(len(self.claims))
             log.info("assigned partitions %s", sorted(self.claims))
 
     async def _take(self, partition: int, tps: list[TopicPartition]) -> None:
+        identity = await self._retry("identity", partial(self.store.server_id, partition))
         claim = await self._retry("claim", partial(self.store.claim, partition))
+        self.redis_ids[partition] = identity
         self.claims[partition] = claim
         done = await self._retry("rules", partial(self.store.rules_version, partition))
         if done != self.rules.version:  # e.g. the previous owner died mid-way
@@ -517,12 +516,11 @@ class Pipeline:
         Redis now holds. Re-reading is safe: applying an event twice changes nothing."""
         if not self._suspect:
             return
-        current = await self.store.server_id()
+        current = {p: await self.store.server_id(p) for p in sorted(self.claims)}
         self._suspect = False
-        if self.redis_id is not None and current != self.redis_id:
-            self.redis_id = current
-            raise RedisReset(current)
-        self.redis_id = current
+        for partition, run_id in current.items():
+            if run_id != self.redis_ids.get(partition, run_id):
+                raise RedisReset(run_id)
 
     async def _retake_all(self) -> None:
         log.warning(
@@ -537,6 +535,7 @@ class Pipeline:
         async with self.lock:  # waits for the batch in flight
             for tp in revoked:
                 self.claims.pop(tp.partition, None)
+                self.redis_ids.pop(tp.partition, None)
             self.metrics.partitions.set(len(self.claims))
 
     async def _timed(self, op: str, call: Awaitable[T]) -> T:

@@ -48,6 +48,9 @@ class Settings:
         default=True, metadata=_doc("idempotent producer; turn off only for brokers without it")
     )
     redis_url: str = field(default="redis://localhost:6379/0", repr=False)
+    redis_cluster: bool = field(
+        default=False, metadata=_doc("REDIS_URL is one node of a Redis Cluster")
+    )
     redis_tls_cafile: Path | None = field(
         default=None, metadata=_doc("CA bundle that signed the Redis server's certificate")
     )
@@ -124,6 +127,17 @@ class Settings:
         ]
         if len(set(names)) != len(names) or not all(names):
             raise SettingsError(f"{PREFIX}TOPIC_*: topic names must be distinct and non-empty")
+        for name in (
+            "kafka_ssl_cafile",
+            "kafka_ssl_certfile",
+            "kafka_ssl_keyfile",
+            "redis_tls_cafile",
+            "redis_tls_certfile",
+            "redis_tls_keyfile",
+        ):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise SettingsError(f"{PREFIX}{name.upper()}: no such file: {path}")
         tls_files = (self.redis_tls_cafile, self.redis_tls_certfile, self.redis_tls_keyfile)
         if any(tls_files) and not self.redis_url.startswith("rediss://"):
             raise SettingsError(f"{PREFIX}REDIS_URL: TLS files are set, so use rediss://")

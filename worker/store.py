@@ -28,6 +28,7 @@ from importlib import resources
 from typing import Any, Final, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisError, ResponseError
 
 from worker.settings import Settings
@@ -37,12 +38,17 @@ POP_SEPARATOR: Final = "\x1f"
 _FENCED: Final = re.compile(r"FENCED current=(\d+)")
 
 
-def connect(settings: Settings) -> aioredis.Redis:
-    """The worker's Redis client: the URL's credentials, and TLS (verified against
-    SEGMENT_WORKER_REDIS_TLS_CAFILE, with a client certificate if given) for rediss://."""
-    return aioredis.from_url(
-        settings.redis_url, socket_timeout=10, socket_connect_timeout=5, **tls_options(settings)
-    )
+Client = aioredis.Redis | RedisCluster
+
+
+def connect(settings: Settings) -> Client:
+    """The worker's Redis client: the URL's credentials, TLS (verified against
+    SEGMENT_WORKER_REDIS_TLS_CAFILE, with a client certificate if given) for rediss://, and a
+    cluster client that discovers the other masters when SEGMENT_WORKER_REDIS_CLUSTER is on."""
+    options: dict[str, Any] = {"socket_timeout": 10, "socket_connect_timeout": 5}
+    if settings.redis_cluster:
+        return RedisCluster.from_url(settings.redis_url, **options, **tls_options(settings))
+    return aioredis.from_url(settings.redis_url, **options, **tls_options(settings))
 
 
 def tls_options(settings: Settings) -> dict[str, Any]:
@@ -83,11 +89,11 @@ def library_code() -> str:
 
 
 class Store:
-    """Async adapter over one ``redis.asyncio.Redis`` client (``decode_responses=False``: states
-    and outbox records are bytes). All keys of a partition share its hash tag, so in a Redis
-    Cluster every call goes to one node."""
+    """Async adapter over a ``redis.asyncio`` client, plain or cluster (``decode_responses``
+    off: states and outbox records are bytes). All keys of a partition share its hash tag, so
+    in a Redis Cluster every call goes to the one master that holds the partition's slot."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str = "sw") -> None:
+    def __init__(self, client: Client, prefix: str = "sw") -> None:
         if "{" in prefix or "}" in prefix:
             raise ValueError(f"prefix {prefix!r}: braces would take over the keys' hash tag")
         pool = getattr(client, "connection_pool", None)
@@ -109,7 +115,8 @@ class Store:
         is written, so many workers may start at once); call once at start-up. Functions are
         persisted with the data, but a Redis that lost its files has none."""
         code = library_code()
-        if await self._loaded_code() != code:
+        # A cluster client loads into every master (each may hold partitions) unconditionally.
+        if isinstance(self.client, RedisCluster) or await self._loaded_code() != code:
             await self.client.function_load(code, replace=True)
 
     async def _loaded_code(self) -> str | None:
@@ -121,10 +128,10 @@ class Store:
                 return _text(info.get("library_code", b""))
         return None
 
-    async def server_id(self) -> str:
-        """The server's run id: it changes when Redis restarts (and may have lost writes)."""
-        info = await self.client.info("server")
-        return str(info["run_id"])
+    async def server_id(self, partition: int) -> str:
+        """The run id of the server holding the partition: it changes when that Redis restarts
+        (and may have lost writes)."""
+        return (await self.read_checked(partition, []))[0]
 
     async def ping(self) -> bool:
         """Readiness: False, not an exception, when Redis does not answer."""
@@ -138,7 +145,7 @@ class Store:
         read the offsets up to which its input is already applied (resume from there)."""
         reply = cast(
             list[bytes | int],
-            await self.client.fcall("segment_worker_claim", 1, self.key(partition, "meta")),
+            await self._fcall("segment_worker_claim", [self.key(partition, "meta")]),
         )
         offsets = {_text(cast(bytes, reply[i])): int(reply[i + 1]) for i in range(1, len(reply), 2)}
         return Claim(partition, int(reply[0]), offsets)
@@ -149,7 +156,11 @@ class Store:
         """One SCAN step over the partition's customers: (next cursor, 0 when done; ids)."""
         prefix = self.customer_key(partition, "")
         pattern = "".join("\\" + ch if ch in "*?[]\\" else ch for ch in prefix) + "*"
-        reply = await self.client.scan(cursor, match=pattern, count=count)
+        if isinstance(self.client, RedisCluster):  # SCAN the partition's master only
+            node = cast(ClusterNode, self.client.get_node_from_key(prefix))
+            reply = await node.execute_command("SCAN", cursor, "MATCH", pattern, "COUNT", count)
+        else:
+            reply = await self.client.scan(cursor, match=pattern, count=count)
         keys = cast(list[bytes], reply[1])
         return int(reply[0]), [key[len(prefix.encode()) :].decode() for key in keys]
 
@@ -171,13 +182,13 @@ class Store:
     async def read_checked(
         self, partition: int, customer_ids: Sequence[str]
     ) -> tuple[str, list[bytes | None]]:
-        """The server's run id and the states, in one round trip: a caller about to write can
-        tell that Redis restarted (and may have lost writes) since it last looked."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.info("server")
-        pipe.mget([self.customer_key(partition, c) for c in customer_ids] or ["-"])
-        info, blobs = await pipe.execute()
-        return str(info["run_id"]), cast(list[bytes | None], blobs)[: len(customer_ids)]
+        """The run id of the server holding the partition and the states, in one round trip: a
+        caller about to write can tell that Redis restarted (and may have lost writes) since it
+        last looked."""
+        keys = [self.key(partition, "meta")]
+        keys += [self.customer_key(partition, c) for c in customer_ids]
+        reply = cast(list[bytes | None], await self._fcall("segment_worker_read", keys, ro=True))
+        return _text(cast(bytes, reply[0])), reply[1:]
 
     async def get(self, partition: int, customer_id: str) -> bytes | None:
         return cast(bytes | None, await self.client.get(self.customer_key(partition, customer_id)))
@@ -311,12 +322,31 @@ class Store:
         self, function: str, claim: Claim, keys: list[str], args: list[str | bytes | int]
     ) -> Any:
         try:
-            return await self.client.fcall(function, len(keys), *keys, *args)
+            return await self._fcall(function, keys, args)
         except ResponseError as exc:
             match = _FENCED.match(str(exc))
             if match:
                 raise Fenced(claim.partition, claim.epoch, int(match[1])) from None
             raise
+
+    async def _fcall(
+        self,
+        function: str,
+        keys: list[str],
+        args: Sequence[str | bytes | int] = (),
+        *,
+        ro: bool = False,
+    ) -> Any:
+        command = "FCALL_RO" if ro else "FCALL"
+        if isinstance(self.client, RedisCluster):
+            # Straight to the slot's master: FCALL's keys are "movable", and redis-py would
+            # otherwise ask a server for them (COMMAND GETKEYS) on every call.
+            node = self.client.get_node_from_key(keys[0])
+            return await self.client.execute_command(
+                command, function, len(keys), *keys, *args, target_nodes=node
+            )
+        call = self.client.fcall_ro if ro else self.client.fcall
+        return await call(function, len(keys), *keys, *args)
 
 
 def _pairs(flat: list[Any]) -> dict[Any, Any]:

@@ -484,7 +484,7 @@ async def test_store_refuses_a_prefix_with_braces_and_a_decoding_client(redis_ur
 async def test_load_library_is_idempotent_and_replaces_other_code(
     store: Store, client: CountingRedis
 ) -> None:
-    assert await client.fcall_ro("segment_worker_version", 0) == b"3"
+    assert await client.fcall_ro("segment_worker_version", 0) == b"4"
     client.sent.clear()
     await store.load_library()  # the same code is loaded: nothing written
     assert client.sent == ["FUNCTION LIST"]
@@ -535,7 +535,7 @@ async def test_committed_data_survives_kill_9_with_aof(
         assert await store.read(2, ids) == [c.encode() for c in ids]
         assert await store.outbox(2, 10) == [b"r2", b"r3"]
         # Functions were persisted with the data; loading again is harmless.
-        assert await client.fcall_ro("segment_worker_version", 0) == b"3"
+        assert await client.fcall_ro("segment_worker_version", 0) == b"4"
         await store.load_library()
         # The epoch survived too: the old claim still writes, a new claim fences it.
         await store.commit(claim, states={"c0": b"after"}, due={}, outbox=[], offsets={})

@@ -53,11 +53,18 @@ segment_worker_erase
   Deletes the state and the due entry; with a TTL, sets the marker x:<id> = "1" for that long.
   Returns 1 if a state was deleted, else 0.
 
+segment_worker_read (read-only)
+  KEYS  meta, c:<id> x n
+  ARGV  (none)
+  Returns {run id of this server, state 1 or nil, ..., state n or nil}: a caller about to
+  write learns in the same round trip whether the server holding the partition restarted
+  (and may have lost writes) since it claimed it. In a cluster it runs on the slot's master.
+
 segment_worker_version (read-only)
   Returns LIBRARY_VERSION.
 ]]
 
-local LIBRARY_VERSION = '3'
+local LIBRARY_VERSION = '4'
 local CHUNK = 512 -- values per multi-argument command; even, so that pairs never split
 local MAX_INT = 9007199254740991 -- 2^53 - 1
 local HEADER = 8 -- commit: epoch and the seven counts
@@ -380,6 +387,30 @@ local function erase(keys, args)
   return deleted
 end
 
+-- read
+
+local function check_read(keys, args)
+  local base = base_of(keys[1])
+  for i = 2, #keys do
+    if string.sub(keys[i], 1, #base + 2) ~= base .. 'c:' then
+      fail('KEYS[' .. i .. '] must be ' .. show(base .. 'c:<id>') .. ', got ' .. show(keys[i]))
+    end
+  end
+  arg_count(args, 0)
+end
+
+local function read(keys, args)
+  local _, err = checked('segment_worker_read', check_read, keys, args)
+  if err then
+    return err
+  end
+  local out = { string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') }
+  for i = 2, #keys do
+    out[i] = redis.call('GET', keys[i])
+  end
+  return out
+end
+
 local function version(keys, args)
   return LIBRARY_VERSION
 end
@@ -388,6 +419,9 @@ redis.register_function('segment_worker_claim', claim)
 redis.register_function('segment_worker_commit', commit)
 redis.register_function('segment_worker_ack', ack)
 redis.register_function('segment_worker_erase', erase)
+redis.register_function{
+  function_name = 'segment_worker_read', callback = read, flags = { 'no-writes' },
+}
 redis.register_function{
   function_name = 'segment_worker_version', callback = version, flags = { 'no-writes' },
 }

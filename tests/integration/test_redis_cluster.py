@@ -1,0 +1,115 @@
+"""Scale-out against a real Redis Cluster (three masters started here on loopback): workers in
+one group spread the partitions, each partition's keys live in its hash-tag slot on one master,
+no call crosses slots, and the result equals replay (which a single worker also equals)."""
+
+import asyncio
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+import pytest
+import redis
+
+from tests.integration.live_support import (
+    DAY0,
+    PARTITIONS,
+    all_committed,
+    assert_state_matches,
+    change_ids,
+    make_settings,
+    one_day_of_traffic,
+    produce,
+    read_all,
+    replay,
+    start_worker,
+    wait_until,
+    worker_log,
+)
+from worker.core.timeutil import DAY_MS
+from worker.embedded import Broker, RedisServer, free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+NOW = DAY0 + DAY_MS - 1
+
+
+@pytest.fixture
+def cluster(redis_factory: Callable[..., RedisServer]) -> list[RedisServer]:
+    bus = [free_port() for _ in range(3)]
+    masters = [
+        redis_factory(
+            config=(
+                "cluster-enabled yes",
+                "cluster-config-file nodes.conf",
+                "cluster-node-timeout 5000",
+                f"cluster-port {bus[i]}",  # else port + 10000, which may not exist
+            )
+        )
+        for i in range(3)
+    ]
+    # What `redis-cli --cluster create` does: split the 16,384 slots, then introduce the nodes.
+    for i, m in enumerate(masters):
+        first, last = i * 16384 // 3, (i + 1) * 16384 // 3 - 1
+        redis.Redis(port=m.port).execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
+    for i, m in enumerate(masters[1:], 1):
+        redis.Redis(port=masters[0].port).execute_command(
+            "CLUSTER", "MEET", "127.0.0.1", m.port, bus[i]
+        )
+    deadline = time.monotonic() + 30
+    while True:
+        states = [
+            redis.Redis(port=m.port).execute_command("CLUSTER", "INFO").decode() for m in masters
+        ]
+        if all("cluster_state:ok" in s for s in states):
+            break
+        assert time.monotonic() < deadline, states
+        time.sleep(0.2)
+    return masters
+
+
+def owner_of(masters: list[RedisServer], key: str) -> int:
+    slot = int(redis.Redis(port=masters[0].port).execute_command("CLUSTER", "KEYSLOT", key))
+    for i, m in enumerate(masters):
+        for start, end, *_ in redis.Redis(port=m.port).execute_command("CLUSTER", "SLOTS"):
+            if start <= slot <= end and int(_[0][1]) == m.port:
+                return i
+    raise AssertionError(f"no master serves slot {slot}")
+
+
+async def test_two_workers_on_a_three_master_cluster_equal_replay(
+    broker: Broker, cluster: list[RedisServer]
+) -> None:
+    settings = replace(
+        await make_settings(broker, f"redis://127.0.0.1:{cluster[0].port}/0"), redis_cluster=True
+    )
+    events = one_day_of_traffic(300, seed=21, orders_only=True)
+    produced = await produce(settings, events)
+    workers = [
+        start_worker(settings, NOW),
+        start_worker(settings, NOW, SEGMENT_WORKER_HTTP_PORT=str(free_port())),
+    ]
+    try:
+        await wait_until(lambda: all_committed(settings, produced), 120, "two workers, cluster")
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.send_signal(signal.SIGTERM)
+                w.wait(30)
+    logs = "".join(worker_log(w) for w in workers)
+    assert "CROSSSLOT" not in logs and "MOVED" not in logs and "Traceback" not in logs, logs
+
+    expected_replay, expected, _ = replay(events, NOW)
+    assert set(change_ids(await read_all(settings, settings.topic_changes))) == {
+        c["event_id"] for c in expected
+    }
+    await assert_state_matches(settings, expected_replay, NOW // DAY_MS)
+
+    # Each partition's keys sit on the master that owns its hash tag, and only there.
+    holders = {p: owner_of(cluster, f"sw:{{p{p}}}:meta") for p in range(PARTITIONS)}
+    assert len(set(holders.values())) >= 2, holders  # the partitions really are spread
+    for p, owner in holders.items():
+        for i, m in enumerate(cluster):
+            keys = await asyncio.to_thread(
+                lambda m=m, p=p: list(redis.Redis(port=m.port).scan_iter(f"sw:{{p{p}}}:*"))
+            )
+            assert bool(keys) == (i == owner), (p, i, owner)
