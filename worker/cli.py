@@ -38,7 +38,7 @@ from worker.replay import Replayer
 from worker.service import Worker, send_erasures
 from worker.settings import Settings, SettingsError
 from worker.simulate import FeedFaults, Simulator
-from worker.store import tls_options
+from worker.store import store_for, tls_options
 
 SAMPLE = "sample-events.jsonl"
 DEFAULT_LIMITS = ParseLimits()
@@ -461,7 +461,7 @@ def _rules_diff(args: argparse.Namespace) -> int:
             settings = replace(Settings.from_env(), redis_url=args.redis)
         except SettingsError as exc:
             raise SystemExit(f"segment-worker: bad setting: {exc}") from None
-        states = list(_redis_states(settings, args.prefix))
+        states = list(_redis_states(replace(settings, redis_prefix=args.prefix)))
         day = day_of(as_of if as_of is not None else int(time.time() * 1000))
     else:
         replayer = Replayer(
@@ -492,14 +492,16 @@ def _rules_diff(args: argparse.Namespace) -> int:
     return 0
 
 
-def _redis_states(settings: Settings, prefix: str) -> Iterator[CustomerState]:
-    client = redis.Redis.from_url(settings.redis_url, **tls_options(settings))
+def _redis_states(settings: Settings) -> Iterator[CustomerState]:
+    kind = redis.RedisCluster if settings.redis_cluster else redis.Redis
+    client = kind.from_url(settings.redis_url, **tls_options(settings))
+    store = store_for(settings, None)
     try:
-        for key in client.scan_iter(match=f"{prefix}:{{p*}}:c:*", count=1000):
-            customer_id = key.decode().split(":c:", 1)[1]
-            blob = cast(bytes | None, client.get(key))
-            if blob is not None:
-                yield decode_state(customer_id, blob)
+        for key in client.scan_iter(match=f"{settings.redis_prefix}:{{p*}}:c:*", count=1000):
+            stored = cast(bytes | None, client.get(key))
+            if stored is not None:
+                customer_id, blob = store.unwrap(stored)
+                yield decode_state(customer_id or key.decode().split(":c:", 1)[1], blob)
     finally:
         client.close()
 

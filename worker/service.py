@@ -28,7 +28,7 @@ from worker.http import register_routes
 from worker.live import Pipeline
 from worker.metrics import Metrics
 from worker.settings import Settings, SettingsError
-from worker.store import Store, connect
+from worker.store import connect, store_for
 
 log = logging.getLogger("segment_worker")
 
@@ -148,7 +148,7 @@ class Worker:
         self.rules = load_rules(settings.rules)
         self.metrics = Metrics()
         self.redis = connect(settings)
-        self.store = Store(self.redis, settings.redis_prefix)
+        self.store = store_for(settings, self.redis)
         security = kafka_security(settings)
         self.producer = AIOKafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap,

@@ -59,6 +59,11 @@ class Settings:
     )
     redis_tls_keyfile: Path | None = field(default=None, metadata=_doc("its private key"))
     redis_prefix: str = "sw"
+    pseudonym_key: str | None = field(
+        default=None,
+        repr=False,
+        metadata={"secret": True, "doc": "HMAC key: Redis names customers by a keyed hash"},
+    )
     rules: Path | None = field(
         default=None, metadata=_doc("rules file; built-in defaults if unset")
     )

@@ -11,6 +11,10 @@ customer ids may contain braces, and one Function call touches one slot):
 - ``sw:{p3}:c:<customer_id>``: the customer's state (opaque bytes from the core's codec);
 - ``sw:{p3}:x:<customer_id>``: erasure marker written by :meth:`Store.erase` (with a TTL).
 
+With a pseudonym key (SEGMENT_WORKER_PSEUDONYM_KEY) ``<customer_id>`` above and in the due index
+is HMAC-SHA256(key, id) in hex, and the state value starts with the length-prefixed id (the
+timer must emit it), so nothing Redis lists or logs names a customer.
+
 Writes go through the Redis Functions library in ``worker/redis/segment_worker.lua`` (its header
 documents every KEYS and ARGV). They check all their arguments before the first write and
 refuse, writing nothing, when another worker has claimed the partition since the caller did.
@@ -20,7 +24,10 @@ Functions are loaded with FUNCTION LOAD: unlike the EVAL script cache they survi
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -36,6 +43,7 @@ from worker.settings import Settings
 LIBRARY: Final = "segment_worker"
 POP_SEPARATOR: Final = "\x1f"
 _FENCED: Final = re.compile(r"FENCED current=(\d+)")
+_ID_LEN: Final = struct.Struct(">I")
 
 
 Client = aioredis.Redis | RedisCluster
@@ -49,6 +57,13 @@ def connect(settings: Settings) -> Client:
     if settings.redis_cluster:
         return RedisCluster.from_url(settings.redis_url, **options, **tls_options(settings))
     return aioredis.from_url(settings.redis_url, **options, **tls_options(settings))
+
+
+def store_for(settings: Settings, client: Client | None) -> Store:
+    """The Store with the deployment's prefix and pseudonym key (``client`` None: only to
+    unwrap values read by other means)."""
+    key = settings.pseudonym_key.encode() if settings.pseudonym_key else None
+    return Store(cast(Client, client), settings.redis_prefix, pseudonym_key=key)
 
 
 def tls_options(settings: Settings) -> dict[str, Any]:
@@ -93,7 +108,9 @@ class Store:
     off: states and outbox records are bytes). All keys of a partition share its hash tag, so
     in a Redis Cluster every call goes to the one master that holds the partition's slot."""
 
-    def __init__(self, client: Client, prefix: str = "sw") -> None:
+    def __init__(
+        self, client: Client, prefix: str = "sw", *, pseudonym_key: bytes | None = None
+    ) -> None:
         if "{" in prefix or "}" in prefix:
             raise ValueError(f"prefix {prefix!r}: braces would take over the keys' hash tag")
         pool = getattr(client, "connection_pool", None)
@@ -101,6 +118,30 @@ class Store:
             raise ValueError("the Redis client must not decode responses: states are bytes")
         self.client = client
         self.prefix = prefix
+        self.pseudonym_key = pseudonym_key or None
+
+    def name(self, customer_id: str) -> str:
+        """How Redis knows the customer: the id, or with a pseudonym key its HMAC-SHA256 (hex),
+        so key names, due-index members and markers reveal no id (SCAN, MONITOR, SLOWLOG,
+        keyspace events, backups' key listings)."""
+        if self.pseudonym_key is None:
+            return customer_id
+        return hmac.new(self.pseudonym_key, customer_id.encode(), hashlib.sha256).hexdigest()
+
+    def _wrap(self, customer_id: str, blob: bytes) -> bytes:
+        """Under a pseudonym the value carries the id (sweeps must emit it): length-prefixed."""
+        if self.pseudonym_key is None:
+            return blob
+        raw = customer_id.encode()
+        return _ID_LEN.pack(len(raw)) + raw + blob
+
+    def unwrap(self, stored: bytes) -> tuple[str | None, bytes]:
+        """(the customer id if the value carries it, the state blob)."""
+        if self.pseudonym_key is None:
+            return None, stored
+        (n,) = _ID_LEN.unpack_from(stored)
+        end = _ID_LEN.size + n
+        return stored[_ID_LEN.size : end].decode(), stored[end:]
 
     def key(self, partition: int, suffix: str) -> str:
         if partition < 0:
@@ -108,7 +149,7 @@ class Store:
         return f"{self.prefix}:{{p{partition}}}:{suffix}"
 
     def customer_key(self, partition: int, customer_id: str) -> str:
-        return self.key(partition, f"c:{customer_id}")
+        return self.key(partition, f"c:{self.name(customer_id)}")
 
     async def load_library(self) -> None:
         """Load the Functions library unless exactly this code is loaded already (then nothing
@@ -154,7 +195,7 @@ class Store:
         self, partition: int, cursor: int, count: int
     ) -> tuple[int, list[str]]:
         """One SCAN step over the partition's customers: (next cursor, 0 when done; ids)."""
-        prefix = self.customer_key(partition, "")
+        prefix = self.key(partition, "c:")
         pattern = "".join("\\" + ch if ch in "*?[]\\" else ch for ch in prefix) + "*"
         if isinstance(self.client, RedisCluster):  # SCAN the partition's master only
             node = cast(ClusterNode, self.client.get_node_from_key(prefix))
@@ -162,7 +203,8 @@ class Store:
         else:
             reply = await self.client.scan(cursor, match=pattern, count=count)
         keys = cast(list[bytes], reply[1])
-        return int(reply[0]), [key[len(prefix.encode()) :].decode() for key in keys]
+        names = [key[len(prefix.encode()) :].decode() for key in keys]
+        return int(reply[0]), await self._ids(partition, names)
 
     async def rules_version(self, partition: int) -> str | None:
         """The rules version every customer of the partition was last re-evaluated under."""
@@ -177,7 +219,7 @@ class Store:
         if not customer_ids:
             return []
         keys = [self.customer_key(partition, c) for c in customer_ids]
-        return cast(list[bytes | None], await self.client.mget(keys))
+        return [self._state(v) for v in cast(list[bytes | None], await self.client.mget(keys))]
 
     async def read_checked(
         self, partition: int, customer_ids: Sequence[str]
@@ -188,10 +230,23 @@ class Store:
         keys = [self.key(partition, "meta")]
         keys += [self.customer_key(partition, c) for c in customer_ids]
         reply = cast(list[bytes | None], await self._fcall("segment_worker_read", keys, ro=True))
-        return _text(cast(bytes, reply[0])), reply[1:]
+        return _text(cast(bytes, reply[0])), [self._state(v) for v in reply[1:]]
 
     async def get(self, partition: int, customer_id: str) -> bytes | None:
-        return cast(bytes | None, await self.client.get(self.customer_key(partition, customer_id)))
+        value = await self.client.get(self.customer_key(partition, customer_id))
+        return self._state(cast(bytes | None, value))
+
+    def _state(self, stored: bytes | None) -> bytes | None:
+        return None if stored is None else self.unwrap(stored)[1]
+
+    async def _ids(self, partition: int, names: list[str]) -> list[str]:
+        """Customer ids of Redis names: the same without a pseudonym key; else read from the
+        values (one MGET), skipping customers erased meanwhile."""
+        if self.pseudonym_key is None or not names:
+            return names
+        keys = [self.key(partition, f"c:{n}") for n in names]
+        values = cast(list[bytes | None], await self.client.mget(keys))
+        return [cast(str, self.unwrap(v)[0]) for v in values if v is not None]
 
     async def commit(
         self,
@@ -216,14 +271,14 @@ class Store:
                 del_keys.append(self.customer_key(p, customer_id))
             else:
                 set_keys.append(self.customer_key(p, customer_id))
-                blobs.append(blob)
+                blobs.append(self._wrap(customer_id, blob))
         zadd: list[str | int] = []
         zrem: list[str] = []
         for customer_id, at in due.items():
             if at is None:
-                zrem.append(customer_id)
+                zrem.append(self.name(customer_id))
             else:
-                zadd += (at, customer_id)
+                zadd += (at, self.name(customer_id))
         pops: list[str | int] = []
         for (dimension, class_name), delta in (populations or {}).items():
             if POP_SEPARATOR in dimension:
@@ -265,11 +320,11 @@ class Store:
             self.key(p, "meta"),
             self.key(p, "due"),
             self.customer_key(p, customer_id),
-            self.key(p, f"x:{customer_id}"),
+            self.key(p, f"x:{self.name(customer_id)}"),
         ]
         ttl: str | int = "" if marker_ttl_ms is None else marker_ttl_ms
         reply = await self._fenced_call(
-            "segment_worker_erase", claim, keys, [claim.epoch, customer_id, ttl]
+            "segment_worker_erase", claim, keys, [claim.epoch, self.name(customer_id), ttl]
         )
         return bool(reply)
 
@@ -277,13 +332,14 @@ class Store:
         """Which of these customers have a live erasure marker (one MGET)."""
         if not customer_ids:
             return set()
-        keys = [self.key(partition, f"x:{c}") for c in customer_ids]
+        keys = [self.key(partition, f"x:{self.name(c)}") for c in customer_ids]
         values = cast(list[bytes | None], await self.client.mget(keys))
         return {c for c, v in zip(customer_ids, values, strict=True) if v is not None}
 
     async def erased(self, partition: int, customer_id: str) -> bool:
         """Whether an erasure marker for the customer is still alive."""
-        return bool(await self.client.exists(self.key(partition, f"x:{customer_id}")))
+        marker = self.key(partition, f"x:{self.name(customer_id)}")
+        return bool(await self.client.exists(marker))
 
     async def due(self, partition: int, now_ms: int, limit: int) -> list[str]:
         """Customers whose next class change is due at or before ``now_ms``, earliest first."""
@@ -295,7 +351,7 @@ class Store:
                 self.key(partition, "due"), "-inf", now_ms, start=0, num=limit
             ),
         )
-        return [_text(m) for m in members]
+        return await self._ids(partition, [_text(m) for m in members])
 
     async def due_count(self, partition: int, now_ms: int) -> int:
         """The timer backlog: how many customers are due at or before ``now_ms``."""
