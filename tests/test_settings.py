@@ -95,3 +95,10 @@ def test_run_help_lists_every_setting(capsys: pytest.CaptureFixture[str]) -> Non
     text = capsys.readouterr().out
     for name, _, _ in Settings().describe():
         assert name in text
+
+
+def test_to_env_round_trips(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text("")
+    s = Settings(batch_size=77, kafka_idempotence=False, rules=rules, pseudonym_key="k")
+    assert Settings.from_env(s.to_env()) == s

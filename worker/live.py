@@ -289,9 +289,7 @@ class Pipeline:
         erasures = [r for r in records if r.topic == self.settings.topic_erasures]
         events = [r for r in records if r.topic != self.settings.topic_erasures]
         parsed = parse_batch(events, self.topics, now, self.limits)
-        states = await self._load(claim.partition, customers_of(parsed))
-        unknown = [cid for cid, state in states.items() if state is None]
-        erased = await self._timed("erased", self.store.erased_many(claim.partition, unknown))
+        states, erased = await self._read(claim.partition, customers_of(parsed))
         if erased:  # an erased customer's late or replayed events must not resurrect them
             keep = [
                 i
@@ -368,15 +366,22 @@ class Pipeline:
     async def _load(
         self, partition: int, customer_ids: list[str]
     ) -> dict[str, CustomerState | None]:
+        return (await self._read(partition, customer_ids))[0]
+
+    async def _read(
+        self, partition: int, customer_ids: list[str]
+    ) -> tuple[dict[str, CustomerState | None], set[str]]:
+        """The customers' states, and which of the unknown ones were erased."""
         if not customer_ids:
-            return {}
-        run_id, blobs = await self._timed("read", self.store.read_checked(partition, customer_ids))
-        if run_id != self.redis_ids.get(partition, run_id):
-            raise RedisReset(run_id)  # restarted since our claims: re-take before writing
-        return {
+            return {}, set()
+        seen = await self._timed("read", self.store.read_checked(partition, customer_ids))
+        if seen.run_id != self.redis_ids.get(partition, seen.run_id):
+            raise RedisReset(seen.run_id)  # restarted since our claims: re-take before writing
+        states = {
             cid: None if blob is None else decode_state(cid, blob)
-            for cid, blob in zip(customer_ids, blobs, strict=True)
+            for cid, blob in zip(customer_ids, seen.states, strict=True)
         }
+        return states, seen.erased
 
     async def _commit(self, claim: Claim, outcome: Outcome) -> bool:
         """The one atomic write; False if another worker now owns the partition."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import statistics
 import subprocess
 import sys
@@ -24,13 +25,14 @@ from itertools import islice
 
 import orjson
 import redis.asyncio as aioredis
+from aiohttp import ClientError, ClientSession
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from worker.clock import SimulatedClock
 from worker.core.codec import encode_state
 from worker.core.events import ParseLimits
 from worker.core.rules import load_rules
-from worker.core.timeutil import DAY_MS, parse_rfc3339
+from worker.core.timeutil import DAY_MS, format_ms, parse_rfc3339
 from worker.embedded import Broker, RedisServer, free_port
 from worker.live import partition_of
 from worker.progress import Progress
@@ -259,8 +261,17 @@ async def _latency(bootstrap: str, redis_url: str, customers: int, seed: int, ra
     count = int(rate * duration)
     traffic = list(islice(Simulator(seed + 1, customers, START), count))
     clock_ms = max(e.delivered_ms for e in traffic) + 60_000
-    worker = Worker(settings, SimulatedClock(clock_ms, 1.0))
-    task = asyncio.create_task(worker.run())
+    # The worker gets a process (and a core) of its own, as in production: sharing this
+    # event loop with the paced producer and the watcher would time their queueing too.
+    env = settings.to_env() | {
+        "SEGMENT_WORKER_CLOCK_START": format_ms(clock_ms),
+        "SEGMENT_WORKER_CLOCK_SPEED": "1",
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "worker", "run", "--log-level", "WARNING"],
+        env={k: v for k, v in os.environ.items() if not k.startswith("SEGMENT_WORKER_")} | env,
+        stdout=subprocess.DEVNULL,
+    )
     sent: dict[str, float] = {}
     latencies: list[float] = []
     watcher = AIOKafkaConsumer(
@@ -285,8 +296,7 @@ async def _latency(bootstrap: str, redis_url: str, customers: int, seed: int, ra
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1, acks=1)
     await producer.start()
     try:
-        while not worker.pipeline.claims:
-            await asyncio.sleep(0.02)
+        await _until_ready(settings.http_port, worker)
         await asyncio.sleep(1.0)
         begin = time.perf_counter()
         for n, e in enumerate(traffic):
@@ -306,14 +316,30 @@ async def _latency(bootstrap: str, redis_url: str, customers: int, seed: int, ra
             await watching
         await producer.stop()
         await watcher.stop()
-        worker.stop()
-        await task
+        worker.terminate()
+        worker.wait(30)
     if latencies:
         q = statistics.quantiles(latencies, n=100)
         print(
             f"event-to-change latency at {rate:,.0f} events/s (half the measured capacity), "
             f"{len(latencies):,} changes: p50 {q[49]:.1f} ms, p99 {q[98]:.1f} ms"
         )
+
+
+async def _until_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    """Until the worker's /readyz answers 200 (it owns partitions and Redis answers)."""
+    deadline = time.monotonic() + timeout
+    async with ClientSession(f"http://127.0.0.1:{port}") as http:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the worker exited early ({proc.returncode})")
+            with contextlib.suppress(OSError, ClientError):
+                async with http.get("/readyz") as resp:
+                    if resp.status == 200:
+                        return
+            if time.monotonic() > deadline:
+                raise RuntimeError("the worker did not become ready")
+            await asyncio.sleep(0.1)
 
 
 async def _memory(customers: int, seed: int) -> None:

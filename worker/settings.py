@@ -151,6 +151,18 @@ class Settings:
         if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_username:
             raise SettingsError(f"{PREFIX}KAFKA_SASL_USERNAME: required for SASL")
 
+    def to_env(self) -> dict[str, str]:
+        """The inverse of :meth:`from_env`: the variables that make a `segment-worker run`
+        process use these settings (for child processes of benchmarks and tests)."""
+        env = {}
+        for f in fields(self):
+            raw = getattr(self, f.name)
+            if raw is not None:
+                env[f"{PREFIX}{f.name.upper()}"] = (
+                    str(raw).lower() if isinstance(raw, bool) else str(raw)
+                )
+        return env
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env

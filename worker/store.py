@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any, Final, cast
+from typing import Any, Final, NamedTuple, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -95,6 +95,14 @@ class Claim:
     partition: int
     epoch: int
     offsets: dict[str, int]
+
+
+class Snapshot(NamedTuple):
+    """What :meth:`Store.read_checked` saw in one round trip."""
+
+    run_id: str  # of the server holding the partition
+    states: list[bytes | None]  # in the order asked, None for unknown customers
+    erased: set[str]  # unknown customers that have an erasure marker
 
 
 @cache
@@ -221,16 +229,20 @@ class Store:
         keys = [self.customer_key(partition, c) for c in customer_ids]
         return [self._state(v) for v in cast(list[bytes | None], await self.client.mget(keys))]
 
-    async def read_checked(
-        self, partition: int, customer_ids: Sequence[str]
-    ) -> tuple[str, list[bytes | None]]:
-        """The run id of the server holding the partition and the states, in one round trip: a
-        caller about to write can tell that Redis restarted (and may have lost writes) since it
-        last looked."""
+    async def read_checked(self, partition: int, customer_ids: Sequence[str]) -> Snapshot:
+        """The run id of the server holding the partition, the states, and which unknown
+        customers were erased, in one round trip: a caller about to write can tell that Redis
+        restarted (and may have lost writes) since it last looked."""
         keys = [self.key(partition, "meta")]
         keys += [self.customer_key(partition, c) for c in customer_ids]
-        reply = cast(list[bytes | None], await self._fcall("segment_worker_read", keys, ro=True))
-        return _text(cast(bytes, reply[0])), [self._state(v) for v in reply[1:]]
+        keys += [self.key(partition, f"x:{self.name(c)}") for c in customer_ids]
+        reply = cast(list[Any], await self._fcall("segment_worker_read", keys, ro=True))
+        n = len(customer_ids)
+        return Snapshot(
+            _text(reply[0]),
+            [self._state(v) for v in reply[1 : n + 1]],
+            {c for c, flag in zip(customer_ids, reply[n + 1 :], strict=True) if flag},
+        )
 
     async def get(self, partition: int, customer_id: str) -> bytes | None:
         value = await self.client.get(self.customer_key(partition, customer_id))
@@ -327,19 +339,6 @@ class Store:
             "segment_worker_erase", claim, keys, [claim.epoch, self.name(customer_id), ttl]
         )
         return bool(reply)
-
-    async def erased_many(self, partition: int, customer_ids: Sequence[str]) -> set[str]:
-        """Which of these customers have a live erasure marker (one MGET)."""
-        if not customer_ids:
-            return set()
-        keys = [self.key(partition, f"x:{self.name(c)}") for c in customer_ids]
-        values = cast(list[bytes | None], await self.client.mget(keys))
-        return {c for c, v in zip(customer_ids, values, strict=True) if v is not None}
-
-    async def erased(self, partition: int, customer_id: str) -> bool:
-        """Whether an erasure marker for the customer is still alive."""
-        marker = self.key(partition, f"x:{self.name(customer_id)}")
-        return bool(await self.client.exists(marker))
 
     async def due(self, partition: int, now_ms: int, limit: int) -> list[str]:
         """Customers whose next class change is due at or before ``now_ms``, earliest first."""

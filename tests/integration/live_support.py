@@ -10,7 +10,7 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path
 
@@ -89,13 +89,7 @@ async def make_settings(broker: Broker, redis_url: str) -> Settings:
 def env_of(settings: Settings, **extra: str) -> dict[str, str]:
     """The settings as the environment of a `segment-worker run` process."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEGMENT_WORKER_")}
-    for f in fields(settings):
-        raw = getattr(settings, f.name)
-        if raw is not None:
-            text = str(raw).lower() if isinstance(raw, bool) else str(raw)
-            env[f"SEGMENT_WORKER_{f.name.upper()}"] = text
-    env.update(extra)
-    return env
+    return env | settings.to_env() | extra
 
 
 @dataclass

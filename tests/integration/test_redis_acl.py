@@ -82,8 +82,8 @@ async def test_every_store_operation_works_with_least_privilege(locked_redis: Re
         populations={("lifecycle", "new"): 1},
     )
     assert await store.read(2, ["c1"]) == [b"state"]
-    run_id, blobs = await store.read_checked(2, ["c1"])
-    assert run_id and blobs == [b"state"]
+    seen = await store.read_checked(2, ["c1"])
+    assert seen.run_id and seen.states == [b"state"] and not seen.erased
     assert await store.due(2, 10, 10) == ["c1"]
     assert await store.outbox(2, 10) == [b"r"]
     await store.ack_outbox(claim, 1)
@@ -92,7 +92,7 @@ async def test_every_store_operation_works_with_least_privilege(locked_redis: Re
     await store.mark_rules(2, "v1")
     assert await store.rules_version(2) == "v1"
     assert await store.erase(claim, "c1", 60_000)
-    assert await store.erased_many(2, ["c1"]) == {"c1"}
+    assert (await store.read_checked(2, ["c1"])).erased == {"c1"}
     await client.aclose()
 
 

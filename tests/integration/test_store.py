@@ -282,8 +282,7 @@ async def test_erase_deletes_state_and_due_and_leaves_a_marker(store: Store) -> 
     assert await store.erase(claim, "b", None) is True
     assert await store.read(6, ["a", "b"]) == [None, None]
     assert await store.due(6, 100, 10) == []
-    assert await store.erased(6, "a")
-    assert not await store.erased(6, "b")
+    assert (await store.read_checked(6, ["a", "b"])).erased == {"a"}
     with pytest.raises(ValueError, match="marker_ttl_ms"):
         await store.erase(claim, "a", 0)
 
@@ -424,6 +423,18 @@ BAD_CALLS: dict[str, tuple[tuple[object, ...], str]] = {
     "erase key with a line break in the message": (
         ("segment_worker_erase", 4, META, DUE, "sw:{p3}:c:a\r\nb", "sw:{p3}:x:a", 1, "a", ""),
         'segment_worker_erase: KEYS[3] must be "sw:{p3}:c:a", got "sw:{p3}:c:a',
+    ),
+    "read with a marker key of another customer": (
+        ("segment_worker_read", 3, META, CA, "sw:{p3}:x:b"),
+        'segment_worker_read: KEYS[3] must be "sw:{p3}:x:a"',
+    ),
+    "read without marker keys": (
+        ("segment_worker_read", 2, META, CA),
+        "segment_worker_read: expected meta and as many x: keys as c: keys",
+    ),
+    "read of another partition": (
+        ("segment_worker_read", 3, META, "sw:{p4}:c:a", "sw:{p4}:x:a"),
+        'segment_worker_read: KEYS[2] must be "sw:{p3}:c:<id>"',
     ),
     "erase ttl zero": (
         ("segment_worker_erase", 4, META, DUE, CA, "sw:{p3}:x:a", 1, "a", 0),

@@ -54,11 +54,13 @@ segment_worker_erase
   Returns 1 if a state was deleted, else 0.
 
 segment_worker_read (read-only)
-  KEYS  meta, c:<id> x n
+  KEYS  meta, c:<id> x n, x:<id> x n (the same ids in the same order)
   ARGV  (none)
-  Returns {run id of this server, state 1 or nil, ..., state n or nil}: a caller about to
-  write learns in the same round trip whether the server holding the partition restarted
-  (and may have lost writes) since it claimed it. In a cluster it runs on the slot's master.
+  Returns {run id of this server, state 1 or nil, ..., state n or nil, erased 1, ...,
+  erased n}, erased i = 1 when customer i has no state but an erasure marker, else 0: a
+  caller about to write learns in the same round trip whether the server holding the
+  partition restarted (and may have lost writes) since it claimed it, and whom it must not
+  bring back. In a cluster it runs on the slot's master.
 
 segment_worker_version (read-only)
   Returns LIBRARY_VERSION.
@@ -391,22 +393,30 @@ end
 
 local function check_read(keys, args)
   local base = base_of(keys[1])
-  for i = 2, #keys do
+  if #keys % 2 ~= 1 then
+    fail('expected meta and as many x: keys as c: keys, got ' .. #keys .. ' keys')
+  end
+  local n = (#keys - 1) / 2
+  for i = 2, n + 1 do
     if string.sub(keys[i], 1, #base + 2) ~= base .. 'c:' then
       fail('KEYS[' .. i .. '] must be ' .. show(base .. 'c:<id>') .. ', got ' .. show(keys[i]))
     end
+    same_key(keys[i + n], base .. 'x:' .. string.sub(keys[i], #base + 3), 'KEYS[' .. i + n .. ']')
   end
   arg_count(args, 0)
+  return n
 end
 
 local function read(keys, args)
-  local _, err = checked('segment_worker_read', check_read, keys, args)
+  local n, err = checked('segment_worker_read', check_read, keys, args)
   if err then
     return err
   end
   local out = { string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') }
-  for i = 2, #keys do
-    out[i] = redis.call('GET', keys[i])
+  for i = 2, n + 1 do
+    local state = redis.call('GET', keys[i])
+    out[i] = state
+    out[i + n] = (state == false and redis.call('EXISTS', keys[i + n]) == 1) and 1 or 0
   end
   return out
 end
