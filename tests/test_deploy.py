@@ -382,7 +382,6 @@ def test_redis_acl_allows_the_worker_and_nothing_more(compose_redis: tuple[Path,
             store = Store(worker)
             await store.load_library()
             await store.load_library()
-            assert await store.ping()
             assert await store.server_id(3)
             claim = await store.claim(3)
             await store.commit(
@@ -393,11 +392,11 @@ def test_redis_acl_allows_the_worker_and_nothing_more(compose_redis: tuple[Path,
                 offsets={"orders": 7, "visits": 2},
                 populations={("lifecycle", "new"): 1},
             )
-            assert await store.read(3, ["a", "b"]) == [b"state-a", None]
+            assert (await store.read_checked(3, ["a", "b"])).states == [b"state-a", None]
             assert (await store.read_checked(3, ["a"]))[1] == [b"state-a"]
             assert await store.get(3, "a") == b"state-a"
             assert await store.due(3, 2000, 10) == ["a"]
-            assert await store.due_count(3, 2000) == 1
+            assert len(await store.due(3, 2000, 10_000)) == 1
             assert await store.outbox(3, 10) == [b"change-1", b"change-2"]
             await store.ack_outbox(claim, 1)
             assert await store.populations(3) == {("lifecycle", "new"): 1}

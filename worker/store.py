@@ -36,7 +36,7 @@ from typing import Any, Final, NamedTuple, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from worker.settings import Settings
 
@@ -182,13 +182,6 @@ class Store:
         (and may have lost writes)."""
         return (await self.read_checked(partition, []))[0]
 
-    async def ping(self) -> bool:
-        """Readiness: False, not an exception, when Redis does not answer."""
-        try:
-            return bool(await self.client.ping())
-        except (RedisError, OSError):
-            return False
-
     async def claim(self, partition: int) -> Claim:
         """Become the partition's owner: bump its epoch, which fences the previous owner, and
         read the offsets up to which its input is already applied (resume from there)."""
@@ -221,13 +214,6 @@ class Store:
 
     async def mark_rules(self, partition: int, version: str) -> None:
         await self.client.hset(self.key(partition, "meta"), "rules", version)
-
-    async def read(self, partition: int, customer_ids: Sequence[str]) -> list[bytes | None]:
-        """The customers' states in one round trip (MGET; one slot), None for unknown ones."""
-        if not customer_ids:
-            return []
-        keys = [self.customer_key(partition, c) for c in customer_ids]
-        return [self._state(v) for v in cast(list[bytes | None], await self.client.mget(keys))]
 
     async def read_checked(self, partition: int, customer_ids: Sequence[str]) -> Snapshot:
         """The run id of the server holding the partition, the states, and which unknown
@@ -351,10 +337,6 @@ class Store:
             ),
         )
         return await self._ids(partition, [_text(m) for m in members])
-
-    async def due_count(self, partition: int, now_ms: int) -> int:
-        """The timer backlog: how many customers are due at or before ``now_ms``."""
-        return int(await self.client.zcount(self.key(partition, "due"), "-inf", now_ms))
 
     async def outbox(self, partition: int, limit: int) -> list[bytes]:
         """The oldest ``limit`` records waiting for the relay, oldest first."""

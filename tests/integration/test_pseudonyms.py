@@ -65,7 +65,7 @@ async def test_store_names_customers_by_keyed_hash(redis_server: RedisServer) ->
     )
     listing = await everything_in(redis_server.url)
     assert b"alice" not in listing and b"bob" not in listing
-    assert await store.read(1, ["alice@example.com", "{bob}:1 x", "carol"]) == [
+    assert (await store.read_checked(1, ["alice@example.com", "{bob}:1 x", "carol"])).states == [
         b"state-a",
         b"state-b",
         None,

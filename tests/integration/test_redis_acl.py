@@ -81,7 +81,7 @@ async def test_every_store_operation_works_with_least_privilege(locked_redis: Re
         offsets={"orders": 3},
         populations={("lifecycle", "new"): 1},
     )
-    assert await store.read(2, ["c1"]) == [b"state"]
+    assert (await store.read_checked(2, ["c1"])).states == [b"state"]
     seen = await store.read_checked(2, ["c1"])
     assert seen.run_id and seen.states == [b"state"] and not seen.erased
     assert await store.due(2, 10, 10) == ["c1"]

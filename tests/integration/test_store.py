@@ -75,13 +75,17 @@ async def test_round_trip_of_states_due_outbox_and_offsets(
         outbox=[b"out-1", b"out-2"],
         offsets={"orders": 11, "visits": 7},
     )
-    assert await store.read(3, ["alice", "bob", "carol"]) == [b"\x00state-a\xff", b"state-b", None]
+    assert (await store.read_checked(3, ["alice", "bob", "carol"])).states == [
+        b"\x00state-a\xff",
+        b"state-b",
+        None,
+    ]
     assert await store.get(3, "alice") == b"\x00state-a\xff"
     assert await store.get(4, "alice") is None  # another partition, other keys
     assert await store.due(3, 1_999, 10) == ["bob"]
     assert await store.due(3, 2_000, 10) == ["bob", "alice"]
     assert await store.due(3, 2_000, 1) == ["bob"]
-    assert await store.due_count(3, 2_000) == 2
+    assert len(await store.due(3, 2_000, 10_000)) == 2
     assert await store.outbox(3, 10) == [b"out-1", b"out-2"]
 
     # None deletes the state and removes the due entry; records append after the old ones.
@@ -92,7 +96,7 @@ async def test_round_trip_of_states_due_outbox_and_offsets(
         outbox=[b"out-3"],
         offsets={"orders": 12},
     )
-    assert await store.read(3, ["alice", "bob"]) == [None, b"state-b2"]
+    assert (await store.read_checked(3, ["alice", "bob"])).states == [None, b"state-b2"]
     assert await store.due(3, 10_000, 10) == ["bob"]
     assert await store.outbox(3, 10) == [b"out-1", b"out-2", b"out-3"]
     assert (await store.claim(3)).offsets == {"orders": 12, "visits": 7}
@@ -117,11 +121,8 @@ async def test_one_round_trip_per_read_and_per_commit(store: Store, client: Coun
     )
     assert client.sent == ["FCALL"]
     client.sent.clear()
-    assert len(await store.read(0, ids)) == 1_000
-    assert client.sent == ["MGET"]
-    client.sent.clear()
-    assert await store.read(0, []) == []
-    assert client.sent == []
+    assert len((await store.read_checked(0, ids)).states) == 1_000
+    assert client.sent == ["FCALL_RO"]  # states, erasure markers and the server's run id
 
 
 async def test_stale_epoch_is_fenced_and_writes_nothing(
@@ -210,8 +211,8 @@ async def test_large_commit_in_one_call(store: Store, client: CountingRedis) -> 
         offsets={"orders": 2_000},
     )
     assert client.sent == ["FCALL"]
-    assert await store.read(7, ids) == list(states.values())
-    assert await store.due_count(7, 2**52) == 2_000
+    assert (await store.read_checked(7, ids)).states == list(states.values())
+    assert len(await store.due(7, 2**52, 10_000)) == 2_000
     assert await store.due(7, 1_700_000_000_001, 5) == ids[:2]
     outbox = await store.outbox(7, 5_000)
     assert outbox == [f"record-{i}".encode() for i in range(2_000)]
@@ -220,8 +221,8 @@ async def test_large_commit_in_one_call(store: Store, client: CountingRedis) -> 
     await store.commit(
         claim, states=dict.fromkeys(ids), due=dict.fromkeys(ids), outbox=[], offsets={}
     )
-    assert await store.read(7, ids) == [None] * 2_000
-    assert await store.due_count(7, 2**52) == 0
+    assert (await store.read_checked(7, ids)).states == [None] * 2_000
+    assert len(await store.due(7, 2**52, 10_000)) == 0
 
 
 ODD_IDS = [
@@ -251,14 +252,16 @@ async def test_customer_ids_with_any_characters(store: Store, client: CountingRe
         outbox=[],
         offsets={},
     )
-    assert await store.read(4, ODD_IDS) == list(states.values())
+    assert (await store.read_checked(4, ODD_IDS)).states == list(states.values())
     for c in ODD_IDS:
         assert await store.get(4, c) == states[c]
     assert await store.due(4, 10**6, 100) == ODD_IDS
     keys = await client.keys("*")
     assert len(keys) == 2 + len(ODD_IDS)  # meta, due and one key per customer
     assert {key_slot(k) for k in keys} == {key_slot(b"{p4}")}  # the first {...} is ours
-    assert await store.read(9, ODD_IDS) == [None] * len(ODD_IDS)  # "sw:{p9}:c:x" is not p9's
+    assert (await store.read_checked(9, ODD_IDS)).states == [None] * len(
+        ODD_IDS
+    )  # "sw:{p9}:c:x" is not p9's
 
     removed = ODD_IDS[:6]
     await store.commit(
@@ -268,7 +271,7 @@ async def test_customer_ids_with_any_characters(store: Store, client: CountingRe
         outbox=[],
         offsets={},
     )
-    assert await store.read(4, removed) == [None] * len(removed)
+    assert (await store.read_checked(4, removed)).states == [None] * len(removed)
     assert await store.due(4, 10**6, 100) == ODD_IDS[6:]
 
 
@@ -280,7 +283,7 @@ async def test_erase_deletes_state_and_due_and_leaves_a_marker(store: Store) -> 
     assert await store.erase(claim, "a", 60_000) is True
     assert await store.erase(claim, "a", None) is False
     assert await store.erase(claim, "b", None) is True
-    assert await store.read(6, ["a", "b"]) == [None, None]
+    assert (await store.read_checked(6, ["a", "b"])).states == [None, None]
     assert await store.due(6, 100, 10) == []
     assert (await store.read_checked(6, ["a", "b"])).erased == {"a"}
     with pytest.raises(ValueError, match="marker_ttl_ms"):
@@ -461,7 +464,7 @@ async def test_bad_arguments_are_refused_before_any_write(
     assert await snapshot(client) == before
     # The same call well formed goes through.
     await client.fcall(*good)  # type: ignore[arg-type]
-    assert await store.read(3, ["a", "b"]) == [b"A", b"B"]
+    assert (await store.read_checked(3, ["a", "b"])).states == [b"A", b"B"]
 
 
 @pytest.mark.parametrize("kind", ["due", "outbox", "meta"])
@@ -509,17 +512,6 @@ async def test_load_library_is_idempotent_and_replaces_other_code(
     ].decode() == (library_code())
 
 
-async def test_ping(store: Store, redis_proc: Callable[..., RedisProcess]) -> None:
-    assert await store.ping()
-    server = redis_proc()
-    gone = aioredis.from_url(server.url)
-    server.kill()
-    try:
-        assert await Store(gone).ping() is False
-    finally:
-        await gone.aclose()
-
-
 async def test_committed_data_survives_kill_9_with_aof(
     redis_proc: Callable[..., RedisProcess],
 ) -> None:
@@ -543,7 +535,7 @@ async def test_committed_data_survives_kill_9_with_aof(
         server.restart()  # kill -9: only what was fsynced survives
         await client.connection_pool.disconnect()
         assert await snapshot(client) == before
-        assert await store.read(2, ids) == [c.encode() for c in ids]
+        assert (await store.read_checked(2, ids)).states == [c.encode() for c in ids]
         assert await store.outbox(2, 10) == [b"r2", b"r3"]
         # Functions were persisted with the data; loading again is harmless.
         assert await client.fcall_ro("segment_worker_version", 0) == b"4"
