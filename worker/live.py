@@ -261,6 +261,8 @@ class Pipeline:
         _crash_point("after_commit")
         await self._retry("relay", partial(self._relay, claim, outcome.out))
         _crash_point("after_relay")
+        if outcome.dead_lettered:
+            _crash_point("after_dead_letter")  # a dead letter is out, its skip not committed
         offsets = {TopicPartition(t, partition): o for t, o in outcome.offsets.items()}
         try:
             await self.consumer.commit(offsets)

@@ -3,7 +3,7 @@ killed (at random and at the exact points between the Redis commit, the relay an
 commit), paused past their session, Redis is killed and rolled back and the broker paused;
 then everything the broker and Redis hold is compared with an independent replay.
 
-    CHAOS_EVENTS=200000 CHAOS_CUSTOMERS=20000 python -m pytest tests/chaos -q -s
+    CHAOS_EVENTS=210000 CHAOS_CUSTOMERS=32000 python -m pytest tests/chaos -q -s
 
 writes a JSON report (CHAOS_REPORT, default chaos-report.json) and prints it as a table.
 CI runs the same faults on fewer events (the defaults below).
@@ -157,6 +157,7 @@ async def chaos(
         ("crash_after_commit", lambda: restart("b", SW_TEST_CRASH="after_commit:3")),
         ("kill9_redis", None),
         ("kill9_worker", lambda: restart("a")),
+        ("crash_after_dead_letter", lambda: restart("b", SW_TEST_CRASH="after_dead_letter:1")),
     ]
     only = os.environ.get("CHAOS_FAULTS")  # e.g. "kill9_redis,redis_rollback" to isolate one
     if only:
