@@ -63,7 +63,11 @@ class Workers:
     def __init__(self, settings: Settings, clock_ms: int) -> None:
         self.settings, self.clock_ms = settings, clock_ms
         self.procs: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
-        self.fenced = 0
+        self.fenced_by_pid: dict[int, int] = {}  # last value each process reported
+
+    @property
+    def fenced(self) -> int:
+        return sum(self.fenced_by_pid.values())
 
     def start(self, name: str, **extra: str) -> None:
         port = free_port()
@@ -93,7 +97,7 @@ class Workers:
                     async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
                         for line in (await resp.text()).splitlines():
                             if line.startswith("segment_worker_fenced_writes_total "):
-                                self.fenced += int(float(line.split()[1]))
+                                self.fenced_by_pid[proc.pid] = int(float(line.split()[1]))
                 except OSError:
                     pass
 
@@ -139,6 +143,7 @@ async def chaos(
     feeding = asyncio.create_task(feed())
 
     async def restart(name: str, **extra: str) -> None:
+        await workers.scrape_fenced()  # a killed worker takes its counters with it
         workers.reap()
         if name in workers.procs:
             workers.kill(name)
@@ -195,6 +200,7 @@ async def chaos(
         elif kind == "kill9_during_rebalance":
             workers.start("c")  # joining: a rebalance starts
             await asyncio.sleep(1.0)
+            await workers.scrape_fenced()
             workers.kill("c")
     await feeding
     await workers.scrape_fenced()
@@ -234,6 +240,7 @@ async def test_chaos(broker: Broker, tmp_path: Path) -> None:
         produced, victims, faults, workers = await chaos(broker, redis, settings, events, clock_ms)
         await wait_until(lambda: all_committed(settings, produced), 300, "drain")
         await workers.stop_all()
+        fenced = workers.fenced
         # Time passes: one worker with the clock 200 days on fires every time-driven change.
         workers = Workers(settings, later)
         workers.start("timer")
@@ -319,7 +326,7 @@ async def test_chaos(broker: Broker, tmp_path: Path) -> None:
             "broken_chains": broken,
             "dlq_expected": dlq_expected,
             "dlq_received": len(sources),
-            "fenced_writes": workers.fenced,
+            "fenced_writes": fenced + workers.fenced,
             "erased": len(victims),
             "erased_resurrected": resurrected,
             "tombstones": len(tombstones & set(victims)),
