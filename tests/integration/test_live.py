@@ -16,6 +16,7 @@ from aiohttp import ClientSession
 
 from tests.integration.live_support import (
     DAY0,
+    PARTITIONS,
     ManualClock,
     all_committed,
     assert_state_matches,
@@ -342,6 +343,35 @@ async def test_redis_rolled_back_to_an_older_copy_is_healed_by_rereading_kafka(
         await wait_until(lambda: all_committed(settings, produced), 90, "last third")
         expected_replay, expected, _ = replay(events, NOW)
         await wait_until(lambda: worker.metrics.redis_resets._value.get() >= 1, 10, "reset noticed")
+    await assert_state_matches(settings, expected_replay, NOW // DAY_MS)
+    got = change_ids(await read_all(settings, settings.topic_changes))
+    assert set(got) == {c["event_id"] for c in expected}
+
+
+async def test_an_ex_owner_that_wakes_up_is_fenced_and_writes_nothing(
+    broker: Broker, redis_server: RedisServer
+) -> None:
+    """What a worker paused past its session timeout meets: someone else claimed its
+    partitions meanwhile. Its next commits are refused, it drops the partitions, and the
+    rebalance hands them to a live owner that finishes the job."""
+    settings = await make_settings(broker, redis_server.url)
+    events = one_day_of_traffic(200, seed=23, orders_only=True)
+    half = len(events) // 2
+    produced = await produce(settings, events[:half])
+    first = Worker(settings, ManualClock(NOW))
+    async with running(first):
+        await wait_until(lambda: all_committed(settings, produced), 90, "first half")
+        before = {p: (await first.store.claim(p)).offsets for p in range(PARTITIONS)}
+        # (claim() above is the new owner's: every partition's epoch moved past the worker's)
+        produced = await produce(settings, events[half:], produced)
+        await wait_until(lambda: first.metrics.fenced._value.get() >= 1, 30, "fenced")
+        after = {p: (await first.store.claim(p)).offsets for p in range(PARTITIONS)}
+        assert after == before  # nothing of the refused batches reached Redis
+        assert first.pipeline.claims == {}
+        second = Worker(replace(settings, http_port=free_port()), ManualClock(NOW))
+        async with running(second):
+            await wait_until(lambda: all_committed(settings, produced), 90, "new owners")
+    expected_replay, expected, _ = replay(events, NOW)
     await assert_state_matches(settings, expected_replay, NOW // DAY_MS)
     got = change_ids(await read_all(settings, settings.topic_changes))
     assert set(got) == {c["event_id"] for c in expected}
