@@ -18,14 +18,15 @@ import logging
 import os
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import Final, TypeVar
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import CommitFailedError, KafkaError, KafkaTimeoutError
 from aiokafka.partitioner import murmur2
 from aiokafka.structs import RecordMetadata
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -47,11 +48,13 @@ from worker.core.codec import OutRecord, decode_state, encode_state
 from worker.core.events import ParseLimits, Rejection
 from worker.core.rules import Rules, RulesError, load_rules
 from worker.core.state import CustomerState
-from worker.core.timeutil import DAY_MS
+from worker.core.timeutil import DAY_MS, parse_rfc3339
 from worker.metrics import Metrics
 from worker.settings import Settings
 from worker.store import Claim, Fenced, Store
 
+READ_BACK_SECONDS: Final = 60.0
+INPUT_HEADER: Final = "sw.input"  # on change records: input offsets reached, as JSON
 log = logging.getLogger("segment_worker")
 T = TypeVar("T")
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, KafkaError)
@@ -96,11 +99,13 @@ class Pipeline:
         *,
         consumer: AIOKafkaConsumer,
         producer: AIOKafkaProducer,
+        reader: Callable[[], AIOKafkaConsumer],
         metrics: Metrics,
         clock: Clock,
     ) -> None:
         self.settings, self.rules, self.store = settings, rules, store
         self.consumer, self.producer = consumer, producer
+        self.reader = reader  # a group-less consumer, to read back the change topic
         self.metrics, self.clock = metrics, clock
         self.topics = Topics(
             settings.topic_orders, settings.topic_visits, settings.topic_changes, settings.topic_dlq
@@ -115,6 +120,9 @@ class Pipeline:
         self._reload_requested = False
         self._rules_mtime = _mtime(settings.rules)
         self.reevaluating: dict[int, int] = {}  # partition -> SCAN cursor of the re-evaluation
+        # partition -> input offsets (per topic) that changes already in Kafka had reached when
+        # Redis lost the writes behind them: input is absorbed, unclassified, until there
+        self.recovering: dict[int, dict[str, int]] = {}
         self.redis_ids: dict[int, str] = {}  # partition -> run id of the server it was claimed on
         self._suspect = False  # a Redis call failed: check the server before writing again
         metrics.rules_info.labels(rules.version).set(1)
@@ -197,6 +205,8 @@ class Pipeline:
             if claim is None:
                 del self.reevaluating[partition]
                 continue
+            if partition in self.recovering:
+                continue
             while budget > 0:
                 cursor, ids = await self._timed(
                     "scan", self.store.scan_customers(partition, cursor, min(budget, 1000))
@@ -204,6 +214,7 @@ class Pipeline:
                 budget -= max(1, len(ids))
                 states = await self._load(partition, ids)
                 outcome = reevaluate_batch(states, self.rules, self.topics, now)
+                self._stamp(outcome, claim.offsets)
                 if outcome.states and await self._commit(claim, outcome):
                     await self._retry("relay", partial(self._relay, claim, outcome.out))
                     self._observe_emits(outcome, [])
@@ -308,14 +319,25 @@ class Pipeline:
         else:
             offsets = {}
         outcome = apply_batch(
-            events, parsed, states, rules=self.rules, topics=self.topics, now_ms=now
+            events,
+            parsed,
+            states,
+            rules=self.rules,
+            topics=self.topics,
+            now_ms=now,
+            quiet=claim.partition in self.recovering,
         )
         for topic, offset in offsets.items():
             outcome.offsets[topic] = max(outcome.offsets.get(topic, 0), offset)
+        self._stamp(outcome, claim.offsets)
         if erasures:
             outcome.withhold(self.topics.changes, {r.key for r in erasures if r.key})
         if not await self._commit(claim, outcome):
             return None
+        until = self.recovering.get(claim.partition)
+        if until and all(claim.offsets.get(t, 0) >= o for t, o in until.items()):
+            del self.recovering[claim.partition]  # the timer now classifies what was absorbed
+            log.warning("partition %d: re-read of the lost window done", claim.partition)
         if erasures:
             return await self._erase(claim, erasures, outcome)
         return outcome
@@ -417,38 +439,70 @@ class Pipeline:
             return
         if records:
             self.backlog.add(claim.partition)  # until acked: a retry drains from Redis
-            await self._produce(records)
-            await self._ack(claim, len(records))
+            relayed = await self._produce(claim.partition, records)
+            await self._ack(claim, len(records), relayed)
             self.backlog.discard(claim.partition)
 
-    async def _drain(self, claim: Claim) -> None:
+    async def _drain(self, claim: Claim, in_kafka: frozenset[str] = frozenset()) -> None:
+        """Relay what the outbox holds, except changes already in Kafka (``in_kafka``: ids)."""
         while True:
             stored = await self._timed("outbox", self.store.outbox(claim.partition, 500))
             if not stored:
                 break
-            await self._produce([OutRecord.decode(b) for b in stored])
-            await self._ack(claim, len(stored))
+            records = [OutRecord.decode(b) for b in stored]
+            fresh = [r for r in records if self._change_id(r) not in in_kafka]
+            relayed = await self._produce(claim.partition, fresh)
+            await self._ack(claim, len(stored), relayed)
         self.backlog.discard(claim.partition)
 
-    async def _ack(self, claim: Claim, count: int) -> None:
+    def _stamp(self, outcome: Outcome, before: Mapping[str, int]) -> None:
+        """Put the input offsets the partition will have reached on each change record, so
+        that after Redis loses writes the changes in Kafka tell how far the lost window went."""
+        reached = dict(before)
+        for topic, offset in outcome.offsets.items():
+            reached[topic] = max(reached.get(topic, 0), offset)
+        stamp = orjson.dumps(reached)
+        outcome.out = [
+            OutRecord(r.topic, r.key, r.value, (*r.headers, (INPUT_HEADER, stamp)))
+            if r.topic == self.topics.changes and r.value is not None
+            else r
+            for r in outcome.out
+        ]
+
+    def _change_id(self, record: OutRecord) -> str | None:
+        if record.topic != self.topics.changes or record.value is None:
+            return None
+        return str(orjson.loads(record.value)["event_id"])
+
+    async def _ack(self, claim: Claim, count: int, relayed: int | None = None) -> None:
         try:
-            await self._timed("ack", self.store.ack_outbox(claim, count))
+            await self._timed("ack", self.store.ack_outbox(claim, count, relayed))
         except Fenced:
             self.metrics.fenced.inc()
             self.claims.pop(claim.partition, None)
 
-    async def _produce(self, records: Sequence[OutRecord]) -> None:
+    async def _produce(self, partition: int, records: Sequence[OutRecord]) -> int | None:
+        """Send and wait for the acks; the change topic's offset after the last change sent.
+        Changes go to the input's partition number, so that the change topic's partition N
+        is the history of input partition N (read back by :meth:`_reconcile`)."""
         futures: list[Awaitable[RecordMetadata]] = []
         for r in records:
+            target = partition if r.topic == self.topics.changes else None
             futures.append(
-                await self.producer.send(r.topic, r.value, key=r.key, headers=list(r.headers))
+                await self.producer.send(
+                    r.topic, r.value, key=r.key, headers=list(r.headers), partition=target
+                )
             )
-        await asyncio.gather(*futures)
+        relayed = None
+        for meta in await asyncio.gather(*futures):
+            if meta.topic == self.topics.changes:
+                relayed = max(relayed or 0, meta.offset + 1)
         counts: dict[str, int] = defaultdict(int)
         for r in records:
             counts[r.topic] += 1
         for topic, n in counts.items():
             self.metrics.relayed.labels(topic).inc(n)
+        return relayed
 
     async def _sweep_all(self) -> None:
         """Fire the time-driven changes that fell due in every owned partition."""
@@ -456,6 +510,8 @@ class Pipeline:
         now = self.clock.now_ms()
         backlog = 0
         for partition, claim in sorted(self.claims.items()):
+            if partition in self.recovering:
+                continue  # classify the re-read customers once, after the re-read
             due = await self._timed(
                 "due", self.store.due(partition, now, self.settings.timer_batch)
             )
@@ -467,6 +523,7 @@ class Pipeline:
                 if state is not None and state.due_day is not None:
                     self.metrics.timer_delay.observe(max(0, now - state.due_day * DAY_MS) / 1000)
             outcome = sweep_due(states, self.rules, self.topics, now)
+            self._stamp(outcome, claim.offsets)
             if not await self._commit(claim, outcome):
                 continue
             await self._retry("relay", partial(self._relay, claim, outcome.out))
@@ -487,34 +544,153 @@ class Pipeline:
         offsets Redis holds (it may be ahead of the group's committed offsets)."""
         async with self.lock:
             assigned = list(assigned)
-            for partition in sorted({tp.partition for tp in assigned}):
-                await self._take(partition, [tp for tp in assigned if tp.partition == partition])
+            await self._take(assigned)
             self.metrics.partitions.set(len(self.claims))
             log.info("assigned partitions %s", sorted(self.claims))
 
-    async def _take(self, partition: int, tps: list[TopicPartition]) -> None:
-        identity = await self._retry("identity", partial(self.store.server_id, partition))
-        claim = await self._retry("claim", partial(self.store.claim, partition))
-        self.redis_ids[partition] = identity
-        self.claims[partition] = claim
-        done = await self._retry("rules", partial(self.store.rules_version, partition))
-        if done != self.rules.version:  # e.g. the previous owner died mid-way
-            self.reevaluating.setdefault(partition, 0)
-        self.backlog.add(partition)
-        await self._retry("drain", partial(self._drain, claim))
-        resume = {tp: claim.offsets[tp.topic] for tp in tps if tp.topic in claim.offsets}
-        for tp, offset in resume.items():
-            self.consumer.seek(tp, offset)
-        unseen = [tp for tp in tps if tp not in resume]
-        if unseen:
-            # Redis holds nothing applied from these (new, or lost with a Redis that went
-            # back in time): start from the beginning, not from the group's committed offset.
-            await self.consumer.seek_to_beginning(*unseen)
-        if resume:
-            # What Redis holds is durable: a crash between the Redis commit and the
-            # offset commit must not leave the group's offsets behind forever.
-            with contextlib.suppress(CommitFailedError):
-                await self.consumer.commit(resume)
+    async def _take(self, assigned: list[TopicPartition]) -> None:
+        """Claim the partitions (fencing their previous owners), bring their states in line
+        with the changes Kafka already holds, relay what the outbox still holds, and resume
+        from the offsets Redis holds."""
+        partitions = sorted({tp.partition for tp in assigned})
+        for partition in partitions:
+            identity = await self._retry("identity", partial(self.store.server_id, partition))
+            claim = await self._retry("claim", partial(self.store.claim, partition))
+            self.redis_ids[partition] = identity
+            self.claims[partition] = claim
+            self.recovering.pop(partition, None)  # the read-back below decides afresh
+            done = await self._retry("rules", partial(self.store.rules_version, partition))
+            if done != self.rules.version:  # e.g. the previous owner died mid-way
+                self.reevaluating.setdefault(partition, 0)
+            self.backlog.add(partition)
+        starts = {
+            p: await self._retry("relayed", partial(self.store.relayed, p)) for p in partitions
+        }
+        emitted = await self._retry("read back", partial(self._emitted_since, starts))
+        for partition in partitions:
+            claim = self.claims[partition]
+            in_kafka = await self._retry(
+                "reconcile", partial(self._reconcile, claim, emitted.get(partition, []))
+            )
+            await self._retry("drain", partial(self._drain, claim, in_kafka))
+            tps = [tp for tp in assigned if tp.partition == partition]
+            resume = {tp: claim.offsets[tp.topic] for tp in tps if tp.topic in claim.offsets}
+            for tp, offset in resume.items():
+                self.consumer.seek(tp, offset)
+            unseen = [tp for tp in tps if tp not in resume]
+            if unseen:
+                # Redis holds nothing applied from these (new, or lost with a Redis that went
+                # back in time): start from the beginning, not from the group's committed offset.
+                await self.consumer.seek_to_beginning(*unseen)
+            if resume:
+                # What Redis holds is durable: a crash between the Redis commit and the
+                # offset commit must not leave the group's offsets behind forever.
+                with contextlib.suppress(CommitFailedError):
+                    await self.consumer.commit(resume)
+
+    async def _emitted_since(
+        self, starts: dict[int, int]
+    ) -> dict[int, list[ConsumerRecord[bytes, bytes]]]:
+        """The change topic's records from each partition's last acknowledged relay on: in
+        steady state nothing or a batch relayed but not yet acknowledged; after Redis lost
+        writes, also the changes of the lost window."""
+        reader = self.reader()
+        await reader.start()
+        try:
+            tps = {p: TopicPartition(self.topics.changes, p) for p in starts}
+            reader.assign(list(tps.values()))
+            for p, tp in tps.items():
+                reader.seek(tp, starts[p])
+            ends = await reader.end_offsets(list(tps.values()))
+            deadline = time.monotonic() + READ_BACK_SECONDS
+            out: dict[int, list[ConsumerRecord[bytes, bytes]]] = defaultdict(list)
+            while True:  # to the end offsets, then until a fetch brings nothing more
+                batch = await reader.getmany(timeout_ms=200)
+                for tp, records in batch.items():
+                    out[tp.partition].extend(records)
+                positions = [await reader.position(tp) for tp in tps.values()]
+                if not batch and all(
+                    at >= ends[tp] for at, tp in zip(positions, tps.values(), strict=True)
+                ):
+                    return out
+                if time.monotonic() > deadline:
+                    raise KafkaTimeoutError(f"reading back {self.topics.changes} took too long")
+        finally:
+            await reader.stop()
+
+    async def _reconcile(
+        self, claim: Claim, emitted: Sequence[ConsumerRecord[bytes, bytes]]
+    ) -> frozenset[str]:
+        """Set each customer's classes to the last change Kafka holds for them that Redis does
+        not know about (Redis lost the writes that emitted them), so that re-reading the input
+        continues each chain from what subscribers saw. Returns the ids of the changes in
+        Kafka, which the outbox need not relay again."""
+        in_kafka = frozenset(
+            str(orjson.loads(r.value)["event_id"]) for r in emitted if r.value is not None
+        )
+        if not in_kafka:
+            return in_kafka
+        stored = await self._timed("outbox", self.store.outbox(claim.partition, 1_000_000))
+        known = {self._change_id(OutRecord.decode(b)) for b in stored}
+        lost = []
+        until: dict[str, int] = {}
+        for r in emitted:
+            if r.value is None:
+                continue  # a tombstone: re-reading the erasure request repeats the erasure
+            doc = orjson.loads(r.value)
+            if doc["event_id"] in known:
+                continue
+            lost.append(doc)
+            for name, value in r.headers:
+                if name == INPUT_HEADER:
+                    for topic, offset in orjson.loads(value).items():
+                        until[topic] = max(until.get(topic, 0), offset)
+        if not lost:
+            return in_kafka
+        if any(claim.offsets.get(t, 0) < o for t, o in until.items()):
+            self.recovering[claim.partition] = until
+            log.warning(
+                "partition %d: Redis lost writes whose changes Kafka holds; re-reading "
+                "input from %s up to %s without classifying",
+                claim.partition,
+                claim.offsets,
+                until,
+            )
+        states = await self._load(claim.partition, sorted({d["customer_id"] for d in lost}))
+        # Follow each chain from the class Redis holds: a change whose `from` is not the
+        # current class (a zombie's late re-send of an older change) is no continuation.
+        current: dict[tuple[str, str], tuple[str | None, int]] = {}
+        for doc in lost:
+            key = (doc["customer_id"], doc["dimension"])
+            state = states.get(key[0])
+            held = current.get(key, (state.classes.get(key[1]) if state else None, 0))[0]
+            if doc["from"] == held:
+                current[key] = (doc["to"], parse_rfc3339(doc["occurred_at"]))
+        outcome = Outcome()
+        for (cid, dim), (to, at) in current.items():
+            state = outcome.states.get(cid) or states.get(cid) or CustomerState(cid)
+            old = state.classes.get(dim)
+            if old == to:
+                continue
+            if old is not None:
+                outcome.population[(dim, old)] -= 1
+            if to is not None:
+                outcome.population[(dim, to)] += 1
+                state.classes[dim] = to
+                state.since_ms[dim] = at
+            else:
+                state.classes.pop(dim, None)
+                state.since_ms.pop(dim, None)
+            outcome.states[cid] = state
+        if outcome.states and await self._commit(claim, outcome):
+            moved = sum(1 for delta in outcome.population.values() if delta > 0)
+            self.metrics.reconciled.inc(moved)
+            log.warning(
+                "partition %d: classes of %d customers taken from changes Redis had lost",
+                claim.partition,
+                len(outcome.states),
+            )
+        return in_kafka
 
     async def _guard(self) -> None:
         """After a Redis failure, before writing again: if Redis came back as a different
@@ -534,15 +710,15 @@ class Pipeline:
             "Redis restarted: re-taking partitions %s from its offsets", sorted(self.claims)
         )
         self.metrics.redis_resets.inc()
-        assignment = list(self.consumer.assignment())
-        for partition in sorted(self.claims):
-            await self._take(partition, [tp for tp in assignment if tp.partition == partition])
+        owned = set(self.claims)
+        await self._take([tp for tp in self.consumer.assignment() if tp.partition in owned])
 
     async def release(self, revoked: Iterable[TopicPartition]) -> None:
         async with self.lock:  # waits for the batch in flight
             for tp in revoked:
                 self.claims.pop(tp.partition, None)
                 self.redis_ids.pop(tp.partition, None)
+                self.recovering.pop(tp.partition, None)
             self.metrics.partitions.set(len(self.claims))
 
     async def _timed(self, op: str, call: Awaitable[T]) -> T:

@@ -91,6 +91,11 @@ class Metrics:
             "Commits refused because another worker owns the partition",
             registry=r,
         )
+        self.reconciled = Counter(
+            p + "reconciled_classes",
+            "Classes set from changes found in Kafka that a Redis which lost writes forgot",
+            registry=r,
+        )
         self.redelivered = Counter(
             p + "redelivered_records",
             "Input records skipped because Redis already holds their effect",

@@ -9,6 +9,7 @@ import logging
 import signal
 import tempfile
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import faust
@@ -179,6 +180,13 @@ class Worker:
             self.store,
             consumer=self.consumer,
             producer=self.producer,
+            reader=partial(
+                AIOKafkaConsumer,
+                bootstrap_servers=settings.kafka_bootstrap,
+                enable_auto_commit=False,
+                fetch_max_wait_ms=50,
+                **security,
+            ),
             metrics=self.metrics,
             clock=self.clock,
         )

@@ -296,16 +296,23 @@ class Store:
         args += pops
         await self._fenced_call("segment_worker_commit", claim, keys, args)
 
-    async def ack_outbox(self, claim: Claim, count: int) -> None:
-        """Trim the first ``count`` records, which the relay has had acknowledged by the broker.
+    async def ack_outbox(self, claim: Claim, count: int, relayed: int | None = None) -> None:
+        """Trim the first ``count`` records, which the relay has had acknowledged by the broker,
+        and remember ``relayed``, the change topic's offset after the last change it relayed.
         Fenced like :meth:`commit`: only the owner relays."""
         if count < 0:
             raise ValueError(f"count must be >= 0, got {count}")
-        if count == 0:
+        if count == 0 and relayed is None:
             return
         p = claim.partition
         keys = [self.key(p, "meta"), self.key(p, "outbox")]
-        await self._fenced_call("segment_worker_ack", claim, keys, [claim.epoch, count])
+        offset: str | int = "" if relayed is None else relayed
+        await self._fenced_call("segment_worker_ack", claim, keys, [claim.epoch, count, offset])
+
+    async def relayed(self, partition: int) -> int:
+        """The change topic's offset after the last change this Redis knows was relayed."""
+        value = await self.client.hget(self.key(partition, "meta"), "relayed")
+        return 0 if value is None else int(cast(bytes, value))
 
     async def erase(self, claim: Claim, customer_id: str, marker_ttl_ms: int | None) -> bool:
         """GDPR erasure: delete the customer's state and due entry; with a TTL, leave an

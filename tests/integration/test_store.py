@@ -198,6 +198,21 @@ async def test_outbox_ack_trims_exactly(store: Store) -> None:
         await store.ack_outbox(claim, -1)
 
 
+async def test_ack_remembers_how_far_changes_were_relayed_and_never_goes_back(
+    store: Store,
+) -> None:
+    claim = await store.claim(1)
+    assert await store.relayed(1) == 0
+    await store.commit(claim, states={}, due={}, outbox=[b"r0", b"r1"], offsets={})
+    await store.ack_outbox(claim, 1, relayed=40)
+    assert await store.relayed(1) == 40
+    await store.ack_outbox(claim, 1, relayed=12)  # a late ack of older records
+    assert await store.relayed(1) == 40
+    await store.ack_outbox(claim, 0, relayed=41)
+    assert await store.relayed(1) == 41
+    assert await store.outbox(1, 10) == []
+
+
 async def test_large_commit_in_one_call(store: Store, client: CountingRedis) -> None:
     claim = await store.claim(7)
     ids = [f"customer-{i:05d}" for i in range(2_000)]
@@ -408,16 +423,20 @@ BAD_CALLS: dict[str, tuple[tuple[object, ...], str]] = {
         "segment_worker_claim: KEYS[1] must be",
     ),
     "ack count negative": (
-        ("segment_worker_ack", 2, META, OUT, 1, -1),
+        ("segment_worker_ack", 2, META, OUT, 1, -1, ""),
         "segment_worker_ack: count must be a non-negative integer",
     ),
     "ack count missing": (
-        ("segment_worker_ack", 2, META, OUT, 1),
-        "segment_worker_ack: expected 2 arguments",
+        ("segment_worker_ack", 2, META, OUT, 1, 1),
+        "segment_worker_ack: expected 3 arguments",
     ),
     "ack of another list": (
-        ("segment_worker_ack", 2, META, DUE, 1, 1),
+        ("segment_worker_ack", 2, META, DUE, 1, 1, ""),
         'segment_worker_ack: KEYS[2] must be "sw:{p3}:outbox"',
+    ),
+    "ack relayed not an offset": (
+        ("segment_worker_ack", 2, META, OUT, 1, 1, "-5"),
+        "segment_worker_ack: relayed must be a non-negative integer",
     ),
     "erase key of another customer": (
         ("segment_worker_erase", 4, META, DUE, CB, "sw:{p3}:x:a", 1, "a", ""),
@@ -498,7 +517,7 @@ async def test_store_refuses_a_prefix_with_braces_and_a_decoding_client(redis_ur
 async def test_load_library_is_idempotent_and_replaces_other_code(
     store: Store, client: CountingRedis
 ) -> None:
-    assert await client.fcall_ro("segment_worker_version", 0) == b"4"
+    assert await client.fcall_ro("segment_worker_version", 0) == b"5"
     client.sent.clear()
     await store.load_library()  # the same code is loaded: nothing written
     assert client.sent == ["FUNCTION LIST"]
@@ -538,7 +557,7 @@ async def test_committed_data_survives_kill_9_with_aof(
         assert (await store.read_checked(2, ids)).states == [c.encode() for c in ids]
         assert await store.outbox(2, 10) == [b"r2", b"r3"]
         # Functions were persisted with the data; loading again is harmless.
-        assert await client.fcall_ro("segment_worker_version", 0) == b"4"
+        assert await client.fcall_ro("segment_worker_version", 0) == b"5"
         await store.load_library()
         # The epoch survived too: the old claim still writes, a new claim fences it.
         await store.commit(claim, states={"c0": b"after"}, due={}, outbox=[], offsets={})

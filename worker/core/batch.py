@@ -16,7 +16,7 @@ from typing import Final
 from worker.core.changes import SegmentChange
 from worker.core.codec import OutRecord
 from worker.core.deadletter import Stage
-from worker.core.engine import fire_timer, process_event, reevaluate
+from worker.core.engine import absorb, fire_timer, process_event, reevaluate
 from worker.core.events import Event, EventKind, ParseLimits, Reason, Rejection, parse_event
 from worker.core.rules import Rules
 from worker.core.state import CustomerState
@@ -116,9 +116,15 @@ def apply_batch(
     rules: Rules,
     topics: Topics,
     now_ms: int,
+    quiet: bool = False,
 ) -> Outcome:
     """Fold the batch in record order. A customer whose timer is overdue has it fired first,
-    exactly as replay does, so the same input yields the same changes in both."""
+    exactly as replay does, so the same input yields the same changes in both.
+
+    ``quiet``: absorb the events without classification and make their customers due at
+    once. For input re-read after Redis lost writes whose changes subscribers already have:
+    the caller holds the timer until the re-read is over, then each customer is classified
+    once, from the classes subscribers last saw."""
     outcome = Outcome()
     for record, event in zip(records, parsed, strict=True):
         outcome.offsets[record.topic] = max(outcome.offsets.get(record.topic, 0), record.offset + 1)
@@ -127,6 +133,16 @@ def apply_batch(
             _dead_letter(outcome, topics, record, event, stage)
             continue
         state = outcome.states.get(event.customer_id) or states.get(event.customer_id)
+        if quiet:
+            state = state or CustomerState(event.customer_id)
+            refused = absorb(state, event, rules)
+            if refused is not None:
+                _dead_letter(outcome, topics, record, refused, "apply")
+                continue
+            state.due_day = now_ms // DAY_MS
+            outcome.states[event.customer_id] = state
+            outcome.applied[record.topic] += 1
+            continue
         if state is None:
             state = CustomerState(event.customer_id)
         else:

@@ -36,11 +36,10 @@ def process_event(
     A rejection leaves the state untouched. Classification happens at ``now_ms`` (the clock),
     or at the event's own time if that is later; a late event lands in its own day's window.
     """
-    if isinstance(event, Order) and event.currency != rules.base_currency:
-        converted = _convert(event, rules)
-        if isinstance(converted, Rejection):
-            return converted
-        event = converted
+    converted = _in_base_currency(event, rules)
+    if isinstance(converted, Rejection):
+        return converted
+    event = converted
     seen = _visit_features(state)
     changed = state.apply(event)
     if state.rules_version == rules.version and (
@@ -51,6 +50,22 @@ def process_event(
         "order" if isinstance(event, Order) else "visit", event.event_id, event.occurred_ms
     )
     return evaluate(state, rules, day_of(max(now_ms, event.occurred_ms)), cause, emitted_ms)
+
+
+def absorb(state: CustomerState, event: Event, rules: Rules) -> Rejection | None:
+    """Apply ``event`` without classifying: for input re-read after Redis lost writes, whose
+    changes subscribers already have; the customer is classified once the re-read is over."""
+    converted = _in_base_currency(event, rules)
+    if isinstance(converted, Rejection):
+        return converted
+    state.apply(converted)
+    return None
+
+
+def _in_base_currency(event: Event, rules: Rules) -> Event | Rejection:
+    if isinstance(event, Order) and event.currency != rules.base_currency:
+        return _convert(event, rules)
+    return event
 
 
 def fire_timer(

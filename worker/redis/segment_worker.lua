@@ -43,8 +43,10 @@ segment_worker_commit
 
 segment_worker_ack
   KEYS  meta, outbox
-  ARGV  epoch, count
-  Trims the first `count` records (the relay has had them acknowledged by the broker).
+  ARGV  epoch, count, relayed ("" or the change topic's offset after the last change relayed)
+  Trims the first `count` records (the relay has had them acknowledged by the broker) and
+  keeps relayed = max(stored, given) in the meta hash: after Redis loses writes, the change
+  topic's records from there on are the changes this Redis no longer knows it emitted.
   Returns the outbox length after the trim.
 
 segment_worker_erase
@@ -66,7 +68,7 @@ segment_worker_version (read-only)
   Returns LIBRARY_VERSION.
 ]]
 
-local LIBRARY_VERSION = '4'
+local LIBRARY_VERSION = '5'
 local CHUNK = 512 -- values per multi-argument command; even, so that pairs never split
 local MAX_INT = 9007199254740991 -- 2^53 - 1
 local HEADER = 8 -- commit: epoch and the seven counts
@@ -332,10 +334,13 @@ end
 
 local function check_ack(keys, args)
   key_count(keys, 2)
-  arg_count(args, 2)
+  arg_count(args, 3)
   local base = base_of(keys[1])
   same_key(keys[2], base .. 'outbox', 'KEYS[2]')
   local plan = { epoch = uint(args[1], 'epoch'), count = uint(args[2], 'count') }
+  if args[3] ~= '' then
+    plan.relayed = uint(args[3], 'relayed')
+  end
   plan.current = stored_epoch(keys[1])
   key_type(keys[2], 'list', 'outbox key')
   return plan
@@ -351,6 +356,12 @@ local function ack(keys, args)
   end
   if plan.count > 0 then
     redis.call('LTRIM', keys[2], args[2], -1)
+  end
+  if plan.relayed ~= nil then
+    local stored = tonumber(redis.call('HGET', keys[1], 'relayed') or '0')
+    if plan.relayed > stored then
+      redis.call('HSET', keys[1], 'relayed', args[3])
+    end
   end
   return redis.call('LLEN', keys[2])
 end
