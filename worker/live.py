@@ -106,6 +106,7 @@ class Pipeline:
         self.settings, self.rules, self.store = settings, rules, store
         self.consumer, self.producer = consumer, producer
         self.reader = reader  # a group-less consumer, to read back the change topic
+        self._change_partitions: set[int] | None = None
         self.metrics, self.clock = metrics, clock
         self.topics = Topics(
             settings.topic_orders, settings.topic_visits, settings.topic_changes, settings.topic_dlq
@@ -469,6 +470,21 @@ class Pipeline:
             for r in outcome.out
         ]
 
+    async def _changes_partitions(self) -> set[int]:
+        """The change topic's partitions (asked once). Fewer than the inputs' is a deployment
+        error the worker survives: changes then go by key, without the read-back."""
+        if self._change_partitions is None:
+            self._change_partitions = set(await self.producer.partitions_for(self.topics.changes))
+            inputs = await self.producer.partitions_for(self.topics.orders)
+            if not inputs <= self._change_partitions:
+                log.error(
+                    "%s has fewer partitions than %s: changes go by key instead, and a Redis "
+                    "that loses writes can break change chains",
+                    self.topics.changes,
+                    self.topics.orders,
+                )
+        return self._change_partitions
+
     def _change_id(self, record: OutRecord) -> str | None:
         if record.topic != self.topics.changes or record.value is None:
             return None
@@ -486,8 +502,9 @@ class Pipeline:
         Changes go to the input's partition number, so that the change topic's partition N
         is the history of input partition N (read back by :meth:`_reconcile`)."""
         futures: list[Awaitable[RecordMetadata]] = []
+        mine = partition if partition in await self._changes_partitions() else None
         for r in records:
-            target = partition if r.topic == self.topics.changes else None
+            target = mine if r.topic == self.topics.changes else None
             futures.append(
                 await self.producer.send(
                     r.topic, r.value, key=r.key, headers=list(r.headers), partition=target
@@ -597,7 +614,8 @@ class Pipeline:
         reader = self.reader()
         await reader.start()
         try:
-            tps = {p: TopicPartition(self.topics.changes, p) for p in starts}
+            known = await self._changes_partitions()
+            tps = {p: TopicPartition(self.topics.changes, p) for p in starts if p in known}
             reader.assign(list(tps.values()))
             for p, tp in tps.items():
                 reader.seek(tp, starts[p])
