@@ -643,19 +643,16 @@ class Pipeline:
         not know about (Redis lost the writes that emitted them), so that re-reading the input
         continues each chain from what subscribers saw. Returns the ids of the changes in
         Kafka, which the outbox need not relay again."""
-        in_kafka = frozenset(
-            str(orjson.loads(r.value)["event_id"]) for r in emitted if r.value is not None
-        )
+        # (tombstones are skipped: re-reading the erasure request repeats the erasure)
+        docs = [(r, orjson.loads(r.value)) for r in emitted if r.value is not None]
+        in_kafka = frozenset(str(doc["event_id"]) for _, doc in docs)
         if not in_kafka:
             return in_kafka
         stored = await self._timed("outbox", self.store.outbox(claim.partition, 1_000_000))
         known = {self._change_id(OutRecord.decode(b)) for b in stored}
         lost = []
         until: dict[str, int] = {}
-        for r in emitted:
-            if r.value is None:
-                continue  # a tombstone: re-reading the erasure request repeats the erasure
-            doc = orjson.loads(r.value)
+        for r, doc in docs:
             if doc["event_id"] in known:
                 continue
             lost.append(doc)

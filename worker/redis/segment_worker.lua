@@ -189,6 +189,18 @@ local function fenced(current, given)
   return redis.error_reply('FENCED current=' .. current .. ' given=' .. given)
 end
 
+-- `checked` for the fenced writes: also refuses a caller whose epoch is not the stored one.
+local function admitted(name, check, keys, args)
+  local plan, err = checked(name, check, keys, args)
+  if err then
+    return nil, err
+  end
+  if plan.current ~= plan.epoch then
+    return nil, fenced(plan.current, plan.epoch)
+  end
+  return plan, nil
+end
+
 -- Writes in chunks of at most CHUNK values.
 
 local function call_values(command, key, values, first, last)
@@ -303,12 +315,9 @@ local function check_commit(keys, args)
 end
 
 local function commit(keys, args)
-  local plan, err = checked('segment_worker_commit', check_commit, keys, args)
+  local plan, err = admitted('segment_worker_commit', check_commit, keys, args)
   if err then
     return err
-  end
-  if plan.current ~= plan.epoch then
-    return fenced(plan.current, plan.epoch)
   end
 
   -- Everything is checked: write.
@@ -347,12 +356,9 @@ local function check_ack(keys, args)
 end
 
 local function ack(keys, args)
-  local plan, err = checked('segment_worker_ack', check_ack, keys, args)
+  local plan, err = admitted('segment_worker_ack', check_ack, keys, args)
   if err then
     return err
-  end
-  if plan.current ~= plan.epoch then
-    return fenced(plan.current, plan.epoch)
   end
   if plan.count > 0 then
     redis.call('LTRIM', keys[2], args[2], -1)
@@ -385,12 +391,9 @@ local function check_erase(keys, args)
 end
 
 local function erase(keys, args)
-  local plan, err = checked('segment_worker_erase', check_erase, keys, args)
+  local plan, err = admitted('segment_worker_erase', check_erase, keys, args)
   if err then
     return err
-  end
-  if plan.current ~= plan.epoch then
-    return fenced(plan.current, plan.epoch)
   end
   local deleted = redis.call('DEL', keys[3])
   redis.call('ZREM', keys[2], args[2])
