@@ -11,7 +11,7 @@ from __future__ import annotations
 from decimal import ROUND_HALF_EVEN, Decimal
 
 from worker.core.changes import Cause, SegmentChange, change_id, snapshot
-from worker.core.events import Event, Order, Reason, Rejection, Visit
+from worker.core.events import Event, Order, Reason, Rejection
 from worker.core.features import (
     Facts,
     Features,
@@ -22,7 +22,7 @@ from worker.core.features import (
     window_edges,
 )
 from worker.core.rules import Classes, Rules
-from worker.core.state import CustomerState
+from worker.core.state import CustomerState, OrderIndex
 from worker.core.timeutil import DAY_MS, day_of
 
 EXACT_CHECKS = 2
@@ -40,12 +40,15 @@ def process_event(
     if isinstance(converted, Rejection):
         return converted
     event = converted
-    seen = _visit_features(state)
+    index = state.index(rules.counting)
+    seen = _classified_inputs(state, index)
     changed = state.apply(event)
     if state.rules_version == rules.version and (
-        not changed or (isinstance(event, Visit) and _visit_features(state) == seen)
+        not changed or _classified_inputs(state, index) == seen
     ):
-        return []  # no feature moved under the same rules: classes and due day stand
+        # Nothing classification reads moved (a duplicate, a status that does not count, a
+        # visit on a day already seen) under the same rules: classes and due day stand.
+        return []
     cause = Cause(
         "order" if isinstance(event, Order) else "visit", event.event_id, event.occurred_ms
     )
@@ -157,10 +160,13 @@ def next_change_day(
     return None
 
 
-def _visit_features(state: CustomerState) -> tuple[int | None, str | None]:
-    """What a visit can change that classification reads: the visit's day and the region."""
+def _classified_inputs(
+    state: CustomerState, index: OrderIndex
+) -> tuple[int, int | None, str | None]:
+    """Everything features are computed from: the counted orders (by version), the last
+    visit's day and the region."""
     last = state.last_visit_ms
-    return (None if last is None else last // DAY_MS, state.region)
+    return (index.version, None if last is None else last // DAY_MS, state.region)
 
 
 def _convert(order: Order, rules: Rules) -> Order | Rejection:

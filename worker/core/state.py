@@ -65,10 +65,11 @@ class OrderIndex:
     tens of thousands of orders costs O(log n + window days) per event, never a re-sort.
     """
 
-    __slots__ = ("counted", "counting", "day_amounts", "day_counts", "days", "total")
+    __slots__ = ("counted", "counting", "day_amounts", "day_counts", "days", "total", "version")
 
     def __init__(self, records: dict[str, OrderRecord], counting: int) -> None:
         self.counting = counting
+        self.version = 0  # bumped on every move: "did anything counted change?" in O(1)
         contributions = (r.contribution(counting) for r in records.values())
         self.counted = sorted(c for c in contributions if c is not None)
         self.total = 0
@@ -86,6 +87,9 @@ class OrderIndex:
         return self.day_counts[day] == 1
 
     def move(self, before: tuple[int, int] | None, after: tuple[int, int] | None) -> None:
+        if before == after:
+            return
+        self.version += 1
         if before is not None:
             del self.counted[bisect_left(self.counted, before)]
             self.total -= before[1]
