@@ -114,6 +114,7 @@ class Pipeline:
         self.limits = ParseLimits(settings.max_event_bytes, settings.future_skew_ms)
         self.claims: dict[int, Claim] = {}
         self.backlog: set[int] = set()  # partitions whose outbox may hold unrelayed records
+        self.relaying: dict[int, asyncio.Task[None]] = {}  # partition -> its last batch's relay
         self.lock = asyncio.Lock()
         self.stopping = asyncio.Event()
         self.healthy = False
@@ -271,29 +272,58 @@ class Pipeline:
         if outcome is None:
             return
         _crash_point("after_commit")
+        # The relay waits on the broker's acks (tens of ms); the next batch's fetch, parse and
+        # classification go on meanwhile. Its Redis commit waits for this relay (``_commit``),
+        # so outbox, relay and offset commits stay in batch order.
+        self.relaying[partition] = asyncio.create_task(
+            self._finish(claim, outcome, messages, len(records), started)
+        )
+
+    async def _finish(
+        self,
+        claim: Claim,
+        outcome: Outcome,
+        messages: Sequence[ConsumerRecord[bytes, bytes]],
+        count: int,
+        started: float,
+    ) -> None:
+        """Relay a committed batch's output, then commit its input offsets to the group."""
         await self._retry("relay", partial(self._relay, claim, outcome.out))
         _crash_point("after_relay")
         if outcome.dead_lettered:
             _crash_point("after_dead_letter")  # a dead letter is out, its skip not committed
-        offsets = {TopicPartition(t, partition): o for t, o in outcome.offsets.items()}
+        offsets = {TopicPartition(t, claim.partition): o for t, o in outcome.offsets.items()}
         try:
             await self.consumer.commit(offsets)
         except CommitFailedError as exc:  # rebalancing: the next owner resumes from Redis
-            log.warning("offset commit for partition %d refused: %s", partition, exc)
+            log.warning("offset commit for partition %d refused: %s", claim.partition, exc)
         m = self.metrics
-        for topic, count in outcome.applied.items():
-            m.events.labels(topic, "applied").inc(count)
-        for reason, count in outcome.rejected.items():
-            m.dead_letters.labels(reason).inc(count)
-        for topic, count in outcome.dead_lettered.items():
-            m.events.labels(topic, "dead_lettered").inc(count)
-        m.batch_size.observe(len(records))
+        for topic, n in outcome.applied.items():
+            m.events.labels(topic, "applied").inc(n)
+        for reason, n in outcome.rejected.items():
+            m.dead_letters.labels(reason).inc(n)
+        for topic, n in outcome.dead_lettered.items():
+            m.events.labels(topic, "dead_lettered").inc(n)
+        m.batch_size.observe(count)
         m.batch_seconds.observe(time.perf_counter() - started)
         self._observe_emits(outcome, messages)
         for tp, offset in offsets.items():
             highwater = self.consumer.highwater(tp)
             if highwater is not None:
                 m.lag.labels(tp.topic, str(tp.partition)).set(max(0, highwater - offset))
+
+    async def settled(self, partitions: Iterable[int] | None = None) -> None:
+        """Wait for the relays in flight (of ``partitions``, else all). A relay's error is
+        raised here once, to the first caller that waits for it."""
+        for partition in sorted(self.relaying if partitions is None else set(partitions)):
+            task = self.relaying.get(partition)
+            if task is None:
+                continue
+            try:
+                await task
+            finally:
+                if self.relaying.get(partition) is task:
+                    del self.relaying[partition]
 
     async def _apply(self, claim: Claim, records: Sequence[InRecord]) -> Outcome | None:
         """Parse, load, apply and commit; None if the partition was taken over meanwhile.
@@ -410,6 +440,7 @@ class Pipeline:
 
     async def _commit(self, claim: Claim, outcome: Outcome) -> bool:
         """The one atomic write; False if another worker now owns the partition."""
+        await self.settled([claim.partition])  # the outbox is relayed in commit order
         try:
             await self._timed(
                 "commit",
@@ -570,6 +601,7 @@ class Pipeline:
         with the changes Kafka already holds, relay what the outbox still holds, and resume
         from the offsets Redis holds."""
         partitions = sorted({tp.partition for tp in assigned})
+        await self.settled(partitions)
         for partition in partitions:
             identity = await self._retry("identity", partial(self.store.server_id, partition))
             claim = await self._retry("claim", partial(self.store.claim, partition))
@@ -730,6 +762,8 @@ class Pipeline:
 
     async def release(self, revoked: Iterable[TopicPartition]) -> None:
         async with self.lock:  # waits for the batch in flight
+            revoked = list(revoked)
+            await self.settled({tp.partition for tp in revoked})
             for tp in revoked:
                 self.claims.pop(tp.partition, None)
                 self.redis_ids.pop(tp.partition, None)

@@ -156,6 +156,9 @@ class Worker:
             acks="all",
             enable_idempotence=settings.kafka_idempotence,
             linger_ms=5,
+            # A batch's changes go out in a few large record batches, not dozens of 16 KB ones
+            # each waiting for the previous one's ack; below the brokers' default 1 MB limit.
+            max_batch_size=768 * 1024,
             max_request_size=4 * 1024 * 1024,
             **security,
         )
@@ -261,7 +264,10 @@ class Worker:
 
     async def _shutdown(self) -> None:
         async with self.pipeline.lock:  # no batch in flight past this point
-            pass
+            try:
+                await self.pipeline.settled()  # its output relayed, its offsets committed
+            except Exception as exc:  # the next owner relays from Redis what this could not
+                log.warning("shutdown: last relay failed: %s", exc)
         for step in (self.consumer.stop, self.producer.stop, self.redis.aclose):
             try:
                 await step()

@@ -5,7 +5,7 @@ from tests.core.strategies import T0, histories, state_of
 from worker.core.changes import Cause
 from worker.core.engine import evaluate, fire_timer, next_change_day, process_event
 from worker.core.events import Order, Reason, Rejection, Visit
-from worker.core.features import facts_of, features_at
+from worker.core.features import facts_of
 from worker.core.rules import default_rules_text, load_rules, parse_rules
 from worker.core.state import CustomerState
 from worker.core.timeutil import DAY_MS, day_of
@@ -16,7 +16,7 @@ days = st.integers(min_value=day_of(T0), max_value=day_of(T0) + 900)
 
 def classes_at(state: CustomerState, day: int) -> dict:
     facts = facts_of(state, RULES.counting)
-    return RULES.classify(features_at(facts, day, RULES.windows, RULES.scores))
+    return RULES.classify(RULES.features_at(facts, day))
 
 
 @given(histories, days)
@@ -35,7 +35,7 @@ def test_next_change_day_matches_a_day_by_day_scan(events: list, day: int) -> No
     state = state_of(events)
     facts = facts_of(state, RULES.counting)
     now = classes_at(state, day)
-    features = features_at(facts, day, RULES.windows, RULES.scores)
+    features = RULES.features_at(facts, day)
     due = next_change_day(facts, features, RULES, day, now, exact_checks=10_000)
     horizon = day + 1200
     scanned = next((d for d in range(day + 1, horizon) if classes_at(state, d) != now), None)
@@ -52,7 +52,7 @@ def test_r_scores_recent_customers_high(recent: int, older: int) -> None:
     def r_score(days_ago: int) -> int:
         state = state_of([Order("e", "c1", T0, 5000, "USD", "paid", "A", None)])
         facts = facts_of(state, RULES.counting)
-        return features_at(facts, day_of(T0) + days_ago, RULES.windows, RULES.scores)["r_score"]
+        return RULES.features_at(facts, day_of(T0) + days_ago)["r_score"]
 
     if recent <= older:
         assert r_score(recent) >= r_score(older)

@@ -17,7 +17,6 @@ from worker.core.features import (
     Features,
     day_offsets,
     facts_of,
-    features_at,
     score_limits,
     window_edges,
 )
@@ -91,7 +90,7 @@ def evaluate(
     state: CustomerState, rules: Rules, day: int, cause: Cause, emitted_ms: int
 ) -> list[SegmentChange]:
     facts = facts_of(state, rules.counting)
-    features = features_at(facts, day, rules.windows, rules.scores)
+    features = rules.features_at(facts, day)
     classes = rules.classify(features)
     changes: list[SegmentChange] = []
     if classes != state.classes:
@@ -154,7 +153,7 @@ def next_change_day(
     for checked, candidate in enumerate(sorted(c for c in candidates if c > day)):
         if checked == exact_checks:
             return candidate
-        later = features_at(facts, candidate, rules.windows, rules.scores)
+        later = rules.features_at(facts, candidate)
         if rules.classify(later) != classes:
             return candidate
     return None

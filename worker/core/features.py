@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -19,6 +19,7 @@ from worker.core.timeutil import DAY_MS, day_of
 
 Features = dict[str, object]
 
+_NUMBER: Final = frozenset({int, float})  # bool and str are not scored
 INVARIANT: Final = {
     "orders_total": "counted orders, lifetime",
     "monetary_total": "spend of counted orders, lifetime, in the base currency",
@@ -47,13 +48,6 @@ class Score:
     feature: str
     cuts: tuple[float, ...]
     higher_is_better: bool
-
-    def of(self, value: object) -> int | None:
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            return None
-        if self.higher_is_better:
-            return 1 + bisect_right(self.cuts, value)
-        return len(self.cuts) + 1 - bisect_left(self.cuts, value)
 
 
 def feature_kinds(windows: Iterable[int], scores: Iterable[Score]) -> dict[str, FeatureKind]:
@@ -115,23 +109,48 @@ def facts_of(state: CustomerState, counting: int) -> Facts:
     )
 
 
-def features_at(
-    facts: Facts, day: int, windows: tuple[int, ...], scores: tuple[Score, ...]
-) -> Features:
-    f = dict(facts.invariant)
-    for name, anchor in facts.anchors.items():
-        f[name] = None if anchor is None else day - anchor
-    index = facts.index
-    counted, days, amounts = index.counted, index.days, index.day_amounts
-    hi = bisect_left(counted, ((day + 1) * DAY_MS,))
-    day_hi = bisect_right(days, day)
+def compile_features(
+    windows: tuple[int, ...], scores: tuple[Score, ...]
+) -> Callable[[Facts, int], Features]:
+    """``features_at(facts, day)`` for one rules file, generated once at load: feature names,
+    windows and cuts become constants, so that the hot path (up to three evaluations per
+    classified event) builds the mapping with no loops, formatting or calls per feature."""
+    body = [
+        "def features_at(facts, day):",
+        "    f = facts.invariant.copy()",
+        "    a = facts.anchors",
+    ]
+    for name in DAYS_SINCE:
+        body.append(f"    x = a[{name!r}]")
+        body.append(f"    f[{name!r}] = None if x is None else day - x")
+    body += [
+        "    index = facts.index",
+        "    counted, days, amounts = index.counted, index.days, index.day_amounts",
+        f"    hi = _bl(counted, ((day + 1) * {DAY_MS},))",
+        "    day_hi = _br(days, day)",
+    ]
     for n in windows:
-        f[f"orders_{n}d"] = hi - bisect_left(counted, ((day - n + 1) * DAY_MS,), 0, hi)
-        day_lo = bisect_left(days, day - n + 1, 0, day_hi)
-        f[f"spend_{n}d"] = sum([amounts[d] for d in days[day_lo:day_hi]]) / 100
-    for score in scores:
-        f[f"{score.name}_score"] = score.of(f[score.feature])
-    return f
+        body.append(
+            f"    f['orders_{n}d'] = hi - _bl(counted, ((day - {n - 1}) * {DAY_MS},), 0, hi)"
+        )
+        body.append(f"    lo = _bl(days, day - {n - 1}, 0, day_hi)")
+        body.append(f"    f['spend_{n}d'] = sum([amounts[d] for d in days[lo:day_hi]]) / 100")
+    namespace: dict[str, object] = {"_bl": bisect_left, "_br": bisect_right, "_NUMBER": _NUMBER}
+    for i, score in enumerate(scores):
+        namespace[f"_cuts{i}"] = score.cuts
+        if score.higher_is_better:
+            value = f"1 + _br(_cuts{i}, v)"
+        else:
+            value = f"{len(score.cuts) + 1} - _bl(_cuts{i}, v)"
+        body.append(f"    v = f[{score.feature!r}]")
+        body.append(
+            f"    f[{score.name + '_score'!r}] = {value} if v.__class__ in _NUMBER else None"
+        )
+    body.append("    return f")
+    # Safe: every name in the source is a validated rules name, repr()-quoted, or a number.
+    exec(compile("\n".join(body), "<features>", "exec"), namespace)
+    features_at: Callable[[Facts, int], Features] = namespace["features_at"]  # type: ignore[assignment]
+    return features_at
 
 
 def day_offsets(limits: Iterable[tuple[str, object]]) -> dict[str, tuple[int, ...]]:

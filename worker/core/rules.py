@@ -22,8 +22,10 @@ from typing import Any, Final
 from worker.core.conditions import HELPERS, Compiled, ConditionError, FeatureKind, compile_condition
 from worker.core.features import (
     TEXTUAL,
+    Facts,
     Features,
     Score,
+    compile_features,
     day_offsets,
     feature_kinds,
     score_limits,
@@ -64,6 +66,7 @@ class Rules:
     scores: tuple[Score, ...]
     dimensions: tuple[Dimension, ...]
     classify: Callable[[Features], Classes]
+    features_at: Callable[[Facts, int], Features]  # generated for these windows and scores
     # Per days-since feature: functions giving the values it is compared with.
     thresholds: Callable[[Features], list[tuple[str, object]]]
     # When every such value is a constant (the usual case): the day offsets from each
@@ -188,6 +191,7 @@ def _build(doc: dict[str, Any], data: bytes, source: str) -> Rules:
         scores=scores,
         dimensions=tuple(dimensions),
         classify=classify,
+        features_at=compile_features(tuple(windows), scores),
         thresholds=thresholds,
         fixed_offsets=None if fixed is None else day_offsets(fixed + score_limits(scores)),
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
-from worker.core.features import facts_of, features_at
+from worker.core.features import facts_of
 from worker.core.rules import Rules
 from worker.core.state import CustomerState
 
@@ -15,7 +15,7 @@ Moves = dict[str, Counter[tuple[str | None, str | None]]]
 
 def classes_under(state: CustomerState, rules: Rules, day: int) -> dict[str, str | None]:
     facts = facts_of(state, rules.counting)
-    return rules.classify(features_at(facts, day, rules.windows, rules.scores))
+    return rules.classify(rules.features_at(facts, day))
 
 
 def class_moves(states: Iterable[CustomerState], old: Rules, new: Rules, day: int) -> Moves:

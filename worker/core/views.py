@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from worker.core.changes import money
-from worker.core.features import facts_of, features_at
+from worker.core.features import facts_of
 from worker.core.rules import Rules
 from worker.core.state import CustomerState
 from worker.core.timeutil import DAY_MS, format_ms, format_optional
@@ -11,7 +11,7 @@ from worker.core.timeutil import DAY_MS, format_ms, format_optional
 
 def describe(state: CustomerState, rules: Rules, day: int) -> dict[str, object]:
     facts = facts_of(state, rules.counting)
-    features = features_at(facts, day, rules.windows, rules.scores)
+    features = rules.features_at(facts, day)
     out: dict[str, object] = {
         "customer_id": state.customer_id,
         "orders_total": features["orders_total"],
