@@ -8,6 +8,7 @@ output) are always passed in.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from decimal import ROUND_HALF_EVEN, Decimal
 
 from worker.core.changes import Cause, SegmentChange, change_id, snapshot
@@ -141,7 +142,8 @@ def next_change_day(
     which bounds the cost for customers with many orders in a window. ``features`` are the
     features at ``day``.
     """
-    candidates = window_edges(facts, day, rules.windows)
+    first = exact_checks + 1  # every source is sorted: its first few are all we can need
+    candidates = window_edges(facts, day, rules.windows, first)
     offsets = rules.fixed_offsets
     if offsets is None:
         offsets = day_offsets(rules.thresholds(features) + score_limits(rules.scores))
@@ -149,8 +151,9 @@ def next_change_day(
     for name, deltas in offsets.items():
         anchor = anchors.get(name)
         if anchor is not None:
-            candidates.update(d for d in (anchor + o for o in deltas) if d > day)
-    for checked, candidate in enumerate(sorted(c for c in candidates if c > day)):
+            start = bisect_right(deltas, day - anchor)  # anchor + delta > day
+            candidates.update([anchor + o for o in deltas[start : start + first]])
+    for checked, candidate in enumerate(sorted(candidates)[:first]):
         if checked == exact_checks:
             return candidate
         later = rules.features_at(facts, candidate)

@@ -60,7 +60,7 @@ def feature_kinds(windows: Iterable[int], scores: Iterable[Score]) -> dict[str, 
     return kinds
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per evaluation, and frozen init costs a call per field
 class Facts:
     """Day-independent digest of a state."""
 
@@ -171,11 +171,14 @@ def score_limits(scores: Iterable[Score]) -> list[tuple[str, object]]:
     return [(s.feature, cut) for s in scores for cut in s.cuts]
 
 
-def window_edges(facts: Facts, day: int, windows: tuple[int, ...]) -> set[int]:
-    """Days after ``day`` on which some order enters or leaves a rolling window."""
+def window_edges(facts: Facts, day: int, windows: tuple[int, ...], first: int) -> set[int]:
+    """Days after ``day`` on which some order enters or leaves a rolling window; of each
+    window's edges only the ``first`` earliest, which is all that a search for the ``first``
+    earliest candidates overall needs."""
     days = facts.index.days
-    order_days = days[bisect_left(days, day - max(windows) + 1) :]
-    edges = {d for d in order_days if d > day}
+    start = bisect_right(days, day)
+    edges = set(days[start : start + first])  # orders dated after ``day`` enter on their day
     for n in windows:
-        edges.update(d + n for d in order_days if d + n > day)
+        start = bisect_right(days, day - n)  # leaves the n-day window on d + n
+        edges.update([d + n for d in days[start : start + first]])
     return edges

@@ -10,7 +10,6 @@ which in turn is what lets a crashed worker re-read Kafka without double countin
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -72,8 +71,7 @@ class OrderIndex:
         self.version = 0  # bumped on every move: "did anything counted change?" in O(1)
         contributions = (r.contribution(counting) for r in records.values())
         self.counted = sorted(c for c in contributions if c is not None)
-        self.total = 0
-        self.day_counts: Counter[int] = Counter()
+        self.day_counts: dict[int, int] = {}
         self.day_amounts: dict[int, int] = {}
         for ms, amount in self.counted:
             self._add_day(ms // DAY_MS, amount)
@@ -82,9 +80,9 @@ class OrderIndex:
 
     def _add_day(self, day: int, amount: int) -> bool:
         """Count one order on ``day``; True if the day is new."""
-        self.day_counts[day] += 1
+        count = self.day_counts[day] = self.day_counts.get(day, 0) + 1
         self.day_amounts[day] = self.day_amounts.get(day, 0) + amount
-        return self.day_counts[day] == 1
+        return count == 1
 
     def move(self, before: tuple[int, int] | None, after: tuple[int, int] | None) -> None:
         if before == after:
