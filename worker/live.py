@@ -28,6 +28,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, KafkaError, KafkaTimeoutError
 from aiokafka.partitioner import murmur2
+from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import RecordMetadata
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -531,18 +532,33 @@ class Pipeline:
     async def _produce(self, partition: int, records: Sequence[OutRecord]) -> int | None:
         """Send and wait for the acks; the change topic's offset after the last change sent.
         Changes go to the input's partition number, so that the change topic's partition N
-        is the history of input partition N (read back by :meth:`_reconcile`)."""
-        futures: list[Awaitable[RecordMetadata]] = []
+        is the history of input partition N (read back by :meth:`_reconcile`). They go as
+        whole record batches (one future each, not one per change); other records by key."""
         mine = partition if partition in await self._changes_partitions() else None
+        batches: list[tuple[Awaitable[RecordMetadata], int]] = []
+        others: list[Awaitable[RecordMetadata]] = []
+        batch = None
         for r in records:
-            target = mine if r.topic == self.topics.changes else None
-            futures.append(
-                await self.producer.send(
-                    r.topic, r.value, key=r.key, headers=list(r.headers), partition=target
+            if r.topic != self.topics.changes or mine is None:
+                others.append(
+                    await self.producer.send(r.topic, r.value, key=r.key, headers=list(r.headers))
                 )
-            )
+                continue
+            headers = list(r.headers)
+            while (
+                batch is None
+                or batch.append(timestamp=None, key=r.key, value=r.value, headers=headers) is None
+            ):
+                if batch is not None:  # full: send it; an empty batch takes any record
+                    batches.append(await self._send_batch(batch, mine))
+                batch = self.producer.create_batch()
+        if batch is not None and mine is not None:
+            batches.append(await self._send_batch(batch, mine))
         relayed = None
-        for meta in await asyncio.gather(*futures):
+        for future, count in batches:
+            meta = await future
+            relayed = meta.offset + count
+        for meta in await asyncio.gather(*others):
             if meta.topic == self.topics.changes:
                 relayed = max(relayed or 0, meta.offset + 1)
         counts: dict[str, int] = defaultdict(int)
@@ -551,6 +567,12 @@ class Pipeline:
         for topic, n in counts.items():
             self.metrics.relayed.labels(topic).inc(n)
         return relayed
+
+    async def _send_batch(
+        self, batch: BatchBuilder, partition: int
+    ) -> tuple[Awaitable[RecordMetadata], int]:
+        future = await self.producer.send_batch(batch, self.topics.changes, partition=partition)
+        return future, batch.record_count()
 
     async def _sweep_all(self) -> None:
         """Fire the time-driven changes that fell due in every owned partition."""
