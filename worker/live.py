@@ -57,6 +57,7 @@ from worker.store import Claim, Fenced, Store
 READ_BACK_SECONDS: Final = 60.0
 INPUT_HEADER: Final = "sw.input"  # on change records: input offsets reached, as JSON
 log = logging.getLogger("segment_worker")
+OFFSET_COMMIT_INTERVAL_S: Final = 1.0
 T = TypeVar("T")
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, KafkaError)
 
@@ -116,6 +117,9 @@ class Pipeline:
         self.claims: dict[int, Claim] = {}
         self.backlog: set[int] = set()  # partitions whose outbox may hold unrelayed records
         self.relaying: dict[int, asyncio.Task[None]] = {}  # partition -> its last batch's relay
+        self.committable: dict[TopicPartition, int] = {}  # relayed, not yet committed to the group
+        self._offset_lock = asyncio.Lock()
+        self._next_offset_commit = 0.0
         self.lock = asyncio.Lock()
         self.stopping = asyncio.Event()
         self.healthy = False
@@ -148,6 +152,8 @@ class Pipeline:
             except KafkaError as exc:
                 await self._trouble("kafka", "getmany", exc)
                 continue
+            if not batch and self.committable:
+                await self.commit_offsets()  # idle: the group catches up at once
             async with self.lock:
                 try:
                     await self._process(batch)
@@ -294,10 +300,9 @@ class Pipeline:
         if outcome.dead_lettered:
             _crash_point("after_dead_letter")  # a dead letter is out, its skip not committed
         offsets = {TopicPartition(t, claim.partition): o for t, o in outcome.offsets.items()}
-        try:
-            await self.consumer.commit(offsets)
-        except CommitFailedError as exc:  # rebalancing: the next owner resumes from Redis
-            log.warning("offset commit for partition %d refused: %s", claim.partition, exc)
+        self.committable.update(offsets)
+        if time.monotonic() >= self._next_offset_commit:
+            await self.commit_offsets()
         m = self.metrics
         for topic, n in outcome.applied.items():
             m.events.labels(topic, "applied").inc(n)
@@ -312,6 +317,27 @@ class Pipeline:
             highwater = self.consumer.highwater(tp)
             if highwater is not None:
                 m.lag.labels(tp.topic, str(tp.partition)).set(max(0, highwater - offset))
+
+    async def commit_offsets(self, partitions: Iterable[int] | None = None) -> None:
+        """Commit the relayed input offsets to the group, in one request for all partitions.
+        Redis holds the offsets a new owner resumes from; the group's are for lag and tools,
+        so they go at most once per OFFSET_COMMIT_INTERVAL_S while busy, at once when idle."""
+        async with self._offset_lock:  # one commit at a time, so offsets never go back
+            wanted = None if partitions is None else set(partitions)
+            offsets = {
+                tp: o
+                for tp, o in self.committable.items()
+                if wanted is None or tp.partition in wanted
+            }
+            for tp in offsets:
+                del self.committable[tp]
+            self._next_offset_commit = time.monotonic() + OFFSET_COMMIT_INTERVAL_S
+            if not offsets:
+                return
+            try:
+                await self.consumer.commit(offsets)
+            except CommitFailedError as exc:  # rebalancing: the next owner resumes from Redis
+                log.warning("offset commit refused: %s", exc)
 
     async def settled(self, partitions: Iterable[int] | None = None) -> None:
         """Wait for the relays in flight (of ``partitions``, else all). A relay's error is
@@ -624,6 +650,8 @@ class Pipeline:
         from the offsets Redis holds."""
         partitions = sorted({tp.partition for tp in assigned})
         await self.settled(partitions)
+        for tp in assigned:
+            self.committable.pop(tp, None)  # superseded by the offsets Redis holds, below
         for partition in partitions:
             identity = await self._retry("identity", partial(self.store.server_id, partition))
             claim = await self._retry("claim", partial(self.store.claim, partition))
@@ -786,6 +814,7 @@ class Pipeline:
         async with self.lock:  # waits for the batch in flight
             revoked = list(revoked)
             await self.settled({tp.partition for tp in revoked})
+            await self.commit_offsets({tp.partition for tp in revoked})
             for tp in revoked:
                 self.claims.pop(tp.partition, None)
                 self.redis_ids.pop(tp.partition, None)
