@@ -440,10 +440,11 @@ class Pipeline:
             # From the batch's oldest broker timestamp: one observation per batch, an upper bound.
             oldest = min(m.timestamp for m in messages)
             self.metrics.emit_seconds.observe(max(0.0, time.time() - oldest / 1000))
-        for change in outcome.changes:
-            self.metrics.transitions.labels(
-                change.dimension, change.from_class or "none", change.to_class or "none"
-            ).inc()
+        moves = Counter(
+            (c.dimension, c.from_class or "none", c.to_class or "none") for c in outcome.changes
+        )
+        for labels, n in moves.items():  # one labelled increment per kind, not per change
+            self.metrics.transitions.labels(*labels).inc(n)
 
     async def _load(
         self, partition: int, customer_ids: list[str]

@@ -174,14 +174,19 @@ def _kind(value: object) -> str:
 
 
 def _required(doc: dict[str, object], name: str, typ: type[T]) -> T:
-    if name not in doc or doc[name] is None:
+    value = doc.get(name)
+    if value.__class__ is typ:  # the common case, settled in one comparison
+        return value
+    if value is None:
         raise _Bad(Reason.MISSING_FIELD, name, f"required field {name!r} is missing")
-    return _typed(doc[name], name, typ)
+    return _typed(value, name, typ)
 
 
 def _optional(doc: dict[str, object], name: str, typ: type[T]) -> T | None:
     value = doc.get(name)
-    return None if value is None else _typed(value, name, typ)
+    if value is None or value.__class__ is typ:
+        return value
+    return _typed(value, name, typ)
 
 
 def _typed(value: object, name: str, typ: type[T]) -> T:
