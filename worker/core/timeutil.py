@@ -28,19 +28,19 @@ def parse_rfc3339(text: str) -> int:
     m = _RFC3339.fullmatch(text)
     if m is None:
         raise ValueError(f"not an RFC 3339 timestamp with offset: {text[:64]!r}")
-    hour, minute, second = int(m.group(4)), int(m.group(5)), int(m.group(6))
+    year, month, day, hh, mm, ss, frac, utc, sign, off_h, off_m = m.groups()
+    hour, minute, second = int(hh), int(mm), int(ss)
     if hour > 23 or minute > 59 or second > 60:
         raise ValueError(f"time of day out of range: {text[:64]!r}")
     offset = 0
-    if not m.group(8):
-        if int(m.group(10)) > 23 or int(m.group(11)) > 59:
+    if not utc:
+        if int(off_h) > 23 or int(off_m) > 59:
             raise ValueError(f"offset out of range: {text[:64]!r}")
-        offset = int(m.group(10)) * 60 + int(m.group(11))
-        if m.group(9) == "-":
+        offset = int(off_h) * 60 + int(off_m)
+        if sign == "-":
             offset = -offset
-    frac = m.group(7) or ""
-    millis = int((frac + "000")[:3])
-    minutes = (_epoch_day(m.group(1, 2, 3)) * 24 + hour) * 60 + minute - offset
+    millis = int((frac + "000")[:3]) if frac else 0
+    minutes = (_epoch_day((year, month, day)) * 24 + hour) * 60 + minute - offset
     return (minutes * 60 + min(second, 59)) * 1000 + millis
 
 
@@ -55,6 +55,7 @@ def _date_text(day: int) -> str:
     return f"{d.year:04d}-{d.month:02d}-{d.day:02d}T"
 
 
+@lru_cache(maxsize=4096)  # a batch stamps one emitted time, and an event's time, many times
 def format_ms(ms: int) -> str:
     """RFC 3339 in UTC with exactly three fractional digits, so output is byte-stable."""
     day, rest = divmod(ms, DAY_MS)
