@@ -269,24 +269,59 @@ async def _faust(
 
 async def _latency(bootstrap: str, redis_url: str, customers: int, seed: int, rate: float) -> None:
     """Paced traffic at ``rate``: from each event's send to the arrival of the change it
-    caused on the output topic."""
-    topics = await _topics(bootstrap)
-    settings = _settings(bootstrap, redis_url, topics, f"lat-{uuid.uuid4().hex[:6]}")
+    caused on the output topic; the same for the broker-only relay baseline, side by side."""
     duration = 20.0
-    count = int(rate * duration)
-    traffic = list(islice(Simulator(seed + 1, customers, START), count))
+    traffic = list(islice(Simulator(seed + 1, customers, START), int(rate * duration)))
     clock_ms = max(e.delivered_ms for e in traffic) + 60_000
-    # The worker gets a process (and a core) of its own, as in production: sharing this
-    # event loop with the paced producer and the watcher would time their queueing too.
-    env = settings.to_env() | {
-        "SEGMENT_WORKER_CLOCK_START": format_ms(clock_ms),
-        "SEGMENT_WORKER_CLOCK_SPEED": "1",
-    }
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "worker", "run", "--log-level", "WARNING"],
-        env={k: v for k, v in os.environ.items() if not k.startswith("SEGMENT_WORKER_")} | env,
-        stdout=subprocess.DEVNULL,
-    )
+    rows = []
+    for name in ("broker only (relay baseline)", "segment-worker"):
+        topics = await _topics(bootstrap)
+        settings = _settings(bootstrap, redis_url, topics, f"lat-{uuid.uuid4().hex[:6]}")
+        # Each gets a process (and a core) of its own, as in production: sharing this event
+        # loop with the paced producer and the watcher would time their queueing too.
+        if name.startswith("broker"):
+            command = [
+                "worker.baselines.relay",
+                bootstrap,
+                settings.group_id,
+                str(settings.batch_wait_ms),
+                topics.changes,
+                topics.orders,
+                topics.visits,
+            ]
+            env = {}
+        else:
+            command = ["worker", "run", "--log-level", "WARNING"]
+            env = settings.to_env() | {
+                "SEGMENT_WORKER_CLOCK_START": format_ms(clock_ms),
+                "SEGMENT_WORKER_CLOCK_SPEED": "1",
+            }
+        proc = subprocess.Popen(
+            [sys.executable, "-m", *command],
+            env={k: v for k, v in os.environ.items() if not k.startswith("SEGMENT_WORKER_")} | env,
+            stdout=subprocess.DEVNULL if env else subprocess.PIPE,
+        )
+        try:
+            if env:
+                await _until_ready(settings.http_port, proc)
+            elif proc.stdout is None or await asyncio.to_thread(proc.stdout.readline) != b"ready\n":
+                raise RuntimeError("the relay baseline did not start")
+            latencies = await _paced(bootstrap, topics, traffic, rate)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+        q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0.0] * 99
+        rows.append((name, len(latencies), q[49], q[98]))
+    print(f"\nevent-to-change latency at {rate:,.0f} events/s (half the measured capacity):")
+    print(f"{'path':<34} {'changes':>9} {'p50 ms':>8} {'p99 ms':>8}")
+    for name, count, p50, p99 in rows:
+        print(f"{name:<34} {count:>9,} {p50:>8.1f} {p99:>8.1f}")
+
+
+async def _paced(
+    bootstrap: str, topics: Topics, traffic: Sequence[SimEvent], rate: float
+) -> list[float]:
+    """Send ``traffic`` at ``rate`` and time each change back to the event that caused it."""
     sent: dict[str, float] = {}
     latencies: list[float] = []
     watcher = AIOKafkaConsumer(
@@ -311,8 +346,7 @@ async def _latency(bootstrap: str, redis_url: str, customers: int, seed: int, ra
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1, acks=1)
     await producer.start()
     try:
-        await _until_ready(settings.http_port, worker)
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(2.0)  # the consumer group settles
         begin = time.perf_counter()
         for n, e in enumerate(traffic):
             due = begin + n / rate
@@ -331,14 +365,7 @@ async def _latency(bootstrap: str, redis_url: str, customers: int, seed: int, ra
             await watching
         await producer.stop()
         await watcher.stop()
-        worker.terminate()
-        worker.wait(30)
-    if latencies:
-        q = statistics.quantiles(latencies, n=100)
-        print(
-            f"event-to-change latency at {rate:,.0f} events/s (half the measured capacity), "
-            f"{len(latencies):,} changes: p50 {q[49]:.1f} ms, p99 {q[98]:.1f} ms"
-        )
+    return latencies
 
 
 async def _until_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
