@@ -336,18 +336,25 @@ class Pipeline:
                 return
             try:
                 await self.consumer.commit(offsets)
-            except CommitFailedError as exc:  # rebalancing: the next owner resumes from Redis
+            except KafkaError as exc:  # e.g. rebalancing: the next owner resumes from Redis
                 log.warning("offset commit refused: %s", exc)
 
-    async def settled(self, partitions: Iterable[int] | None = None) -> None:
+    async def settled(
+        self, partitions: Iterable[int] | None = None, *, handing_over: bool = False
+    ) -> None:
         """Wait for the relays in flight (of ``partitions``, else all). A relay's error is
-        raised here once, to the first caller that waits for it."""
+        raised here once, to the first caller that waits for it; ``handing_over``: only
+        logged, because whoever takes the partition next relays from the outbox in Redis."""
         for partition in sorted(self.relaying if partitions is None else set(partitions)):
             task = self.relaying.get(partition)
             if task is None:
                 continue
             try:
                 await task
+            except Exception as exc:
+                if not handing_over:
+                    raise
+                log.warning("partition %d: relay left to the outbox: %r", partition, exc)
             finally:
                 if self.relaying.get(partition) is task:
                     del self.relaying[partition]
@@ -650,7 +657,7 @@ class Pipeline:
         with the changes Kafka already holds, relay what the outbox still holds, and resume
         from the offsets Redis holds."""
         partitions = sorted({tp.partition for tp in assigned})
-        await self.settled(partitions)
+        await self.settled(partitions, handing_over=True)
         for tp in assigned:
             self.committable.pop(tp, None)  # superseded by the offsets Redis holds, below
         for partition in partitions:
@@ -814,7 +821,7 @@ class Pipeline:
     async def release(self, revoked: Iterable[TopicPartition]) -> None:
         async with self.lock:  # waits for the batch in flight
             revoked = list(revoked)
-            await self.settled({tp.partition for tp in revoked})
+            await self.settled({tp.partition for tp in revoked}, handing_over=True)
             await self.commit_offsets({tp.partition for tp in revoked})
             for tp in revoked:
                 self.claims.pop(tp.partition, None)

@@ -264,11 +264,8 @@ class Worker:
 
     async def _shutdown(self) -> None:
         async with self.pipeline.lock:  # no batch in flight past this point
-            try:
-                await self.pipeline.settled()  # its output relayed
-                await self.pipeline.commit_offsets()
-            except Exception as exc:  # the next owner relays from Redis what this could not
-                log.warning("shutdown: last relay or offset commit failed: %s", exc)
+            await self.pipeline.settled(handing_over=True)  # its output relayed
+            await self.pipeline.commit_offsets()
         for step in (self.consumer.stop, self.producer.stop, self.redis.aclose):
             try:
                 await step()
