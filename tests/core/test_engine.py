@@ -5,7 +5,7 @@ from tests.core.strategies import T0, histories, state_of
 from worker.core.changes import Cause
 from worker.core.engine import evaluate, fire_timer, next_change_day, process_event
 from worker.core.events import Order, Reason, Rejection, Visit
-from worker.core.features import facts_of
+from worker.core.features import facts_of, window_edges
 from worker.core.rules import default_rules_text, load_rules, parse_rules
 from worker.core.state import CustomerState
 from worker.core.timeutil import DAY_MS, day_of
@@ -111,3 +111,31 @@ def test_rules_change_reclassifies_and_drops_removed_dimensions() -> None:
     moved = {(c.dimension, c.from_class, c.to_class) for c in changes}
     assert ("lifecycle", "potential", "prospect") in moved
     assert all(c.rules_version == new_rules.version for c in changes)
+
+
+def test_an_uncounted_status_changes_neither_classes_nor_due_day() -> None:
+    state = CustomerState("c1")
+    process_event(state, Visit("v1", "c1", T0, "login", None), RULES, T0, T0)
+    classes, due = dict(state.classes), state.due_day
+    placed = Order("e1", "c1", T0, 5000, "USD", "placed", "A", None)
+    assert process_event(state, placed, RULES, T0, T0) == []  # counting is 'paid'
+    assert (state.classes, state.due_day) == (classes, due)
+    paid = Order("e2", "c1", T0, 5000, "USD", "paid", "A", None)
+    moved = process_event(state, paid, RULES, T0, T0)
+    assert isinstance(moved, list) and moved
+    assert all(c.cause.event_id == "e2" for c in moved)
+
+
+@settings(max_examples=200)
+@given(histories, days, st.integers(1, 4))
+def test_window_edges_holds_the_earliest_edges_of_every_window(
+    events: list, day: int, first: int
+) -> None:
+    windows = (7, 30, 90)
+    facts = facts_of(state_of(events), RULES.counting)
+    order_days = facts.index.days
+    every = {d for d in order_days if d > day}
+    every |= {d + n for d in order_days for n in windows if d + n > day}
+    edges = window_edges(facts, day, windows, first)
+    assert edges <= every
+    assert sorted(every)[:first] == sorted(edges)[:first]

@@ -2,7 +2,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.core.strategies import T0
+from worker.core.events import Order
+from worker.core.features import facts_of
 from worker.core.rules import RulesError, default_rules_text, load_rules, parse_rules
+from worker.core.state import CustomerState
+from worker.core.timeutil import DAY_MS, day_of
 
 
 def test_defaults_load_with_a_content_version() -> None:
@@ -64,3 +69,21 @@ def test_placed_counting_and_rates() -> None:
     rules = parse_rules(text.encode(), "x")
     assert rules.counting == 3
     assert str(rules.rates["EUR"]) == "1.1"
+
+
+def test_generated_features_follow_the_rules_windows_and_scores() -> None:
+    text = default_rules_text().replace(b"windows = [90]", b"windows = [30, 90]")
+    text += b'\n[scores.s]\nfeature = "spend_30d"\ncuts = [10, 20, 30, 40]\nbetter = "lower"\n'
+    text += b'\n[scores.g]\nfeature = "region"\ncuts = [1, 2, 3, 4]\nbetter = "higher"\n'
+    rules = parse_rules(text, "x")
+    state = CustomerState("c1")
+    for n, (days_ago, amount) in enumerate([(100, 1000), (60, 2500), (10, 1250), (0, 500)]):
+        ms = T0 - days_ago * DAY_MS
+        state.apply(Order(f"e{n}", "c1", ms, amount, "USD", "paid", f"o{n}", "EU"))
+    f = rules.features_at(facts_of(state, rules.counting), day_of(T0))
+    assert (f["orders_30d"], f["spend_30d"]) == (2, 17.5)
+    assert (f["orders_90d"], f["spend_90d"]) == (3, 42.5)
+    assert f["s_score"] == 4  # 17.5 lies between the cuts 10 and 20, lower is better
+    assert f["g_score"] is None  # text is never scored
+    assert (f["r_score"], f["f_score"], f["m_score"]) == (5, 3, 2)  # 4 orders, 52.50 spent
+    assert f["days_since_first_order"] == 100 and f["days_since_last_order"] == 0
