@@ -201,6 +201,12 @@ def _parser() -> argparse.ArgumentParser:
         default=100_000,
         help="live: customers for the Redis memory figure (%(default)s)",
     )
+    bench.add_argument(
+        "--latency-seconds",
+        type=_positive,
+        default=20,
+        help="live: how long each paced latency run sends (%(default)s)",
+    )
     bench.set_defaults(func=_bench)
 
     rules = sub.add_parser("rules", help="validate and inspect rules files")
@@ -435,7 +441,11 @@ def _simulate(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     if args.target == "live":
         run_live_bench(
-            args.events or 100_000, args.customers or 20_000, args.memory_customers, args.seed
+            args.events or 100_000,
+            args.customers or 20_000,
+            args.memory_customers,
+            args.seed,
+            args.latency_seconds,
         )
         return 0
     args.events = args.events or 1_000_000

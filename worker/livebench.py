@@ -70,7 +70,9 @@ class Topics:
     dlq: str
 
 
-async def bench_live(events: int, customers: int, memory_customers: int, seed: int) -> None:
+async def bench_live(
+    events: int, customers: int, memory_customers: int, seed: int, latency_seconds: float
+) -> None:
     traffic = list(islice(Simulator(seed, customers, START), events))
     end_ms = max(e.delivered_ms for e in traffic) + 60_000
     with Broker() as broker, RedisServer() as redis_server:
@@ -95,7 +97,14 @@ async def bench_live(events: int, customers: int, memory_customers: int, seed: i
             )
         worker_rate = rows[1].rate
         print(f"segment-worker vs plain Faust agent: {worker_rate / rows[2].rate:.1f}x")
-        await _latency(broker.bootstrap, redis_server.url, customers, seed, worker_rate / 2)
+        await _latency(
+            broker.bootstrap,
+            redis_server.url,
+            customers,
+            seed,
+            worker_rate / 2,
+            duration=latency_seconds,
+        )
     await _memory(memory_customers, seed)
 
 
@@ -267,10 +276,11 @@ async def _faust(
         await client.aclose()
 
 
-async def _latency(bootstrap: str, redis_url: str, customers: int, seed: int, rate: float) -> None:
+async def _latency(
+    bootstrap: str, redis_url: str, customers: int, seed: int, rate: float, *, duration: float
+) -> None:
     """Paced traffic at ``rate``: from each event's send to the arrival of the change it
     caused on the output topic; the same for the broker-only relay baseline, side by side."""
-    duration = 20.0
     traffic = list(islice(Simulator(seed + 1, customers, START), int(rate * duration)))
     clock_ms = max(e.delivered_ms for e in traffic) + 60_000
     rows = []
@@ -434,5 +444,7 @@ async def _memory(customers: int, seed: int) -> None:
     )
 
 
-def run(events: int, customers: int, memory_customers: int, seed: int) -> None:
-    asyncio.run(bench_live(events, customers, memory_customers, seed))
+def run(
+    events: int, customers: int, memory_customers: int, seed: int, latency_seconds: float
+) -> None:
+    asyncio.run(bench_live(events, customers, memory_customers, seed, latency_seconds))
