@@ -33,6 +33,7 @@ from worker.store import connect
 
 PARTITIONS = 4
 DAY0 = parse_rfc3339("2026-03-02T00:00:00Z")
+NOW = DAY0 + DAY_MS - 1  # end of the traffic's day: every event is in the past, none is late
 RULES = load_rules(None)
 
 

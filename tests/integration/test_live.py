@@ -15,7 +15,7 @@ import pytest
 from aiohttp import ClientSession
 
 from tests.integration.live_support import (
-    DAY0,
+    NOW,
     PARTITIONS,
     ManualClock,
     all_committed,
@@ -39,7 +39,6 @@ from worker.embedded import Broker, RedisServer, free_port
 from worker.service import Worker, send_erasures
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
-NOW = DAY0 + DAY_MS - 1  # end of the traffic's day: every event is in the past, none is late
 
 
 @contextlib.asynccontextmanager

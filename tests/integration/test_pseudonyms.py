@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 from aiohttp import ClientSession
 
 from tests.integration.live_support import (
-    DAY0,
+    NOW,
     PARTITIONS,
     ManualClock,
     all_committed,
@@ -30,7 +30,6 @@ from worker.service import Worker, send_erasures
 from worker.store import Store, connect, store_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
-NOW = DAY0 + DAY_MS - 1
 KEY = "test-only-pseudonym-key"
 
 

@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 
 from tests.integration.live_support import (
-    DAY0,
+    NOW,
     ManualClock,
     all_committed,
     assert_state_matches,
@@ -27,7 +27,6 @@ from worker.store import Store
 pytestmark = pytest.mark.integration
 ACL = Path(__file__).parents[2] / "deploy" / "redis" / "users.acl"
 PASSWORD = "test-only-password"
-NOW = DAY0 + DAY_MS - 1
 
 
 def acl_lines() -> tuple[str, ...]:

@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from tests.integration.live_support import (
-    DAY0,
+    NOW,
     PARTITIONS,
     all_committed,
     assert_state_matches,
@@ -30,7 +30,6 @@ from worker.core.timeutil import DAY_MS
 from worker.embedded import Broker, RedisServer, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
-NOW = DAY0 + DAY_MS - 1
 
 
 @pytest.fixture

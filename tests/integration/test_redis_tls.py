@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from tests.integration.live_support import (
-    DAY0,
+    NOW,
     ManualClock,
     all_committed,
     assert_state_matches,
@@ -29,7 +29,6 @@ from worker.settings import Settings, SettingsError
 from worker.store import Store, connect
 
 pytestmark = pytest.mark.integration
-NOW = DAY0 + DAY_MS - 1
 
 
 @pytest.fixture(scope="module")
