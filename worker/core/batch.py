@@ -11,7 +11,7 @@ import hashlib
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, NamedTuple
 
 from worker.core.changes import SegmentChange
 from worker.core.codec import OutRecord
@@ -34,8 +34,7 @@ class Topics:
     dlq: str = "segment-worker-dlq"
 
 
-@dataclass(frozen=True, slots=True)
-class InRecord:
+class InRecord(NamedTuple):  # immutable and cheap to build: one per input record
     topic: str
     partition: int
     offset: int

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Literal, NamedTuple
 
 import orjson
 
@@ -21,15 +20,13 @@ SNAPSHOT_FIELDS: Final = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Cause:
+class Cause(NamedTuple):  # immutable and cheap to build: on the per-event path
     type: CauseType
     event_id: str | None  # the input event; the rules version for rules_change; None for timers
     occurred_ms: int
 
 
-@dataclass(frozen=True, slots=True)
-class SegmentChange:
+class SegmentChange(NamedTuple):
     event_id: str
     customer_id: str
     dimension: str
