@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import tempfile
 from collections.abc import Sequence
 from functools import partial
-from typing import Any
+from typing import Any, Final
 
 import faust
 import mode
@@ -32,6 +33,7 @@ from worker.settings import Settings, SettingsError
 from worker.store import connect, store_for
 
 log = logging.getLogger("segment_worker")
+YOUNG_GENERATION: Final = 20_000  # allocations between young collections (Python: 700)
 
 
 def kafka_security(settings: Settings) -> dict[str, Any]:
@@ -89,6 +91,16 @@ async def send_erasures(settings: Settings, customer_ids: Sequence[str]) -> None
             await producer.send_and_wait(settings.topic_erasures, value, key=customer_id.encode())
     finally:
         await producer.stop()
+
+
+def _settle_garbage_collector() -> None:
+    """The app, clients and modules live as long as the process: freeze them, so that full
+    collections (measured at ~50 ms each, a latency tail) stop re-scanning them. A batch
+    allocates and frees hundreds of thousands of objects; a larger young generation lets
+    them die before a collection promotes them."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(YOUNG_GENERATION, 10, 10)
 
 
 def clock_of(settings: Settings) -> Clock:
@@ -215,6 +227,7 @@ class Worker:
         """Serve until :meth:`stop` (or SIGTERM/SIGINT when installed), then shut down
         gracefully: finish the batch in flight, relay, commit, leave the group."""
         await self.app.start()
+        _settle_garbage_collector()
         log.info("HTTP on %s:%d", self.settings.http_host, self.settings.http_port)
         try:
             await self.service.done.wait()
