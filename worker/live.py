@@ -56,8 +56,8 @@ from worker.store import Claim, Fenced, Store
 
 READ_BACK_SECONDS: Final = 60.0
 INPUT_HEADER: Final = "sw.input"  # on change records: input offsets reached, as JSON
-log = logging.getLogger("segment_worker")
 OFFSET_COMMIT_INTERVAL_S: Final = 1.0
+log = logging.getLogger("segment_worker")
 T = TypeVar("T")
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, KafkaError)
 

@@ -284,12 +284,12 @@ async def _latency(
     traffic = list(islice(Simulator(seed + 1, customers, START), int(rate * duration)))
     clock_ms = max(e.delivered_ms for e in traffic) + 60_000
     rows = []
-    for name in ("broker only (relay baseline)", "segment-worker"):
+    for name, is_worker in (("broker only (relay baseline)", False), ("segment-worker", True)):
         topics = await _topics(bootstrap)
         settings = _settings(bootstrap, redis_url, topics, f"lat-{uuid.uuid4().hex[:6]}")
         # Each gets a process (and a core) of its own, as in production: sharing this event
         # loop with the paced producer and the watcher would time their queueing too.
-        if name.startswith("broker"):
+        if not is_worker:
             command = [
                 "worker.baselines.relay",
                 bootstrap,
@@ -309,10 +309,10 @@ async def _latency(
         proc = subprocess.Popen(
             [sys.executable, "-m", *command],
             env={k: v for k, v in os.environ.items() if not k.startswith("SEGMENT_WORKER_")} | env,
-            stdout=subprocess.DEVNULL if env else subprocess.PIPE,
+            stdout=subprocess.DEVNULL if is_worker else subprocess.PIPE,
         )
         try:
-            if env:
+            if is_worker:
                 await _until_ready(settings.http_port, proc)
             elif proc.stdout is None or await asyncio.to_thread(proc.stdout.readline) != b"ready\n":
                 raise RuntimeError("the relay baseline did not start")

@@ -29,7 +29,7 @@ from worker.core.timeutil import parse_rfc3339
 from worker.http import register_routes
 from worker.live import Pipeline
 from worker.metrics import Metrics
-from worker.settings import Settings, SettingsError
+from worker.settings import PRODUCER_BATCHING, Settings, SettingsError
 from worker.store import connect, store_for
 
 log = logging.getLogger("segment_worker")
@@ -167,11 +167,8 @@ class Worker:
             bootstrap_servers=settings.kafka_bootstrap,
             acks="all",
             enable_idempotence=settings.kafka_idempotence,
-            linger_ms=5,
-            # A batch's changes go out in a few large record batches, not dozens of 16 KB ones
-            # each waiting for the previous one's ack; below the brokers' default 1 MB limit.
-            max_batch_size=768 * 1024,
             max_request_size=4 * 1024 * 1024,
+            **PRODUCER_BATCHING,
             **security,
         )
         self.consumer = AIOKafkaConsumer(

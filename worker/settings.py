@@ -26,6 +26,12 @@ def _secret() -> Any:
     return field(default=None, repr=False, metadata={"secret": True})
 
 
+# How the worker's producer batches output (the relay latency baseline uses the same): a
+# batch's changes go out in a few large record batches, not dozens of 16 KB ones each
+# waiting for the previous one's ack; below the brokers' default 1 MB message limit.
+PRODUCER_BATCHING: Final = {"linger_ms": 5, "max_batch_size": 768 * 1024}
+
+
 def _doc(text: str) -> dict[str, str]:
     return {"doc": text}
 

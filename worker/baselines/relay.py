@@ -12,6 +12,8 @@ import sys
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from worker.settings import PRODUCER_BATCHING
+
 
 async def relay(bootstrap: str, group: str, wait_ms: int, out: str, topics: list[str]) -> None:
     consumer = AIOKafkaConsumer(
@@ -23,11 +25,9 @@ async def relay(bootstrap: str, group: str, wait_ms: int, out: str, topics: list
         session_timeout_ms=6000,
         heartbeat_interval_ms=500,
     )
-    # The worker's producer settings: a 16 KB batch each waiting for the last one's ack
-    # would make this baseline, not the broker, the bottleneck.
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, linger_ms=5, acks="all", max_batch_size=768 * 1024
-    )
+    # The worker's batching: 16 KB batches each waiting for the last one's ack would make
+    # this baseline, not the broker, the bottleneck.
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", **PRODUCER_BATCHING)
     await producer.start()
     await consumer.start()
     try:
