@@ -13,7 +13,6 @@ a commit carrying an older epoch is refused, so a paused ex-owner cannot write l
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -26,7 +25,7 @@ from typing import Final, TypeVar
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import CommitFailedError, KafkaError, KafkaTimeoutError
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import RecordMetadata
@@ -689,11 +688,10 @@ class Pipeline:
                 # Redis holds nothing applied from these (new, or lost with a Redis that went
                 # back in time): start from the beginning, not from the group's committed offset.
                 await self.consumer.seek_to_beginning(*unseen)
-            if resume:
-                # What Redis holds is durable: a crash between the Redis commit and the
-                # offset commit must not leave the group's offsets behind forever.
-                with contextlib.suppress(CommitFailedError):
-                    await self.consumer.commit(resume)
+            self.committable.update(resume)
+        # What Redis holds is durable: a crash between the Redis commit and the offset commit
+        # must not leave the group's offsets behind forever.
+        await self.commit_offsets(partitions)
 
     async def _emitted_since(
         self, starts: dict[int, int]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import statistics
 import subprocess
@@ -29,7 +30,7 @@ from aiohttp import ClientError, ClientSession
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from worker.clock import SimulatedClock
-from worker.core.codec import encode_state
+from worker.core.codec import decode_state, encode_state
 from worker.core.events import ParseLimits
 from worker.core.rules import load_rules
 from worker.core.timeutil import DAY_MS, format_ms, parse_rfc3339
@@ -434,13 +435,28 @@ async def _memory(customers: int, seed: int) -> None:
                     offsets={},
                 )
         after = int((await client.info("memory"))["used_memory"])
-        blobs = [len(encode_state(s)) for s in replayer.states.values()]
         await client.aclose()
+    # What the state's size costs the worker's CPU: one encode and one decode per customer
+    # an input batch touches. Without collections over the heap of 100k states that only
+    # this bench holds.
+    gc.disable()
+    try:
+        started = time.process_time()
+        blobs = {cid: encode_state(state) for cid, state in replayer.states.items()}
+        encoded = time.process_time()
+        for cid, blob in blobs.items():
+            decode_state(cid, blob)
+        decoded = time.process_time()
+    finally:
+        gc.enable()
     n = len(replayer.states)
+    sizes = [len(blob) for blob in blobs.values()]
     print(
         f"Redis memory: {(after - before) / n:,.0f} bytes per customer at {n:,} customers "
-        f"(state blob mean {statistics.mean(blobs):,.0f} B, p99 "
-        f"{statistics.quantiles(blobs, n=100)[98]:,.0f} B; due index and key overhead included)"
+        f"(state blob mean {statistics.mean(sizes):,.0f} B, p99 "
+        f"{statistics.quantiles(sizes, n=100)[98]:,.0f} B; due index and key overhead included); "
+        f"CPU per state: encode {(encoded - started) / n * 1e6:.1f} us, "
+        f"decode {(decoded - encoded) / n * 1e6:.1f} us"
     )
 
 
