@@ -35,7 +35,7 @@ from worker.demo import DemoOptions, free_http_port, run_demo
 from worker.livebench import run as run_live_bench
 from worker.progress import Progress
 from worker.replay import Replayer
-from worker.service import Worker, send_erasures
+from worker.service import Worker, WorkerCrashed, send_erasures
 from worker.settings import Settings, SettingsError
 from worker.simulate import FeedFaults, Simulator
 from worker.store import store_for, tls_options
@@ -360,6 +360,9 @@ def _run(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"segment-worker: bad setting: {exc}", file=sys.stderr)
         return 2
+    except WorkerCrashed as exc:
+        print(f"segment-worker: stopped on an error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

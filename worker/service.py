@@ -123,6 +123,11 @@ class _NoFaustKafka(BootStrategy):
     enable_kafka = False
 
 
+class WorkerCrashed(RuntimeError):
+    """The pipeline stopped on an error it cannot retry (e.g. a stored state this version
+    cannot read); nothing past it was committed, so a restart resumes where it stopped."""
+
+
 class SegmentApp(faust.App):
     BootStrategy = _NoFaustKafka
 
@@ -139,11 +144,15 @@ class _PipelineService(mode.Service):
         super().__init__()
         self.worker = worker
         self.done = asyncio.Event()
+        self.failure: Exception | None = None
 
     @mode.Service.task
     async def _serve(self) -> None:
         try:
             await self.worker.serve()
+        except Exception as exc:  # mode logs it; the process must still exit non-zero
+            self.failure = exc
+            raise
         finally:
             self.done.set()
 
@@ -232,6 +241,8 @@ class Worker:
             await self.app.stop()
             self._datadir.cleanup()
             log.info("stopped")
+        if self.service.failure is not None:
+            raise WorkerCrashed(str(self.service.failure)) from self.service.failure
 
     async def serve(self) -> None:
         try:

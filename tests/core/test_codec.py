@@ -99,7 +99,9 @@ def test_states_written_by_format_3_still_read() -> None:
             "tenure": "short",
             "old_customer": None,
         },
-        since_ms=dict.fromkeys(("lifecycle", "value_tier", "rfm", "membership", "tenure"), classified),
+        since_ms=dict.fromkeys(
+            ("lifecycle", "value_tier", "rfm", "membership", "tenure"), classified
+        ),
         rules_version="sha256:58b40df6bc4446c6",
         due_day=20470,
     )

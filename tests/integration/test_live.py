@@ -36,7 +36,9 @@ from worker.core.rules import load_rules
 from worker.core.rulesdiff import class_moves
 from worker.core.timeutil import DAY_MS
 from worker.embedded import Broker, RedisServer, free_port
+from worker.live import partition_of
 from worker.service import Worker, send_erasures
+from worker.store import connect
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -385,5 +387,43 @@ async def test_an_ex_owner_that_wakes_up_is_fenced_and_writes_nothing(
             await wait_until(lambda: all_committed(settings, produced), 90, "new owners")
     expected_replay, expected, _ = replay(events, NOW)
     await assert_state_matches(settings, expected_replay, NOW // DAY_MS)
+    got = change_ids(await read_all(settings, settings.topic_changes))
+    assert set(got) == {c["event_id"] for c in expected}
+
+
+async def test_a_state_it_cannot_read_stops_the_worker_before_it_writes(
+    broker: Broker, redis_server: RedisServer
+) -> None:
+    """E.g. a state written by a newer release, met during a rolling update: the worker
+    exits non-zero naming the customer, commits nothing past it, and once the state is
+    readable again a restarted worker carries on as if nothing happened."""
+    settings = await make_settings(broker, redis_server.url)
+    events = one_day_of_traffic(150, seed=29, orders_only=True)
+    busiest = Counter(e.key for e in events).most_common(1)[0][0]
+    held = max(i for i, e in enumerate(events) if e.key == busiest)
+    produced = await produce(settings, events[:held] + events[held + 1 :])
+    first = start_worker(settings, NOW)
+    await wait_until(lambda: all_committed(settings, produced), 90, "all but one event")
+    client = connect(settings)
+    cid = busiest.decode()
+    key = f"{settings.redis_prefix}:{{p{partition_of(cid, PARTITIONS)}}}:c:{cid}"
+    readable = await client.get(key)
+    assert readable is not None
+    await client.set(key, b"[99]")  # a format from the future
+    produced = await produce(settings, [events[held]], produced)
+    assert await asyncio.to_thread(first.wait, 60) == 1, worker_log(first)
+    assert f"unknown state format for '{cid}'" in worker_log(first)
+    assert not await all_committed(settings, produced)
+    assert await client.get(key) == b"[99]"  # not overwritten
+    await client.set(key, readable)
+    await client.aclose()
+    second = start_worker(settings, NOW)
+    try:
+        await wait_until(lambda: all_committed(settings, produced), 90, "restart carries on")
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(second.wait, 30) == 0, worker_log(second)
+    expected_replay, expected, _ = replay(events, NOW)
+    await assert_state_matches(settings, expected_replay, NOW // DAY_MS, exact=False)
     got = change_ids(await read_all(settings, settings.topic_changes))
     assert set(got) == {c["event_id"] for c in expected}
