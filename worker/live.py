@@ -44,7 +44,7 @@ from worker.core.batch import (
     reevaluate_batch,
 )
 from worker.core.batch import sweep as sweep_due
-from worker.core.codec import OutRecord, decode_state, encode_state
+from worker.core.codec import CorruptRecord, OutRecord, decode_state, encode_state
 from worker.core.events import ParseLimits, Rejection
 from worker.core.rules import Rules, RulesError, load_rules
 from worker.core.state import CustomerState
@@ -126,6 +126,8 @@ class Pipeline:
         self._reload_requested = False
         self._rules_mtime = _mtime(settings.rules)
         self.reevaluating: dict[int, int] = {}  # partition -> SCAN cursor of the re-evaluation
+        # partition -> when to try again: stopped on a stored state it cannot read (``_stick``)
+        self.stuck: dict[int, float] = {}
         # partition -> input offsets (per topic) that changes already in Kafka had reached when
         # Redis lost the writes behind them: input is absorbed, unclassified, until there
         self.recovering: dict[int, dict[str, int]] = {}
@@ -153,6 +155,8 @@ class Pipeline:
                 continue
             if not batch and self.committable:
                 await self.commit_offsets()  # idle: the group catches up at once
+            if self.stuck:
+                self._unstick_due()
             async with self.lock:
                 try:
                     await self._process(batch)
@@ -213,14 +217,18 @@ class Pipeline:
             if claim is None:
                 del self.reevaluating[partition]
                 continue
-            if partition in self.recovering:
+            if partition in self.recovering or partition in self.stuck:
                 continue
             while budget > 0:
                 cursor, ids = await self._timed(
                     "scan", self.store.scan_customers(partition, cursor, min(budget, 1000))
                 )
                 budget -= max(1, len(ids))
-                states = await self._load(partition, ids)
+                try:
+                    states = await self._load(partition, ids)
+                except CorruptRecord as exc:
+                    await self._stick(partition, exc)
+                    break
                 outcome = reevaluate_batch(states, self.rules, self.topics, now)
                 self._stamp(outcome, claim.offsets)
                 if outcome.states and await self._commit(claim, outcome):
@@ -248,7 +256,7 @@ class Pipeline:
             *(
                 self._partition_batch(partition, messages)
                 for partition, messages in sorted(by_partition.items())
-                if partition in self.claims
+                if partition in self.claims and partition not in self.stuck
             ),
             return_exceptions=True,
         )
@@ -274,7 +282,11 @@ class Pipeline:
             self.metrics.redelivered.inc(len(messages) - len(records))
         if not records:
             return
-        outcome = await self._retry("apply", partial(self._apply, claim, records))
+        try:
+            outcome = await self._retry("apply", partial(self._apply, claim, records))
+        except CorruptRecord as exc:
+            await self._stick(partition, exc)
+            return
         if outcome is None:
             return
         _crash_point("after_commit")
@@ -613,7 +625,7 @@ class Pipeline:
         now = self.clock.now_ms()
         backlog = 0
         for partition, claim in sorted(self.claims.items()):
-            if partition in self.recovering:
+            if partition in self.recovering or partition in self.stuck:
                 continue  # classify the re-read customers once, after the re-read
             due = await self._timed(
                 "due", self.store.due(partition, now, self.settings.timer_batch)
@@ -621,7 +633,11 @@ class Pipeline:
             backlog += len(due)
             if not due:
                 continue
-            states = await self._load(partition, due)
+            try:
+                states = await self._load(partition, due)
+            except CorruptRecord as exc:
+                await self._stick(partition, exc)
+                continue
             for state in states.values():
                 if state is not None and state.due_day is not None:
                     self.metrics.timer_delay.observe(max(0, now - state.due_day * DAY_MS) / 1000)
@@ -825,7 +841,42 @@ class Pipeline:
                 self.claims.pop(tp.partition, None)
                 self.redis_ids.pop(tp.partition, None)
                 self.recovering.pop(tp.partition, None)
+                self.stuck.pop(tp.partition, None)  # the next owner meets the state afresh
             self.metrics.partitions.set(len(self.claims))
+            self.metrics.stuck.set(len(self.stuck))
+
+    async def _stick(self, partition: int, exc: CorruptRecord) -> None:
+        """Stop a partition on a stored state this worker cannot read (damaged, or written by
+        a newer release during a rolling update) instead of the whole process, which would
+        stop every worker that took the partition over in turn. Nothing of the batch was
+        written; its input is read again from the offsets Redis holds, every
+        STUCK_RETRY_MS, until the state reads (repaired, or a newer worker took over). The
+        partition's other customers wait too: input offsets are committed in order."""
+        claim = self.claims.get(partition)
+        tps = [tp for tp in self.consumer.assignment() if tp.partition == partition]
+        unseen = []
+        for tp in tps:
+            if claim is not None and tp.topic in claim.offsets:
+                self.consumer.seek(tp, claim.offsets[tp.topic])
+            else:
+                unseen.append(tp)
+        if unseen:
+            await self.consumer.seek_to_beginning(*unseen)
+        self.consumer.pause(*tps)
+        retry_s = self.settings.stuck_retry_ms / 1000
+        self.stuck[partition] = time.monotonic() + retry_s
+        self.metrics.stuck.set(len(self.stuck))
+        log.error("partition %d stopped: %s; trying again in %.0f s", partition, exc, retry_s)
+
+    def _unstick_due(self) -> None:
+        now = time.monotonic()
+        for partition, at in list(self.stuck.items()):
+            if at <= now:
+                del self.stuck[partition]
+                self.consumer.resume(
+                    *[tp for tp in self.consumer.assignment() if tp.partition == partition]
+                )
+        self.metrics.stuck.set(len(self.stuck))
 
     async def _timed(self, op: str, call: Awaitable[T]) -> T:
         started = time.perf_counter()

@@ -95,6 +95,10 @@ class Settings:
     max_poll_interval_ms: int = 300_000
     timer_interval_ms: int = field(default=500, metadata=_doc("how often due customers are swept"))
     timer_batch: int = 1000
+    stuck_retry_ms: int = field(
+        default=30_000,
+        metadata=_doc("how often a partition stopped on an unreadable stored state is retried"),
+    )
     rules_reevaluation_rate: int = field(
         default=5000, metadata=_doc("customers per second re-classified after a rules change")
     )
@@ -118,6 +122,7 @@ class Settings:
             "max_poll_interval_ms": lambda v: v >= 1000,
             "timer_interval_ms": lambda v: v >= 10,
             "timer_batch": lambda v: v >= 1,
+            "stuck_retry_ms": lambda v: v >= 100,
             "max_event_bytes": lambda v: v >= 256,
             "future_skew_ms": lambda v: v >= 0,
             "clock_speed": lambda v: 0 < v <= 1e7,

@@ -22,6 +22,7 @@ from tests.integration.live_support import (
     assert_state_matches,
     assert_unbroken_chains,
     change_ids,
+    committed,
     make_settings,
     one_day_of_traffic,
     produce,
@@ -391,38 +392,49 @@ async def test_an_ex_owner_that_wakes_up_is_fenced_and_writes_nothing(
     assert set(got) == {c["event_id"] for c in expected}
 
 
-async def test_a_state_it_cannot_read_stops_the_worker_before_it_writes(
+async def test_a_state_it_cannot_read_stops_its_partition_until_it_reads(
     broker: Broker, redis_server: RedisServer
 ) -> None:
-    """E.g. a state written by a newer release, met during a rolling update: the worker
-    exits non-zero naming the customer, commits nothing past it, and once the state is
-    readable again a restarted worker carries on as if nothing happened."""
-    settings = await make_settings(broker, redis_server.url)
+    """E.g. a state written by a newer release, met during a rolling update: that partition
+    stops before anything of it is written or committed, the others go on, and once the
+    state reads again the partition carries on as if nothing happened."""
+    settings = replace(await make_settings(broker, redis_server.url), stuck_retry_ms=1000)
     events = one_day_of_traffic(150, seed=29, orders_only=True)
     busiest = Counter(e.key for e in events).most_common(1)[0][0]
     held = max(i for i, e in enumerate(events) if e.key == busiest)
-    produced = await produce(settings, events[:held] + events[held + 1 :])
-    first = start_worker(settings, NOW)
-    await wait_until(lambda: all_committed(settings, produced), 90, "all but one event")
-    client = connect(settings)
-    cid = busiest.decode()
-    key = f"{settings.redis_prefix}:{{p{partition_of(cid, PARTITIONS)}}}:c:{cid}"
-    readable = await client.get(key)
-    assert readable is not None
-    await client.set(key, b"[99]")  # a format from the future
-    produced = await produce(settings, [events[held]], produced)
-    assert await asyncio.to_thread(first.wait, 60) == 1, worker_log(first)
-    assert f"unknown state format for '{cid}'" in worker_log(first)
-    assert not await all_committed(settings, produced)
-    assert await client.get(key) == b"[99]"  # not overwritten
-    await client.set(key, readable)
-    await client.aclose()
-    second = start_worker(settings, NOW)
+    cut = len(events) * 4 // 5
+    produced = await produce(settings, [e for i, e in enumerate(events) if i < cut and i != held])
+    worker = start_worker(settings, NOW)
     try:
-        await wait_until(lambda: all_committed(settings, produced), 90, "restart carries on")
+        await wait_until(lambda: all_committed(settings, produced), 90, "the first part")
+        client = connect(settings)
+        cid = busiest.decode()
+        stuck = partition_of(cid, PARTITIONS)
+        key = f"{settings.redis_prefix}:{{p{stuck}}}:c:{cid}"
+        readable = await client.get(key)
+        assert readable is not None
+        await client.set(key, b"[99]")  # a format from the future
+        later = [events[held]] + [e for i, e in enumerate(events) if i >= cut and i != held]
+        produced = await produce(settings, later, produced)
+
+        async def others_done() -> bool:
+            got = await committed(settings, list(produced.ends))
+            return all(got[tp] >= end for tp, end in produced.ends.items() if tp.partition != stuck)
+
+        await wait_until(others_done, 90, "the other partitions")
+        metrics = f"http://127.0.0.1:{settings.http_port}/metrics"
+        async with ClientSession() as http, http.get(metrics) as resp:
+            assert "segment_worker_stuck_partitions 1.0" in await resp.text()
+        assert not await all_committed(settings, produced)
+        assert await client.get(key) == b"[99]"  # not overwritten
+        assert worker.poll() is None
+        assert f"partition {stuck} stopped: unknown state format for '{cid}'" in worker_log(worker)
+        await client.set(key, readable)
+        await client.aclose()
+        await wait_until(lambda: all_committed(settings, produced), 60, "the stopped partition")
     finally:
-        second.send_signal(signal.SIGTERM)
-        assert await asyncio.to_thread(second.wait, 30) == 0, worker_log(second)
+        worker.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(worker.wait, 30) == 0, worker_log(worker)
     expected_replay, expected, _ = replay(events, NOW)
     await assert_state_matches(settings, expected_replay, NOW // DAY_MS, exact=False)
     got = change_ids(await read_all(settings, settings.topic_changes))
