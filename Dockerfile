@@ -11,13 +11,22 @@
 FROM python:3.11.13-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
+# A C compiler for the compiled core; it stays in this stage. Not pinned: Debian's point
+# versions change with every security update, and nothing of this stage ships.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install --no-install-recommends -y gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Only what the wheel needs (see .dockerignore): the metadata and the package with its data
 # files (rules defaults, Redis Functions library, sample history).
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY worker ./worker
-# The project's wheel plus wheels for all of its dependencies, resolved once, here.
-RUN pip wheel --wheel-dir /wheels .
+# The project's wheel with its pure core compiled by mypyc (setup.py: about 20% more events/s
+# per process), then wheels for all of its dependencies, resolved once, here.
+RUN pip install setuptools==84.2.1 wheel==0.48.0 mypy==2.4.1 orjson==3.13.0 \
+    && SEGMENT_WORKER_MYPYC=1 pip wheel --no-build-isolation --no-deps --wheel-dir /project . \
+    && pip wheel --wheel-dir /wheels /project/segment_worker-*.whl
 
 FROM python:3.11.13-slim-bookworm AS runtime
 LABEL org.opencontainers.image.title="segment-worker" \
