@@ -1,15 +1,15 @@
-"""Optional compiled build: with SEGMENT_WORKER_MYPYC=1 the pure core (worker/core) is compiled
+"""Optional compiled build: with SW_BUILD_MYPYC=1 the pure core (worker/core) is compiled
 with mypyc, about 20% more events/s per worker process (README, "Compiled core"); without it
 the package is pure Python. Needs mypy, setuptools>=77 and a C compiler in the build
 environment: ``pip install mypy orjson 'setuptools>=77' wheel`` then
-``SEGMENT_WORKER_MYPYC=1 pip install --no-build-isolation .``. Everything else is in
+``SW_BUILD_MYPYC=1 pip install --no-build-isolation .``. Everything else is in
 pyproject.toml."""
 
 import os
 
 from setuptools import setup
 
-if os.environ.get("SEGMENT_WORKER_MYPYC") == "1":
+if os.environ.get("SW_BUILD_MYPYC") == "1":
     from mypyc.build import mypycify
 
     setup(ext_modules=mypycify(["worker/core"], opt_level="3"))
