@@ -626,7 +626,7 @@ class Pipeline:
         backlog = 0
         for partition, claim in sorted(self.claims.items()):
             if partition in self.recovering or partition in self.stuck:
-                continue  # classify the re-read customers once, after the re-read
+                continue  # recovering: classify the re-read customers once, after the re-read
             due = await self._timed(
                 "due", self.store.due(partition, now, self.settings.timer_batch)
             )

@@ -124,8 +124,9 @@ class _NoFaustKafka(BootStrategy):
 
 
 class WorkerCrashed(RuntimeError):
-    """The pipeline stopped on an error it cannot retry (e.g. a stored state this version
-    cannot read); nothing past it was committed, so a restart resumes where it stopped."""
+    """The pipeline stopped on an error it has no handling for (transient Kafka and Redis
+    faults are retried, an unreadable state stops only its partition); nothing past it was
+    committed, so a restart resumes where it stopped."""
 
 
 class SegmentApp(faust.App):
