@@ -30,7 +30,12 @@ def register_routes(app: faust.App, pipeline: Pipeline) -> None:
     async def readyz(view: Any, request: Any) -> Any:
         if pipeline.ready:
             return view.json({"status": "ready", "partitions": sorted(pipeline.claims)})
-        why = "kafka or redis unavailable" if not pipeline.healthy else "no partitions assigned"
+        if not pipeline.healthy:
+            why = "kafka or redis unavailable"
+        elif pipeline.stuck:
+            why = f"partitions {sorted(pipeline.stuck)} stopped on a state they cannot read"
+        else:
+            why = "no partitions assigned"
         return view.json({"status": "not ready", "reason": why}, status=503)
 
     @app.page("/customers/{customer_id}")

@@ -156,7 +156,7 @@ class Pipeline:
             if not batch and self.committable:
                 await self.commit_offsets()  # idle: the group catches up at once
             if self.stuck:
-                self._unstick_due()
+                await self._retake_stuck()
             async with self.lock:
                 try:
                     await self._process(batch)
@@ -217,7 +217,7 @@ class Pipeline:
             if claim is None:
                 del self.reevaluating[partition]
                 continue
-            if partition in self.recovering or partition in self.stuck:
+            if partition in self.recovering:
                 continue
             while budget > 0:
                 cursor, ids = await self._timed(
@@ -256,7 +256,7 @@ class Pipeline:
             *(
                 self._partition_batch(partition, messages)
                 for partition, messages in sorted(by_partition.items())
-                if partition in self.claims and partition not in self.stuck
+                if partition in self.claims
             ),
             return_exceptions=True,
         )
@@ -625,8 +625,8 @@ class Pipeline:
         now = self.clock.now_ms()
         backlog = 0
         for partition, claim in sorted(self.claims.items()):
-            if partition in self.recovering or partition in self.stuck:
-                continue  # recovering: classify the re-read customers once, after the re-read
+            if partition in self.recovering:
+                continue  # classify the re-read customers once, after the re-read
             due = await self._timed(
                 "due", self.store.due(partition, now, self.settings.timer_batch)
             )
@@ -691,9 +691,13 @@ class Pipeline:
         emitted = await self._retry("read back", partial(self._emitted_since, starts))
         for partition in partitions:
             claim = self.claims[partition]
-            in_kafka = await self._retry(
-                "reconcile", partial(self._reconcile, claim, emitted.get(partition, []))
-            )
+            try:
+                in_kafka = await self._retry(
+                    "reconcile", partial(self._reconcile, claim, emitted.get(partition, []))
+                )
+            except CorruptRecord as exc:
+                await self._stick(partition, exc)
+                continue
             await self._retry("drain", partial(self._drain, claim, in_kafka))
             tps = [tp for tp in assigned if tp.partition == partition]
             resume = {tp: claim.offsets[tp.topic] for tp in tps if tp.topic in claim.offsets}
@@ -849,34 +853,33 @@ class Pipeline:
         """Stop a partition on a stored state this worker cannot read (damaged, or written by
         a newer release during a rolling update) instead of the whole process, which would
         stop every worker that took the partition over in turn. Nothing of the batch was
-        written; its input is read again from the offsets Redis holds, every
-        STUCK_RETRY_MS, until the state reads (repaired, or a newer worker took over). The
-        partition's other customers wait too: input offsets are committed in order."""
-        claim = self.claims.get(partition)
-        tps = [tp for tp in self.consumer.assignment() if tp.partition == partition]
-        unseen = []
-        for tp in tps:
-            if claim is not None and tp.topic in claim.offsets:
-                self.consumer.seek(tp, claim.offsets[tp.topic])
-            else:
-                unseen.append(tp)
-        if unseen:
-            await self.consumer.seek_to_beginning(*unseen)
-        self.consumer.pause(*tps)
+        written. The partition is paused and, every STUCK_RETRY_MS, taken again as on an
+        assignment (read from the offsets Redis holds), until the state reads: repaired, or
+        a newer worker took the partition over. Its other customers wait too: input offsets
+        are committed in order."""
+        self.claims.pop(partition, None)  # nothing of it runs until it is taken again
+        self.consumer.pause(*self._assigned(partition))
         retry_s = self.settings.stuck_retry_ms / 1000
         self.stuck[partition] = time.monotonic() + retry_s
         self.metrics.stuck.set(len(self.stuck))
         log.error("partition %d stopped: %s; trying again in %.0f s", partition, exc, retry_s)
 
-    def _unstick_due(self) -> None:
+    async def _retake_stuck(self) -> None:
         now = time.monotonic()
-        for partition, at in list(self.stuck.items()):
-            if at <= now:
+        due = [p for p, at in self.stuck.items() if at <= now]
+        if not due:
+            return
+        async with self.lock:
+            for partition in due:
                 del self.stuck[partition]
-                self.consumer.resume(
-                    *[tp for tp in self.consumer.assignment() if tp.partition == partition]
-                )
+                tps = self._assigned(partition)
+                await self._take(tps)  # sticks it again if the state still does not read
+                if partition not in self.stuck:
+                    self.consumer.resume(*tps)
         self.metrics.stuck.set(len(self.stuck))
+
+    def _assigned(self, partition: int) -> list[TopicPartition]:
+        return [tp for tp in self.consumer.assignment() if tp.partition == partition]
 
     async def _timed(self, op: str, call: Awaitable[T]) -> T:
         started = time.perf_counter()
