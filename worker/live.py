@@ -227,7 +227,7 @@ class Pipeline:
                 try:
                     states = await self._load(partition, ids)
                 except CorruptRecord as exc:
-                    await self._stick(partition, exc)
+                    self._stick(partition, exc)
                     break
                 outcome = reevaluate_batch(states, self.rules, self.topics, now)
                 self._stamp(outcome, claim.offsets)
@@ -285,7 +285,7 @@ class Pipeline:
         try:
             outcome = await self._retry("apply", partial(self._apply, claim, records))
         except CorruptRecord as exc:
-            await self._stick(partition, exc)
+            self._stick(partition, exc)
             return
         if outcome is None:
             return
@@ -636,7 +636,7 @@ class Pipeline:
             try:
                 states = await self._load(partition, due)
             except CorruptRecord as exc:
-                await self._stick(partition, exc)
+                self._stick(partition, exc)
                 continue
             for state in states.values():
                 if state is not None and state.due_day is not None:
@@ -696,7 +696,7 @@ class Pipeline:
                     "reconcile", partial(self._reconcile, claim, emitted.get(partition, []))
                 )
             except CorruptRecord as exc:
-                await self._stick(partition, exc)
+                self._stick(partition, exc)
                 continue
             await self._retry("drain", partial(self._drain, claim, in_kafka))
             tps = [tp for tp in assigned if tp.partition == partition]
@@ -849,7 +849,7 @@ class Pipeline:
             self.metrics.partitions.set(len(self.claims))
             self.metrics.stuck.set(len(self.stuck))
 
-    async def _stick(self, partition: int, exc: CorruptRecord) -> None:
+    def _stick(self, partition: int, exc: CorruptRecord) -> None:
         """Stop a partition on a stored state this worker cannot read (damaged, or written by
         a newer release during a rolling update) instead of the whole process, which would
         stop every worker that took the partition over in turn. Nothing of the batch was
@@ -871,8 +871,9 @@ class Pipeline:
             return
         async with self.lock:
             for partition in due:
-                del self.stuck[partition]
                 tps = self._assigned(partition)
+                if self.stuck.pop(partition, None) is None or not tps:
+                    continue  # revoked meanwhile
                 await self._take(tps)  # sticks it again if the state still does not read
                 if partition not in self.stuck:
                     self.consumer.resume(*tps)
