@@ -19,10 +19,12 @@ from typing import BinaryIO, cast
 
 import orjson
 import redis
+from aiokafka.errors import KafkaError
+from redis.exceptions import RedisError
 
 from worker.bench import bench_core, print_table, write_events
 from worker.core.changes import SegmentChange
-from worker.core.codec import decode_state
+from worker.core.codec import CorruptRecord, decode_state
 from worker.core.deadletter import Stage, dead_letter
 from worker.core.events import ParseLimits, Reason, Rejection
 from worker.core.features import DAYS_SINCE, INVARIANT, feature_kinds
@@ -33,12 +35,13 @@ from worker.core.timeutil import day_of, parse_rfc3339
 from worker.core.views import describe
 from worker.demo import DemoOptions, free_http_port, run_demo
 from worker.livebench import run as run_live_bench
+from worker.lookup import look_up
 from worker.progress import Progress
 from worker.replay import Replayer
-from worker.service import Worker, WorkerCrashed, send_erasures
+from worker.service import Worker, WorkerCrashed, input_partitions, send_erasures
 from worker.settings import Settings, SettingsError
 from worker.simulate import FeedFaults, Simulator
-from worker.store import store_for, tls_options
+from worker.store import connect, store_for, tls_options
 
 SAMPLE = "sample-events.jsonl"
 DEFAULT_LIMITS = ParseLimits()
@@ -128,6 +131,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     erase.add_argument("customer_ids", nargs="+", metavar="CUSTOMER_ID")
     erase.set_defaults(func=_erase)
+
+    customer = sub.add_parser(
+        "customer",
+        help="show customers' stored state and classes, as GET /customers/{id} does",
+        description="Read each customer's state from the worker's Redis and print it as one JSON "
+        "object per line: order and visit statistics, window and score features, the classes "
+        "last emitted and since when, and the next instant a class may change with no event. "
+        "Redis and Kafka settings come from the same environment variables as `run`; Kafka is "
+        "asked only for the orders topic's partition count, which places a customer (give it "
+        "with --partitions to skip Kafka). Exit status 1 if any customer is unknown.",
+    )
+    customer.add_argument("customer_ids", nargs="+", metavar="CUSTOMER_ID")
+    customer.add_argument(
+        "--partitions", type=_positive, help="partition count of the input topics"
+    )
+    customer.add_argument(
+        "--at",
+        type=_instant,
+        metavar="TIMESTAMP",
+        help="RFC 3339 instant at which window and score features are computed (default: now)",
+    )
+    customer.set_defaults(func=_customer)
 
     demo = sub.add_parser(
         "demo",
@@ -377,6 +402,57 @@ def _erase(args: argparse.Namespace) -> int:
     return 0
 
 
+def _customer(args: argparse.Namespace) -> int:
+    try:
+        settings = Settings.from_env()
+        rules = load_rules(settings.rules)
+        day = day_of(time.time_ns() // 1_000_000 if args.at is None else args.at)
+        return asyncio.run(
+            _print_customers(settings, rules, args.customer_ids, args.partitions, day)
+        )
+    except SettingsError as exc:
+        print(f"segment-worker: bad setting: {exc}", file=sys.stderr)
+        return 2
+    except KafkaError as exc:
+        print(
+            f"segment-worker: Kafka at {settings.kafka_bootstrap} did not tell the partition "
+            f"count of {settings.topic_orders!r} ({exc!r}); give it with --partitions",
+            file=sys.stderr,
+        )
+        return 2
+    except (RedisError, OSError) as exc:
+        print(
+            f"segment-worker: cannot read Redis (SEGMENT_WORKER_REDIS_URL): {exc}", file=sys.stderr
+        )
+        return 2
+
+
+async def _print_customers(
+    settings: Settings, rules: Rules, customer_ids: Sequence[str], partitions: int | None, day: int
+) -> int:
+    """One JSON line per known customer; 1 if any is unknown or unreadable (said on stderr)."""
+    count = partitions or await input_partitions(settings)
+    client = connect(settings)
+    store = store_for(settings, client)
+    status = 0
+    try:
+        for customer_id in customer_ids:
+            try:
+                body = await look_up(store, rules, count, customer_id, day)
+            except CorruptRecord as exc:
+                print(f"segment-worker: {exc}", file=sys.stderr)
+                status = 1
+                continue
+            if body is None:
+                print(f"segment-worker: unknown customer {customer_id!r}", file=sys.stderr)
+                status = 1
+                continue
+            sys.stdout.buffer.write(orjson.dumps(body) + b"\n")
+    finally:
+        await client.aclose()
+    return status
+
+
 def _demo(args: argparse.Namespace) -> int:
     logging.basicConfig(level="WARNING", format="%(levelname)s %(name)s: %(message)s")
     options = DemoOptions(
@@ -411,6 +487,7 @@ def _traffic_arguments(parser: argparse.ArgumentParser, *, events: int, customer
     parser.add_argument("--seed", type=int, default=1, help="random seed (%(default)s)")
     parser.add_argument(
         "--start",
+        type=_instant,
         default="2025-01-01T00:00:00Z",
         metavar="TIMESTAMP",
         help="when the simulated shop opens (%(default)s)",
@@ -424,16 +501,16 @@ def _positive(text: str) -> int:
     return value
 
 
-def _start_ms(args: argparse.Namespace) -> int:
+def _instant(text: str) -> int:
     try:
-        return parse_rfc3339(args.start)
+        return parse_rfc3339(text)
     except ValueError as exc:
-        raise SystemExit(f"segment-worker: --start: {exc}") from None
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _simulate(args: argparse.Namespace) -> int:
     faults = FeedFaults.realistic() if args.faults else FeedFaults()
-    simulator = Simulator(args.seed, args.customers, _start_ms(args), faults=faults)
+    simulator = Simulator(args.seed, args.customers, args.start, faults=faults)
     with _output(args.out, sys.stdout.buffer) as out:
         assert out is not None
         for event in islice(simulator, args.events):
@@ -456,7 +533,7 @@ def _bench(args: argparse.Namespace) -> int:
     rules = load_rules(args.rules)
     with tempfile.TemporaryDirectory(prefix="segment-worker-bench-") as tmp:
         path = Path(tmp) / "events.jsonl"
-        write_events(path, args.seed, args.customers, args.events, _start_ms(args))
+        write_events(path, args.seed, args.customers, args.events, args.start)
         print_table(bench_core(path, rules, now_ms=int(time.time() * 1000)))
     return 0
 

@@ -9,10 +9,10 @@ import faust
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from worker.core.codec import CorruptRecord, decode_state
+from worker.core.codec import CorruptRecord
 from worker.core.timeutil import day_of
-from worker.core.views import describe
-from worker.live import Pipeline, partition_of
+from worker.live import Pipeline
+from worker.lookup import look_up
 
 
 def register_routes(app: faust.App, pipeline: Pipeline) -> None:
@@ -43,19 +43,20 @@ def register_routes(app: faust.App, pipeline: Pipeline) -> None:
         partitions = pipeline.consumer.partitions_for_topic(pipeline.topics.orders)
         if not partitions:
             return view.json({"error": "topic metadata not available yet"}, status=503)
-        partition = partition_of(customer_id, len(partitions))
         try:
-            blob = await pipeline.store.get(partition, customer_id)
+            body = await look_up(
+                pipeline.store,
+                pipeline.rules,
+                len(partitions),
+                customer_id,
+                day_of(pipeline.clock.now_ms()),
+            )
         except OSError as exc:
             return view.json({"error": f"redis unavailable: {exc}"}, status=503)
-        if blob is None:
-            return view.json({"error": "unknown customer"}, status=404)
-        try:
-            state = decode_state(customer_id, blob)
         except CorruptRecord as exc:
             return view.json({"error": str(exc)}, status=500)
-        body = describe(state, pipeline.rules, day_of(pipeline.clock.now_ms()))
-        body["partition"] = partition
+        if body is None:
+            return view.json({"error": "unknown customer"}, status=404)
         return view.bytes(orjson.dumps(body), content_type="application/json")
 
     del metrics, healthz, readyz, customer

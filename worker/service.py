@@ -33,6 +33,7 @@ from worker.settings import PRODUCER_BATCHING, Settings, SettingsError
 from worker.store import connect, store_for
 
 log = logging.getLogger("segment_worker")
+METADATA_TIMEOUT_MS: Final = 15_000  # one-off metadata questions of the CLI
 YOUNG_GENERATION: Final = 20_000  # allocations between young collections (Python: 700)
 
 
@@ -89,6 +90,21 @@ async def send_erasures(settings: Settings, customer_ids: Sequence[str]) -> None
         for customer_id in customer_ids:
             value = orjson.dumps({"customer_id": customer_id})
             await producer.send_and_wait(settings.topic_erasures, value, key=customer_id.encode())
+    finally:
+        await producer.stop()
+
+
+async def input_partitions(settings: Settings) -> int:
+    """The orders topic's partition count, which places a customer; KafkaError if Kafka
+    cannot tell."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        request_timeout_ms=METADATA_TIMEOUT_MS,
+        **kafka_security(settings),
+    )
+    try:
+        await producer.start()
+        return len(await producer.partitions_for(settings.topic_orders))
     finally:
         await producer.stop()
 

@@ -6,6 +6,7 @@ import contextlib
 import re
 import shutil
 import signal
+import sys
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -25,6 +26,7 @@ from tests.integration.live_support import (
     assert_unbroken_chains,
     change_ids,
     committed,
+    env_of,
     make_settings,
     one_day_of_traffic,
     produce,
@@ -40,7 +42,7 @@ from worker.core.engine import process_event
 from worker.core.events import Order, ParseLimits, parse_event
 from worker.core.rules import load_rules
 from worker.core.rulesdiff import class_moves
-from worker.core.timeutil import DAY_MS
+from worker.core.timeutil import DAY_MS, format_ms
 from worker.core.views import describe
 from worker.embedded import Broker, RedisServer, free_port
 from worker.live import partition_of
@@ -99,7 +101,23 @@ async def test_end_to_end_matches_replay_including_timers_and_dead_letters(
             cid = sorted(expected_replay.states)[0]
             async with http.get(f"/customers/{cid}") as resp:
                 assert resp.status == 200
-                assert (await resp.json())["customer_id"] == cid
+                looked_up = await resp.json()
+                assert looked_up["customer_id"] == cid
+            # The CLI prints the same document (it asks Kafka where the customer lives).
+            cli = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "worker",
+                "customer",
+                cid,
+                "--at",
+                format_ms(NOW),
+                env=env_of(settings),
+                stdout=asyncio.subprocess.PIPE,
+            )
+            out, _ = await cli.communicate()
+            assert cli.returncode == 0
+            assert orjson.loads(out) == looked_up
             async with http.get("/customers/nobody-at-all") as resp:
                 assert resp.status == 404
             async with http.get("/readyz") as resp:
