@@ -466,6 +466,60 @@ async def test_a_state_it_cannot_read_stops_its_partition_until_it_reads(
     assert set(got) == {c["event_id"] for c in expected}
 
 
+async def test_a_state_it_cannot_read_on_taking_a_partition_over_stops_only_that_partition(
+    broker: Broker, redis_server: RedisServer
+) -> None:
+    """The same when the state is met while a partition is taken over: the new owner checks
+    the changes Kafka holds past Redis's relay mark against the states they name (after a
+    Redis that lost writes), and one of those does not read."""
+    settings = replace(await make_settings(broker, redis_server.url), stuck_retry_ms=1000)
+    events = one_day_of_traffic(150, seed=31, orders_only=True)
+    half = len(events) // 2
+    produced = await produce(settings, events[:half])
+    worker = start_worker(settings, NOW)
+    try:
+        await wait_until(lambda: all_committed(settings, produced), 90, "the first half")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(worker.wait, 30) == 0, worker_log(worker)
+    client = connect(settings)
+    cid = Counter(e.key for e in events[:half]).most_common(1)[0][0].decode()
+    stuck = partition_of(cid, PARTITIONS)
+    # Redis forgets how far its changes were relayed: the next owner reads them all back.
+    await client.hset(f"{settings.redis_prefix}:{{p{stuck}}}:meta", "relayed", 0)
+    key = f"{settings.redis_prefix}:{{p{stuck}}}:c:{cid}"
+    readable = await client.get(key)
+    assert readable is not None
+    await client.set(key, b"[99]")
+    # None of the customer's own events follow: only the take-over can meet the state.
+    later = [e for e in events[half:] if e.key.decode() != cid]
+    produced = await produce(settings, later, produced)
+    worker = start_worker(settings, NOW)
+    try:
+
+        async def others_done() -> bool:
+            got = await committed(settings, list(produced.ends))
+            return all(got[tp] >= end for tp, end in produced.ends.items() if tp.partition != stuck)
+
+        await wait_until(others_done, 90, "the other partitions")
+        assert f"partition {stuck} stopped: unknown state format for '{cid}'" in worker_log(worker)
+        metrics = f"http://127.0.0.1:{settings.http_port}/metrics"
+        async with ClientSession() as http, http.get(metrics) as resp:
+            assert "segment_worker_stuck_partitions 1.0" in await resp.text()
+        assert not await all_committed(settings, produced)
+        assert await client.get(key) == b"[99]"
+        await client.set(key, readable)
+        await client.aclose()
+        await wait_until(lambda: all_committed(settings, produced), 60, "the stopped partition")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(worker.wait, 30) == 0, worker_log(worker)
+    expected_replay, expected, _ = replay(events[:half] + later, NOW)
+    await assert_state_matches(settings, expected_replay, NOW // DAY_MS, exact=False)
+    got = change_ids(await read_all(settings, settings.topic_changes))
+    assert set(got) == {c["event_id"] for c in expected}
+
+
 async def test_a_state_an_earlier_release_wrote_is_read_and_rewritten(
     broker: Broker, redis_server: RedisServer
 ) -> None:
