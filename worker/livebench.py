@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from itertools import islice
+from typing import cast
 
 import orjson
 import redis.asyncio as aioredis
@@ -83,8 +84,15 @@ async def bench_live(
         rows = [
             await _raw_ceiling(broker.bootstrap, redis_server.url, topics, ends),
             await _worker(broker.bootstrap, redis_server.url, topics, ends, end_ms),
-            await _faust(broker.bootstrap, redis_server.url, topics, ends),
         ]
+        processes = min(os.cpu_count() or 1, PARTITIONS)
+        if processes > 1:
+            rows.append(
+                await _processes(
+                    broker.bootstrap, redis_server.url, topics, ends, end_ms, count=processes
+                )
+            )
+        rows.append(await _faust(broker.bootstrap, redis_server.url, topics, ends))
         raw = rows[0].rate
         print(
             f"\n{'path':<34} {'events':>9} {'seconds':>8} {'events/s':>9} {'x raw':>6} "
@@ -97,7 +105,7 @@ async def bench_live(
                 f"{row.rate / raw if raw else 0:>6.2f} {cpu:>12}"
             )
         worker_rate = rows[1].rate
-        print(f"segment-worker vs plain Faust agent: {worker_rate / rows[2].rate:.1f}x")
+        print(f"segment-worker vs plain Faust agent: {worker_rate / rows[-1].rate:.1f}x")
         await _latency(
             broker.bootstrap,
             redis_server.url,
@@ -239,6 +247,62 @@ async def _worker(
     finally:
         worker.stop()
         await task
+
+
+async def _processes(
+    bootstrap: str,
+    redis_url: str,
+    topics: Topics,
+    ends: dict[TopicPartition, int],
+    clock_ms: int,
+    *,
+    count: int,
+) -> Row:
+    """The worker scaled out as deployed: ``count`` `segment-worker run` processes in one
+    group (one per core), each with a fresh change topic and Redis prefix. Timed from when
+    every process owns partitions to the last offset committed, over the events not yet
+    applied in Redis then (the group's offsets trail by up to a second)."""
+    tag = uuid.uuid4().hex[:6]
+    own = replace(topics, changes=f"changes-{tag}", dlq=f"dlq-{tag}")
+    await ensure_topics(_settings(bootstrap, redis_url, own, "unused"), PARTITIONS)
+    group = f"workers-{tag}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEGMENT_WORKER_")}
+    env["SEGMENT_WORKER_CLOCK_START"] = format_ms(clock_ms)
+    started: list[tuple[int, subprocess.Popen[bytes]]] = []
+    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await probe.start()
+    client = aioredis.from_url(redis_url)
+    store = Store(client, tag)
+
+    async def applied() -> int:
+        metas = [await client.hgetall(store.key(p, "meta")) for p in range(PARTITIONS)]
+        offsets = cast(list[dict[bytes, bytes]], metas)
+        return sum(int(v) for meta in offsets for k, v in meta.items() if k.startswith(b"off:"))
+
+    try:
+        for _ in range(count):
+            settings = replace(_settings(bootstrap, redis_url, own, group), redis_prefix=tag)
+            command = [sys.executable, "-m", "worker", "run", "--log-level", "WARNING"]
+            proc = subprocess.Popen(command, env=env | settings.to_env(), stdout=subprocess.DEVNULL)
+            started.append((settings.http_port, proc))
+        for port, proc in started:  # ready: it owns partitions, so the group has settled
+            await _until_ready(port, proc)
+        begin = time.perf_counter()
+        first = await applied()
+        while True:
+            committed = {tp: (await probe.committed(tp)) or 0 for tp in ends}
+            if all(committed[tp] >= end for tp, end in ends.items()):
+                break
+            await asyncio.sleep(0.05)
+        seconds = time.perf_counter() - begin
+    finally:
+        await probe.stop()
+        await client.aclose()
+        for _, proc in started:
+            proc.terminate()
+        for _, proc in started:
+            proc.wait(30)
+    return Row(f"segment-worker, {count} processes", sum(ends.values()) - first, seconds)
 
 
 async def _faust(

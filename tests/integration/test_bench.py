@@ -3,6 +3,7 @@ checks that the bench works, not how fast anything is)."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -44,6 +45,8 @@ def test_live_bench_prints_throughput_latency_and_memory() -> None:
     for row in ("raw ceiling", "segment-worker (end to end)", "plain Faust agent"):
         line = next(line for line in out.splitlines() if line.startswith(row))
         assert re.search(r"\s3,000\s", line), line
+    if (os.cpu_count() or 1) > 1:  # scaled out, one process per core
+        assert re.search(r"^segment-worker, [0-9] processes\s+[0-9,]+\s", out, re.MULTILINE)
     assert re.search(r"segment-worker vs plain Faust agent: [0-9.]+x", out)
     latency = out.split("event-to-change latency", 1)[1]
     for row in ("broker only (relay baseline)", "segment-worker "):
