@@ -164,6 +164,7 @@ def _settings(bootstrap: str, redis_url: str, topics: Topics, group: str) -> Set
         topic_dlq=topics.dlq,
         topic_erasures=f"{topics.dlq}-erasures",
         group_id=group,
+        redis_prefix=group,  # each run starts from an empty Redis: no states, no due timers
     )
 
 
@@ -259,7 +260,7 @@ async def _processes(
     count: int,
 ) -> Row:
     """The worker scaled out as deployed: ``count`` `segment-worker run` processes in one
-    group (one per core), each with a fresh change topic and Redis prefix. Timed from when
+    group (one per core), with a change topic of their own. Timed from when
     every process owns partitions to the last offset committed, over the events not yet
     applied in Redis then (the group's offsets trail by up to a second)."""
     tag = uuid.uuid4().hex[:6]
@@ -272,7 +273,7 @@ async def _processes(
     probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     await probe.start()
     client = aioredis.from_url(redis_url)
-    store = Store(client, tag)
+    store = Store(client, group)
 
     async def applied() -> int:
         metas = [await client.hgetall(store.key(p, "meta")) for p in range(PARTITIONS)]
@@ -281,7 +282,7 @@ async def _processes(
 
     try:
         for _ in range(count):
-            settings = replace(_settings(bootstrap, redis_url, own, group), redis_prefix=tag)
+            settings = _settings(bootstrap, redis_url, own, group)
             command = [sys.executable, "-m", "worker", "run", "--log-level", "WARNING"]
             proc = subprocess.Popen(command, env=env | settings.to_env(), stdout=subprocess.DEVNULL)
             started.append((settings.http_port, proc))
