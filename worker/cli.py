@@ -34,6 +34,7 @@ from worker.core.state import CustomerState
 from worker.core.timeutil import day_of, parse_rfc3339
 from worker.core.views import describe
 from worker.demo import DemoOptions, free_http_port, run_demo
+from worker.livebench import Plan
 from worker.livebench import run as run_live_bench
 from worker.lookup import look_up
 from worker.progress import Progress
@@ -213,12 +214,13 @@ def _parser() -> argparse.ArgumentParser:
         nargs="?",
         choices=("core", "live"),
         default="core",
-        help="core: the per-event core against parsing alone (default; --events 1000000); "
-        "live: the worker end to end on the embedded broker and Redis against the raw "
-        "getmany+Lua ceiling and a plain Faust agent, latency at half capacity, and Redis "
-        "bytes per customer (--events 100000)",
+        help="core: the per-event core against parsing alone (default; --events 1000000 "
+        "--customers 50000); live: the worker end to end on the embedded broker and Redis "
+        "against the raw getmany+Lua ceiling and a plain Faust agent, the worker in one "
+        "process per core, latency at half capacity, and Redis bytes per customer (--events "
+        "100000 --customers 20000)",
     )
-    _traffic_arguments(bench, events=0, customers=0)
+    _traffic_arguments(bench, events=None, customers=None)
     bench.add_argument("--rules", type=Path, help="rules file (TOML); built-in defaults if unset")
     bench.add_argument(
         "--memory-customers",
@@ -476,13 +478,16 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _traffic_arguments(parser: argparse.ArgumentParser, *, events: int, customers: int) -> None:
-    """``0`` defaults mean: chosen by the command (see its help)."""
+def _traffic_arguments(
+    parser: argparse.ArgumentParser, *, events: int | None, customers: int | None
+) -> None:
+    """``None`` defaults are chosen by the command's target (its help says)."""
+    chosen = "%(default)s"
+    if events is None or customers is None:
+        chosen = "by target, see above"
+    parser.add_argument("--events", type=_positive, default=events, help=f"events ({chosen})")
     parser.add_argument(
-        "--events", type=_positive, default=events or None, help="events (%(default)s)"
-    )
-    parser.add_argument(
-        "--customers", type=_positive, default=customers or None, help="customers (%(default)s)"
+        "--customers", type=_positive, default=customers, help=f"customers ({chosen})"
     )
     parser.add_argument("--seed", type=int, default=1, help="random seed (%(default)s)")
     parser.add_argument(
@@ -520,13 +525,18 @@ def _simulate(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     if args.target == "live":
-        run_live_bench(
-            args.events or 100_000,
-            args.customers or 20_000,
-            args.memory_customers,
-            args.seed,
-            args.latency_seconds,
+        if args.rules is not None:
+            load_rules(args.rules)  # a bad file is refused before any server starts
+        plan = Plan(
+            events=args.events or 100_000,
+            customers=args.customers or 20_000,
+            memory_customers=args.memory_customers,
+            seed=args.seed,
+            latency_seconds=args.latency_seconds,
+            start_ms=args.start,
+            rules=args.rules,
         )
+        run_live_bench(plan)
         return 0
     args.events = args.events or 1_000_000
     args.customers = args.customers or 50_000

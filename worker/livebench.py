@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from itertools import islice
+from pathlib import Path
 from typing import cast
 
 import orjson
@@ -34,7 +35,7 @@ from worker.clock import SimulatedClock
 from worker.core.codec import decode_state, encode_state
 from worker.core.events import ParseLimits
 from worker.core.rules import load_rules
-from worker.core.timeutil import DAY_MS, format_ms, parse_rfc3339
+from worker.core.timeutil import DAY_MS, format_ms
 from worker.embedded import Broker, RedisServer, free_port
 from worker.live import partition_of
 from worker.progress import Progress
@@ -45,7 +46,6 @@ from worker.simulate import SimEvent, Simulator
 from worker.store import Claim, Store
 
 PARTITIONS = 4
-START = parse_rfc3339("2025-01-01T00:00:00Z")
 RAW_LUA = """
 for i = 1, #KEYS do redis.call('HINCRBY', KEYS[i], 'n', 1) end
 return #KEYS
@@ -65,6 +65,19 @@ class Row:
 
 
 @dataclass(frozen=True)
+class Plan:
+    """What a `bench live` run measures: the traffic and the rules the worker runs."""
+
+    events: int
+    customers: int
+    memory_customers: int
+    seed: int
+    latency_seconds: float
+    start_ms: int  # the simulated shop's opening
+    rules: Path | None  # None: the built-in defaults
+
+
+@dataclass(frozen=True)
 class Topics:
     orders: str
     visits: str
@@ -72,24 +85,35 @@ class Topics:
     dlq: str
 
 
-async def bench_live(
-    events: int, customers: int, memory_customers: int, seed: int, latency_seconds: float
-) -> None:
-    traffic = list(islice(Simulator(seed, customers, START), events))
+async def bench_live(plan: Plan) -> None:
+    rules = load_rules(plan.rules)
+    print(f"rules: {rules.source}, version {rules.version}")
+    traffic = list(islice(Simulator(plan.seed, plan.customers, plan.start_ms), plan.events))
     end_ms = max(e.delivered_ms for e in traffic) + 60_000
     with Broker() as broker, RedisServer() as redis_server:
         topics = await _topics(broker.bootstrap)
-        print(f"producing {len(traffic):,} events for {customers:,} customers ...", file=sys.stderr)
+        print(
+            f"producing {len(traffic):,} events for {plan.customers:,} customers ...",
+            file=sys.stderr,
+        )
         ends = await _produce(broker.bootstrap, topics, traffic)
         rows = [
             await _raw_ceiling(broker.bootstrap, redis_server.url, topics, ends),
-            await _worker(broker.bootstrap, redis_server.url, topics, ends, end_ms),
+            await _worker(
+                broker.bootstrap, redis_server.url, topics, ends, end_ms, rules=plan.rules
+            ),
         ]
         processes = min(os.cpu_count() or 1, PARTITIONS)
         if processes > 1:
             rows.append(
                 await _processes(
-                    broker.bootstrap, redis_server.url, topics, ends, end_ms, count=processes
+                    broker.bootstrap,
+                    redis_server.url,
+                    topics,
+                    ends,
+                    end_ms,
+                    count=processes,
+                    rules=plan.rules,
                 )
             )
         rows.append(await _faust(broker.bootstrap, redis_server.url, topics, ends))
@@ -106,15 +130,8 @@ async def bench_live(
             )
         worker_rate = rows[1].rate
         print(f"segment-worker vs plain Faust agent: {worker_rate / rows[-1].rate:.1f}x")
-        await _latency(
-            broker.bootstrap,
-            redis_server.url,
-            customers,
-            seed,
-            worker_rate / 2,
-            duration=latency_seconds,
-        )
-    await _memory(memory_customers, seed)
+        await _latency(broker.bootstrap, redis_server.url, plan, worker_rate / 2)
+    await _memory(plan)
 
 
 async def _topics(bootstrap: str) -> Topics:
@@ -148,9 +165,12 @@ async def _produce(
     return ends
 
 
-def _settings(bootstrap: str, redis_url: str, topics: Topics, group: str) -> Settings:
+def _settings(
+    bootstrap: str, redis_url: str, topics: Topics, group: str, rules: Path | None = None
+) -> Settings:
     return replace(
         Settings(),
+        rules=rules,
         kafka_bootstrap=bootstrap,
         redis_url=redis_url,
         http_port=free_port(),
@@ -219,8 +239,10 @@ async def _worker(
     topics: Topics,
     ends: dict[TopicPartition, int],
     clock_ms: int,
+    *,
+    rules: Path | None,
 ) -> Row:
-    settings = _settings(bootstrap, redis_url, topics, f"worker-{uuid.uuid4().hex[:6]}")
+    settings = _settings(bootstrap, redis_url, topics, f"worker-{uuid.uuid4().hex[:6]}", rules)
     worker = Worker(settings, SimulatedClock(clock_ms, 1.0))
     task = asyncio.create_task(worker.run())
     try:
@@ -258,6 +280,7 @@ async def _processes(
     clock_ms: int,
     *,
     count: int,
+    rules: Path | None,
 ) -> Row:
     """The worker scaled out as deployed: ``count`` `segment-worker run` processes in one
     group (one per core), with a change topic of their own. Timed from when
@@ -282,7 +305,7 @@ async def _processes(
 
     try:
         for _ in range(count):
-            settings = _settings(bootstrap, redis_url, own, group)
+            settings = _settings(bootstrap, redis_url, own, group, rules)
             command = [sys.executable, "-m", "worker", "run", "--log-level", "WARNING"]
             proc = subprocess.Popen(command, env=env | settings.to_env(), stdout=subprocess.DEVNULL)
             started.append((settings.http_port, proc))
@@ -342,17 +365,17 @@ async def _faust(
         await client.aclose()
 
 
-async def _latency(
-    bootstrap: str, redis_url: str, customers: int, seed: int, rate: float, *, duration: float
-) -> None:
+async def _latency(bootstrap: str, redis_url: str, plan: Plan, rate: float) -> None:
     """Paced traffic at ``rate``: from each event's send to the arrival of the change it
     caused on the output topic; the same for the broker-only relay baseline, side by side."""
-    traffic = list(islice(Simulator(seed + 1, customers, START), int(rate * duration)))
+    simulator = Simulator(plan.seed + 1, plan.customers, plan.start_ms)
+    traffic = list(islice(simulator, int(rate * plan.latency_seconds)))
     clock_ms = max(e.delivered_ms for e in traffic) + 60_000
     rows = []
     for name, is_worker in (("broker only (relay baseline)", False), ("segment-worker", True)):
         topics = await _topics(bootstrap)
-        settings = _settings(bootstrap, redis_url, topics, f"lat-{uuid.uuid4().hex[:6]}")
+        group = f"lat-{uuid.uuid4().hex[:6]}"
+        settings = _settings(bootstrap, redis_url, topics, group, plan.rules)
         # Each gets a process (and a core) of its own, as in production: sharing this event
         # loop with the paced producer and the watcher would time their queueing too.
         if not is_worker:
@@ -460,17 +483,18 @@ async def _until_ready(port: int, proc: subprocess.Popen[bytes], timeout: float 
             await asyncio.sleep(0.1)
 
 
-async def _memory(customers: int, seed: int) -> None:
+async def _memory(plan: Plan) -> None:
     """Redis bytes per customer: the states and due index the worker writes, for the states
     a replay of simulated traffic builds for ``customers`` customers."""
-    rules = load_rules(None)
+    rules = load_rules(plan.rules)
+    customers = plan.memory_customers
     replayer = Replayer(
         rules, lambda _: None, lambda *_: None, limits=ParseLimits(), future_reference_ms=2**62
     )
     # Until every simulated customer has a state (they sign up over half a year), so that
     # the figure is at ``customers`` customers, as the goal is stated.
     progress = Progress(customers, "memory: customers")
-    for n, e in enumerate(Simulator(seed, customers, START), start=1):
+    for n, e in enumerate(Simulator(plan.seed, customers, plan.start_ms), start=1):
         replayer.feed(e.jsonl(), n)
         if n % 8192 == 0:
             progress.update(len(replayer.states), n)
@@ -523,7 +547,5 @@ async def _memory(customers: int, seed: int) -> None:
     )
 
 
-def run(
-    events: int, customers: int, memory_customers: int, seed: int, latency_seconds: float
-) -> None:
-    asyncio.run(bench_live(events, customers, memory_customers, seed, latency_seconds))
+def run(plan: Plan) -> None:
+    asyncio.run(bench_live(plan))

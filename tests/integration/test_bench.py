@@ -7,6 +7,9 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
+
+from worker.core.rules import default_rules_text, load_rules
 
 
 def bench(*args: str, timeout: float) -> str:
@@ -29,9 +32,13 @@ def test_core_bench_prints_the_core_beside_its_parse_baseline() -> None:
     assert re.search(r"core: parse\+apply\+classify\+due\s+3,000\s", out)
 
 
-def test_live_bench_prints_throughput_latency_and_memory() -> None:
+def test_live_bench_prints_throughput_latency_and_memory(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_bytes(default_rules_text().replace(b"windows = [90]", b"windows = [30, 90]"))
     out = bench(
         "live",
+        "--rules",
+        str(rules),
         "--events",
         "3000",
         "--customers",
@@ -42,6 +49,7 @@ def test_live_bench_prints_throughput_latency_and_memory() -> None:
         "4",
         timeout=400,
     )
+    assert f"rules: {rules}, version {load_rules(rules).version}" in out
     for row in ("raw ceiling", "segment-worker (end to end)", "plain Faust agent"):
         line = next(line for line in out.splitlines() if line.startswith(row))
         assert re.search(r"\s3,000\s", line), line
@@ -54,3 +62,17 @@ def test_live_bench_prints_throughput_latency_and_memory() -> None:
         count, p50, p99 = line[len(row) :].split()
         assert int(count.replace(",", "")) > 0 and 0 < float(p50) <= float(p99), line
     assert re.search(r"Redis memory: [0-9,]+ bytes per customer at 150 customers", out)
+
+
+def test_live_bench_refuses_a_bad_rules_file_before_starting_anything(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text("[orders]\nwindows = []\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "worker", "bench", "live", "--rules", str(rules)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "orders.windows" in proc.stderr
