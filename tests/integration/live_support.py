@@ -4,12 +4,14 @@ result from replay, and worker processes to kill."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path
@@ -284,6 +286,19 @@ def start_worker(settings: Settings, clock_ms: int, **extra: str) -> subprocess.
 
 
 LOGS: dict[int, Path] = {}
+
+
+@contextlib.asynccontextmanager
+async def worker_process(
+    settings: Settings, clock_ms: int, **extra: str
+) -> AsyncIterator[subprocess.Popen[bytes]]:
+    """:func:`start_worker`, stopped with SIGTERM on the way out, which it must obey (exit 0)."""
+    proc = start_worker(settings, clock_ms, **extra)
+    try:
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 30) == 0, worker_log(proc)
 
 
 def worker_log(proc: subprocess.Popen[bytes]) -> str:

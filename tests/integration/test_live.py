@@ -36,6 +36,7 @@ from tests.integration.live_support import (
     stored_states,
     wait_until,
     worker_log,
+    worker_process,
 )
 from worker.core.codec import FORMAT, decode_state
 from worker.core.engine import process_event
@@ -202,12 +203,8 @@ async def test_kill_9_then_restart_loses_and_duplicates_nothing(
     doomed = start_worker(settings, NOW, SW_TEST_CRASH=crash)
     code = await asyncio.to_thread(doomed.wait, 90)
     assert code == 137, worker_log(doomed)
-    survivor = start_worker(settings, NOW)
-    try:
+    async with worker_process(settings, NOW):
         await wait_until(lambda: all_committed(settings, produced), 90, "restart catches up")
-    finally:
-        survivor.send_signal(signal.SIGTERM)
-        assert await asyncio.to_thread(survivor.wait, 30) == 0, worker_log(survivor)
     expected_replay, expected, _ = replay(events, NOW)
     got = change_ids(await read_all(settings, settings.topic_changes))
     assert set(got) == {c["event_id"] for c in expected}
@@ -429,8 +426,7 @@ async def test_a_state_it_cannot_read_stops_its_partition_until_it_reads(
     held = max(i for i, e in enumerate(events) if e.key == busiest)
     cut = len(events) * 4 // 5
     produced = await produce(settings, [e for i, e in enumerate(events) if i < cut and i != held])
-    worker = start_worker(settings, NOW)
-    try:
+    async with worker_process(settings, NOW) as worker:
         await wait_until(lambda: all_committed(settings, produced), 90, "the first part")
         client = connect(settings)
         cid = busiest.decode()
@@ -457,9 +453,6 @@ async def test_a_state_it_cannot_read_stops_its_partition_until_it_reads(
         await client.set(key, readable)
         await client.aclose()
         await wait_until(lambda: all_committed(settings, produced), 60, "the stopped partition")
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        assert await asyncio.to_thread(worker.wait, 30) == 0, worker_log(worker)
     expected_replay, expected, _ = replay(events, NOW)
     await assert_state_matches(settings, expected_replay, NOW // DAY_MS, exact=False)
     got = change_ids(await read_all(settings, settings.topic_changes))
@@ -476,12 +469,8 @@ async def test_a_state_it_cannot_read_on_taking_a_partition_over_stops_only_that
     events = one_day_of_traffic(150, seed=31, orders_only=True)
     half = len(events) // 2
     produced = await produce(settings, events[:half])
-    worker = start_worker(settings, NOW)
-    try:
+    async with worker_process(settings, NOW):
         await wait_until(lambda: all_committed(settings, produced), 90, "the first half")
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        assert await asyncio.to_thread(worker.wait, 30) == 0, worker_log(worker)
     client = connect(settings)
     cid = Counter(e.key for e in events[:half]).most_common(1)[0][0].decode()
     stuck = partition_of(cid, PARTITIONS)
@@ -494,8 +483,7 @@ async def test_a_state_it_cannot_read_on_taking_a_partition_over_stops_only_that
     # None of the customer's own events follow: only the take-over can meet the state.
     later = [e for e in events[half:] if e.key.decode() != cid]
     produced = await produce(settings, later, produced)
-    worker = start_worker(settings, NOW)
-    try:
+    async with worker_process(settings, NOW) as worker:
 
         async def others_done() -> bool:
             got = await committed(settings, list(produced.ends))
@@ -511,9 +499,6 @@ async def test_a_state_it_cannot_read_on_taking_a_partition_over_stops_only_that
         await client.set(key, readable)
         await client.aclose()
         await wait_until(lambda: all_committed(settings, produced), 60, "the stopped partition")
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        assert await asyncio.to_thread(worker.wait, 30) == 0, worker_log(worker)
     expected_replay, expected, _ = replay(events[:half] + later, NOW)
     await assert_state_matches(settings, expected_replay, NOW // DAY_MS, exact=False)
     got = change_ids(await read_all(settings, settings.topic_changes))
