@@ -10,7 +10,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import replace
 from importlib import resources
 from itertools import islice
@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 
 from worker.bench import bench_core, print_table, write_events
 from worker.core.changes import SegmentChange
-from worker.core.codec import CorruptRecord, decode_state
+from worker.core.codec import decode_state
 from worker.core.deadletter import Stage, dead_letter
 from worker.core.events import ParseLimits, Reason, Rejection
 from worker.core.features import DAYS_SINCE, INVARIANT, feature_kinds
@@ -36,13 +36,13 @@ from worker.core.views import describe
 from worker.demo import DemoOptions, free_http_port, run_demo
 from worker.livebench import Plan
 from worker.livebench import run as run_live_bench
-from worker.lookup import look_up
+from worker.lookup import forget, print_customers
 from worker.progress import Progress
 from worker.replay import Replayer
 from worker.service import Worker, WorkerCrashed, input_partitions, send_erasures
 from worker.settings import Settings, SettingsError
 from worker.simulate import FeedFaults, Simulator
-from worker.store import connect, store_for, tls_options
+from worker.store import Store, connect, store_for, tls_options
 
 SAMPLE = "sample-events.jsonl"
 DEFAULT_LIMITS = ParseLimits()
@@ -154,6 +154,21 @@ def _parser() -> argparse.ArgumentParser:
         help="RFC 3339 instant at which window and score features are computed (default: now)",
     )
     customer.set_defaults(func=_customer)
+
+    forget_ = sub.add_parser(
+        "forget",
+        help="delete a damaged stored state that stops its partition",
+        description="A stored state the worker cannot read stops its partition (the log names "
+        "the customer; segment_worker_stuck_partitions counts such partitions). This deletes "
+        "that state and the customer's due-index entry, so the partition carries on when it "
+        "is next retried (SEGMENT_WORKER_STUCK_RETRY_MS); the customer's later events start a "
+        "new history, and the class populations still count their old classes. It refuses a "
+        "state that reads (use `erase`) and one in a newer release's format (finish that "
+        "rollout instead). Settings as for `customer`.",
+    )
+    forget_.add_argument("customer_ids", nargs="+", metavar="CUSTOMER_ID")
+    forget_.add_argument("--partitions", type=_positive, help="partition count of the input topics")
+    forget_.set_defaults(func=_forget)
 
     demo = sub.add_parser(
         "demo",
@@ -405,54 +420,53 @@ def _erase(args: argparse.Namespace) -> int:
 
 
 def _customer(args: argparse.Namespace) -> int:
-    try:
-        settings = Settings.from_env()
+    def work(settings: Settings, store: Store, partitions: int) -> Awaitable[int]:
         rules = load_rules(settings.rules)
         day = day_of(time.time_ns() // 1_000_000 if args.at is None else args.at)
-        return asyncio.run(
-            _print_customers(settings, rules, args.customer_ids, args.partitions, day)
-        )
+        return print_customers(store, rules, args.customer_ids, partitions, day)
+
+    return _against_redis(args.partitions, work)
+
+
+def _forget(args: argparse.Namespace) -> int:
+    return _against_redis(
+        args.partitions, lambda _, store, partitions: forget(store, args.customer_ids, partitions)
+    )
+
+
+def _against_redis(
+    partitions: int | None, work: Callable[[Settings, Store, int], Awaitable[int]]
+) -> int:
+    """Run an operator command on the worker's Redis, with the settings of `run` and the
+    input partition count (asked of Kafka unless given); its exit status, or 2 with a message
+    when a server cannot answer."""
+    try:
+        settings = Settings.from_env()
     except SettingsError as exc:
         print(f"segment-worker: bad setting: {exc}", file=sys.stderr)
         return 2
+
+    async def main() -> int:
+        count = partitions or await input_partitions(settings)
+        client = connect(settings)
+        try:
+            return await work(settings, store_for(settings, client), count)
+        finally:
+            await client.aclose()
+
+    try:
+        return asyncio.run(main())
     except KafkaError as exc:
         print(
             f"segment-worker: Kafka at {settings.kafka_bootstrap} did not tell the partition "
             f"count of {settings.topic_orders!r} ({exc!r}); give it with --partitions",
             file=sys.stderr,
         )
-        return 2
     except (RedisError, OSError) as exc:
         print(
-            f"segment-worker: cannot read Redis (SEGMENT_WORKER_REDIS_URL): {exc}", file=sys.stderr
+            f"segment-worker: cannot reach Redis (SEGMENT_WORKER_REDIS_URL): {exc}", file=sys.stderr
         )
-        return 2
-
-
-async def _print_customers(
-    settings: Settings, rules: Rules, customer_ids: Sequence[str], partitions: int | None, day: int
-) -> int:
-    """One JSON line per known customer; 1 if any is unknown or unreadable (said on stderr)."""
-    count = partitions or await input_partitions(settings)
-    client = connect(settings)
-    store = store_for(settings, client)
-    status = 0
-    try:
-        for customer_id in customer_ids:
-            try:
-                body = await look_up(store, rules, count, customer_id, day)
-            except CorruptRecord as exc:
-                print(f"segment-worker: {exc}", file=sys.stderr)
-                status = 1
-                continue
-            if body is None:
-                print(f"segment-worker: unknown customer {customer_id!r}", file=sys.stderr)
-                status = 1
-                continue
-            sys.stdout.buffer.write(orjson.dumps(body) + b"\n")
-    finally:
-        await client.aclose()
-    return status
+    return 2
 
 
 def _demo(args: argparse.Namespace) -> int:

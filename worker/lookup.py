@@ -1,9 +1,16 @@
-"""One customer's stored state as the HTTP API (``GET /customers/{id}``) and
-``segment-worker customer`` show it: the same document from both, read from Redis."""
+"""Customers' stored states for operators: the document the HTTP API (``GET
+/customers/{id}``) and ``segment-worker customer`` show, and ``segment-worker forget`` for a
+damaged state that stops its partition."""
 
 from __future__ import annotations
 
-from worker.core.codec import decode_state
+import struct
+import sys
+from collections.abc import Sequence
+
+import orjson
+
+from worker.core.codec import FORMAT, CorruptRecord, declared_format, decode_state
 from worker.core.rules import Rules
 from worker.core.views import describe
 from worker.live import partition_of
@@ -22,3 +29,64 @@ async def look_up(
     body = describe(decode_state(customer_id, blob), rules, day)
     body["partition"] = partition
     return body
+
+
+async def print_customers(
+    store: Store, rules: Rules, customer_ids: Sequence[str], partitions: int, day: int
+) -> int:
+    """One JSON line per known customer; 1 if any is unknown or unreadable (said on stderr)."""
+    status = 0
+    for customer_id in customer_ids:
+        try:
+            body = await look_up(store, rules, partitions, customer_id, day)
+        except CorruptRecord as exc:
+            print(f"segment-worker: {exc}", file=sys.stderr)
+            status = 1
+            continue
+        if body is None:
+            print(f"segment-worker: unknown customer {customer_id!r}", file=sys.stderr)
+            status = 1
+            continue
+        sys.stdout.buffer.write(orjson.dumps(body) + b"\n")
+    return status
+
+
+async def forget(store: Store, customer_ids: Sequence[str], partitions: int) -> int:
+    """Delete damaged states (and their due entries); 1 if any customer was left as it was,
+    with the reason on stderr."""
+    status = 0
+    for customer_id in customer_ids:
+        partition = partition_of(customer_id, partitions)
+        stored = await store.stored(partition, customer_id)
+        refusal = _refusal(store, customer_id, stored)
+        if refusal is None and stored is not None:
+            if await store.forget(partition, customer_id, stored):
+                print(
+                    f"forgot {customer_id!r}: its damaged state is deleted (partition {partition})"
+                )
+                continue
+            refusal = "its state changed while being checked; nothing deleted"
+        print(f"segment-worker: {customer_id!r}: {refusal}", file=sys.stderr)
+        status = 1
+    return status
+
+
+def _refusal(store: Store, customer_id: str, stored: bytes | None) -> str | None:
+    """Why a customer's state must not be forgotten; None for a damaged one."""
+    if stored is None:
+        return "unknown customer"
+    try:
+        blob = store.unwrap(stored)[1]
+    except (struct.error, UnicodeDecodeError):
+        return None  # damaged before the state even starts
+    try:
+        decode_state(customer_id, blob)
+    except CorruptRecord:
+        found = declared_format(blob)
+        if found is not None and found > FORMAT:
+            return (
+                f"its state is in format {found}, which a newer release writes: finish rolling "
+                "that release out instead"
+            )
+        return None
+    return "its state reads fine; `segment-worker erase` removes a customer"

@@ -44,6 +44,14 @@ LIBRARY: Final = "segment_worker"
 POP_SEPARATOR: Final = "\x1f"
 _FENCED: Final = re.compile(r"FENCED current=(\d+)")
 _ID_LEN: Final = struct.Struct(">I")
+# Compare-and-delete for an operator removing a damaged state (:meth:`Store.forget`): a plain
+# script, not a library function, so that it needs no library version of its own.
+_FORGET: Final = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[2])
+return 1
+"""
 
 
 Client = aioredis.Redis | RedisCluster
@@ -231,8 +239,20 @@ class Store:
         )
 
     async def get(self, partition: int, customer_id: str) -> bytes | None:
+        return self._state(await self.stored(partition, customer_id))
+
+    async def stored(self, partition: int, customer_id: str) -> bytes | None:
+        """The customer's value as Redis holds it (with a pseudonym key, the id comes first)."""
         value = await self.client.get(self.customer_key(partition, customer_id))
-        return self._state(cast(bytes | None, value))
+        return cast(bytes | None, value)
+
+    async def forget(self, partition: int, customer_id: str, stored: bytes) -> bool:
+        """Delete the customer's state and due entry, if the value is still ``stored``; False
+        if it changed meanwhile. For a damaged state that stops its partition: no epoch (its
+        owner is stopped on it) and no population change (its classes cannot be read)."""
+        keys = [self.customer_key(partition, customer_id), self.key(partition, "due")]
+        reply = await self.client.eval(_FORGET, 2, *keys, stored, self.name(customer_id))
+        return bool(reply)
 
     def _state(self, stored: bytes | None) -> bytes | None:
         return None if stored is None else self.unwrap(stored)[1]

@@ -98,6 +98,18 @@ def encode_state(state: CustomerState) -> bytes:
     return zlib.compress(data, 1) if len(data) >= COMPRESS_FROM else data
 
 
+def declared_format(data: bytes) -> int | None:
+    """The format number stored bytes declare, None if they declare none: tells a state a
+    newer release wrote (a format above FORMAT) from a damaged one."""
+    try:
+        doc = orjson.loads(zlib.decompress(data) if data[:1] == _ZLIB else data)
+    except (orjson.JSONDecodeError, zlib.error):
+        return None
+    if isinstance(doc, list) and doc and type(doc[0]) is int:
+        return int(doc[0])
+    return None
+
+
 def _minus(ms: int | None, base: int) -> int | None:
     return None if ms is None else ms - base
 
