@@ -616,6 +616,9 @@ class Pipeline:
     async def _send_batch(
         self, batch: BatchBuilder, partition: int
     ) -> tuple[Awaitable[RecordMetadata], int]:
+        # Closed, it goes out at once: an open batch waits out the producer's linger (5 ms)
+        # in case more records come, and the relay knows none will.
+        batch.close()
         future = await self.producer.send_batch(batch, self.topics.changes, partition=partition)
         return future, batch.record_count()
 
