@@ -20,7 +20,7 @@ from worker.core.codec import OutRecord, decode_state, encode_state
 from worker.core.events import ParseLimits, Reason, Rejection
 from worker.core.rules import default_rules_text, load_rules, parse_rules
 from worker.core.state import CustomerState
-from worker.core.timeutil import parse_rfc3339
+from worker.core.timeutil import DAY_MS, parse_rfc3339
 from worker.core.views import describe
 from worker.replay import Replayer
 from worker.simulate import FeedFaults, Simulator
@@ -207,6 +207,33 @@ def test_reevaluation_under_new_rules_emits_rules_change_once() -> None:
     live.store(outcome)
     again = reevaluate_batch(live.load(sorted(live.redis)), new, TOPICS, clock)
     assert again.changes == [] and again.states == {}
+
+
+def test_a_customer_absorbed_after_lost_writes_is_classified_by_its_timer_in_a_reevaluation() -> (
+    None
+):
+    """After Redis lost writes, re-read input is absorbed unclassified and its customers made
+    due (``quiet``). If the partition's rules mark went with the writes, a re-evaluation may
+    reach such a customer before the sweep: it classifies them as the sweep does (the same
+    changes, the same next due day), not once at the later instant."""
+    batch = records(800, seed=17)
+    parsed = parse_batch(batch, TOPICS, FUTURE, LIMITS)
+    clock = max(p.occurred_ms for p in parsed if not isinstance(p, Rejection))
+    absorbed = apply_batch(batch, parsed, {}, rules=RULES, topics=TOPICS, now_ms=clock, quiet=True)
+    assert absorbed.changes == [] and absorbed.states
+    stored = {cid: encode_state(s) for cid, s in absorbed.states.items()}
+    later = clock + 200 * DAY_MS
+
+    def fresh() -> dict[str, CustomerState | None]:
+        return {cid: decode_state(cid, blob) for cid, blob in stored.items()}
+
+    swept = sweep(fresh(), RULES, TOPICS, later)
+    reevaluated = reevaluate_batch(fresh(), RULES, TOPICS, later)
+    assert swept.changes
+    assert [c.event_id for c in reevaluated.changes] == [c.event_id for c in swept.changes]
+    assert {c: encode_state(s) for c, s in reevaluated.states.items()} == {
+        c: encode_state(s) for c, s in swept.states.items()
+    }
 
 
 def test_withhold_keeps_only_the_erased_customers_changes_out_of_the_outbox() -> None:

@@ -159,6 +159,20 @@ async def all_committed(settings: Settings, produced: Produced) -> bool:
     return all(got[tp] >= end for tp, end in produced.ends.items())
 
 
+async def all_applied(settings: Settings, produced: Produced) -> bool:
+    """Redis holds every produced event: its input offsets, not the group's, are the truth. A
+    Redis that lost writes is behind the group's offsets until a worker has re-read them."""
+    client = connect(settings)
+    try:
+        for tp, end in produced.ends.items():
+            key = f"{settings.redis_prefix}:{{p{tp.partition}}}:meta"
+            if int(await client.hget(key, f"off:{tp.topic}") or 0) < end:
+                return False
+        return True
+    finally:
+        await client.aclose()
+
+
 async def read_all(
     settings: Settings, topic: str, timeout: float = 3.0
 ) -> list[ConsumerRecord[bytes, bytes]]:

@@ -182,7 +182,13 @@ def reevaluate_batch(
         state = states[customer_id]
         if state is None or state.rules_version == rules.version:
             continue
-        _emit(outcome, topics, reevaluate(state, rules, now_ms, now_ms))
+        if not state.rules_version:
+            # Never classified: absorbed (``quiet``) after Redis lost writes, and due. Its
+            # timer classifies it, as the sweep would: re-classifying it at ``now_ms`` would
+            # skip the timer days between and leave another next due day than replay's.
+            _catch_up(outcome, state, rules, topics, now_ms)
+        else:
+            _emit(outcome, topics, reevaluate(state, rules, now_ms, now_ms))
         outcome.states[customer_id] = state
     return outcome
 
