@@ -143,10 +143,7 @@ def _parser() -> argparse.ArgumentParser:
         "asked only for the orders topic's partition count, which places a customer (give it "
         "with --partitions to skip Kafka). Exit status 1 if any customer is unknown.",
     )
-    customer.add_argument("customer_ids", nargs="+", metavar="CUSTOMER_ID")
-    customer.add_argument(
-        "--partitions", type=_positive, help="partition count of the input topics"
-    )
+    _against_redis_arguments(customer)
     customer.add_argument(
         "--at",
         type=_instant,
@@ -166,8 +163,7 @@ def _parser() -> argparse.ArgumentParser:
         "state that reads (use `erase`) and one in a newer release's format (finish that "
         "rollout instead). Settings as for `customer`.",
     )
-    forget_.add_argument("customer_ids", nargs="+", metavar="CUSTOMER_ID")
-    forget_.add_argument("--partitions", type=_positive, help="partition count of the input topics")
+    _against_redis_arguments(forget_)
     forget_.set_defaults(func=_forget)
 
     demo = sub.add_parser(
@@ -431,6 +427,13 @@ def _customer(args: argparse.Namespace) -> int:
 def _forget(args: argparse.Namespace) -> int:
     return _against_redis(
         args.partitions, lambda _, store, partitions: forget(store, args.customer_ids, partitions)
+    )
+
+
+def _against_redis_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("customer_ids", nargs="+", metavar="CUSTOMER_ID")
+    parser.add_argument(
+        "--partitions", type=_positive, help="partition count of the input topics (asked of Kafka)"
     )
 
 
