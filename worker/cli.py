@@ -542,8 +542,6 @@ def _simulate(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     if args.target == "live":
-        if args.rules is not None:
-            load_rules(args.rules)  # a bad file is refused before any server starts
         plan = Plan(
             events=args.events or 100_000,
             customers=args.customers or 20_000,

@@ -34,7 +34,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from worker.clock import SimulatedClock
 from worker.core.codec import decode_state, encode_state
 from worker.core.events import ParseLimits
-from worker.core.rules import load_rules
+from worker.core.rules import Rules, load_rules
 from worker.core.timeutil import DAY_MS, format_ms
 from worker.embedded import Broker, RedisServer, free_port
 from worker.live import partition_of
@@ -131,7 +131,7 @@ async def bench_live(plan: Plan) -> None:
         worker_rate = rows[1].rate
         print(f"segment-worker vs plain Faust agent: {worker_rate / rows[-1].rate:.1f}x")
         await _latency(broker.bootstrap, redis_server.url, plan, worker_rate / 2)
-    await _memory(plan)
+    await _memory(plan, rules)
 
 
 async def _topics(bootstrap: str) -> Topics:
@@ -290,8 +290,6 @@ async def _processes(
     own = replace(topics, changes=f"changes-{tag}", dlq=f"dlq-{tag}")
     await ensure_topics(_settings(bootstrap, redis_url, own, "unused"), PARTITIONS)
     group = f"workers-{tag}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SEGMENT_WORKER_")}
-    env["SEGMENT_WORKER_CLOCK_START"] = format_ms(clock_ms)
     started: list[tuple[int, subprocess.Popen[bytes]]] = []
     probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     await probe.start()
@@ -306,9 +304,7 @@ async def _processes(
     try:
         for _ in range(count):
             settings = _settings(bootstrap, redis_url, own, group, rules)
-            command = [sys.executable, "-m", "worker", "run", "--log-level", "WARNING"]
-            proc = subprocess.Popen(command, env=env | settings.to_env(), stdout=subprocess.DEVNULL)
-            started.append((settings.http_port, proc))
+            started.append((settings.http_port, _worker_process(settings, clock_ms)))
         for port, proc in started:  # ready: it owns partitions, so the group has settled
             await _until_ready(port, proc)
         begin = time.perf_counter()
@@ -327,6 +323,27 @@ async def _processes(
         for _, proc in started:
             proc.wait(30)
     return Row(f"segment-worker, {count} processes", sum(ends.values()) - first, seconds)
+
+
+def _inherited_env() -> dict[str, str]:
+    """This process's environment for a child, without the settings it may carry: each
+    child's settings are its own."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("SEGMENT_WORKER_")}
+
+
+def _worker_process(settings: Settings, clock_ms: int) -> subprocess.Popen[bytes]:
+    """`segment-worker run` in a child process of its own, with ``settings`` and a clock that
+    starts at ``clock_ms`` and runs at wall-clock speed."""
+    env = (
+        _inherited_env()
+        | settings.to_env()
+        | {
+            "SEGMENT_WORKER_CLOCK_START": format_ms(clock_ms),
+            "SEGMENT_WORKER_CLOCK_SPEED": "1",
+        }
+    )
+    command = [sys.executable, "-m", "worker", "run", "--log-level", "WARNING"]
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
 
 
 async def _faust(
@@ -378,8 +395,12 @@ async def _latency(bootstrap: str, redis_url: str, plan: Plan, rate: float) -> N
         settings = _settings(bootstrap, redis_url, topics, group, plan.rules)
         # Each gets a process (and a core) of its own, as in production: sharing this event
         # loop with the paced producer and the watcher would time their queueing too.
-        if not is_worker:
+        if is_worker:
+            proc = _worker_process(settings, clock_ms)
+        else:
             command = [
+                sys.executable,
+                "-m",
                 "worker.baselines.relay",
                 bootstrap,
                 settings.group_id,
@@ -388,18 +409,7 @@ async def _latency(bootstrap: str, redis_url: str, plan: Plan, rate: float) -> N
                 topics.orders,
                 topics.visits,
             ]
-            env = {}
-        else:
-            command = ["worker", "run", "--log-level", "WARNING"]
-            env = settings.to_env() | {
-                "SEGMENT_WORKER_CLOCK_START": format_ms(clock_ms),
-                "SEGMENT_WORKER_CLOCK_SPEED": "1",
-            }
-        proc = subprocess.Popen(
-            [sys.executable, "-m", *command],
-            env={k: v for k, v in os.environ.items() if not k.startswith("SEGMENT_WORKER_")} | env,
-            stdout=subprocess.DEVNULL if is_worker else subprocess.PIPE,
-        )
+            proc = subprocess.Popen(command, env=_inherited_env(), stdout=subprocess.PIPE)
         try:
             if is_worker:
                 await _until_ready(settings.http_port, proc)
@@ -483,10 +493,9 @@ async def _until_ready(port: int, proc: subprocess.Popen[bytes], timeout: float 
             await asyncio.sleep(0.1)
 
 
-async def _memory(plan: Plan) -> None:
+async def _memory(plan: Plan, rules: Rules) -> None:
     """Redis bytes per customer: the states and due index the worker writes, for the states
     a replay of simulated traffic builds for ``customers`` customers."""
-    rules = load_rules(plan.rules)
     customers = plan.memory_customers
     replayer = Replayer(
         rules, lambda _: None, lambda *_: None, limits=ParseLimits(), future_reference_ms=2**62

@@ -6,6 +6,7 @@ import contextlib
 import re
 import shutil
 import signal
+import subprocess
 import sys
 from collections import Counter
 from dataclasses import replace
@@ -21,6 +22,7 @@ from tests.integration.live_support import (
     PARTITIONS,
     RULES,
     ManualClock,
+    Produced,
     all_committed,
     assert_state_matches,
     assert_unbroken_chains,
@@ -48,6 +50,7 @@ from worker.core.views import describe
 from worker.embedded import Broker, RedisServer, free_port
 from worker.live import partition_of
 from worker.service import Worker, send_erasures
+from worker.settings import Settings
 from worker.simulate import SimEvent
 from worker.store import connect
 
@@ -414,6 +417,39 @@ async def test_an_ex_owner_that_wakes_up_is_fenced_and_writes_nothing(
     assert set(got) == {c["event_id"] for c in expected}
 
 
+async def stopped_until_repaired(
+    settings: Settings,
+    produced: Produced,
+    worker: subprocess.Popen[bytes],
+    cid: str,
+    readable: bytes,
+) -> None:
+    """``cid``'s stored state reads as a format from the future: its partition stops (gauge,
+    log, nothing of it committed, the state not overwritten) while the others go on; the
+    state is then put back as it was, and every offset gets committed."""
+    stuck = partition_of(cid, PARTITIONS)
+    key = f"{settings.redis_prefix}:{{p{stuck}}}:c:{cid}"
+
+    async def others_done() -> bool:
+        got = await committed(settings, list(produced.ends))
+        return all(got[tp] >= end for tp, end in produced.ends.items() if tp.partition != stuck)
+
+    await wait_until(others_done, 90, "the other partitions")
+    metrics = f"http://127.0.0.1:{settings.http_port}/metrics"
+    async with ClientSession() as http, http.get(metrics) as resp:
+        assert "segment_worker_stuck_partitions 1.0" in await resp.text()
+    assert not await all_committed(settings, produced)
+    client = connect(settings)
+    try:
+        assert await client.get(key) == b"[99]"  # not overwritten
+        assert worker.poll() is None
+        assert f"partition {stuck} stopped: unknown state format for '{cid}'" in worker_log(worker)
+        await client.set(key, readable)
+    finally:
+        await client.aclose()
+    await wait_until(lambda: all_committed(settings, produced), 60, "the stopped partition")
+
+
 async def test_a_state_it_cannot_read_stops_its_partition_until_it_reads(
     broker: Broker, redis_server: RedisServer
 ) -> None:
@@ -437,22 +473,8 @@ async def test_a_state_it_cannot_read_stops_its_partition_until_it_reads(
         await client.set(key, b"[99]")  # a format from the future
         later = [events[held]] + [e for i, e in enumerate(events) if i >= cut and i != held]
         produced = await produce(settings, later, produced)
-
-        async def others_done() -> bool:
-            got = await committed(settings, list(produced.ends))
-            return all(got[tp] >= end for tp, end in produced.ends.items() if tp.partition != stuck)
-
-        await wait_until(others_done, 90, "the other partitions")
-        metrics = f"http://127.0.0.1:{settings.http_port}/metrics"
-        async with ClientSession() as http, http.get(metrics) as resp:
-            assert "segment_worker_stuck_partitions 1.0" in await resp.text()
-        assert not await all_committed(settings, produced)
-        assert await client.get(key) == b"[99]"  # not overwritten
-        assert worker.poll() is None
-        assert f"partition {stuck} stopped: unknown state format for '{cid}'" in worker_log(worker)
-        await client.set(key, readable)
         await client.aclose()
-        await wait_until(lambda: all_committed(settings, produced), 60, "the stopped partition")
+        await stopped_until_repaired(settings, produced, worker, cid, readable)
     expected_replay, expected, _ = replay(events, NOW)
     await assert_state_matches(settings, expected_replay, NOW // DAY_MS, exact=False)
     got = change_ids(await read_all(settings, settings.topic_changes))
@@ -483,22 +505,9 @@ async def test_a_state_it_cannot_read_on_taking_a_partition_over_stops_only_that
     # None of the customer's own events follow: only the take-over can meet the state.
     later = [e for e in events[half:] if e.key.decode() != cid]
     produced = await produce(settings, later, produced)
+    await client.aclose()
     async with worker_process(settings, NOW) as worker:
-
-        async def others_done() -> bool:
-            got = await committed(settings, list(produced.ends))
-            return all(got[tp] >= end for tp, end in produced.ends.items() if tp.partition != stuck)
-
-        await wait_until(others_done, 90, "the other partitions")
-        assert f"partition {stuck} stopped: unknown state format for '{cid}'" in worker_log(worker)
-        metrics = f"http://127.0.0.1:{settings.http_port}/metrics"
-        async with ClientSession() as http, http.get(metrics) as resp:
-            assert "segment_worker_stuck_partitions 1.0" in await resp.text()
-        assert not await all_committed(settings, produced)
-        assert await client.get(key) == b"[99]"
-        await client.set(key, readable)
-        await client.aclose()
-        await wait_until(lambda: all_committed(settings, produced), 60, "the stopped partition")
+        await stopped_until_repaired(settings, produced, worker, cid, readable)
     expected_replay, expected, _ = replay(events[:half] + later, NOW)
     await assert_state_matches(settings, expected_replay, NOW // DAY_MS, exact=False)
     got = change_ids(await read_all(settings, settings.topic_changes))

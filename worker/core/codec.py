@@ -102,12 +102,17 @@ def declared_format(data: bytes) -> int | None:
     """The format number stored bytes declare, None if they declare none: tells a state a
     newer release wrote (a format above FORMAT) from a damaged one."""
     try:
-        doc = orjson.loads(zlib.decompress(data) if data[:1] == _ZLIB else data)
+        doc = _document(data)
     except (orjson.JSONDecodeError, zlib.error):
         return None
     if isinstance(doc, list) and doc and type(doc[0]) is int:
         return int(doc[0])
     return None
+
+
+def _document(data: bytes) -> Any:
+    """The JSON a stored state holds, inflated first if it was stored compressed."""
+    return orjson.loads(zlib.decompress(data) if data[:1] == _ZLIB else data)
 
 
 def _minus(ms: int | None, base: int) -> int | None:
@@ -120,7 +125,7 @@ def _plus(offset: int | None, base: int) -> int | None:
 
 def decode_state(customer_id: str, data: bytes) -> CustomerState:
     try:
-        doc = orjson.loads(zlib.decompress(data) if data[:1] == _ZLIB else data)
+        doc = _document(data)
         if not isinstance(doc, list) or not doc or doc[0] not in (FORMAT, _FORMAT_3):
             raise CorruptRecord(f"unknown state format for {customer_id!r}")
         if doc[0] == _FORMAT_3:
