@@ -26,7 +26,6 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError, KafkaTimeoutError
-from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import RecordMetadata
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -66,11 +65,6 @@ def _mtime(path: Path | None) -> float | None:
         return None if path is None else path.stat().st_mtime
     except OSError:
         return None
-
-
-def partition_of(customer_id: str, partitions: int) -> int:
-    """Kafka's default partitioner, so lookups find the partition the producer chose."""
-    return int(murmur2(customer_id.encode()) & 0x7FFFFFFF) % partitions
 
 
 def _crash_point(name: str) -> None:

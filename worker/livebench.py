@@ -37,7 +37,7 @@ from worker.core.events import ParseLimits
 from worker.core.rules import Rules, load_rules
 from worker.core.timeutil import DAY_MS, format_ms
 from worker.embedded import Broker, RedisServer, free_port
-from worker.live import partition_of
+from worker.kafka import partition_of
 from worker.progress import Progress
 from worker.replay import Replayer
 from worker.service import Worker, ensure_topics

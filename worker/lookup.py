@@ -13,7 +13,7 @@ import orjson
 from worker.core.codec import FORMAT, CorruptRecord, declared_format, decode_state
 from worker.core.rules import Rules
 from worker.core.views import describe
-from worker.live import partition_of
+from worker.kafka import partition_of
 from worker.store import Store
 
 

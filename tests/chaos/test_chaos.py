@@ -44,7 +44,7 @@ from worker.core.rules import load_rules
 from worker.core.timeutil import DAY_MS, parse_rfc3339
 from worker.core.views import describe
 from worker.embedded import Broker, RedisServer, free_port
-from worker.live import partition_of
+from worker.kafka import partition_of
 from worker.replay import Replayer
 from worker.service import send_erasures
 from worker.settings import Settings

@@ -26,7 +26,7 @@ from worker.core.state import CustomerState
 from worker.core.timeutil import DAY_MS, format_ms, parse_rfc3339
 from worker.core.views import describe
 from worker.embedded import Broker, free_port
-from worker.live import partition_of
+from worker.kafka import partition_of
 from worker.replay import Replayer
 from worker.service import ensure_topics
 from worker.settings import Settings

@@ -21,7 +21,7 @@ from worker.core.state import CustomerState
 from worker.core.timeutil import DAY_MS, format_ms, parse_rfc3339
 from worker.core.views import describe
 from worker.embedded import RedisServer, free_port
-from worker.live import partition_of
+from worker.kafka import partition_of
 from worker.store import Store
 
 pytestmark = pytest.mark.integration

@@ -25,7 +25,7 @@ from worker.core.codec import decode_state
 from worker.core.state import CustomerState
 from worker.core.timeutil import DAY_MS
 from worker.embedded import Broker, RedisServer
-from worker.live import partition_of
+from worker.kafka import partition_of
 from worker.service import Worker, send_erasures
 from worker.store import Store, connect, store_for
 

@@ -1,0 +1,6 @@
+"""The project's error tree: every error the worker raises on purpose derives from one base,
+so callers (the CLI, the service) can tell our own refusals from bugs."""
+
+
+class SegmentWorkerError(Exception):
+    """Raised when segment-worker refuses or cannot do something: the base of our errors."""
