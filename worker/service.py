@@ -26,6 +26,7 @@ from faust.app.base import BootStrategy
 from worker.clock import Clock, SimulatedClock, WallClock
 from worker.core.rules import load_rules
 from worker.core.timeutil import parse_rfc3339
+from worker.errors import SegmentWorkerError
 from worker.http import register_routes
 from worker.live import Pipeline
 from worker.metrics import Metrics
@@ -139,10 +140,10 @@ class _NoFaustKafka(BootStrategy):
     enable_kafka = False
 
 
-class WorkerCrashed(RuntimeError):
-    """The pipeline stopped on an error it has no handling for (transient Kafka and Redis
-    faults are retried, an unreadable state stops only its partition); nothing past it was
-    committed, so a restart resumes where it stopped."""
+class WorkerCrashed(SegmentWorkerError, RuntimeError):
+    """Raised when the pipeline stopped on an error it has no handling for (transient Kafka and
+    Redis faults are retried, an unreadable state stops only its partition); nothing past it
+    was committed, so a restart resumes where it stopped."""
 
 
 class SegmentApp(faust.App):

@@ -38,6 +38,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import ResponseError
 
+from worker.errors import SegmentWorkerError
 from worker.settings import Settings
 
 LIBRARY: Final = "segment_worker"
@@ -86,7 +87,7 @@ def tls_options(settings: Settings) -> dict[str, Any]:
     return {"ssl_cert_reqs": "required"} | {k: str(v) for k, v in paths.items() if v}
 
 
-class Fenced(Exception):
+class Fenced(SegmentWorkerError):
     """Raised when another worker claimed the partition after us: our write was refused and
     nothing was written. Carries the partition, our epoch and the current one."""
 
