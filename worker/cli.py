@@ -34,6 +34,7 @@ from worker.core.state import CustomerState
 from worker.core.timeutil import day_of, parse_rfc3339
 from worker.core.views import describe
 from worker.demo import DemoOptions, free_http_port, run_demo
+from worker.keys import name_in
 from worker.livebench import Plan
 from worker.livebench import run as run_live_bench
 from worker.lookup import forget, print_customers
@@ -612,11 +613,11 @@ def _redis_states(settings: Settings) -> Iterator[CustomerState]:
     client = kind.from_url(settings.redis_url, **tls_options(settings))
     store = store_for(settings, None)
     try:
-        for key in client.scan_iter(match=f"{settings.redis_prefix}:{{p*}}:c:*", count=1000):
+        for key in client.scan_iter(match=store.keys.every_customer(), count=1000):
             stored = cast(bytes | None, client.get(key))
             if stored is not None:
                 customer_id, blob = store.unwrap(stored)
-                yield decode_state(customer_id or key.decode().split(":c:", 1)[1], blob)
+                yield decode_state(customer_id or name_in(key.decode()), blob)
     finally:
         client.close()
 

@@ -38,6 +38,7 @@ from worker.core.rules import Rules, load_rules
 from worker.core.timeutil import DAY_MS, format_ms
 from worker.embedded import Broker, RedisServer, free_port
 from worker.kafka import partition_of
+from worker.keys import offset_topic
 from worker.progress import Progress
 from worker.replay import Replayer
 from worker.service import Worker, ensure_topics
@@ -297,9 +298,11 @@ async def _processes(
     store = Store(client, group)
 
     async def applied() -> int:
-        metas = [await client.hgetall(store.key(p, "meta")) for p in range(PARTITIONS)]
+        metas = [await client.hgetall(store.keys.meta(p)) for p in range(PARTITIONS)]
         offsets = cast(list[dict[bytes, bytes]], metas)
-        return sum(int(v) for meta in offsets for k, v in meta.items() if k.startswith(b"off:"))
+        return sum(
+            int(v) for meta in offsets for k, v in meta.items() if offset_topic(k) is not None
+        )
 
     try:
         for _ in range(count):

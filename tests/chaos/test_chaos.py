@@ -45,6 +45,7 @@ from worker.core.timeutil import DAY_MS, parse_rfc3339
 from worker.core.views import describe
 from worker.embedded import Broker, RedisServer, free_port
 from worker.kafka import partition_of
+from worker.keys import Layout
 from worker.replay import Replayer
 from worker.service import send_erasures
 from worker.settings import Settings
@@ -251,11 +252,12 @@ async def test_chaos(broker: Broker, tmp_path: Path) -> None:
         workers = Workers(settings, later)
         workers.start("timer")
         client = aioredis.from_url(settings.redis_url)
+        layout = Layout(settings.redis_prefix)
 
         async def timers_done() -> bool:
             for p in range(PARTITIONS):
-                if await client.zcount(f"sw:{{p{p}}}:due", "-inf", later) or await client.llen(
-                    f"sw:{{p{p}}}:outbox"
+                if await client.zcount(layout.due(p), "-inf", later) or await client.llen(
+                    layout.outbox(p)
                 ):
                     return False
             return True

@@ -27,11 +27,12 @@ from worker.core.timeutil import DAY_MS, format_ms, parse_rfc3339
 from worker.core.views import describe
 from worker.embedded import Broker, free_port
 from worker.kafka import partition_of
+from worker.keys import Layout, offset_field
 from worker.replay import Replayer
 from worker.service import ensure_topics
 from worker.settings import Settings
 from worker.simulate import FeedFaults, SimEvent, Simulator
-from worker.store import connect
+from worker.store import connect, store_for
 
 PARTITIONS = 4
 DAY0 = parse_rfc3339("2026-03-02T00:00:00Z")
@@ -163,10 +164,11 @@ async def all_applied(settings: Settings, produced: Produced) -> bool:
     """Redis holds every produced event: its input offsets, not the group's, are the truth. A
     Redis that lost writes is behind the group's offsets until a worker has re-read them."""
     client = connect(settings)
+    layout = Layout(settings.redis_prefix)
     try:
         for tp, end in produced.ends.items():
-            key = f"{settings.redis_prefix}:{{p{tp.partition}}}:meta"
-            if int(await client.hget(key, f"off:{tp.topic}") or 0) < end:
+            stored = await client.hget(layout.meta(tp.partition), offset_field(tp.topic))
+            if int(stored or 0) < end:
                 return False
         return True
     finally:
@@ -223,11 +225,11 @@ async def stored_states(
     settings: Settings, customer_ids: list[str]
 ) -> dict[str, CustomerState | None]:
     client = connect(settings)
+    store = store_for(settings, client)
     try:
         out: dict[str, CustomerState | None] = {}
         for cid in customer_ids:
-            p = partition_of(cid, PARTITIONS)
-            blob = await client.get(f"{settings.redis_prefix}:{{p{p}}}:c:{cid}")
+            blob = await store.get(partition_of(cid, PARTITIONS), cid)
             out[cid] = None if blob is None else decode_state(cid, blob)
         return out
     finally:
