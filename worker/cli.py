@@ -34,13 +34,14 @@ from worker.core.state import CustomerState
 from worker.core.timeutil import day_of, parse_rfc3339
 from worker.core.views import describe
 from worker.demo import DemoOptions, free_http_port, run_demo
+from worker.kafka import input_partitions, send_erasures
 from worker.keys import name_in
 from worker.livebench import Plan
 from worker.livebench import run as run_live_bench
 from worker.lookup import forget, print_customers
 from worker.progress import Progress
 from worker.replay import Replayer
-from worker.service import Worker, WorkerCrashed, input_partitions, send_erasures
+from worker.service import Worker, WorkerCrashed
 from worker.settings import Settings, SettingsError
 from worker.simulate import FeedFaults, Simulator
 from worker.store import Store, connect, store_for, tls_options

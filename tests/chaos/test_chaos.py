@@ -44,10 +44,9 @@ from worker.core.rules import load_rules
 from worker.core.timeutil import DAY_MS, parse_rfc3339
 from worker.core.views import describe
 from worker.embedded import Broker, RedisServer, free_port
-from worker.kafka import partition_of
+from worker.kafka import partition_of, send_erasures
 from worker.keys import Layout
 from worker.replay import Replayer
-from worker.service import send_erasures
 from worker.settings import Settings
 from worker.simulate import FeedFaults, SimEvent, Simulator
 

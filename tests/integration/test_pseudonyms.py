@@ -25,8 +25,8 @@ from worker.core.codec import decode_state
 from worker.core.state import CustomerState
 from worker.core.timeutil import DAY_MS
 from worker.embedded import Broker, RedisServer
-from worker.kafka import partition_of
-from worker.service import Worker, send_erasures
+from worker.kafka import partition_of, send_erasures
+from worker.service import Worker
 from worker.store import Store, connect, store_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]

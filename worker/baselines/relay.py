@@ -10,15 +10,15 @@ import asyncio
 import sys
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from worker import kafka
 from worker.settings import PRODUCER_BATCHING
 
 
 async def relay(bootstrap: str, group: str, wait_ms: int, out: str, topics: list[str]) -> None:
-    consumer = AIOKafkaConsumer(
+    consumer = kafka.consumer(
+        bootstrap,
         *topics,
-        bootstrap_servers=bootstrap,
         group_id=group,
         auto_offset_reset="earliest",
         fetch_max_wait_ms=max(10, wait_ms),
@@ -27,7 +27,7 @@ async def relay(bootstrap: str, group: str, wait_ms: int, out: str, topics: list
     )
     # The worker's batching: 16 KB batches each waiting for the last one's ack would make
     # this baseline, not the broker, the bottleneck.
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", **PRODUCER_BATCHING)
+    producer = kafka.producer(bootstrap, **PRODUCER_BATCHING)
     await producer.start()
     await consumer.start()
     try:
