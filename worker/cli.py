@@ -22,7 +22,6 @@ import redis
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
-from worker.bench import bench_core, print_table, write_events
 from worker.core.changes import SegmentChange
 from worker.core.codec import decode_state
 from worker.core.deadletter import Stage, dead_letter
@@ -33,16 +32,17 @@ from worker.core.rulesdiff import class_moves, render
 from worker.core.state import CustomerState
 from worker.core.timeutil import day_of, parse_rfc3339
 from worker.core.views import describe
-from worker.demo import DemoOptions, free_http_port, run_demo
-from worker.livebench import Plan
-from worker.livebench import run as run_live_bench
 from worker.lookup import forget, print_customers
 from worker.progress import Progress
 from worker.replay import Replayer
 from worker.service import Worker, WorkerCrashed, input_partitions, send_erasures
 from worker.settings import Settings, SettingsError
-from worker.simulate import FeedFaults, Simulator
 from worker.store import Store, connect, store_for, tls_options
+from worker.tools.bench import bench_core, print_table, write_events
+from worker.tools.demo import DemoOptions, free_http_port, run_demo
+from worker.tools.livebench import Plan
+from worker.tools.livebench import run as run_live_bench
+from worker.tools.simulate import FeedFaults, Simulator
 
 SAMPLE = "sample-events.jsonl"
 DEFAULT_LIMITS = ParseLimits()

@@ -43,12 +43,12 @@ from worker.core.events import ParseLimits
 from worker.core.rules import load_rules
 from worker.core.timeutil import DAY_MS, parse_rfc3339
 from worker.core.views import describe
-from worker.embedded import Broker, RedisServer, free_port
 from worker.kafka import partition_of
 from worker.replay import Replayer
 from worker.service import send_erasures
 from worker.settings import Settings
-from worker.simulate import FeedFaults, SimEvent, Simulator
+from worker.tools.embedded import Broker, RedisServer, free_port
+from worker.tools.simulate import FeedFaults, SimEvent, Simulator
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 EVENTS = int(os.environ.get("CHAOS_EVENTS", "12000"))

@@ -37,7 +37,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from faust.app.base import BootStrategy
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
-from worker.embedded import Broker, free_port
+from worker.tools.embedded import Broker, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 

@@ -27,7 +27,7 @@ from tests.integration.live_support import (
     worker_log,
 )
 from worker.core.timeutil import DAY_MS
-from worker.embedded import Broker, RedisServer, free_port
+from worker.tools.embedded import Broker, RedisServer, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
