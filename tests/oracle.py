@@ -1,8 +1,8 @@
 """An independent oracle for ``worker.replay.Replayer`` (the histories it is run over come from
 ``tests/traffic.py``).
 
-The oracle recomputes, from the specification alone (README "Replay", "Event contracts" and
-"The rules file", DESIGN.md sections 2-6, ``worker/core/default_rules.toml``), what replay must
+The oracle recomputes, from the specification alone (docs/cli.md "Replay", docs/contracts.md,
+docs/rules.md, DESIGN.md sections 2-6, ``worker/core/default_rules.toml``), what replay must
 output: segment changes, rejected lines and the final per-customer state. It shares no code
 with ``worker``: it parses lines with the standard ``json`` module (exact decimals), keeps the
 *set* of accepted events per customer, recomputes every statistic from that set, and re-classifies
@@ -41,7 +41,7 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 DIMENSIONS = ("lifecycle", "value_tier", "rfm", "membership", "tenure", "old_customer")
 STATUSES = ("placed", "paid", "cancelled", "refunded")
 BASE_CURRENCY = "USD"  # default rules: base USD, no rates
-MAX_FUTURE_MS = 5 * MINUTE  # ParseLimits() defaults, from the README contract
+MAX_FUTURE_MS = 5 * MINUTE  # ParseLimits() defaults, from docs/contracts.md
 MAX_ID_LENGTH = 200
 MAX_AMOUNT = Decimal(10) ** 12
 WINDOW_DAYS = 90

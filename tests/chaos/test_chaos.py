@@ -364,7 +364,7 @@ async def test_chaos(broker: Broker, tmp_path: Path) -> None:
         # Redis loses writes (kill -9 with everysec, or the rollback), re-reading interleaves
         # the orders and visits topics differently, so a customer with both in the lost window
         # can get intermediate changes that differ from those already emitted (known limit,
-        # see README); the final state and final classes are exact.
+        # docs/contracts.md "Ordering"); the final state and final classes are exact.
         hard = ("lost", "double_counted", "state_mismatches", "erased_resurrected")
         assert all(report[k] == 0 for k in hard), report
         assert report["dlq_received"] == dlq_expected, report
