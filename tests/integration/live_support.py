@@ -26,13 +26,13 @@ from worker.core.rules import load_rules
 from worker.core.state import CustomerState
 from worker.core.timeutil import DAY_MS, format_ms, parse_rfc3339
 from worker.core.views import describe
-from worker.embedded import Broker, free_port
 from worker.kafka import ensure_topics, partition_of
 from worker.keys import Layout, offset_field
 from worker.replay import Replayer
 from worker.settings import Settings
-from worker.simulate import FeedFaults, SimEvent, Simulator
 from worker.store import connect, store_for
+from worker.tools.embedded import Broker, free_port
+from worker.tools.simulate import FeedFaults, SimEvent, Simulator
 
 PARTITIONS = 4
 DAY0 = parse_rfc3339("2026-03-02T00:00:00Z")

@@ -36,7 +36,7 @@ from faust.app.base import BootStrategy
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
 from worker import kafka
-from worker.embedded import Broker, free_port
+from worker.tools.embedded import Broker, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 

@@ -47,13 +47,13 @@ from worker.core.rules import load_rules
 from worker.core.rulesdiff import class_moves
 from worker.core.timeutil import DAY_MS, format_ms
 from worker.core.views import describe
-from worker.embedded import Broker, RedisServer, free_port
 from worker.kafka import partition_of, send_erasures
 from worker.keys import RELAYED, Layout
 from worker.service import Worker
 from worker.settings import Settings
-from worker.simulate import SimEvent
 from worker.store import connect
+from worker.tools.embedded import Broker, RedisServer, free_port
+from worker.tools.simulate import SimEvent
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 

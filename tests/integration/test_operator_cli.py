@@ -20,10 +20,10 @@ from worker.core.rules import load_rules
 from worker.core.state import CustomerState
 from worker.core.timeutil import DAY_MS, format_ms, parse_rfc3339
 from worker.core.views import describe
-from worker.embedded import RedisServer, free_port
 from worker.kafka import partition_of
 from worker.keys import Layout
 from worker.store import Store
+from worker.tools.embedded import RedisServer, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -20,10 +20,10 @@ from tests.integration.live_support import (
     wait_until,
 )
 from worker.core.timeutil import DAY_MS
-from worker.embedded import Broker, RedisServer
 from worker.keys import Layout
 from worker.service import Worker
 from worker.store import Store
+from worker.tools.embedded import Broker, RedisServer
 
 pytestmark = pytest.mark.integration
 ACL = Path(__file__).parents[2] / "deploy" / "redis" / "users.acl"

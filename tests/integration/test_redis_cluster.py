@@ -27,8 +27,8 @@ from tests.integration.live_support import (
     worker_log,
 )
 from worker.core.timeutil import DAY_MS
-from worker.embedded import Broker, RedisServer, free_port
 from worker.keys import Layout, glob_escape
+from worker.tools.embedded import Broker, RedisServer, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 

@@ -1,7 +1,8 @@
 """Latency baseline for `segment-worker bench live`: what the broker alone costs. Each input
 event is read with the worker's consumer settings and answered at once with a stand-in change
 (its cause's event id only) on the change topic: two broker hops, no Redis, no core. Run as a
-child process: ``python -m worker.baselines.relay BOOTSTRAP GROUP WAIT_MS OUT_TOPIC TOPIC...``.
+child process:
+``python -m worker.tools.baselines.relay BOOTSTRAP GROUP WAIT_MS OUT_TOPIC TOPIC...``.
 """
 
 from __future__ import annotations

@@ -25,11 +25,11 @@ import orjson
 from worker import kafka
 from worker.clock import SimulatedClock
 from worker.core.timeutil import DAY_MS, format_ms, parse_rfc3339
-from worker.embedded import Broker, RedisServer, free_port
 from worker.kafka import ensure_topics
 from worker.service import Worker
 from worker.settings import Settings
-from worker.simulate import FeedFaults, Simulator
+from worker.tools.embedded import Broker, RedisServer, free_port
+from worker.tools.simulate import FeedFaults, Simulator
 
 log = logging.getLogger("segment_worker.demo")
 PARTITIONS = 4

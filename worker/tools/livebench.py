@@ -37,15 +37,15 @@ from worker.core.codec import decode_state, encode_state
 from worker.core.events import ParseLimits
 from worker.core.rules import Rules, load_rules
 from worker.core.timeutil import DAY_MS, format_ms
-from worker.embedded import Broker, RedisServer, free_port
 from worker.kafka import ensure_topics, partition_of
 from worker.keys import offset_topic
 from worker.progress import Progress
 from worker.replay import Replayer
 from worker.service import Worker
 from worker.settings import Settings
-from worker.simulate import SimEvent, Simulator
 from worker.store import Claim, Store
+from worker.tools.embedded import Broker, RedisServer, free_port
+from worker.tools.simulate import SimEvent, Simulator
 
 PARTITIONS = 4
 RAW_LUA = """
@@ -357,7 +357,7 @@ async def _faust(
         [
             sys.executable,
             "-m",
-            "worker.baselines.faust_agent",
+            "worker.tools.baselines.faust_agent",
             bootstrap,
             redis_url,
             f"faust-{uuid.uuid4().hex[:6]}",
@@ -403,7 +403,7 @@ async def _latency(bootstrap: str, redis_url: str, plan: Plan, rate: float) -> N
             command = [
                 sys.executable,
                 "-m",
-                "worker.baselines.relay",
+                "worker.tools.baselines.relay",
                 bootstrap,
                 settings.group_id,
                 str(settings.batch_wait_ms),
