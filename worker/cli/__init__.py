@@ -20,7 +20,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except RulesError as exc:
-        print(f"segment-worker: invalid rules: {exc}", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"segment-worker: invalid rules: {problem}", file=sys.stderr)
         return 2
     except SettingsError as exc:
         print(f"segment-worker: bad setting: {exc}", file=sys.stderr)
