@@ -19,7 +19,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
 from faust.app.base import BootStrategy
 
@@ -30,6 +30,7 @@ from worker.http import register_routes
 from worker.live import Pipeline
 from worker.metrics import Metrics
 from worker.settings import PRODUCER_BATCHING, Settings, SettingsError
+from worker.startup import start_steps, wait_for_servers
 from worker.store import connect, store_for
 
 log = logging.getLogger("segment_worker")
@@ -287,18 +288,10 @@ class Worker:
         loop.add_signal_handler(signal.SIGHUP, self.pipeline.request_reload)
 
     async def _start_clients(self) -> None:
-        delay = 0.2
-        while not self.pipeline.stopping.is_set():
-            try:
-                await self.store.load_library()
-                await self.producer.start()
-                await self.consumer.start()
-                return
-            except (KafkaError, OSError) as exc:
-                log.warning("waiting for Kafka and Redis: %s", exc)
-                self.metrics.ready.set(0)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        steps = start_steps(
+            self.settings, self.store.load_library, self.producer.start, self.consumer.start
+        )
+        await wait_for_servers(steps, self.pipeline.stopping, lambda: self.metrics.ready.set(0))
 
     async def _shutdown(self) -> None:
         async with self.pipeline.lock:  # no batch in flight past this point
