@@ -121,6 +121,6 @@ def test_a_class_label_defaults_to_its_name() -> None:
     value_tier = next(d for d in rules.dimensions if d.name == "value_tier")
     assert [c.label for c in value_tier.classes] == ["High value", "medium", "low"]
     assert rules.dimensions[-1].classes[0].label == "Old customers"
-    assert load_rules().dimensions[-1].classes[0].label == "old_customer"
+    assert load_rules().dimensions[-1].classes[0].label == "in"
     with pytest.raises(RulesError, match=r"classes\[0\]\.label: must be a non-empty text"):
         parse_rules(text.replace('label = "High value"', "label = 3").encode(), "x")

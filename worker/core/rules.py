@@ -361,8 +361,7 @@ def _segment(
         _check_keys(spec, {"name", "when", "label"}, path)
     name = _name(spec.get("name"), f"{path}.name")
     when = _condition(spec.get("when"), f"{path}.when", kinds)
-    # A segment's one class reads as the segment: its label defaults to the segment's name.
-    label = _label(spec.get("label"), f"{path}.label") or name
+    label = _label(spec.get("label"), f"{path}.label")  # of its one class
     return Dimension(name, None, (ClassRule(SEGMENT_CLASS, when, label),))
 
 

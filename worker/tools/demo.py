@@ -147,7 +147,7 @@ class View:
         if dimension is not None and dimension.classes[0].name == SEGMENT_CLASS:
             inside = sum(n for _, n in counts)
             label = dimension.classes[0].label
-            named = f" ({label})" if label != dim else ""
+            named = f" ({label})" if label != SEGMENT_CLASS else ""
             return f"{inside:,} in the segment{named}, {outside:,} not"
         text = "  ".join(f"{self.label(dim, c)} {n:,}" for c, n in counts)
         return f"{text}  n/a {outside:,}" if outside > 0 else text
@@ -157,7 +157,8 @@ class View:
         by_condition: dict[str, list[str]] = defaultdict(list)
         for dim in sorted(self.population):
             dimension = self.dimensions.get(dim)
-            if dimension is not None and dimension.applies is not None:
+            classified = sum(n for n in self.population[dim].values() if n > 0)
+            if dimension and dimension.applies and classified < len(self.customers):
                 by_condition[dimension.applies].append(dim)
         if not by_condition:
             return []
