@@ -211,6 +211,8 @@ async def _run(options: DemoOptions, out: TextIO, stop: asyncio.Event) -> View:
         out.write(
             f"segment-worker demo: HTTP {url} (metrics: {url}/metrics, a customer: "
             f"{url}/customers/ID); Kafka {bootstrap}; Redis {redact_url(redis_url)}\n"
+            f"  watch the changes: segment-worker changes --kafka {bootstrap} --follow "
+            "--format table\n"
         )
         out.flush()
         tasks = [
