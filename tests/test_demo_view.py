@@ -1,6 +1,8 @@
 """The demo's screen in the words a marketer reads: class labels, the current event rate,
 and dimensions that apply only to some customers."""
 
+import pytest
+
 from worker.core.rules import default_rules_text, parse_rules
 from worker.tools.demo import View
 
@@ -37,13 +39,22 @@ def test_classes_show_their_labels_and_customers_outside_a_dimension_are_na() ->
     view.absorb(change("a", "lifecycle", "potential", "new"))
     view.absorb(change("a", "value_tier", None, "high"))
     shown = rows(view)
-    assert shown["value_tier"].split()[1:] == ["High", "value", "1", "n/a", "2"]
+    assert shown["value_tier"].split()[1:] == ["n/a", "2", "High", "value", "1"]
     assert shown["lifecycle"].split()[1:] == ["potential", "2", "new", "1"]  # all apply
     text = view.render(0, 0, 0, "http://127.0.0.1:8080")
     assert "n/a: customers a dimension does not apply to" in text
     assert "orders_total >= 1: value_tier" in text  # the condition it applies under
     assert "has_visit: lifecycle" not in text  # it applies to every customer seen
     assert "High value" in view.feed[-1]
+
+
+def test_a_narrow_terminal_cuts_classes_not_the_na_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "30")
+    view = View(RULES)
+    for customer in ("a", "b"):
+        view.absorb(change(customer, "lifecycle", None, "potential"))
+    view.absorb(change("a", "rfm", None, "potential_loyalist"))
+    assert rows(view)["rfm"].split()[1:3] == ["n/a", "1"]
 
 
 def test_a_segment_reads_as_in_and_not_in() -> None:

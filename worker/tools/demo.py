@@ -150,7 +150,9 @@ class View:
             named = f" ({label})" if label != SEGMENT_CLASS else ""
             return f"{inside:,} in the segment{named}, {outside:,} not"
         text = "  ".join(f"{self.label(dim, c)} {n:,}" for c, n in counts)
-        return f"{text}  n/a {outside:,}" if outside > 0 else text
+        # Before the classes, so that a narrow terminal cuts classes, not this count.
+        na = f"n/a {outside:,}" if outside > 0 else ""
+        return f"{na:<10} {text}"
 
     def _notes(self) -> list[str]:
         """Why some rows have n/a: the conditions under which a dimension applies."""
