@@ -140,3 +140,16 @@ def test_follow_prints_new_changes_until_ctrl_c(broker: Broker, changes_topic: s
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert out == ""
+
+
+def test_a_broker_it_cannot_reach_gives_status_2_and_says_which() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "worker", "changes", "--kafka", "127.0.0.1:1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "segment-worker: Kafka at 127.0.0.1:1:" in proc.stderr
+    assert "Unclosed" not in proc.stderr

@@ -118,8 +118,8 @@ async def watch(
         fetch_max_wait_ms=200,
         **kafka_security(settings),
     )
-    await consumer.start()
     try:
+        await consumer.start()
         topic = settings.topic_changes
         if topic not in await consumer.topics():
             raise KafkaError(f"no topic {topic!r} (SEGMENT_WORKER_TOPIC_CHANGES)")
