@@ -14,7 +14,6 @@ from typing import Final
 import faust
 import mode
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import KafkaError
 from faust.app.base import BootStrategy
 
 from worker import kafka
@@ -26,6 +25,7 @@ from worker.http import register_routes
 from worker.live import Pipeline
 from worker.metrics import Metrics
 from worker.settings import PRODUCER_BATCHING, Settings, SettingsError
+from worker.startup import start_steps, wait_for_servers
 from worker.store import connect, store_for
 
 log = logging.getLogger("segment_worker")
@@ -199,18 +199,10 @@ class Worker:
         loop.add_signal_handler(signal.SIGHUP, self.pipeline.request_reload)
 
     async def _start_clients(self) -> None:
-        delay = 0.2
-        while not self.pipeline.stopping.is_set():
-            try:
-                await self.store.load_library()
-                await self.producer.start()
-                await self.consumer.start()
-                return
-            except (KafkaError, OSError) as exc:
-                log.warning("waiting for Kafka and Redis: %s", exc)
-                self.metrics.ready.set(0)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        steps = start_steps(
+            self.settings, self.store.load_library, self.producer.start, self.consumer.start
+        )
+        await wait_for_servers(steps, self.pipeline.stopping, lambda: self.metrics.ready.set(0))
 
     async def _shutdown(self) -> None:
         async with self.pipeline.lock:  # no batch in flight past this point
