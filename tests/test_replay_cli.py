@@ -6,6 +6,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from tests.core.test_rules import CRASHING
 from worker.cli import main
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -137,3 +138,26 @@ def test_rules_diff_from_an_events_file(tmp_path: Path, capsys: pytest.CaptureFi
     # Alice (2 orders) becomes a member; carol already is; nothing else moves.
     assert out["membership"] == [{"from": "ordinary", "to": "member", "customers": 1}]
     assert all(not moves for dim, moves in out.items() if dim != "membership")
+
+
+@pytest.mark.parametrize("name", sorted(CRASHING))
+def test_rules_that_would_crash_are_refused_by_check_and_replay(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each file once passed `rules check` and then killed replay (and the live worker) on
+    the first classification or the first EUR order; now both refuse it up front."""
+    rules = tmp_path / "rules.toml"
+    rules.write_text(CRASHING[name][0])
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(
+        b'{"type":"order","event_id":"e1","customer_id":"c","occurred_at":"2026-01-01T10:00:00Z",'
+        b'"amount":"5.00","currency":"EUR","status":"paid"}\n'
+        b'{"type":"visit","event_id":"v1","customer_id":"c","occurred_at":"2026-01-02T10:00:00Z",'
+        b'"action":"login","region":"EU"}\n'
+    )
+    assert main(["rules", "check", str(rules)]) == 2
+    assert "invalid rules" in capsys.readouterr().err
+    out = tmp_path / "changes.jsonl"
+    assert main(["replay", str(events), "--quiet", "--rules", str(rules), "--out", str(out)]) == 2
+    assert "invalid rules" in capsys.readouterr().err
+    assert not out.exists()

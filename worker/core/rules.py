@@ -19,7 +19,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
-from worker.core.conditions import HELPERS, Compiled, ConditionError, FeatureKind, compile_condition
+from worker.core.conditions import (
+    HELPERS,
+    MAX_NUMBER,
+    Compiled,
+    ConditionError,
+    FeatureKind,
+    compile_condition,
+)
 from worker.core.features import (
     TEXTUAL,
     Facts,
@@ -36,6 +43,12 @@ Classes = dict[str, str | None]
 SEGMENT_CLASS: Final = "in"
 _COUNTING: Final = {"paid": PAID, "placed": PLACED | PAID}
 _NAME_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
+# Bounds that keep a valid file cheap to load and safe to run: every amount converted with a
+# rate in this range fits the state's integers, and no file can nest or grow the generated
+# classifier beyond what Python compiles.
+MAX_RULES_BYTES: Final = 1 << 20
+MAX_CLASSES: Final = 100  # per dimension, and dimensions plus segments
+RATE_RANGE: Final = (Decimal("1e-9"), Decimal("1e9"))
 
 
 class RulesError(ValueError):
@@ -87,19 +100,24 @@ def load_rules(path: Path | None = None) -> Rules:
     if path is None:
         return parse_rules(default_rules_text(), "<built-in defaults>")
     try:
-        data = path.read_bytes()
+        with path.open("rb") as file:
+            data = file.read(MAX_RULES_BYTES + 1)
     except OSError as exc:
         raise RulesError(f"{path}: cannot read rules file: {exc.strerror}") from None
     return parse_rules(data, str(path))
 
 
 def parse_rules(data: bytes, source: str) -> Rules:
+    if len(data) > MAX_RULES_BYTES:
+        raise RulesError(f"{source}: larger than {MAX_RULES_BYTES} bytes")
     try:
         doc = tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise RulesError(f"{source}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:  # TOMLDecodeError, or an integer of thousands of digits
         raise RulesError(f"{source}: {exc}") from None
+    except RecursionError:
+        raise RulesError(f"{source}: arrays or tables nested too deeply") from None
     try:
         return _build(doc, data, source)
     except _FieldError as exc:
@@ -169,12 +187,16 @@ def _build(doc: dict[str, Any], data: bytes, source: str) -> Rules:
             raise _FieldError(path, "must be a positive number") from None
         if isinstance(rate, bool) or not value.is_finite() or value <= 0:
             raise _FieldError(path, "must be a positive number")
+        if not RATE_RANGE[0] <= value <= RATE_RANGE[1]:
+            raise _FieldError(path, "must lie between 1e-9 and 1e9")
         rates[code] = value
 
     scores = tuple(_score(name, spec, windows) for name, spec in _table(doc, "scores", "").items())
     kinds = feature_kinds(windows, scores)
     dimensions = [_dimension(i, d, kinds) for i, d in enumerate(_list(doc, "dimensions"))]
     dimensions += [_segment(i, s, kinds) for i, s in enumerate(_list(doc, "segments"))]
+    if len(dimensions) > MAX_CLASSES:
+        raise _FieldError("dimensions", f"more than {MAX_CLASSES} dimensions and segments")
     seen: set[str] = set()
     for dim in dimensions:
         if dim.name in seen:
@@ -219,7 +241,7 @@ def _score(name: str, spec: Any, windows: list[int]) -> Score:
         not isinstance(cuts, list)
         or len(cuts) != 4
         or not all(isinstance(c, int | float) and not isinstance(c, bool) for c in cuts)
-        or not all(math.isfinite(c) for c in cuts)
+        or not all(math.isfinite(c) and abs(c) <= MAX_NUMBER for c in cuts)
         or sorted(set(cuts)) != cuts
     ):
         raise _FieldError(f"{path}.cuts", "must be 4 increasing numbers (scores run 1-5)")
@@ -249,8 +271,10 @@ def _dimension(index: int, spec: Any, kinds: Mapping[str, FeatureKind]) -> Dimen
     if applies is not None:
         _condition(applies, f"{path}.applies", kinds)
     raw_classes = spec.get("classes")
-    if not isinstance(raw_classes, list) or not raw_classes:
-        raise _FieldError(f"{path}.classes", "must be a non-empty list of {name, when} tables")
+    if not isinstance(raw_classes, list) or not raw_classes or len(raw_classes) > MAX_CLASSES:
+        raise _FieldError(
+            f"{path}.classes", f"must be a list of 1 to {MAX_CLASSES} {{name, when}} tables"
+        )
     classes: list[ClassRule] = []
     for j, cls in enumerate(raw_classes):
         cpath = f"{path}.classes[{j}]"
