@@ -56,6 +56,27 @@ def test_golden_story_highlights() -> None:
     assert ("carol", "value_tier", "medium", "high", "order") in moves
     # The refund of C4 takes carol back from 5 orders to 4: F score 4 -> 3.
     assert ("carol", "rfm", "loyal", "potential_loyalist", "order") in moves
+
+    # The value-tier and old-customer boundaries, as the source material defines them.
+    def steps(customer: str, dimension: str) -> list[tuple[object, ...]]:
+        return [
+            (c["to"], c["state"]["orders_90d"], c["state"]["spend_90d"])
+            for c in changes
+            if (c["customer_id"], c["dimension"]) == (customer, dimension)
+        ]
+
+    assert steps("frank", "value_tier") == [("low", 1, "30.00")]  # 5 orders, 150: still low
+    assert steps("grace", "value_tier") == [
+        ("low", 1, "60.00"),
+        ("medium", 3, "100.01"),  # 2 orders at 100.00 stayed low
+        ("low", 4, "200.00"),
+        ("high", 5, "200.01"),
+        ("low", 4, "140.01"),  # her first order left the window
+        ("medium", 3, "100.01"),
+        ("low", 2, "100.00"),
+    ]
+    assert steps("heidi", "old_customer") == []  # 2 orders, 40.00
+    assert steps("ivan", "old_customer") == [("in", 2, "40.01")]
     # Dave's order was cancelled before its payment arrived: it never counts.
     assert not any(c["customer_id"] == "dave" for c in changes)
     # The duplicate of o2 changed nothing: exactly one first classification per dimension.
@@ -99,7 +120,7 @@ def test_replay_is_byte_for_byte_deterministic(tmp_path: Path) -> None:
 def test_summary_on_stderr(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["replay", str(GOLDEN / "scenario.jsonl"), "--out", str(tmp_path / "c")]) == 0
     err = capsys.readouterr().err
-    assert "19 lines, 14 applied, 5 rejected" in err
+    assert "33 lines, 28 applied, 5 rejected" in err
     assert "negative_amount=1" in err
 
 
@@ -135,8 +156,9 @@ def test_rules_diff_from_an_events_file(tmp_path: Path, capsys: pytest.CaptureFi
     code = main(["rules", "diff", str(new), "--events", str(GOLDEN / "scenario.jsonl"), "--json"])
     assert code == 0
     out = orjson.loads(capsys.readouterr().out)
-    # Alice (2 orders) becomes a member; carol already is; nothing else moves.
-    assert out["membership"] == [{"from": "ordinary", "to": "member", "customers": 1}]
+    # Alice, heidi and ivan (2 orders each) become members; carol, frank and grace already
+    # are; nothing else moves.
+    assert out["membership"] == [{"from": "ordinary", "to": "member", "customers": 3}]
     assert all(not moves for dim, moves in out.items() if dim != "membership")
 
 
