@@ -32,6 +32,37 @@ def test_classification_is_total_and_deterministic(events: list, day: int) -> No
 @settings(max_examples=150)
 @given(histories, days)
 def test_next_change_day_matches_a_day_by_day_scan(events: list, day: int) -> None:
+    assert_due_day_is_the_first_change(events, day)
+
+
+@st.composite
+def crossing_days(draw: st.DrawFn) -> tuple[list, int]:
+    """A history and a day next to one of its crossings: a days-since feature reaching a
+    threshold of the rules (score cuts included) or an order entering or leaving a window,
+    drawn at the crossing -2..+1 so that "tomorrow" is often the crossing itself."""
+    events = draw(histories)
+    facts = facts_of(state_of(events), RULES.counting)
+    assert RULES.fixed_offsets is not None
+    crossings = [
+        anchor + offset
+        for name, offsets in RULES.fixed_offsets.items()
+        if (anchor := facts.anchors.get(name)) is not None
+        for offset in offsets
+    ]
+    crossings += [d + n for d in facts.index.days for n in (0, *RULES.windows)]
+    if not crossings:  # visits only, no counted order and no visit anchor
+        return events, day_of(T0)
+    return events, draw(st.sampled_from(crossings)) + draw(st.integers(-2, 1))
+
+
+@settings(max_examples=300)
+@given(crossing_days())
+def test_next_change_day_finds_a_crossing_at_any_distance(case: tuple[list, int]) -> None:
+    assert_due_day_is_the_first_change(*case)
+
+
+def assert_due_day_is_the_first_change(events: list, day: int) -> None:
+    """The exact search names the first day a class changes; the bounded one never later."""
     state = state_of(events)
     facts = facts_of(state, RULES.counting)
     now = classes_at(state, day)
