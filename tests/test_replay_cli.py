@@ -1,16 +1,15 @@
 """The replay command end to end: golden files, determinism, rejects, errors."""
 
-import os
 from pathlib import Path
 
 import orjson
 import pytest
 
 from tests.core.test_rules import CRASHING
+from tests.golden.regenerate import NAMES, disagreements, replay_scenario, write_if_agreed
 from worker.cli import main
 
 GOLDEN = Path(__file__).parent / "golden"
-SCENARIO_ARGS = ["--as-of", "2027-02-01T00:00:00Z"]
 
 
 def run_replay(tmp_path: Path, events: str, *extra: str) -> dict[str, bytes]:
@@ -33,15 +32,31 @@ def run_replay(tmp_path: Path, events: str, *extra: str) -> dict[str, bytes]:
     return {name: path.read_bytes() for name, path in outputs.items()}
 
 
-def test_golden_scenario(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A hand-checked story (the story is in tests/golden/README.md); regenerate with UPDATE_GOLDEN=1."""
-    monkeypatch.chdir(GOLDEN.parent.parent)
-    got = run_replay(tmp_path, "tests/golden/scenario.jsonl", *SCENARIO_ARGS)
-    for name, data in got.items():
-        golden = GOLDEN / f"{name}.jsonl"
-        if "UPDATE_GOLDEN" in os.environ:
-            golden.write_bytes(data)
-        assert data == golden.read_bytes(), f"{name} differs from {golden}"
+def test_golden_scenario(tmp_path: Path) -> None:
+    """A hand-checked story (tests/golden/README.md): the committed files are what replay
+    outputs now and what the independent oracle says. Regenerate them only with
+    `python -m tests.golden.regenerate`, which refuses output the oracle disagrees with."""
+    golden = {name: (GOLDEN / f"{name}.jsonl").read_bytes() for name in NAMES}
+    assert disagreements(golden) == []
+    got = replay_scenario(tmp_path)
+    for name in NAMES:
+        assert got[name] == golden[name], f"{name} differs from tests/golden/{name}.jsonl"
+
+
+def test_golden_regeneration_refuses_what_the_oracle_disagrees_with(tmp_path: Path) -> None:
+    golden = {name: (GOLDEN / f"{name}.jsonl").read_bytes() for name in NAMES}
+    tampered = [
+        {**golden, "changes": golden["changes"].replace(b'"to":"high"', b'"to":"medium"', 1)},
+        {**golden, "changes": b"\n".join(golden["changes"].splitlines()[:-1]) + b"\n"},
+        {**golden, "state": golden["state"].replace(b'"orders_90d":0', b'"orders_90d":1', 1)},
+        {**golden, "rejects": b"\n".join(golden["rejects"].splitlines()[1:]) + b"\n"},
+    ]
+    for outputs in tampered:
+        assert outputs != golden
+        assert write_if_agreed(outputs, tmp_path)
+        assert list(tmp_path.iterdir()) == []
+    assert write_if_agreed(golden, tmp_path) == []
+    assert {name: (tmp_path / f"{name}.jsonl").read_bytes() for name in NAMES} == golden
 
 
 def test_golden_story_highlights() -> None:

@@ -93,7 +93,20 @@ def test_defaults_load_with_a_content_version() -> None:
         "old_customer",
     )
     assert rules.version.startswith("sha256:")
-    assert parse_rules(default_rules_text() + b"\n", "x").version != rules.version
+
+
+def test_the_version_follows_what_the_file_says_not_how_it_is_written() -> None:
+    text = default_rules_text().decode()
+    version = parse_rules(text.encode(), "x").version
+    reworded = "# a new first line\n" + text.replace("windows = [90]", "windows   =   [ 90 ]  # 3m")
+    reworded = reworded.replace(
+        'base_currency = "USD"\nrates = {}', "rates = {}\nbase_currency = 'USD'"
+    )
+    assert reworded != text
+    assert parse_rules(reworded.encode(), "y").version == version
+    for edit in (("spend_90d > 200", "spend_90d >= 200"), ("cuts = [14,", "cuts = [15,")):
+        assert edit[0] in text
+        assert parse_rules(text.replace(*edit).encode(), "x").version != version
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@
 
 A rules file is TOML (see ``default_rules.toml``). Loading validates every field and
 condition and reports the first problem with its path (``dimensions[2].classes[0].when``),
-hashes the file's bytes into a version that is stamped on every change event, and compiles
+hashes the parsed file into a version that is stamped on every change event, and compiles
 all dimensions into one Python function so that classifying a customer costs a few µs.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import json
 import math
 import tomllib
 from collections.abc import Callable, Mapping
@@ -119,7 +120,7 @@ def parse_rules(data: bytes, source: str) -> Rules:
     except RecursionError:
         raise RulesError(f"{source}: arrays or tables nested too deeply") from None
     try:
-        return _build(doc, data, source)
+        return _build(doc, source)
     except _FieldError as exc:
         raise RulesError(f"{source}: {exc.path}: {exc.message}") from None
 
@@ -155,7 +156,15 @@ def _name(value: object, path: str) -> str:
     return value
 
 
-def _build(doc: dict[str, Any], data: bytes, source: str) -> Rules:
+def _version(doc: Mapping[str, Any]) -> str:
+    """A hash of what the file says, not of its bytes: comments, whitespace, the order of
+    keys in a table and the spelling of a value (1e2 or 100.0) leave the version alone, so
+    such an edit neither re-evaluates every customer nor rewrites every change's stamp."""
+    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str)
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _build(doc: dict[str, Any], source: str) -> Rules:
     _check_keys(doc, {"orders", "money", "scores", "dimensions", "segments"}, "")
     orders = _table(doc, "orders", "")
     _check_keys(orders, {"count_status", "windows"}, "orders")
@@ -204,7 +213,7 @@ def _build(doc: dict[str, Any], data: bytes, source: str) -> Rules:
         seen.add(dim.name)
     classify, thresholds, fixed = _compile(dimensions, kinds)
     return Rules(
-        version="sha256:" + hashlib.sha256(data).hexdigest()[:16],
+        version=_version(doc),
         source=source,
         counting=_COUNTING[count_status],
         windows=tuple(windows),
