@@ -2,7 +2,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.core.strategies import T0, histories, state_of
-from worker.core.changes import Cause
+from worker.core.changes import Cause, change_id
 from worker.core.engine import evaluate, fire_timer, next_change_day, process_event
 from worker.core.events import Order, Reason, Rejection, Visit
 from worker.core.features import facts_of, window_edges
@@ -99,7 +99,10 @@ def test_change_ids_are_deterministic_and_cause_specific() -> None:
         assert not isinstance(result, Rejection)
         return [c.event_id for c in result]
 
-    assert run("e1") == run("e1")
+    first = [("lifecycle", "new"), ("value_tier", "low"), ("rfm", "new")]
+    first += [("membership", "ordinary"), ("tenure", "short")]
+    cause = Cause("order", "e1", T0)
+    assert run("e1") == [change_id("c1", dim, cause, None, to) for dim, to in first]
     assert set(run("e1")).isdisjoint(run("e2"))
 
 
@@ -107,17 +110,22 @@ def test_duplicate_event_emits_nothing_and_timer_fires_on_due_day() -> None:
     state = CustomerState("c1")
     order = Order("e1", "c1", T0, 5000, "USD", "paid", "A", None)
     first = process_event(state, order, RULES, T0, T0)
-    assert isinstance(first, list) and first
+    assert isinstance(first, list)
+    assert [(c.dimension, c.to_class) for c in first] == [
+        ("lifecycle", "new"),
+        ("value_tier", "low"),
+        ("rfm", "new"),
+        ("membership", "ordinary"),
+        ("tenure", "short"),
+    ]
     assert process_event(state, order, RULES, T0, T0) == []
-    assert state.due_day is not None
-    changes = fire_timer(state, RULES, state.due_day, state.due_day * DAY_MS)
-    assert changes and all(c.cause.type == "timer" for c in changes)
-    assert all(
-        c.from_class == prev.to_class
-        for c in changes
-        for prev in first
-        if prev.dimension == c.dimension
-    )
+    due = day_of(T0) + 15  # 15 days since the order: R score 5 -> 4
+    assert state.due_day == due
+    changes = fire_timer(state, RULES, due, due * DAY_MS)
+    timer = Cause("timer", None, due * DAY_MS)
+    assert [(c.dimension, c.from_class, c.to_class, c.cause) for c in changes] == [
+        ("rfm", "new", "promising", timer)
+    ]
 
 
 def test_foreign_currency_needs_a_rate() -> None:
@@ -126,7 +134,9 @@ def test_foreign_currency_needs_a_rate() -> None:
     assert isinstance(rejected, Rejection) and rejected.reason is Reason.UNSUPPORTED_CURRENCY
     text = default_rules_text().replace(b"rates = {}", b"rates = { EUR = 1.5 }")
     state = CustomerState("c1")
-    assert isinstance(process_event(state, order, parse_rules(text, "x"), T0, T0), list)
+    changes = process_event(state, order, parse_rules(text, "x"), T0, T0)
+    assert isinstance(changes, list) and len(changes) == 5
+    assert changes[0].state["monetary_total"] == "15.00"
     assert state.counted(RULES.counting) == [(T0, 1500)]
 
 
@@ -139,9 +149,8 @@ def test_rules_change_reclassifies_and_drops_removed_dimensions() -> None:
     changes = evaluate(
         state, new_rules, day_of(T0), Cause("rules_change", new_rules.version, T0), T0
     )
-    moved = {(c.dimension, c.from_class, c.to_class) for c in changes}
-    assert ("lifecycle", "potential", "prospect") in moved
-    assert all(c.rules_version == new_rules.version for c in changes)
+    moved = [(c.dimension, c.from_class, c.to_class, c.rules_version) for c in changes]
+    assert moved == [("lifecycle", "potential", "prospect", new_rules.version)]
 
 
 def test_an_uncounted_status_changes_neither_classes_nor_due_day() -> None:
@@ -153,8 +162,13 @@ def test_an_uncounted_status_changes_neither_classes_nor_due_day() -> None:
     assert (state.classes, state.due_day) == (classes, due)
     paid = Order("e2", "c1", T0, 5000, "USD", "paid", "A", None)
     moved = process_event(state, paid, RULES, T0, T0)
-    assert isinstance(moved, list) and moved
-    assert all(c.cause.event_id == "e2" for c in moved)
+    assert isinstance(moved, list)
+    assert [(c.dimension, c.from_class, c.to_class, c.cause.event_id) for c in moved] == [
+        ("lifecycle", "potential", "new", "e2"),
+        ("value_tier", None, "low", "e2"),
+        ("rfm", None, "new", "e2"),
+        ("tenure", None, "short", "e2"),
+    ]
 
 
 @settings(max_examples=200)
