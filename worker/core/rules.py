@@ -39,6 +39,7 @@ from worker.core.features import (
     score_limits,
 )
 from worker.core.state import PAID, PLACED
+from worker.errors import SegmentWorkerError
 
 Classes = dict[str, str | None]
 SEGMENT_CLASS: Final = "in"
@@ -52,7 +53,7 @@ MAX_CLASSES: Final = 100  # per dimension, and dimensions plus segments
 RATE_RANGE: Final = (Decimal("1e-9"), Decimal("1e9"))
 
 
-class RulesError(ValueError):
+class RulesError(SegmentWorkerError, ValueError):
     """Raised when a rules file is not valid; the message names the file and the field."""
 
 
