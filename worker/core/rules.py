@@ -2,7 +2,7 @@
 
 A rules file is TOML (see ``default_rules.toml``). Loading validates every field and
 condition and reports every problem with its path (``dimensions[2].classes[0].when``),
-hashes the file's bytes into a version that is stamped on every change event, and compiles
+hashes the parsed file into a version that is stamped on every change event, and compiles
 all dimensions into one Python function so that classifying a customer costs a few µs.
 """
 
@@ -12,6 +12,7 @@ import ast
 import contextlib
 import difflib
 import hashlib
+import json
 import math
 import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -21,7 +22,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
-from worker.core.conditions import HELPERS, Compiled, ConditionError, FeatureKind, compile_condition
+from worker.core.conditions import (
+    HELPERS,
+    MAX_NUMBER,
+    Compiled,
+    ConditionError,
+    FeatureKind,
+    compile_condition,
+)
 from worker.core.features import (
     TEXTUAL,
     Facts,
@@ -39,6 +47,12 @@ Classes = dict[str, str | None]
 SEGMENT_CLASS: Final = "in"
 _COUNTING: Final = {"paid": PAID, "placed": PLACED | PAID}
 _NAME_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
+# Bounds that keep a valid file cheap to load and safe to run: every amount converted with a
+# rate in this range fits the state's integers, and no file can nest or grow the generated
+# classifier beyond what Python compiles.
+MAX_RULES_BYTES: Final = 1 << 20
+MAX_CLASSES: Final = 100  # per dimension, and dimensions plus segments
+RATE_RANGE: Final = (Decimal("1e-9"), Decimal("1e9"))
 
 
 class RulesError(SegmentWorkerError, ValueError):
@@ -99,23 +113,28 @@ def load_rules(path: Path | None = None) -> Rules:
     if path is None:
         return parse_rules(default_rules_text(), "<built-in defaults>")
     try:
-        data = path.read_bytes()
+        with path.open("rb") as file:
+            data = file.read(MAX_RULES_BYTES + 1)
     except OSError as exc:
         raise RulesError(f"{path}: cannot read rules file: {exc.strerror}") from None
     return parse_rules(data, str(path))
 
 
 def parse_rules(data: bytes, source: str) -> Rules:
+    if len(data) > MAX_RULES_BYTES:
+        raise RulesError(f"{source}: larger than {MAX_RULES_BYTES} bytes")
     try:
         doc = tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise RulesError(f"{source}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:  # TOMLDecodeError, or an integer of thousands of digits
         raise RulesError(f"{source}: {exc}") from None
+    except RecursionError:
+        raise RulesError(f"{source}: arrays or tables nested too deeply") from None
     problems = _Problems()
     rules: Rules | None = None
     with problems.field():
-        rules = _build(doc, data, source, problems)
+        rules = _build(doc, source, problems)
     if rules is None:
         raise RulesError(*(f"{source}: {e.path}: {e.message}" for e in problems.found))
     return rules
@@ -173,7 +192,15 @@ def _name(value: object, path: str) -> str:
     return value
 
 
-def _build(doc: dict[str, Any], data: bytes, source: str, problems: _Problems) -> Rules | None:
+def _version(doc: Mapping[str, Any]) -> str:
+    """A hash of what the file says, not of its bytes: comments, whitespace, the order of
+    keys in a table and the spelling of a value (1e2 or 100.0) leave the version alone, so
+    such an edit neither re-evaluates every customer nor rewrites every change's stamp."""
+    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str)
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _build(doc: dict[str, Any], source: str, problems: _Problems) -> Rules | None:
     """Validate every part that does not depend on a failed one (errors go to ``problems``);
     compile only a file without any (else None)."""
     with problems.field():
@@ -222,6 +249,9 @@ def _build(doc: dict[str, Any], data: bytes, source: str, problems: _Problems) -
     for i, spec in enumerate(_list(doc, "segments")):
         with problems.field():
             dimensions.append(_segment(i, spec, kinds, problems))
+    with problems.field():
+        if len(dimensions) > MAX_CLASSES:
+            raise _FieldError("dimensions", f"more than {MAX_CLASSES} dimensions and segments")
     seen: set[str] = set()
     for dim in dimensions:
         with problems.field():
@@ -234,7 +264,7 @@ def _build(doc: dict[str, Any], data: bytes, source: str, problems: _Problems) -
         return None
     classify, thresholds, fixed = _compile(dimensions, kinds)
     return Rules(
-        version="sha256:" + hashlib.sha256(data).hexdigest()[:16],
+        version=_version(doc),
         source=source,
         counting=_COUNTING[count_status],
         windows=tuple(windows),
@@ -263,6 +293,8 @@ def _rate(rate: object, path: str) -> Decimal:
         raise _FieldError(path, "must be a positive number") from None
     if isinstance(rate, bool) or not value.is_finite() or value <= 0:
         raise _FieldError(path, "must be a positive number")
+    if not RATE_RANGE[0] <= value <= RATE_RANGE[1]:
+        raise _FieldError(path, "must lie between 1e-9 and 1e9")
     return value
 
 
@@ -282,7 +314,7 @@ def _score(name: str, spec: Any, windows: list[int]) -> Score:
         not isinstance(cuts, list)
         or len(cuts) != 4
         or not all(isinstance(c, int | float) and not isinstance(c, bool) for c in cuts)
-        or not all(math.isfinite(c) for c in cuts)
+        or not all(math.isfinite(c) and abs(c) <= MAX_NUMBER for c in cuts)
         or sorted(set(cuts)) != cuts
     ):
         raise _FieldError(f"{path}.cuts", "must be 4 increasing numbers (scores run 1-5)")
@@ -324,9 +356,10 @@ def _dimension(
         with problems.field():
             _condition(applies, f"{path}.applies", kinds)
     raw_classes = spec.get("classes")
-    if not isinstance(raw_classes, list) or not raw_classes:
+    if not isinstance(raw_classes, list) or not raw_classes or len(raw_classes) > MAX_CLASSES:
         raise _FieldError(
-            f"{path}.classes", "must be a non-empty list of {name, when, label} tables"
+            f"{path}.classes",
+            f"must be a list of 1 to {MAX_CLASSES} {{name, when, label}} tables",
         )
     classes: list[ClassRule] = []
     for j, raw in enumerate(raw_classes):
