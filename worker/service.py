@@ -26,6 +26,7 @@ from faust.app.base import BootStrategy
 from worker.clock import Clock, SimulatedClock, WallClock
 from worker.core.rules import load_rules
 from worker.core.timeutil import parse_rfc3339
+from worker.errors import SegmentWorkerError
 from worker.http import register_routes
 from worker.live import Pipeline
 from worker.metrics import Metrics
@@ -139,10 +140,10 @@ class _NoFaustKafka(BootStrategy):
     enable_kafka = False
 
 
-class WorkerCrashed(RuntimeError):
-    """The pipeline stopped on an error it has no handling for (transient Kafka and Redis
-    faults are retried, an unreadable state stops only its partition); nothing past it was
-    committed, so a restart resumes where it stopped."""
+class WorkerCrashed(SegmentWorkerError):
+    """Raised when the pipeline stopped on an error it has no handling for (transient Kafka
+    and Redis faults are retried, an unreadable state stops only its partition); nothing past
+    it was committed, so a restart resumes where it stopped."""
 
 
 class SegmentApp(faust.App):
@@ -242,7 +243,9 @@ class Worker:
             topic_disable_leader=True,
             topic_allow_declare=False,
         )
-        register_routes(self.app, self.pipeline)
+        register_routes(
+            self.app, self.pipeline, metrics=self.metrics, store=self.store, clock=self.clock
+        )
         self.service = _PipelineService(self)
         self.app.service(self.service)  # type: ignore[arg-type]
 
@@ -264,7 +267,7 @@ class Worker:
     async def serve(self) -> None:
         try:
             await self._start_clients()
-            if not self.pipeline.stopping.is_set():
+            if not self.pipeline.stopping:
                 self.consumer.subscribe(
                     [
                         self.settings.topic_orders,
@@ -288,7 +291,7 @@ class Worker:
 
     async def _start_clients(self) -> None:
         delay = 0.2
-        while not self.pipeline.stopping.is_set():
+        while not self.pipeline.stopping:
             try:
                 await self.store.load_library()
                 await self.producer.start()
@@ -301,9 +304,7 @@ class Worker:
                 delay = min(delay * 2, 5.0)
 
     async def _shutdown(self) -> None:
-        async with self.pipeline.lock:  # no batch in flight past this point
-            await self.pipeline.settled(handing_over=True)  # its output relayed
-            await self.pipeline.commit_offsets()
+        await self.pipeline.shut_down()  # no batch in flight past this point, its output out
         for step in (self.consumer.stop, self.producer.stop, self.redis.aclose):
             try:
                 await step()
