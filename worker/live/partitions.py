@@ -47,12 +47,8 @@ class Partitions:
     def get(self, partition: int) -> PartitionState | None:
         return self._states.get(partition)
 
-    def claim(self, partition: int) -> Claim | None:
-        """The partition's claim while it runs (taken, not stopped, not fenced)."""
-        state = self._states.get(partition)
-        return None if state is None else state.claim
-
     def running(self) -> dict[int, Claim]:
+        """The claims of the partitions that run (taken, neither stopped nor fenced)."""
         return {s.partition: s.claim for s in self if s.claim is not None}
 
     def owned(self) -> list[int]:

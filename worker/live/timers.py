@@ -69,7 +69,7 @@ class Timers:
 
     async def tick(self) -> None:
         """Reload the rules if the file changed, sweep, then re-evaluate a share."""
-        self.check_rules_file()
+        self._check_rules_file()
         await self.health.retry("sweep", self.sweep)
         await self.health.retry("reevaluate", self.reevaluate_step)
 
@@ -77,7 +77,7 @@ class Timers:
         """SIGHUP: re-read the rules file at the next timer tick."""
         self._reload_requested = True
 
-    def check_rules_file(self) -> None:
+    def _check_rules_file(self) -> None:
         path = self.settings.rules
         mtime = _mtime(path)
         if not self._reload_requested and mtime == self._rules_mtime:
