@@ -60,62 +60,63 @@ class Pipeline:
         metrics: Metrics,
         clock: Clock,
     ) -> None:
-        self.settings, self.consumer, self.metrics, self.clock = settings, consumer, metrics, clock
-        self.topics = Topics(
+        self._settings, self._consumer = settings, consumer
+        self._metrics, self._clock = metrics, clock
+        self._topics = Topics(
             settings.topic_orders, settings.topic_visits, settings.topic_changes, settings.topic_dlq
         )
-        self.limits = ParseLimits(settings.max_event_bytes, settings.future_skew_ms)
-        self.partitions = Partitions()
-        self.health = Health(metrics)
-        self.storage = Storage(store, self.partitions, self.health, metrics)
-        self.relay = Relay(
+        self._limits = ParseLimits(settings.max_event_bytes, settings.future_skew_ms)
+        self._partitions = Partitions()
+        self._health = Health(metrics)
+        self._storage = Storage(store, self._partitions, self._health, metrics)
+        self._relay = Relay(
             consumer=consumer,
             producer=producer,
-            storage=self.storage,
-            partitions=self.partitions,
-            health=self.health,
+            storage=self._storage,
+            partitions=self._partitions,
+            health=self._health,
             metrics=metrics,
-            topics=self.topics,
+            topics=self._topics,
         )
-        self.ownership = Ownership(
+        self._ownership = Ownership(
             settings,
             consumer=consumer,
             reader=reader,
-            storage=self.storage,
-            relay=self.relay,
-            partitions=self.partitions,
-            health=self.health,
+            storage=self._storage,
+            relay=self._relay,
+            partitions=self._partitions,
+            health=self._health,
             metrics=metrics,
-            topics=self.topics,
+            topics=self._topics,
             rules_version=lambda: self.rules.version,
         )
-        self.timers = Timers(
+        self._timers = Timers(
             settings,
             rules,
-            storage=self.storage,
-            relay=self.relay,
-            ownership=self.ownership,
-            partitions=self.partitions,
-            health=self.health,
+            storage=self._storage,
+            relay=self._relay,
+            ownership=self._ownership,
+            partitions=self._partitions,
+            health=self._health,
             metrics=metrics,
             clock=clock,
-            topics=self.topics,
+            topics=self._topics,
         )
         self._stopping = asyncio.Event()
 
     @property
     def rules(self) -> Rules:
         """The rules in force (a reload replaces them)."""
-        return self.timers.rules
+        return self._timers.rules
 
     @property
     def healthy(self) -> bool:
         """Kafka and Redis answered the last call."""
-        return self.health.healthy
+        return self._health.healthy
 
     @property
     def ready(self) -> bool:
-        return self.health.healthy and bool(self.partitions.owned())
+        return self._health.healthy and bool(self._partitions.owned())
 
     @property
     def stopping(self) -> bool:
@@ -123,63 +124,63 @@ class Pipeline:
 
     def owned_partitions(self) -> list[int]:
         """The partitions this worker runs (taken, neither stopped nor fenced)."""
-        return self.partitions.owned()
+        return self._partitions.owned()
 
     def stopped_partitions(self) -> list[int]:
         """Partitions stopped on a stored state this worker cannot read."""
-        return self.partitions.stopped()
+        return self._partitions.stopped()
 
     def recovering_partitions(self) -> list[int]:
         """Partitions re-reading the input of a window Redis lost, without classifying."""
-        return self.partitions.recovering()
+        return self._partitions.recovering()
 
     def reevaluating_partitions(self) -> list[int]:
         """Partitions whose customers are not all re-evaluated under the current rules yet."""
-        return self.partitions.reevaluating()
+        return self._partitions.reevaluating()
 
     def input_partitions(self) -> int | None:
         """The orders topic's partition count from the consumer's metadata, if known yet."""
-        partitions = self.consumer.partitions_for_topic(self.topics.orders)
+        partitions = self._consumer.partitions_for_topic(self._topics.orders)
         return len(partitions) if partitions else None
 
     def listener(self) -> ConsumerRebalanceListener:
-        return Listener(self.ownership)
+        return Listener(self._ownership)
 
     def stop(self) -> None:
         self._stopping.set()
 
     def request_reload(self) -> None:
         """SIGHUP: re-read the rules file at the next timer tick."""
-        self.timers.request_reload()
+        self._timers.request_reload()
 
     async def run(self) -> None:
         """Consume until :meth:`stop`; transient Redis/Kafka failures back off and retry."""
         while not self._stopping.is_set():
             try:
-                batch = await self.consumer.getmany(
-                    timeout_ms=self.settings.batch_wait_ms,
-                    max_records=self.settings.batch_size * max(1, len(self.owned_partitions())),
+                batch = await self._consumer.getmany(
+                    timeout_ms=self._settings.batch_wait_ms,
+                    max_records=self._settings.batch_size * max(1, len(self.owned_partitions())),
                 )
             except KafkaError as exc:
-                await self.health.trouble("kafka", "getmany", exc)
+                await self._health.trouble("kafka", "getmany", exc)
                 continue
-            if not batch and self.partitions.any_committable():
-                await self.relay.commit_offsets()  # idle: the group catches up at once
-            if self.partitions.stopped():
-                await self.ownership.take_stopped()
-            async with self.partitions.lock:
+            if not batch and self._partitions.any_committable():
+                await self._relay.commit_offsets()  # idle: the group catches up at once
+            if self._partitions.stopped():
+                await self._ownership.take_stopped()
+            async with self._partitions.lock:
                 try:
                     await self._process(batch)
-                    if self.timers.due():
-                        await self.timers.tick()
+                    if self._timers.due():
+                        await self._timers.tick()
                 except RedisReset:
-                    await self.ownership.take_all_again()
+                    await self._ownership.take_all_again()
 
     async def shut_down(self) -> None:
         """After the loop: let the batch in flight finish, relay its output, commit offsets."""
-        async with self.partitions.lock:
-            await self.partitions.settled(handing_over=True)
-            await self.relay.commit_offsets()
+        async with self._partitions.lock:
+            await self._partitions.settled(handing_over=True)
+            await self._relay.commit_offsets()
 
     async def _process(
         self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
@@ -187,7 +188,7 @@ class Pipeline:
         by_partition: dict[int, list[ConsumerRecord[bytes, bytes]]] = defaultdict(list)
         for tp, messages in batch.items():
             by_partition[tp.partition].extend(messages)
-        running = self.partitions.running()
+        running = self._partitions.running()
         # Partitions are independent (own keys, own claim, own outbox): overlap their Redis
         # and Kafka round trips instead of waiting for each in turn.
         results = await asyncio.gather(
@@ -212,15 +213,15 @@ class Pipeline:
             if m.offset >= claim.offsets.get(m.topic, 0)
         ]
         if len(records) < len(messages):
-            self.metrics.redelivered.inc(len(messages) - len(records))
+            self._metrics.redelivered.inc(len(messages) - len(records))
         if not records:
             return
         try:
-            outcome = await self.health.retry("apply", partial(self._apply, claim, records))
+            outcome = await self._health.retry("apply", partial(self._apply, claim, records))
         except CorruptRecord as exc:
-            self.ownership.stop(claim.partition, exc)
+            self._ownership.stop(claim.partition, exc)
             return
-        state = self.partitions.get(claim.partition)
+        state = self._partitions.get(claim.partition)
         if outcome is None or state is None:
             return
         crash_point("after_commit")
@@ -235,12 +236,12 @@ class Pipeline:
         self, claim: Claim, outcome: Outcome, messages: Messages, count: int, started: float
     ) -> None:
         """Relay a committed batch's output, then commit its input offsets to the group."""
-        await self.health.retry("relay", partial(self.relay.relay, claim, outcome.out))
+        await self._health.retry("relay", partial(self._relay.relay, claim, outcome.out))
         crash_point("after_relay")
         if outcome.dead_lettered:
             crash_point("after_dead_letter")  # a dead letter is out, its skip not committed
-        await self.relay.offsets_relayed(claim.partition, outcome.offsets)
-        m = self.metrics
+        await self._relay.offsets_relayed(claim.partition, outcome.offsets)
+        m = self._metrics
         for topic, n in outcome.applied.items():
             m.events.labels(topic, "applied").inc(n)
         for reason, n in outcome.rejected.items():
@@ -252,41 +253,41 @@ class Pipeline:
         observe_emits(m, outcome, messages)
         for topic, offset in outcome.offsets.items():
             tp = TopicPartition(topic, claim.partition)
-            highwater = self.consumer.highwater(tp)
+            highwater = self._consumer.highwater(tp)
             if highwater is not None:
                 m.lag.labels(tp.topic, str(tp.partition)).set(max(0, highwater - offset))
 
     async def _apply(self, claim: Claim, records: Sequence[InRecord]) -> Outcome | None:
         """Parse, load, apply and commit; None if the partition was taken over meanwhile.
         Erasure requests in the batch are carried out after its events."""
-        await self.storage.guard()
-        now = self.clock.now_ms()
-        erasures = [r for r in records if r.topic == self.settings.topic_erasures]
-        events = [r for r in records if r.topic != self.settings.topic_erasures]
-        parsed = parse_batch(events, self.topics, now, self.limits)
-        states, erased = await self.storage.read(claim.partition, customers_of(parsed))
+        await self._storage.guard()
+        now = self._clock.now_ms()
+        erasures = [r for r in records if r.topic == self._settings.topic_erasures]
+        events = [r for r in records if r.topic != self._settings.topic_erasures]
+        parsed = parse_batch(events, self._topics, now, self._limits)
+        states, erased = await self._storage.read(claim.partition, customers_of(parsed))
         offsets: dict[str, int] = {}
         if erased:  # an erased customer's late or replayed events must not resurrect them
             kept = suppress_erased(events, parsed, erased)
             for topic, n in kept.suppressed.items():
-                self.metrics.events.labels(topic, "suppressed").inc(n)
+                self._metrics.events.labels(topic, "suppressed").inc(n)
             events, parsed, offsets = kept.records, kept.parsed, kept.offsets
-        state = self.partitions.get(claim.partition)
+        state = self._partitions.get(claim.partition)
         outcome = apply_batch(
             events,
             parsed,
             states,
             rules=self.rules,
-            topics=self.topics,
+            topics=self._topics,
             now_ms=now,
             quiet=state is not None and state.recovering is not None,
         )
         for topic, offset in offsets.items():
             outcome.offsets[topic] = max(outcome.offsets.get(topic, 0), offset)
-        self.relay.stamp(outcome, claim.offsets)
+        self._relay.stamp(outcome, claim.offsets)
         if erasures:
-            outcome.withhold(self.topics.changes, {r.key for r in erasures if r.key})
-        if not await self.storage.commit(claim, outcome):
+            outcome.withhold(self._topics.changes, {r.key for r in erasures if r.key})
+        if not await self._storage.commit(claim, outcome):
             return None
         until = None if state is None else state.recovering
         if (
@@ -305,24 +306,24 @@ class Pipeline:
     ) -> Outcome | None:
         """Delete each customer's state and due entry, leave a marker, and put a tombstone
         (null value) for them on the change topic; idempotent, so a retry is harmless."""
-        ttl = self.settings.erasure_marker_days * DAY_MS
+        ttl = self._settings.erasure_marker_days * DAY_MS
         erased: list[tuple[bytes, CustomerState | None]] = []
         for record in erasures:
             if not record.key:
                 continue
             customer_id = record.key.decode("utf-8", "replace")
-            previous = (await self.storage.load(claim.partition, [customer_id]))[customer_id]
-            if not await self.storage.erase(claim, customer_id, ttl):
+            previous = (await self._storage.load(claim.partition, [customer_id]))[customer_id]
+            if not await self._storage.erase(claim, customer_id, ttl):
                 return None
             erased.append((record.key, previous))
-            self.metrics.erasures.inc()
+            self._metrics.erasures.inc()
         tombstones = erasure(
             erased,
-            changes_topic=self.topics.changes,
-            erasures_topic=self.settings.topic_erasures,
+            changes_topic=self._topics.changes,
+            erasures_topic=self._settings.topic_erasures,
             next_offset=erasures[-1].offset + 1,
         )
-        if not await self.storage.commit(claim, tombstones):
+        if not await self._storage.commit(claim, tombstones):
             return None
         outcome.out.extend(tombstones.out)
         outcome.offsets.update(tombstones.offsets)
