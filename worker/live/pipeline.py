@@ -289,12 +289,8 @@ class Pipeline:
             outcome.withhold(self._topics.changes, {r.key for r in erasures if r.key})
         if not await self._storage.commit(claim, outcome):
             return None
-        until = None if state is None else state.recovering
-        if (
-            state is not None
-            and until
-            and all(claim.offsets.get(t, 0) >= o for t, o in until.items())
-        ):
+        until = state.recovering if state is not None else None
+        if state and until and all(claim.offsets.get(t, 0) >= o for t, o in until.items()):
             state.recovering = None  # the timer now classifies what was absorbed
             log.warning("partition %d: re-read of the lost window done", claim.partition)
         if erasures:
