@@ -21,11 +21,9 @@ from worker.store import Store
 def register_routes(
     app: faust.App, pipeline: Pipeline, *, metrics: Metrics, store: Store, clock: Clock
 ) -> None:
-    exposition = metrics.exposition
-
     @app.page("/metrics")
     async def metrics_page(view: Any, request: Any) -> Any:
-        return view.bytes(exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return view.bytes(metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     @app.page("/healthz")
     async def healthz(view: Any, request: Any) -> Any:
