@@ -82,8 +82,9 @@ class Partitions:
         if state is not None:
             state.claim = None
 
-    def committable(self, partitions: Iterable[int] | None = None) -> dict[TopicPartition, int]:
-        """Take the offsets relayed and not yet committed to the group (of ``partitions``)."""
+    def pop_committable(self, partitions: Iterable[int] | None = None) -> dict[TopicPartition, int]:
+        """Remove and return the offsets relayed, not yet committed to the group (of
+        ``partitions``, else all)."""
         wanted = None if partitions is None else set(partitions)
         out: dict[TopicPartition, int] = {}
         for state in self:

@@ -118,7 +118,7 @@ class Relay:
         Redis holds the offsets a new owner resumes from; the group's are for lag and tools,
         so they go at most once per OFFSET_COMMIT_INTERVAL_S while busy, at once when idle."""
         async with self._offset_lock:  # one commit at a time, so offsets never go back
-            offsets = self.partitions.committable(partitions)
+            offsets = self.partitions.pop_committable(partitions)
             self._next_offset_commit = time.monotonic() + OFFSET_COMMIT_INTERVAL_S
             if not offsets:
                 return
