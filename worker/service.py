@@ -154,7 +154,9 @@ class Worker:
             topic_disable_leader=True,
             topic_allow_declare=False,
         )
-        register_routes(self.app, self.pipeline)
+        register_routes(
+            self.app, self.pipeline, metrics=self.metrics, store=self.store, clock=self.clock
+        )
         self.service = _PipelineService(self)
         self.app.service(self.service)  # type: ignore[arg-type]
 
@@ -176,7 +178,7 @@ class Worker:
     async def serve(self) -> None:
         try:
             await self._start_clients()
-            if not self.pipeline.stopping.is_set():
+            if not self.pipeline.stopping:
                 self.consumer.subscribe(
                     [
                         self.settings.topic_orders,
@@ -202,12 +204,12 @@ class Worker:
         steps = start_steps(
             self.settings, self.store.load_library, self.producer.start, self.consumer.start
         )
-        await wait_for_servers(steps, self.pipeline.stopping, lambda: self.metrics.ready.set(0))
+        await wait_for_servers(
+            steps, self.pipeline.stop_requested, lambda: self.metrics.ready.set(0)
+        )
 
     async def _shutdown(self) -> None:
-        async with self.pipeline.lock:  # no batch in flight past this point
-            await self.pipeline.settled(handing_over=True)  # its output relayed
-            await self.pipeline.commit_offsets()
+        await self.pipeline.shut_down()  # no batch in flight past this point, its output out
         for step in (self.consumer.stop, self.producer.stop, self.redis.aclose):
             try:
                 await step()
