@@ -130,7 +130,10 @@ def broker_jars(root: Path | None = None) -> Path:
 def _java() -> str:
     """``$JAVA_HOME/bin/java``, else ``java`` from PATH."""
     if os.environ.get("JAVA_HOME"):
-        return str(Path(os.environ["JAVA_HOME"]) / "bin" / "java")
+        java = Path(os.environ["JAVA_HOME"]) / "bin" / "java"
+        if not os.access(java, os.X_OK):
+            raise BrokerUnavailable(f"JAVA_HOME={os.environ['JAVA_HOME']}: no {java}")
+        return str(java)
     return _require("java", "the Apache Kafka broker is a JVM (OpenJDK 17+)")
 
 
@@ -262,7 +265,7 @@ class ApacheKafka:
         if nodes < 1:
             raise ValueError("nodes must be >= 1")
         self._owns_directory = directory is None
-        self.directory = directory or Path(tempfile.mkdtemp(prefix="sw-kafka-"))
+        self.directory = directory or Path(tempfile.gettempdir()) / f"sw-kafka-{uuid.uuid4().hex}"
         self._jars = jars
         self._heap = heap
         self.size = nodes
@@ -288,6 +291,7 @@ class ApacheKafka:
         if self.nodes:
             return self
         jars = self._jars or broker_jars()
+        self.directory.mkdir(parents=True, exist_ok=True)
         self.nodes = [
             KafkaNode(n, self.directory / f"node-{n}", jars, heap=self._heap)
             for n in range(1, self.size + 1)
