@@ -19,7 +19,12 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    KafkaError,
+    TopicAlreadyExistsError,
+    UnknownError,
+    UnsupportedVersionError,
+)
 from aiokafka.helpers import create_ssl_context
 from faust.app.base import BootStrategy
 
@@ -29,7 +34,7 @@ from worker.core.timeutil import parse_rfc3339
 from worker.http import register_routes
 from worker.live import Pipeline
 from worker.metrics import Metrics
-from worker.settings import PRODUCER_BATCHING, Settings, SettingsError
+from worker.settings import PREFIX, PRODUCER_BATCHING, Settings, SettingsError
 from worker.store import connect, store_for
 
 log = logging.getLogger("segment_worker")
@@ -167,6 +172,8 @@ class _PipelineService(mode.Service):
     async def _serve(self) -> None:
         try:
             await self.worker.serve()
+        except SettingsError as exc:  # one line, by the CLI; a traceback would add nothing
+            self.failure = exc
         except Exception as exc:  # mode logs it; the process must still exit non-zero
             self.failure = exc
             raise
@@ -258,6 +265,8 @@ class Worker:
             await self.app.stop()
             self._datadir.cleanup()
             log.info("stopped")
+        if isinstance(self.service.failure, SettingsError):
+            raise self.service.failure
         if self.service.failure is not None:
             raise WorkerCrashed(str(self.service.failure)) from self.service.failure
 
@@ -291,7 +300,7 @@ class Worker:
         while not self.pipeline.stopping.is_set():
             try:
                 await self.store.load_library()
-                await self.producer.start()
+                await self._start_producer()
                 await self.consumer.start()
                 return
             except (KafkaError, OSError) as exc:
@@ -299,6 +308,20 @@ class Worker:
                 self.metrics.ready.set(0)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    async def _start_producer(self) -> None:
+        """Start the producer; a broker that refuses idempotence outright is a settings
+        problem, not an outage to wait out (aiokafka raises, and retrying loops forever)."""
+        try:
+            await self.producer.start()
+        except (UnknownError, UnsupportedVersionError) as exc:
+            if not self.settings.kafka_idempotence:
+                raise
+            raise SettingsError(
+                f"{PREFIX}KAFKA_IDEMPOTENCE: the broker at {self.settings.kafka_bootstrap} "
+                f"refused an idempotent producer (InitProducerId: {type(exc).__name__}); "
+                "set it to false only for a broker without idempotent producers (Tansu)"
+            ) from exc
 
     async def _shutdown(self) -> None:
         async with self.pipeline.lock:  # no batch in flight past this point
