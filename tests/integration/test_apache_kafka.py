@@ -9,6 +9,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
@@ -20,7 +21,10 @@ from worker.tools.apache_kafka import (
     BrokerUnavailable,
     broker_jars,
     chosen_broker,
+    kafka_version,
 )
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -134,3 +138,26 @@ def test_the_setting_picks_the_broker(monkeypatch: pytest.MonkeyPatch) -> None:
     assert isinstance(chosen_broker(), ApacheKafka)  # the default
     with pytest.raises(ValueError, match="SW_TEST_BROKER='zookeeper'"):
         chosen_broker("zookeeper")
+
+
+def test_compose_ships_what_the_tests_run() -> None:
+    """docker-compose.yml runs the pinned version with the settings file the tests use."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    kafka = compose["services"]["kafka"]
+    assert kafka["image"] == f"apache/kafka:{kafka_version()}"
+    assert compose["services"]["kafka-init"]["image"] == kafka["image"]
+    mounted = f"./{SERVER_PROPERTIES.relative_to(ROOT)}:/mnt/shared/config/server.properties:ro"
+    assert mounted in kafka["volumes"]
+    # The environment names the node and its listeners; every other setting is the file's.
+    settings = {
+        line.split("=", 1)[0]
+        for line in SERVER_PROPERTIES.read_text().splitlines()
+        if line and not line.startswith("#")
+    }
+    env = {k.removeprefix("KAFKA_").lower().replace("_", ".") for k in kafka["environment"]}
+    assert settings & env <= {
+        "process.roles",
+        "controller.listener.names",
+        "inter.broker.listener.name",
+        "listener.security.protocol.map",
+    }

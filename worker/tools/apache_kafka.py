@@ -75,6 +75,8 @@ class BrokerUnavailable(RuntimeError):
 
 def kafka_version() -> str:
     """The broker version pinned in deploy/kafka/pom.xml."""
+    if not POM.is_file():
+        raise BrokerUnavailable(f"{POM} not found: Apache Kafka runs from a source checkout")
     found = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", POM.read_text())
     if found is None:
         raise BrokerUnavailable(f"{POM}: no <kafka.version>")
