@@ -400,7 +400,7 @@ def test_redis_acl_allows_the_worker_and_nothing_more(compose_redis: tuple[Path,
             assert await store.outbox(3, 10) == [b"change-1", b"change-2"]
             await store.ack_outbox(claim, 1)
             assert await store.populations(3) == {("lifecycle", "new"): 1}
-            await store.mark_rules(3, "v1")
+            await store.mark_rules(claim, "v1")
             assert await store.rules_version(3) == "v1"
             assert (await store.scan_customers(3, 0, 100))[1] == ["a"]
             assert await store.erase(claim, "a", 60_000)

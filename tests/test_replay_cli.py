@@ -102,16 +102,26 @@ def test_summary_on_stderr(capsys: pytest.CaptureFixture[str], tmp_path: Path) -
     assert "negative_amount=1" in err
 
 
+def test_an_unreadable_events_file_fails_clearly() -> None:
+    with pytest.raises(SystemExit, match="cannot read"):
+        main(["replay", "/nonexistent/events.jsonl"])
+
+
 @pytest.mark.parametrize(
-    ("args", "message"),
+    "args",
     [
-        (["replay", "/nonexistent/events.jsonl"], "cannot read"),
-        (["replay", "--sample", "--as-of", "yesterday"], "--as-of"),
+        ["replay", "--sample", "--as-of", "yesterday"],
+        ["rules", "diff", str(GOLDEN / "scenario.jsonl"), "--events", "-", "--as-of", "yesterday"],
     ],
 )
-def test_bad_arguments_fail_clearly(args: list[str], message: str) -> None:
-    with pytest.raises(SystemExit, match=message):
+def test_a_bad_as_of_is_refused_by_the_parser(
+    args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
         main(args)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--as-of" in err and "RFC 3339" in err
 
 
 def test_bad_rules_file_exit_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,6 +6,8 @@ import pytest
 
 from worker.settings import Settings, SettingsError
 
+DEFAULT_RULES = Path(__file__).parent.parent / "worker/core/default_rules.toml"
+
 
 def test_defaults_work_with_an_empty_environment() -> None:
     s = Settings.from_env({})
@@ -85,6 +87,26 @@ def test_run_refuses_to_start_on_a_bad_setting(
     monkeypatch.setenv("SEGMENT_WORKER_BATCH_SIZE", "lots")
     assert main(["run"]) == 2
     assert "SEGMENT_WORKER_BATCH_SIZE" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["erase", "cus_a"],
+        ["customer", "cus_a", "--partitions", "4"],
+        ["forget", "cus_a", "--partitions", "4"],
+        ["rules", "diff", str(DEFAULT_RULES), "--redis", "redis://127.0.0.1:1/0"],
+    ],
+)
+def test_every_command_with_the_settings_of_run_refuses_a_bad_one(
+    args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from worker.cli import main
+
+    monkeypatch.setenv("SEGMENT_WORKER_BATCH_SIZE", "lots")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("segment-worker: bad setting:") and "SEGMENT_WORKER_BATCH_SIZE" in err
 
 
 def test_run_help_lists_every_setting(capsys: pytest.CaptureFixture[str]) -> None:

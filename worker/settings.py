@@ -13,13 +13,15 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final
 
+from worker.errors import SegmentWorkerError
+
 PREFIX: Final = "SEGMENT_WORKER_"
 SECURITY_PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS: Final = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
-class SettingsError(ValueError):
-    """A setting is missing or malformed; the message names the variable."""
+class SettingsError(SegmentWorkerError, ValueError):
+    """Raised when a setting is missing or malformed; the message names the variable."""
 
 
 def _secret() -> Any:

@@ -13,8 +13,8 @@ from typing import Self
 
 import pytest
 
-from worker.embedded import Broker, RedisServer
 from worker.tools.apache_kafka import ApacheKafka, chosen_broker
+from worker.tools.embedded import Broker, RedisServer
 
 
 @pytest.fixture(scope="session")

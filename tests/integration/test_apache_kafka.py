@@ -10,11 +10,9 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from worker.embedded import Broker
+from worker import kafka as clients
 from worker.tools.apache_kafka import (
     SERVER_PROPERTIES,
     ApacheKafka,
@@ -23,6 +21,7 @@ from worker.tools.apache_kafka import (
     chosen_broker,
     kafka_version,
 )
+from worker.tools.embedded import Broker
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,9 +35,7 @@ def gone(pids: list[int | None]) -> bool:
 
 async def produce(kafka: ApacheKafka, topic: str, values: list[bytes]) -> None:
     """Idempotent, ``acks=all``: what the worker's producer does on Apache Kafka."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=kafka.bootstrap, acks="all", enable_idempotence=True
-    )
+    producer = clients.producer(kafka.bootstrap, enable_idempotence=True)  # and acks=all
     await producer.start()
     try:
         for value in values:
@@ -48,9 +45,7 @@ async def produce(kafka: ApacheKafka, topic: str, values: list[bytes]) -> None:
 
 
 async def read_values(kafka: ApacheKafka, topic: str, count: int) -> list[bytes]:
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=kafka.bootstrap, auto_offset_reset="earliest"
-    )
+    consumer = clients.consumer(kafka.bootstrap, topic, auto_offset_reset="earliest")
     await consumer.start()
     got: list[bytes] = []
     try:
@@ -88,7 +83,7 @@ async def test_three_nodes_replicate_and_survive_a_killed_leader() -> None:
     kafka = ApacheKafka(3)
     await asyncio.to_thread(kafka.start)
     pids = kafka.pids
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+    admin = clients.admin(kafka.bootstrap)
     try:
         assert len(set(pids)) == 3 and not gone(pids)
         await kafka.create_topics({"replicated": 3})

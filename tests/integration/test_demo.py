@@ -8,7 +8,7 @@ import time
 import psutil
 import pytest
 
-from worker.embedded import free_port
+from worker.tools.embedded import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from tests.integration.live_support import NOW, make_settings, start_worker, worker_log
-from worker.embedded import Broker, RedisServer
+from worker.tools.embedded import Broker, RedisServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

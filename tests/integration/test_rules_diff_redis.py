@@ -12,8 +12,8 @@ from worker.core.codec import encode_state
 from worker.core.events import Order
 from worker.core.state import CustomerState
 from worker.core.timeutil import DAY_MS, format_ms
-from worker.embedded import RedisServer
 from worker.store import Store
+from worker.tools.embedded import RedisServer
 
 pytestmark = pytest.mark.integration
 

@@ -16,6 +16,7 @@ from typing import Any, Final, NamedTuple
 import orjson
 
 from worker.core.state import NO_TIME, CustomerState, OrderRecord
+from worker.errors import SegmentWorkerError
 
 FORMAT: Final = 4
 _FORMAT_3: Final = 3  # still read: states written before format 4
@@ -39,8 +40,9 @@ VOCABULARY: Final = (
 _CODE: Final = {name: i for i, name in enumerate(VOCABULARY)}
 
 
-class CorruptRecord(ValueError):
-    """Stored bytes that this version cannot read."""
+class CorruptRecord(SegmentWorkerError, ValueError):
+    """Raised when stored bytes (a state, an outbox record) are not something this version can
+    read: damaged, or written by a newer release."""
 
 
 def encode_state(state: CustomerState) -> bytes:

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Final
 
+from worker.errors import SegmentWorkerError
+
 
 class FeatureKind(Enum):
     """How a feature moves when time passes with no event; decides where classes can change."""
@@ -33,7 +35,7 @@ class FeatureKind(Enum):
     SCORE = "score"  # a step function of another feature
 
 
-class ConditionError(ValueError):
+class ConditionError(SegmentWorkerError, ValueError):
     """Raised when a condition is not valid in the condition language."""
 
 

@@ -31,6 +31,7 @@ from worker.core.features import (
     score_limits,
 )
 from worker.core.state import PAID, PLACED
+from worker.errors import SegmentWorkerError
 
 Classes = dict[str, str | None]
 SEGMENT_CLASS: Final = "in"
@@ -38,7 +39,7 @@ _COUNTING: Final = {"paid": PAID, "placed": PLACED | PAID}
 _NAME_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
 
 
-class RulesError(ValueError):
+class RulesError(SegmentWorkerError, ValueError):
     """Raised when a rules file is not valid; the message names the file and the field."""
 
 

@@ -36,10 +36,17 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from worker.embedded import HOST, Broker, ServerProcess, create_topics, free_port, run_blocking
+from worker import kafka
+from worker.tools.embedded import (
+    HOST,
+    Broker,
+    ServerProcess,
+    create_topics,
+    free_port,
+    run_blocking,
+)
 
 KAFKA_DIR: Final = Path(__file__).resolve().parents[2] / "deploy" / "kafka"
 POM: Final = KAFKA_DIR / "pom.xml"
@@ -249,7 +256,7 @@ class KafkaNode(ServerProcess):
 class ApacheKafka:
     """``nodes`` combined broker+controller nodes (1 or 3); see the module docstring.
 
-    Same use as :class:`worker.embedded.Broker`: ``with ApacheKafka() as kafka:``,
+    Same use as :class:`worker.tools.embedded.Broker`: ``with ApacheKafka() as kafka:``,
     ``kafka.bootstrap``, ``create_topics``, ``pause``/``resume``; plus :attr:`nodes` (each with
     its ``pid``, ``kill()``, ``start()``, ``pause()``) for faults on a single node.
     """
@@ -335,17 +342,15 @@ class ApacheKafka:
     async def _round_trip(self) -> None:
         await self.create_topics({READINESS_TOPIC: 1})
         token = uuid.uuid4().bytes
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True
-        )
+        producer = kafka.producer(self.bootstrap, enable_idempotence=True)  # and acks=all
         await producer.start()
         try:
             await producer.send_and_wait(READINESS_TOPIC, token)
         finally:
             await producer.stop()
-        consumer = AIOKafkaConsumer(
+        consumer = kafka.consumer(
+            self.bootstrap,
             READINESS_TOPIC,
-            bootstrap_servers=self.bootstrap,
             group_id=READINESS_TOPIC,
             auto_offset_reset="earliest",
             enable_auto_commit=False,

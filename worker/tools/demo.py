@@ -21,14 +21,15 @@ from dataclasses import dataclass, replace
 from typing import TextIO
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from worker import kafka
 from worker.clock import SimulatedClock
 from worker.core.timeutil import DAY_MS, format_ms, parse_rfc3339
-from worker.embedded import Broker, RedisServer, free_port
-from worker.service import Worker, ensure_topics, kafka_security
+from worker.kafka import ensure_topics
+from worker.service import Worker
 from worker.settings import Settings
-from worker.simulate import FeedFaults, Simulator
+from worker.tools.embedded import Broker, RedisServer, free_port
+from worker.tools.simulate import FeedFaults, Simulator
 
 log = logging.getLogger("segment_worker.demo")
 PARTITIONS = 4
@@ -188,9 +189,7 @@ async def _produce(
     settings: Settings, options: DemoOptions, clock: SimulatedClock, view: View
 ) -> None:
     """Feed simulated traffic as shop time passes (never ahead of the worker's clock)."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap, linger_ms=20, **kafka_security(settings)
-    )
+    producer = kafka.producer(settings, linger_ms=20)
     await producer.start()
     try:
         simulator = Simulator(
@@ -215,12 +214,7 @@ async def _produce(
 
 
 async def _watch(settings: Settings, view: View) -> None:
-    consumer = AIOKafkaConsumer(
-        settings.topic_changes,
-        bootstrap_servers=settings.kafka_bootstrap,
-        auto_offset_reset="earliest",
-        **kafka_security(settings),
-    )
+    consumer = kafka.consumer(settings, settings.topic_changes, auto_offset_reset="earliest")
     await consumer.start()
     try:
         async for message in consumer:

