@@ -39,6 +39,7 @@ from typing import Final, Self
 from aiokafka.errors import KafkaError
 
 from worker import kafka
+from worker.errors import SegmentWorkerError
 from worker.tools.embedded import (
     HOST,
     Broker,
@@ -72,7 +73,7 @@ def cluster_replication(nodes: int) -> dict[str, str]:
     }
 
 
-class BrokerUnavailable(RuntimeError):
+class BrokerUnavailable(SegmentWorkerError, RuntimeError):
     """Raised when the Apache Kafka broker cannot be fetched or started (no Java, no Maven,
     a failed download, a node that exits or never serves)."""
 
