@@ -14,6 +14,7 @@ from typing import Final
 import faust
 import mode
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import UnknownError, UnsupportedVersionError
 from faust.app.base import BootStrategy
 
 from worker import kafka
@@ -24,7 +25,7 @@ from worker.errors import SegmentWorkerError
 from worker.http import register_routes
 from worker.live import Pipeline
 from worker.metrics import Metrics
-from worker.settings import PRODUCER_BATCHING, Settings, SettingsError
+from worker.settings import PREFIX, PRODUCER_BATCHING, Settings, SettingsError
 from worker.startup import start_steps, wait_for_servers
 from worker.store import connect, store_for
 
@@ -90,6 +91,8 @@ class _PipelineService(mode.Service):
     async def _serve(self) -> None:
         try:
             await self.worker.serve()
+        except SettingsError as exc:  # one line, by the CLI; a traceback would add nothing
+            self.failure = exc
         except Exception as exc:  # mode logs it; the process must still exit non-zero
             self.failure = exc
             raise
@@ -172,6 +175,8 @@ class Worker:
             await self.app.stop()
             self._datadir.cleanup()
             log.info("stopped")
+        if isinstance(self.service.failure, SettingsError):
+            raise self.service.failure
         if self.service.failure is not None:
             raise WorkerCrashed(str(self.service.failure)) from self.service.failure
 
@@ -202,11 +207,25 @@ class Worker:
 
     async def _start_clients(self) -> None:
         steps = start_steps(
-            self.settings, self.store.load_library, self.producer.start, self.consumer.start
+            self.settings, self.store.load_library, self._start_producer, self.consumer.start
         )
         await wait_for_servers(
             steps, self.pipeline.stop_requested, lambda: self.metrics.ready.set(0)
         )
+
+    async def _start_producer(self) -> None:
+        """Start the producer; a broker that refuses idempotence outright is a settings
+        problem, not an outage to wait out (aiokafka raises, and retrying loops forever)."""
+        try:
+            await self.producer.start()
+        except (UnknownError, UnsupportedVersionError) as exc:
+            if not self.settings.kafka_idempotence:
+                raise
+            raise SettingsError(
+                f"{PREFIX}KAFKA_IDEMPOTENCE: the broker at {self.settings.kafka_bootstrap} "
+                f"refused an idempotent producer (InitProducerId: {type(exc).__name__}); "
+                "set it to false only for a broker without idempotent producers (Tansu)"
+            ) from exc
 
     async def _shutdown(self) -> None:
         await self.pipeline.shut_down()  # no batch in flight past this point, its output out

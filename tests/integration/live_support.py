@@ -72,7 +72,7 @@ async def make_settings(broker: Broker, redis_url: str) -> Settings:
         kafka_bootstrap=broker.bootstrap,
         redis_url=redis_url,
         http_port=free_port(),
-        kafka_idempotence=False,  # Tansu has no InitProducerId
+        kafka_idempotence=broker.idempotent,  # on where the broker has it (not on Tansu)
         session_timeout_ms=6000,
         heartbeat_interval_ms=500,
         rebalance_timeout_ms=5000,
