@@ -13,8 +13,11 @@ Base Analysis".
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Final
+
+from worker.core.state import OrderIndex
 
 _EPS: Final = 1e-17
 _MAX_TERMS: Final = 100_000
@@ -45,6 +48,31 @@ class GammaGamma:
     p: float
     q: float
     v: float
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """What both models read of one customer: ``x`` repeat order days, ``t_x`` days from the
+    first to the last order day, the first order day (T counts from it) and the mean spend
+    of the repeat order days in the base currency (the first day left out: Gamma-Gamma)."""
+
+    x: int
+    t_x: int
+    first_day: int
+    repeat_mean: float
+
+
+def history(index: OrderIndex, day: int) -> History | None:
+    """The customer's history as of the end of UTC ``day`` (later orders are left out), or
+    None without a counted order by then."""
+    days = index.days
+    upto = bisect_right(days, day)
+    if not upto:
+        return None
+    first, x = days[0], upto - 1
+    amounts = index.day_amounts
+    repeat = sum([amounts[d] for d in days[1:upto]]) / 100 / x if x else 0.0
+    return History(x, days[upto - 1] - first, first, repeat)
 
 
 def bgnbd_log_likelihood(m: BgNbd, x: int, t_x: float, T: float) -> float:
