@@ -22,6 +22,7 @@ import redis
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
+from worker import fit
 from worker.bench import bench_core, print_table, write_events
 from worker.core.changes import SegmentChange
 from worker.core.codec import decode_state
@@ -279,6 +280,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     diff.add_argument("--json", action="store_true", help="machine-readable output")
     diff.set_defaults(func=_rules_diff)
+    fit.register(sub, _redis_states)
     return parser
 
 

@@ -31,6 +31,7 @@ class FeatureKind(Enum):
     DAYS_SINCE = "days_since"  # grows by one per UTC day
     WINDOW = "window"  # changes when an order leaves a rolling window
     SCORE = "score"  # a step function of another feature
+    MODEL = "model"  # a fitted model's prediction: falls (weakly) as days pass with no order
 
 
 class ConditionError(ValueError):
@@ -134,6 +135,11 @@ class _Translator:
                 f"{ident!r} grows every day: compare it directly with a fixed value "
                 f"(e.g. {ident} > 30), not inside arithmetic or as a truth value"
             )
+        if kind is FeatureKind.MODEL and not compared:
+            raise ConditionError(
+                f"{ident!r} changes every day: compare it directly with a fixed value "
+                f"(e.g. {ident} < 0.3), not inside arithmetic or as a truth value"
+            )
         self.names.add(ident)
         return f"f[{ident!r}]"
 
@@ -175,7 +181,7 @@ class _Translator:
                 raise ConditionError(f"{other.id!r} is a number; compare it with a number")
 
     def operand(self, node: ast.expr, other: ast.expr) -> str:
-        if isinstance(node, ast.Name) and self.features.get(node.id) is FeatureKind.DAYS_SINCE:
+        if isinstance(node, ast.Name) and self.features.get(node.id) in _TIMED:
             moving = self._time_dependent(other)
             if moving:
                 raise ConditionError(
@@ -194,6 +200,9 @@ class _Translator:
                 if kind is not None and kind is not FeatureKind.INVARIANT:
                     return sub.id
         return None
+
+
+_TIMED: Final = (FeatureKind.DAYS_SINCE, FeatureKind.MODEL)  # flips are found from thresholds
 
 
 def _is_number(node: ast.expr) -> bool:

@@ -97,6 +97,8 @@ def evaluate(
     if classes != state.classes:
         dims = list(rules.dimension_names) + sorted(set(state.classes) - set(classes))
         snap = snapshot(facts, features, rules.windows)
+        if rules.model is not None:
+            snap.update({name: features[name] for name in rules.model.feature_names})
         for dim in dims:
             old, new = state.classes.get(dim), classes.get(dim)
             if old == new:
@@ -145,8 +147,13 @@ def next_change_day(
     first = exact_checks + 1  # every source is sorted: its first few are all we can need
     candidates = window_edges(facts, day, rules.windows, first)
     offsets = rules.fixed_offsets
+    model_limits = rules.model_limits
     if offsets is None:
-        offsets = day_offsets(rules.thresholds(features) + score_limits(rules.scores))
+        limits = rules.thresholds(features)
+        offsets = day_offsets(limits + score_limits(rules.scores))
+        model_limits = tuple(limits)  # crossings() skips what is no model feature
+    if rules.model is not None and model_limits:
+        candidates.update(rules.model.crossings(facts, day, features, model_limits))
     anchors = facts.anchors
     for name, deltas in offsets.items():
         anchor = anchors.get(name)

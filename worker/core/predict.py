@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
+from worker.core.features import Facts, Features
 from worker.core.state import OrderIndex
 
 _EPS: Final = 1e-17
@@ -25,6 +27,8 @@ _MAX_TERMS: Final = 100_000
 _STEP: Final = 0.5
 _DIRECT: Final = 2000  # terms the plain series may take before continuation is cheaper
 MONTH_DAYS: Final = 30  # discounting step of clv(): one payment per 30 days
+DEFAULT_HORIZONS: Final = (90, 365)
+CROSSING_DAYS: Final = 2**15  # ~90 years: a model feature that takes longer never crosses
 
 
 class NumericError(ArithmeticError):
@@ -232,3 +236,114 @@ def clv(
         total += (upto - before) * (1 + annual_discount) ** (-end / 365)
         before = upto
     return value * total
+
+
+def model_features(horizons: Iterable[int]) -> dict[str, str]:
+    """Feature name -> what it means, for a ``[model]`` with these horizons."""
+    out = {
+        "p_alive": "BG/NBD probability the customer has not dropped out (null without orders)",
+        "expected_order_value": "Gamma-Gamma expected spend per order day",
+    }
+    for h in horizons:
+        out[f"expected_orders_{h}d"] = f"expected order days in the next {h} days"
+        out[f"clv_{h}d"] = f"expected spend in the next {h} days (discounted if configured)"
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    """The rules file's ``[model]``: fitted parameters and what to derive from them."""
+
+    bgnbd: BgNbd
+    gamma_gamma: GammaGamma
+    horizons: tuple[int, ...]
+    annual_discount: float
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return tuple(model_features(self.horizons))
+
+    def values(self, facts: Facts, day: int) -> Features:
+        """The model's features at ``day`` (T counts from the first order day to ``day``)."""
+        x = facts.invariant["repeat_purchases"]
+        first = facts.anchors["days_since_first_order"]
+        if not isinstance(x, int) or first is None:
+            return dict.fromkeys(self.feature_names)
+        t_x = day_span(facts)
+        T = max(day - first, t_x)  # an order dated after ``day`` counts as made on it
+        m = self.bgnbd
+        value = expected_order_value(self.gamma_gamma, x, repeat_mean(facts, x))
+        out: Features = {"p_alive": p_alive(m, x, t_x, T), "expected_order_value": value}
+        for h in self.horizons:
+            orders = expected_purchases(m, x, t_x, T, h)
+            out[f"expected_orders_{h}d"] = orders
+            out[f"clv_{h}d"] = (
+                value * orders
+                if self.annual_discount == 0
+                else clv(m, value, x, t_x, T, horizon=h, annual_discount=self.annual_discount)
+            )
+        return out
+
+    def crossings(
+        self, facts: Facts, day: int, features: Features, limits: Iterable[tuple[str, object]]
+    ) -> set[int]:
+        """Days after ``day`` on which a comparison of a model feature with one of ``limits``
+        can flip with no new event. Every model feature falls (weakly) as T grows, so the
+        only such day is the first on which the value reaches the limit, or goes below it
+        when it sits on it: found by galloping then bisecting over whole days."""
+        if facts.anchors["days_since_first_order"] is None:
+            return set()
+        names = set(self.feature_names)
+        days: set[int] = set()
+        for name, limit in limits:
+            if (
+                name not in names
+                or not isinstance(limit, int | float)
+                or isinstance(limit, bool)
+                or limit < 0  # every model feature is >= 0
+            ):
+                continue
+            now = features[name]
+            if not isinstance(now, float) or now < limit:
+                continue
+            strict = now == limit  # already on it: the flip is to strictly below
+
+            def past(d: int, name: str = name, limit: float = limit, strict: bool = strict) -> bool:
+                v = self.values(facts, d)[name]
+                return isinstance(v, float) and (v < limit if strict else v <= limit)
+
+            found = _first_day(past, day)
+            if found is not None:
+                days.add(found)
+        return days
+
+
+def _first_day(past: Callable[[int], bool], day: int) -> int | None:
+    """The first d > day with past(d), for a monotone ``past``; None within CROSSING_DAYS."""
+    lo, step = day, 1  # past(lo) is false
+    while not past(day + step):
+        lo = day + step
+        if step >= CROSSING_DAYS:
+            return None
+        step *= 2
+    hi = day + step
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if past(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def day_span(facts: Facts) -> int:
+    span = facts.invariant["purchase_span_days"]
+    return span if isinstance(span, int) else 0
+
+
+def repeat_mean(facts: Facts, x: int) -> float:
+    """Mean spend of the repeat order days (the first day left out), base currency."""
+    if not x:
+        return 0.0
+    index = facts.index
+    return (index.total - index.day_amounts[index.days[0]]) / 100 / x

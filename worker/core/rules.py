@@ -30,6 +30,7 @@ from worker.core.features import (
     feature_kinds,
     score_limits,
 )
+from worker.core.predict import DEFAULT_HORIZONS, BgNbd, GammaGamma, Model, model_features
 from worker.core.state import PAID, PLACED
 
 Classes = dict[str, str | None]
@@ -53,6 +54,7 @@ class Dimension:
     name: str
     applies: str | None
     classes: tuple[ClassRule, ...]
+    requires_model: bool = False  # dropped, once validated, from rules with no [model]
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,9 @@ class Rules:
     # When every such value is a constant (the usual case): the day offsets from each
     # feature's anchor at which a class can flip, score cuts included, precomputed.
     fixed_offsets: Mapping[str, tuple[int, ...]] | None
+    model: Model | None = None
+    # With fixed_offsets: the (model feature, constant) comparisons, whose flips are timed.
+    model_limits: tuple[tuple[str, object], ...] = ()
 
     @property
     def dimension_names(self) -> tuple[str, ...]:
@@ -138,7 +143,7 @@ def _name(value: object, path: str) -> str:
 
 
 def _build(doc: dict[str, Any], data: bytes, source: str) -> Rules:
-    _check_keys(doc, {"orders", "money", "scores", "dimensions", "segments"}, "")
+    _check_keys(doc, {"orders", "money", "scores", "dimensions", "segments", "model"}, "")
     orders = _table(doc, "orders", "")
     _check_keys(orders, {"count_status", "windows"}, "orders")
     count_status = orders.get("count_status", "paid")
@@ -172,9 +177,16 @@ def _build(doc: dict[str, Any], data: bytes, source: str) -> Rules:
         rates[code] = value
 
     scores = tuple(_score(name, spec, windows) for name, spec in _table(doc, "scores", "").items())
+    model = _model(doc["model"]) if "model" in doc else None
     kinds = feature_kinds(windows, scores)
+    # Model features are known either way, so that a typo in a dimension kept for a future
+    # fit is still caught; without [model] they may only appear where requires_model is set.
+    kinds.update(dict.fromkeys(_model_names(model), FeatureKind.MODEL))
     dimensions = [_dimension(i, d, kinds) for i, d in enumerate(_list(doc, "dimensions"))]
     dimensions += [_segment(i, s, kinds) for i, s in enumerate(_list(doc, "segments"))]
+    if model is None:
+        _refuse_model_features(dimensions, kinds)
+        dimensions = [d for d in dimensions if not d.requires_model]
     seen: set[str] = set()
     for dim in dimensions:
         if dim.name in seen:
@@ -191,10 +203,87 @@ def _build(doc: dict[str, Any], data: bytes, source: str) -> Rules:
         scores=scores,
         dimensions=tuple(dimensions),
         classify=classify,
-        features_at=compile_features(tuple(windows), scores),
+        features_at=compile_features(
+            tuple(windows), scores, None if model is None else model.values
+        ),
         thresholds=thresholds,
         fixed_offsets=None if fixed is None else day_offsets(fixed + score_limits(scores)),
+        model=model,
+        model_limits=tuple(
+            (name, limit) for name, limit in fixed or () if kinds.get(name) is FeatureKind.MODEL
+        ),
     )
+
+
+_MODEL_TABLE: Final = {"bgnbd": ("r", "alpha", "a", "b"), "gamma_gamma": ("p", "q", "v")}
+
+
+def _model(spec: Any) -> Model:
+    if not isinstance(spec, dict):
+        raise _FieldError("model", "must be a table")
+    _check_keys(spec, {*_MODEL_TABLE, "horizons", "annual_discount_rate", "fitted"}, "model")
+    params: dict[str, list[float]] = {}
+    for table, names in _MODEL_TABLE.items():
+        path = f"model.{table}"
+        if table not in spec:
+            raise _FieldError(path, "missing (fill it with `segment-worker fit --write-rules`)")
+        values = _table(spec, table, "model")
+        _check_keys(values, set(names), path)
+        params[table] = []
+        for name in names:
+            value = values.get(name)
+            if (
+                not isinstance(value, int | float)
+                or isinstance(value, bool)
+                or not math.isfinite(value)
+                or not 0 < value < 1e12
+            ):
+                raise _FieldError(f"{path}.{name}", "must be a positive number")
+            params[table].append(float(value))
+    if params["gamma_gamma"][1] <= 1:
+        raise _FieldError("model.gamma_gamma.q", "must be above 1 (else mean spend is unbounded)")
+    horizons = spec.get("horizons", list(DEFAULT_HORIZONS))
+    if (
+        not isinstance(horizons, list)
+        or not horizons
+        or not all(
+            isinstance(h, int) and not isinstance(h, bool) and 1 <= h <= 3660 for h in horizons
+        )
+        or len(set(horizons)) != len(horizons)
+    ):
+        raise _FieldError("model.horizons", "must be a non-empty list of distinct days (1..3660)")
+    rate = spec.get("annual_discount_rate", 0.0)
+    if not isinstance(rate, int | float) or isinstance(rate, bool) or not 0 <= rate <= 1:
+        raise _FieldError("model.annual_discount_rate", "must be a number from 0 to 1")
+    fitted = spec.get("fitted", {})
+    if not isinstance(fitted, dict):
+        raise _FieldError("model.fitted", "must be a table (what the fit saw; not read)")
+    return Model(
+        BgNbd(*params["bgnbd"]), GammaGamma(*params["gamma_gamma"]), tuple(horizons), float(rate)
+    )
+
+
+def _model_names(model: Model | None) -> tuple[str, ...]:
+    return tuple(model_features(DEFAULT_HORIZONS if model is None else model.horizons))
+
+
+def _refuse_model_features(dimensions: list[Dimension], kinds: Mapping[str, FeatureKind]) -> None:
+    for dim in dimensions:
+        if dim.requires_model:
+            continue
+        texts = [dim.applies, *(c.when for c in dim.classes)]
+        for text in texts:
+            if text is None:
+                continue
+            used = compile_condition(text, kinds, TEXTUAL).names
+            model_used = sorted(n for n in used if kinds[n] is FeatureKind.MODEL)
+            if model_used:
+                raise _FieldError(
+                    dim.name,
+                    f"{model_used[0]!r} needs a fitted [model] table in the rules "
+                    "(segment-worker fit --write-rules), or `requires_model = true` on this "
+                    "dimension to keep it until there is one",
+                )
 
 
 def _list(doc: Mapping[str, Any], key: str) -> list[Any]:
@@ -243,8 +332,11 @@ def _dimension(index: int, spec: Any, kinds: Mapping[str, FeatureKind]) -> Dimen
     path = f"dimensions[{index}]"
     if not isinstance(spec, dict):
         raise _FieldError(path, "must be a table")
-    _check_keys(spec, {"name", "applies", "classes"}, path)
+    _check_keys(spec, {"name", "applies", "classes", "requires_model"}, path)
     name = _name(spec.get("name"), f"{path}.name")
+    requires_model = spec.get("requires_model", False)
+    if not isinstance(requires_model, bool):
+        raise _FieldError(f"{path}.requires_model", "must be true or false")
     applies = spec.get("applies")
     if applies is not None:
         _condition(applies, f"{path}.applies", kinds)
@@ -266,7 +358,7 @@ def _dimension(index: int, spec: Any, kinds: Mapping[str, FeatureKind]) -> Dimen
         elif j != len(raw_classes) - 1:
             raise _FieldError(f"{cpath}.when", "only the last class may omit 'when' (fallback)")
         classes.append(ClassRule(cname, when))
-    return Dimension(name, applies, tuple(classes))
+    return Dimension(name, applies, tuple(classes), requires_model)
 
 
 def _segment(index: int, spec: Any, kinds: Mapping[str, FeatureKind]) -> Dimension:
