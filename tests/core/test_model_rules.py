@@ -102,7 +102,13 @@ def test_features_are_the_model_formulas_at_the_day(events: list, later: int) ->
     if not days:
         return
     day = days[-1] + later
-    f = WITH_MODEL.features_at(facts, day)
+    f = WITH_MODEL.model.values(facts, day)
+    # Classification computes only what the conditions read: the same values.
+    read = WITH_MODEL.features_at(facts, day)
+    assert {k: read[k] for k in f if k in read} == {
+        "p_alive": f["p_alive"],
+        "clv_365d": f["clv_365d"],
+    }
     m, g = WITH_MODEL.model.bgnbd, WITH_MODEL.model.gamma_gamma
     x, t_x, T = len(days) - 1, days[-1] - days[0], day - days[0]
     amounts = facts.index.day_amounts

@@ -25,7 +25,6 @@ _EPS: Final = 1e-17
 _MAX_TERMS: Final = 100_000
 # Largest |h| / radius of a Taylor step: a ratio of 1/2 gains a bit per term.
 _STEP: Final = 0.5
-_DIRECT: Final = 2000  # terms the plain series may take before continuation is cheaper
 MONTH_DAYS: Final = 30  # discounting step of clv(): one payment per 30 days
 DEFAULT_HORIZONS: Final = (90, 365)
 CROSSING_DAYS: Final = 2**15  # ~90 years: a model feature that takes longer never crosses
@@ -138,9 +137,7 @@ def _reduced_2f1(A: float, a: float, C: float, z: float) -> float:
     the distance to the singularity at 1, so every series converges at least like 2^-n.
     """
     B = a - 1
-    # Terms decay like n^-s z^n: with a steep enough power the plain series is quick to z.
-    s = C - A - a + 2
-    z0 = z if z <= 0.5 or s * math.log(_DIRECT) - _DIRECT * math.log(z) >= 40 else 0.5
+    z0 = z if z <= 0.5 or _direct_terms(C - A - a + 2, z) <= _taylor_terms(z) else 0.5
     # Series at 0: G = A sum_{n>=1} (A+1)_{n-1} (a)_{n-1} / ((C+1)_{n-1} n!) z^n, and G'.
     term = A * z0
     g, dg = term, A
@@ -162,6 +159,18 @@ def _reduced_2f1(A: float, a: float, C: float, z: float) -> float:
         g, dg = _taylor_step((A, B, C), here, h, g, dg)
         here = z if h == z - here else here + h
     return g
+
+
+def _direct_terms(s: float, z: float) -> float:
+    """About how many terms the series at 0 needs at ``z``: they decay like n^-s z^n."""
+    geometric = 40 / -math.log(z)
+    return geometric if s <= 0 else min(geometric, math.exp(min(40 / s, 50)))
+
+
+def _taylor_terms(z: float) -> float:
+    """About what continuing from 1/2 to ``z`` costs, in series-term equivalents (a Taylor
+    term costs about two): a series to 1/2, then steps halving the distance to 1."""
+    return 55 + 110 * math.ceil(math.log2(0.5 / (1 - z)))
 
 
 def _taylor_step(
@@ -263,35 +272,54 @@ class Model:
     def feature_names(self) -> tuple[str, ...]:
         return tuple(model_features(self.horizons))
 
-    def values(self, facts: Facts, day: int) -> Features:
-        """The model's features at ``day`` (T counts from the first order day to ``day``)."""
-        x = facts.invariant["repeat_purchases"]
-        first = facts.anchors["days_since_first_order"]
-        if not isinstance(x, int) or first is None:
-            return dict.fromkeys(self.feature_names)
-        t_x = day_span(facts)
+    def values(self, facts: Facts, day: int, names: Iterable[str] | None = None) -> Features:
+        """The model's features at ``day`` (T counts from the first order day to ``day``):
+        all of them, or only ``names`` (what the rules' conditions read)."""
+        wanted = self.feature_names if names is None else tuple(names)
+        inputs = _inputs(facts)
+        if inputs is None:
+            return dict.fromkeys(wanted)
+        scored = self._scored(inputs, day)
+        orders: dict[int, float] = {}  # expected purchases per horizon, shared with clv
+        return {name: self._value(name, scored, orders) for name in wanted}
+
+    def _scored(self, inputs: tuple[int, int, int, float], day: int) -> tuple[int, int, int, float]:
+        x, t_x, first, mean = inputs
         T = max(day - first, t_x)  # an order dated after ``day`` counts as made on it
+        return x, t_x, T, expected_order_value(self.gamma_gamma, x, mean)
+
+    def _value(
+        self, name: str, scored: tuple[int, int, int, float], orders: dict[int, float]
+    ) -> float:
+        x, t_x, T, value = scored
         m = self.bgnbd
-        value = expected_order_value(self.gamma_gamma, x, repeat_mean(facts, x))
-        out: Features = {"p_alive": p_alive(m, x, t_x, T), "expected_order_value": value}
-        for h in self.horizons:
-            orders = expected_purchases(m, x, t_x, T, h)
-            out[f"expected_orders_{h}d"] = orders
-            out[f"clv_{h}d"] = (
-                value * orders
-                if self.annual_discount == 0
-                else clv(m, value, x, t_x, T, horizon=h, annual_discount=self.annual_discount)
-            )
-        return out
+        if name == "p_alive":
+            return p_alive(m, x, t_x, T)
+        if name == "expected_order_value":
+            return value
+        kind, h = name.rsplit("_", 1)
+        horizon = int(h[:-1])
+        if kind == "clv" and self.annual_discount:
+            return clv(m, value, x, t_x, T, horizon=horizon, annual_discount=self.annual_discount)
+        expected = orders.get(horizon)
+        if expected is None:
+            expected = orders[horizon] = expected_purchases(m, x, t_x, T, horizon)
+        return expected if kind == "expected_orders" else value * expected
 
     def crossings(
-        self, facts: Facts, day: int, features: Features, limits: Iterable[tuple[str, object]]
+        self,
+        facts: Facts,
+        day: int,
+        features: Features,
+        limits: Iterable[tuple[str, object]],
+        before: int,
     ) -> set[int]:
-        """Days after ``day`` on which a comparison of a model feature with one of ``limits``
-        can flip with no new event. Every model feature falls (weakly) as T grows, so the
-        only such day is the first on which the value reaches the limit, or goes below it
-        when it sits on it: found by galloping then bisecting over whole days."""
-        if facts.anchors["days_since_first_order"] is None:
+        """Days in (``day``, ``before``) on which a comparison of a model feature with one of
+        ``limits`` can flip with no new event. Every model feature falls (weakly) as T grows,
+        so the only such day is the first on which the value reaches the limit, or goes
+        below it when it sits on it: found by bisection over whole days."""
+        inputs = _inputs(facts)
+        if inputs is None:
             return set()
         names = set(self.feature_names)
         days: set[int] = set()
@@ -309,24 +337,29 @@ class Model:
             strict = now == limit  # already on it: the flip is to strictly below
 
             def past(d: int, name: str = name, limit: float = limit, strict: bool = strict) -> bool:
-                v = self.values(facts, d)[name]
-                return isinstance(v, float) and (v < limit if strict else v <= limit)
+                v = self._value(name, self._scored(inputs, d), {})
+                return v < limit if strict else v <= limit
 
-            found = _first_day(past, day)
+            found = _first_day(past, day, before)
             if found is not None:
                 days.add(found)
         return days
 
 
-def _first_day(past: Callable[[int], bool], day: int) -> int | None:
-    """The first d > day with past(d), for a monotone ``past``; None within CROSSING_DAYS."""
-    lo, step = day, 1  # past(lo) is false
-    while not past(day + step):
-        lo = day + step
-        if step >= CROSSING_DAYS:
-            return None
-        step *= 2
-    hi = day + step
+def _inputs(facts: Facts) -> tuple[int, int, int, float] | None:
+    """(x, t_x, first order day, mean repeat spend), or None without an order."""
+    x = facts.invariant["repeat_purchases"]
+    first = facts.anchors["days_since_first_order"]
+    if not isinstance(x, int) or first is None:
+        return None
+    return x, day_span(facts), first, repeat_mean(facts, x)
+
+
+def _first_day(past: Callable[[int], bool], day: int, before: int) -> int | None:
+    """The first d in (day, before) with past(d), for a monotone ``past``, else None."""
+    lo, hi = day, before - 1  # past(lo) is false
+    if hi <= lo or not past(hi):
+        return None
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if past(mid):

@@ -204,7 +204,9 @@ def _build(doc: dict[str, Any], data: bytes, source: str) -> Rules:
         dimensions=tuple(dimensions),
         classify=classify,
         features_at=compile_features(
-            tuple(windows), scores, None if model is None else model.values
+            tuple(windows),
+            scores,
+            None if model is None else _model_reader(model, dimensions, kinds),
         ),
         thresholds=thresholds,
         fixed_offsets=None if fixed is None else day_offsets(fixed + score_limits(scores)),
@@ -261,6 +263,23 @@ def _model(spec: Any) -> Model:
     return Model(
         BgNbd(*params["bgnbd"]), GammaGamma(*params["gamma_gamma"]), tuple(horizons), float(rate)
     )
+
+
+def _model_reader(
+    model: Model, dimensions: list[Dimension], kinds: Mapping[str, FeatureKind]
+) -> Callable[[Facts, int], Features]:
+    """The model features the conditions read (each costs up to a 2F1 evaluation per day
+    classified; snapshots compute all of them, and only on a change)."""
+    used = {
+        name
+        for dim in dimensions
+        for text in (dim.applies, *(c.when for c in dim.classes))
+        if text is not None
+        for name in compile_condition(text, kinds, TEXTUAL).names
+        if kinds[name] is FeatureKind.MODEL
+    }
+    names = tuple(n for n in model.feature_names if n in used)
+    return lambda facts, day: model.values(facts, day, names)
 
 
 def _model_names(model: Model | None) -> tuple[str, ...]:

@@ -32,7 +32,7 @@ def describe(state: CustomerState, rules: Rules, day: int) -> dict[str, object]:
     out["repeat_purchases"] = features["repeat_purchases"]  # what `fit` reads of a state file
     out["repeat_order_value"] = repeat_mean(facts, x) if isinstance(x, int) and x else None
     if rules.model is not None:
-        out.update({name: features[name] for name in rules.model.feature_names})
+        out.update(rules.model.values(facts, day))
     out["classes"] = dict(state.classes)
     out["since"] = {dim: format_ms(ms) for dim, ms in sorted(state.since_ms.items())}
     out["next_change_at"] = None if state.due_day is None else format_ms(state.due_day * DAY_MS)
