@@ -33,9 +33,13 @@ MODELS = [
     BgNbd(0.1, 120.0, 6.0, 0.6),
     BgNbd(1.3, 3.0, 1.0000001, 0.4),  # a at the removable singularity of eq. (10)
     BgNbd(0.7, 10.0, 0.9, 60.0),  # large b: c - a - b of the series barely moves with x
+    BgNbd(0.94, 16.65, 9.66, 34.8),  # the z -> 1 - z connection formula cancels badly here
+    BgNbd(3.38, 37.98, 4.02, 2.64),  # ... and its first series passes near a pole here
 ]
 HISTORIES = [
     (0, 0, 0),
+    (3, 29, 30),
+    (50, 29, 30),
     (0, 0, 400),
     (1, 0, 1),
     (1, 10, 10),

@@ -25,6 +25,8 @@ _EPS: Final = 1e-17
 _MAX_TERMS: Final = 100_000
 # Largest |h| / radius of a Taylor step: a ratio of 1/2 gains a bit per term.
 _STEP: Final = 0.5
+_MAX_LOSS: Final = 1e4  # digits the connection formula may cancel: 4 of 16
+_FAR: Final = 0.05  # distance from a pole of the connection formula it keeps (see below)
 MONTH_DAYS: Final = 30  # discounting step of clv(): one payment per 30 days
 DEFAULT_HORIZONS: Final = (90, 365)
 CROSSING_DAYS: Final = 2**15  # ~90 years: a model feature that takes longer never crosses
@@ -137,6 +139,11 @@ def _reduced_2f1(A: float, a: float, C: float, z: float) -> float:
     the distance to the singularity at 1, so every series converges at least like 2^-n.
     """
     B = a - 1
+    if z > 0.5 and _reflection_safe(A, B, C):
+        first, second = _reflected_2f1(A, B, C, z)
+        excess = first + second - 1
+        if abs(first) + abs(second) + 1 <= _MAX_LOSS * abs(excess):  # few digits cancelled
+            return C * excess / B
     z0 = z if z <= 0.5 or _direct_terms(C - A - a + 2, z) <= _taylor_terms(z) else 0.5
     # Series at 0: G = A sum_{n>=1} (A+1)_{n-1} (a)_{n-1} / ((C+1)_{n-1} n!) z^n, and G'.
     term = A * z0
@@ -159,6 +166,45 @@ def _reduced_2f1(A: float, a: float, C: float, z: float) -> float:
         g, dg = _taylor_step((A, B, C), here, h, g, dg)
         here = z if h == z - here else here + h
     return g
+
+
+def _reflection_safe(A: float, B: float, C: float) -> bool:
+    """Whether 2F1(A, B; C; z) may try z -> 1 - z: the connection formula has poles where
+    C - A - B is an integer, (F - 1) / B cancels for B near 0, and large parameters overflow
+    its gamma functions."""
+    m = C - A - B
+    return abs(m - round(m)) > _FAR and abs(B) > _FAR and C < 20 and abs(A) < 20
+
+
+def _reflected_2f1(A: float, B: float, C: float, z: float) -> tuple[float, float]:
+    """The two terms whose sum is 2F1(A, B; C; z) for 1/2 < z < 1, each a series in 1 - z
+    (Abramowitz and Stegun 15.3.6) converging at least like 2^-n; they can cancel, so the
+    caller checks their size against the sum."""
+    w, m = 1 - z, C - A - B
+    first = math.gamma(C) * math.gamma(m) * _rgamma(C - A) * _rgamma(C - B)
+    second = math.gamma(C) * math.gamma(-m) * _rgamma(A) * _rgamma(B)
+    return first * _series(A, B, 1 - m, w), w**m * second * _series(C - A, C - B, 1 + m, w)
+
+
+def _rgamma(x: float) -> float:
+    """1 / Gamma(x), zero at the poles."""
+    if x <= 0 and x == math.floor(x):
+        return 0.0
+    return 1 / math.gamma(x)
+
+
+def _series(A: float, B: float, C: float, z: float) -> float:
+    """The plain hypergeometric series, for |z| <= 1/2; while C + n < 0 a term can still
+    grow, so the sum runs past that point before it may stop."""
+    term = total = 1.0
+    n = 0
+    while abs(term) > _EPS * abs(total) or n < max(2, 2 - C):
+        term *= (A + n) * (B + n) / ((C + n) * (n + 1)) * z
+        total += term
+        n += 1
+        if n > _MAX_TERMS:
+            raise NumericError(f"2F1 series at z={z} did not converge")
+    return total
 
 
 def _direct_terms(s: float, z: float) -> float:
