@@ -183,3 +183,28 @@ def test_next_change_day_matches_a_day_by_day_scan_with_a_model(events: list, la
         None,
     )
     assert due == scanned or (scanned is None and (due is None or due >= horizon))
+
+
+def test_changes_with_a_model_carry_its_features_and_meet_the_contract() -> None:
+    import json
+
+    from jsonschema import Draft202012Validator
+
+    schema = json.loads(
+        (Path(__file__).parents[2] / "schemas" / "segment_change.v1.json").read_text()
+    )
+    contract = Draft202012Validator(schema)
+    state = CustomerState("c1")
+    changes = []
+    for i, day in enumerate([20_000, 20_040, 20_100]):
+        order = Order(f"e{i}", "c1", day * DAY_MS, 4200, "USD", "paid", f"o{i}", None)
+        result = process_event(state, order, WITH_MODEL, day * DAY_MS, day * DAY_MS)
+        assert not isinstance(result, Rejection)
+        changes += result
+    assert state.due_day is not None
+    changes += fire_timer(state, WITH_MODEL, state.due_day, 0)
+    assert {"predicted_churn", "clv_tier"} <= {c.dimension for c in changes}
+    for change in changes:
+        document = change.to_dict()
+        contract.validate(document)
+        assert set(WITH_MODEL.model.feature_names) <= set(document["state"])
