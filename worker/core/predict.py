@@ -382,11 +382,10 @@ class Model:
                 continue
             strict = now == limit  # already on it: the flip is to strictly below
 
-            def past(d: int, name: str = name, limit: float = limit, strict: bool = strict) -> bool:
-                v = self._value(name, self._scored(inputs, d), {})
-                return v < limit if strict else v <= limit
+            def gap(d: int, name: str = name, limit: float = limit) -> float:
+                return self._value(name, self._scored(inputs, d), {}) - limit
 
-            found = _first_day(past, day, before)
+            found = _first_day(gap, strict, day, now - limit, before)
             if found is not None:
                 days.add(found)
         return days
@@ -401,17 +400,36 @@ def _inputs(facts: Facts) -> tuple[int, int, int, float] | None:
     return x, day_span(facts), first, repeat_mean(facts, x)
 
 
-def _first_day(past: Callable[[int], bool], day: int, before: int) -> int | None:
-    """The first d in (day, before) with past(d), for a monotone ``past``, else None."""
-    lo, hi = day, before - 1  # past(lo) is false
-    if hi <= lo or not past(hi):
+def _first_day(
+    gap: Callable[[int], float], strict: bool, day: int, gap_now: float, before: int
+) -> int | None:
+    """The first d in (day, before) at which the falling ``gap`` reaches 0 (goes below 0 if
+    ``strict``), else None. Secant steps between the bracket's ends, with a bisection
+    whenever a step failed to halve the bracket: the values are smooth in d, so this takes
+    a few evaluations where plain bisection over years of days takes fifteen."""
+
+    def past(g: float) -> bool:
+        return g < 0 if strict else g <= 0
+
+    lo, hi = day, before - 1
+    if hi <= lo:
         return None
+    g_lo, g_hi = gap_now, gap(hi)
+    if not past(g_hi):
+        return None
+    bisect = False
     while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if past(mid):
-            hi = mid
+        width = hi - lo
+        if bisect or g_lo == g_hi:
+            mid = (lo + hi) // 2
         else:
-            lo = mid
+            mid = min(max(lo + round(width * g_lo / (g_lo - g_hi)), lo + 1), hi - 1)
+        g = gap(mid)
+        if past(g):
+            hi, g_hi = mid, g
+        else:
+            lo, g_lo = mid, g
+        bisect = not bisect and (hi - lo) * 2 > width
     return hi
 
 
