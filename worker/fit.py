@@ -401,7 +401,7 @@ def with_model(text: str, report: Mapping[str, Any]) -> str:
         f"# Fitted by `segment-worker fit` as of {report['as_of']} over {report['customers']:,}",
         "# customers (see docs/predictive.md). alpha is in days.",
         "[model]",
-        f"horizons = {orjson.dumps(old.get('horizons', list(DEFAULT_HORIZONS))).decode()}",
+        f"horizons = [{', '.join(str(h) for h in old.get('horizons', DEFAULT_HORIZONS))}]",
         f"annual_discount_rate = {float(old.get('annual_discount_rate', 0.0))!r}",
         f"bgnbd = {{ r = {b['r']:.6g}, alpha = {b['alpha']:.6g}, a = {b['a']:.6g}, "
         f"b = {b['b']:.6g} }}",

@@ -133,10 +133,12 @@ def _reduced_2f1(A: float, a: float, C: float, z: float) -> float:
     """G(z) with 2F1(A, a-1; C; z) = 1 + (a-1) G(z) / C, for 0 <= z < 1 and C > -1 (the
     factor C, which eq. (10) multiplies back, is taken out so that C = 0 is no pole either).
 
-    G solves z(1-z)G'' + (C - (A+a)z)G' - A(a-1)G = AC with G(0) = 0. Its power series at 0
-    is summed up to min(z, 1/2); beyond, G is continued towards 1 by Taylor steps whose
-    coefficients follow from the equation (a three-term recurrence), each step at most half
-    the distance to the singularity at 1, so every series converges at least like 2^-n.
+    Three ways, the cheapest that is accurate: for z > 1/2, the connection formula to series
+    in 1 - z, unless it cancels too many digits; the power series at 0, when its terms
+    (like n^-s z^n) die out soon enough; else that series up to 1/2 and then Taylor steps
+    towards 1 whose coefficients follow from the equation G solves, z(1-z)G'' + (C - (A+a)z)G'
+    - A(a-1)G = AC (a three-term recurrence), each step at most half the distance to the
+    singularity at 1, so that every series converges at least like 2^-n.
     """
     B = a - 1
     if z > 0.5 and _reflection_safe(A, B, C):
