@@ -29,6 +29,7 @@ from worker.core.codec import decode_state
 from worker.core.deadletter import Stage, dead_letter
 from worker.core.events import ParseLimits, Reason, Rejection
 from worker.core.features import DAYS_SINCE, INVARIANT, feature_kinds
+from worker.core.predict import model_features
 from worker.core.rules import Rules, RulesError, load_rules
 from worker.core.rulesdiff import class_moves, render
 from worker.core.state import CustomerState
@@ -645,6 +646,8 @@ def _rules_check(args: argparse.Namespace) -> int:
         described = {**INVARIANT, **DAYS_SINCE}
         for name, kind in feature_kinds(rules.windows, rules.scores).items():
             print(f"    {name:<26} {kind.value:<11} {described.get(name, '')}")
+        for name, text in model_features(rules.model.horizons).items() if rules.model else ():
+            print(f"    {name:<26} {'model':<11} {text}")
     return 0
 
 

@@ -50,7 +50,6 @@ class FitError(SegmentWorkerError):
 class Optimum:
     point: tuple[float, ...]
     value: float  # the minimised function (a negative log-likelihood)
-    evaluations: int
 
 
 def nelder_mead(
@@ -119,7 +118,7 @@ def nelder_mead(
         improved = best_value - values[0]
         best, best_value = simplex[0], values[0]
         if improved <= tolerance:
-            return Optimum(tuple(best), best_value, evaluations)
+            return Optimum(tuple(best), best_value)
         step = 0.1
 
 

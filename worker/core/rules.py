@@ -206,7 +206,7 @@ def _build(doc: dict[str, Any], data: bytes, source: str) -> Rules:
         features_at=compile_features(
             tuple(windows),
             scores,
-            None if model is None else _model_reader(model, dimensions, kinds),
+            _model_reader(model, dimensions, kinds),
         ),
         thresholds=thresholds,
         fixed_offsets=None if fixed is None else day_offsets(fixed + score_limits(scores)),
@@ -266,10 +266,12 @@ def _model(spec: Any) -> Model:
 
 
 def _model_reader(
-    model: Model, dimensions: list[Dimension], kinds: Mapping[str, FeatureKind]
-) -> Callable[[Facts, int], Features]:
+    model: Model | None, dimensions: list[Dimension], kinds: Mapping[str, FeatureKind]
+) -> Callable[[Facts, int], Features] | None:
     """The model features the conditions read (each costs up to a 2F1 evaluation per day
-    classified; snapshots compute all of them, and only on a change)."""
+    classified; snapshots compute all of them, and only on a change); None if none."""
+    if model is None:
+        return None
     used = {
         name
         for dim in dimensions
@@ -279,7 +281,7 @@ def _model_reader(
         if kinds[name] is FeatureKind.MODEL
     }
     names = tuple(n for n in model.feature_names if n in used)
-    return lambda facts, day: model.values(facts, day, names)
+    return (lambda facts, day: model.values(facts, day, names)) if names else None
 
 
 def _model_names(model: Model | None) -> tuple[str, ...]:
