@@ -13,6 +13,7 @@ import re
 import sys
 import time
 import tomllib
+from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -123,8 +124,9 @@ def nelder_mead(
 
 
 def fit_bgnbd(histories: Iterable[tuple[int, int, int]]) -> tuple[BgNbd, float]:
-    """Fit r, alpha (days), a, b to (x, t_x, T) per customer; returns the log-likelihood too."""
-    groups = Counter(histories)
+    """Fit r, alpha (days), a, b to (x, t_x, T) per customer (or a Counter of them); returns
+    the log-likelihood too."""
+    groups = histories if isinstance(histories, Counter) else Counter(histories)
     customers = sum(groups.values())
     if customers < MIN_CUSTOMERS:
         raise FitError(f"{customers} customers with an order: at least {MIN_CUSTOMERS} needed")
@@ -152,9 +154,10 @@ def fit_bgnbd(histories: Iterable[tuple[int, int, int]]) -> tuple[BgNbd, float]:
 
 
 def fit_gamma_gamma(spend: Iterable[tuple[int, float]]) -> tuple[GammaGamma, int]:
-    """Fit p, q, v to (x, mean repeat spend) of the customers with x >= 1 and spend > 0;
-    returns how many customers that was."""
-    groups = Counter((x, m) for x, m in spend if x >= 1 and m > 0)
+    """Fit p, q, v to (x, mean repeat spend) of the customers (or a Counter of them) with
+    x >= 1 and spend > 0; returns how many customers that was."""
+    counts = spend if isinstance(spend, Counter) else Counter(spend)
+    groups = Counter({(x, m): n for (x, m), n in counts.items() if x >= 1 and m > 0})
     customers = sum(groups.values())
     if customers < MIN_REPEAT:
         raise FitError(
@@ -243,11 +246,11 @@ def run(
             settings = replace(Settings.from_env(), redis_url=args.redis, redis_prefix=args.prefix)
         except SettingsError as exc:
             raise SystemExit(f"segment-worker: bad setting: {exc}") from None
-        customers = _from_states(_with_progress(redis_states(settings)), rules, day)
+        population = _from_states(_with_progress(redis_states(settings)), rules, day)
     else:
-        customers = _from_file(args.state, rules, day)
+        population = _from_file(args.state, rules, day)
     try:
-        report = fit_report(customers, rules, as_of)
+        report = fit_report(population, rules, as_of)
     except FitError as exc:
         print(f"segment-worker: fit: {exc}", file=sys.stderr)
         return 1
@@ -266,19 +269,32 @@ def run(
     return 0
 
 
-@dataclass(frozen=True, slots=True)
-class Customer:
-    history: History
-    scored: dict[str, float | None]  # score feature -> value as of the fit
+class Population:
+    """What the fits and percentiles need of every customer with an order, aggregated as it
+    is read (customers with equal statistics share one entry), so that millions fit in memory."""
+
+    def __init__(self, rules: Rules, day: int) -> None:
+        self.day = day
+        self.customers = 0
+        self.histories: Counter[tuple[int, int, int]] = Counter()
+        self.spend: Counter[tuple[int, float]] = Counter()
+        self.scored: dict[str, array[float]] = {s.feature: array("d") for s in rules.scores}
+
+    def add(self, h: History, scored: Mapping[str, float | None]) -> None:
+        self.customers += 1
+        self.histories[h.x, h.t_x, self.day - h.first_day] += 1
+        self.spend[h.x, h.repeat_mean] += 1
+        for feature, values in self.scored.items():
+            value = scored[feature]
+            if value is not None:
+                values.append(value)
 
 
-def fit_report(customers: Sequence[Customer], rules: Rules, as_of: int) -> dict[str, Any]:
-    day = day_of(as_of)
-    histories = [c.history for c in customers]
-    model, log_likelihood = fit_bgnbd(bgnbd_inputs(histories, day))
-    spend, spenders = fit_gamma_gamma((h.x, h.repeat_mean) for h in histories)
+def fit_report(population: Population, rules: Rules, as_of: int) -> dict[str, Any]:
+    model, log_likelihood = fit_bgnbd(population.histories)
+    spend, spenders = fit_gamma_gamma(population.spend)
     return {
-        "customers": len(customers),
+        "customers": population.customers,
         "as_of": format_ms(as_of),
         "bgnbd": {
             "r": model.r,
@@ -289,8 +305,7 @@ def fit_report(customers: Sequence[Customer], rules: Rules, as_of: int) -> dict[
         },
         "gamma_gamma": {"p": spend.p, "q": spend.q, "v": spend.v, "customers": spenders},
         "quantiles": {
-            s.name: nearest_rank([c.scored[s.feature] for c in customers], QUANTILES)
-            for s in rules.scores
+            s.name: nearest_rank(population.scored[s.feature], QUANTILES) for s in rules.scores
         },
     }
 
@@ -303,27 +318,29 @@ def nearest_rank(values: Iterable[float | None], percents: Sequence[int]) -> lis
     return [known[max(math.ceil(p / 100 * len(known)), 1) - 1] for p in percents]
 
 
-def _from_states(states: Iterable[CustomerState], rules: Rules, day: int) -> list[Customer]:
-    out = []
+def _from_states(states: Iterable[CustomerState], rules: Rules, day: int) -> Population:
+    out = Population(rules, day)
     for state in states:
         facts = facts_of(state, rules.counting)
         found = history(facts.index, day)
         if found is not None:
             features = rules.features_at(facts, day)
-            out.append(
-                Customer(found, {s.feature: _number(features[s.feature]) for s in rules.scores})
-            )
+            out.add(found, {s.feature: _number(features[s.feature]) for s in rules.scores})
     return out
 
 
-def _from_file(path: Path, rules: Rules, day: int) -> list[Customer]:
+def _from_file(path: Path, rules: Rules, day: int) -> Population:
     """Customers from replay's --state-out records (which carry x, t_x's ends and the mean
     repeat spend; a record cannot be cut back, so orders after --as-of are refused)."""
-    out = []
     try:
-        lines = path.read_bytes().splitlines()
+        with path.open("rb") as handle:
+            return _read_records(handle, path, rules, day)
     except OSError as exc:
         raise SystemExit(f"segment-worker: cannot read {path}: {exc.strerror}") from None
+
+
+def _read_records(lines: Iterable[bytes], path: Path, rules: Rules, day: int) -> Population:
+    out = Population(rules, day)
     for line_no, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -357,7 +374,7 @@ def _from_file(path: Path, rules: Rules, day: int) -> list[Customer]:
                     f"segment-worker: score {score.name!r} reads {name!r}, which a state file "
                     "does not hold; fit from --redis"
                 )
-        out.append(Customer(History(x, last_day - first_day, first_day, mean), scored))
+        out.add(History(x, last_day - first_day, first_day, mean), scored)
     return out
 
 
