@@ -107,3 +107,34 @@ def test_a_population_too_small_exits_non_zero_saying_so(
 def test_a_state_file_is_not_cut_back(state_file: Path) -> None:
     with pytest.raises(SystemExit, match="orders after --as-of"):
         main(["fit", "--state", str(state_file), "--as-of", "1997-03-01T00:00:00Z"])
+
+
+def test_replay_under_the_fitted_rules_times_the_p_alive_changes(
+    state_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The fitted rules in replay: P(alive) drops move customers by timer, and each record of
+    the state file carries the model's features."""
+    default = tmp_path / "rules.toml"
+    default.write_bytes(default_rules_text())
+    fitted = tmp_path / "fitted.toml"
+    args = ["fit", "--state", str(state_file), "--as-of", AS_OF]
+    assert main([*args, "--write-rules", str(default), str(fitted)]) == 0
+    capsys.readouterr()
+    events, changes, state = tmp_path / "e.jsonl", tmp_path / "c.jsonl", tmp_path / "s.jsonl"
+    cdnow_events(events)
+    replay = ["replay", str(events), "--quiet", "--rules", str(fitted), "--out", str(changes)]
+    assert main([*replay, "--state-out", str(state), "--as-of", "1997-12-31T00:00:00Z"]) == 0
+    moves = [orjson.loads(line) for line in changes.read_bytes().splitlines()]
+    dropped = [
+        c
+        for c in moves
+        if c["dimension"] == "predicted_churn" and c["to"] in ("at_risk", "likely_lost")
+    ]
+    assert dropped
+    for change in dropped:
+        if change["cause"]["type"] == "timer":
+            assert change["occurred_at"].endswith("T00:00:00.000Z")
+            assert change["state"]["p_alive"] < (0.7 if change["to"] == "at_risk" else 0.3)
+    assert any(c["cause"]["type"] == "timer" for c in dropped)
+    records = [orjson.loads(line) for line in state.read_bytes().splitlines()]
+    assert all(0 <= r["p_alive"] <= 1 and r["clv_365d"] >= 0 for r in records)
