@@ -7,6 +7,7 @@ import orjson
 import pytest
 
 from worker.cli import main
+from worker.core.rules import default_rules_text
 
 GOLDEN = Path(__file__).parent / "golden"
 SCENARIO_ARGS = ["--as-of", "2027-02-01T00:00:00Z"]
@@ -36,11 +37,40 @@ def test_golden_scenario(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     """A hand-checked story (the story is in tests/golden/README.md); regenerate with UPDATE_GOLDEN=1."""
     monkeypatch.chdir(GOLDEN.parent.parent)
     got = run_replay(tmp_path, "tests/golden/scenario.jsonl", *SCENARIO_ARGS)
+    assert_golden(got, GOLDEN)
+
+
+def assert_golden(got: dict[str, bytes], folder: Path) -> None:
     for name, data in got.items():
-        golden = GOLDEN / f"{name}.jsonl"
+        golden = folder / f"{name}.jsonl"
         if "UPDATE_GOLDEN" in os.environ:
             golden.write_bytes(data)
         assert data == golden.read_bytes(), f"{name} differs from {golden}"
+
+
+def shanghai_rules(folder: Path) -> Path:
+    """The default rules on Asia/Shanghai's calendar (a copy would drift from the defaults)."""
+    rules = folder / "shanghai.toml"
+    text = default_rules_text().replace(b'timezone = "UTC"', b'timezone = "Asia/Shanghai"')
+    assert text != default_rules_text()
+    rules.write_bytes(text)
+    return rules
+
+
+def test_golden_shanghai_scenario(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shop in Beijing (tests/golden/shanghai/README.md): local dates, key actions, partial
+    refunds; regenerate with UPDATE_GOLDEN=1."""
+    monkeypatch.chdir(GOLDEN.parent.parent)
+    rules = shanghai_rules(tmp_path)
+    got = run_replay(
+        tmp_path,
+        "tests/golden/shanghai/scenario.jsonl",
+        "--rules",
+        str(rules),
+        "--as-of",
+        "2027-01-01T00:00:00+08:00",
+    )
+    assert_golden(got, GOLDEN / "shanghai")
 
 
 def test_golden_story_highlights() -> None:

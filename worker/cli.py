@@ -31,7 +31,7 @@ from worker.core.features import DAYS_SINCE, INVARIANT, feature_kinds
 from worker.core.rules import Rules, RulesError, load_rules
 from worker.core.rulesdiff import class_moves, render
 from worker.core.state import CustomerState
-from worker.core.timeutil import day_of, parse_rfc3339
+from worker.core.timeutil import parse_rfc3339
 from worker.core.views import describe
 from worker.demo import DemoOptions, free_http_port, run_demo
 from worker.livebench import Plan
@@ -368,7 +368,7 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _write_states(replayer: Replayer, rules: Rules, path: Path) -> None:
-    day = day_of(replayer.clock_ms) if replayer.clock_ms is not None else 0
+    day = rules.calendar.day_of(replayer.clock_ms) if replayer.clock_ms is not None else 0
     with path.open("wb") as handle:
         for customer_id in sorted(replayer.states):
             record = describe(replayer.states[customer_id], rules, day)
@@ -418,7 +418,7 @@ def _erase(args: argparse.Namespace) -> int:
 def _customer(args: argparse.Namespace) -> int:
     def work(settings: Settings, store: Store, partitions: int) -> Awaitable[int]:
         rules = load_rules(settings.rules)
-        day = day_of(time.time_ns() // 1_000_000 if args.at is None else args.at)
+        day = rules.calendar.day_of(time.time_ns() // 1_000_000 if args.at is None else args.at)
         return print_customers(store, rules, args.customer_ids, partitions, day)
 
     return _against_redis(args.partitions, work)
@@ -577,7 +577,7 @@ def _rules_diff(args: argparse.Namespace) -> int:
         except SettingsError as exc:
             raise SystemExit(f"segment-worker: bad setting: {exc}") from None
         states = list(_redis_states(replace(settings, redis_prefix=args.prefix)))
-        day = day_of(as_of if as_of is not None else int(time.time() * 1000))
+        at_ms = as_of if as_of is not None else int(time.time() * 1000)
     else:
         replayer = Replayer(
             old,
@@ -593,8 +593,8 @@ def _rules_diff(args: argparse.Namespace) -> int:
         if as_of is not None:
             replayer.advance(as_of)
         states = list(replayer.states.values())
-        day = day_of(replayer.clock_ms) if replayer.clock_ms is not None else 0
-    moves = class_moves(states, old, new, day)
+        at_ms = replayer.clock_ms if replayer.clock_ms is not None else 0
+    moves = class_moves(states, old, new, at_ms)
     if args.json:
         out = {
             dim: [{"from": a, "to": b, "customers": n} for (a, b), n in counter.items() if a != b]

@@ -10,7 +10,6 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from worker.core.codec import CorruptRecord
-from worker.core.timeutil import day_of
 from worker.live import Pipeline
 from worker.lookup import look_up
 
@@ -49,7 +48,7 @@ def register_routes(app: faust.App, pipeline: Pipeline) -> None:
                 pipeline.rules,
                 len(partitions),
                 customer_id,
-                day_of(pipeline.clock.now_ms()),
+                pipeline.rules.calendar.day_of(pipeline.clock.now_ms()),
             )
         except OSError as exc:
             return view.json({"error": f"redis unavailable: {exc}"}, status=503)

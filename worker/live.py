@@ -487,7 +487,7 @@ class Pipeline:
                 self.store.commit(
                     claim,
                     states={cid: encode_state(s) for cid, s in outcome.states.items()},
-                    due=outcome.due_ms(),
+                    due=outcome.due_ms(self.rules.calendar),
                     outbox=[r.encode() for r in outcome.out],
                     offsets=outcome.offsets,
                     populations=outcome.population_deltas() + outcome.population,
@@ -637,7 +637,8 @@ class Pipeline:
                 continue
             for state in states.values():
                 if state is not None and state.due_day is not None:
-                    self.metrics.timer_delay.observe(max(0, now - state.due_day * DAY_MS) / 1000)
+                    due_ms = self.rules.calendar.start_ms(state.due_day)
+                    self.metrics.timer_delay.observe(max(0, now - due_ms) / 1000)
             outcome = sweep_due(states, self.rules, self.topics, now)
             self._stamp(outcome, claim.offsets)
             if not await self._commit(claim, outcome):

@@ -19,6 +19,7 @@ from worker.core.codec import (
 from worker.core.engine import evaluate
 from worker.core.rules import load_rules
 from worker.core.state import NO_TIME, CustomerState, OrderRecord
+from worker.core.timeutil import UTC_CALENDAR
 
 RULES = load_rules(None)
 DAY = 86_400_000
@@ -30,7 +31,7 @@ def test_state_round_trip(events: list, day: int) -> None:
     evaluate(state, RULES, day, Cause("timer", None, day * 86_400_000), 0)
     back = decode_state("c1", encode_state(state))
     assert back == state
-    assert back.counted(2) == state.counted(2)
+    assert back.counted(2, UTC_CALENDAR) == state.counted(2, UTC_CALENDAR)
     assert encode_state(back) == encode_state(state)
 
 

@@ -8,14 +8,15 @@ from worker.core.events import Order, Reason, Rejection, Visit
 from worker.core.features import facts_of, window_edges
 from worker.core.rules import default_rules_text, load_rules, parse_rules
 from worker.core.state import CustomerState
-from worker.core.timeutil import DAY_MS, day_of
+from worker.core.timeutil import DAY_MS
 
 RULES = load_rules()
+day_of = RULES.calendar.day_of
 days = st.integers(min_value=day_of(T0), max_value=day_of(T0) + 900)
 
 
 def classes_at(state: CustomerState, day: int) -> dict:
-    facts = facts_of(state, RULES.counting)
+    facts = facts_of(state, RULES.counting, RULES.calendar)
     return RULES.classify(RULES.features_at(facts, day))
 
 
@@ -33,7 +34,7 @@ def test_classification_is_total_and_deterministic(events: list, day: int) -> No
 @given(histories, days)
 def test_next_change_day_matches_a_day_by_day_scan(events: list, day: int) -> None:
     state = state_of(events)
-    facts = facts_of(state, RULES.counting)
+    facts = facts_of(state, RULES.counting, RULES.calendar)
     now = classes_at(state, day)
     features = RULES.features_at(facts, day)
     due = next_change_day(facts, features, RULES, day, now, exact_checks=10_000)
@@ -51,7 +52,7 @@ def test_next_change_day_matches_a_day_by_day_scan(events: list, day: int) -> No
 def test_r_scores_recent_customers_high(recent: int, older: int) -> None:
     def r_score(days_ago: int) -> int:
         state = state_of([Order("e", "c1", T0, 5000, "USD", "paid", "A", None)])
-        facts = facts_of(state, RULES.counting)
+        facts = facts_of(state, RULES.counting, RULES.calendar)
         return RULES.features_at(facts, day_of(T0) + days_ago)["r_score"]
 
     if recent <= older:
@@ -96,7 +97,7 @@ def test_foreign_currency_needs_a_rate() -> None:
     text = default_rules_text().replace(b"rates = {}", b"rates = { EUR = 1.5 }")
     state = CustomerState("c1")
     assert isinstance(process_event(state, order, parse_rules(text, "x"), T0, T0), list)
-    assert state.counted(RULES.counting) == [(T0, 1500)]
+    assert state.counted(RULES.counting, RULES.calendar) == [(T0, 1500)]
 
 
 def test_rules_change_reclassifies_and_drops_removed_dimensions() -> None:
@@ -132,10 +133,10 @@ def test_window_edges_holds_the_earliest_edges_of_every_window(
     events: list, day: int, first: int
 ) -> None:
     windows = (7, 30, 90)
-    facts = facts_of(state_of(events), RULES.counting)
-    order_days = facts.index.days
-    every = {d for d in order_days if d > day}
-    every |= {d + n for d in order_days for n in windows if d + n > day}
+    facts = facts_of(state_of(events), RULES.counting, RULES.calendar)
+    dated = set(facts.index.days) | set(facts.key_days)  # orders and key actions
+    every = {d for d in dated if d > day}
+    every |= {d + n for d in dated for n in windows if d + n > day}
     edges = window_edges(facts, day, windows, first)
     assert edges <= every
     assert sorted(every)[:first] == sorted(edges)[:first]

@@ -7,7 +7,7 @@ from worker.core.events import Order
 from worker.core.features import facts_of
 from worker.core.rules import RulesError, default_rules_text, load_rules, parse_rules
 from worker.core.state import CustomerState
-from worker.core.timeutil import DAY_MS, day_of
+from worker.core.timeutil import DAY_MS
 
 
 def test_defaults_load_with_a_content_version() -> None:
@@ -79,8 +79,10 @@ def test_generated_features_follow_the_rules_windows_and_scores() -> None:
     state = CustomerState("c1")
     for n, (days_ago, amount) in enumerate([(100, 1000), (60, 2500), (10, 1250), (0, 500)]):
         ms = T0 - days_ago * DAY_MS
-        state.apply(Order(f"e{n}", "c1", ms, amount, "USD", "paid", f"o{n}", "EU"))
-    f = rules.features_at(facts_of(state, rules.counting), day_of(T0))
+        state.apply(Order(f"e{n}", "c1", ms, amount, "USD", "paid", f"o{n}", "EU"), rules.activity)
+    f = rules.features_at(
+        facts_of(state, rules.counting, rules.calendar), rules.calendar.day_of(T0)
+    )
     assert (f["orders_30d"], f["spend_30d"]) == (2, 17.5)
     assert (f["orders_90d"], f["spend_90d"]) == (3, 42.5)
     assert f["s_score"] == 4  # 17.5 lies between the cuts 10 and 20, lower is better

@@ -23,7 +23,6 @@ from worker.core.features import (
 )
 from worker.core.rules import Classes, Rules
 from worker.core.state import CustomerState, OrderIndex
-from worker.core.timeutil import DAY_MS, day_of
 
 EXACT_CHECKS = 2
 
@@ -40,9 +39,10 @@ def process_event(
     if isinstance(converted, Rejection):
         return converted
     event = converted
-    index = state.index(rules.counting)
+    calendar = rules.calendar
+    index = state.index(rules.counting, calendar)
     seen = _classified_inputs(state, index)
-    changed = state.apply(event)
+    changed = state.apply(event, rules.activity)
     if state.rules_version == rules.version and (
         not changed or _classified_inputs(state, index) == seen
     ):
@@ -52,7 +52,9 @@ def process_event(
     cause = Cause(
         "order" if isinstance(event, Order) else "visit", event.event_id, event.occurred_ms
     )
-    return evaluate(state, rules, day_of(max(now_ms, event.occurred_ms)), cause, emitted_ms)
+    return evaluate(
+        state, rules, calendar.day_of(max(now_ms, event.occurred_ms)), cause, emitted_ms
+    )
 
 
 def absorb(state: CustomerState, event: Event, rules: Rules) -> Rejection | None:
@@ -61,7 +63,7 @@ def absorb(state: CustomerState, event: Event, rules: Rules) -> Rejection | None
     converted = _in_base_currency(event, rules)
     if isinstance(converted, Rejection):
         return converted
-    state.apply(converted)
+    state.apply(converted, rules.activity)
     return None
 
 
@@ -74,23 +76,24 @@ def _in_base_currency(event: Event, rules: Rules) -> Event | Rejection:
 def fire_timer(
     state: CustomerState, rules: Rules, due_day: int, emitted_ms: int
 ) -> list[SegmentChange]:
-    """Re-classify at the start of ``due_day``: the changes that time alone brought."""
-    return evaluate(state, rules, due_day, Cause("timer", None, due_day * DAY_MS), emitted_ms)
+    """Re-classify at the start of ``due_day`` (its local midnight): the changes that time
+    alone brought."""
+    cause = Cause("timer", None, rules.calendar.start_ms(due_day))
+    return evaluate(state, rules, due_day, cause, emitted_ms)
 
 
 def reevaluate(
     state: CustomerState, rules: Rules, now_ms: int, emitted_ms: int
 ) -> list[SegmentChange]:
     """Re-classify under new rules; changes carry the rules version as their cause."""
-    return evaluate(
-        state, rules, day_of(now_ms), Cause("rules_change", rules.version, now_ms), emitted_ms
-    )
+    day = rules.calendar.day_of(now_ms)
+    return evaluate(state, rules, day, Cause("rules_change", rules.version, now_ms), emitted_ms)
 
 
 def evaluate(
     state: CustomerState, rules: Rules, day: int, cause: Cause, emitted_ms: int
 ) -> list[SegmentChange]:
-    facts = facts_of(state, rules.counting)
+    facts = facts_of(state, rules.counting, rules.calendar)
     features = rules.features_at(facts, day)
     classes = rules.classify(features)
     changes: list[SegmentChange] = []
@@ -164,11 +167,19 @@ def next_change_day(
 
 def _classified_inputs(
     state: CustomerState, index: OrderIndex
-) -> tuple[int, int | None, str | None]:
+) -> tuple[int, int | None, str | None, int, int | None]:
     """Everything features are computed from: the counted orders (by version), the last
-    visit's day and the region."""
+    visit's day, the region and the kept key actions (by length and earliest: a new one
+    either lengthens the list or, pruning older ones, moves its earliest)."""
     last = state.last_visit_ms
-    return (index.version, None if last is None else last // DAY_MS, state.region)
+    keys = state.key_actions
+    return (
+        index.version,
+        None if last is None else index.calendar.day_of(last),
+        state.region,
+        len(keys),
+        keys[0] if keys else None,
+    )
 
 
 def _convert(order: Order, rules: Rules) -> Order | Rejection:

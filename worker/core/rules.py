@@ -30,12 +30,14 @@ from worker.core.features import (
     feature_kinds,
     score_limits,
 )
-from worker.core.state import PAID, PLACED
+from worker.core.state import PAID, PLACED, Activity
+from worker.core.timeutil import DAY_MS, Calendar
 
 Classes = dict[str, str | None]
 SEGMENT_CLASS: Final = "in"
 _COUNTING: Final = {"paid": PAID, "placed": PLACED | PAID}
 _NAME_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
+KEY_ACTIONS: Final = ("login", "add_to_cart", "checkout", "app_open", "search")
 
 
 class RulesError(ValueError):
@@ -61,6 +63,8 @@ class Rules:
     source: str
     counting: int
     windows: tuple[int, ...]
+    calendar: Calendar  # the shop's dates: every day, window and due day is one of them
+    activity: Activity  # which visits are key actions
     base_currency: str
     rates: Mapping[str, Decimal]
     scores: tuple[Score, ...]
@@ -138,7 +142,9 @@ def _name(value: object, path: str) -> str:
 
 
 def _build(doc: dict[str, Any], data: bytes, source: str) -> Rules:
-    _check_keys(doc, {"orders", "money", "scores", "dimensions", "segments"}, "")
+    _check_keys(
+        doc, {"orders", "money", "calendar", "activity", "scores", "dimensions", "segments"}, ""
+    )
     orders = _table(doc, "orders", "")
     _check_keys(orders, {"count_status", "windows"}, "orders")
     count_status = orders.get("count_status", "paid")
@@ -154,6 +160,9 @@ def _build(doc: dict[str, Any], data: bytes, source: str) -> Rules:
         or len(set(windows)) != len(windows)
     ):
         raise _FieldError("orders.windows", "must be a non-empty list of distinct days (1..3660)")
+
+    calendar = _calendar(_table(doc, "calendar", ""))
+    activity = _activity(_table(doc, "activity", ""), max(windows))
 
     money = _table(doc, "money", "")
     _check_keys(money, {"base_currency", "rates"}, "money")
@@ -186,6 +195,8 @@ def _build(doc: dict[str, Any], data: bytes, source: str) -> Rules:
         source=source,
         counting=_COUNTING[count_status],
         windows=tuple(windows),
+        calendar=calendar,
+        activity=activity,
         base_currency=base,
         rates=rates,
         scores=scores,
@@ -195,6 +206,29 @@ def _build(doc: dict[str, Any], data: bytes, source: str) -> Rules:
         thresholds=thresholds,
         fixed_offsets=None if fixed is None else day_offsets(fixed + score_limits(scores)),
     )
+
+
+def _calendar(table: dict[str, Any]) -> Calendar:
+    _check_keys(table, {"timezone"}, "calendar")
+    zone = table.get("timezone", "UTC")
+    if not isinstance(zone, str):
+        raise _FieldError("calendar.timezone", "must be an IANA time zone name")
+    try:
+        return Calendar(zone)
+    except ValueError as exc:
+        raise _FieldError("calendar.timezone", str(exc)) from None
+
+
+def _activity(table: dict[str, Any], longest_window: int) -> Activity:
+    _check_keys(table, {"key_actions"}, "activity")
+    actions = table.get("key_actions", list(KEY_ACTIONS))
+    if not isinstance(actions, list) or not all(
+        isinstance(a, str) and 1 <= len(a) <= 100 for a in actions
+    ):
+        raise _FieldError("activity.key_actions", "must be a list of visit actions (1..100 chars)")
+    # Kept back from the latest key action: the longest window, plus a day either side for
+    # a clock change and for the latest's own date.
+    return Activity(frozenset(actions), (longest_window + 2) * DAY_MS)
 
 
 def _list(doc: Mapping[str, Any], key: str) -> list[Any]:

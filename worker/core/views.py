@@ -6,11 +6,11 @@ from worker.core.changes import money
 from worker.core.features import facts_of
 from worker.core.rules import Rules
 from worker.core.state import CustomerState
-from worker.core.timeutil import DAY_MS, format_ms, format_optional
+from worker.core.timeutil import format_ms, format_optional
 
 
 def describe(state: CustomerState, rules: Rules, day: int) -> dict[str, object]:
-    facts = facts_of(state, rules.counting)
+    facts = facts_of(state, rules.counting, rules.calendar)
     features = rules.features_at(facts, day)
     out: dict[str, object] = {
         "customer_id": state.customer_id,
@@ -29,6 +29,7 @@ def describe(state: CustomerState, rules: Rules, day: int) -> dict[str, object]:
         out[f"{score.name}_score"] = features[f"{score.name}_score"]
     out["classes"] = dict(state.classes)
     out["since"] = {dim: format_ms(ms) for dim, ms in sorted(state.since_ms.items())}
-    out["next_change_at"] = None if state.due_day is None else format_ms(state.due_day * DAY_MS)
+    due = state.due_day
+    out["next_change_at"] = None if due is None else format_ms(rules.calendar.start_ms(due))
     out["rules_version"] = state.rules_version
     return out
