@@ -167,3 +167,14 @@ def test_rules_diff_from_an_events_file(tmp_path: Path, capsys: pytest.CaptureFi
     # Alice (2 orders) becomes a member; carol already is; nothing else moves.
     assert out["membership"] == [{"from": "ordinary", "to": "member", "customers": 1}]
     assert all(not moves for dim, moves in out.items() if dim != "membership")
+
+
+def test_rules_check_refuses_an_unknown_time_zone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[calendar]\ntimezone = "Asia/Beijing"\n')
+    assert main(["rules", "check", str(rules)]) == 2
+    assert "calendar.timezone: unknown time zone 'Asia/Beijing'" in capsys.readouterr().err
+    rules.write_text('[calendar]\ntimezone = "Asia/Shanghai"\n')
+    assert main(["rules", "check", str(rules)]) == 0
