@@ -41,10 +41,10 @@ def process_event(
     event = converted
     calendar = rules.calendar
     index = state.index(rules.counting, calendar)
-    seen = _classified_inputs(state, index)
+    seen = _classified_inputs(state, index, rules.counts_key_actions)
     changed = state.apply(event, rules.activity)
     if state.rules_version == rules.version and (
-        not changed or _classified_inputs(state, index) == seen
+        not changed or _classified_inputs(state, index, rules.counts_key_actions) == seen
     ):
         # Nothing classification reads moved (a duplicate, a status that does not count, a
         # visit on a day already seen) under the same rules: classes and due day stand.
@@ -166,20 +166,22 @@ def next_change_day(
 
 
 def _classified_inputs(
-    state: CustomerState, index: OrderIndex
-) -> tuple[int, int | None, str | None, int, int | None]:
+    state: CustomerState, index: OrderIndex, key_counts: bool
+) -> tuple[int, int | None, str | None, tuple[int, int] | int | None]:
     """Everything features are computed from: the counted orders (by version), the last
-    visit's day, the region and the kept key actions (by length and earliest: a new one
-    either lengthens the list or, pruning older ones, moves its earliest)."""
+    visit's day, the region and the key actions: when ``key_counts`` are read, the kept ones
+    (by length and earliest: a new one either lengthens the list or, pruning older ones,
+    moves its earliest), else the latest's day."""
     last = state.last_visit_ms
     keys = state.key_actions
-    return (
-        index.version,
-        None if last is None else index.calendar.day_of(last),
-        state.region,
-        len(keys),
-        keys[0] if keys else None,
-    )
+    day_of = index.calendar.day_of
+    if not keys:
+        key_part: tuple[int, int] | int | None = None
+    elif key_counts:
+        key_part = (len(keys), keys[0])
+    else:
+        key_part = day_of(keys[-1])
+    return (index.version, None if last is None else day_of(last), state.region, key_part)
 
 
 def _convert(order: Order, rules: Rules) -> Order | Rejection:

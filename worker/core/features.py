@@ -72,8 +72,7 @@ class Facts:
     first_order_ms: int | None
     last_order_ms: int | None
     last_visit_ms: int | None
-    key_days: list[int]  # the distinct days of the kept key actions, sorted
-    key_prefix: list[int]  # key_prefix[i]: key actions on key_days[:i]
+    key_days: list[int]  # the day of each kept key action, sorted
     anchors: dict[str, int | None]  # days-since feature -> the day it counts from
     invariant: Features
 
@@ -86,13 +85,7 @@ def facts_of(state: CustomerState, counting: int, calendar: Calendar) -> Facts:
     first_day = day_of(counted[0][0]) if n else None
     last_day = day_of(counted[-1][0]) if n else None
     visit_day = None if state.last_visit_ms is None else day_of(state.last_visit_ms)
-    key_days: list[int] = []
-    key_prefix = [0]
-    for day in sorted([day_of(ms) for ms in state.key_actions]):
-        if not key_days or key_days[-1] != day:
-            key_days.append(day)
-            key_prefix.append(key_prefix[-1])
-        key_prefix[-1] += 1
+    key_days = calendar.days_of(state.key_actions)
     activity = max((d for d in (last_day, visit_day) if d is not None), default=None)
     span = None if first_day is None or last_day is None else last_day - first_day
     invariant: Features = {
@@ -114,7 +107,6 @@ def facts_of(state: CustomerState, counting: int, calendar: Calendar) -> Facts:
         last_order_ms=counted[-1][0] if n else None,
         last_visit_ms=state.last_visit_ms,
         key_days=key_days,
-        key_prefix=key_prefix,
         anchors={
             "days_since_first_order": first_day,
             "days_since_last_order": last_day,
@@ -144,16 +136,14 @@ def compile_features(
         "    index = facts.index",
         "    days, counts, amounts = index.days, index.day_counts, index.day_amounts",
         "    day_hi = _br(days, day)",
-        "    keys, key_prefix = facts.key_days, facts.key_prefix",
+        "    keys = facts.key_days",
         "    key_hi = _br(keys, day)",
-        "    key_total = key_prefix[key_hi]",
     ]
     for n in windows:  # by day, not by instant: an order's day is its local date
         body.append(f"    window = days[_bl(days, day - {n - 1}, 0, day_hi) : day_hi]")
         body.append(f"    f['orders_{n}d'] = sum([counts[d] for d in window])")
         body.append(f"    f['spend_{n}d'] = sum([amounts[d] for d in window]) / 100")
-        body.append(f"    key_lo = _bl(keys, day - {n - 1}, 0, key_hi)")
-        body.append(f"    f['key_actions_{n}d'] = key_total - key_prefix[key_lo]")
+        body.append(f"    f['key_actions_{n}d'] = key_hi - _bl(keys, day - {n - 1}, 0, key_hi)")
     namespace: dict[str, object] = {"_bl": bisect_left, "_br": bisect_right, "_NUMBER": _NUMBER}
     for i, score in enumerate(scores):
         namespace[f"_cuts{i}"] = score.cuts
@@ -194,11 +184,25 @@ def window_edges(facts: Facts, day: int, windows: tuple[int, ...], first: int) -
     """Days after ``day`` on which some order or key action enters or leaves a rolling
     window; of each window's edges only the ``first`` earliest, which is all that a search for
     the ``first`` earliest candidates overall needs."""
-    edges: set[int] = set()
-    for days in (facts.index.days, facts.key_days):
-        start = bisect_right(days, day)
-        edges.update(days[start : start + first])  # dated after ``day``: enter on their day
+    days = facts.index.days  # one entry a day
+    start = bisect_right(days, day)
+    edges = set(days[start : start + first])  # dated after ``day``: enter on their day
+    for n in windows:
+        start = bisect_right(days, day - n)  # leaves the n-day window on d + n
+        edges.update([d + n for d in days[start : start + first]])
+    keys = facts.key_days  # possibly several a day
+    if keys:
+        edges.update(_distinct_after(keys, day, first))
         for n in windows:
-            start = bisect_right(days, day - n)  # leaves the n-day window on d + n
-            edges.update([d + n for d in days[start : start + first]])
+            edges.update([d + n for d in _distinct_after(keys, day - n, first)])
     return edges
+
+
+def _distinct_after(days: list[int], after: int, count: int) -> list[int]:
+    """The first ``count`` distinct values above ``after`` in sorted ``days``."""
+    out: list[int] = []
+    i = bisect_right(days, after)
+    while i < len(days) and len(out) < count:
+        out.append(days[i])
+        i = bisect_right(days, days[i], i)
+    return out

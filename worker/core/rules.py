@@ -65,6 +65,7 @@ class Rules:
     windows: tuple[int, ...]
     calendar: Calendar  # the shop's dates: every day, window and due day is one of them
     activity: Activity  # which visits are key actions
+    counts_key_actions: bool  # whether any condition or score reads a key_actions_<N>d
     base_currency: str
     rates: Mapping[str, Decimal]
     scores: tuple[Score, ...]
@@ -197,6 +198,7 @@ def _build(doc: dict[str, Any], data: bytes, source: str) -> Rules:
         windows=tuple(windows),
         calendar=calendar,
         activity=activity,
+        counts_key_actions=_reads_key_counts(dimensions, scores, kinds),
         base_currency=base,
         rates=rates,
         scores=scores,
@@ -229,6 +231,18 @@ def _activity(table: dict[str, Any], longest_window: int) -> Activity:
     # Kept back from the latest key action: the longest window, plus a day either side for
     # a clock change and for the latest's own date.
     return Activity(frozenset(actions), (longest_window + 2) * DAY_MS)
+
+
+def _reads_key_counts(
+    dimensions: list[Dimension], scores: tuple[Score, ...], kinds: Mapping[str, FeatureKind]
+) -> bool:
+    """Without key_actions_<N>d only the latest key action's day is read, so the engine can
+    skip re-classifying on a key action dated like the latest."""
+    texts = [t for d in dimensions for t in (d.applies, *(c.when for c in d.classes)) if t]
+    names = {s.feature for s in scores}
+    for text in texts:
+        names |= compile_condition(text, kinds, TEXTUAL).names
+    return any(name.startswith("key_actions_") for name in names)
 
 
 def _list(doc: Mapping[str, Any], key: str) -> list[Any]:
