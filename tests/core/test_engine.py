@@ -235,3 +235,20 @@ def test_key_actions_keep_a_customer_active_and_a_visitor_churns() -> None:
         facts_of(state, RULES.counting, RULES.calendar), day_of(at("2026-02-10T00:00:00Z"))
     )
     assert (f["days_since_last_key_action"], f["key_actions_90d"]) == (6, 3)
+
+
+def test_a_second_key_action_on_a_day_counts_where_the_rules_count_them() -> None:
+    engaged = parse_rules(
+        default_rules_text() + b'\n[[segments]]\nname = "engaged"\nwhen = "key_actions_90d >= 2"\n',
+        "engaged",
+    )
+    assert engaged.counts_key_actions and not RULES.counts_key_actions
+    first = Visit("l1", "c1", at("2026-01-15T08:00:00Z"), "login", None)
+    second = Visit("l2", "c1", at("2026-01-15T09:00:00Z"), "search", None)
+    _, changes = run([first, second], engaged, at("2026-01-16T00:00:00Z"))
+    assert moves(changes, "engaged") == [("2026-01-15T09:00:00.000Z", "in")]
+    state, _ = run([first], RULES, at("2026-01-16T00:00:00Z"))
+    assert process_event(state, second, RULES, second.occurred_ms, 0) == []  # nothing read moved
+    assert state.key_actions == [first.occurred_ms, second.occurred_ms]
+    _, changes = run([first, second], engaged, at("2026-04-20T00:00:00Z"))
+    assert moves(changes, "engaged")[-1] == ("2026-04-15T00:00:00.000Z", None)  # 90 days on
