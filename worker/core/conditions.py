@@ -28,8 +28,8 @@ class FeatureKind(Enum):
     """How a feature moves when time passes with no event; decides where classes can change."""
 
     INVARIANT = "invariant"  # changes only with a new event
-    DAYS_SINCE = "days_since"  # grows by one per UTC day
-    WINDOW = "window"  # changes when an order leaves a rolling window
+    DAYS_SINCE = "days_since"  # grows by one per day of the shop calendar
+    WINDOW = "window"  # changes when an order or key action leaves a rolling window
     SCORE = "score"  # a step function of another feature
 
 
