@@ -178,3 +178,4 @@ def test_rules_check_refuses_an_unknown_time_zone(
     assert "calendar.timezone: unknown time zone 'Asia/Beijing'" in capsys.readouterr().err
     rules.write_text('[calendar]\ntimezone = "Asia/Shanghai"\n')
     assert main(["rules", "check", str(rules)]) == 0
+    assert "calendar: Asia/Shanghai; key actions: add_to_cart, app_open" in capsys.readouterr().out

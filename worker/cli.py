@@ -629,6 +629,8 @@ def _rules_check(args: argparse.Namespace) -> int:
     print(f"  orders count when: {'paid' if rules.counting == 2 else 'placed or paid'}")
     windows = ", ".join(f"{w}d" for w in rules.windows)
     print(f"  windows: {windows}; currency {currency}; rates {rates}")
+    keys = ", ".join(sorted(rules.activity.actions)) or "none"
+    print(f"  calendar: {rules.calendar.name}; key actions: {keys}")
     for score in rules.scores:
         direction = "higher" if score.higher_is_better else "lower"
         cuts = list(score.cuts)
