@@ -7,6 +7,10 @@ calls, attributes, subscripts, lambdas or comprehensions), and translated to Pyt
 that only calls the null-safe helpers below. Nothing a rules author writes is ever executed
 as given, so a rules file cannot run code.
 
+A customer's own traits (profile.v1) are read as ``trait.<name>`` (``trait.gender == 'F'``,
+``trait.birth_year <= 1990``); a trait the customer does not have is missing. Their types
+are the customer's, so an ordering between text and a number is false, never an error.
+
 Ordering comparisons (``<``, ``<=``, ``>``, ``>=``) with a missing value (``None``: e.g. days
 since last order for a customer who never ordered) are false, ``==``/``!=`` are plain
 equality (so ``region == None`` tests for a missing region), and arithmetic on a missing
@@ -22,6 +26,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Final
+
+TRAIT: Final = "trait"  # trait.<name>: the customer's own traits
 
 
 class FeatureKind(Enum):
@@ -112,6 +118,8 @@ class _Translator:
             return self.compare(node)
         if isinstance(node, ast.Name):
             return self.name(node.id, compared=compared)
+        if isinstance(node, ast.Attribute):
+            return self.trait(node)
         if isinstance(node, ast.Constant):
             if node.value is None or isinstance(node.value, bool | int | float | str):
                 return repr(node.value)
@@ -136,6 +144,18 @@ class _Translator:
             )
         self.names.add(ident)
         return f"f[{ident!r}]"
+
+    def trait(self, node: ast.Attribute) -> str:
+        if not (isinstance(node.value, ast.Name) and node.value.id == TRAIT):
+            raise ConditionError(
+                "Attribute is not allowed in a condition (traits only: trait.<name>)"
+            )
+        name = node.attr
+        if not (name.isascii() and name[:1].isalpha() and name.lower() == name):
+            raise ConditionError(f"trait names are a-z, 0-9 and _: {name!r}")
+        key = f"{TRAIT}.{name}"
+        self.names.add(key)
+        return f"f.get({key!r})"
 
     def compare(self, node: ast.Compare) -> str:
         operands = [node.left, *node.comparators]

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Final
 
-from worker.core.changes import Cause, SegmentChange, change_id, snapshot
-from worker.core.events import Event, Order, Reason, Rejection
+from worker.core.changes import Cause, CauseType, SegmentChange, change_id, snapshot
+from worker.core.events import Event, Order, Profile, Reason, Rejection, Visit
 from worker.core.features import (
     Facts,
     Features,
@@ -25,6 +26,7 @@ from worker.core.rules import Classes, Rules
 from worker.core.state import CustomerState, OrderIndex
 
 EXACT_CHECKS = 2
+_CAUSE: Final[dict[type, CauseType]] = {Order: "order", Visit: "visit", Profile: "profile"}
 
 
 def process_event(
@@ -44,14 +46,16 @@ def process_event(
     seen = _classified_inputs(state, index, rules.counts_key_actions)
     changed = state.apply(event, rules.activity)
     if state.rules_version == rules.version and (
-        not changed or _classified_inputs(state, index, rules.counts_key_actions) == seen
+        not changed
+        or (
+            not isinstance(event, Profile)  # traits are read as they are: any move counts
+            and _classified_inputs(state, index, rules.counts_key_actions) == seen
+        )
     ):
         # Nothing classification reads moved (a duplicate, a status that does not count, a
         # visit on a day already seen) under the same rules: classes and due day stand.
         return []
-    cause = Cause(
-        "order" if isinstance(event, Order) else "visit", event.event_id, event.occurred_ms
-    )
+    cause = Cause(_CAUSE[type(event)], event.event_id, event.occurred_ms)
     return evaluate(
         state, rules, calendar.day_of(max(now_ms, event.occurred_ms)), cause, emitted_ms
     )

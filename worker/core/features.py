@@ -101,6 +101,8 @@ def facts_of(state: CustomerState, counting: int, calendar: Calendar) -> Facts:
         "purchase_span_days": span,
         "region": state.region,
     }
+    if state.traits:
+        invariant.update({f"trait.{k}": v for k, v in state.present_traits().items()})
     return Facts(
         index=index,
         first_order_ms=counted[0][0] if n else None,

@@ -14,7 +14,7 @@ from bisect import bisect_left, insort
 from dataclasses import dataclass, field
 from typing import Final
 
-from worker.core.events import Event, Order
+from worker.core.events import Event, Order, Profile, TraitValue
 from worker.core.timeutil import Calendar
 
 PLACED: Final = 1
@@ -144,6 +144,8 @@ class CustomerState:
     key_actions: list[int] = field(default_factory=list)
     region: str | None = None
     region_ms: int = -1
+    # Per trait, its latest statement: (occurred_ms, value); value None: removed then.
+    traits: dict[str, tuple[int, TraitValue]] = field(default_factory=dict)
     # Derived, not part of the statistics: what was last emitted, and when it was entered.
     classes: dict[str, str | None] = field(default_factory=dict)
     since_ms: dict[str, int] = field(default_factory=dict)
@@ -166,6 +168,8 @@ class CustomerState:
             if index is not None:
                 index.move(before, record.contribution(index.counting))
             return True
+        if isinstance(event, Profile):
+            return self._absorb_traits(event.traits, event.occurred_ms)
         ms = event.occurred_ms
         if self.last_visit_ms is None or ms > self.last_visit_ms:
             self.last_visit_ms = ms
@@ -176,6 +180,21 @@ class CustomerState:
         if event.action in activity.actions:
             changed = self._absorb_key_action(ms, activity.keep_ms) or changed
         return changed
+
+    def _absorb_traits(self, traits: tuple[tuple[str, TraitValue], ...], ms: int) -> bool:
+        # Per trait the latest statement wins; a tie is broken by the value, so that arrival
+        # order never matters.
+        changed = False
+        for name, value in traits:
+            held = self.traits.get(name)
+            if held is None or (ms, _rank(value)) > (held[0], _rank(held[1])):
+                self.traits[name] = (ms, value)
+                changed = True
+        return changed
+
+    def present_traits(self) -> dict[str, TraitValue]:
+        """The traits as they stand (the removed ones left out)."""
+        return {name: value for name, (_, value) in self.traits.items() if value is not None}
 
     def _absorb_key_action(self, ms: int, keep_ms: int) -> bool:
         # Kept: {t in all key actions : t >= latest - keep_ms}, whatever the arrival order.
@@ -206,3 +225,14 @@ class CustomerState:
     def counted(self, counting: int, calendar: Calendar) -> list[tuple[int, int]]:
         """(ms, amount) of every order that counts, sorted by time."""
         return list(self.index(counting, calendar).counted)
+
+
+def _rank(value: TraitValue) -> tuple[int, str]:
+    """A total order over trait values of any type (ties between statements at one instant)."""
+    if value is None:
+        return (0, "")
+    if isinstance(value, bool):
+        return (1, str(int(value)))
+    if isinstance(value, str):
+        return (3, value)
+    return (2, f"{float(value)!r} {type(value).__name__}")

@@ -22,6 +22,8 @@ def describe(state: CustomerState, rules: Rules, day: int) -> dict[str, object]:
         "last_visit_at": format_optional(state.last_visit_ms),
         "region": state.region,
     }
+    if state.traits:  # profile.v1: shown only for customers who have any
+        out["traits"] = dict(sorted(state.present_traits().items()))
     for n in rules.windows:
         out[f"orders_{n}d"] = features[f"orders_{n}d"]
         out[f"spend_{n}d"] = money(features[f"spend_{n}d"])
