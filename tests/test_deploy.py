@@ -204,6 +204,7 @@ def test_compose_worker_settings_load() -> None:
     url = urlsplit(settings.redis_url)
     assert (url.username, url.hostname, url.port) == ("segment-worker", "redis", 6379)
     assert url.password
+    assert settings.http_host == "0.0.0.0"  # the published port reaches the container
 
 
 def test_k8s_worker_settings_load() -> None:
@@ -221,6 +222,7 @@ def test_k8s_worker_settings_load() -> None:
     assert settings.kafka_security_protocol == "SASL_SSL"
     assert settings.kafka_sasl_password
     assert urlsplit(settings.redis_url).username == "segment-worker"
+    assert settings.http_host == "0.0.0.0"  # probes and Prometheus reach the pod
     # The rules file is where the ConfigMap is mounted.
     mount = next(m for m in container["volumeMounts"] if m["name"] == "rules")
     volume = next(
@@ -263,6 +265,8 @@ def test_user_port_and_health_agree() -> None:
     assert re.search(r'^CMD \["run"\]$', dockerfile, re.MULTILINE)
     port = Settings().http_port
     assert re.search(rf"^EXPOSE {port}$", dockerfile, re.MULTILINE)
+    # The image's own default: outside a container the worker binds loopback only.
+    assert re.search(r"^\s+SEGMENT_WORKER_HTTP_HOST=0\.0\.0\.0 \\$", dockerfile, re.MULTILINE)
     deployment = k8s_objects()[("Deployment", "segment-worker")]
     pod = deployment["spec"]["template"]["spec"]
     container = pod["containers"][0]
@@ -400,7 +404,7 @@ def test_redis_acl_allows_the_worker_and_nothing_more(compose_redis: tuple[Path,
             assert await store.outbox(3, 10) == [b"change-1", b"change-2"]
             await store.ack_outbox(claim, 1)
             assert await store.populations(3) == {("lifecycle", "new"): 1}
-            await store.mark_rules(3, "v1")
+            await store.mark_rules(claim, "v1")
             assert await store.rules_version(3) == "v1"
             assert (await store.scan_customers(3, 0, 100))[1] == ["a"]
             assert await store.erase(claim, "a", 60_000)

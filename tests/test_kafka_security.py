@@ -5,14 +5,14 @@ already authenticated connection, and its TLS flags are mutually exclusive (`--c
 `--key` is refused), so the handshake itself is left to a real Kafka (docker-compose.yml)."""
 
 import ssl
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.pki import make_pki
-from worker.service import kafka_security
+from worker import kafka
+from worker.kafka import kafka_security
 from worker.settings import Settings, SettingsError
 
 PASSWORD = "kafka-test-password"
@@ -34,7 +34,8 @@ def sasl_ssl_settings(tmp_path: Path) -> Settings:
 async def test_sasl_ssl_reaches_producer_consumer_and_admin_with_a_verifying_context(
     tmp_path: Path,
 ) -> None:
-    security = kafka_security(sasl_ssl_settings(tmp_path))
+    settings = sasl_ssl_settings(tmp_path)
+    security = kafka_security(settings)
     context = security["ssl_context"]
     assert isinstance(context, ssl.SSLContext)
     assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
@@ -42,17 +43,47 @@ async def test_sasl_ssl_reaches_producer_consumer_and_admin_with_a_verifying_con
     assert security["sasl_plain_username"] == "segment-worker"
     assert security["sasl_plain_password"] == PASSWORD
 
-    producer = AIOKafkaProducer(bootstrap_servers="localhost:9092", **security)
-    consumer = AIOKafkaConsumer(bootstrap_servers="localhost:9092", **security)
-    admin = AIOKafkaAdminClient(bootstrap_servers="localhost:9092", **security)
+    producer = kafka.producer(settings)
+    consumer = kafka.consumer(settings)
+    admin = kafka.admin(settings)
     for client in (producer.client, consumer._client, admin._client):
+        assert client._bootstrap_servers == settings.kafka_bootstrap
         assert client._security_protocol == "SASL_SSL"
-        assert client._ssl_context is context
         assert client._sasl_mechanism == "SCRAM-SHA-512"
         assert client._sasl_plain_password == PASSWORD
+        assert isinstance(client._ssl_context, ssl.SSLContext)
+        assert client._ssl_context.verify_mode == ssl.CERT_REQUIRED
     await producer.stop()
     await consumer.stop()
     await admin.close()
+
+
+async def test_producers_wait_for_all_replicas_and_are_idempotent_as_set() -> None:
+    settings = Settings(kafka_bootstrap="broker-1:9092,broker-2:9092")
+    made = {
+        "settings": kafka.producer(settings),
+        "settings, idempotence off": kafka.producer(replace(settings, kafka_idempotence=False)),
+        "a plain bootstrap": kafka.producer("localhost:9092"),
+        "overridden": kafka.producer("localhost:9092", acks=1, linger_ms=20),
+    }
+    shown = {what: (p._sender._acks, p._txn_manager is not None) for what, p in made.items()}
+    assert shown == {
+        "settings": (-1, True),
+        "settings, idempotence off": (-1, False),
+        "a plain bootstrap": (-1, False),
+        "overridden": (1, False),
+    }
+    assert made["settings"].client._bootstrap_servers == settings.kafka_bootstrap
+    assert made["a plain bootstrap"].client._security_protocol == "PLAINTEXT"
+    for producer in made.values():
+        await producer.stop()
+
+
+async def test_a_consumer_subscribes_to_the_topics_given() -> None:
+    consumer = kafka.consumer("localhost:9092", "orders", "visits", auto_offset_reset="earliest")
+    assert consumer.subscription() == {"orders", "visits"}
+    assert consumer._auto_offset_reset == "earliest"
+    await consumer.stop()
 
 
 def test_plaintext_adds_only_the_protocol() -> None:

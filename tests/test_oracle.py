@@ -26,17 +26,14 @@ from tests.oracle import (
     Oracle,
     Order,
     Visit,
-    encode,
-    history,
     local_day,
     midnight,
     ms_of,
-    order_doc,
     read_line,
     run_oracle,
     text_of,
-    visit_doc,
 )
+from tests.traffic import encode, history, order_doc, visit_doc
 from worker.core.events import ParseLimits, Rejection
 from worker.core.rules import Rules, default_rules_text, load_rules, parse_rules
 from worker.core.views import describe

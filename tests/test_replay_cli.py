@@ -132,16 +132,46 @@ def test_summary_on_stderr(capsys: pytest.CaptureFixture[str], tmp_path: Path) -
     assert "negative_amount=1" in err
 
 
+def test_the_summary_names_rejects_when_lines_were_rejected(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert main(["replay", str(GOLDEN / "scenario.jsonl"), "--out", str(tmp_path / "c")]) == 0
+    assert "--rejects FILE" in capsys.readouterr().err
+    rejects = tmp_path / "rejects.jsonl"
+    args = ["--out", str(tmp_path / "c"), "--rejects", str(rejects)]
+    assert main(["replay", str(GOLDEN / "scenario.jsonl"), *args]) == 0
+    assert "--rejects FILE" not in capsys.readouterr().err  # given: nothing to point at
+
+
+def test_strict_fails_on_any_rejected_line(tmp_path: Path) -> None:
+    out = ["--out", str(tmp_path / "c"), "--quiet", "--strict"]
+    assert main(["replay", str(GOLDEN / "scenario.jsonl"), *out]) == 1
+    clean = tmp_path / "clean.jsonl"
+    lines = (GOLDEN / "scenario.jsonl").read_bytes().splitlines(keepends=True)
+    clean.write_bytes(b"".join(lines[:12]))  # the rejected lines are 13..17
+    assert main(["replay", str(clean), *out]) == 0
+
+
+def test_an_unreadable_events_file_fails_clearly() -> None:
+    with pytest.raises(SystemExit, match="cannot read"):
+        main(["replay", "/nonexistent/events.jsonl"])
+
+
 @pytest.mark.parametrize(
-    ("args", "message"),
+    "args",
     [
-        (["replay", "/nonexistent/events.jsonl"], "cannot read"),
-        (["replay", "--sample", "--as-of", "yesterday"], "--as-of"),
+        ["replay", "--sample", "--as-of", "yesterday"],
+        ["rules", "diff", str(GOLDEN / "scenario.jsonl"), "--events", "-", "--as-of", "yesterday"],
     ],
 )
-def test_bad_arguments_fail_clearly(args: list[str], message: str) -> None:
-    with pytest.raises(SystemExit, match=message):
+def test_a_bad_as_of_is_refused_by_the_parser(
+    args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
         main(args)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--as-of" in err and "RFC 3339" in err
 
 
 def test_bad_rules_file_exit_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -149,6 +179,17 @@ def test_bad_rules_file_exit_status(tmp_path: Path, capsys: pytest.CaptureFixtur
     rules.write_text('[orders]\ncount_status = "shipped"\n')
     assert main(["rules", "check", str(rules)]) == 2
     assert "count_status" in capsys.readouterr().err
+
+
+def test_rules_check_prints_every_error_on_its_own_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[orders]\ncount_status = "shipped"\n[money]\nbase_currency = "usd"\n')
+    assert main(["rules", "check", str(rules)]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(": ")[3] for line in lines] == ["orders.count_status", "money.base_currency"]
+    assert all(line.startswith("segment-worker: invalid rules: ") for line in lines)
 
 
 def test_sample_replays(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ from worker.core.events import Event, Order, ParseLimits, Reason, Rejection, Vis
 from worker.core.rules import default_rules_text, load_rules, parse_rules
 from worker.core.state import CustomerState
 from worker.core.timeutil import DAY_MS, parse_rfc3339
-from worker.simulate import FeedFaults, Simulator
+from worker.tools.simulate import FeedFaults, Simulator
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
 CONTRACTS = ("order", "visit", "profile", "segment_change", "dead_letter")

@@ -6,6 +6,8 @@ import pytest
 
 from worker.settings import Settings, SettingsError
 
+DEFAULT_RULES = Path(__file__).parent.parent / "worker/core/default_rules.toml"
+
 
 def test_defaults_work_with_an_empty_environment() -> None:
     s = Settings.from_env({})
@@ -87,6 +89,26 @@ def test_run_refuses_to_start_on_a_bad_setting(
     assert "SEGMENT_WORKER_BATCH_SIZE" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["erase", "cus_a"],
+        ["customer", "cus_a", "--partitions", "4"],
+        ["forget", "cus_a", "--partitions", "4"],
+        ["rules", "diff", str(DEFAULT_RULES), "--redis", "redis://127.0.0.1:1/0"],
+    ],
+)
+def test_every_command_with_the_settings_of_run_refuses_a_bad_one(
+    args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from worker.cli import main
+
+    monkeypatch.setenv("SEGMENT_WORKER_BATCH_SIZE", "lots")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("segment-worker: bad setting:") and "SEGMENT_WORKER_BATCH_SIZE" in err
+
+
 def test_run_help_lists_every_setting(capsys: pytest.CaptureFixture[str]) -> None:
     from worker.cli import main
 
@@ -102,3 +124,43 @@ def test_to_env_round_trips(tmp_path: Path) -> None:
     rules.write_text("")
     s = Settings(batch_size=77, kafka_idempotence=False, rules=rules, pseudonym_key="k")
     assert Settings.from_env(s.to_env()) == s
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"SEGMENT_WORKER_REDIS_URL": "localhost:6379"}, ["redis://", "rediss://", "unix://"]),
+        ({"SEGMENT_WORKER_KAFKA_BOOTSTRAP": "kafka"}, ["HOST:PORT"]),
+        ({"SEGMENT_WORKER_KAFKA_SECURITY_PROTOCOL": "TLS"}, ["SASL_SSL", "'TLS'"]),
+        ({"SEGMENT_WORKER_BATCH_SIZE": "0"}, ["1..100000", "got 0"]),
+    ],
+)
+def test_a_bad_value_is_told_what_is_expected(env: dict[str, str], expected: list[str]) -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(env)
+    for text in expected:
+        assert text in str(caught.value)
+
+
+def test_a_bad_redis_url_is_echoed_without_its_password() -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({"SEGMENT_WORKER_REDIS_URL": "http://worker:s3cret@redis:6379/0"})
+    assert "s3cret" not in str(caught.value)
+    assert "worker:***@redis:6379" in str(caught.value)
+
+
+def test_describe_shows_defaults_and_marks_only_secrets_that_are_set() -> None:
+    shown = {name: value for name, value, _ in Settings().describe()}
+    assert shown["SEGMENT_WORKER_REDIS_URL"] == "redis://localhost:6379/0"
+    assert shown["SEGMENT_WORKER_KAFKA_SASL_PASSWORD"] == "(not set)"
+    configured = Settings(
+        redis_url="redis://worker:s3cret@redis:6379/0", kafka_sasl_password="pw"
+    ).describe()
+    shown = {name: value for name, value, _ in configured}
+    assert shown["SEGMENT_WORKER_REDIS_URL"] == "redis://worker:***@redis:6379/0"
+    assert shown["SEGMENT_WORKER_KAFKA_SASL_PASSWORD"] == "(set)"
+
+
+def test_the_http_port_binds_loopback_unless_told_otherwise() -> None:
+    assert Settings.from_env({}).http_host == "127.0.0.1"
+    assert Settings.from_env({"SEGMENT_WORKER_HTTP_HOST": "0.0.0.0"}).http_host == "0.0.0.0"

@@ -5,7 +5,7 @@ from itertools import islice
 
 from worker.core.events import ParseLimits, Rejection, parse_event
 from worker.core.timeutil import parse_rfc3339
-from worker.simulate import FeedFaults, SimEvent, Simulator
+from worker.tools.simulate import FeedFaults, SimEvent, Simulator
 
 START = parse_rfc3339("2025-01-01T00:00:00Z")
 NOW = parse_rfc3339("2030-01-01T00:00:00Z")

@@ -230,7 +230,11 @@ class Pipeline:
                     self._observe_emits(outcome, [])
                 self.metrics.reevaluated.inc(len(outcome.states))
                 if cursor == 0:
-                    await self._timed("mark", self.store.mark_rules(partition, self.rules.version))
+                    try:
+                        await self._timed("mark", self.store.mark_rules(claim, self.rules.version))
+                    except Fenced:  # the newer owner re-evaluates and marks the partition
+                        self.metrics.fenced.inc()
+                        self.claims.pop(partition, None)
                     del self.reevaluating[partition]
                     break
                 self.reevaluating[partition] = cursor

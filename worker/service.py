@@ -4,109 +4,32 @@ the batched pipeline (our aiokafka consumer and producer, Redis) and the HTTP ro
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import signal
 import tempfile
-from collections.abc import Sequence
 from functools import partial
-from typing import Any, Final
+from typing import Final
 
 import faust
 import mode
-import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
-from aiokafka.helpers import create_ssl_context
 from faust.app.base import BootStrategy
 
+from worker import kafka
 from worker.clock import Clock, SimulatedClock, WallClock
 from worker.core.rules import load_rules
 from worker.core.timeutil import parse_rfc3339
+from worker.errors import SegmentWorkerError
 from worker.http import register_routes
 from worker.live import Pipeline
 from worker.metrics import Metrics
 from worker.settings import PRODUCER_BATCHING, Settings, SettingsError
+from worker.startup import start_steps, wait_for_servers
 from worker.store import connect, store_for
 
 log = logging.getLogger("segment_worker")
-METADATA_TIMEOUT_MS: Final = 15_000  # one-off metadata questions of the CLI
 YOUNG_GENERATION: Final = 20_000  # allocations between young collections (Python: 700)
-
-
-def kafka_security(settings: Settings) -> dict[str, Any]:
-    """Client arguments for SASL and TLS, shared by the consumer, producer and admin."""
-    out: dict[str, Any] = {"security_protocol": settings.kafka_security_protocol}
-    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
-        out["ssl_context"] = create_ssl_context(
-            cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None,
-            certfile=str(settings.kafka_ssl_certfile) if settings.kafka_ssl_certfile else None,
-            keyfile=str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None,
-        )
-    if settings.kafka_security_protocol.startswith("SASL"):
-        out["sasl_mechanism"] = settings.kafka_sasl_mechanism
-        out["sasl_plain_username"] = settings.kafka_sasl_username
-        out["sasl_plain_password"] = settings.kafka_sasl_password
-    return out
-
-
-async def ensure_topics(settings: Settings, partitions: int) -> None:
-    """Create the four topics if missing: inputs and output with ``partitions`` each
-    (co-partitioned), the dead-letter topic with one."""
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap, **kafka_security(settings)
-    )
-    await admin.start()
-    try:
-        wanted = [
-            NewTopic(settings.topic_orders, partitions, 1),
-            NewTopic(settings.topic_visits, partitions, 1),
-            NewTopic(settings.topic_changes, partitions, 1),
-            NewTopic(settings.topic_dlq, 1, 1),
-            NewTopic(settings.topic_erasures, partitions, 1),
-        ]
-        existing = set(await admin.list_topics())
-        missing = [t for t in wanted if t.name not in existing]
-        if missing:
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(missing)
-    finally:
-        await admin.close()
-
-
-async def send_erasures(settings: Settings, customer_ids: Sequence[str]) -> None:
-    """Erasure requests, keyed by customer id so they reach the partition owning the customer."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        acks="all",
-        enable_idempotence=settings.kafka_idempotence,
-        **kafka_security(settings),
-    )
-    await producer.start()
-    try:
-        for customer_id in customer_ids:
-            value = orjson.dumps({"customer_id": customer_id})
-            await producer.send_and_wait(settings.topic_erasures, value, key=customer_id.encode())
-    finally:
-        await producer.stop()
-
-
-async def input_partitions(settings: Settings) -> int:
-    """The orders topic's partition count, which places a customer; KafkaError if Kafka
-    cannot tell."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        request_timeout_ms=METADATA_TIMEOUT_MS,
-        **kafka_security(settings),
-    )
-    try:
-        await producer.start()
-        return len(await producer.partitions_for(settings.topic_orders))
-    finally:
-        await producer.stop()
 
 
 def _settle_garbage_collector() -> None:
@@ -139,10 +62,10 @@ class _NoFaustKafka(BootStrategy):
     enable_kafka = False
 
 
-class WorkerCrashed(RuntimeError):
-    """The pipeline stopped on an error it has no handling for (transient Kafka and Redis
-    faults are retried, an unreadable state stops only its partition); nothing past it was
-    committed, so a restart resumes where it stopped."""
+class WorkerCrashed(SegmentWorkerError, RuntimeError):
+    """Raised when the pipeline stopped on an error it has no handling for (transient Kafka and
+    Redis faults are retried, an unreadable state stops only its partition); nothing past it
+    was committed, so a restart resumes where it stopped."""
 
 
 class SegmentApp(faust.App):
@@ -188,17 +111,11 @@ class Worker:
         self.metrics = Metrics()
         self.redis = connect(settings)
         self.store = store_for(settings, self.redis)
-        security = kafka_security(settings)
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap,
-            acks="all",
-            enable_idempotence=settings.kafka_idempotence,
-            max_request_size=4 * 1024 * 1024,
-            **PRODUCER_BATCHING,
-            **security,
+        self.producer = kafka.producer(
+            settings, max_request_size=4 * 1024 * 1024, **PRODUCER_BATCHING
         )
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap,
+        self.consumer = kafka.consumer(
+            settings,
             group_id=settings.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -210,7 +127,6 @@ class Worker:
             # The broker holds a fetch open until data arrives or this passes; some brokers
             # (Tansu) hold it the full time, so it bounds event-to-change latency.
             fetch_max_wait_ms=max(10, settings.batch_wait_ms),
-            **security,
         )
         self.pipeline = Pipeline(
             settings,
@@ -219,11 +135,7 @@ class Worker:
             consumer=self.consumer,
             producer=self.producer,
             reader=partial(
-                AIOKafkaConsumer,
-                bootstrap_servers=settings.kafka_bootstrap,
-                enable_auto_commit=False,
-                fetch_max_wait_ms=50,
-                **security,
+                kafka.consumer, settings, enable_auto_commit=False, fetch_max_wait_ms=50
             ),
             metrics=self.metrics,
             clock=self.clock,
@@ -287,18 +199,10 @@ class Worker:
         loop.add_signal_handler(signal.SIGHUP, self.pipeline.request_reload)
 
     async def _start_clients(self) -> None:
-        delay = 0.2
-        while not self.pipeline.stopping.is_set():
-            try:
-                await self.store.load_library()
-                await self.producer.start()
-                await self.consumer.start()
-                return
-            except (KafkaError, OSError) as exc:
-                log.warning("waiting for Kafka and Redis: %s", exc)
-                self.metrics.ready.set(0)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        steps = start_steps(
+            self.settings, self.store.load_library, self.producer.start, self.consumer.start
+        )
+        await wait_for_servers(steps, self.pipeline.stopping, lambda: self.metrics.ready.set(0))
 
     async def _shutdown(self) -> None:
         async with self.pipeline.lock:  # no batch in flight past this point

@@ -1,19 +1,7 @@
 """Redis adapter of the live worker: per-partition keys and their atomic, fenced updates.
 
-Key layout (``prefix`` default ``sw``; ``{pN}`` is the input partition N and the Redis Cluster
-hash tag of every key: the FIRST ``{...}`` of a key decides its slot and it is always ours, so
-customer ids may contain braces, and one Function call touches one slot):
-
-- ``sw:{p3}:meta``: hash with ``epoch`` (fencing), ``off:<topic>`` (next offset to read per input
-  topic) and ``pop:<dimension>\\x1f<class>`` (customers per class);
-- ``sw:{p3}:due``: sorted set, customer id -> instant (epoch ms) at which a class may change;
-- ``sw:{p3}:outbox``: list of opaque output records waiting for the relay, oldest first;
-- ``sw:{p3}:c:<customer_id>``: the customer's state (opaque bytes from the core's codec);
-- ``sw:{p3}:x:<customer_id>``: erasure marker written by :meth:`Store.erase` (with a TTL).
-
-With a pseudonym key (SEGMENT_WORKER_PSEUDONYM_KEY) ``<customer_id>`` above and in the due index
-is HMAC-SHA256(key, id) in hex, and the state value starts with the length-prefixed id (the
-timer must emit it), so nothing Redis lists or logs names a customer.
+The keys, the fields of the meta hash and what each holds are specified in
+:mod:`worker.keys`, the only module that spells them.
 
 Writes go through the Redis Functions library in ``worker/redis/segment_worker.lua`` (its header
 documents every KEYS and ARGV). They check all their arguments before the first write and
@@ -38,10 +26,11 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import ResponseError
 
+from worker.errors import SegmentWorkerError
+from worker.keys import RELAYED, RULES, Layout, glob_escape, population_name, population_of
 from worker.settings import Settings
 
 LIBRARY: Final = "segment_worker"
-POP_SEPARATOR: Final = "\x1f"
 _FENCED: Final = re.compile(r"FENCED current=(\d+)")
 _ID_LEN: Final = struct.Struct(">I")
 # Compare-and-delete for an operator removing a damaged state (:meth:`Store.forget`): a plain
@@ -86,7 +75,7 @@ def tls_options(settings: Settings) -> dict[str, Any]:
     return {"ssl_cert_reqs": "required"} | {k: str(v) for k, v in paths.items() if v}
 
 
-class Fenced(Exception):
+class Fenced(SegmentWorkerError):
     """Raised when another worker claimed the partition after us: our write was refused and
     nothing was written. Carries the partition, our epoch and the current one."""
 
@@ -127,13 +116,11 @@ class Store:
     def __init__(
         self, client: Client, prefix: str = "sw", *, pseudonym_key: bytes | None = None
     ) -> None:
-        if "{" in prefix or "}" in prefix:
-            raise ValueError(f"prefix {prefix!r}: braces would take over the keys' hash tag")
         pool = getattr(client, "connection_pool", None)
         if pool is not None and pool.connection_kwargs.get("decode_responses"):
             raise ValueError("the Redis client must not decode responses: states are bytes")
         self.client = client
-        self.prefix = prefix
+        self.keys = Layout(prefix)
         self.pseudonym_key = pseudonym_key or None
 
     def name(self, customer_id: str) -> str:
@@ -159,13 +146,11 @@ class Store:
         end = _ID_LEN.size + n
         return stored[_ID_LEN.size : end].decode(), stored[end:]
 
-    def key(self, partition: int, suffix: str) -> str:
-        if partition < 0:
-            raise ValueError(f"partition must be >= 0, got {partition}")
-        return f"{self.prefix}:{{p{partition}}}:{suffix}"
-
     def customer_key(self, partition: int, customer_id: str) -> str:
-        return self.key(partition, f"c:{self.name(customer_id)}")
+        return self.keys.customer(partition, self.name(customer_id))
+
+    def erased_key(self, partition: int, customer_id: str) -> str:
+        return self.keys.erased(partition, self.name(customer_id))
 
     async def load_library(self) -> None:
         """Load the Functions library unless exactly this code is loaded already (then nothing
@@ -195,7 +180,7 @@ class Store:
         read the offsets up to which its input is already applied (resume from there)."""
         reply = cast(
             list[bytes | int],
-            await self._fcall("segment_worker_claim", [self.key(partition, "meta")]),
+            await self._fcall("segment_worker_claim", [self.keys.meta(partition)]),
         )
         offsets = {_text(cast(bytes, reply[i])): int(reply[i + 1]) for i in range(1, len(reply), 2)}
         return Claim(partition, int(reply[0]), offsets)
@@ -204,33 +189,38 @@ class Store:
         self, partition: int, cursor: int, count: int
     ) -> tuple[int, list[str]]:
         """One SCAN step over the partition's customers: (next cursor, 0 when done; ids)."""
-        prefix = self.key(partition, "c:")
-        pattern = "".join("\\" + ch if ch in "*?[]\\" else ch for ch in prefix) + "*"
+        prefix = self.keys.customers(partition)
+        pattern = glob_escape(prefix) + "*"
         if isinstance(self.client, RedisCluster):  # SCAN the partition's master only
             node = cast(ClusterNode, self.client.get_node_from_key(prefix))
             reply = await node.execute_command("SCAN", cursor, "MATCH", pattern, "COUNT", count)
         else:
             reply = await self.client.scan(cursor, match=pattern, count=count)
-        keys = cast(list[bytes], reply[1])
-        names = [key[len(prefix.encode()) :].decode() for key in keys]
+        found = cast(list[bytes], reply[1])
+        names = [key[len(prefix.encode()) :].decode() for key in found]
         return int(reply[0]), await self._ids(partition, names)
 
     async def rules_version(self, partition: int) -> str | None:
         """The rules version every customer of the partition was last re-evaluated under."""
-        value = await self.client.hget(self.key(partition, "meta"), "rules")
+        value = await self.client.hget(self.keys.meta(partition), RULES)
         return None if value is None else _text(cast(bytes, value))
 
-    async def mark_rules(self, partition: int, version: str) -> None:
-        await self.client.hset(self.key(partition, "meta"), "rules", version)
+    async def mark_rules(self, claim: Claim, version: str) -> None:
+        """Record that every customer of the partition is classified under ``version``. Fenced
+        like :meth:`commit`: a stale owner's re-evaluation must not mark the new owner's."""
+        if not version:
+            raise ValueError("the rules version must not be empty")
+        meta = [self.keys.meta(claim.partition)]
+        await self._fenced_call("segment_worker_mark_rules", claim, meta, [claim.epoch, version])
 
     async def read_checked(self, partition: int, customer_ids: Sequence[str]) -> Snapshot:
         """The run id of the server holding the partition, the states, and which unknown
         customers were erased, in one round trip: a caller about to write can tell that Redis
         restarted (and may have lost writes) since it last looked."""
-        keys = [self.key(partition, "meta")]
-        keys += [self.customer_key(partition, c) for c in customer_ids]
-        keys += [self.key(partition, f"x:{self.name(c)}") for c in customer_ids]
-        reply = cast(list[Any], await self._fcall("segment_worker_read", keys, ro=True))
+        names = [self.keys.meta(partition)]
+        names += [self.customer_key(partition, c) for c in customer_ids]
+        names += [self.erased_key(partition, c) for c in customer_ids]
+        reply = cast(list[Any], await self._fcall("segment_worker_read", names, ro=True))
         n = len(customer_ids)
         return Snapshot(
             _text(reply[0]),
@@ -250,8 +240,8 @@ class Store:
         """Delete the customer's state and due entry, if the value is still ``stored``; False
         if it changed meanwhile. For a damaged state that stops its partition: no epoch (its
         owner is stopped on it) and no population change (its classes cannot be read)."""
-        keys = [self.customer_key(partition, customer_id), self.key(partition, "due")]
-        reply = await self.client.eval(_FORGET, 2, *keys, stored, self.name(customer_id))
+        names = [self.customer_key(partition, customer_id), self.keys.due(partition)]
+        reply = await self.client.eval(_FORGET, 2, *names, stored, self.name(customer_id))
         return bool(reply)
 
     def _state(self, stored: bytes | None) -> bytes | None:
@@ -262,8 +252,10 @@ class Store:
         values (one MGET), skipping customers erased meanwhile."""
         if self.pseudonym_key is None or not names:
             return names
-        keys = [self.key(partition, f"c:{n}") for n in names]
-        values = cast(list[bytes | None], await self.client.mget(keys))
+        values = cast(
+            list[bytes | None],
+            await self.client.mget([self.keys.customer(partition, n) for n in names]),
+        )
         return [cast(str, self.unwrap(v)[0]) for v in values if v is not None]
 
     async def commit(
@@ -299,22 +291,19 @@ class Store:
                 zadd += (at, self.name(customer_id))
         pops: list[str | int] = []
         for (dimension, class_name), delta in (populations or {}).items():
-            if POP_SEPARATOR in dimension:
-                raise ValueError(f"dimension {dimension!r} contains the population separator")
+            field = population_name(dimension, class_name)
             if delta:
-                pops += (f"{dimension}{POP_SEPARATOR}{class_name}", delta)
+                pops += (field, delta)
         flat_offsets: list[str | int] = []
         for topic, offset in offsets.items():
             flat_offsets += (topic, offset)
-        keys = [self.key(p, "meta"), self.key(p, "due"), self.key(p, "outbox")]
-        keys += set_keys
-        keys += del_keys
+        names = [self.keys.meta(p), self.keys.due(p), self.keys.outbox(p), *set_keys, *del_keys]
         header = [claim.epoch, len(set_keys), len(del_keys), len(zadd) // 2, len(zrem)]
         header += [len(outbox), len(offsets), len(pops) // 2]
         args: list[str | bytes | int] = [*header, *blobs, *zadd, *zrem, *outbox]
         args += flat_offsets
         args += pops
-        await self._fenced_call("segment_worker_commit", claim, keys, args)
+        await self._fenced_call("segment_worker_commit", claim, names, args)
 
     async def ack_outbox(self, claim: Claim, count: int, relayed: int | None = None) -> None:
         """Trim the first ``count`` records, which the relay has had acknowledged by the broker,
@@ -325,31 +314,31 @@ class Store:
         if count == 0 and relayed is None:
             return
         p = claim.partition
-        keys = [self.key(p, "meta"), self.key(p, "outbox")]
+        names = [self.keys.meta(p), self.keys.outbox(p)]
         offset: str | int = "" if relayed is None else relayed
-        await self._fenced_call("segment_worker_ack", claim, keys, [claim.epoch, count, offset])
+        await self._fenced_call("segment_worker_ack", claim, names, [claim.epoch, count, offset])
 
     async def relayed(self, partition: int) -> int:
         """The change topic's offset after the last change this Redis knows was relayed."""
-        value = await self.client.hget(self.key(partition, "meta"), "relayed")
+        value = await self.client.hget(self.keys.meta(partition), RELAYED)
         return 0 if value is None else int(cast(bytes, value))
 
     async def erase(self, claim: Claim, customer_id: str, marker_ttl_ms: int | None) -> bool:
         """GDPR erasure: delete the customer's state and due entry; with a TTL, leave an
-        ``x:<customer_id>`` marker for that long. True if there was a state. Fenced like
+        erasure marker for that long. True if there was a state. Fenced like
         :meth:`commit`. (The tombstone event and the population deltas are the caller's.)"""
         if marker_ttl_ms is not None and marker_ttl_ms < 1:
             raise ValueError(f"marker_ttl_ms must be >= 1 or None, got {marker_ttl_ms}")
         p = claim.partition
-        keys = [
-            self.key(p, "meta"),
-            self.key(p, "due"),
+        names = [
+            self.keys.meta(p),
+            self.keys.due(p),
             self.customer_key(p, customer_id),
-            self.key(p, f"x:{self.name(customer_id)}"),
+            self.erased_key(p, customer_id),
         ]
         ttl: str | int = "" if marker_ttl_ms is None else marker_ttl_ms
         reply = await self._fenced_call(
-            "segment_worker_erase", claim, keys, [claim.epoch, self.name(customer_id), ttl]
+            "segment_worker_erase", claim, names, [claim.epoch, self.name(customer_id), ttl]
         )
         return bool(reply)
 
@@ -360,7 +349,7 @@ class Store:
         members = cast(
             list[bytes],
             await self.client.zrangebyscore(
-                self.key(partition, "due"), "-inf", now_ms, start=0, num=limit
+                self.keys.due(partition), "-inf", now_ms, start=0, num=limit
             ),
         )
         return await self._ids(partition, [_text(m) for m in members])
@@ -369,17 +358,17 @@ class Store:
         """The oldest ``limit`` records waiting for the relay, oldest first."""
         if limit <= 0:
             return []
-        key = self.key(partition, "outbox")
+        key = self.keys.outbox(partition)
         return cast(list[bytes], await self.client.lrange(key, 0, limit - 1))
 
     async def populations(self, partition: int) -> dict[tuple[str, str], int]:
         """Customers per (dimension, class) in the partition, kept by every commit."""
-        fields = cast(dict[bytes, bytes], await self.client.hgetall(self.key(partition, "meta")))
+        fields = cast(dict[bytes, bytes], await self.client.hgetall(self.keys.meta(partition)))
         out: dict[tuple[str, str], int] = {}
         for name, value in fields.items():
-            if name.startswith(b"pop:"):
-                dimension, _, class_name = name[4:].decode().partition(POP_SEPARATOR)
-                out[(dimension, class_name)] = int(value)
+            population = population_of(name)
+            if population is not None:
+                out[population] = int(value)
         return out
 
     async def _fenced_call(

@@ -43,12 +43,12 @@ from worker.core.events import ParseLimits
 from worker.core.rules import load_rules
 from worker.core.timeutil import DAY_MS, parse_rfc3339
 from worker.core.views import describe
-from worker.embedded import Broker, RedisServer, free_port
-from worker.kafka import partition_of
+from worker.kafka import partition_of, send_erasures
+from worker.keys import Layout
 from worker.replay import Replayer
-from worker.service import send_erasures
 from worker.settings import Settings
-from worker.simulate import FeedFaults, SimEvent, Simulator
+from worker.tools.embedded import Broker, RedisServer, free_port
+from worker.tools.simulate import FeedFaults, SimEvent, Simulator
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 EVENTS = int(os.environ.get("CHAOS_EVENTS", "12000"))
@@ -251,11 +251,12 @@ async def test_chaos(broker: Broker, tmp_path: Path) -> None:
         workers = Workers(settings, later)
         workers.start("timer")
         client = aioredis.from_url(settings.redis_url)
+        layout = Layout(settings.redis_prefix)
 
         async def timers_done() -> bool:
             for p in range(PARTITIONS):
-                if await client.zcount(f"sw:{{p{p}}}:due", "-inf", later) or await client.llen(
-                    f"sw:{{p{p}}}:outbox"
+                if await client.zcount(layout.due(p), "-inf", later) or await client.llen(
+                    layout.outbox(p)
                 ):
                     return False
             return True
@@ -364,7 +365,7 @@ async def test_chaos(broker: Broker, tmp_path: Path) -> None:
         # Redis loses writes (kill -9 with everysec, or the rollback), re-reading interleaves
         # the orders and visits topics differently, so a customer with both in the lost window
         # can get intermediate changes that differ from those already emitted (known limit,
-        # see README); the final state and final classes are exact.
+        # docs/contracts.md "Ordering"); the final state and final classes are exact.
         hard = ("lost", "double_counted", "state_mismatches", "erased_resurrected")
         assert all(report[k] == 0 for k in hard), report
         assert report["dlq_received"] == dlq_expected, report

@@ -23,7 +23,7 @@ from worker.core.state import CustomerState
 from worker.core.timeutil import DAY_MS, parse_rfc3339
 from worker.core.views import describe
 from worker.replay import Replayer
-from worker.simulate import FeedFaults, Simulator
+from worker.tools.simulate import FeedFaults, Simulator
 
 RULES = load_rules(None)
 TOPICS = Topics()

@@ -89,3 +89,40 @@ def test_generated_features_follow_the_rules_windows_and_scores() -> None:
     assert f["g_score"] is None  # text is never scored
     assert (f["r_score"], f["f_score"], f["m_score"]) == (5, 3, 2)  # 4 orders, 52.50 spent
     assert f["days_since_first_order"] == 100 and f["days_since_last_order"] == 0
+
+
+def test_every_problem_in_a_file_is_reported_each_with_a_suggestion() -> None:
+    text = default_rules_text().decode()
+    for old, new in [
+        ('feature = "days_since_last_order"', 'feature = "days_since_last_ordr"'),
+        ("orders_90d >= 4", "orders_90 >= 4"),
+        ('{ name = "low" }', '{ name = "low", whn = "orders_total > 0" }'),
+        ('when = "orders_total >= 2 and monetary_total > 40"', 'when = "orders_totl >= 2"'),
+    ]:
+        assert old in text
+        text = text.replace(old, new, 1)
+    with pytest.raises(RulesError) as caught:
+        parse_rules(text.encode(), "rules.toml")
+    assert caught.value.problems == (
+        "rules.toml: scores.r.feature: unknown feature 'days_since_last_ordr' "
+        "(did you mean 'days_since_last_order'?)",
+        "rules.toml: dimensions[1].classes[0].when: unknown feature 'orders_90' "
+        "(did you mean 'orders_90d'?)",
+        "rules.toml: dimensions[1].classes[2].whn: unknown key (did you mean 'when'?) "
+        "(allowed: label, name, when)",
+        "rules.toml: segments[0].when: unknown feature 'orders_totl' "
+        "(did you mean 'orders_total'?)",
+    )  # r_score, whose score failed, is not reported again where the rfm classes use it
+
+
+def test_a_class_label_defaults_to_its_name() -> None:
+    text = default_rules_text().decode()
+    text = text.replace('{ name = "high", when', '{ name = "high", label = "High value", when')
+    text = text.replace('name = "old_customer"', 'name = "old_customer"\nlabel = "Old customers"')
+    rules = parse_rules(text.encode(), "x")
+    value_tier = next(d for d in rules.dimensions if d.name == "value_tier")
+    assert [c.label for c in value_tier.classes] == ["High value", "medium", "low"]
+    assert rules.dimensions[-1].classes[0].label == "Old customers"
+    assert load_rules().dimensions[-1].classes[0].label == "in"
+    with pytest.raises(RulesError, match=r"classes\[0\]\.label: must be a non-empty text"):
+        parse_rules(text.replace('label = "High value"', "label = 3").encode(), "x")

@@ -12,7 +12,7 @@ from typing import Self
 
 import pytest
 
-from worker.embedded import Broker, RedisServer
+from worker.tools.embedded import Broker, RedisServer
 
 
 @pytest.fixture(scope="session")

@@ -17,21 +17,22 @@ from itertools import islice
 from pathlib import Path
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 
+from worker import kafka
 from worker.core.codec import decode_state
 from worker.core.events import ParseLimits
 from worker.core.rules import load_rules
 from worker.core.state import CustomerState
 from worker.core.timeutil import DAY_MS, format_ms, parse_rfc3339
 from worker.core.views import describe
-from worker.embedded import Broker, free_port
-from worker.kafka import partition_of
+from worker.kafka import ensure_topics, partition_of
+from worker.keys import Layout, offset_field
 from worker.replay import Replayer
-from worker.service import ensure_topics
 from worker.settings import Settings
-from worker.simulate import FeedFaults, SimEvent, Simulator
-from worker.store import connect
+from worker.store import connect, store_for
+from worker.tools.embedded import Broker, free_port
+from worker.tools.simulate import FeedFaults, SimEvent, Simulator
 
 PARTITIONS = 4
 DAY0 = parse_rfc3339("2026-03-02T00:00:00Z")
@@ -108,7 +109,7 @@ class Produced:
 async def produce(
     settings: Settings, events: list[SimEvent], produced: Produced | None = None
 ) -> Produced:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    producer = kafka.producer(settings)
     await producer.start()
     ends = dict(produced.ends) if produced else {}
     try:
@@ -129,11 +130,7 @@ async def committed(
     settings: Settings, partitions: list[TopicPartition]
 ) -> dict[TopicPartition, int]:
     """The group's committed offsets (read without joining the group)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id=settings.group_id,
-        enable_auto_commit=False,
-    )
+    consumer = kafka.consumer(settings, group_id=settings.group_id, enable_auto_commit=False)
     await consumer.start()
     try:
         return {tp: (await consumer.committed(tp)) or 0 for tp in partitions}
@@ -163,10 +160,11 @@ async def all_applied(settings: Settings, produced: Produced) -> bool:
     """Redis holds every produced event: its input offsets, not the group's, are the truth. A
     Redis that lost writes is behind the group's offsets until a worker has re-read them."""
     client = connect(settings)
+    layout = Layout(settings.redis_prefix)
     try:
         for tp, end in produced.ends.items():
-            key = f"{settings.redis_prefix}:{{p{tp.partition}}}:meta"
-            if int(await client.hget(key, f"off:{tp.topic}") or 0) < end:
+            stored = await client.hget(layout.meta(tp.partition), offset_field(tp.topic))
+            if int(stored or 0) < end:
                 return False
         return True
     finally:
@@ -177,9 +175,7 @@ async def read_all(
     settings: Settings, topic: str, timeout: float = 3.0
 ) -> list[ConsumerRecord[bytes, bytes]]:
     """Everything in ``topic`` now (read until it has been quiet for a moment)."""
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest"
-    )
+    consumer = kafka.consumer(settings, topic, auto_offset_reset="earliest")
     await consumer.start()
     out: list[ConsumerRecord[bytes, bytes]] = []
     try:
@@ -223,11 +219,11 @@ async def stored_states(
     settings: Settings, customer_ids: list[str]
 ) -> dict[str, CustomerState | None]:
     client = connect(settings)
+    store = store_for(settings, client)
     try:
         out: dict[str, CustomerState | None] = {}
         for cid in customer_ids:
-            p = partition_of(cid, PARTITIONS)
-            blob = await client.get(f"{settings.redis_prefix}:{{p{p}}}:c:{cid}")
+            blob = await store.get(partition_of(cid, PARTITIONS), cid)
             out[cid] = None if blob is None else decode_state(cid, blob)
         return out
     finally:

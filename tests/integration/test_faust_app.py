@@ -31,13 +31,12 @@ import aiohttp
 import faust
 import mode
 import pytest
-from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from faust.app.base import BootStrategy
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
-from worker.embedded import Broker, free_port
+from worker import kafka
+from worker.tools.embedded import Broker, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -92,9 +91,9 @@ class ConsumerLoop(mode.Service):
 
     @mode.Service.task
     async def _consume(self) -> None:
-        consumer = AIOKafkaConsumer(
+        consumer = kafka.consumer(
+            self.bootstrap,
             *self.topics,
-            bootstrap_servers=self.bootstrap,
             group_id=self.group,
             partition_assignment_strategy=(RangePartitionAssignor,),
             enable_auto_commit=False,
@@ -199,7 +198,7 @@ async def test_faust_app_with_own_consumer_service_and_custom_routes(
     leftovers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
     assert not leftovers, leftovers
     # no internal topics (leader assignor, changelogs) were declared
-    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    admin = kafka.admin(broker.bootstrap)
     await admin.start()
     try:
         assert not [t for t in await admin.list_topics() if t.startswith(app_id)]

@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
-from worker.embedded import Broker
+from worker.tools.embedded import Broker
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

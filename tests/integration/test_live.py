@@ -47,12 +47,13 @@ from worker.core.rules import load_rules
 from worker.core.rulesdiff import class_moves
 from worker.core.timeutil import DAY_MS, format_ms
 from worker.core.views import describe
-from worker.embedded import Broker, RedisServer, free_port
-from worker.kafka import partition_of
-from worker.service import Worker, send_erasures
+from worker.kafka import partition_of, send_erasures
+from worker.keys import RELAYED, Layout
+from worker.service import Worker
 from worker.settings import Settings
-from worker.simulate import SimEvent
 from worker.store import connect
+from worker.tools.embedded import Broker, RedisServer, free_port
+from worker.tools.simulate import SimEvent
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -426,7 +427,7 @@ async def stopped_until_repaired(
     log, nothing of it committed, the state not overwritten) while the others go on; the
     state is then put back as it was, and every offset gets committed."""
     stuck = partition_of(cid, PARTITIONS)
-    key = f"{settings.redis_prefix}:{{p{stuck}}}:c:{cid}"
+    key = Layout(settings.redis_prefix).customer(stuck, cid)
 
     async def others_done() -> bool:
         got = await committed(settings, list(produced.ends))
@@ -465,7 +466,7 @@ async def test_a_state_it_cannot_read_stops_its_partition_until_it_reads(
         client = connect(settings)
         cid = busiest.decode()
         stuck = partition_of(cid, PARTITIONS)
-        key = f"{settings.redis_prefix}:{{p{stuck}}}:c:{cid}"
+        key = Layout(settings.redis_prefix).customer(stuck, cid)
         readable = await client.get(key)
         assert readable is not None
         await client.set(key, b"[99]")  # a format from the future
@@ -495,8 +496,9 @@ async def test_a_state_it_cannot_read_on_taking_a_partition_over_stops_only_that
     cid = Counter(e.key for e in events[:half]).most_common(1)[0][0].decode()
     stuck = partition_of(cid, PARTITIONS)
     # Redis forgets how far its changes were relayed: the next owner reads them all back.
-    await client.hset(f"{settings.redis_prefix}:{{p{stuck}}}:meta", "relayed", 0)
-    key = f"{settings.redis_prefix}:{{p{stuck}}}:c:{cid}"
+    layout = Layout(settings.redis_prefix)
+    await client.hset(layout.meta(stuck), RELAYED, 0)
+    key = layout.customer(stuck, cid)
     readable = await client.get(key)
     assert readable is not None
     await client.set(key, b"[99]")
@@ -520,7 +522,7 @@ async def test_a_state_an_earlier_release_wrote_is_read_and_rewritten(
     state is written back in the current format."""
     settings = await make_settings(broker, redis_server.url)
     cid = "cus_from_an_earlier_release"
-    key = f"{settings.redis_prefix}:{{p{partition_of(cid, PARTITIONS)}}}:c:{cid}"
+    key = Layout(settings.redis_prefix).customer(partition_of(cid, PARTITIONS), cid)
     client = connect(settings)
     await client.set(key, FORMAT_3)
     paid = {

@@ -20,13 +20,15 @@ from worker.core.rules import load_rules
 from worker.core.state import CustomerState
 from worker.core.timeutil import DAY_MS, format_ms, parse_rfc3339
 from worker.core.views import describe
-from worker.embedded import RedisServer, free_port
 from worker.kafka import partition_of
+from worker.keys import Layout
 from worker.store import Store
+from worker.tools.embedded import RedisServer, free_port
 
 pytestmark = pytest.mark.integration
 
 PARTITIONS = 4
+LAYOUT = Layout()  # the default prefix, as the commands under test use
 ORDERED = parse_rfc3339("2026-03-01T10:00:00Z")
 
 
@@ -37,23 +39,27 @@ def _state(customer_id: str) -> CustomerState:
     return state
 
 
-def _key(customer_id: str, suffix: str = "") -> str:
-    return f"sw:{{p{partition_of(customer_id, PARTITIONS)}}}:{suffix or 'c:' + customer_id}"
+def _keys(customer_id: str) -> tuple[str, str]:
+    """The customer's state key and its partition's due index."""
+    partition = partition_of(customer_id, PARTITIONS)
+    return LAYOUT.customer(partition, customer_id), LAYOUT.due(partition)
 
 
 def _store(server: RedisServer, customer_id: str, blob: bytes) -> None:
     client = redis.Redis.from_url(server.url)
+    state, due = _keys(customer_id)
     try:
-        client.set(_key(customer_id), blob)
-        client.zadd(_key(customer_id, "due"), {customer_id: ORDERED + 30 * DAY_MS})
+        client.set(state, blob)
+        client.zadd(due, {customer_id: ORDERED + 30 * DAY_MS})
     finally:
         client.close()
 
 
 def _held(server: RedisServer, customer_id: str) -> tuple[bytes | None, float | None]:
     client = redis.Redis.from_url(server.url)
+    state, due = _keys(customer_id)
     try:
-        return client.get(_key(customer_id)), client.zscore(_key(customer_id, "due"), customer_id)
+        return client.get(state), client.zscore(due, customer_id)
     finally:
         client.close()
 

@@ -24,10 +24,10 @@ from tests.integration.live_support import (
 from worker.core.codec import decode_state
 from worker.core.state import CustomerState
 from worker.core.timeutil import DAY_MS
-from worker.embedded import Broker, RedisServer
-from worker.kafka import partition_of
-from worker.service import Worker, send_erasures
+from worker.kafka import partition_of, send_erasures
+from worker.service import Worker
 from worker.store import Store, connect, store_for
+from worker.tools.embedded import Broker, RedisServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 KEY = "test-only-pseudonym-key"

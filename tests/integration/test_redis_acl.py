@@ -20,9 +20,10 @@ from tests.integration.live_support import (
     wait_until,
 )
 from worker.core.timeutil import DAY_MS
-from worker.embedded import Broker, RedisServer
+from worker.keys import Layout
 from worker.service import Worker
 from worker.store import Store
+from worker.tools.embedded import Broker, RedisServer
 
 pytestmark = pytest.mark.integration
 ACL = Path(__file__).parents[2] / "deploy" / "redis" / "users.acl"
@@ -55,7 +56,7 @@ async def test_default_user_is_off_and_other_keys_are_out_of_reach(
 ) -> None:
     anonymous = aioredis.from_url(locked_redis.url)
     with pytest.raises((AuthenticationError, ResponseError)):
-        await anonymous.get("sw:{p0}:meta")
+        await anonymous.get(Layout().meta(0))
     await anonymous.aclose()
     client = aioredis.from_url(url(locked_redis))
     with pytest.raises(NoPermissionError):
@@ -88,7 +89,7 @@ async def test_every_store_operation_works_with_least_privilege(locked_redis: Re
     await store.ack_outbox(claim, 1)
     assert await store.populations(2) == {("lifecycle", "new"): 1}
     assert (await store.scan_customers(2, 0, 100))[1] == ["c1"]
-    await store.mark_rules(2, "v1")
+    await store.mark_rules(claim, "v1")
     assert await store.rules_version(2) == "v1"
     assert await store.erase(claim, "c1", 60_000)
     assert (await store.read_checked(2, ["c1"])).erased == {"c1"}

@@ -27,7 +27,8 @@ from tests.integration.live_support import (
     worker_log,
 )
 from worker.core.timeutil import DAY_MS
-from worker.embedded import Broker, RedisServer, free_port
+from worker.keys import Layout, glob_escape
+from worker.tools.embedded import Broker, RedisServer, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -104,11 +105,14 @@ async def test_two_workers_on_a_three_master_cluster_equal_replay(
     await assert_state_matches(settings, expected_replay, NOW // DAY_MS)
 
     # Each partition's keys sit on the master that owns its hash tag, and only there.
-    holders = {p: owner_of(cluster, f"sw:{{p{p}}}:meta") for p in range(PARTITIONS)}
+    layout = Layout(settings.redis_prefix)
+    holders = {p: owner_of(cluster, layout.meta(p)) for p in range(PARTITIONS)}
     assert len(set(holders.values())) >= 2, holders  # the partitions really are spread
     for p, owner in holders.items():
         for i, m in enumerate(cluster):
             keys = await asyncio.to_thread(
-                lambda m=m, p=p: list(redis.Redis(port=m.port).scan_iter(f"sw:{{p{p}}}:*"))
+                lambda m=m, p=p: list(
+                    redis.Redis(port=m.port).scan_iter(glob_escape(layout.base(p)) + "*")
+                )
             )
             assert bool(keys) == (i == owner), (p, i, owner)

@@ -13,8 +13,8 @@ from worker.core.events import Order
 from worker.core.rules import load_rules
 from worker.core.state import CustomerState
 from worker.core.timeutil import DAY_MS, format_ms
-from worker.embedded import RedisServer
 from worker.store import Store
+from worker.tools.embedded import RedisServer
 
 pytestmark = pytest.mark.integration
 

@@ -12,9 +12,11 @@ from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
 from tests.integration.conftest import RedisProcess
+from worker.keys import Layout
 from worker.store import Claim, Fenced, Store, library_code
 
 pytestmark = pytest.mark.integration
+LAYOUT = Layout("sw")
 
 
 class CountingRedis(aioredis.Redis):
@@ -103,7 +105,7 @@ async def test_round_trip_of_states_due_outbox_and_offsets(
 
     # The key layout the store documents, all in one slot.
     keys = {k.decode() for k in await client.keys("*")}
-    assert keys == {"sw:{p3}:meta", "sw:{p3}:due", "sw:{p3}:outbox", "sw:{p3}:c:bob"}
+    assert keys == {LAYOUT.meta(3), LAYOUT.due(3), LAYOUT.outbox(3), LAYOUT.customer(3, "bob")}
     assert {key_slot(k.encode()) for k in keys} == {key_slot(b"{p3}")}
 
 
@@ -151,6 +153,8 @@ async def test_stale_epoch_is_fenced_and_writes_nothing(
         await store.ack_outbox(old, 1)
     with pytest.raises(Fenced):
         await store.erase(old, "a", 60_000)
+    with pytest.raises(Fenced):
+        await store.mark_rules(old, "v2")
     assert await snapshot(client) == before
 
     # The new owner writes; the old one stays fenced for good.
@@ -158,6 +162,26 @@ async def test_stale_epoch_is_fenced_and_writes_nothing(
     assert await store.get(5, "a") == b"2"
     with pytest.raises(Fenced):
         await store.commit(old, states={}, due={}, outbox=[], offsets={})
+
+
+async def test_rules_mark_is_fenced_like_every_write(store: Store, client: CountingRedis) -> None:
+    assert await store.rules_version(6) is None
+    old = await store.claim(6)
+    await store.mark_rules(old, "v1")
+    assert await store.rules_version(6) == "v1"
+    new = await store.claim(6)
+    before = await snapshot(client)
+    with pytest.raises(Fenced) as fenced:  # a stale owner finishing its re-evaluation
+        await store.mark_rules(old, "v2")
+    assert (fenced.value.partition, fenced.value.epoch, fenced.value.current) == (6, 1, 2)
+    assert await snapshot(client) == before
+    await store.mark_rules(new, "v2")
+    assert await store.rules_version(6) == "v2"
+    with pytest.raises(ValueError, match="empty"):
+        await store.mark_rules(new, "")
+    with pytest.raises(ResponseError, match="epoch must be >= 1"):
+        await store.mark_rules(Claim(1, 0, {}), "v1")
+    assert await store.rules_version(1) is None
 
 
 async def test_commit_before_any_claim_is_refused(store: Store, client: CountingRedis) -> None:
@@ -328,8 +352,9 @@ async def test_populations_are_kept_by_commits(store: Store) -> None:
 # Malformed calls straight to the Functions: every one is refused with a clear message and
 # writes nothing, although valid states, due entries and records come before the bad part.
 
-META, DUE, OUT = "sw:{p3}:meta", "sw:{p3}:due", "sw:{p3}:outbox"
-CA, CB = "sw:{p3}:c:a", "sw:{p3}:c:b"
+META, DUE, OUT = LAYOUT.meta(3), LAYOUT.due(3), LAYOUT.outbox(3)
+CA, CB = LAYOUT.customer(3, "a"), LAYOUT.customer(3, "b")
+XA = LAYOUT.erased(3, "a")
 
 
 def commit_call(
@@ -398,7 +423,7 @@ BAD_CALLS: dict[str, tuple[tuple[object, ...], str]] = {
         "KEYS[1] must be <prefix>:{p<N>}:meta",
     ),
     "due key of another partition": (
-        commit_call(keys=[META, "sw:{p4}:due", OUT, CA, CB]),
+        commit_call(keys=[META, LAYOUT.due(4), OUT, CA, CB]),
         'KEYS[2] must be "sw:{p3}:due"',
     ),
     "outbox key wrong": (
@@ -406,7 +431,7 @@ BAD_CALLS: dict[str, tuple[tuple[object, ...], str]] = {
         'KEYS[3] must be "sw:{p3}:outbox"',
     ),
     "state key of another partition": (
-        commit_call(keys=[META, DUE, OUT, CA, "sw:{p4}:c:b"]),
+        commit_call(keys=[META, DUE, OUT, CA, LAYOUT.customer(4, "b")]),
         'KEYS[5] must start with "sw:{p3}:c:"',
     ),
     "state key not a customer": (
@@ -419,7 +444,7 @@ BAD_CALLS: dict[str, tuple[tuple[object, ...], str]] = {
     ),
     "claim without key": (("segment_worker_claim", 0), "segment_worker_claim: expected 1 keys"),
     "claim of a bad key": (
-        ("segment_worker_claim", 1, "sw:{p3}:due"),
+        ("segment_worker_claim", 1, DUE),
         "segment_worker_claim: KEYS[1] must be",
     ),
     "ack count negative": (
@@ -439,15 +464,15 @@ BAD_CALLS: dict[str, tuple[tuple[object, ...], str]] = {
         "segment_worker_ack: relayed must be a non-negative integer",
     ),
     "erase key of another customer": (
-        ("segment_worker_erase", 4, META, DUE, CB, "sw:{p3}:x:a", 1, "a", ""),
+        ("segment_worker_erase", 4, META, DUE, CB, XA, 1, "a", ""),
         'segment_worker_erase: KEYS[3] must be "sw:{p3}:c:a"',
     ),
     "erase key with a line break in the message": (
-        ("segment_worker_erase", 4, META, DUE, "sw:{p3}:c:a\r\nb", "sw:{p3}:x:a", 1, "a", ""),
+        ("segment_worker_erase", 4, META, DUE, LAYOUT.customer(3, "a\r\nb"), XA, 1, "a", ""),
         'segment_worker_erase: KEYS[3] must be "sw:{p3}:c:a", got "sw:{p3}:c:a',
     ),
     "read with a marker key of another customer": (
-        ("segment_worker_read", 3, META, CA, "sw:{p3}:x:b"),
+        ("segment_worker_read", 3, META, CA, LAYOUT.erased(3, "b")),
         'segment_worker_read: KEYS[3] must be "sw:{p3}:x:a"',
     ),
     "read without marker keys": (
@@ -455,12 +480,24 @@ BAD_CALLS: dict[str, tuple[tuple[object, ...], str]] = {
         "segment_worker_read: expected meta and as many x: keys as c: keys",
     ),
     "read of another partition": (
-        ("segment_worker_read", 3, META, "sw:{p4}:c:a", "sw:{p4}:x:a"),
+        ("segment_worker_read", 3, META, LAYOUT.customer(4, "a"), LAYOUT.erased(4, "a")),
         'segment_worker_read: KEYS[2] must be "sw:{p3}:c:<id>"',
     ),
     "erase ttl zero": (
-        ("segment_worker_erase", 4, META, DUE, CA, "sw:{p3}:x:a", 1, "a", 0),
+        ("segment_worker_erase", 4, META, DUE, CA, XA, 1, "a", 0),
         "marker_ttl_ms must be >= 1",
+    ),
+    "mark_rules with an empty version": (
+        ("segment_worker_mark_rules", 1, META, 1, ""),
+        "segment_worker_mark_rules: rules version must not be empty",
+    ),
+    "mark_rules of a bad key": (
+        ("segment_worker_mark_rules", 1, OUT, 1, "v1"),
+        "segment_worker_mark_rules: KEYS[1] must be",
+    ),
+    "mark_rules without an epoch": (
+        ("segment_worker_mark_rules", 1, META, "v1"),
+        "segment_worker_mark_rules: expected 2 arguments",
     ),
 }
 
@@ -508,7 +545,7 @@ async def test_store_refuses_a_prefix_with_braces_and_a_decoding_client(redis_ur
             Store(plain, "sw{x}")
         with pytest.raises(ValueError, match="decode"):
             Store(decoding)
-        assert Store(plain, "other").customer_key(3, "a") == "other:{p3}:c:a"
+        assert Store(plain, "other").customer_key(3, "a") == Layout("other").customer(3, "a")
     finally:
         await plain.aclose()
         await decoding.aclose()
@@ -517,7 +554,7 @@ async def test_store_refuses_a_prefix_with_braces_and_a_decoding_client(redis_ur
 async def test_load_library_is_idempotent_and_replaces_other_code(
     store: Store, client: CountingRedis
 ) -> None:
-    assert await client.fcall_ro("segment_worker_version", 0) == b"5"
+    assert await client.fcall_ro("segment_worker_version", 0) == b"6"
     client.sent.clear()
     await store.load_library()  # the same code is loaded: nothing written
     assert client.sent == ["FUNCTION LIST"]
@@ -557,7 +594,7 @@ async def test_committed_data_survives_kill_9_with_aof(
         assert (await store.read_checked(2, ids)).states == [c.encode() for c in ids]
         assert await store.outbox(2, 10) == [b"r2", b"r3"]
         # Functions were persisted with the data; loading again is harmless.
-        assert await client.fcall_ro("segment_worker_version", 0) == b"5"
+        assert await client.fcall_ro("segment_worker_version", 0) == b"6"
         await store.load_library()
         # The epoch survived too: the old claim still writes, a new claim fences it.
         await store.commit(claim, states={"c0": b"after"}, due={}, outbox=[], offsets={})

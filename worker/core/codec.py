@@ -16,6 +16,7 @@ from typing import Any, Final, NamedTuple
 import orjson
 
 from worker.core.state import NO_TIME, CustomerState, OrderRecord
+from worker.errors import SegmentWorkerError
 
 FORMAT: Final = 5
 _FORMAT_4: Final = 4  # still read: format 5 less the partial refunds and key actions
@@ -40,8 +41,9 @@ VOCABULARY: Final = (
 _CODE: Final = {name: i for i, name in enumerate(VOCABULARY)}
 
 
-class CorruptRecord(ValueError):
-    """Stored bytes that this version cannot read."""
+class CorruptRecord(SegmentWorkerError, ValueError):
+    """Raised when stored bytes (a state, an outbox record) are not something this version can
+    read: damaged, or written by a newer release."""
 
 
 def encode_state(state: CustomerState) -> bytes:

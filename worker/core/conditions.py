@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Final
 
+from worker.errors import SegmentWorkerError
+
 TRAIT: Final = "trait"  # trait.<name>: the customer's own traits
 
 
@@ -39,7 +41,7 @@ class FeatureKind(Enum):
     SCORE = "score"  # a step function of another feature
 
 
-class ConditionError(ValueError):
+class ConditionError(SegmentWorkerError, ValueError):
     """Raised when a condition is not valid in the condition language."""
 
 

@@ -2,14 +2,22 @@
 --[[
 segment-worker: the atomic, fenced writes of one input partition (Redis Functions, Redis >= 7).
 
-Key layout. <base> is "<prefix>:{p<N>}:" for input partition N; "{p<N>}" is the FIRST {...} of
-every key, hence its Redis Cluster hash tag, so all keys of one call live in one slot:
-  <base>meta             hash   epoch (fencing), off:<topic> (next offset to read),
-                                pop:<dimension>\x1f<class> (customers per class)
-  <base>due              zset   member customer id, score = instant (epoch ms) a class may change
-  <base>outbox           list   output records waiting for the relay, oldest first
-  <base>c:<customer id>  string the customer's state (opaque bytes of the core's codec)
-  <base>x:<customer id>  string erasure marker (optional, with a TTL)
+Key layout (worker/keys.py is the spec; tests/test_keys.py checks that this copy agrees).
+<base> is "<prefix>:{p<N>}:" for input partition N; "{p<N>}" is the FIRST {...} of every key,
+hence its Redis Cluster hash tag, so all keys of one call live in one slot. <name> is the
+customer id, or with a pseudonym key its HMAC in hex.
+  <base>meta       hash    the partition's bookkeeping, the fields below
+  <base>due        zset    member <name>, score = instant (epoch ms) a class may change
+  <base>outbox     list    output records waiting for the relay, oldest first
+  <base>c:<name>   string  the customer's state (opaque bytes of the core's codec)
+  <base>x:<name>   string  erasure marker (value "1", with a TTL)
+
+Fields of the meta hash:
+  epoch                        the owner's fencing epoch, bumped by every claim
+  off:<topic>                  next offset to read of input topic <topic> (never backwards)
+  pop:<dimension>\x1f<class>   customers per class (kept by commit's deltas)
+  rules                        rules mark: version all customers were last re-evaluated under
+  relayed                      relay mark: change topic's offset after the last change relayed
 
 Every function:
 - touches only keys passed in KEYS, and checks that they follow the layout and share <base>;
@@ -31,11 +39,11 @@ segment_worker_claim
   {epoch, topic_1, offset_1, topic_2, offset_2, ...} (the stored off:<topic> fields).
 
 segment_worker_commit
-  KEYS  meta, due, outbox, c:<id> x n_set (states to set), c:<id> x n_del (states to delete)
+  KEYS  meta, due, outbox, c:<name> x n_set (states to set), c:<name> x n_del (to delete)
   ARGV  epoch, n_set, n_del, n_zadd, n_zrem, n_out, n_off, n_pop,
         blob x n_set                       (value of the i-th state key to set)
-        (due_ms, customer id) x n_zadd     (add to / move in the due index)
-        customer id x n_zrem               (remove from the due index)
+        (due_ms, name) x n_zadd            (add to / move in the due index)
+        name x n_zrem                      (remove from the due index)
         record x n_out                     (RPUSH to the outbox, in order)
         (topic, offset) x n_off            (off:<topic> = max(stored, offset))
         (field, delta) x n_pop             (HINCRBY pop:<field> by delta; delta may be < 0)
@@ -50,13 +58,19 @@ segment_worker_ack
   Returns the outbox length after the trim.
 
 segment_worker_erase
-  KEYS  meta, due, c:<id>, x:<id>
-  ARGV  epoch, customer id, marker_ttl_ms ("" = no marker)
-  Deletes the state and the due entry; with a TTL, sets the marker x:<id> = "1" for that long.
+  KEYS  meta, due, c:<name>, x:<name>
+  ARGV  epoch, name, marker_ttl_ms ("" = no marker)
+  Deletes the state and the due entry; with a TTL, sets the marker x:<name> = "1" for that long.
   Returns 1 if a state was deleted, else 0.
 
+segment_worker_mark_rules
+  KEYS  meta
+  ARGV  epoch, rules version (not empty)
+  Sets the rules mark: every customer of the partition is classified under this version.
+  Returns 1.
+
 segment_worker_read (read-only)
-  KEYS  meta, c:<id> x n, x:<id> x n (the same ids in the same order)
+  KEYS  meta, c:<name> x n, x:<name> x n (the same names in the same order)
   ARGV  (none)
   Returns {run id of this server, state 1 or nil, ..., state n or nil, erased 1, ...,
   erased n}, erased i = 1 when customer i has no state but an erasure marker, else 0: a
@@ -68,7 +82,7 @@ segment_worker_version (read-only)
   Returns LIBRARY_VERSION.
 ]]
 
-local LIBRARY_VERSION = '5'
+local LIBRARY_VERSION = '6'
 local CHUNK = 512 -- values per multi-argument command; even, so that pairs never split
 local MAX_INT = 9007199254740991 -- 2^53 - 1
 local HEADER = 8 -- commit: epoch and the seven counts
@@ -162,6 +176,15 @@ local function key_type(key, want, what)
   if found ~= 'none' and found ~= want then
     fail(what .. ' ' .. show(key) .. ' holds a ' .. found .. ', not a ' .. want)
   end
+end
+
+-- The epoch of a write: a claim's, so at least 1.
+local function claimed_epoch(value)
+  local epoch = uint(value, 'epoch')
+  if epoch < 1 then
+    fail('epoch must be >= 1 (claim the partition first), got ' .. show(value))
+  end
+  return epoch
 end
 
 -- The meta hash's epoch (0 if never claimed), after checking the key's type and the value.
@@ -263,10 +286,7 @@ end
 -- commit
 
 local function check_commit(keys, args)
-  local plan = { epoch = uint(args[1], 'epoch') }
-  if plan.epoch < 1 then
-    fail('epoch must be >= 1 (claim the partition first), got ' .. show(args[1]))
-  end
+  local plan = { epoch = claimed_epoch(args[1]) }
   local names = { 'n_set', 'n_del', 'n_zadd', 'n_zrem', 'n_out', 'n_off', 'n_pop' }
   for i, name in ipairs(names) do
     plan[name] = uint(args[1 + i], name)
@@ -403,6 +423,29 @@ local function erase(keys, args)
   return deleted
 end
 
+-- mark_rules
+
+local function check_mark_rules(keys, args)
+  key_count(keys, 1)
+  arg_count(args, 2)
+  base_of(keys[1])
+  local plan = { epoch = claimed_epoch(args[1]) }
+  if #args[2] == 0 then
+    fail('rules version must not be empty')
+  end
+  plan.current = stored_epoch(keys[1])
+  return plan
+end
+
+local function mark_rules(keys, args)
+  local _, err = admitted('segment_worker_mark_rules', check_mark_rules, keys, args)
+  if err then
+    return err
+  end
+  redis.call('HSET', keys[1], 'rules', args[2])
+  return 1
+end
+
 -- read
 
 local function check_read(keys, args)
@@ -443,6 +486,7 @@ redis.register_function('segment_worker_claim', claim)
 redis.register_function('segment_worker_commit', commit)
 redis.register_function('segment_worker_ack', ack)
 redis.register_function('segment_worker_erase', erase)
+redis.register_function('segment_worker_mark_rules', mark_rules)
 redis.register_function{
   function_name = 'segment_worker_read', callback = read, flags = { 'no-writes' },
 }

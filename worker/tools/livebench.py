@@ -29,21 +29,23 @@ from typing import cast
 import orjson
 import redis.asyncio as aioredis
 from aiohttp import ClientError, ClientSession
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 
+from worker import kafka
 from worker.clock import SimulatedClock
 from worker.core.codec import decode_state, encode_state
 from worker.core.events import ParseLimits
 from worker.core.rules import Rules, load_rules
 from worker.core.timeutil import format_ms
-from worker.embedded import Broker, RedisServer, free_port
-from worker.kafka import partition_of
+from worker.kafka import ensure_topics, partition_of
+from worker.keys import offset_topic
 from worker.progress import Progress
 from worker.replay import Replayer
-from worker.service import Worker, ensure_topics
+from worker.service import Worker
 from worker.settings import Settings
-from worker.simulate import SimEvent, Simulator
 from worker.store import Claim, Store
+from worker.tools.embedded import Broker, RedisServer, free_port
+from worker.tools.simulate import SimEvent, Simulator
 
 PARTITIONS = 4
 RAW_LUA = """
@@ -144,7 +146,7 @@ async def _topics(bootstrap: str) -> Topics:
 async def _produce(
     bootstrap: str, topics: Topics, traffic: Sequence[SimEvent]
 ) -> dict[TopicPartition, int]:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, acks=1)
+    producer = kafka.producer(bootstrap, linger_ms=20, acks=1)
     await producer.start()
     ends: dict[TopicPartition, int] = {}
     progress = Progress(len(traffic), "produce")
@@ -193,10 +195,10 @@ async def _raw_ceiling(
 ) -> Row:
     client = aioredis.from_url(redis_url)
     script = client.register_script(RAW_LUA)
-    consumer = AIOKafkaConsumer(
+    consumer = kafka.consumer(
+        bootstrap,
         topics.orders,
         topics.visits,
-        bootstrap_servers=bootstrap,
         group_id=f"raw-{uuid.uuid4().hex[:6]}",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -249,9 +251,7 @@ async def _worker(
         while not worker.pipeline.claims:
             await asyncio.sleep(0.02)
         started, cpu = time.perf_counter(), time.process_time()
-        probe = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, group_id=settings.group_id, enable_auto_commit=False
-        )
+        probe = kafka.consumer(bootstrap, group_id=settings.group_id, enable_auto_commit=False)
         await probe.start()
         try:
             while True:
@@ -291,15 +291,17 @@ async def _processes(
     await ensure_topics(_settings(bootstrap, redis_url, own, "unused"), PARTITIONS)
     group = f"workers-{tag}"
     started: list[tuple[int, subprocess.Popen[bytes]]] = []
-    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    probe = kafka.consumer(bootstrap, group_id=group, enable_auto_commit=False)
     await probe.start()
     client = aioredis.from_url(redis_url)
     store = Store(client, group)
 
     async def applied() -> int:
-        metas = [await client.hgetall(store.key(p, "meta")) for p in range(PARTITIONS)]
+        metas = [await client.hgetall(store.keys.meta(p)) for p in range(PARTITIONS)]
         offsets = cast(list[dict[bytes, bytes]], metas)
-        return sum(int(v) for meta in offsets for k, v in meta.items() if k.startswith(b"off:"))
+        return sum(
+            int(v) for meta in offsets for k, v in meta.items() if offset_topic(k) is not None
+        )
 
     try:
         for _ in range(count):
@@ -355,7 +357,7 @@ async def _faust(
         [
             sys.executable,
             "-m",
-            "worker.baselines.faust_agent",
+            "worker.tools.baselines.faust_agent",
             bootstrap,
             redis_url,
             f"faust-{uuid.uuid4().hex[:6]}",
@@ -401,7 +403,7 @@ async def _latency(bootstrap: str, redis_url: str, plan: Plan, rate: float) -> N
             command = [
                 sys.executable,
                 "-m",
-                "worker.baselines.relay",
+                "worker.tools.baselines.relay",
                 bootstrap,
                 settings.group_id,
                 str(settings.batch_wait_ms),
@@ -433,9 +435,9 @@ async def _paced(
     """Send ``traffic`` at ``rate`` and time each change back to the event that caused it."""
     sent: dict[str, float] = {}
     latencies: list[float] = []
-    watcher = AIOKafkaConsumer(
+    watcher = kafka.consumer(
+        bootstrap,
         topics.changes,
-        bootstrap_servers=bootstrap,
         auto_offset_reset="earliest",
         fetch_max_wait_ms=10,
     )
@@ -452,7 +454,7 @@ async def _paced(
                         latencies.append((now - sent.pop(cause)) * 1000)
 
     watching = asyncio.create_task(watch())
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1, acks=1)
+    producer = kafka.producer(bootstrap, linger_ms=1, acks=1)
     await producer.start()
     try:
         await asyncio.sleep(2.0)  # the consumer group settles

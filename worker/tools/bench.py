@@ -15,7 +15,7 @@ from worker.core.events import ParseLimits, parse_event
 from worker.core.rules import Rules
 from worker.progress import Progress
 from worker.replay import Replayer
-from worker.simulate import FeedFaults, Simulator
+from worker.tools.simulate import FeedFaults, Simulator
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """Baseline for `segment-worker bench --live`: the plain Faust way, an agent doing the
 per-event work (parse, one Redis update per event). Run as a child process:
-``python -m worker.baselines.faust_agent BOOTSTRAP REDIS_URL GROUP TOPIC...``."""
+``python -m worker.tools.baselines.faust_agent BOOTSTRAP REDIS_URL GROUP TOPIC...``."""
 
 from __future__ import annotations
 

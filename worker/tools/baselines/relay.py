@@ -1,7 +1,8 @@
 """Latency baseline for `segment-worker bench live`: what the broker alone costs. Each input
 event is read with the worker's consumer settings and answered at once with a stand-in change
 (its cause's event id only) on the change topic: two broker hops, no Redis, no core. Run as a
-child process: ``python -m worker.baselines.relay BOOTSTRAP GROUP WAIT_MS OUT_TOPIC TOPIC...``.
+child process:
+``python -m worker.tools.baselines.relay BOOTSTRAP GROUP WAIT_MS OUT_TOPIC TOPIC...``.
 """
 
 from __future__ import annotations
@@ -10,15 +11,15 @@ import asyncio
 import sys
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from worker import kafka
 from worker.settings import PRODUCER_BATCHING
 
 
 async def relay(bootstrap: str, group: str, wait_ms: int, out: str, topics: list[str]) -> None:
-    consumer = AIOKafkaConsumer(
+    consumer = kafka.consumer(
+        bootstrap,
         *topics,
-        bootstrap_servers=bootstrap,
         group_id=group,
         auto_offset_reset="earliest",
         fetch_max_wait_ms=max(10, wait_ms),
@@ -27,7 +28,7 @@ async def relay(bootstrap: str, group: str, wait_ms: int, out: str, topics: list
     )
     # The worker's batching: 16 KB batches each waiting for the last one's ack would make
     # this baseline, not the broker, the bottleneck.
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", **PRODUCER_BATCHING)
+    producer = kafka.producer(bootstrap, **PRODUCER_BATCHING)
     await producer.start()
     await consumer.start()
     try:

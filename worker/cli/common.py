@@ -1,0 +1,63 @@
+"""What several commands share: argument types, traffic options, output files."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO, TypeAlias
+
+from worker.core.timeutil import parse_rfc3339
+
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+"""What ``add_subparsers`` returns: each command group's ``register`` adds its commands to it."""
+
+
+def instant(text: str) -> int:
+    """An RFC 3339 instant (``--as-of``, ``--at``, ``--start``), as epoch milliseconds; a bad one
+    is a usage error that names the option."""
+    try:
+        return parse_rfc3339(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def positive(text: str) -> int:
+    """A count that must be at least 1."""
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def traffic_arguments(
+    parser: argparse.ArgumentParser, *, events: int | None, customers: int | None
+) -> None:
+    """The simulated traffic's size, seed and start. ``None`` defaults are chosen by the
+    command's target (its help says)."""
+    chosen = "%(default)s"
+    if events is None or customers is None:
+        chosen = "by target, see above"
+    parser.add_argument("--events", type=positive, default=events, help=f"events ({chosen})")
+    parser.add_argument(
+        "--customers", type=positive, default=customers, help=f"customers ({chosen})"
+    )
+    parser.add_argument("--seed", type=int, default=1, help="random seed (%(default)s)")
+    parser.add_argument(
+        "--start",
+        type=instant,
+        default="2025-01-01T00:00:00Z",
+        metavar="TIMESTAMP",
+        help="when the simulated shop opens (%(default)s)",
+    )
+
+
+@contextlib.contextmanager
+def output(path: Path | None, default: BinaryIO | None) -> Iterator[BinaryIO | None]:
+    """``path`` opened for writing, or ``default`` (left open) when no path was given."""
+    if path is None:
+        yield default
+        return
+    with path.open("wb") as handle:
+        yield handle

@@ -1,0 +1,128 @@
+"""The operator's commands on one customer: ``erase`` (GDPR), ``customer`` (show) and
+``forget`` (delete a damaged state), with the settings of ``run``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Awaitable, Callable
+
+from aiokafka.errors import KafkaError
+from redis.exceptions import RedisError
+
+from worker.cli.common import Subparsers, instant, positive
+from worker.core.rules import load_rules
+from worker.kafka import input_partitions, send_erasures
+from worker.lookup import forget, print_customers
+from worker.settings import Settings
+from worker.store import Store, connect, store_for
+
+
+def register(sub: Subparsers) -> None:
+    """Add ``erase``, ``customer`` and ``forget``."""
+    erase = sub.add_parser(
+        "erase",
+        help="erase customers (GDPR): state, due entry, and a tombstone on the change topic",
+        description="Send erasure requests to the erasure topic (SEGMENT_WORKER_TOPIC_ERASURES, "
+        "co-partitioned with the inputs). The worker that owns each customer deletes their "
+        "state and due entry, keeps a marker so that replayed or late events cannot bring them "
+        "back (SEGMENT_WORKER_ERASURE_MARKER_DAYS), and produces a tombstone (null value) for "
+        "them on the segment-change topic. Kafka settings come from the same environment "
+        "variables as `run`.",
+    )
+    erase.add_argument("customer_ids", nargs="+", metavar="CUSTOMER_ID")
+    erase.set_defaults(func=_erase)
+
+    customer = sub.add_parser(
+        "customer",
+        help="show customers' stored state and classes, as GET /customers/{id} does",
+        description="Read each customer's state from the worker's Redis and print it as one JSON "
+        "object per line: order and visit statistics, window and score features, the classes "
+        "last emitted and since when, and the next instant a class may change with no event. "
+        "Redis and Kafka settings come from the same environment variables as `run`; Kafka is "
+        "asked only for the orders topic's partition count, which places a customer (give it "
+        "with --partitions to skip Kafka). Exit status 1 if any customer is unknown.",
+    )
+    _customer_arguments(customer)
+    customer.add_argument(
+        "--at",
+        type=instant,
+        metavar="TIMESTAMP",
+        help="RFC 3339 instant at which window and score features are computed (default: now)",
+    )
+    customer.set_defaults(func=_customer)
+
+    forget_ = sub.add_parser(
+        "forget",
+        help="delete a damaged stored state that stops its partition",
+        description="A stored state the worker cannot read stops its partition (the log names "
+        "the customer; segment_worker_stuck_partitions counts such partitions). This deletes "
+        "that state and the customer's due-index entry, so the partition carries on when it "
+        "is next retried (SEGMENT_WORKER_STUCK_RETRY_MS); the customer's later events start a "
+        "new history, and the class populations still count their old classes. It refuses a "
+        "state that reads (use `erase`) and one in a newer release's format (finish that "
+        "rollout instead). Settings as for `customer`.",
+    )
+    _customer_arguments(forget_)
+    forget_.set_defaults(func=_forget)
+
+
+def _customer_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("customer_ids", nargs="+", metavar="CUSTOMER_ID")
+    parser.add_argument(
+        "--partitions", type=positive, help="partition count of the input topics (asked of Kafka)"
+    )
+
+
+def _erase(args: argparse.Namespace) -> int:
+    asyncio.run(send_erasures(Settings.from_env(), args.customer_ids))
+    print(f"erasure requested for {len(args.customer_ids)} customer(s)", file=sys.stderr)
+    return 0
+
+
+def _customer(args: argparse.Namespace) -> int:
+    def work(settings: Settings, store: Store, partitions: int) -> Awaitable[int]:
+        rules = load_rules(settings.rules)
+        day = rules.calendar.day_of(time.time_ns() // 1_000_000 if args.at is None else args.at)
+        return print_customers(store, rules, args.customer_ids, partitions, day)
+
+    return _against_redis(args.partitions, work)
+
+
+def _forget(args: argparse.Namespace) -> int:
+    return _against_redis(
+        args.partitions, lambda _, store, partitions: forget(store, args.customer_ids, partitions)
+    )
+
+
+def _against_redis(
+    partitions: int | None, work: Callable[[Settings, Store, int], Awaitable[int]]
+) -> int:
+    """Run an operator command on the worker's Redis, with the settings of `run` and the
+    input partition count (asked of Kafka unless given); its exit status, or 2 with a message
+    when a server cannot answer."""
+    settings = Settings.from_env()
+
+    async def main() -> int:
+        count = partitions or await input_partitions(settings)
+        client = connect(settings)
+        try:
+            return await work(settings, store_for(settings, client), count)
+        finally:
+            await client.aclose()
+
+    try:
+        return asyncio.run(main())
+    except KafkaError as exc:
+        print(
+            f"segment-worker: Kafka at {settings.kafka_bootstrap} did not tell the partition "
+            f"count of {settings.topic_orders!r} ({exc!r}); give it with --partitions",
+            file=sys.stderr,
+        )
+    except (RedisError, OSError) as exc:
+        print(
+            f"segment-worker: cannot reach Redis (SEGMENT_WORKER_REDIS_URL): {exc}", file=sys.stderr
+        )
+    return 2

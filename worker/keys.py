@@ -1,0 +1,153 @@
+"""The Redis key layout: the one place that spells a key or a field of the meta hash.
+
+Every key of input partition N starts with ``<base>`` = ``<prefix>:{p<N>}:`` (``prefix`` from
+SEGMENT_WORKER_REDIS_PREFIX, default ``sw``). ``{p<N>}`` is the FIRST ``{...}`` of every key,
+hence its Redis Cluster hash tag: all keys of a partition live in one slot, so one Function
+call can fence, dedupe, update states, index due times and append to the outbox atomically.
+The prefix may not contain braces (it would take the hash tag over); customer ids may.
+
+Keys (``<name>`` is the customer id, or with a pseudonym key, SEGMENT_WORKER_PSEUDONYM_KEY,
+HMAC-SHA256(key, id) in hex, so nothing Redis lists or logs names a customer):
+
+- ``<base>meta`` (hash): the partition's bookkeeping, one field each below.
+- ``<base>due`` (zset): member ``<name>``, score the instant (epoch ms) at which one of the
+  customer's classes may change; the timer pops what is due.
+- ``<base>outbox`` (list): output records (the core codec's frames) waiting for the relay,
+  oldest first; trimmed once the broker has acknowledged them.
+- ``<base>c:<name>`` (string): the customer's state, the core codec's bytes (with a pseudonym
+  key, preceded by the length-prefixed customer id, which the timer must emit).
+- ``<base>x:<name>`` (string): erasure marker (value ``1``, with a TTL): the customer was erased,
+  so a read-back of writes Redis lost must not bring them back.
+
+Fields of the meta hash:
+
+- ``epoch``: the owner's fencing epoch, bumped by every claim; every write carries the epoch of
+  its claim and is refused, writing nothing, if another worker has claimed since.
+- ``off:<topic>``: the next offset to read of input topic ``<topic>``; the input applied so far
+  (never moves backwards); a new owner resumes from it.
+- ``pop:<dimension>\\x1f<class>``: how many customers of the partition are in that class (the
+  population gauges); kept by every commit, ``\\x1f`` separates dimension and class.
+- ``rules``: the rules mark, the version of the rules every customer of the partition was last
+  re-evaluated under; a new owner finishes a re-evaluation its predecessor left undone.
+- ``relayed``: the relay mark, the change topic's offset after the last change relayed (never
+  moves backwards); after Redis loses writes, the changes from there on are read back.
+
+The Functions library ``worker/redis/segment_worker.lua`` mirrors this layout in its header
+(tests/test_keys.py holds the two together).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+META: Final = "meta"
+DUE: Final = "due"
+OUTBOX: Final = "outbox"
+CUSTOMER: Final = "c:"
+ERASED: Final = "x:"
+
+EPOCH: Final = "epoch"
+OFFSET: Final = "off:"
+POPULATION: Final = "pop:"
+POP_SEPARATOR: Final = "\x1f"
+RULES: Final = "rules"
+RELAYED: Final = "relayed"
+
+# The layout as data, for checks: key (after <base>) -> Redis type; the meta hash's fields.
+KEY_TYPES: Final = {
+    META: "hash",
+    DUE: "zset",
+    OUTBOX: "list",
+    f"{CUSTOMER}<name>": "string",
+    f"{ERASED}<name>": "string",
+}
+META_FIELDS: Final = (
+    EPOCH,
+    f"{OFFSET}<topic>",
+    f"{POPULATION}<dimension>\\x1f<class>",
+    RULES,
+    RELAYED,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """The keys of one deployment: its prefix, and the partition's hash tag in every key."""
+
+    prefix: str = "sw"
+
+    def __post_init__(self) -> None:
+        if "{" in self.prefix or "}" in self.prefix:
+            raise ValueError(f"prefix {self.prefix!r}: braces would take over the keys' hash tag")
+
+    def base(self, partition: int) -> str:
+        """``<prefix>:{p<N>}:``, the start of every key of the partition."""
+        if partition < 0:
+            raise ValueError(f"partition must be >= 0, got {partition}")
+        return f"{self.prefix}:{{p{partition}}}:"
+
+    def meta(self, partition: int) -> str:
+        return self.base(partition) + META
+
+    def due(self, partition: int) -> str:
+        return self.base(partition) + DUE
+
+    def outbox(self, partition: int) -> str:
+        return self.base(partition) + OUTBOX
+
+    def customers(self, partition: int) -> str:
+        """The start shared by the partition's state keys (``<base>c:``)."""
+        return self.base(partition) + CUSTOMER
+
+    def customer(self, partition: int, name: str) -> str:
+        """The state key of the customer Redis knows as ``name`` (id or pseudonym)."""
+        return self.customers(partition) + name
+
+    def erased(self, partition: int, name: str) -> str:
+        """The erasure marker's key of the customer Redis knows as ``name``."""
+        return self.base(partition) + ERASED + name
+
+    def every_customer(self) -> str:
+        """A SCAN MATCH pattern for the state keys of every partition."""
+        return f"{glob_escape(self.prefix)}:{{p*}}:{CUSTOMER}*"
+
+
+def name_in(customer_key: str) -> str:
+    """The customer's name in a state key (``<base>c:<name>``): what follows the hash tag."""
+    rest = customer_key.partition("}:")[2]
+    if not rest.startswith(CUSTOMER):
+        raise ValueError(f"not a customer's state key: {customer_key!r}")
+    return rest[len(CUSTOMER) :]
+
+
+def glob_escape(text: str) -> str:
+    """``text`` matched literally by SCAN MATCH."""
+    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
+
+
+def offset_field(topic: str) -> str:
+    """The meta field holding input topic ``topic``'s next offset to read."""
+    return OFFSET + topic
+
+
+def offset_topic(field: bytes) -> str | None:
+    """The input topic whose offset a meta field holds; None for other fields."""
+    text = field.decode()
+    return text[len(OFFSET) :] if text.startswith(OFFSET) else None
+
+
+def population_name(dimension: str, class_name: str) -> str:
+    """A class's population field without its ``pop:`` (the Function adds it)."""
+    if POP_SEPARATOR in dimension:
+        raise ValueError(f"dimension {dimension!r} contains the population separator")
+    return f"{dimension}{POP_SEPARATOR}{class_name}"
+
+
+def population_of(field: bytes) -> tuple[str, str] | None:
+    """(dimension, class) of a meta field counting a class's customers; None for others."""
+    text = field.decode()
+    if not text.startswith(POPULATION):
+        return None
+    dimension, _, class_name = text[len(POPULATION) :].partition(POP_SEPARATOR)
+    return dimension, class_name
