@@ -6,21 +6,27 @@ docs/rules.md, DESIGN.md sections 2-6, ``worker/core/default_rules.toml``), what
 output: segment changes, rejected lines and the final per-customer state. It shares no code
 with ``worker``: it parses lines with the standard ``json`` module (exact decimals), keeps the
 *set* of accepted events per customer, recomputes every statistic from that set, and re-classifies
-every customer at every UTC midnight the clock crosses, with the default rules written out as
-plain if/elif code. Nothing is incremental and nothing predicts due days, so it is slow but
+every customer at every midnight of the shop's time zone that the clock crosses, with the
+default rules written out as plain if/elif code. Nothing is incremental and nothing predicts due days, so it is slow but
 easy to check by reading.
 
 Spec points the oracle encodes (and the tests therefore hold the core to):
 
 - The clock is the greatest ``occurred_at`` of the lines that pass the event contract (the
   parser). A currency without a rate is refused later, by the rules, after the clock moved.
-- When the clock moves from C to C' > C, every midnight D*DAY with C < D*DAY <= C' is visited
+- Days are dates in the shop's zone (``[calendar] timezone``): an instant's day is its local
+  date, counted from 1970-01-01, and day D begins at its local midnight M(D) (computed with
+  ``zoneinfo`` here, by a route of its own: ``datetime`` arithmetic, no caching, no search).
+- When the clock moves from C to C' > C, every midnight M(D) with C < M(D) <= C' is visited
   in increasing order and every known customer, in ascending id order, is re-classified at D;
-  differences are emitted as ``timer`` changes stamped D*DAY. Then the event is applied and
+  differences are emitted as ``timer`` changes stamped M(D). Then the event is applied and
   its customer re-classified at day(C').
 - An order counts (count_status = paid) iff some event of its order_id is ``paid`` and none is
-  ``cancelled``/``refunded``; its time and amount are those of the max (is_paid, ms, amount) over
-  its placed/paid events.
+  a ``cancelled``/``refunded`` event of amount 0; its time and amount are those of the max
+  (is_paid, ms, amount) over its placed/paid events, less the amounts of its cancelled/refunded
+  events (one per event id, the largest if an id comes with several); if those reach the
+  amount, it does not count.
+- A key action is a visit whose action is login, add_to_cart, checkout, app_open or search.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
+from zoneinfo import ZoneInfo
 
 DAY = 86_400_000
 HOUR = 3_600_000
@@ -45,6 +52,7 @@ MAX_FUTURE_MS = 5 * MINUTE  # ParseLimits() defaults, from docs/contracts.md
 MAX_ID_LENGTH = 200
 MAX_AMOUNT = Decimal(10) ** 12
 WINDOW_DAYS = 90
+KEY_ACTIONS = frozenset({"login", "add_to_cart", "checkout", "app_open", "search"})
 # An order in a currency with no rate passed the event contract: it moves the clock, then is
 # refused (see the module docstring). False: refused before the clock sees it.
 CURRENCY_REJECTS_MOVE_CLOCK = True
@@ -73,6 +81,19 @@ def parse_time(text: str) -> int | None:
         offset = (int(m[10]) * 60 + int(m[11])) * MINUTE
         ms += -offset if m[9] == "+" else offset
     return ms
+
+
+def local_day(ms: int, zone: ZoneInfo) -> int:
+    """The shop's date holding ``ms``, as days since 1970-01-01."""
+    local = (EPOCH + timedelta(milliseconds=ms)).astimezone(zone)
+    return (local.date() - EPOCH.date()).days
+
+
+def midnight(day: int, zone: ZoneInfo) -> int:
+    """Epoch ms of the local midnight that begins ``day`` (the zones tested have one)."""
+    d = EPOCH.date() + timedelta(days=day)
+    start = datetime(d.year, d.month, d.day, tzinfo=zone)
+    return (start - EPOCH) // timedelta(milliseconds=1)
 
 
 def ms_of(text: str) -> int:
@@ -127,6 +148,7 @@ class Visit:
     event_id: str
     customer_id: str
     ms: int
+    action: str
     region: str | None
 
 
@@ -221,7 +243,7 @@ def read_line(raw: bytes, reference_ms: int) -> Order | Visit | Reject:
             action = _text_field(doc, "action")
             if not 1 <= len(action) <= 100:
                 raise _Refused("invalid_value", "action")
-            return Visit(event_id, customer_id, ms, _optional_text(doc, "region"))
+            return Visit(event_id, customer_id, ms, action, _optional_text(doc, "region"))
         cents = _amount(doc)
         currency = _text_field(doc, "currency")
         if not (len(currency) == 3 and currency.isascii() and currency.isupper()):
@@ -248,10 +270,12 @@ class Stats:
     """Everything that does not depend on the day, derived from a customer's event set."""
 
     orders: list[tuple[int, int]]  # counted orders (ms, cents), sorted
-    days: list[int]  # UTC day of each counted order, same order
+    days: list[int]  # local day of each counted order, same order
     prefix: list[int]  # prefix[i] = cents of the first i counted orders
     first_visit_ms: int | None
     last_visit_ms: int | None
+    visit_day: int | None  # local day of the last visit
+    key_days: list[int]  # local day of every distinct key action, sorted
     region: str | None
 
     @property
@@ -265,44 +289,55 @@ class Stats:
         return self.prefix[-1]
 
 
-def stats_of(events: Iterable[Order | Visit]) -> Stats:
+def stats_of(events: Iterable[Order | Visit], zone: ZoneInfo) -> Stats:
     """Recompute the statistics of an event set from scratch."""
     by_order: dict[str, list[Order]] = {}
     visits: list[int] = []
+    key_instants: set[int] = set()  # distinct instants: a re-sent login is the same login
     tagged: list[tuple[int, str]] = []
     for event in events:
         if event.region is not None:
             tagged.append((event.ms, event.region))
         if isinstance(event, Visit):
             visits.append(event.ms)
+            if event.action in KEY_ACTIONS:
+                key_instants.add(event.ms)
         else:
             by_order.setdefault(event.order_id, []).append(event)
     counted = []
     for records in by_order.values():
         statuses = {r.status for r in records}
-        if "paid" not in statuses or "cancelled" in statuses or "refunded" in statuses:
+        voids = [r for r in records if r.status in ("cancelled", "refunded")]
+        if "paid" not in statuses or any(r.cents == 0 for r in voids):
             continue
         best = max(
             (r.status == "paid", r.ms, r.cents) for r in records if r.status in ("placed", "paid")
         )
-        counted.append((best[1], best[2]))
+        refunded: dict[str, int] = {}
+        for r in voids:
+            refunded[r.event_id] = max(refunded.get(r.event_id, 0), r.cents)
+        left = best[2] - sum(refunded.values())
+        if left > 0 or (left == 0 and not refunded):
+            counted.append((best[1], left))
     counted.sort()
     prefix = [0]
     for _, cents in counted:
         prefix.append(prefix[-1] + cents)
     return Stats(
         orders=counted,
-        days=[ms // DAY for ms, _ in counted],
+        days=[local_day(ms, zone) for ms, _ in counted],
         prefix=prefix,
         first_visit_ms=min(visits) if visits else None,
         last_visit_ms=max(visits) if visits else None,
+        visit_day=local_day(max(visits), zone) if visits else None,
+        key_days=sorted(local_day(ms, zone) for ms in key_instants),
         region=max(tagged)[1] if tagged else None,
     )
 
 
 @dataclass
 class Features:
-    """The rule features at one UTC day (money in cents, so comparisons are exact)."""
+    """The rule features at one local day (money in cents, so comparisons are exact)."""
 
     orders_total: int
     monetary_total: int
@@ -312,6 +347,8 @@ class Features:
     days_since_last_order: int | None
     days_since_last_visit: int | None
     days_since_last_activity: int | None
+    days_since_last_key_action: int | None
+    key_actions_90d: int
     orders_90d: int
     spend_90d: int
     r_score: int | None
@@ -320,11 +357,12 @@ class Features:
 
 
 def features_at(s: Stats, day: int) -> Features:
-    """Features of ``s`` at the start of UTC day ``day``."""
+    """Features of ``s`` at local day ``day``."""
     n = s.n
     first_day = s.days[0] if n else None
     last_day = s.days[-1] if n else None
-    visit_day = None if s.last_visit_ms is None else s.last_visit_ms // DAY
+    visit_day = s.visit_day
+    key_day = s.key_days[-1] if s.key_days else None
     known = [d for d in (last_day, visit_day) if d is not None]
     activity_day = max(known) if known else None
     lo = bisect_left(s.days, day - WINDOW_DAYS + 1)
@@ -347,6 +385,8 @@ def features_at(s: Stats, day: int) -> Features:
         days_since_last_order=since_last,
         days_since_last_visit=None if visit_day is None else day - visit_day,
         days_since_last_activity=None if activity_day is None else day - activity_day,
+        days_since_last_key_action=None if key_day is None else day - key_day,
+        key_actions_90d=sum(1 for d in s.key_days if day - WINDOW_DAYS < d <= day),
         orders_90d=hi - lo,
         spend_90d=s.prefix[hi] - s.prefix[lo],
         r_score=r_score,
@@ -370,15 +410,17 @@ def classify(f: Features) -> tuple[str | None, ...]:
     n = f.orders_total
     lifecycle = None
     if n > 0 or f.has_visit:
-        if n == 0 and f.has_visit:
+        bought = f.days_since_last_order
+        acted = f.days_since_last_key_action
+        if n == 0 and _le(f.days_since_last_visit, 180):
             lifecycle = "potential"
-        elif n >= 2 and _gt(f.last_order_gap_days, 180) and _le(f.days_since_last_order, 30):
+        elif n >= 2 and _gt(f.last_order_gap_days, 180) and _le(bought, 30):
             lifecycle = "returning"
         elif n == 1 and _le(f.days_since_first_order, 30):
             lifecycle = "new"
-        elif _le(f.days_since_last_order, 60):
+        elif _le(bought, 60) or _le(acted, 30):
             lifecycle = "active"
-        elif _gt(f.days_since_last_order, 180) and _gt(f.days_since_last_activity, 180):
+        elif (bought is None or bought > 180) and (acted is None or acted > 180):
             lifecycle = "churned"
         else:
             lifecycle = "churn_risk"
@@ -476,6 +518,7 @@ class Customer:
     """The accepted events of one customer, and the classes last emitted for them."""
 
     id: str
+    zone: ZoneInfo
     events: set[Order | Visit] = field(default_factory=set)
     classes: tuple[str | None, ...] = (None,) * len(DIMENSIONS)
     since: dict[str, int] = field(default_factory=dict)
@@ -491,7 +534,7 @@ class Customer:
     def stats(self) -> Stats:
         """Statistics of the current event set (recomputed after each new event)."""
         if self._stats is None:
-            self._stats = stats_of(self.events)
+            self._stats = stats_of(self.events, self.zone)
         return self._stats
 
     def classes_at(self, day: int) -> tuple[str | None, ...]:
@@ -505,9 +548,10 @@ class Customer:
 class Oracle:
     """Replay recomputed from the specification, one input line at a time."""
 
-    def __init__(self, rules_version: str, reference_ms: int) -> None:
+    def __init__(self, rules_version: str, reference_ms: int, timezone: str = "UTC") -> None:
         self.rules_version = rules_version
         self.reference_ms = reference_ms
+        self.zone = ZoneInfo(timezone)
         self.customers: dict[str, Customer] = {}
         self.clock: int | None = None
         self.changes: list[dict[str, object]] = []
@@ -529,24 +573,22 @@ class Oracle:
             return
         customer = self.customers.get(event.customer_id)
         if customer is None:
-            customer = self.customers[event.customer_id] = Customer(event.customer_id)
+            customer = self.customers[event.customer_id] = Customer(event.customer_id, self.zone)
         customer.add(event)
         assert self.clock is not None
         kind = "order" if isinstance(event, Order) else "visit"
-        self._classify(customer, self.clock // DAY, (kind, event.event_id, event.ms), self.clock)
+        today = local_day(self.clock, self.zone)
+        self._classify(customer, today, (kind, event.event_id, event.ms), self.clock)
 
     def advance(self, to_ms: int) -> None:
         """Move the clock to ``to_ms`` if later, visiting every midnight on the way."""
         if self.clock is None:
             self.clock = to_ms
             return
-        day = self.clock // DAY + 1
-        while day * DAY <= to_ms:
+        day = local_day(self.clock, self.zone) + 1
+        while (start := midnight(day, self.zone)) <= to_ms:
             for customer_id in sorted(self.customers):
-                midnight = day * DAY
-                self._classify(
-                    self.customers[customer_id], day, ("timer", None, midnight), midnight
-                )
+                self._classify(self.customers[customer_id], day, ("timer", None, start), start)
             day += 1
         self.clock = max(self.clock, to_ms)
 
@@ -590,7 +632,7 @@ class Oracle:
         assert self.clock is not None
         c = self.customers[customer_id]
         s = c.stats
-        f = features_at(s, self.clock // DAY)
+        f = features_at(s, self.today())
         return {
             "customer_id": customer_id,
             "orders_total": f.orders_total,
@@ -613,12 +655,17 @@ class Oracle:
             "rules_version": self.rules_version,
         }
 
+    def today(self) -> int:
+        """The local day of the clock."""
+        assert self.clock is not None
+        return local_day(self.clock, self.zone)
+
     def first_change_day(self, customer_id: str, until_day: int) -> int | None:
         """The first day in (clock day, until_day) on which a class of this customer would
         change with no new event, or None."""
         assert self.clock is not None
         c = self.customers[customer_id]
-        for day in range(self.clock // DAY + 1, until_day):
+        for day in range(self.today() + 1, until_day):
             if c.classes_at(day) != c.classes:
                 return day
         return None
@@ -631,9 +678,11 @@ def repeat_order_value(s: Stats) -> float | None:
     return sum(repeat) / 100 / days if days else None
 
 
-def run_oracle(lines: list[bytes], as_of_ms: int, rules_version: str, reference_ms: int) -> Oracle:
+def run_oracle(
+    lines: list[bytes], as_of_ms: int, rules_version: str, reference_ms: int, timezone: str = "UTC"
+) -> Oracle:
     """Feed every line (numbered from 1), then advance to ``as_of_ms``."""
-    oracle = Oracle(rules_version, reference_ms)
+    oracle = Oracle(rules_version, reference_ms, timezone)
     for line_no, raw in enumerate(lines, start=1):
         oracle.feed(raw, line_no)
     oracle.advance(as_of_ms)

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.core.strategies import ACTIVITY
 from worker.core.events import Order
 from worker.core.predict import History, history
 from worker.core.state import PAID, CustomerState
-from worker.core.timeutil import DAY_MS
+from worker.core.timeutil import DAY_MS, UTC_CALENDAR
 from worker.fit import FitError, bgnbd_inputs, fit_bgnbd, fit_gamma_gamma, nelder_mead
 
 CDNOW = Path(__file__).parent / "data" / "cdnow_sample.txt"
@@ -27,14 +28,19 @@ def cdnow_states() -> dict[str, CustomerState]:
         day = (dt.date(int(date[:4]), int(date[4:6]), int(date[6:])) - EPOCH).days
         state = states.setdefault(customer, CustomerState(customer))
         cents = round(float(amount) * 100)
-        state.apply(Order(f"e{i}", customer, day * DAY_MS, cents, "USD", "paid", f"o{i}", None))
+        order = Order(f"e{i}", customer, day * DAY_MS, cents, "USD", "paid", f"o{i}", None)
+        state.apply(order, ACTIVITY)
     return states
 
 
 @pytest.fixture(scope="module")
 def cdnow() -> list[History]:
     states = cdnow_states().values()
-    return [h for s in states if (h := history(s.index(PAID), CALIBRATION_END)) is not None]
+    return [
+        h
+        for s in states
+        if (h := history(s.index(PAID, UTC_CALENDAR), CALIBRATION_END)) is not None
+    ]
 
 
 def test_cdnow_reproduces_the_published_fits(cdnow: list[History]) -> None:
@@ -57,8 +63,10 @@ def test_cdnow_reproduces_the_published_fits(cdnow: list[History]) -> None:
 def test_history_leaves_later_orders_out(cdnow: list[History]) -> None:
     # Customer 0001 of the sample: 1997-01-01, -01-18, -08-02 (and 1997-12-12, after the end).
     state = cdnow_states()["0001"]
-    assert history(state.index(PAID), CALIBRATION_END) == History(2, 213, 9862, (29.73 + 14.96) / 2)
-    assert history(state.index(PAID), 9861) is None
+    assert history(state.index(PAID, UTC_CALENDAR), CALIBRATION_END) == History(
+        2, 213, 9862, (29.73 + 14.96) / 2
+    )
+    assert history(state.index(PAID, UTC_CALENDAR), 9861) is None
 
 
 def test_nelder_mead_finds_a_curved_valley() -> None:

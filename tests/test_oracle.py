@@ -28,6 +28,8 @@ from tests.oracle import (
     Oracle,
     Order,
     Visit,
+    local_day,
+    midnight,
     money,
     ms_of,
     read_line,
@@ -36,11 +38,21 @@ from tests.oracle import (
 )
 from tests.traffic import encode, history, order_doc, visit_doc
 from worker.core.events import ParseLimits, Rejection
-from worker.core.rules import load_rules
+from worker.core.rules import Rules, default_rules_text, load_rules, parse_rules
 from worker.core.views import describe
 from worker.replay import Replayer
 
 RULES = load_rules(None)
+
+
+def rules_in(zone: str) -> Rules:
+    """The default rules on the calendar of ``zone``."""
+    text = default_rules_text().replace(b'timezone = "UTC"', f'timezone = "{zone}"'.encode())
+    rules = parse_rules(text, zone)
+    assert rules.calendar.name == zone
+    return rules
+
+
 REFERENCE_MS = ms_of("2100-01-01T00:00:00.000Z")  # "now" for the future-timestamp check
 HORIZON_DAYS = 800  # next_change_at None: nothing may change within this many days
 
@@ -54,7 +66,7 @@ class Replayed:
     replayer: Replayer
 
 
-def replay(lines: list[bytes], as_of_ms: int) -> Replayed:
+def replay(lines: list[bytes], as_of_ms: int, rules: Rules = RULES) -> Replayed:
     """Drive Replayer as ``segment-worker replay --as-of`` does."""
     changes: list[bytes] = []
     rejects: list[tuple[int, str, str | None]] = []
@@ -63,7 +75,7 @@ def replay(lines: list[bytes], as_of_ms: int) -> Replayed:
         rejects.append((line_no, rejection.reason.value, rejection.field))
 
     replayer = Replayer(
-        RULES,
+        rules,
         lambda change: changes.append(change.to_json()),
         on_reject,
         limits=ParseLimits(),
@@ -75,17 +87,19 @@ def replay(lines: list[bytes], as_of_ms: int) -> Replayed:
     return Replayed(changes, rejects, replayer)
 
 
-def state_out(replayer: Replayer) -> list[dict[str, object]]:
+def state_out(replayer: Replayer, rules: Rules = RULES) -> list[dict[str, object]]:
     """The --state-out records, sorted by customer id."""
     assert replayer.clock_ms is not None
-    day = replayer.clock_ms // DAY
-    return [describe(replayer.states[cid], RULES, day) for cid in sorted(replayer.states)]
+    day = rules.calendar.day_of(replayer.clock_ms)
+    return [describe(replayer.states[cid], rules, day) for cid in sorted(replayer.states)]
 
 
-def assert_agree(lines: list[bytes], as_of_ms: int) -> tuple[Replayed, Oracle]:
+def assert_agree(
+    lines: list[bytes], as_of_ms: int, rules: Rules = RULES
+) -> tuple[Replayed, Oracle]:
     """Replay and the oracle agree on changes, rejects, clock and final states."""
-    got = replay(lines, as_of_ms)
-    oracle = run_oracle(lines, as_of_ms, RULES.version, REFERENCE_MS)
+    got = replay(lines, as_of_ms, rules)
+    oracle = run_oracle(lines, as_of_ms, rules.version, REFERENCE_MS, rules.calendar.name)
     assert got.rejects == oracle.rejects
     want = [orjson.dumps(change) for change in oracle.changes]
     for i, (line, expected) in enumerate(zip(got.changes, want, strict=False)):
@@ -95,9 +109,8 @@ def assert_agree(lines: list[bytes], as_of_ms: int) -> tuple[Replayed, Oracle]:
     assert len(got.changes) == len(want)
     assert got.replayer.clock_ms == oracle.clock
     assert sorted(got.replayer.states) == sorted(oracle.customers)
-    assert oracle.clock is not None
-    today = oracle.clock // DAY
-    for record in state_out(got.replayer):
+    today = oracle.today()
+    for record in state_out(got.replayer, rules):
         cid = str(record["customer_id"])
         next_change = record.pop("next_change_at")
         expected_record = oracle.state_out(cid)
@@ -107,8 +120,9 @@ def assert_agree(lines: list[bytes], as_of_ms: int) -> tuple[Replayed, Oracle]:
             assert oracle.first_change_day(cid, today + HORIZON_DAYS) is None, cid
         else:
             due = ms_of(str(next_change))
-            assert due % DAY == 0 and due // DAY > today, (cid, next_change)
-            assert oracle.first_change_day(cid, due // DAY) is None, (cid, next_change)
+            due_day = local_day(due, oracle.zone)
+            assert due == midnight(due_day, oracle.zone) and due_day > today, (cid, next_change)
+            assert oracle.first_change_day(cid, due_day) is None, (cid, next_change)
     return got, oracle
 
 
@@ -209,9 +223,12 @@ def small_histories(draw: st.DrawFn) -> tuple[list[bytes], int]:
             region = draw(st.sampled_from((None, None, "EU", "NA")))
             eid = f"{cid}-{j}"
             if kind == "visit":
-                lines.append(encode(visit_doc(eid, cid, ms, "page_view", region)))
+                action = draw(st.sampled_from(("page_view", "login", "search", "add_to_cart")))
+                lines.append(encode(visit_doc(eid, cid, ms, action, region)))
                 continue
             cents = draw(st.integers(0, 60_000))
+            if kind in ("cancelled", "refunded") and draw(st.booleans()):
+                cents = draw(st.sampled_from((0, 0, 100, 1_000)))  # the whole order, or a part
             amount: object = draw(
                 st.sampled_from(
                     (f"{cents // 100}.{cents % 100:02d}", cents / 100, (cents * 10 + 5) / 1000)
@@ -264,6 +281,28 @@ def test_boundaries_through_replay_match_the_oracle(case: Case) -> None:
     _, oracle = assert_agree(boundary_lines(case), ms_of(f"{TODAY}T12:00:00.000Z"))
     out, classes = oracle.state_out("c"), oracle.classes_of("c")
     assert {key: classes[key] if key in classes else out[key] for key in case.expect} == case.expect
+
+
+ZONED = {zone: rules_in(zone) for zone in ("America/New_York", "Asia/Shanghai", "Europe/Berlin")}
+
+
+@settings(max_examples=90, deadline=None)
+@given(small_histories(), st.sampled_from(sorted(ZONED)))
+def test_small_histories_on_a_shop_calendar_match_the_oracle(
+    case: tuple[list[bytes], int], zone: str
+) -> None:
+    """Over 400 days from 2026-01-01, so across two clock changes in New York and Berlin."""
+    lines, as_of = case
+    assert_agree(lines, as_of, ZONED[zone])
+
+
+def test_replay_matches_the_oracle_on_a_year_in_berlin() -> None:
+    lines, as_of = history(1505, customers=400, events=4000, days=400)
+    got, oracle = assert_agree(lines, as_of, ZONED["Europe/Berlin"])
+    timers = [orjson.loads(c) for c in got.changes if b'"timer"' in c]
+    # Timers fire at Berlin midnight: 23:00 UTC in winter, 22:00 UTC in summer.
+    assert {t["occurred_at"][11:] for t in timers} == {"23:00:00.000Z", "22:00:00.000Z"}
+    assert len(oracle.customers) >= 350
 
 
 # --- the oracle itself, against hand-worked cases ------------------------------------------
@@ -410,3 +449,17 @@ def test_a_refused_currency_still_moves_the_clock() -> None:
 
 def test_the_oracle_dimensions_are_the_rules_dimensions() -> None:
     assert RULES.dimension_names == DIMENSIONS
+
+
+def test_the_shanghai_golden_story_matches_the_oracle() -> None:
+    """tests/golden/shanghai: the Beijing shop's story, hand-checked there, agrees here."""
+    path = Path(__file__).parent / "golden" / "shanghai" / "scenario.jsonl"
+    lines = path.read_bytes().splitlines()
+    _, oracle = assert_agree(lines, ms_of("2027-01-01T00:00:00+08:00"), ZONED["Asia/Shanghai"])
+    tiers = [(c["occurred_at"], c["to"]) for c in oracle.changes if c["customer_id"] == "bj"]
+    assert ("2026-03-31T04:00:00.000Z", "high") in tiers  # the four orders in 90 Beijing dates
+    lin = [(c["occurred_at"], c["to"]) for c in oracle.changes if c["customer_id"] == "lin"]
+    assert ("2026-12-01T16:00:00.000Z", "churn_risk") in lin
+    assert [to for _, to in lin].count("churn_risk") == 1  # not before December
+    assert oracle.classes_of("wu")["lifecycle"] == "churned"
+    assert oracle.state_out("pat")["monetary_total"] == "95.00"

@@ -8,6 +8,7 @@ import pytest
 from tests.core.test_rules import CRASHING
 from tests.golden.regenerate import NAMES, disagreements, replay_scenario, write_if_agreed
 from worker.cli import main
+from worker.core.rules import default_rules_text
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -57,6 +58,37 @@ def test_golden_regeneration_refuses_what_the_oracle_disagrees_with(tmp_path: Pa
         assert list(tmp_path.iterdir()) == []
     assert write_if_agreed(golden, tmp_path) == []
     assert {name: (tmp_path / f"{name}.jsonl").read_bytes() for name in NAMES} == golden
+
+
+def assert_golden(got: dict[str, bytes], folder: Path) -> None:
+    for name, data in got.items():
+        golden = folder / f"{name}.jsonl"
+        assert data == golden.read_bytes(), f"{name} differs from {golden}"
+
+
+def shanghai_rules(folder: Path) -> Path:
+    """The default rules on Asia/Shanghai's calendar (a copy would drift from the defaults)."""
+    rules = folder / "shanghai.toml"
+    text = default_rules_text().replace(b'timezone = "UTC"', b'timezone = "Asia/Shanghai"')
+    assert text != default_rules_text()
+    rules.write_bytes(text)
+    return rules
+
+
+def test_golden_shanghai_scenario(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shop in Beijing (tests/golden/shanghai/README.md): local dates, key actions, partial
+    refunds. Its changes are checked against the oracle on its calendar in test_oracle.py."""
+    monkeypatch.chdir(GOLDEN.parent.parent)
+    rules = shanghai_rules(tmp_path)
+    got = run_replay(
+        tmp_path,
+        "tests/golden/shanghai/scenario.jsonl",
+        "--rules",
+        str(rules),
+        "--as-of",
+        "2027-01-01T00:00:00+08:00",
+    )
+    assert_golden(got, GOLDEN / "shanghai")
 
 
 def test_golden_story_highlights() -> None:
@@ -239,3 +271,15 @@ def test_rules_that_would_crash_are_refused_by_check_and_replay(
     assert main(["replay", str(events), "--quiet", "--rules", str(rules), "--out", str(out)]) == 2
     assert "invalid rules" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_rules_check_refuses_an_unknown_time_zone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[calendar]\ntimezone = "Asia/Beijing"\n')
+    assert main(["rules", "check", str(rules)]) == 2
+    assert "calendar.timezone: unknown time zone 'Asia/Beijing'" in capsys.readouterr().err
+    rules.write_text('[calendar]\ntimezone = "Asia/Shanghai"\n')
+    assert main(["rules", "check", str(rules)]) == 0
+    assert "calendar: Asia/Shanghai; key actions: add_to_cart, app_open" in capsys.readouterr().out

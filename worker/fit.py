@@ -34,7 +34,7 @@ from worker.core.predict import (
 )
 from worker.core.rules import Rules, load_rules, parse_rules
 from worker.core.state import CustomerState
-from worker.core.timeutil import day_of, format_ms, parse_rfc3339
+from worker.core.timeutil import format_ms, parse_rfc3339
 from worker.errors import SegmentWorkerError
 from worker.progress import Progress
 from worker.settings import Settings, SettingsError
@@ -238,7 +238,7 @@ def run(
         as_of = parse_rfc3339(args.as_of) if args.as_of else int(time.time() * 1000)
     except ValueError as exc:
         raise SystemExit(f"segment-worker: --as-of: {exc}") from None
-    day = day_of(as_of)
+    day = rules.calendar.day_of(as_of)
     if args.quantile_scores and not args.write_rules:
         raise SystemExit("segment-worker: --quantile-scores needs --write-rules")
     if args.redis:
@@ -321,7 +321,7 @@ def nearest_rank(values: Iterable[float | None], percents: Sequence[int]) -> lis
 def _from_states(states: Iterable[CustomerState], rules: Rules, day: int) -> Population:
     out = Population(rules, day)
     for state in states:
-        facts = facts_of(state, rules.counting)
+        facts = facts_of(state, rules.counting, rules.calendar)
         found = history(facts.index, day)
         if found is not None:
             features = rules.features_at(facts, day)
@@ -349,6 +349,7 @@ def _read_records(lines: Iterable[bytes], path: Path, rules: Rules, day: int) ->
             first, last = record["first_order_at"], record["last_order_at"]
             if first is None:
                 continue
+            day_of = rules.calendar.day_of
             first_day, last_day = day_of(parse_rfc3339(first)), day_of(parse_rfc3339(last))
             x = int(record["repeat_purchases"])
             mean = float(record["repeat_order_value"] or 0)

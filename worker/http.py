@@ -11,7 +11,6 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from worker.clock import Clock
 from worker.core.codec import CorruptRecord
-from worker.core.timeutil import day_of
 from worker.live import Pipeline
 from worker.lookup import look_up
 from worker.metrics import Metrics
@@ -49,7 +48,11 @@ def register_routes(
             return view.json({"error": "topic metadata not available yet"}, status=503)
         try:
             body = await look_up(
-                store, pipeline.rules, partitions, customer_id, day_of(clock.now_ms())
+                store,
+                pipeline.rules,
+                partitions,
+                customer_id,
+                pipeline.rules.calendar.day_of(clock.now_ms()),
             )
         except OSError as exc:
             return view.json({"error": f"redis unavailable: {exc}"}, status=503)

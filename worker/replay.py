@@ -17,7 +17,6 @@ from worker.core.engine import fire_timer, process_event
 from worker.core.events import ParseLimits, Rejection, parse_event
 from worker.core.rules import Rules
 from worker.core.state import CustomerState
-from worker.core.timeutil import DAY_MS
 
 ChangeSink = Callable[[SegmentChange], None]
 RejectSink = Callable[[int, Rejection, bytes], None]
@@ -83,13 +82,14 @@ class Replayer:
     def advance(self, to_ms: int) -> None:
         """Move the clock forward, firing every time-driven change due up to ``to_ms``."""
         due = self._due
-        while due and due[0][0] * DAY_MS <= to_ms:
+        start = self.rules.calendar.start_ms  # due days are the shop's dates
+        while due and start(due[0][0]) <= to_ms:
             day, customer_id = heapq.heappop(due)
             state = self.states[customer_id]
             if state.due_day != day:
                 continue  # superseded by a later update
-            if self.clock_ms is None or self.clock_ms < day * DAY_MS:
-                self.clock_ms = day * DAY_MS
+            if self.clock_ms is None or self.clock_ms < start(day):
+                self.clock_ms = start(day)
             self._emit(fire_timer(state, self.rules, day, self.clock_ms))
             self._index(state)
         self.clock_ms = to_ms if self.clock_ms is None else max(self.clock_ms, to_ms)

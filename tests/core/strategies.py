@@ -5,10 +5,12 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 from worker.core.events import Order, Visit
+from worker.core.rules import load_rules
 from worker.core.state import CustomerState
 from worker.core.timeutil import DAY_MS
 
 T0 = 20_454 * DAY_MS  # 2026-01-01
+ACTIVITY = load_rules().activity  # the default key actions
 REGIONS = (None, "North China", "East China", "North-East")
 
 instants = st.integers(min_value=T0, max_value=T0 + 700 * DAY_MS)
@@ -45,5 +47,5 @@ histories = st.lists(st.one_of(orders(), visits()), min_size=1, max_size=40)
 def state_of(events: list[Order | Visit]) -> CustomerState:
     state = CustomerState("c1")
     for event in events:
-        state.apply(event)
+        state.apply(event, ACTIVITY)
     return state

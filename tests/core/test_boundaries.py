@@ -40,7 +40,7 @@ def test_default_rules_on_both_sides_of_each_number(case: Case) -> None:
     for event in events_of(case):
         clock = max(clock, event.occurred_ms)
         assert not isinstance(process_event(state, event, RULES, clock, clock), Rejection)
-    features = RULES.features_at(facts_of(state, RULES.counting), TODAY_DAY)
+    features = RULES.features_at(facts_of(state, RULES.counting, RULES.calendar), TODAY_DAY)
     classes = RULES.classify(features)
     got = {key: classes[key] if key in classes else features[key] for key in case.expect}
     assert got == case.expect

@@ -2,6 +2,7 @@
 
 import zlib
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -18,6 +19,7 @@ from worker.core.codec import (
 from worker.core.engine import evaluate
 from worker.core.rules import load_rules
 from worker.core.state import NO_TIME, CustomerState, OrderRecord
+from worker.core.timeutil import UTC_CALENDAR
 
 RULES = load_rules(None)
 DAY = 86_400_000
@@ -29,7 +31,7 @@ def test_state_round_trip(events: list, day: int) -> None:
     evaluate(state, RULES, day, Cause("timer", None, day * 86_400_000), 0)
     back = decode_state("c1", encode_state(state))
     assert back == state
-    assert back.counted(2) == state.counted(2)
+    assert back.counted(2, UTC_CALENDAR) == state.counted(2, UTC_CALENDAR)
     assert encode_state(back) == encode_state(state)
 
 
@@ -39,6 +41,8 @@ records = st.builds(
     st.booleans(),
     st.just(NO_TIME) | st.integers(T0 - 900 * DAY, T0 + 900 * DAY),
     st.integers(0, 10**9),
+    st.none()
+    | st.dictionaries(st.text(max_size=12), st.integers(1, 10**9), min_size=1, max_size=3),
 )
 
 
@@ -105,6 +109,50 @@ def test_states_written_by_format_3_still_read() -> None:
         due_day=20470,
     )
     assert decode_state("c1", encode_state(state)) == state
+
+
+# Written by format 4 (before partial refunds and key actions): an order id prefix, a paid
+# order and a refund-only one, visits, and classes of every shape.
+FORMAT_4 = (
+    b'[4,1767225600005,"shop-",["A1",18,86399995,12500,"B7",8,null,0],0,2,"North-East",0,'
+    b'[[0,8,86399995],[5],["custom_x","gold",86399995]],"58b40df6bc4446c6",20485]'
+)
+
+
+def test_states_written_by_format_4_still_read() -> None:
+    state = decode_state("c1", FORMAT_4)
+    assert state == CustomerState(
+        "c1",
+        orders={
+            "shop-A1": OrderRecord(2, True, T0 + DAY, 12_500),
+            "shop-B7": OrderRecord(8, False, NO_TIME, 0),
+        },
+        first_visit_ms=T0 + 5,
+        last_visit_ms=T0 + 7,
+        region="North-East",
+        region_ms=T0 + 5,
+        classes={"lifecycle": "new", "old_customer": None, "custom_x": "gold"},
+        since_ms={"lifecycle": T0 + DAY, "custom_x": T0 + DAY},
+        rules_version="sha256:58b40df6bc4446c6",
+        due_day=20485,
+    )
+    assert state.key_actions == [] and all(r.refunds is None for r in state.orders.values())
+    assert decode_state("c1", encode_state(state)) == state
+
+
+def test_partial_refunds_and_key_actions_round_trip() -> None:
+    state = CustomerState(
+        "c1",
+        orders={
+            "A1": OrderRecord(2, True, T0, 10_000, {"r1": 500, "r2": 2_000}),
+            "A2": OrderRecord(0, False, NO_TIME, 0, {"r3": 3_000}),  # refund before its order
+            "A3": OrderRecord(2, True, T0 + DAY, 1_000),
+        },
+        key_actions=[T0 - 3 * DAY, T0 + 17],
+    )
+    data = encode_state(state)
+    assert orjson.loads(data)[0] == 5
+    assert decode_state("c1", data) == state
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,9 @@ from worker.core.features import facts_of
 from worker.core.predict import clv, expected_order_value, expected_purchases, p_alive
 from worker.core.rules import Rules, RulesError, default_rules_text, parse_rules
 from worker.core.state import CustomerState
-from worker.core.timeutil import DAY_MS, day_of
+from worker.core.timeutil import DAY_MS, UTC_CALENDAR
+
+day_of = UTC_CALENDAR.day_of
 
 EXAMPLE = Path(__file__).parents[2] / "docs" / "cdnow_model.toml"
 MODEL = EXAMPLE.read_bytes()
@@ -96,7 +98,7 @@ def test_model_features_are_compared_directly_and_follow_the_horizons() -> None:
 @given(histories, st.integers(0, 900))
 def test_features_are_the_model_formulas_at_the_day(events: list, later: int) -> None:
     state = state_of(events)
-    facts = facts_of(state, WITH_MODEL.counting)
+    facts = facts_of(state, WITH_MODEL.counting, WITH_MODEL.calendar)
     days = facts.index.days
     assert WITH_MODEL.model is not None
     if not days:
@@ -123,7 +125,7 @@ def test_features_are_the_model_formulas_at_the_day(events: list, later: int) ->
 
 def classes_from_scratch(events: list, rules: Rules, day: int) -> dict:
     state = state_of([e for e in events if day_of(e.occurred_ms) <= day])
-    return rules.classify(rules.features_at(facts_of(state, rules.counting), day))
+    return rules.classify(rules.features_at(facts_of(state, rules.counting, rules.calendar), day))
 
 
 @settings(max_examples=40, deadline=None)
@@ -172,7 +174,7 @@ def test_p_alive_falls_below_the_line_on_the_day_the_timer_fires() -> None:
 @given(histories, st.integers(0, 600))
 def test_next_change_day_matches_a_day_by_day_scan_with_a_model(events: list, later: int) -> None:
     state = state_of(events)
-    facts = facts_of(state, TIMED.counting)
+    facts = facts_of(state, TIMED.counting, TIMED.calendar)
     day = day_of(max(e.occurred_ms for e in events)) + later
     features = TIMED.features_at(facts, day)
     now = TIMED.classify(features)

@@ -14,7 +14,7 @@ from worker.core.rules import (
     parse_rules,
 )
 from worker.core.state import CustomerState
-from worker.core.timeutil import DAY_MS, day_of
+from worker.core.timeutil import DAY_MS
 
 
 def with_segment(condition: str) -> str:
@@ -76,10 +76,10 @@ def test_the_largest_rate_cannot_overflow_a_stored_amount() -> None:
     state = CustomerState("c1")
     fits = Order("e2", "c1", T0, 100_000, "EUR", "paid", "B", None)  # 1,000.00 EUR
     assert isinstance(process_event(state, fits, rules, T0, T0), list)
-    assert state.counted(rules.counting) == [(T0, 10**14)]
+    assert state.counted(rules.counting, rules.calendar) == [(T0, 10**14)]
     tiny = Order("e3", "c1", T0, 10**14, "JPY", "paid", "C", None)  # 1e12 JPY: 1,000.00
     assert isinstance(process_event(state, tiny, rules, T0, T0), list)
-    assert state.counted(rules.counting) == [(T0, 100_000), (T0, 10**14)]
+    assert state.counted(rules.counting, rules.calendar) == [(T0, 100_000), (T0, 10**14)]
 
 
 def test_defaults_load_with_a_content_version() -> None:
@@ -164,8 +164,10 @@ def test_generated_features_follow_the_rules_windows_and_scores() -> None:
     state = CustomerState("c1")
     for n, (days_ago, amount) in enumerate([(100, 1000), (60, 2500), (10, 1250), (0, 500)]):
         ms = T0 - days_ago * DAY_MS
-        state.apply(Order(f"e{n}", "c1", ms, amount, "USD", "paid", f"o{n}", "EU"))
-    f = rules.features_at(facts_of(state, rules.counting), day_of(T0))
+        state.apply(Order(f"e{n}", "c1", ms, amount, "USD", "paid", f"o{n}", "EU"), rules.activity)
+    f = rules.features_at(
+        facts_of(state, rules.counting, rules.calendar), rules.calendar.day_of(T0)
+    )
     assert (f["orders_30d"], f["spend_30d"]) == (2, 17.5)
     assert (f["orders_90d"], f["spend_90d"]) == (3, 42.5)
     assert f["s_score"] == 4  # 17.5 lies between the cuts 10 and 20, lower is better

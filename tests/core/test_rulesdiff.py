@@ -23,7 +23,8 @@ def customer(cid: str, orders: int, spend_each: int) -> CustomerState:
                 "paid",
                 f"{cid}-{n}",
                 None,
-            )
+            ),
+            OLD.activity,
         )
     return state
 
@@ -40,7 +41,7 @@ def test_a_lower_membership_threshold_moves_exactly_the_customers_in_between() -
         customer("c", 2, 10),
         customer("d", 3, 10),
     ]
-    moves = class_moves(states, OLD, new, DAY)
+    moves = class_moves(states, OLD, new, DAY * DAY_MS)
     assert moves["membership"][("ordinary", "member")] == 2
     assert moves["membership"][("member", "member")] == 1
     assert moves["membership"][("ordinary", "ordinary")] == 1
@@ -57,6 +58,6 @@ def test_a_new_segment_and_a_removed_one_show_as_moves_from_and_to_nothing() -> 
         )
     )
     new = parse_rules(text, "new")
-    moves = class_moves([customer("a", 3, 50), customer("b", 1, 10)], OLD, new, DAY)
+    moves = class_moves([customer("a", 3, 50), customer("b", 1, 10)], OLD, new, DAY * DAY_MS)
     assert moves["big_spender"][(None, "in")] == 1
     assert moves["old_customer"][("in", None)] == 1

@@ -297,9 +297,7 @@ async def test_hot_reload_reevaluates_everyone_and_refuses_a_bad_file(
         after = [orjson.loads(r.value or b"") for r in records]
         moved = [c for c in after if c["cause"]["type"] == "rules_change"]
         expected_replay, _, _ = replay(events, NOW)
-        moves = class_moves(
-            expected_replay.states.values(), load_rules(None), new_rules, NOW // DAY_MS
-        )
+        moves = class_moves(expected_replay.states.values(), load_rules(None), new_rules, NOW)
         expected_moves = sum(n for (a, b), n in moves["membership"].items() if a != b)
         assert expected_moves > 0
         assert sum(1 for c in moved if c["dimension"] == "membership") == expected_moves

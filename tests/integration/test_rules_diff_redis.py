@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 from worker.cli import main
 from worker.core.codec import encode_state
 from worker.core.events import Order
+from worker.core.rules import load_rules
 from worker.core.state import CustomerState
 from worker.core.timeutil import DAY_MS, format_ms
 from worker.store import Store
@@ -28,7 +29,8 @@ async def seed(url: str) -> None:
             state.apply(
                 Order(
                     f"{cid}{n}", cid, (20_500 - n) * DAY_MS, 1000, "USD", "paid", f"{cid}{n}", None
-                )
+                ),
+                load_rules(None).activity,
             )
         claim = await store.claim(partition)
         await store.commit(claim, states={cid: encode_state(state)}, due={}, outbox=[], offsets={})

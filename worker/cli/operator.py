@@ -14,7 +14,6 @@ from redis.exceptions import RedisError
 
 from worker.cli.common import Subparsers, instant, positive
 from worker.core.rules import load_rules
-from worker.core.timeutil import day_of
 from worker.kafka import input_partitions, send_erasures
 from worker.lookup import forget, print_customers
 from worker.settings import Settings
@@ -86,7 +85,7 @@ def _erase(args: argparse.Namespace) -> int:
 def _customer(args: argparse.Namespace) -> int:
     def work(settings: Settings, store: Store, partitions: int) -> Awaitable[int]:
         rules = load_rules(settings.rules)
-        day = day_of(time.time_ns() // 1_000_000 if args.at is None else args.at)
+        day = rules.calendar.day_of(time.time_ns() // 1_000_000 if args.at is None else args.at)
         return print_customers(store, rules, args.customer_ids, partitions, day)
 
     return _against_redis(args.partitions, work)

@@ -17,7 +17,6 @@ from worker.core.changes import SegmentChange
 from worker.core.deadletter import Stage, dead_letter
 from worker.core.events import ParseLimits, Reason, Rejection
 from worker.core.rules import Rules, load_rules
-from worker.core.timeutil import day_of
 from worker.core.views import describe
 from worker.progress import Progress
 from worker.replay import Replayer
@@ -149,7 +148,7 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _write_states(replayer: Replayer, rules: Rules, path: Path) -> None:
-    day = day_of(replayer.clock_ms) if replayer.clock_ms is not None else 0
+    day = rules.calendar.day_of(replayer.clock_ms) if replayer.clock_ms is not None else 0
     with path.open("wb") as handle:
         for customer_id in sorted(replayer.states):
             record = describe(replayer.states[customer_id], rules, day)

@@ -23,7 +23,6 @@ from worker.core.predict import model_features
 from worker.core.rules import load_rules
 from worker.core.rulesdiff import class_moves, render
 from worker.core.state import CustomerState
-from worker.core.timeutil import day_of
 from worker.keys import name_in
 from worker.replay import Replayer
 from worker.settings import Settings
@@ -75,6 +74,8 @@ def _check(args: argparse.Namespace) -> int:
     print(f"  orders count when: {'paid' if rules.counting == 2 else 'placed or paid'}")
     windows = ", ".join(f"{w}d" for w in rules.windows)
     print(f"  windows: {windows}; currency {currency}; rates {rates}")
+    keys = ", ".join(sorted(rules.activity.actions)) or "none"
+    print(f"  calendar: {rules.calendar.name}; key actions: {keys}")
     for score in rules.scores:
         direction = "higher" if score.higher_is_better else "lower"
         cuts = list(score.cuts)
@@ -101,7 +102,7 @@ def _diff(args: argparse.Namespace) -> int:
         # TLS files and the like still come from SEGMENT_WORKER_REDIS_TLS_*
         settings = replace(Settings.from_env(), redis_url=args.redis, redis_prefix=args.prefix)
         states = list(redis_states(settings))
-        day = day_of(args.as_of if args.as_of is not None else int(time.time() * 1000))
+        at_ms = args.as_of if args.as_of is not None else int(time.time() * 1000)
     else:
         replayer = Replayer(
             old,
@@ -115,8 +116,8 @@ def _diff(args: argparse.Namespace) -> int:
         if args.as_of is not None:
             replayer.advance(args.as_of)
         states = list(replayer.states.values())
-        day = day_of(replayer.clock_ms) if replayer.clock_ms is not None else 0
-    moves = class_moves(states, old, new, day)
+        at_ms = replayer.clock_ms if replayer.clock_ms is not None else 0
+    moves = class_moves(states, old, new, at_ms)
     if args.json:
         out = {
             dim: [{"from": a, "to": b, "customers": n} for (a, b), n in counter.items() if a != b]

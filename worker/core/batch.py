@@ -20,7 +20,7 @@ from worker.core.engine import absorb, fire_timer, process_event, reevaluate
 from worker.core.events import Event, EventKind, ParseLimits, Reason, Rejection, parse_event
 from worker.core.rules import Rules
 from worker.core.state import CustomerState
-from worker.core.timeutil import DAY_MS
+from worker.core.timeutil import Calendar
 
 DLQ_VALUE_LIMIT: Final = 64 * 1024
 _KAFKA_REASONS: Final = frozenset({Reason.MISSING_KEY, Reason.KEY_MISMATCH})
@@ -72,9 +72,11 @@ class Outcome:
         this same batch, so nothing more about them may leave."""
         self.out = [r for r in self.out if r.topic != topic or r.key not in keys]
 
-    def due_ms(self) -> dict[str, int | None]:
+    def due_ms(self, calendar: Calendar) -> dict[str, int | None]:
+        """When each touched customer is next due: the start of its due day, local time."""
+        start = calendar.start_ms
         return {
-            cid: None if s.due_day is None else s.due_day * DAY_MS for cid, s in self.states.items()
+            cid: None if s.due_day is None else start(s.due_day) for cid, s in self.states.items()
         }
 
 
@@ -138,7 +140,7 @@ def apply_batch(
             if refused is not None:
                 _dead_letter(outcome, topics, record, refused, "apply")
                 continue
-            state.due_day = now_ms // DAY_MS
+            state.due_day = rules.calendar.day_of(now_ms)
             outcome.states[event.customer_id] = state
             outcome.applied[record.topic] += 1
             continue
@@ -196,7 +198,8 @@ def reevaluate_batch(
 def _catch_up(
     outcome: Outcome, state: CustomerState, rules: Rules, topics: Topics, now_ms: int
 ) -> None:
-    while state.due_day is not None and state.due_day * DAY_MS <= now_ms:
+    start = rules.calendar.start_ms
+    while state.due_day is not None and start(state.due_day) <= now_ms:
         outcome.timers += 1
         _emit(outcome, topics, fire_timer(state, rules, state.due_day, now_ms))
         outcome.states[state.customer_id] = state

@@ -10,7 +10,7 @@ import orjson
 from worker.core.features import Facts, Features
 from worker.core.timeutil import format_ms, format_optional
 
-CauseType = Literal["order", "visit", "timer", "rules_change"]
+CauseType = Literal["order", "visit", "profile", "timer", "rules_change"]
 SNAPSHOT_FIELDS: Final = (
     "orders_total",
     "days_since_first_order",

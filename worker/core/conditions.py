@@ -7,6 +7,10 @@ calls, attributes, subscripts, lambdas or comprehensions), and translated to Pyt
 that only calls the null-safe helpers below. Nothing a rules author writes is ever executed
 as given, so a rules file cannot run code.
 
+A customer's own traits (profile.v1) are read as ``trait.<name>`` (``trait.gender == 'F'``,
+``trait.birth_year <= 1990``); a trait the customer does not have is missing. Their types
+are the customer's, so an ordering between text and a number is false, never an error.
+
 Ordering comparisons (``<``, ``<=``, ``>``, ``>=``) with a missing value (``None``: e.g. days
 since last order for a customer who never ordered) are false, ``==``/``!=`` are plain
 equality (so ``region == None`` tests for a missing region), and arithmetic on a missing
@@ -25,13 +29,15 @@ from typing import Any, Final
 
 from worker.errors import SegmentWorkerError
 
+TRAIT: Final = "trait"  # trait.<name>: the customer's own traits
+
 
 class FeatureKind(Enum):
     """How a feature moves when time passes with no event; decides where classes can change."""
 
     INVARIANT = "invariant"  # changes only with a new event
-    DAYS_SINCE = "days_since"  # grows by one per UTC day
-    WINDOW = "window"  # changes when an order leaves a rolling window
+    DAYS_SINCE = "days_since"  # grows by one per day of the shop calendar
+    WINDOW = "window"  # changes when an order or key action leaves a rolling window
     SCORE = "score"  # a step function of another feature
     MODEL = "model"  # a fitted model's prediction: falls (weakly) as days pass with no order
 
@@ -129,6 +135,8 @@ class _Translator:
             return self.compare(node)
         if isinstance(node, ast.Name):
             return self.name(node.id, compared=compared)
+        if isinstance(node, ast.Attribute):
+            return self.trait(node)
         if isinstance(node, ast.Constant):
             value = node.value
             if isinstance(value, int | float) and not abs(value) <= MAX_NUMBER:  # inf, nan too
@@ -171,6 +179,18 @@ class _Translator:
             )
         self.names.add(ident)
         return f"f[{ident!r}]"
+
+    def trait(self, node: ast.Attribute) -> str:
+        if not (isinstance(node.value, ast.Name) and node.value.id == TRAIT):
+            raise ConditionError(
+                "Attribute is not allowed in a condition (traits only: trait.<name>)"
+            )
+        name = node.attr
+        if not (name.isascii() and name[:1].isalpha() and name.lower() == name):
+            raise ConditionError(f"trait names are a-z, 0-9 and _: {name!r}")
+        key = f"{TRAIT}.{name}"
+        self.names.add(key)
+        return f"f.get({key!r})"
 
     def compare(self, node: ast.Compare) -> str:
         operands = [node.left, *node.comparators]

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Final
 
-from worker.core.changes import Cause, SegmentChange, change_id, snapshot
-from worker.core.events import MAX_AMOUNT, Event, Order, Reason, Rejection
+from worker.core.changes import Cause, CauseType, SegmentChange, change_id, snapshot
+from worker.core.events import MAX_AMOUNT, Event, Order, Profile, Reason, Rejection, Visit
 from worker.core.features import (
     Facts,
     Features,
@@ -24,9 +25,9 @@ from worker.core.features import (
 from worker.core.predict import CROSSING_DAYS
 from worker.core.rules import Classes, Rules
 from worker.core.state import CustomerState, OrderIndex
-from worker.core.timeutil import DAY_MS, day_of
 
 EXACT_CHECKS = 2
+_CAUSE: Final[dict[type, CauseType]] = {Order: "order", Visit: "visit", Profile: "profile"}
 
 
 def process_event(
@@ -41,19 +42,24 @@ def process_event(
     if isinstance(converted, Rejection):
         return converted
     event = converted
-    index = state.index(rules.counting)
-    seen = _classified_inputs(state, index)
-    changed = state.apply(event)
+    calendar = rules.calendar
+    index = state.index(rules.counting, calendar)
+    seen = _classified_inputs(state, index, rules.counts_key_actions)
+    changed = state.apply(event, rules.activity)
     if state.rules_version == rules.version and (
-        not changed or _classified_inputs(state, index) == seen
+        not changed
+        or (
+            not isinstance(event, Profile)  # traits are read as they are: any move counts
+            and _classified_inputs(state, index, rules.counts_key_actions) == seen
+        )
     ):
         # Nothing classification reads moved (a duplicate, a status that does not count, a
         # visit on a day already seen) under the same rules: classes and due day stand.
         return []
-    cause = Cause(
-        "order" if isinstance(event, Order) else "visit", event.event_id, event.occurred_ms
+    cause = Cause(_CAUSE[type(event)], event.event_id, event.occurred_ms)
+    return evaluate(
+        state, rules, calendar.day_of(max(now_ms, event.occurred_ms)), cause, emitted_ms
     )
-    return evaluate(state, rules, day_of(max(now_ms, event.occurred_ms)), cause, emitted_ms)
 
 
 def absorb(state: CustomerState, event: Event, rules: Rules) -> Rejection | None:
@@ -62,7 +68,7 @@ def absorb(state: CustomerState, event: Event, rules: Rules) -> Rejection | None
     converted = _in_base_currency(event, rules)
     if isinstance(converted, Rejection):
         return converted
-    state.apply(converted)
+    state.apply(converted, rules.activity)
     return None
 
 
@@ -75,23 +81,24 @@ def _in_base_currency(event: Event, rules: Rules) -> Event | Rejection:
 def fire_timer(
     state: CustomerState, rules: Rules, due_day: int, emitted_ms: int
 ) -> list[SegmentChange]:
-    """Re-classify at the start of ``due_day``: the changes that time alone brought."""
-    return evaluate(state, rules, due_day, Cause("timer", None, due_day * DAY_MS), emitted_ms)
+    """Re-classify at the start of ``due_day`` (its local midnight): the changes that time
+    alone brought."""
+    cause = Cause("timer", None, rules.calendar.start_ms(due_day))
+    return evaluate(state, rules, due_day, cause, emitted_ms)
 
 
 def reevaluate(
     state: CustomerState, rules: Rules, now_ms: int, emitted_ms: int
 ) -> list[SegmentChange]:
     """Re-classify under new rules; changes carry the rules version as their cause."""
-    return evaluate(
-        state, rules, day_of(now_ms), Cause("rules_change", rules.version, now_ms), emitted_ms
-    )
+    day = rules.calendar.day_of(now_ms)
+    return evaluate(state, rules, day, Cause("rules_change", rules.version, now_ms), emitted_ms)
 
 
 def evaluate(
     state: CustomerState, rules: Rules, day: int, cause: Cause, emitted_ms: int
 ) -> list[SegmentChange]:
-    facts = facts_of(state, rules.counting)
+    facts = facts_of(state, rules.counting, rules.calendar)
     features = rules.features_at(facts, day)
     classes = rules.classify(features)
     changes: list[SegmentChange] = []
@@ -174,12 +181,22 @@ def next_change_day(
 
 
 def _classified_inputs(
-    state: CustomerState, index: OrderIndex
-) -> tuple[int, int | None, str | None]:
+    state: CustomerState, index: OrderIndex, key_counts: bool
+) -> tuple[int, int | None, str | None, tuple[int, int] | int | None]:
     """Everything features are computed from: the counted orders (by version), the last
-    visit's day and the region."""
+    visit's day, the region and the key actions: when ``key_counts`` are read, the kept ones
+    (by length and earliest: a new one either lengthens the list or, pruning older ones,
+    moves its earliest), else the latest's day."""
     last = state.last_visit_ms
-    return (index.version, None if last is None else last // DAY_MS, state.region)
+    keys = state.key_actions
+    day_of = index.calendar.day_of
+    if not keys:
+        key_part: tuple[int, int] | int | None = None
+    elif key_counts:
+        key_part = (len(keys), keys[0])
+    else:
+        key_part = day_of(keys[-1])
+    return (index.version, None if last is None else day_of(last), state.region, key_part)
 
 
 def _convert(order: Order, rules: Rules) -> Order | Rejection:

@@ -1,4 +1,4 @@
-"""Input events (order.v1, visit.v1) and their validation from raw bytes.
+"""Input events (order.v1, visit.v1, profile.v1) and their validation from raw bytes.
 
 Parsing never raises for bad input: it returns a :class:`Rejection` with a reason code and the
 offending field, so every caller (replay, live worker, fuzzers) routes bad input the same way.
@@ -16,11 +16,13 @@ import orjson
 
 from worker.core.timeutil import parse_rfc3339
 
-EventKind = Literal["order", "visit"]
+EventKind = Literal["order", "visit", "profile"]
 T = TypeVar("T")
+TraitValue = str | int | float | bool | None  # None: the trait is removed
 STATUSES: Final = frozenset({"placed", "paid", "cancelled", "refunded"})
 MAX_AMOUNT: Final = Decimal(10) ** 12
 _CENT: Final = Decimal("0.01")
+_TRAIT_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
 
 
 class Reason(StrEnum):
@@ -41,6 +43,7 @@ class Reason(StrEnum):
     UNSUPPORTED_CURRENCY = "unsupported_currency"
     MISSING_KEY = "missing_key"
     KEY_MISMATCH = "key_mismatch"
+    TRAIT_LIMIT = "trait_limit"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +74,19 @@ class Visit:
     region: str | None
 
 
-Event = Order | Visit
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """A customer's own traits as a CRM states them (profile.v1): gender, birth year,
+    membership level... Consent flags arrive as traits named ``<flag>_consent``."""
+
+    event_id: str
+    customer_id: str
+    occurred_ms: int
+    traits: tuple[tuple[str, TraitValue], ...]  # sorted by name
+    region: None = None  # profiles carry no region of their own
+
+
+Event = Order | Visit | Profile
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +96,9 @@ class ParseLimits:
     max_bytes: int = 64 * 1024
     max_future_ms: int = 5 * 60 * 1000
     max_id_length: int = 200
+    max_traits: int = 50  # per profile event
+    max_trait_name: int = 64
+    max_trait_text: int = 256  # characters of a text value
 
 
 class _Bad(Exception):
@@ -115,11 +133,13 @@ def _parse_document(
 ) -> Event:
     declared = doc.get("type")
     if kind is None:
-        if declared not in ("order", "visit"):
+        if declared not in ("order", "visit", "profile"):
             raise _Bad(
-                Reason.UNKNOWN_TYPE, "type", f"type must be 'order' or 'visit', got {declared!r}"
+                Reason.UNKNOWN_TYPE,
+                "type",
+                f"type must be 'order', 'visit' or 'profile', got {declared!r}",
             )
-        kind = "order" if declared == "order" else "visit"
+        kind = "order" if declared == "order" else "profile" if declared == "profile" else "visit"
     elif declared is not None and declared != kind:
         raise _Bad(Reason.UNKNOWN_TYPE, "type", f"type {declared!r} on the {kind} stream")
     event_id = _ident(doc, "event_id", limits)
@@ -152,11 +172,54 @@ def _parse_document(
             order_id if order_id is not None else event_id,
             _optional(doc, "region", str),
         )
+    if kind == "profile":
+        return Profile(event_id, customer_id, occurred_ms, _traits(doc, limits))
     action = _required(doc, "action", str)
     if not action or len(action) > 100:
         raise _Bad(Reason.INVALID_VALUE, "action", "action must be 1..100 characters")
     _check_common_optionals(doc)
     return Visit(event_id, customer_id, occurred_ms, action, _optional(doc, "region", str))
+
+
+def _traits(doc: dict[str, object], limits: ParseLimits) -> tuple[tuple[str, TraitValue], ...]:
+    """``traits`` (flat: text, numbers, booleans, null to remove) and ``consent`` flags
+    (booleans, kept as traits ``<flag>_consent``), within the limits."""
+    traits: dict[str, TraitValue] = {}
+    for field, suffix in (("traits", ""), ("consent", "_consent")):
+        given = _required(doc, field, dict) if field == "traits" else _optional(doc, field, dict)
+        for key, value in (given or {}).items():
+            name = key + suffix
+            path = field  # the message names the trait
+            if not (name.isascii() and name[:1].isalpha() and set(name) <= _TRAIT_CHARS):
+                raise _Bad(Reason.INVALID_VALUE, path, "a trait name is a-z, 0-9 and _")
+            if len(name) > limits.max_trait_name:
+                raise _Bad(
+                    Reason.TRAIT_LIMIT, path, f"trait name over {limits.max_trait_name} characters"
+                )
+            if suffix and not isinstance(value, bool):
+                raise _Bad(
+                    Reason.WRONG_TYPE, path, f"a consent flag is a boolean, got {_kind(value)}"
+                )
+            if isinstance(value, float) and not math.isfinite(value):
+                raise _Bad(Reason.INVALID_VALUE, path, "a number trait must be finite")
+            if isinstance(value, str) and len(value) > limits.max_trait_text:
+                raise _Bad(
+                    Reason.TRAIT_LIMIT, path, f"text over {limits.max_trait_text} characters"
+                )
+            if value is not None and not isinstance(value, str | int | float | bool):
+                raise _Bad(
+                    Reason.WRONG_TYPE,
+                    path,
+                    f"a trait is text, a number, a boolean or null, got {_kind(value)}",
+                )
+            traits[name] = value
+    if len(traits) > limits.max_traits:
+        raise _Bad(
+            Reason.TRAIT_LIMIT,
+            "traits",
+            f"{len(traits)} traits, over the limit of {limits.max_traits}",
+        )
+    return tuple(sorted(traits.items()))
 
 
 def _check_common_optionals(doc: dict[str, object]) -> None:

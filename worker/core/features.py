@@ -1,4 +1,5 @@
-"""Features: what conditions are written over, computed from the state at a given UTC day.
+"""Features: what conditions are written over, computed from the state at a given day (a date
+of the shop's calendar, see :class:`~worker.core.timeutil.Calendar`).
 
 Work is split in two so that evaluating one customer at many days (to find when a class will
 next change) costs little: :func:`facts_of` does everything that does not depend on the day,
@@ -15,7 +16,7 @@ from typing import Final
 
 from worker.core.conditions import FeatureKind
 from worker.core.state import CustomerState, OrderIndex
-from worker.core.timeutil import DAY_MS, day_of
+from worker.core.timeutil import Calendar
 
 Features = dict[str, object]
 
@@ -33,10 +34,12 @@ INVARIANT: Final = {
 }
 TEXTUAL: Final = frozenset({"region"})
 DAYS_SINCE: Final = {
-    "days_since_first_order": "UTC dates since the first counted order (BG/NBD T)",
-    "days_since_last_order": "UTC dates since the last counted order",
-    "days_since_last_visit": "UTC dates since the last visit",
-    "days_since_last_activity": "UTC dates since the last order or visit",
+    "days_since_first_order": "shop dates since the first counted order (BG/NBD T)",
+    "days_since_last_order": "shop dates since the last counted order",
+    "days_since_last_visit": "shop dates since the last visit",
+    "days_since_last_activity": "shop dates since the last order or visit",
+    "days_since_last_key_action": "shop dates since the last key action (a visit whose action "
+    "is one of activity.key_actions)",
 }
 
 
@@ -54,7 +57,8 @@ def feature_kinds(windows: Iterable[int], scores: Iterable[Score]) -> dict[str, 
     kinds = dict.fromkeys(INVARIANT, FeatureKind.INVARIANT)
     kinds.update(dict.fromkeys(DAYS_SINCE, FeatureKind.DAYS_SINCE))
     for n in windows:
-        kinds[f"orders_{n}d"] = kinds[f"spend_{n}d"] = FeatureKind.WINDOW
+        for name in (f"orders_{n}d", f"spend_{n}d", f"key_actions_{n}d"):
+            kinds[name] = FeatureKind.WINDOW
     for score in scores:
         kinds[f"{score.name}_score"] = FeatureKind.SCORE
     return kinds
@@ -68,17 +72,20 @@ class Facts:
     first_order_ms: int | None
     last_order_ms: int | None
     last_visit_ms: int | None
+    key_days: list[int]  # the day of each kept key action, sorted
     anchors: dict[str, int | None]  # days-since feature -> the day it counts from
     invariant: Features
 
 
-def facts_of(state: CustomerState, counting: int) -> Facts:
-    index = state.index(counting)
+def facts_of(state: CustomerState, counting: int, calendar: Calendar) -> Facts:
+    index = state.index(counting, calendar)
     counted = index.counted
+    day_of = calendar.day_of
     n = len(counted)
-    first_day = counted[0][0] // DAY_MS if n else None
-    last_day = counted[-1][0] // DAY_MS if n else None
+    first_day = day_of(counted[0][0]) if n else None
+    last_day = day_of(counted[-1][0]) if n else None
     visit_day = None if state.last_visit_ms is None else day_of(state.last_visit_ms)
+    key_days = calendar.days_of(state.key_actions)
     activity = max((d for d in (last_day, visit_day) if d is not None), default=None)
     span = None if first_day is None or last_day is None else last_day - first_day
     invariant: Features = {
@@ -86,7 +93,7 @@ def facts_of(state: CustomerState, counting: int) -> Facts:
         "monetary_total": index.total / 100,
         "has_order": n > 0,
         "has_visit": state.last_visit_ms is not None,
-        "last_order_gap_days": last_day - counted[-2][0] // DAY_MS
+        "last_order_gap_days": last_day - day_of(counted[-2][0])
         if n >= 2 and last_day is not None
         else None,
         "avg_interval_days": span / (n - 1) if n >= 2 and span is not None else None,
@@ -94,16 +101,20 @@ def facts_of(state: CustomerState, counting: int) -> Facts:
         "purchase_span_days": span,
         "region": state.region,
     }
+    if state.traits:
+        invariant.update({f"trait.{k}": v for k, v in state.present_traits().items()})
     return Facts(
         index=index,
         first_order_ms=counted[0][0] if n else None,
         last_order_ms=counted[-1][0] if n else None,
         last_visit_ms=state.last_visit_ms,
+        key_days=key_days,
         anchors={
             "days_since_first_order": first_day,
             "days_since_last_order": last_day,
             "days_since_last_visit": visit_day,
             "days_since_last_activity": activity,
+            "days_since_last_key_action": key_days[-1] if key_days else None,
         },
         invariant=invariant,
     )
@@ -127,16 +138,16 @@ def compile_features(
         body.append(f"    f[{name!r}] = None if x is None else day - x")
     body += [
         "    index = facts.index",
-        "    counted, days, amounts = index.counted, index.days, index.day_amounts",
-        f"    hi = _bl(counted, ((day + 1) * {DAY_MS},))",
+        "    days, counts, amounts = index.days, index.day_counts, index.day_amounts",
         "    day_hi = _br(days, day)",
+        "    keys = facts.key_days",
+        "    key_hi = _br(keys, day)",
     ]
-    for n in windows:
-        body.append(
-            f"    f['orders_{n}d'] = hi - _bl(counted, ((day - {n - 1}) * {DAY_MS},), 0, hi)"
-        )
-        body.append(f"    lo = _bl(days, day - {n - 1}, 0, day_hi)")
-        body.append(f"    f['spend_{n}d'] = sum([amounts[d] for d in days[lo:day_hi]]) / 100")
+    for n in windows:  # by day, not by instant: an order's day is its local date
+        body.append(f"    window = days[_bl(days, day - {n - 1}, 0, day_hi) : day_hi]")
+        body.append(f"    f['orders_{n}d'] = sum([counts[d] for d in window])")
+        body.append(f"    f['spend_{n}d'] = sum([amounts[d] for d in window]) / 100")
+        body.append(f"    f['key_actions_{n}d'] = key_hi - _bl(keys, day - {n - 1}, 0, key_hi)")
     namespace: dict[str, object] = {"_bl": bisect_left, "_br": bisect_right, "_NUMBER": _NUMBER}
     if model is not None:  # the predictive features of a fitted [model]
         namespace["_model"] = model
@@ -177,13 +188,28 @@ def score_limits(scores: Iterable[Score]) -> list[tuple[str, object]]:
 
 
 def window_edges(facts: Facts, day: int, windows: tuple[int, ...], first: int) -> set[int]:
-    """Days after ``day`` on which some order enters or leaves a rolling window; of each
-    window's edges only the ``first`` earliest, which is all that a search for the ``first``
-    earliest candidates overall needs."""
-    days = facts.index.days
+    """Days after ``day`` on which some order or key action enters or leaves a rolling
+    window; of each window's edges only the ``first`` earliest, which is all that a search for
+    the ``first`` earliest candidates overall needs."""
+    days = facts.index.days  # one entry a day
     start = bisect_right(days, day)
-    edges = set(days[start : start + first])  # orders dated after ``day`` enter on their day
+    edges = set(days[start : start + first])  # dated after ``day``: enter on their day
     for n in windows:
         start = bisect_right(days, day - n)  # leaves the n-day window on d + n
         edges.update([d + n for d in days[start : start + first]])
+    keys = facts.key_days  # possibly several a day
+    if keys:
+        edges.update(_distinct_after(keys, day, first))
+        for n in windows:
+            edges.update([d + n for d in _distinct_after(keys, day - n, first)])
     return edges
+
+
+def _distinct_after(days: list[int], after: int, count: int) -> list[int]:
+    """The first ``count`` distinct values above ``after`` in sorted ``days``."""
+    out: list[int] = []
+    i = bisect_right(days, after)
+    while i < len(days) and len(out) < count:
+        out.append(days[i])
+        i = bisect_right(days, days[i], i)
+    return out

@@ -175,7 +175,7 @@ def _reflection_safe(A: float, B: float, C: float) -> bool:
     C - A - B is an integer, (F - 1) / B cancels for B near 0, and large parameters overflow
     its gamma functions."""
     m = C - A - B
-    return abs(m - round(m)) > _FAR and abs(B) > _FAR and C < 20 and abs(A) < 20
+    return abs(m - round(m)) > _FAR and abs(B) > _FAR and _FAR < C < 20 and abs(A) < 20
 
 
 def _reflected_2f1(A: float, B: float, C: float, z: float) -> tuple[float, float]:

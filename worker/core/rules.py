@@ -41,7 +41,8 @@ from worker.core.features import (
     score_limits,
 )
 from worker.core.predict import DEFAULT_HORIZONS, BgNbd, GammaGamma, Model, model_features
-from worker.core.state import PAID, PLACED
+from worker.core.state import PAID, PLACED, Activity
+from worker.core.timeutil import DAY_MS, UTC_CALENDAR, Calendar
 from worker.errors import SegmentWorkerError
 
 Classes = dict[str, str | None]
@@ -54,6 +55,7 @@ _NAME_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
 MAX_RULES_BYTES: Final = 1 << 20
 MAX_CLASSES: Final = 100  # per dimension, and dimensions plus segments
 RATE_RANGE: Final = (Decimal("1e-9"), Decimal("1e9"))
+KEY_ACTIONS: Final = ("login", "add_to_cart", "checkout", "app_open", "search")
 
 
 class RulesError(SegmentWorkerError, ValueError):
@@ -89,6 +91,9 @@ class Rules:
     source: str
     counting: int
     windows: tuple[int, ...]
+    calendar: Calendar  # the shop's dates: every day, window and due day is one of them
+    activity: Activity  # which visits are key actions
+    counts_key_actions: bool  # whether any condition or score reads a key_actions_<N>d
     base_currency: str
     rates: Mapping[str, Decimal]
     scores: tuple[Score, ...]
@@ -209,7 +214,12 @@ def _build(doc: dict[str, Any], source: str, problems: _Problems) -> Rules | Non
     """Validate every part that does not depend on a failed one (errors go to ``problems``);
     compile only a file without any (else None)."""
     with problems.field():
-        _check_keys(doc, {"orders", "money", "scores", "dimensions", "segments", "model"}, "")
+        _check_keys(
+            doc,
+            {"orders", "money", "calendar", "activity", "scores", "dimensions", "segments"}
+            | {"model"},
+            "",
+        )
     orders = _table(doc, "orders", "")
     with problems.field():
         _check_keys(orders, {"count_status", "windows"}, "orders")
@@ -227,6 +237,12 @@ def _build(doc: dict[str, Any], source: str, problems: _Problems) -> Rules | Non
         or len(set(windows)) != len(windows)
     ):
         raise _FieldError("orders.windows", "must be a non-empty list of distinct days (1..3660)")
+
+    calendar, activity = UTC_CALENDAR, Activity(frozenset(), 0)  # used only if both are valid
+    with problems.field():
+        calendar = _calendar(_table(doc, "calendar", ""))
+    with problems.field():
+        activity = _activity(_table(doc, "activity", ""), max(windows))
 
     money = _table(doc, "money", "")
     with problems.field():
@@ -283,6 +299,9 @@ def _build(doc: dict[str, Any], source: str, problems: _Problems) -> Rules | Non
         source=source,
         counting=_COUNTING[count_status],
         windows=tuple(windows),
+        calendar=calendar,
+        activity=activity,
+        counts_key_actions=_reads_key_counts(dimensions, scores, kinds),
         base_currency=base,
         rates=rates,
         scores=tuple(scores),
@@ -363,7 +382,7 @@ def _model_reader(
         for text in (dim.applies, *(c.when for c in dim.classes))
         if text is not None
         for name in compile_condition(text, kinds, TEXTUAL).names
-        if kinds[name] is FeatureKind.MODEL
+        if kinds.get(name) is FeatureKind.MODEL
     }
     names = tuple(n for n in model.feature_names if n in used)
     return (lambda facts, day: model.values(facts, day, names)) if names else None
@@ -382,7 +401,7 @@ def _refuse_model_features(dimensions: list[Dimension], kinds: Mapping[str, Feat
             if text is None:
                 continue
             used = compile_condition(text, kinds, TEXTUAL).names
-            model_used = sorted(n for n in used if kinds[n] is FeatureKind.MODEL)
+            model_used = sorted(n for n in used if kinds.get(n) is FeatureKind.MODEL)
             if model_used:
                 raise _FieldError(
                     dim.name,
@@ -390,6 +409,41 @@ def _refuse_model_features(dimensions: list[Dimension], kinds: Mapping[str, Feat
                     "(segment-worker fit --write-rules), or `requires_model = true` on this "
                     "dimension to keep it until there is one",
                 )
+
+
+def _calendar(table: dict[str, Any]) -> Calendar:
+    _check_keys(table, {"timezone"}, "calendar")
+    zone = table.get("timezone", "UTC")
+    if not isinstance(zone, str):
+        raise _FieldError("calendar.timezone", "must be an IANA time zone name")
+    try:
+        return Calendar(zone)
+    except ValueError as exc:
+        raise _FieldError("calendar.timezone", str(exc)) from None
+
+
+def _activity(table: dict[str, Any], longest_window: int) -> Activity:
+    _check_keys(table, {"key_actions"}, "activity")
+    actions = table.get("key_actions", list(KEY_ACTIONS))
+    if not isinstance(actions, list) or not all(
+        isinstance(a, str) and 1 <= len(a) <= 100 for a in actions
+    ):
+        raise _FieldError("activity.key_actions", "must be a list of visit actions (1..100 chars)")
+    # Kept back from the latest key action: the longest window, plus a day either side for
+    # a clock change and for the latest's own date.
+    return Activity(frozenset(actions), (longest_window + 2) * DAY_MS)
+
+
+def _reads_key_counts(
+    dimensions: list[Dimension], scores: list[Score], kinds: Mapping[str, FeatureKind]
+) -> bool:
+    """Without key_actions_<N>d only the latest key action's day is read, so the engine can
+    skip re-classifying on a key action dated like the latest."""
+    texts = [t for d in dimensions for t in (d.applies, *(c.when for c in d.classes)) if t]
+    names = {s.feature for s in scores}
+    for text in texts:
+        names |= compile_condition(text, kinds, TEXTUAL).names
+    return any(name.startswith("key_actions_") for name in names)
 
 
 def _list(doc: Mapping[str, Any], key: str) -> list[Any]:

@@ -14,16 +14,18 @@ Moves = dict[str, Counter[tuple[str | None, str | None]]]
 
 
 def classes_under(state: CustomerState, rules: Rules, day: int) -> dict[str, str | None]:
-    facts = facts_of(state, rules.counting)
+    facts = facts_of(state, rules.counting, rules.calendar)
     return rules.classify(rules.features_at(facts, day))
 
 
-def class_moves(states: Iterable[CustomerState], old: Rules, new: Rules, day: int) -> Moves:
-    """Both rule sets evaluated at the same ``day``, so that only the rules differ.
-    Unmoved customers are counted too, as (class, class)."""
+def class_moves(states: Iterable[CustomerState], old: Rules, new: Rules, at_ms: int) -> Moves:
+    """Both rule sets evaluated at the same instant ``at_ms`` (each on its own calendar's date
+    for it), so that only the rules differ. Unmoved customers are counted too, as (class,
+    class)."""
     moves: Moves = {}
+    old_day, new_day = old.calendar.day_of(at_ms), new.calendar.day_of(at_ms)
     for state in states:
-        before, after = classes_under(state, old, day), classes_under(state, new, day)
+        before, after = classes_under(state, old, old_day), classes_under(state, new, new_day)
         for dim in dict.fromkeys([*before, *after]):
             moves.setdefault(dim, Counter())[(before.get(dim), after.get(dim))] += 1
     return moves

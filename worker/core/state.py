@@ -2,9 +2,10 @@
 
 The statistics are a function of the *set* of events seen, never of their arrival order:
 each order is one record keyed by order id whose fields only ever move by set union (status
-flags) or by max (the counting event), and visits only move min/max timestamps. That is
-what makes the update idempotent for a repeated event and commutative within a customer,
-which in turn is what lets a crashed worker re-read Kafka without double counting.
+flags, refunds keyed by event id) or by max (the counting event), and visits only move
+min/max timestamps and the set of recent key-action instants. That is what makes the update
+idempotent for a repeated event and commutative within a customer, which in turn is what lets
+a crashed worker re-read Kafka without double counting.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from bisect import bisect_left, insort
 from dataclasses import dataclass, field
 from typing import Final
 
-from worker.core.events import Event, Order
-from worker.core.timeutil import DAY_MS
+from worker.core.events import Event, Order, Profile, TraitValue
+from worker.core.timeutil import Calendar
 
 PLACED: Final = 1
 PAID: Final = 2
@@ -31,15 +32,26 @@ class OrderRecord:
 
     ``ms``/``amount`` come from its best placed-or-paid event (paid beats placed, then the
     latest), independent of which status counts, so changing that setting is retroactive.
+    A cancel or refund stating no amount (0) voids the order (its flag); one stating an
+    amount is kept by event id in ``refunds`` and weighed against the amount only when the
+    order is counted, so a refund that arrives before its order still counts.
     """
 
     flags: int = 0
     paid: bool = False
     ms: int = NO_TIME
     amount: int = 0
+    refunds: dict[str, int] | None = None  # event id -> amount refunded or cancelled
 
-    def absorb(self, flag: int, ms: int, amount: int) -> bool:
+    def absorb(self, flag: int, ms: int, amount: int, event_id: str) -> bool:
         """Merge one status event; returns whether anything changed."""
+        if flag & VOIDED and amount:
+            refunds = self.refunds if self.refunds is not None else {}
+            self.refunds = refunds
+            if refunds.get(event_id, -1) >= amount:  # re-sent (the larger amount wins)
+                return False
+            refunds[event_id] = amount
+            return True
         changed = not self.flags & flag
         self.flags |= flag
         if flag & VOIDED:
@@ -51,10 +63,14 @@ class OrderRecord:
         return changed
 
     def contribution(self, counting: int) -> tuple[int, int] | None:
-        """(ms, amount) while this order counts under ``counting``, else None."""
-        if self.flags & counting and not self.flags & VOIDED:
-            return (self.ms, self.amount)
-        return None
+        """(ms, amount less partial refunds) while this order counts under ``counting``, else
+        None: not in a counting status, voided, or refunded in full (one refund or several)."""
+        if not self.flags & counting or self.flags & VOIDED:
+            return None
+        if self.refunds:
+            left = self.amount - sum(self.refunds.values())
+            return (self.ms, left) if left > 0 else None
+        return (self.ms, self.amount)
 
 
 class OrderIndex:
@@ -64,17 +80,21 @@ class OrderIndex:
     tens of thousands of orders costs O(log n + window days) per event, never a re-sort.
     """
 
-    __slots__ = ("counted", "counting", "day_amounts", "day_counts", "days", "total", "version")
+    __slots__ = (
+        "calendar", "counted", "counting", "day_amounts", "day_counts", "days", "total", "version"
+    )  # fmt: skip
 
-    def __init__(self, records: dict[str, OrderRecord], counting: int) -> None:
+    def __init__(self, records: dict[str, OrderRecord], counting: int, calendar: Calendar) -> None:
         self.counting = counting
+        self.calendar = calendar  # orders are counted on the shop's local dates
         self.version = 0  # bumped on every move: "did anything counted change?" in O(1)
         contributions = (r.contribution(counting) for r in records.values())
         self.counted = sorted(c for c in contributions if c is not None)
         self.day_counts: dict[int, int] = {}
         self.day_amounts: dict[int, int] = {}
+        day_of = calendar.day_of
         for ms, amount in self.counted:
-            self._add_day(ms // DAY_MS, amount)
+            self._add_day(day_of(ms), amount)
         self.total = sum(amount for _, amount in self.counted)
         self.days = sorted(self.day_counts)
 
@@ -91,7 +111,7 @@ class OrderIndex:
         if before is not None:
             del self.counted[bisect_left(self.counted, before)]
             self.total -= before[1]
-            day = before[0] // DAY_MS
+            day = self.calendar.day_of(before[0])
             self.day_counts[day] -= 1
             self.day_amounts[day] -= before[1]
             if not self.day_counts[day]:
@@ -100,8 +120,18 @@ class OrderIndex:
         if after is not None:
             insort(self.counted, after)
             self.total += after[1]
-            if self._add_day(after[0] // DAY_MS, after[1]):
-                insort(self.days, after[0] // DAY_MS)
+            day = self.calendar.day_of(after[0])
+            if self._add_day(day, after[1]):
+                insort(self.days, day)
+
+
+@dataclass(frozen=True, slots=True)
+class Activity:
+    """Which visits are key actions (activity, as a purchase is), and for how long their
+    instants are kept: as long as the longest window needs, counted back from the latest."""
+
+    actions: frozenset[str]
+    keep_ms: int
 
 
 @dataclass(slots=True)
@@ -110,8 +140,12 @@ class CustomerState:
     orders: dict[str, OrderRecord] = field(default_factory=dict)
     first_visit_ms: int | None = None
     last_visit_ms: int | None = None
+    # Instants of distinct key actions, sorted: the latest, and those within keep_ms of it.
+    key_actions: list[int] = field(default_factory=list)
     region: str | None = None
     region_ms: int = -1
+    # Per trait, its latest statement: (occurred_ms, value); value None: removed then.
+    traits: dict[str, tuple[int, TraitValue]] = field(default_factory=dict)
     # Derived, not part of the statistics: what was last emitted, and when it was entered.
     classes: dict[str, str | None] = field(default_factory=dict)
     since_ms: dict[str, int] = field(default_factory=dict)
@@ -119,7 +153,7 @@ class CustomerState:
     due_day: int | None = None
     _index: OrderIndex | None = field(default=None, compare=False, repr=False)
 
-    def apply(self, event: Event) -> bool:
+    def apply(self, event: Event, activity: Activity) -> bool:
         """Fold one event in; returns whether the statistics changed."""
         changed = self._absorb_region(event.region, event.occurred_ms)
         if isinstance(event, Order):
@@ -128,11 +162,14 @@ class CustomerState:
                 record = self.orders[event.order_id] = OrderRecord()
             index = self._index
             before = None if index is None else record.contribution(index.counting)
-            if not record.absorb(STATUS_FLAG[event.status], event.occurred_ms, event.amount_minor):
+            flag = STATUS_FLAG[event.status]
+            if not record.absorb(flag, event.occurred_ms, event.amount_minor, event.event_id):
                 return changed
             if index is not None:
                 index.move(before, record.contribution(index.counting))
             return True
+        if isinstance(event, Profile):
+            return self._absorb_traits(event.traits, event.occurred_ms)
         ms = event.occurred_ms
         if self.last_visit_ms is None or ms > self.last_visit_ms:
             self.last_visit_ms = ms
@@ -140,7 +177,34 @@ class CustomerState:
         if self.first_visit_ms is None or ms < self.first_visit_ms:
             self.first_visit_ms = ms
             changed = True
+        if event.action in activity.actions:
+            changed = self._absorb_key_action(ms, activity.keep_ms) or changed
         return changed
+
+    def _absorb_traits(self, traits: tuple[tuple[str, TraitValue], ...], ms: int) -> bool:
+        # Per trait the latest statement wins; a tie is broken by the value, so that arrival
+        # order never matters.
+        changed = False
+        for name, value in traits:
+            held = self.traits.get(name)
+            if held is None or (ms, _rank(value)) > (held[0], _rank(held[1])):
+                self.traits[name] = (ms, value)
+                changed = True
+        return changed
+
+    def present_traits(self) -> dict[str, TraitValue]:
+        """The traits as they stand (the removed ones left out)."""
+        return {name: value for name, (_, value) in self.traits.items() if value is not None}
+
+    def _absorb_key_action(self, ms: int, keep_ms: int) -> bool:
+        # Kept: {t in all key actions : t >= latest - keep_ms}, whatever the arrival order.
+        keys = self.key_actions
+        at = bisect_left(keys, ms)
+        if (at < len(keys) and keys[at] == ms) or (keys and ms < keys[-1] - keep_ms):
+            return False
+        keys.insert(at, ms)
+        del keys[: bisect_left(keys, keys[-1] - keep_ms)]
+        return True
 
     def _absorb_region(self, region: str | None, ms: int) -> bool:
         # Latest event wins; ties broken by the value so that arrival order never matters.
@@ -149,13 +213,26 @@ class CustomerState:
         self.region, self.region_ms = region, ms
         return True
 
-    def index(self, counting: int) -> OrderIndex:
+    def index(self, counting: int, calendar: Calendar) -> OrderIndex:
         """The counted orders under ``counting``: PAID, or PLACED | PAID for shops with no
-        payment step. A cancel or refund voids an order, whatever the arrival order."""
-        if self._index is None or self._index.counting != counting:
-            self._index = OrderIndex(self.orders, counting)
-        return self._index
+        payment step, by local date of ``calendar``. Cancels and refunds void an order or
+        reduce its amount, whatever the arrival order."""
+        index = self._index
+        if index is None or index.counting != counting or index.calendar != calendar:
+            index = self._index = OrderIndex(self.orders, counting, calendar)
+        return index
 
-    def counted(self, counting: int) -> list[tuple[int, int]]:
+    def counted(self, counting: int, calendar: Calendar) -> list[tuple[int, int]]:
         """(ms, amount) of every order that counts, sorted by time."""
-        return list(self.index(counting).counted)
+        return list(self.index(counting, calendar).counted)
+
+
+def _rank(value: TraitValue) -> tuple[int, str]:
+    """A total order over trait values of any type (ties between statements at one instant)."""
+    if value is None:
+        return (0, "")
+    if isinstance(value, bool):
+        return (1, str(int(value)))
+    if isinstance(value, str):
+        return (3, value)
+    return (2, f"{float(value)!r} {type(value).__name__}")

@@ -1,16 +1,20 @@
 """Event-time arithmetic on integer epoch milliseconds.
 
-Everything in the core is day-granular in UTC, so instants travel as ints (exact, cheap to
-compare and to store) and are turned into text only at the edges.
+Everything in the core is day-granular in the shop's calendar (:class:`Calendar`), so instants
+travel as ints (exact, cheap to compare and to store) and are turned into text only at the
+edges. A *day* is the number of dates between 1970-01-01 and a date of that calendar.
 """
 
 from __future__ import annotations
 
 import re
-from datetime import date, timedelta
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 DAY_MS = 86_400_000
+_HOUR_MS = 3_600_000
 _EPOCH_DATE = date(1970, 1, 1)
 _RFC3339 = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
@@ -69,10 +73,95 @@ def format_optional(ms: int | None) -> str | None:
     return None if ms is None else format_ms(ms)
 
 
-def day_of(ms: int) -> int:
-    """Days since 1970-01-01 of the UTC date holding ``ms``."""
+class Calendar:
+    """The shop's dates: which local date an instant falls on, and when a local date begins.
+
+    An IANA zone (tz database rules, daylight saving included). Both directions are cached,
+    and UTC, the default, is plain arithmetic, so the hot path pays for a zone only when a
+    shop has one.
+    """
+
+    __slots__ = ("_hour_offset", "_zone", "day_of", "days_of", "name", "start_ms")
+    day_of: Callable[[int], int]  # the local date holding an instant
+    days_of: Callable[[list[int]], list[int]]  # the local dates of instants, sorted
+    start_ms: Callable[[int], int]  # the first instant of a local date
+
+    def __init__(self, name: str = "UTC") -> None:
+        """Raises ValueError when ``name`` is not a zone of the tz database."""
+        self.name = name
+        if name == "UTC":
+            self.day_of = _utc_day
+            self.days_of = _utc_days
+            self.start_ms = _utc_start
+            return
+        try:
+            self._zone = ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {name!r} (an IANA name such as 'Asia/Shanghai')"
+            ) from None
+        self._hour_offset = lru_cache(maxsize=1 << 16)(self._offset_over_hour)
+        self.day_of = self._day_of
+        self.days_of = self._days_of
+        self.start_ms = lru_cache(maxsize=1 << 14)(self._start_ms)
+
+    def __repr__(self) -> str:
+        return f"Calendar({self.name!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Calendar) and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    def _offset_ms(self, ms: int) -> int:
+        offset = datetime.fromtimestamp(ms // 1000, UTC).astimezone(self._zone).utcoffset()
+        assert offset is not None  # a ZoneInfo always has one
+        return offset // timedelta(milliseconds=1)
+
+    def _offset_over_hour(self, hour: int) -> int | None:
+        """The offset throughout UTC hour ``hour``, None if a clock change falls in it."""
+        first = self._offset_ms(hour * _HOUR_MS)
+        return first if self._offset_ms(hour * _HOUR_MS + _HOUR_MS - 1) == first else None
+
+    def _day_of(self, ms: int) -> int:
+        # By hour, cached: events cluster in time, and zoneinfo costs microseconds a call.
+        offset = self._hour_offset(ms // _HOUR_MS)
+        if offset is None:
+            offset = self._offset_ms(ms)
+        return (ms + offset) // DAY_MS
+
+    def _days_of(self, instants: list[int]) -> list[int]:
+        return sorted([self._day_of(ms) for ms in instants])
+
+    def _start_ms(self, day: int) -> int:
+        """The first instant of local date ``day``: its midnight, or, where a clock change
+        skips midnight, the instant the date begins (found between the two readings of
+        midnight, one per offset around the change)."""
+        d = _EPOCH_DATE + timedelta(days=day)
+        readings = [
+            int(datetime(d.year, d.month, d.day, fold=fold, tzinfo=self._zone).timestamp() * 1000)
+            for fold in (0, 1)
+        ]
+        lo, hi = min(readings), max(readings)
+        if self.day_of(lo) == day:
+            return lo
+        while hi - lo > 1:  # day_of(lo) < day <= day_of(hi); a single change lies between
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if self.day_of(mid) < day else (lo, mid)
+        return hi
+
+
+def _utc_day(ms: int) -> int:
     return ms // DAY_MS
 
 
-def day_start_ms(day: int) -> int:
+def _utc_days(instants: list[int]) -> list[int]:
+    return sorted([ms // DAY_MS for ms in instants])  # already in order: a linear check
+
+
+def _utc_start(day: int) -> int:
     return day * DAY_MS
+
+
+UTC_CALENDAR = Calendar()

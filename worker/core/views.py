@@ -7,11 +7,11 @@ from worker.core.features import facts_of
 from worker.core.predict import repeat_mean
 from worker.core.rules import Rules
 from worker.core.state import CustomerState
-from worker.core.timeutil import DAY_MS, format_ms, format_optional
+from worker.core.timeutil import format_ms, format_optional
 
 
 def describe(state: CustomerState, rules: Rules, day: int) -> dict[str, object]:
-    facts = facts_of(state, rules.counting)
+    facts = facts_of(state, rules.counting, rules.calendar)
     features = rules.features_at(facts, day)
     x = features["repeat_purchases"]
     out: dict[str, object] = {
@@ -24,6 +24,8 @@ def describe(state: CustomerState, rules: Rules, day: int) -> dict[str, object]:
         "last_visit_at": format_optional(state.last_visit_ms),
         "region": state.region,
     }
+    if state.traits:  # profile.v1: shown only for customers who have any
+        out["traits"] = dict(sorted(state.present_traits().items()))
     for n in rules.windows:
         out[f"orders_{n}d"] = features[f"orders_{n}d"]
         out[f"spend_{n}d"] = money(features[f"spend_{n}d"])
@@ -35,6 +37,7 @@ def describe(state: CustomerState, rules: Rules, day: int) -> dict[str, object]:
         out.update(rules.model.values(facts, day))
     out["classes"] = dict(state.classes)
     out["since"] = {dim: format_ms(ms) for dim, ms in sorted(state.since_ms.items())}
-    out["next_change_at"] = None if state.due_day is None else format_ms(state.due_day * DAY_MS)
+    due = state.due_day
+    out["next_change_at"] = None if due is None else format_ms(rules.calendar.start_ms(due))
     out["rules_version"] = state.rules_version
     return out

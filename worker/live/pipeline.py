@@ -68,7 +68,9 @@ class Pipeline:
         self._limits = ParseLimits(settings.max_event_bytes, settings.future_skew_ms)
         self._partitions = Partitions()
         self._health = Health(metrics)
-        self._storage = Storage(store, self._partitions, self._health, metrics)
+        self._storage = Storage(
+            store, self._partitions, self._health, metrics, lambda: self.rules.calendar
+        )
         self._relay = Relay(
             consumer=consumer,
             producer=producer,

@@ -4,10 +4,12 @@ fencing by a newer owner, and noticing that Redis came back as a different serve
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from worker.core.batch import Outcome
 from worker.core.codec import decode_state, encode_state
 from worker.core.state import CustomerState
+from worker.core.timeutil import Calendar
 from worker.errors import SegmentWorkerError
 from worker.live.partitions import Partitions
 from worker.live.retry import Health
@@ -26,9 +28,15 @@ class Storage:
     """Reads and commits for the owned partitions, through the store."""
 
     def __init__(
-        self, store: Store, partitions: Partitions, health: Health, metrics: Metrics
+        self,
+        store: Store,
+        partitions: Partitions,
+        health: Health,
+        metrics: Metrics,
+        calendar: Callable[[], Calendar],
     ) -> None:
         self.store, self.partitions, self.health, self.metrics = store, partitions, health, metrics
+        self.calendar = calendar  # the shop calendar of the rules in force: due days -> instants
 
     async def guard(self) -> None:
         """After a Redis failure, before writing again: if Redis came back as a different
@@ -76,7 +84,7 @@ class Storage:
                 self.store.commit(
                     claim,
                     states={cid: encode_state(s) for cid, s in outcome.states.items()},
-                    due=outcome.due_ms(),
+                    due=outcome.due_ms(self.calendar()),
                     outbox=[r.encode() for r in outcome.out],
                     offsets=outcome.offsets,
                     populations=outcome.population_deltas() + outcome.population,

@@ -14,7 +14,6 @@ from worker.core.batch import Topics, reevaluate_batch
 from worker.core.batch import sweep as sweep_due
 from worker.core.codec import CorruptRecord
 from worker.core.rules import Rules, RulesError, load_rules
-from worker.core.timeutil import DAY_MS
 from worker.live.ownership import Ownership
 from worker.live.partitions import Partitions
 from worker.live.relay import Relay, observe_emits
@@ -170,7 +169,8 @@ class Timers:
                 continue
             for customer in states.values():
                 if customer is not None and customer.due_day is not None:
-                    self.metrics.timer_delay.observe(max(0, now - customer.due_day * DAY_MS) / 1000)
+                    due_ms = self.rules.calendar.start_ms(customer.due_day)
+                    self.metrics.timer_delay.observe(max(0, now - due_ms) / 1000)
             outcome = sweep_due(states, self.rules, self.topics, now)
             self.relay.stamp(outcome, claim.offsets)
             if not await self.storage.commit(claim, outcome):

@@ -36,7 +36,7 @@ from worker.clock import SimulatedClock
 from worker.core.codec import decode_state, encode_state
 from worker.core.events import ParseLimits
 from worker.core.rules import Rules, load_rules
-from worker.core.timeutil import DAY_MS, format_ms
+from worker.core.timeutil import format_ms
 from worker.kafka import ensure_topics, partition_of
 from worker.keys import offset_topic
 from worker.progress import Progress
@@ -532,7 +532,7 @@ async def _memory(plan: Plan, rules: Rules) -> None:
         before = int((await client.info("memory"))["used_memory"])
         batch: dict[int, list[tuple[str, bytes, int | None]]] = {}
         for cid, state in replayer.states.items():
-            due = None if state.due_day is None else state.due_day * DAY_MS
+            due = None if state.due_day is None else rules.calendar.start_ms(state.due_day)
             batch.setdefault(partition_of(cid, PARTITIONS), []).append((cid, blobs[cid], due))
         for partition, items in batch.items():
             claim: Claim = await store.claim(partition)
