@@ -16,6 +16,7 @@ from worker.core.batch import (
     reevaluate_batch,
     sweep,
 )
+from worker.core.changes import SegmentChange
 from worker.core.codec import OutRecord, decode_state, encode_state
 from worker.core.events import ParseLimits, Reason, Rejection
 from worker.core.rules import default_rules_text, load_rules, parse_rules
@@ -43,7 +44,7 @@ class Live:
     def __init__(self) -> None:
         self.redis: dict[str, bytes] = {}
         self.out: list[OutRecord] = []
-        self.changes: dict[str, list[str]] = defaultdict(list)
+        self.changes: dict[str, list[dict[str, object]]] = defaultdict(list)
 
     def load(self, customer_ids: list[str]) -> dict[str, CustomerState | None]:
         return {
@@ -70,14 +71,24 @@ class Live:
             self.redis[cid] = encode_state(state)
         self.out += outcome.out
         for change in outcome.changes:
-            self.changes[change.customer_id].append(change.event_id)
+            self.changes[change.customer_id].append(document(change))
 
 
-def replay(batch: list[InRecord], as_of: int) -> tuple[Replayer, dict[str, list[str]]]:
-    changes: dict[str, list[str]] = defaultdict(list)
+def document(change: SegmentChange) -> dict[str, object]:
+    """The change as subscribers read it, minus ``emitted_at`` (the live clock's, not
+    replay's): a wrong ``state`` snapshot differs here although the id does not."""
+    body = change.to_dict()
+    del body["emitted_at"]
+    return body
+
+
+def replay(
+    batch: list[InRecord], as_of: int
+) -> tuple[Replayer, dict[str, list[dict[str, object]]]]:
+    changes: dict[str, list[dict[str, object]]] = defaultdict(list)
     replayer = Replayer(
         RULES,
-        lambda c: changes[c.customer_id].append(c.event_id),
+        lambda c: changes[c.customer_id].append(document(c)),
         lambda *_: None,
         limits=LIMITS,
         future_reference_ms=FUTURE,
@@ -230,7 +241,7 @@ def test_a_customer_absorbed_after_lost_writes_is_classified_by_its_timer_in_a_r
     swept = sweep(fresh(), RULES, TOPICS, later)
     reevaluated = reevaluate_batch(fresh(), RULES, TOPICS, later)
     assert swept.changes
-    assert [c.event_id for c in reevaluated.changes] == [c.event_id for c in swept.changes]
+    assert reevaluated.changes == swept.changes
     assert {c: encode_state(s) for c, s in reevaluated.states.items()} == {
         c: encode_state(s) for c, s in swept.states.items()
     }

@@ -264,16 +264,26 @@ def assert_unbroken_chains(records: list[ConsumerRecord[bytes, bytes]], replayer
 
 
 def change_ids(records: list[ConsumerRecord[bytes, bytes]]) -> dict[str, bytes]:
-    """event_id -> value; fails on a conflicting duplicate (same id, different content)."""
-    seen: dict[str, bytes] = {}
+    """event_id -> the change minus ``emitted_at``; fails on a conflicting duplicate (same id,
+    different content)."""
+    bodies = []
     for r in records:
         assert r.value is not None
-        event_id = str(orjson.loads(r.value)["event_id"])
-        body = orjson.loads(r.value)
+        bodies.append(orjson.loads(r.value))
+    return documents(bodies)
+
+
+def documents(changes: list[dict[str, object]]) -> dict[str, bytes]:
+    """event_id -> the change minus ``emitted_at`` (the only field that depends on when it
+    was sent), canonical JSON: replay's changes compare whole with the topic's, ``state``
+    snapshot included; fails on a conflicting duplicate."""
+    seen: dict[str, bytes] = {}
+    for change in changes:
+        body = dict(change)
         body.pop("emitted_at")
         canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
-        assert seen.setdefault(event_id, canonical) == canonical, (
-            f"conflicting duplicate {event_id}"
+        assert seen.setdefault(str(body["event_id"]), canonical) == canonical, (
+            f"conflicting duplicate {body['event_id']}"
         )
     return seen
 
