@@ -165,15 +165,16 @@ def broker_answers(bootstrap: str, timeout: float = 2.0) -> bool:
 
 async def chaos(
     broker: Broker, redis: RedisServer, settings: Settings, events: list[SimEvent], clock_ms: int
-) -> tuple[Produced, list[str], Counter[str], Workers]:
+) -> tuple[Produced, list[str], Counter[str], list[str], Workers]:
     """Feed the events while the faults act, one after another, each at its place in the
     input; input keeps flowing (a trickle) while a fault acts, and a fault is counted only
-    once it is seen to have happened."""
+    once it is seen to have happened. ``placed``: where in the input each fault acted."""
     rng = random.Random(SEED)
     workers = Workers(settings, clock_ms)
     workers.start("a")
     workers.start("b")
     faults: Counter[str] = Counter()
+    placed: list[str] = []
     produced = Produced({})
     victims = sorted({e.key.decode() for e in events[: len(events) // 3]})[:5]
     erased = False
@@ -291,6 +292,7 @@ async def chaos(
         # Fault i acts at its share of the input (from 1/16 to 13/16 with all 13), once the
         # workers have applied most of what came before it.
         await flow_until(len(events) * (i + 1) // (len(schedule) + 3))
+        began, done = pos, await applied(settings)
         acting = asyncio.create_task(action())
         while not acting.done():  # a trickle of input while the fault acts
             if pos < len(events):
@@ -298,10 +300,12 @@ async def chaos(
             await asyncio.wait({acting}, timeout=0.5)
         await acting  # raises if the fault was not seen to happen
         faults[kind] += 1
+        placed.append(f"{kind} {began}-{pos} ({done} applied at the start)")
+        assert pos < len(events), f"input ran out while {kind} acted"
     await flow_until(len(events))
     for name, (proc, _) in workers.procs.items():
         assert proc.poll() is None, f"worker {name} died by itself: {worker_log(proc)}"
-    return produced, victims, faults, workers
+    return produced, victims, faults, placed, workers
 
 
 def expected(events: list[SimEvent], as_of: int) -> tuple[Replayer, int]:
@@ -330,7 +334,9 @@ async def test_chaos(broker: Broker, tmp_path: Path) -> None:
     try:
         settings = await make_settings(broker, redis.url)
         settings = replace(settings, batch_size=200)
-        produced, victims, faults, workers = await chaos(broker, redis, settings, events, clock_ms)
+        produced, victims, faults, placed, workers = await chaos(
+            broker, redis, settings, events, clock_ms
+        )
 
         async def drained() -> bool:  # the group's offsets run ahead of a Redis that lost writes
             return await all_committed(settings, produced) and await all_applied(settings, produced)
@@ -420,6 +426,7 @@ async def test_chaos(broker: Broker, tmp_path: Path) -> None:
             "events": len(events),
             "customers": len(replayer.states),
             "faults": dict(faults),
+            "fault_positions": placed,
             "lost": lost,
             "double_counted": double,
             "state_mismatches": mismatches,
@@ -450,7 +457,11 @@ async def test_chaos(broker: Broker, tmp_path: Path) -> None:
         report["result"] = "PASS" if ok else "FAIL"
         REPORT.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
         width = max(len(k) for k in report)
-        print("\n" + "\n".join(f"{k:<{width}}  {v}" for k, v in report.items()))
+        lines = [
+            f"{k:<{width}}  " + (f"\n{'':<{width}}  ".join(v) if isinstance(v, list) else str(v))
+            for k, v in report.items()
+        ]
+        print("\n" + "\n".join(lines))
         # Every zero the report shows is asserted: nothing lost or counted twice, states as
         # replay's, every chain unbroken and ending at replay's class, no id with two contents,
         # erasures hold, every bad input dead-lettered.
