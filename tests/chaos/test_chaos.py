@@ -20,7 +20,7 @@ import socket
 import struct
 import subprocess
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from functools import partial
 from itertools import islice
@@ -105,6 +105,13 @@ class Workers:
                 except OSError:
                     pass
 
+    def kill_all(self) -> None:
+        """SIGKILL whatever still runs (a failed test leaves no worker behind)."""
+        for proc, _ in self.procs.values():
+            proc.kill()
+            proc.wait()
+        self.procs.clear()
+
     async def stop_all(self) -> None:
         await self.scrape_fenced()
         for proc, _ in self.procs.values():
@@ -164,13 +171,13 @@ def broker_answers(bootstrap: str, timeout: float = 2.0) -> bool:
 
 
 async def chaos(
-    broker: Broker, redis: RedisServer, settings: Settings, events: list[SimEvent], clock_ms: int
-) -> tuple[Produced, list[str], Counter[str], list[str], Workers]:
+    broker: Broker, redis: RedisServer, workers: Workers, events: list[SimEvent]
+) -> tuple[Produced, list[str], Counter[str], list[str]]:
     """Feed the events while the faults act, one after another, each at its place in the
     input; input keeps flowing (a trickle) while a fault acts, and a fault is counted only
     once it is seen to have happened. ``placed``: where in the input each fault acted."""
     rng = random.Random(SEED)
-    workers = Workers(settings, clock_ms)
+    settings = workers.settings
     workers.start("a")
     workers.start("b")
     faults: Counter[str] = Counter()
@@ -270,7 +277,7 @@ async def chaos(
         await asyncio.sleep(1.0)
         await kill("c")
 
-    schedule: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+    schedule: list[tuple[str, Callable[[], Coroutine[object, object, None]]]] = [
         ("kill9_worker", lambda: kill9_worker("a")),
         ("crash_after_commit", lambda: crash_at("b", "after_commit:2")),
         ("kill9_redis", kill9_redis),
@@ -301,11 +308,12 @@ async def chaos(
         await acting  # raises if the fault was not seen to happen
         faults[kind] += 1
         placed.append(f"{kind} {began}-{pos} ({done} applied at the start)")
+        print(f"fault {placed[-1]}")  # shown at once with -s, should a later step fail
         assert pos < len(events), f"input ran out while {kind} acted"
     await flow_until(len(events))
     for name, (proc, _) in workers.procs.items():
         assert proc.poll() is None, f"worker {name} died by itself: {worker_log(proc)}"
-    return produced, victims, faults, placed, workers
+    return produced, victims, faults, placed
 
 
 def expected(events: list[SimEvent], as_of: int) -> tuple[Replayer, int]:
@@ -331,12 +339,12 @@ async def test_chaos(broker: Broker, tmp_path: Path) -> None:
     redis = RedisServer(
         appendonly=True, appendfsync="everysec", directory=tmp_path / "redis"
     ).start()
+    workers: Workers | None = None
     try:
         settings = await make_settings(broker, redis.url)
         settings = replace(settings, batch_size=200)
-        produced, victims, faults, placed, workers = await chaos(
-            broker, redis, settings, events, clock_ms
-        )
+        workers = Workers(settings, clock_ms)
+        produced, victims, faults, placed = await chaos(broker, redis, workers, events)
 
         async def drained() -> bool:  # the group's offsets run ahead of a Redis that lost writes
             return await all_committed(settings, produced) and await all_applied(settings, produced)
@@ -469,4 +477,6 @@ async def test_chaos(broker: Broker, tmp_path: Path) -> None:
         assert report["dlq_received"] == dlq_expected, report
         assert report["tombstones"] == len(victims), report
     finally:
+        if workers is not None:
+            workers.kill_all()
         redis.stop()
