@@ -32,7 +32,7 @@ from redis.exceptions import RedisError
 from worker.core.rules import parse_rules
 from worker.metrics import Metrics
 from worker.settings import PREFIX, Settings
-from worker.store import Store
+from worker.store import Claim, Store
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -409,7 +409,7 @@ def test_redis_acl_allows_the_worker_and_nothing_more(compose_redis: tuple[Path,
             assert (await store.scan_customers(3, 0, 100))[1] == ["a"]
             assert await store.erase(claim, "a", 60_000)
             assert (await store.read_checked(3, ["a", "b"])).erased == {"a"}
-            assert await store.claim(3)
+            assert await store.claim(3) == Claim(3, claim.epoch + 1, {"orders": 7, "visits": 2})
             # Nothing the worker needs was refused. (redis-py's CLIENT SETINFO may be: Redis
             # < 7.2 cannot load an ACL naming it, and the client ignores the refusal.)
             refused = {entry["object"] for entry in await admin.acl_log()}

@@ -287,7 +287,10 @@ async def test_hot_reload_reevaluates_everyone_and_refuses_a_bad_file(
         new_version = new_rules.version
 
         async def reevaluated() -> bool:
-            return not worker.pipeline.reevaluating and worker.pipeline.rules.version == new_version
+            return (
+                not worker.pipeline.reevaluating_partitions()
+                and worker.pipeline.rules.version == new_version
+            )
 
         await wait_until(reevaluated, 30, "re-evaluation")
         records = await read_all(settings, settings.topic_changes, 1.0)
@@ -375,7 +378,7 @@ async def test_redis_rolled_back_to_an_older_copy_is_healed_by_rereading_kafka(
         assert worker.metrics.reconciled._value.get() > 0  # the lost window's changes were found
 
         async def settled() -> bool:  # the re-read customers are classified by the timer
-            if worker.pipeline.recovering:
+            if worker.pipeline.recovering_partitions():
                 return False
             due = [await worker.store.due(p, NOW, 1) for p in range(PARTITIONS)]
             return not any(due)
@@ -409,7 +412,7 @@ async def test_an_ex_owner_that_wakes_up_is_fenced_and_writes_nothing(
         await wait_until(lambda: first.metrics.fenced._value.get() >= 1, 30, "fenced")
         after = {p: (await first.store.claim(p)).offsets for p in range(PARTITIONS)}
         assert after == before  # nothing of the refused batches reached Redis
-        assert first.pipeline.claims == {}
+        assert first.pipeline.owned_partitions() == []
         second = Worker(replace(settings, http_port=free_port()), ManualClock(NOW))
         async with running(second):
             await wait_until(lambda: all_committed(settings, produced), 90, "new owners")

@@ -33,10 +33,18 @@ class FeatureKind(Enum):
     DAYS_SINCE = "days_since"  # grows by one per UTC day
     WINDOW = "window"  # changes when an order leaves a rolling window
     SCORE = "score"  # a step function of another feature
+    MODEL = "model"  # a fitted model's prediction: falls (weakly) as days pass with no order
 
 
 class ConditionError(SegmentWorkerError, ValueError):
     """Raised when a condition is not valid in the condition language."""
+
+
+# Bounds that keep every accepted condition cheap to compile and safe to evaluate: a condition
+# that passes them cannot exhaust the stack, the memory or the number formats at run time.
+MAX_CONDITION_CHARS: Final = 1000
+MAX_DEPTH: Final = 40  # levels of the syntax tree, operators and contexts included
+MAX_NUMBER: Final = 10**15
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,10 +86,14 @@ def compile_condition(
     text: str, features: Mapping[str, FeatureKind], textual: frozenset[str] = frozenset()
 ) -> Compiled:
     """Translate ``text``; ``textual`` names the features that hold text, not numbers."""
+    if len(text) > MAX_CONDITION_CHARS:
+        raise ConditionError(f"longer than {MAX_CONDITION_CHARS} characters")
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as exc:
         raise ConditionError(f"syntax error at column {exc.offset}: {exc.msg}") from None
+    if _depth(tree) > MAX_DEPTH:
+        raise ConditionError(f"nested more than {MAX_DEPTH} levels deep")
     translator = _Translator(features, textual)
     source = translator.expr(tree.body)
     return Compiled(f"bool({source})", tuple(translator.thresholds), frozenset(translator.names))
@@ -103,18 +115,24 @@ class _Translator:
             if isinstance(node.op, ast.Not):
                 return f"(not {self.expr(node.operand)})"
             if isinstance(node.op, ast.USub):
+                self._check_numeric(node.operand)
                 return f"_neg({self.expr(node.operand)})"
             raise ConditionError(f"operator {type(node.op).__name__} is not supported")
         if isinstance(node, ast.BinOp):
             fn = _ARITH.get(type(node.op))
             if fn is None:
                 raise ConditionError(f"operator {type(node.op).__name__} is not supported")
+            self._check_numeric(node.left)
+            self._check_numeric(node.right)
             return f"{fn}({self.expr(node.left)}, {self.expr(node.right)})"
         if isinstance(node, ast.Compare):
             return self.compare(node)
         if isinstance(node, ast.Name):
             return self.name(node.id, compared=compared)
         if isinstance(node, ast.Constant):
+            value = node.value
+            if isinstance(value, int | float) and not abs(value) <= MAX_NUMBER:  # inf, nan too
+                raise ConditionError("numbers must be finite and at most 1e15 in size")
             if node.value is None or isinstance(node.value, bool | int | float | str):
                 return repr(node.value)
             raise ConditionError(f"constant {node.value!r} is not supported")
@@ -124,6 +142,16 @@ class _Translator:
                 raise ConditionError("lists may hold constants only")
             return "(" + "".join(f"{i}, " for i in items) + ")"
         raise ConditionError(f"{type(node).__name__} is not allowed in a condition")
+
+    def _check_numeric(self, node: ast.expr) -> None:
+        """Arithmetic is on numbers only: ``'a' * 10**10`` or ``-(1,)`` would exhaust memory
+        or fail when evaluated."""
+        if (
+            isinstance(node, ast.Tuple | ast.List | ast.Set)
+            or (isinstance(node, ast.Constant) and isinstance(node.value, str))
+            or (isinstance(node, ast.Name) and node.id in self.textual)
+        ):
+            raise ConditionError("arithmetic works on numbers only, not on text or lists")
 
     def name(self, ident: str, *, compared: bool) -> str:
         kind = self.features.get(ident)
@@ -135,6 +163,11 @@ class _Translator:
             raise ConditionError(
                 f"{ident!r} grows every day: compare it directly with a fixed value "
                 f"(e.g. {ident} > 30), not inside arithmetic or as a truth value"
+            )
+        if kind is FeatureKind.MODEL and not compared:
+            raise ConditionError(
+                f"{ident!r} changes every day: compare it directly with a fixed value "
+                f"(e.g. {ident} < 0.3), not inside arithmetic or as a truth value"
             )
         self.names.add(ident)
         return f"f[{ident!r}]"
@@ -177,7 +210,7 @@ class _Translator:
                 raise ConditionError(f"{other.id!r} is a number; compare it with a number")
 
     def operand(self, node: ast.expr, other: ast.expr) -> str:
-        if isinstance(node, ast.Name) and self.features.get(node.id) is FeatureKind.DAYS_SINCE:
+        if isinstance(node, ast.Name) and self.features.get(node.id) in _TIMED:
             moving = self._time_dependent(other)
             if moving:
                 raise ConditionError(
@@ -198,6 +231,19 @@ class _Translator:
         return None
 
 
+def _depth(tree: ast.AST) -> int:
+    """Depth of ``tree``, walked without recursion."""
+    deepest, stack = 0, [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+    return deepest
+
+
+_TIMED: Final = (FeatureKind.DAYS_SINCE, FeatureKind.MODEL)  # flips are found from thresholds
+
+
 def _is_number(node: ast.expr) -> bool:
     return (
         isinstance(node, ast.Constant)
@@ -212,7 +258,7 @@ def _safe(op: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
             return None
         try:
             return op(a, b)
-        except (TypeError, ZeroDivisionError):
+        except (TypeError, ZeroDivisionError, OverflowError):
             return None
 
     return apply

