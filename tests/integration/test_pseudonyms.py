@@ -16,6 +16,7 @@ from tests.integration.live_support import (
     ManualClock,
     all_committed,
     change_ids,
+    documents,
     make_settings,
     one_day_of_traffic,
     produce,
@@ -96,9 +97,7 @@ async def test_the_worker_keeps_ids_out_of_redis_and_still_serves_timers_lookups
         await wait_until(lambda: all_committed(settings, produced), 90, "offsets committed")
         expected_replay, expected, _ = replay(events, NOW)
         ids = sorted(expected_replay.states)
-        assert set(change_ids(await read_all(settings, settings.topic_changes))) == {
-            c["event_id"] for c in expected
-        }
+        assert change_ids(await read_all(settings, settings.topic_changes)) == documents(expected)
         listing = await everything_in(redis_server.url)
         assert not [cid for cid in ids if cid.encode() in listing]
 
@@ -121,10 +120,10 @@ async def test_the_worker_keeps_ids_out_of_redis_and_still_serves_timers_lookups
         later = NOW + 200 * DAY_MS
         clock.now = later
         _, expected_later, _ = replay(events, NOW, as_of=later)
-        want = {c["event_id"] for c in expected_later}
+        want = documents(expected_later)
 
         async def timers_done() -> bool:
-            return set(change_ids(await read_all(settings, settings.topic_changes, 0.5))) == want
+            return change_ids(await read_all(settings, settings.topic_changes, 0.5)) == want
 
         await wait_until(timers_done, 60, "time-driven changes")
 
