@@ -128,11 +128,6 @@ async def refusal(settings: Settings) -> str | None:
                 f"{PREFIX}KAFKA_SSL_CAFILE: {where} presented a certificate this CA file does "
                 f"not trust ({exc.verify_message}; CA file: {settings.kafka_ssl_cafile})"
             )
-        except ssl.SSLError as exc:
-            return (
-                f"{PREFIX}KAFKA_SECURITY_PROTOCOL={protocol}: the TLS handshake with {where} "
-                f"failed ({exc.reason}); is it a plaintext listener?"
-            )
         except (AuthenticationFailedError, SaslAuthenticationFailed) as exc:
             return (
                 f"{PREFIX}KAFKA_SASL_USERNAME/{PREFIX}KAFKA_SASL_PASSWORD: {where} refused "
