@@ -19,6 +19,7 @@ from tests.integration.live_support import (
     PARTITIONS,
     Produced,
     all_committed,
+    assert_state_matches,
     change_ids,
     committed,
     documents,
@@ -34,6 +35,7 @@ from tests.integration.live_support import (
 )
 from tests.pki import Pki, make_pki
 from worker import kafka
+from worker.core.timeutil import DAY_MS
 from worker.kafka import partition_of
 from worker.settings import Settings
 from worker.tools.apache_kafka import Acl, ApacheKafka, KafkaSecurity
@@ -99,9 +101,10 @@ async def test_the_worker_runs_as_the_least_privilege_principal(
     async with worker_process(secure, NOW) as proc:
         await wait_until(lambda: all_committed(plain, produced), 120, "offsets committed")
         assert proc.poll() is None, worker_log(proc)
-    _, expected, rejects = replay(events, NOW)
+    expected_replay, expected, rejects = replay(events, NOW)
     assert change_ids(await read_all(plain, plain.topic_changes)) == documents(expected)
     assert len(await read_all(plain, plain.topic_dlq, timeout=1.0)) == rejects
+    await assert_state_matches(plain, expected_replay, NOW // DAY_MS)
 
 
 @pytest.mark.parametrize(
@@ -171,8 +174,9 @@ async def test_a_missing_dlq_write_holds_the_partition_until_the_acl_is_back(
 
         await secure_kafka.grant([dlq_write])
         await wait_until(lambda: all_committed(plain, produced), 120, "offsets committed")
-    _, expected, rejects = replay(events, NOW)
+    expected_replay, expected, rejects = replay(events, NOW)
     dead = await read_all(plain, plain.topic_dlq, timeout=1.0)
     assert b"{not json" in {record.value for record in dead}
     assert len(dead) == rejects + 1
     assert change_ids(await read_all(plain, plain.topic_changes)) == documents(expected)
+    await assert_state_matches(plain, expected_replay, NOW // DAY_MS)
