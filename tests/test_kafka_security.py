@@ -1,8 +1,8 @@
-"""Kafka SASL and TLS settings reach every client the worker makes, verified and secret.
+"""Kafka SASL and TLS settings reach every client the worker makes, verified and secret;
+a refused connection is told apart from an unreachable broker.
 
-The local broker (Tansu 0.6.0) cannot take part: its SCRAM users can only be created over an
-already authenticated connection, and its TLS flags are mutually exclusive (`--cert` with
-`--key` is refused), so the handshake itself is left to a real Kafka (docker-compose.yml)."""
+The handshakes with a real broker (SCRAM-SHA-512 over TLS, ACLs) are in
+tests/integration/test_kafka_sasl.py, on Apache Kafka."""
 
 import ssl
 from dataclasses import replace
@@ -12,8 +12,9 @@ import pytest
 
 from tests.pki import make_pki
 from worker import kafka
-from worker.kafka import kafka_security
+from worker.kafka import kafka_security, refusal
 from worker.settings import Settings, SettingsError
+from worker.tools.embedded import free_port
 
 PASSWORD = "kafka-test-password"
 
@@ -109,3 +110,11 @@ def test_a_missing_certificate_file_fails_at_start_naming_the_setting(
                 f"SEGMENT_WORKER_{name.upper()}": str(tmp_path / "missing.pem"),
             }
         )
+
+
+async def test_an_unreachable_broker_is_no_refusal_so_the_start_waits_for_it(
+    tmp_path: Path,
+) -> None:
+    secure = replace(sasl_ssl_settings(tmp_path), kafka_bootstrap=f"127.0.0.1:{free_port()}")
+    assert await refusal(secure) is None
+    assert await refusal(replace(secure, kafka_security_protocol="PLAINTEXT")) is None

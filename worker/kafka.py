@@ -7,20 +7,38 @@ every producer of input topics and every lookup must agree on :func:`partition_o
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Sequence
+import ssl
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.conn import collect_hosts, create_conn
+from aiokafka.errors import (
+    AuthenticationFailedError,
+    ClusterAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    KafkaConnectionError,
+    KafkaError,
+    SaslAuthenticationFailed,
+    TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
+)
 from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import murmur2
 
-from worker.settings import Settings
+from worker.settings import PREFIX, Settings, SettingsError
 
 METADATA_TIMEOUT_MS: Final = 15_000  # one-off metadata questions of the CLI
+PROBE_TIMEOUT_S: Final = 10.0  # one diagnostic connection
+NOT_AUTHORIZED: Final = (
+    ClusterAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    TopicAuthorizationFailedError,
+)
 
 Connection = Settings | str
 """Where a client connects: the deployment's settings (bootstrap servers, SASL and TLS), or,
@@ -73,6 +91,76 @@ def producer(to: Connection, **overrides: Any) -> AIOKafkaProducer:
 def admin(to: Connection, **overrides: Any) -> AIOKafkaAdminClient:
     """An admin client; ``overrides`` are aiokafka arguments."""
     return AIOKafkaAdminClient(**_connection(to) | overrides)
+
+
+async def start_checked(settings: Settings, start: Callable[[], Awaitable[None]]) -> None:
+    """Start a client; a refusal that is the deployment's doing (TLS trust, SASL credentials,
+    plain requests to a TLS listener, a missing ACL) becomes a SettingsError that names it,
+    since waiting will not fix it. aiokafka reports them all as "Unable to bootstrap", so a
+    failed bootstrap is followed by one diagnostic connection; an unreachable broker stays a
+    KafkaError to wait out."""
+    try:
+        await start()
+    except KafkaConnectionError:
+        problem = await refusal(settings)
+        if problem is None:
+            raise
+        raise SettingsError(problem) from None
+    except NOT_AUTHORIZED as exc:
+        raise SettingsError(
+            f"Kafka at {settings.kafka_bootstrap} refused {_principal(settings)}: {exc}; "
+            "grant the ACLs docs/security.md lists"
+        ) from None
+
+
+async def refusal(settings: Settings) -> str | None:
+    """Why the brokers refuse this client's connection, when it is a matter of settings; None
+    when they are merely unreachable."""
+    security = kafka_security(settings)
+    protocol = settings.kafka_security_protocol
+    for host, port, _ in collect_hosts(settings.kafka_bootstrap, randomize=False):
+        where = f"the broker at {host}:{port}"
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT_S):
+                conn = await create_conn(host, port, **security)
+        except ssl.SSLCertVerificationError as exc:
+            return (
+                f"{PREFIX}KAFKA_SSL_CAFILE: {where} presented a certificate this CA file does "
+                f"not trust ({exc.verify_message}; CA file: {settings.kafka_ssl_cafile})"
+            )
+        except (AuthenticationFailedError, SaslAuthenticationFailed) as exc:
+            return (
+                f"{PREFIX}KAFKA_SASL_USERNAME/{PREFIX}KAFKA_SASL_PASSWORD: {where} refused "
+                f"{_principal(settings)} ({exc})"
+            )
+        except (OSError, KafkaError, TimeoutError):
+            if "SSL" not in protocol and await _speaks_tls(host, port):
+                return (
+                    f"{PREFIX}KAFKA_SECURITY_PROTOCOL={protocol}: {where} expects TLS "
+                    "(set SSL or SASL_SSL, with the SASL and TLS settings its listener needs)"
+                )
+            continue
+        conn.close()
+    return None
+
+
+def _principal(settings: Settings) -> str:
+    if settings.kafka_security_protocol.startswith("SASL"):
+        return f"{settings.kafka_sasl_mechanism} user {settings.kafka_sasl_username!r}"
+    return "this client"
+
+
+async def _speaks_tls(host: str, port: int) -> bool:
+    """Whether a TLS handshake (trusting anything: only the protocol is in question) succeeds."""
+    anything = ssl.create_default_context()
+    anything.check_hostname, anything.verify_mode = False, ssl.CERT_NONE
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT_S):
+            _, writer = await asyncio.open_connection(host, port, ssl=anything)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    return True
 
 
 async def ensure_topics(settings: Settings, partitions: int) -> None:

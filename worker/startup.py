@@ -8,11 +8,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 from aiokafka.errors import KafkaError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from worker.kafka import start_checked
 from worker.settings import Settings, redact_url
 
 log = logging.getLogger("segment_worker")
@@ -31,10 +33,14 @@ def start_steps(
     load_library: Callable[[], Awaitable[None]],
     *kafka_clients: Callable[[], Awaitable[None]],
 ) -> list[Step]:
-    """Redis first (its Functions library), then each Kafka client, named for the log."""
+    """Redis first (its Functions library), then each Kafka client, named for the log; a
+    Kafka refusal that settings cause (TLS, SASL, ACLs) stops the start (start_checked)."""
     redis = f"Redis at {redact_url(settings.redis_url)}"
     kafka = f"Kafka at {settings.kafka_bootstrap}"
-    return [(redis, load_library, REDIS_DOWN), *((kafka, c, KAFKA_DOWN) for c in kafka_clients)]
+    return [
+        (redis, load_library, REDIS_DOWN),
+        *((kafka, partial(start_checked, settings, c), KAFKA_DOWN) for c in kafka_clients),
+    ]
 
 
 async def wait_for_servers(

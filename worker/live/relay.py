@@ -15,7 +15,7 @@ from typing import Final
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, TopicAuthorizationFailedError
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import RecordMetadata
 
@@ -151,6 +151,17 @@ class Relay:
         return self._change_partitions
 
     async def _produce(self, partition: int, records: Sequence[OutRecord]) -> int | None:
+        """:meth:`_send`; a refused write names the ACL to grant. It is retried like any Kafka
+        fault: nothing past it is committed, and the records go out once the ACL is back."""
+        try:
+            return await self._send(partition, records)
+        except TopicAuthorizationFailedError as exc:
+            raise TopicAuthorizationFailedError(
+                f"{exc.args[0] if exc.args else exc}: the worker's principal needs WRITE (and "
+                "DESCRIBE) on this topic (docs/security.md)"
+            ) from exc
+
+    async def _send(self, partition: int, records: Sequence[OutRecord]) -> int | None:
         """Send and wait for the acks; the change topic's offset after the last change sent.
         Changes go to the input's partition number, so that the change topic's partition N
         is the history of input partition N (read back when a partition is taken). They go as

@@ -9,6 +9,9 @@ of ``deploy/kafka/pom.xml``, started from its jars in KRaft mode with the settin
   free loopback ports, in a private directory holding its data and its ``server.log``. It is
   ready only once a record has really been produced (idempotent, ``acks=all``) and consumed
   back through a consumer group. ``stop()`` ends every node (SIGTERM, then SIGKILL).
+* ``ApacheKafka(security=KafkaSecurity(...))`` adds a SASL_SSL listener (SCRAM-SHA-512 users,
+  TLS with the caller's certificate) with ACLs enforced; :meth:`ApacheKafka.grant` and
+  :meth:`ApacheKafka.revoke` change ACLs through Kafka's Admin API (CreateAcls, DeleteAcls).
 * :func:`chosen_broker` reads ``SW_TEST_BROKER`` (``kafka``, the default, or ``tansu``): the one
   setting that picks the broker of the tests, the chaos run and ``bench live``.
 
@@ -30,13 +33,15 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Final, Self
+from typing import Any, Final, Self
 
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, for_code
+from aiokafka.protocol.admin import CreateAclsRequest, DeleteAclsRequest
 
 from worker import kafka
 from worker.errors import SegmentWorkerError
@@ -71,6 +76,83 @@ def cluster_replication(nodes: int) -> dict[str, str]:
         "share.coordinator.state.topic.replication.factor": factor,
         "share.coordinator.state.topic.min.isr": min_isr,
     }
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """A SASL_SSL listener beside the plain one: TLS with ``certfile``/``keyfile`` (PEM, key
+    unencrypted), SCRAM-SHA-512 ``users`` (name -> password, set at storage format time), and
+    Kafka's StandardAuthorizer, so a principal may do only what an ACL allows.
+
+    The PLAINTEXT and CONTROLLER listeners stay for the harness (readiness, topics, ACLs) and
+    the nodes' own traffic; their principal, ``User:ANONYMOUS``, is the super user. A
+    deployment would put those behind TLS or SASL too; a test broker on loopback need not.
+    """
+
+    certfile: Path
+    keyfile: Path
+    users: Mapping[str, str] = field(default_factory=dict)
+
+    def overrides(self, keystore: Path) -> dict[str, str]:
+        """The broker settings it adds (listeners excepted: they are per node)."""
+        return {
+            "listener.security.protocol.map": (
+                "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL"
+            ),
+            "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            ),
+            "listener.name.sasl_ssl.ssl.keystore.type": "PEM",
+            "listener.name.sasl_ssl.ssl.keystore.location": str(keystore),
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "super.users": "User:ANONYMOUS",
+        }
+
+    def scram_arguments(self) -> list[str]:
+        """``--add-scram`` arguments of ``kafka-storage format``, one per user."""
+        out: list[str] = []
+        for name, password in self.users.items():
+            if re.search(r"[\s,=\[\]\"]", name + password):
+                raise ValueError(f"SCRAM user {name!r}: no spaces, commas, '=', '[', ']' or '\"'")
+            out += ["--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]"]
+        return out
+
+
+# Kafka's ACL codes (org.apache.kafka.common.acl / resource), as CreateAcls/DeleteAcls send them.
+RESOURCE_TYPES: Final = {"topic": 2, "group": 3, "cluster": 4}
+OPERATIONS: Final = {
+    "READ": 3,
+    "WRITE": 4,
+    "CREATE": 5,
+    "DESCRIBE": 8,
+    "IDEMPOTENT_WRITE": 12,
+}
+ALLOW: Final = 3
+LITERAL: Final = 3
+CLUSTER_NAME: Final = "kafka-cluster"
+
+
+@dataclass(frozen=True)
+class Acl:
+    """Allow ``principal`` (``User:<name>``) ``operation`` on one resource, from any host."""
+
+    principal: str
+    resource: str  # topic, group or cluster
+    name: str
+    operation: str
+
+    def fields(self) -> tuple[int, str, int, str, str, int, int]:
+        """The CreateAcls/DeleteAcls (v1) entry: literal pattern, any host, allow."""
+        return (
+            RESOURCE_TYPES[self.resource],
+            CLUSTER_NAME if self.resource == "cluster" else self.name,
+            LITERAL,
+            self.principal,
+            "*",
+            OPERATIONS[self.operation],
+            ALLOW,
+        )
 
 
 class BrokerUnavailable(SegmentWorkerError, RuntimeError):
@@ -165,7 +247,14 @@ class KafkaNode(ServerProcess):
     :class:`ApacheKafka` checks the cluster as a whole."""
 
     def __init__(
-        self, node_id: int, directory: Path, jars: Path, *, heap: str, host: str = HOST
+        self,
+        node_id: int,
+        directory: Path,
+        jars: Path,
+        *,
+        heap: str,
+        host: str = HOST,
+        security: KafkaSecurity | None = None,
     ) -> None:
         super().__init__(host=host)
         self.node_id = node_id
@@ -173,6 +262,13 @@ class KafkaNode(ServerProcess):
         self.directory = directory
         self.jars = jars
         self.heap = heap
+        self.security = security
+        self.secure_port = free_port(host) if security else None
+
+    @property
+    def secure_address(self) -> str | None:
+        """``host:port`` of the SASL_SSL listener, if the node has one."""
+        return f"{self.host}:{self.secure_port}" if self.secure_port else None
 
     @property
     def address(self) -> str:
@@ -188,16 +284,26 @@ class KafkaNode(ServerProcess):
 
     def write_config(self, voters: str, overrides: Mapping[str, str]) -> None:
         """server.properties as shipped, then this node's lines (later lines win)."""
+        advertised = f"PLAINTEXT://{self.address}"
+        secure: dict[str, str] = {}
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if self.security is not None:
+            advertised += f",SASL_SSL://{self.secure_address}"
+            keystore = self.directory / "keystore.pem"  # Kafka's PEM keystore: key, then chain
+            keystore.write_text(
+                self.security.keyfile.read_text() + self.security.certfile.read_text()
+            )
+            secure = self.security.overrides(keystore)
         own = {
             "node.id": str(self.node_id),
             "controller.quorum.voters": voters,
-            "listeners": f"PLAINTEXT://{self.address},CONTROLLER://{self.host}:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://{self.address}",
+            "listeners": f"{advertised},CONTROLLER://{self.host}:{self.controller_port}",
+            "advertised.listeners": advertised,
             "log.dirs": str(self.directory / "data"),
+            **secure,
             **overrides,
         }
         lines = [f"{key}={value}" for key, value in own.items()]
-        self.directory.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(
             SERVER_PROPERTIES.read_text()
             + "\n# -- this node (worker/tools/apache_kafka.py) --\n"
@@ -225,8 +331,15 @@ class KafkaNode(ServerProcess):
 
     def format_storage(self, cluster_id: str) -> None:
         """``kafka-storage format``: the data directory with its cluster id and node id."""
+        scram = self.security.scram_arguments() if self.security else []
         argv = self.java(
-            "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.config_path)
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            cluster_id,
+            "-c",
+            str(self.config_path),
+            *scram,
         )
         result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=180)
         if result.returncode != 0:
@@ -271,6 +384,7 @@ class ApacheKafka:
         heap: str = HEAP,
         directory: Path | None = None,
         jars: Path | None = None,
+        security: KafkaSecurity | None = None,
     ) -> None:
         if nodes < 1:
             raise ValueError("nodes must be >= 1")
@@ -280,12 +394,18 @@ class ApacheKafka:
         self._heap = heap
         self.size = nodes
         self.replication = min(3, nodes)
+        self.security = security
         self.nodes: list[KafkaNode] = []
 
     @property
     def bootstrap(self) -> str:
         """Every node's ``host:port``, comma-separated, for ``bootstrap_servers``."""
         return ",".join(node.address for node in self.nodes)
+
+    @property
+    def secure_bootstrap(self) -> str:
+        """Every node's SASL_SSL ``host:port`` (with ``security``), comma-separated."""
+        return ",".join(n.secure_address for n in self.nodes if n.secure_address)
 
     @property
     def pids(self) -> list[int | None]:
@@ -303,7 +423,9 @@ class ApacheKafka:
         jars = self._jars or broker_jars()
         self.directory.mkdir(parents=True, exist_ok=True)
         self.nodes = [
-            KafkaNode(n, self.directory / f"node-{n}", jars, heap=self._heap)
+            KafkaNode(
+                n, self.directory / f"node-{n}", jars, heap=self._heap, security=self.security
+            )
             for n in range(1, self.size + 1)
         ]
         voters = ",".join(f"{n.node_id}@{n.host}:{n.controller_port}" for n in self.nodes)
@@ -383,6 +505,32 @@ class ApacheKafka:
     ) -> None:
         """:meth:`create_topics` for synchronous callers."""
         run_blocking(lambda: self.create_topics(topics, config=config))
+
+    async def grant(self, acls: Iterable[Acl]) -> None:
+        """Create ``acls`` with Kafka's Admin API (CreateAcls, as the super user)."""
+        for response in await self._acl_requests(CreateAclsRequest, acls):
+            for code, message in response.creation_responses:
+                if code:
+                    raise for_code(code)(f"create ACL: {message}")
+
+    async def revoke(self, acls: Iterable[Acl]) -> None:
+        """Delete ``acls`` with Kafka's Admin API (DeleteAcls, one exact filter each)."""
+        for response in await self._acl_requests(DeleteAclsRequest, acls):
+            for code, message, _ in response.filter_responses:
+                if code:
+                    raise for_code(code)(f"delete ACL: {message}")
+
+    async def _acl_requests(
+        self, request: type[CreateAclsRequest | DeleteAclsRequest], acls: Iterable[Acl]
+    ) -> list[Any]:
+        """One request per ACL over the plain listener; aiokafka's admin client has the ACL
+        requests (one entry each) but no public method that sends them."""
+        client = kafka.admin(self.bootstrap)
+        await client.start()
+        try:
+            return [await client._send_request(request(*acl.fields())) for acl in acls]
+        finally:
+            await client.close()
 
     def pause(self) -> None:
         """SIGSTOP every node: the whole cluster hangs with its sockets open."""
