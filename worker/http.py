@@ -28,8 +28,9 @@ CHALLENGE: Final = {"WWW-Authenticate": 'Bearer realm="segment-worker"'}
 
 
 def authorised(header: str | None, token: str) -> bool:
-    """Whether an ``Authorization`` header carries the bearer token. The SHA-256 digests are
-    compared in constant time, so that timing reveals neither the token nor its length."""
+    """Whether an ``Authorization`` header carries the bearer token. Their SHA-256 digests are
+    compared in constant time: 32 bytes against 32, so that timing reveals neither how much of
+    a guess is right nor the token's length."""
     scheme, _, given = (header or "").partition(" ")
     same = hmac.compare_digest(_digest(given.strip()), _digest(token))
     return same and scheme.lower() == "bearer"
