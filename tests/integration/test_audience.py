@@ -32,7 +32,7 @@ from worker.core.views import describe
 from worker.kafka import partition_of
 from worker.replay import Replayer
 from worker.store import Client, Store
-from worker.tools.embedded import RedisServer
+from worker.tools.embedded import RedisServer, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -256,3 +256,12 @@ async def test_an_audience_on_a_redis_cluster_reaches_every_master(
     assert tally.scanned == len(states)
     assert await populations(store, RULES, PARTITIONS) == replay_counts(states)
     await client.aclose()
+
+
+def test_a_redis_it_cannot_reach_gives_status_2(
+    monkeypatch: pytest.MonkeyPatch, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    cli_env(monkeypatch, f"redis://127.0.0.1:{free_port()}/0")
+    code, out, err = run_audience(capsysbinary, "lifecycle", "active")
+    assert (code, out) == (2, b"")
+    assert "cannot reach Redis" in err
