@@ -605,6 +605,9 @@ class Oracle:
             "r_score": f.r_score,
             "f_score": f.f_score,
             "m_score": f.m_score,
+            # BG/NBD and Gamma-Gamma inputs: repeat order days, their mean spend.
+            "repeat_purchases": len(set(s.days)) - 1 if s.days else None,
+            "repeat_order_value": repeat_order_value(s),
             "classes": self.classes_of(customer_id),
             "since": {dim: text_of(ms) for dim, ms in sorted(c.since.items())},
             "rules_version": self.rules_version,
@@ -619,6 +622,13 @@ class Oracle:
             if c.classes_at(day) != c.classes:
                 return day
         return None
+
+
+def repeat_order_value(s: Stats) -> float | None:
+    """Mean spend of the order days after the first one (None without such a day)."""
+    repeat = [cents for (_, cents), day in zip(s.orders, s.days, strict=True) if day != s.days[0]]
+    days = len({day for day in s.days if day != s.days[0]}) if s.days else 0
+    return sum(repeat) / 100 / days if days else None
 
 
 def run_oracle(lines: list[bytes], as_of_ms: int, rules_version: str, reference_ms: int) -> Oracle:

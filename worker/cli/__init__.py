@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from worker import fit
 from worker.cli import audience, bench, changes, demo, operator, replay, rules, run, simulate
 from worker.core.rules import RulesError
 from worker.settings import SettingsError
@@ -42,4 +43,5 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in (replay, run, operator, audience, changes, demo, simulate, bench, rules):
         group.register(sub)
+    fit.register(sub, rules.redis_states)
     return parser

@@ -19,6 +19,7 @@ from worker.cli.replay import feed
 from worker.core.codec import decode_state
 from worker.core.events import ParseLimits
 from worker.core.features import DAYS_SINCE, INVARIANT, feature_kinds
+from worker.core.predict import model_features
 from worker.core.rules import load_rules
 from worker.core.rulesdiff import class_moves, render
 from worker.core.state import CustomerState
@@ -89,6 +90,8 @@ def _check(args: argparse.Namespace) -> int:
         described = {**INVARIANT, **DAYS_SINCE}
         for name, kind in feature_kinds(rules.windows, rules.scores).items():
             print(f"    {name:<26} {kind.value:<11} {described.get(name, '')}")
+        for name, text in model_features(rules.model.horizons).items() if rules.model else ():
+            print(f"    {name:<26} {'model':<11} {text}")
     return 0
 
 
@@ -97,7 +100,7 @@ def _diff(args: argparse.Namespace) -> int:
     if args.redis:
         # TLS files and the like still come from SEGMENT_WORKER_REDIS_TLS_*
         settings = replace(Settings.from_env(), redis_url=args.redis, redis_prefix=args.prefix)
-        states = list(_redis_states(settings))
+        states = list(redis_states(settings))
         day = day_of(args.as_of if args.as_of is not None else int(time.time() * 1000))
     else:
         replayer = Replayer(
@@ -126,7 +129,7 @@ def _diff(args: argparse.Namespace) -> int:
     return 0
 
 
-def _redis_states(settings: Settings) -> Iterator[CustomerState]:
+def redis_states(settings: Settings) -> Iterator[CustomerState]:
     kind = redis.RedisCluster if settings.redis_cluster else redis.Redis
     client = kind.from_url(settings.redis_url, **tls_options(settings))
     store = store_for(settings, None)

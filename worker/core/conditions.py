@@ -33,6 +33,7 @@ class FeatureKind(Enum):
     DAYS_SINCE = "days_since"  # grows by one per UTC day
     WINDOW = "window"  # changes when an order leaves a rolling window
     SCORE = "score"  # a step function of another feature
+    MODEL = "model"  # a fitted model's prediction: falls (weakly) as days pass with no order
 
 
 class ConditionError(SegmentWorkerError, ValueError):
@@ -163,6 +164,11 @@ class _Translator:
                 f"{ident!r} grows every day: compare it directly with a fixed value "
                 f"(e.g. {ident} > 30), not inside arithmetic or as a truth value"
             )
+        if kind is FeatureKind.MODEL and not compared:
+            raise ConditionError(
+                f"{ident!r} changes every day: compare it directly with a fixed value "
+                f"(e.g. {ident} < 0.3), not inside arithmetic or as a truth value"
+            )
         self.names.add(ident)
         return f"f[{ident!r}]"
 
@@ -204,7 +210,7 @@ class _Translator:
                 raise ConditionError(f"{other.id!r} is a number; compare it with a number")
 
     def operand(self, node: ast.expr, other: ast.expr) -> str:
-        if isinstance(node, ast.Name) and self.features.get(node.id) is FeatureKind.DAYS_SINCE:
+        if isinstance(node, ast.Name) and self.features.get(node.id) in _TIMED:
             moving = self._time_dependent(other)
             if moving:
                 raise ConditionError(
@@ -233,6 +239,9 @@ def _depth(tree: ast.AST) -> int:
         deepest = max(deepest, depth)
         stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
     return deepest
+
+
+_TIMED: Final = (FeatureKind.DAYS_SINCE, FeatureKind.MODEL)  # flips are found from thresholds
 
 
 def _is_number(node: ast.expr) -> bool:

@@ -21,6 +21,7 @@ from worker.core.features import (
     score_limits,
     window_edges,
 )
+from worker.core.predict import CROSSING_DAYS
 from worker.core.rules import Classes, Rules
 from worker.core.state import CustomerState, OrderIndex
 from worker.core.timeutil import DAY_MS, day_of
@@ -97,6 +98,8 @@ def evaluate(
     if classes != state.classes:
         dims = list(rules.dimension_names) + sorted(set(state.classes) - set(classes))
         snap = snapshot(facts, features, rules.windows)
+        if rules.model is not None:
+            snap.update(rules.model.values(facts, day))
         for dim in dims:
             old, new = state.classes.get(dim), classes.get(dim)
             if old == new:
@@ -145,14 +148,22 @@ def next_change_day(
     first = exact_checks + 1  # every source is sorted: its first few are all we can need
     candidates = window_edges(facts, day, rules.windows, first)
     offsets = rules.fixed_offsets
+    model_limits = rules.model_limits
     if offsets is None:
-        offsets = day_offsets(rules.thresholds(features) + score_limits(rules.scores))
+        limits = rules.thresholds(features)
+        offsets = day_offsets(limits + score_limits(rules.scores))
+        model_limits = tuple(limits)  # crossings() skips what is no model feature
     anchors = facts.anchors
     for name, deltas in offsets.items():
         anchor = anchors.get(name)
         if anchor is not None:
             start = bisect_right(deltas, day - anchor)  # anchor + delta > day
             candidates.update([anchor + o for o in deltas[start : start + first]])
+    if rules.model is not None and model_limits:
+        # Only crossings before the first few other candidates can matter.
+        known = sorted(candidates)[:first]
+        before = known[-1] if len(known) == first else day + CROSSING_DAYS
+        candidates.update(rules.model.crossings(facts, day, features, model_limits, before))
     for checked, candidate in enumerate(sorted(candidates)[:first]):
         if checked == exact_checks:
             return candidate

@@ -110,7 +110,9 @@ def facts_of(state: CustomerState, counting: int) -> Facts:
 
 
 def compile_features(
-    windows: tuple[int, ...], scores: tuple[Score, ...]
+    windows: tuple[int, ...],
+    scores: tuple[Score, ...],
+    model: Callable[[Facts, int], Features] | None = None,
 ) -> Callable[[Facts, int], Features]:
     """``features_at(facts, day)`` for one rules file, generated once at load: feature names,
     windows and cuts become constants, so that the hot path (up to three evaluations per
@@ -136,6 +138,9 @@ def compile_features(
         body.append(f"    lo = _bl(days, day - {n - 1}, 0, day_hi)")
         body.append(f"    f['spend_{n}d'] = sum([amounts[d] for d in days[lo:day_hi]]) / 100")
     namespace: dict[str, object] = {"_bl": bisect_left, "_br": bisect_right, "_NUMBER": _NUMBER}
+    if model is not None:  # the predictive features of a fitted [model]
+        namespace["_model"] = model
+        body.append("    f.update(_model(facts, day))")
     for i, score in enumerate(scores):
         namespace[f"_cuts{i}"] = score.cuts
         if score.higher_is_better:

@@ -40,6 +40,7 @@ from worker.core.features import (
     feature_kinds,
     score_limits,
 )
+from worker.core.predict import DEFAULT_HORIZONS, BgNbd, GammaGamma, Model, model_features
 from worker.core.state import PAID, PLACED
 from worker.errors import SegmentWorkerError
 
@@ -79,6 +80,7 @@ class Dimension:
     name: str
     applies: str | None
     classes: tuple[ClassRule, ...]
+    requires_model: bool = False  # dropped, once validated, from rules with no [model]
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,9 @@ class Rules:
     # When every such value is a constant (the usual case): the day offsets from each
     # feature's anchor at which a class can flip, score cuts included, precomputed.
     fixed_offsets: Mapping[str, tuple[int, ...]] | None
+    model: Model | None = None
+    # With fixed_offsets: the (model feature, constant) comparisons, whose flips are timed.
+    model_limits: tuple[tuple[str, object], ...] = ()
 
     @property
     def dimension_names(self) -> tuple[str, ...]:
@@ -204,7 +209,7 @@ def _build(doc: dict[str, Any], source: str, problems: _Problems) -> Rules | Non
     """Validate every part that does not depend on a failed one (errors go to ``problems``);
     compile only a file without any (else None)."""
     with problems.field():
-        _check_keys(doc, {"orders", "money", "scores", "dimensions", "segments"}, "")
+        _check_keys(doc, {"orders", "money", "scores", "dimensions", "segments", "model"}, "")
     orders = _table(doc, "orders", "")
     with problems.field():
         _check_keys(orders, {"count_status", "windows"}, "orders")
@@ -239,9 +244,15 @@ def _build(doc: dict[str, Any], source: str, problems: _Problems) -> Rules | Non
     for name, spec in _table(doc, "scores", "").items():
         with problems.field():
             scores.append(_score(name, spec, windows))
+    model: Model | None = None
+    with problems.field():
+        model = _model(doc["model"]) if "model" in doc else None
     kinds = feature_kinds(windows, scores)
     # A score that failed still names its feature, so conditions using it are not also wrong.
     kinds |= feature_kinds((), [Score(n, "", (), True) for n in _table(doc, "scores", "")])
+    # Model features are known either way, so that a typo in a dimension kept for a future
+    # fit is still caught; without [model] they may only appear where requires_model is set.
+    kinds.update(dict.fromkeys(_model_names(model), FeatureKind.MODEL))
     dimensions: list[Dimension] = []
     for i, spec in enumerate(_list(doc, "dimensions")):
         with problems.field():
@@ -252,6 +263,10 @@ def _build(doc: dict[str, Any], source: str, problems: _Problems) -> Rules | Non
     with problems.field():
         if len(dimensions) > MAX_CLASSES:
             raise _FieldError("dimensions", f"more than {MAX_CLASSES} dimensions and segments")
+    if model is None and "model" not in doc:
+        with problems.field():
+            _refuse_model_features(dimensions, kinds)
+        dimensions = [d for d in dimensions if not d.requires_model]
     seen: set[str] = set()
     for dim in dimensions:
         with problems.field():
@@ -273,10 +288,108 @@ def _build(doc: dict[str, Any], source: str, problems: _Problems) -> Rules | Non
         scores=tuple(scores),
         dimensions=tuple(dimensions),
         classify=classify,
-        features_at=compile_features(tuple(windows), tuple(scores)),
+        features_at=compile_features(
+            tuple(windows),
+            tuple(scores),
+            _model_reader(model, dimensions, kinds),
+        ),
         thresholds=thresholds,
         fixed_offsets=None if fixed is None else day_offsets(fixed + score_limits(scores)),
+        model=model,
+        model_limits=tuple(
+            (name, limit) for name, limit in fixed or () if kinds.get(name) is FeatureKind.MODEL
+        ),
     )
+
+
+_MODEL_TABLE: Final = {"bgnbd": ("r", "alpha", "a", "b"), "gamma_gamma": ("p", "q", "v")}
+
+
+def _model(spec: Any) -> Model:
+    if not isinstance(spec, dict):
+        raise _FieldError("model", "must be a table")
+    _check_keys(spec, {*_MODEL_TABLE, "horizons", "annual_discount_rate", "fitted"}, "model")
+    params: dict[str, list[float]] = {}
+    for table, names in _MODEL_TABLE.items():
+        path = f"model.{table}"
+        if table not in spec:
+            raise _FieldError(path, "missing (fill it with `segment-worker fit --write-rules`)")
+        values = _table(spec, table, "model")
+        _check_keys(values, set(names), path)
+        params[table] = []
+        for name in names:
+            value = values.get(name)
+            if (
+                not isinstance(value, int | float)
+                or isinstance(value, bool)
+                or not math.isfinite(value)
+                or not 0 < value < 1e12
+            ):
+                raise _FieldError(f"{path}.{name}", "must be a positive number")
+            params[table].append(float(value))
+    if params["gamma_gamma"][1] <= 1:
+        raise _FieldError("model.gamma_gamma.q", "must be above 1 (else mean spend is unbounded)")
+    horizons = spec.get("horizons", list(DEFAULT_HORIZONS))
+    if (
+        not isinstance(horizons, list)
+        or not horizons
+        or not all(
+            isinstance(h, int) and not isinstance(h, bool) and 1 <= h <= 3660 for h in horizons
+        )
+        or len(set(horizons)) != len(horizons)
+    ):
+        raise _FieldError("model.horizons", "must be a non-empty list of distinct days (1..3660)")
+    rate = spec.get("annual_discount_rate", 0.0)
+    if not isinstance(rate, int | float) or isinstance(rate, bool) or not 0 <= rate <= 1:
+        raise _FieldError("model.annual_discount_rate", "must be a number from 0 to 1")
+    fitted = spec.get("fitted", {})
+    if not isinstance(fitted, dict):
+        raise _FieldError("model.fitted", "must be a table (what the fit saw; not read)")
+    return Model(
+        BgNbd(*params["bgnbd"]), GammaGamma(*params["gamma_gamma"]), tuple(horizons), float(rate)
+    )
+
+
+def _model_reader(
+    model: Model | None, dimensions: list[Dimension], kinds: Mapping[str, FeatureKind]
+) -> Callable[[Facts, int], Features] | None:
+    """The model features the conditions read (each costs up to a 2F1 evaluation per day
+    classified; snapshots compute all of them, and only on a change); None if none."""
+    if model is None:
+        return None
+    used = {
+        name
+        for dim in dimensions
+        for text in (dim.applies, *(c.when for c in dim.classes))
+        if text is not None
+        for name in compile_condition(text, kinds, TEXTUAL).names
+        if kinds[name] is FeatureKind.MODEL
+    }
+    names = tuple(n for n in model.feature_names if n in used)
+    return (lambda facts, day: model.values(facts, day, names)) if names else None
+
+
+def _model_names(model: Model | None) -> tuple[str, ...]:
+    return tuple(model_features(DEFAULT_HORIZONS if model is None else model.horizons))
+
+
+def _refuse_model_features(dimensions: list[Dimension], kinds: Mapping[str, FeatureKind]) -> None:
+    for dim in dimensions:
+        if dim.requires_model:
+            continue
+        texts = [dim.applies, *(c.when for c in dim.classes)]
+        for text in texts:
+            if text is None:
+                continue
+            used = compile_condition(text, kinds, TEXTUAL).names
+            model_used = sorted(n for n in used if kinds[n] is FeatureKind.MODEL)
+            if model_used:
+                raise _FieldError(
+                    dim.name,
+                    f"{model_used[0]!r} needs a fitted [model] table in the rules "
+                    "(segment-worker fit --write-rules), or `requires_model = true` on this "
+                    "dimension to keep it until there is one",
+                )
 
 
 def _list(doc: Mapping[str, Any], key: str) -> list[Any]:
@@ -349,8 +462,11 @@ def _dimension(
     if not isinstance(spec, dict):
         raise _FieldError(path, "must be a table")
     with problems.field():
-        _check_keys(spec, {"name", "applies", "classes"}, path)
+        _check_keys(spec, {"name", "applies", "classes", "requires_model"}, path)
     name = _name(spec.get("name"), f"{path}.name")
+    requires_model = spec.get("requires_model", False)
+    if not isinstance(requires_model, bool):
+        raise _FieldError(f"{path}.requires_model", "must be true or false")
     applies = spec.get("applies")
     if applies is not None:
         with problems.field():
@@ -369,7 +485,7 @@ def _dimension(
             if any(c.name == cls.name for c in classes):
                 raise _FieldError(f"{cpath}.name", f"class {cls.name!r} appears twice")
             classes.append(cls)
-    return Dimension(name, applies, tuple(classes))
+    return Dimension(name, applies, tuple(classes), requires_model)
 
 
 def _class(cls: Any, path: str, last: bool, kinds: Mapping[str, FeatureKind]) -> ClassRule:
