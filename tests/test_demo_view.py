@@ -33,7 +33,7 @@ def rows(view: View) -> dict[str, str]:
 
 
 def test_classes_show_their_labels_and_customers_outside_a_dimension_are_na() -> None:
-    view = View(RULES)
+    view = View(RULES, "t0k")
     for customer in ("a", "b", "c"):
         view.absorb(change(customer, "lifecycle", None, "potential"))
     view.absorb(change("a", "lifecycle", "potential", "new"))
@@ -50,7 +50,7 @@ def test_classes_show_their_labels_and_customers_outside_a_dimension_are_na() ->
 
 def test_a_narrow_terminal_cuts_classes_not_the_na_count(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COLUMNS", "30")
-    view = View(RULES)
+    view = View(RULES, "t0k")
     for customer in ("a", "b"):
         view.absorb(change(customer, "lifecycle", None, "potential"))
     view.absorb(change("a", "rfm", None, "potential_loyalist"))
@@ -58,7 +58,7 @@ def test_a_narrow_terminal_cuts_classes_not_the_na_count(monkeypatch: pytest.Mon
 
 
 def test_a_segment_reads_as_in_and_not_in() -> None:
-    view = View(RULES)
+    view = View(RULES, "t0k")
     view.absorb(change("a", "lifecycle", None, "new"))
     view.absorb(change("b", "lifecycle", None, "new"))
     view.absorb(change("a", "old_customer", None, "in"))
@@ -67,7 +67,7 @@ def test_a_segment_reads_as_in_and_not_in() -> None:
 
 
 def test_the_rate_is_the_current_one_not_the_average_since_start() -> None:
-    view = View(RULES)
+    view = View(RULES, "t0k")
     view.sample(0.0)
     view.produced = 10_000  # a burst at the start
     view.sample(1.0)
@@ -78,7 +78,9 @@ def test_the_rate_is_the_current_one_not_the_average_since_start() -> None:
 
 
 def test_the_lookup_hint_names_only_a_customer_it_has_seen() -> None:
-    view = View(RULES)
+    view = View(RULES, "t0k")
     assert "customers/ID" in view.lookup("http://h")
     view.absorb(change("cus_0000042", "lifecycle", None, "new"))
-    assert view.lookup("http://h") == "http://h/customers/cus_0000042"
+    assert view.lookup("http://h") == (
+        "curl -H 'Authorization: Bearer t0k' http://h/customers/cus_0000042"
+    )

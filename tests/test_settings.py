@@ -79,6 +79,17 @@ def test_secrets_from_files_never_shown(tmp_path: Path) -> None:
     assert "s3cret" not in shown
 
 
+def test_the_http_token_comes_from_a_file_and_is_never_shown(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("tok-3x4mple\n")  # as a mounted Kubernetes Secret ends
+    s = Settings.from_env({"SEGMENT_WORKER_HTTP_TOKEN_FILE": str(token)})
+    assert s.http_token == "tok-3x4mple"
+    shown = {name: value for name, value, _ in s.describe()}
+    assert shown["SEGMENT_WORKER_HTTP_TOKEN"] == "(set)"
+    assert "tok-3x4mple" not in repr(s) + str(s.describe())
+    assert Settings.from_env({"SEGMENT_WORKER_HTTP_TOKEN": ""}).http_token is None  # off
+
+
 def test_run_refuses_to_start_on_a_bad_setting(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -18,8 +18,9 @@ class Progress:
         stream: TextIO = sys.stderr,
         delay: float = 1.0,
         interval: float = 0.25,
+        unit: str = "lines",
     ) -> None:
-        self.total, self.label, self.stream = total, label, stream
+        self.total, self.label, self.stream, self.unit = total, label, stream, unit
         self.delay, self.interval = delay, interval
         self.start = time.monotonic()
         self._next = self.start + delay
@@ -35,9 +36,9 @@ class Progress:
         if self.total:
             share = min(done / self.total, 1.0)
             bar = "#" * int(share * 30)
-            text = f"\r{self.label} [{bar:<30}] {share:6.1%}  {items:,} lines  {rate:,.0f}/s"
+            text = f"\r{self.label} [{bar:<30}] {share:6.1%}  {items:,} {self.unit}  {rate:,.0f}/s"
         else:
-            text = f"\r{self.label} {items:,} lines  {rate:,.0f}/s"
+            text = f"\r{self.label} {items:,} {self.unit}  {rate:,.0f}/s"
         self.stream.write(text)
         self.stream.flush()
 

@@ -158,7 +158,12 @@ class Worker:
             topic_allow_declare=False,
         )
         register_routes(
-            self.app, self.pipeline, metrics=self.metrics, store=self.store, clock=self.clock
+            self.app,
+            self.pipeline,
+            metrics=self.metrics,
+            store=self.store,
+            clock=self.clock,
+            token=settings.http_token,
         )
         self.service = _PipelineService(self)
         self.app.service(self.service)  # type: ignore[arg-type]

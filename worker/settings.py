@@ -81,6 +81,14 @@ class Settings:
         metadata=_doc("address the HTTP port binds; the container image sets 0.0.0.0"),
     )
     http_port: int = 8080
+    http_token: str | None = field(
+        default=None,
+        repr=False,
+        metadata={
+            "secret": True,
+            "doc": "bearer token for customer data (/customers, /segments); unset: those are off",
+        },
+    )
     topic_orders: str = "orders"
     topic_visits: str = "visits"
     topic_changes: str = "segment-changes"

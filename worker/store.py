@@ -16,7 +16,7 @@ import hashlib
 import hmac
 import re
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -27,7 +27,15 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import ResponseError
 
 from worker.errors import SegmentWorkerError
-from worker.keys import RELAYED, RULES, Layout, glob_escape, population_name, population_of
+from worker.keys import (
+    RELAYED,
+    RULES,
+    Layout,
+    glob_escape,
+    name_in,
+    population_name,
+    population_of,
+)
 from worker.settings import Settings
 
 LIBRARY: Final = "segment_worker"
@@ -199,6 +207,34 @@ class Store:
         found = cast(list[bytes], reply[1])
         names = [key[len(prefix.encode()) :].decode() for key in found]
         return int(reply[0]), await self._ids(partition, names)
+
+    async def every_state(self, count: int = 1000) -> AsyncIterator[list[tuple[str, bytes]]]:
+        """Every stored customer's (id, state), a batch of up to ``count`` at a time: one SCAN
+        over the whole keyspace (every master of a cluster, so every partition), and one read
+        of the values per batch. SCAN's promise holds: a customer stored for the whole scan
+        comes at least once (possibly twice); one stored or deleted meanwhile may or may not."""
+        batch: list[bytes] = []
+        async for key in self.client.scan_iter(match=self.keys.every_customer(), count=count):
+            batch.append(cast(bytes, key))
+            if len(batch) >= count:
+                yield await self._states_of(batch)
+                batch = []
+        if batch:
+            yield await self._states_of(batch)
+
+    async def _states_of(self, keys: list[bytes]) -> list[tuple[str, bytes]]:
+        """(id, state) of the customers whose state keys these are; those deleted since the
+        scan saw their key are left out."""
+        if isinstance(self.client, RedisCluster):  # one MGET per slot, i.e. per partition
+            values = await self.client.mget_nonatomic(keys)
+        else:
+            values = await self.client.mget(keys)
+        out = []
+        for key, stored in zip(keys, cast(list[bytes | None], values), strict=True):
+            if stored is not None:
+                customer_id, blob = self.unwrap(stored)
+                out.append((customer_id or name_in(key.decode()), blob))
+        return out
 
     async def rules_version(self, partition: int) -> str | None:
         """The rules version every customer of the partition was last re-evaluated under."""

@@ -38,6 +38,8 @@ PARTITIONS = 4
 DAY0 = parse_rfc3339("2026-03-02T00:00:00Z")
 NOW = DAY0 + DAY_MS - 1  # end of the traffic's day: every event is in the past, none is late
 RULES = load_rules(None)
+TOKEN = "live-test-token"  # SEGMENT_WORKER_HTTP_TOKEN of the workers these tests start
+AUTH = {"Authorization": f"Bearer {TOKEN}"}  # what a caller of customer data sends
 
 
 class ManualClock:
@@ -72,6 +74,7 @@ async def make_settings(broker: Broker, redis_url: str) -> Settings:
         kafka_bootstrap=broker.bootstrap,
         redis_url=redis_url,
         http_port=free_port(),
+        http_token=TOKEN,
         kafka_idempotence=broker.idempotent,  # on where the broker has it (not on Tansu)
         session_timeout_ms=6000,
         heartbeat_interval_ms=500,

@@ -1,10 +1,12 @@
 """`segment-worker demo` runs the whole product and leaves nothing behind when stopped."""
 
 import json
+import shlex
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Sequence
 
@@ -116,7 +118,16 @@ def test_it_prints_where_it_listens_and_a_customer_that_exists() -> None:
         while not line.startswith("lookup: "):
             line = proc.stdout.readline()
             assert line, "no lookup hint before the end"
-        with urllib.request.urlopen(line.removeprefix("lookup: ").strip(), timeout=10) as resp:
+        curl, option, header, address = shlex.split(line.removeprefix("lookup: "))
+        assert (curl, option) == ("curl", "-H")
+        name, _, value = header.partition(": ")
+        assert name == "Authorization" and value.startswith("Bearer ")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(address, timeout=10)  # customer data needs the token
+        assert refused.value.code == 401
+        refused.value.close()
+        asked = urllib.request.Request(address, headers={name: value})
+        with urllib.request.urlopen(asked, timeout=10) as resp:
             assert resp.status == 200
             assert json.loads(resp.read())["customer_id"].startswith("cus_")
     finally:

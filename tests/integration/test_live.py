@@ -18,6 +18,7 @@ from aiohttp import ClientSession
 
 from tests.core.test_codec import FORMAT_3
 from tests.integration.live_support import (
+    AUTH,
     NOW,
     PARTITIONS,
     RULES,
@@ -105,7 +106,7 @@ async def test_end_to_end_matches_replay_including_timers_and_dead_letters(
         # The HTTP port: lookup, metrics, readiness.
         async with ClientSession(f"http://127.0.0.1:{settings.http_port}") as http:
             cid = sorted(expected_replay.states)[0]
-            async with http.get(f"/customers/{cid}") as resp:
+            async with http.get(f"/customers/{cid}", headers=AUTH) as resp:
                 assert resp.status == 200
                 looked_up = await resp.json()
                 assert looked_up["customer_id"] == cid
@@ -124,7 +125,7 @@ async def test_end_to_end_matches_replay_including_timers_and_dead_letters(
             out, _ = await cli.communicate()
             assert cli.returncode == 0
             assert orjson.loads(out) == looked_up
-            async with http.get("/customers/nobody-at-all") as resp:
+            async with http.get("/customers/nobody-at-all", headers=AUTH) as resp:
                 assert resp.status == 404
             async with http.get("/readyz") as resp:
                 assert resp.status == 200
@@ -150,6 +151,41 @@ async def test_end_to_end_matches_replay_including_timers_and_dead_letters(
                 return got == {k: float(v) for k, v in want_pop.items()}
 
             await wait_until(population, 10, "population gauge")
+
+            # GET /segments: every class's population, as replay counts them.
+            want_segments = {
+                d.name: dict.fromkeys((c.name for c in d.classes), 0) for d in RULES.dimensions
+            }
+            for state in expected_replay.states.values():
+                for dim, cls in state.classes.items():
+                    if cls is not None:
+                        want_segments[dim][cls] += 1
+            async with http.get("/segments", headers=AUTH) as resp:
+                assert resp.status == 200
+                assert await resp.json() == want_segments
+
+        # An audience, as `segment-worker audience` lists it, is replay's members of the class.
+        cli = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "worker",
+            "audience",
+            "lifecycle",
+            "new",
+            "--at",
+            format_ms(NOW),
+            env=env_of(settings),
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await cli.communicate()
+        assert cli.returncode == 0
+        members = {
+            cid for cid, s in expected_replay.states.items() if s.classes.get("lifecycle") == "new"
+        }
+        assert members
+        assert sorted(orjson.loads(line)["customer_id"] for line in out.splitlines()) == sorted(
+            members
+        )
 
         # Time passes with no event: the timer fires what falls due, as replay's clock would.
         later = NOW + 200 * DAY_MS

@@ -4,6 +4,7 @@ due-index member or erasure marker reveals an id, and lookups, timers and erasur
 import asyncio
 import hashlib
 import hmac
+import logging
 from dataclasses import replace
 
 import pytest
@@ -11,6 +12,7 @@ import redis.asyncio as aioredis
 from aiohttp import ClientSession
 
 from tests.integration.live_support import (
+    AUTH,
     NOW,
     PARTITIONS,
     ManualClock,
@@ -85,8 +87,9 @@ async def test_store_names_customers_by_keyed_hash(redis_server: RedisServer) ->
 
 
 async def test_the_worker_keeps_ids_out_of_redis_and_still_serves_timers_lookups_erasure(
-    broker: Broker, redis_server: RedisServer
+    broker: Broker, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="segment_worker.http")
     settings = replace(await make_settings(broker, redis_server.url), pseudonym_key=KEY)
     events = one_day_of_traffic(200, seed=22, orders_only=True)
     produced = await produce(settings, events)
@@ -112,9 +115,16 @@ async def test_the_worker_keeps_ids_out_of_redis_and_still_serves_timers_lookups
         await client.aclose()
 
         base = f"http://127.0.0.1:{settings.http_port}"
-        async with ClientSession(base) as http, http.get(f"/customers/{ids[0]}") as resp:
+        async with (
+            ClientSession(base) as http,
+            http.get(f"/customers/{ids[0]}", headers=AUTH) as resp,
+        ):
             assert resp.status == 200
             assert (await resp.json())["customer_id"] == ids[0]
+        # The lookup is logged by the customer's pseudonym, not by their id.
+        logged = [r.getMessage() for r in caplog.records if r.name == "segment_worker.http"]
+        assert f"GET /customers/{store_for(settings, None).name(ids[0])}" in logged
+        assert not [line for line in logged if ids[0] in line]
 
         # The timer finds due customers by pseudonym and emits their real ids.
         later = NOW + 200 * DAY_MS

@@ -88,16 +88,16 @@ def _customer(args: argparse.Namespace) -> int:
         day = rules.calendar.day_of(time.time_ns() // 1_000_000 if args.at is None else args.at)
         return print_customers(store, rules, args.customer_ids, partitions, day)
 
-    return _against_redis(args.partitions, work)
+    return against_redis(args.partitions, work)
 
 
 def _forget(args: argparse.Namespace) -> int:
-    return _against_redis(
+    return against_redis(
         args.partitions, lambda _, store, partitions: forget(store, args.customer_ids, partitions)
     )
 
 
-def _against_redis(
+def against_redis(
     partitions: int | None, work: Callable[[Settings, Store, int], Awaitable[int]]
 ) -> int:
     """Run an operator command on the worker's Redis, with the settings of `run` and the

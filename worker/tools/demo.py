@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -68,11 +70,13 @@ async def services(options: DemoOptions) -> AsyncIterator[tuple[str, str, bool]]
 class View:
     """Populations per dimension and the latest changes, from the segment-change topic, in
     the words of the rules (class labels) and with what a marketer needs to read them: the
-    current event rate, and how many customers a dimension does not apply to."""
+    current event rate, and how many customers a dimension does not apply to. ``token``: the
+    worker's bearer token for customer data, which the lookup hint carries."""
 
     RATE_WINDOW = 5.0  # seconds the events/s figure looks back
 
-    def __init__(self, rules: Rules) -> None:
+    def __init__(self, rules: Rules, token: str) -> None:
+        self.token = token
         self.dimensions = {d.name: d for d in rules.dimensions}
         self.population: dict[str, Counter[str]] = defaultdict(Counter)
         self.customers: set[str] = set()
@@ -137,9 +141,14 @@ class View:
         return "\n".join(lines)
 
     def lookup(self, url: str) -> str:
+        """A command that looks a customer up, with the bearer token."""
         if self.last_customer is None:
-            return f"{url}/customers/ID (an ID appears with the first change)"
-        return f"{url}/customers/{self.last_customer}"
+            return f"{self.curl(url + '/customers/ID')} (an ID appears with the first change)"
+        return self.curl(f"{url}/customers/{self.last_customer}")
+
+    def curl(self, url: str) -> str:
+        """The curl command that fetches ``url`` with the bearer token."""
+        return f"curl -H {shlex.quote('Authorization: Bearer ' + self.token)} {url}"
 
     def _row(self, dim: str) -> str:
         counts = [(c, n) for c, n in self.population[dim].most_common() if n > 0]
@@ -192,6 +201,7 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> View:
 async def _run(options: DemoOptions, out: TextIO, stop: asyncio.Event) -> View:
     async with services(options) as (bootstrap, redis_url, embedded):
         base = Settings.from_env({})
+        token = secrets.token_urlsafe(24)  # customer data only for whoever reads it here
         settings = replace(
             base,
             kafka_bootstrap=bootstrap,
@@ -205,15 +215,17 @@ async def _run(options: DemoOptions, out: TextIO, stop: asyncio.Event) -> View:
             timer_interval_ms=200,
             clock_start=options.start,
             clock_speed=options.days_per_second * DAY_MS / 1000,
+            http_token=token,
         )
         await ensure_topics(settings, PARTITIONS)
         clock = SimulatedClock(parse_rfc3339(options.start), settings.clock_speed)
         worker = Worker(settings, clock)
-        view = View(worker.rules)
+        view = View(worker.rules, token)
         url = f"http://{settings.http_host}:{settings.http_port}"
         out.write(
-            f"segment-worker demo: HTTP {url} (metrics: {url}/metrics, a customer: "
-            f"{url}/customers/ID); Kafka {bootstrap}; Redis {redact_url(redis_url)}\n"
+            f"segment-worker demo: HTTP {url} (metrics: {url}/metrics); Kafka {bootstrap}; "
+            f"Redis {redact_url(redis_url)}\n"
+            f"  customer data needs the bearer token: {view.curl(url + '/segments')}\n"
             f"  watch the changes: segment-worker changes --kafka {bootstrap} --follow "
             "--format table\n"
         )

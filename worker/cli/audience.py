@@ -1,0 +1,120 @@
+"""``segment-worker audience``: the customers in one class right now, for export."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+import orjson
+
+from worker.audience import Member, Tally, UnknownClass, check_class, columns, members, populations
+from worker.cli.common import Subparsers, instant, output, positive
+from worker.cli.operator import against_redis
+from worker.core.rules import Rules, load_rules
+from worker.core.timeutil import day_of
+from worker.progress import Progress
+from worker.settings import Settings
+from worker.store import Store
+
+GUARANTEE = (
+    "The members are read while the worker keeps classifying (Redis SCAN, over every master "
+    "of a Redis Cluster, so every partition): a customer who is in the class for the whole "
+    "scan is listed, exactly once; one who enters or leaves it during the scan may or may "
+    "not be; nobody is listed who was not in the class at some instant of the scan."
+)
+
+
+def register(sub: Subparsers) -> None:
+    """Add ``audience``."""
+    audience = sub.add_parser(
+        "audience",
+        help="list the customers currently in one class (an audience to export)",
+        description="Print every customer whose current class in DIMENSION is CLASS (the class "
+        "last emitted on the change topic), one per line: customer_id, class, since (when "
+        "they entered it), last_order_at, orders and spend in total and per window, and the "
+        f"scores. {GUARANTEE} A progress bar on stderr counts the members found against the "
+        "class's population when the scan started. Redis and Kafka settings come from the "
+        "same environment variables as `run`; Kafka is asked only for the partition count "
+        "(give it with --partitions to skip Kafka). Exit status 2 for a dimension or class "
+        "the rules do not have (the message lists those they do), 1 if a stored state could "
+        "not be read (named on stderr; the others are still listed).",
+    )
+    audience.add_argument("dimension", metavar="DIMENSION")
+    audience.add_argument("class_name", metavar="CLASS")
+    audience.add_argument(
+        "--format", choices=("jsonl", "csv"), default="jsonl", help="(%(default)s)"
+    )
+    audience.add_argument("--out", type=Path, metavar="FILE", help="write here (default stdout)")
+    audience.add_argument(
+        "--partitions", type=positive, help="partition count of the input topics (asked of Kafka)"
+    )
+    audience.add_argument(
+        "--at",
+        type=instant,
+        metavar="TIMESTAMP",
+        help="RFC 3339 instant at which window and score figures are computed (default: now)",
+    )
+    audience.add_argument("--quiet", action="store_true", help="no progress bar")
+    audience.set_defaults(func=_audience)
+
+
+def _audience(args: argparse.Namespace) -> int:
+    rules = load_rules(Settings.from_env().rules)
+    try:
+        check_class(rules, args.dimension, args.class_name)
+    except UnknownClass as exc:
+        print(f"segment-worker: {exc}", file=sys.stderr)
+        return 2
+    day = day_of(time.time_ns() // 1_000_000 if args.at is None else args.at)
+
+    async def work(_: Settings, store: Store, partitions: int) -> int:
+        expected = (await populations(store, rules, partitions))[args.dimension][args.class_name]
+        label = f"audience {args.dimension}={args.class_name}"
+        progress = None if args.quiet else Progress(expected, label, unit="customers scanned")
+        tally = Tally()
+        try:
+            with output(args.out, sys.stdout.buffer) as out:
+                assert out is not None
+                write = _writer(args.format, rules, out)
+                async for found in members(
+                    store, rules, args.dimension, args.class_name, day=day, tally=tally
+                ):
+                    write(found)
+                    out.flush()
+                    if progress is not None:
+                        progress.update(tally.members, tally.scanned)
+        finally:
+            if progress is not None:
+                progress.close()
+        for customer_id in tally.unreadable:
+            print(f"segment-worker: cannot read the state of {customer_id!r}", file=sys.stderr)
+        print(
+            f"{tally.members:,} members of {args.dimension}={args.class_name} "
+            f"({tally.scanned:,} customers scanned; {expected:,} when the scan started)",
+            file=sys.stderr,
+        )
+        return 1 if tally.unreadable else 0
+
+    return against_redis(args.partitions, work)
+
+
+def _writer(kind: str, rules: Rules, out: BinaryIO) -> Callable[[list[Member]], object]:
+    """Writes a batch of members as JSON lines, or as CSV rows after a header (written now,
+    so that an empty audience still says what its columns are)."""
+    if kind == "jsonl":
+        return lambda found: out.write(b"".join(orjson.dumps(m) + b"\n" for m in found))
+    fields = columns(rules)
+    out.write(_csv([fields]))
+    return lambda found: out.write(_csv([[m[f] for f in fields] for m in found]))
+
+
+def _csv(rows: Sequence[Sequence[object]]) -> bytes:
+    text = io.StringIO()
+    csv.writer(text).writerows(rows)  # None is written as an empty field
+    return text.getvalue().encode()
