@@ -375,7 +375,8 @@ class Pipeline:
         now = self.clock.now_ms()
         erasures = [r for r in records if r.topic == self.settings.topic_erasures]
         events = [r for r in records if r.topic != self.settings.topic_erasures]
-        parsed = parse_batch(events, self.topics, now, self.limits)
+        inputs = self.consumer.partitions_for_topic(self.topics.orders)  # as lookups count
+        parsed = parse_batch(events, self.topics, now, self.limits, len(inputs or ()) or None)
         states, erased = await self._read(claim.partition, customers_of(parsed))
         if erased:  # an erased customer's late or replayed events must not resurrect them
             keep = [

@@ -186,6 +186,39 @@ def test_kafka_level_rejections_and_dead_letter_headers() -> None:
     assert all(r.key == b"c1" for r in changes)
 
 
+def test_a_record_on_another_partition_than_murmur2_s_is_dead_lettered() -> None:
+    def visit(customer_id: str) -> bytes:
+        return orjson.dumps(
+            {
+                "event_id": f"v-{customer_id}",
+                "customer_id": customer_id,
+                "occurred_at": "2026-01-01T00:00:00Z",
+                "action": "login",
+            }
+        )
+
+    # murmur2 puts bob on 2 of 4 (CRC32, librdkafka's default, on 0) and erin on 0.
+    batch = [
+        InRecord("visits", 0, 7, b"bob", visit("bob")),
+        InRecord("visits", 0, 8, b"erin", visit("erin")),
+        InRecord("visits", 0, 9, b"carol", visit("bob")),
+    ]
+    parsed = parse_batch(batch, TOPICS, FUTURE, LIMITS, partitions=4)
+    reasons = [p.reason if isinstance(p, Rejection) else None for p in parsed]
+    assert reasons == [Reason.WRONG_PARTITION, None, Reason.KEY_MISMATCH]
+    assert customers_of(parsed) == ["erin"]
+    outcome = apply_batch(batch, parsed, {"erin": None}, rules=RULES, topics=TOPICS, now_ms=FUTURE)
+    assert set(outcome.states) == {"erin"}
+    dlq = [dict(r.headers) for r in outcome.out if r.topic == TOPICS.dlq]
+    assert [(h["dlq.error.class"], h["dlq.stage"]) for h in dlq] == [
+        (b"wrong_partition", b"kafka"),
+        (b"key_mismatch", b"kafka"),
+    ]
+    assert outcome.rejected == {"wrong_partition": 1, "key_mismatch": 1}
+    # Without a partition count (replay, whose input has no partitions) nothing is refused.
+    assert not any(isinstance(p, Rejection) for p in parse_batch(batch[:2], TOPICS, FUTURE, LIMITS))
+
+
 def test_reevaluation_under_new_rules_emits_rules_change_once() -> None:
     live = Live()
     batch = records(800, seed=13)

@@ -18,12 +18,13 @@ from worker.core.codec import OutRecord
 from worker.core.deadletter import Stage
 from worker.core.engine import absorb, fire_timer, process_event, reevaluate
 from worker.core.events import Event, EventKind, ParseLimits, Reason, Rejection, parse_event
+from worker.core.partitioner import partition_of
 from worker.core.rules import Rules
 from worker.core.state import CustomerState
 from worker.core.timeutil import DAY_MS
 
 DLQ_VALUE_LIMIT: Final = 64 * 1024
-_KAFKA_REASONS: Final = frozenset({Reason.MISSING_KEY, Reason.KEY_MISMATCH})
+_KAFKA_REASONS: Final = frozenset({Reason.MISSING_KEY, Reason.KEY_MISMATCH, Reason.WRONG_PARTITION})
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,9 +80,18 @@ class Outcome:
 
 
 def parse_batch(
-    records: Sequence[InRecord], topics: Topics, now_ms: int, limits: ParseLimits
+    records: Sequence[InRecord],
+    topics: Topics,
+    now_ms: int,
+    limits: ParseLimits,
+    partitions: int | None = None,
 ) -> list[Event | Rejection]:
-    """Validate every record, Kafka-level checks (key present, key == customer_id) included."""
+    """Validate every record, Kafka-level checks (key present, key == customer_id) included.
+
+    ``partitions``: the input topics' partition count; a record whose key Kafka's default
+    partitioner puts on another partition is refused (``wrong_partition``). Its producer
+    partitions another way (librdkafka's CRC32, sarama's FNV): applied here, it would start a
+    second state for the customer, one that lookups and erasures never find."""
     out: list[Event | Rejection] = []
     for record in records:
         kind: EventKind = "order" if record.topic == topics.orders else "visit"
@@ -98,6 +108,16 @@ def parse_batch(
                     "customer_id",
                     f"key {record.key[:64]!r} differs from customer_id {event.customer_id[:64]!r}",
                 )
+            elif partitions is not None:
+                want = partition_of(event.customer_id, partitions)
+                if want != record.partition:
+                    event = Rejection(
+                        Reason.WRONG_PARTITION,
+                        "customer_id",
+                        f"came on partition {record.partition}, but Kafka's default partitioner "
+                        f"(murmur2) puts this key on {want} of {partitions}: the producer must "
+                        "use it",
+                    )
         out.append(event)
     return out
 

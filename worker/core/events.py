@@ -41,6 +41,7 @@ class Reason(StrEnum):
     UNSUPPORTED_CURRENCY = "unsupported_currency"
     MISSING_KEY = "missing_key"
     KEY_MISMATCH = "key_mismatch"
+    WRONG_PARTITION = "wrong_partition"
 
 
 @dataclass(frozen=True, slots=True)
