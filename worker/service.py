@@ -202,7 +202,7 @@ class Worker:
         delay = 0.2
         while not self.pipeline.stopping.is_set():
             try:
-                await self.store.load_library()
+                await self.store.ensure_library()
                 await self.producer.start()
                 await self.consumer.start()
                 return

@@ -169,7 +169,9 @@ def test_forget_deletes_nothing_if_the_state_changed_since_it_was_read(
     async def attempt() -> bool:
         client = aioredis.from_url(redis_server.url)
         try:
-            return await Store(client).forget(partition_of("cus_a", 4), "cus_a", b"read earlier")
+            store = Store(client)
+            await store.load_library()
+            return await store.forget(partition_of("cus_a", 4), "cus_a", b"read earlier")
         finally:
             await client.aclose()
 

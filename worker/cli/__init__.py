@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from worker.cli import bench, demo, operator, replay, rules, run, simulate
+from worker.cli import bench, demo, operator, redis, replay, rules, run, simulate
 from worker.core.rules import RulesError
 from worker.settings import SettingsError
 
@@ -39,6 +39,6 @@ def _parser() -> argparse.ArgumentParser:
         "RFM state, classes along several dimensions, and segment-change events out.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (replay, run, operator, demo, simulate, bench, rules):
+    for group in (replay, run, operator, demo, simulate, bench, rules, redis):
         group.register(sub)
     return parser

@@ -10,7 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from aiokafka.errors import KafkaError
-from redis.exceptions import RedisError
+from redis.exceptions import NoPermissionError, RedisError
 
 from worker.cli.common import Subparsers, instant, positive
 from worker.core.rules import load_rules
@@ -18,7 +18,7 @@ from worker.core.timeutil import day_of
 from worker.kafka import input_partitions, send_erasures
 from worker.lookup import forget, print_customers
 from worker.settings import Settings
-from worker.store import Store, connect, store_for
+from worker.store import LibraryNotLoaded, Store, connect, store_for
 
 
 def register(sub: Subparsers) -> None:
@@ -93,9 +93,11 @@ def _customer(args: argparse.Namespace) -> int:
 
 
 def _forget(args: argparse.Namespace) -> int:
-    return _against_redis(
-        args.partitions, lambda _, store, partitions: forget(store, args.customer_ids, partitions)
-    )
+    async def work(_: Settings, store: Store, partitions: int) -> int:
+        await store.ensure_library()  # forget is one of its Functions
+        return await forget(store, args.customer_ids, partitions)
+
+    return _against_redis(args.partitions, work)
 
 
 def _against_redis(
@@ -120,6 +122,14 @@ def _against_redis(
         print(
             f"segment-worker: Kafka at {settings.kafka_bootstrap} did not tell the partition "
             f"count of {settings.topic_orders!r} ({exc!r}); give it with --partitions",
+            file=sys.stderr,
+        )
+    except LibraryNotLoaded as exc:
+        print(f"segment-worker: {exc}", file=sys.stderr)
+    except NoPermissionError as exc:
+        print(
+            f"segment-worker: Redis refused a command to this user (SEGMENT_WORKER_REDIS_URL; "
+            f"deploy/redis/users.acl says what it may do): {exc}",
             file=sys.stderr,
         )
     except (RedisError, OSError) as exc:
