@@ -44,7 +44,7 @@ from worker.core.batch import (
 )
 from worker.core.batch import sweep as sweep_due
 from worker.core.codec import CorruptRecord, OutRecord, decode_state, encode_state
-from worker.core.events import ParseLimits, Rejection
+from worker.core.events import ParseLimits, Rejection, valid_id
 from worker.core.rules import Rules, RulesError, load_rules
 from worker.core.state import CustomerState
 from worker.core.timeutil import DAY_MS, parse_rfc3339
@@ -425,9 +425,9 @@ class Pipeline:
         ttl = self.settings.erasure_marker_days * DAY_MS
         tombstones = Outcome()
         for record in erasures:
-            if not record.key:
+            customer_id = (record.key or b"").decode("utf-8", "replace")
+            if not valid_id(customer_id, self.limits):  # no such customer: no trace to leave
                 continue
-            customer_id = record.key.decode("utf-8", "replace")
             previous = (await self._load(claim.partition, [customer_id]))[customer_id]
             try:
                 await self._timed("erase", self.store.erase(claim, customer_id, ttl))

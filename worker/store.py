@@ -29,7 +29,15 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import NoPermissionError, ResponseError
 
 from worker.errors import SegmentWorkerError
-from worker.keys import RELAYED, RULES, Layout, glob_escape, population_name, population_of
+from worker.keys import (
+    ERASED,
+    RELAYED,
+    RULES,
+    Layout,
+    glob_escape,
+    population_name,
+    population_of,
+)
 from worker.settings import Settings
 
 LIBRARY: Final = "segment_worker"
@@ -193,17 +201,50 @@ class Store:
 
     async def library_loaded(self) -> bool:
         """Whether every server that may hold partitions has exactly this release's library."""
+        for server in await self._servers():
+            reply = await server.execute_command(
+                "FUNCTION LIST", "LIBRARYNAME", LIBRARY, "WITHCODE"
+            )
+            if _library_code(reply) != library_code():
+                return False
+        return True
+
+    async def migrate_markers(self) -> int:
+        """Rename the erasure markers an older release named by the raw id (it did without a
+        pseudonym key) to their digest, keeping their TTL; how many. Part of ``redis install``:
+        workers look for digests only, and an unmigrated marker would no longer keep an erased
+        customer's late events out. Idempotent: a rerun finishes an interrupted one."""
+        moved = 0
+        for server in await self._servers():
+            cursor = 0
+            while True:
+                reply = await server.execute_command(
+                    "SCAN", cursor, "MATCH", self.keys.markers(), "COUNT", 500
+                )
+                cursor = int(reply[0])
+                for key in cast(list[bytes], reply[1]):
+                    old = key.decode()
+                    name = old.partition("}:")[2].removeprefix(ERASED)
+                    if _DIGEST.fullmatch(name):
+                        continue
+                    new = old.removesuffix(name) + hashlib.sha256(name.encode()).hexdigest()
+                    ttl = int(await server.execute_command("PTTL", old))
+                    if ttl != -2:  # -2: expired meanwhile
+                        await server.execute_command(
+                            "SET", new, "1", *(("PX", ttl) if ttl > 0 else ())
+                        )
+                        await server.execute_command("DEL", old)
+                        moved += 1
+                if cursor == 0:
+                    break
+        return moved
+
+    async def _servers(self) -> list[Any]:
+        """The servers that hold partitions: the client's, or every master of a cluster."""
         if isinstance(self.client, RedisCluster):
             await self.client.initialize()
-            found = [
-                _library_code(
-                    await node.execute_command("FUNCTION LIST", "LIBRARYNAME", LIBRARY, "WITHCODE")
-                )
-                for node in self.client.get_primaries()
-            ]
-        else:
-            found = [_library_code(await self.client.function_list(LIBRARY, withcode=True))]
-        return all(code == library_code() for code in found)
+            return list(self.client.get_primaries())
+        return [self.client]
 
     async def server_id(self, partition: int) -> str:
         """The run id of the server holding the partition: it changes when that Redis restarts

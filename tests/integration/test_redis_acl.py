@@ -113,6 +113,30 @@ async def test_only_the_admin_loads_code_and_the_worker_checks_it_is_there(
         await client.aclose()
 
 
+async def test_install_renames_markers_an_older_release_named_by_the_id(
+    bare_redis: RedisServer,
+) -> None:
+    admin = aioredis.from_url(url(bare_redis, "segment-worker-admin"))
+    client = aioredis.from_url(url(bare_redis))
+    old = Layout().erased(2, "alice@example.com")  # as release 6 named it, with no pseudonym key
+    try:
+        await admin.set(old, "1", px=3_600_000)
+        installed = install_command(bare_redis)
+        assert installed.returncode == 0, installed.stderr
+        assert "1 erasure marker(s)" in installed.stdout
+        store = Store(client)
+        assert (await store.read_checked(2, ["alice@example.com", "bob"])).erased == {
+            "alice@example.com"
+        }
+        new = store.erased_key(2, "alice@example.com")
+        assert "alice" not in new and 0 < await admin.pttl(new) <= 3_600_000
+        assert await admin.pttl(old) == -2  # gone
+        assert "marker" not in install_command(bare_redis).stdout  # nothing left to rename
+    finally:
+        await admin.aclose()
+        await client.aclose()
+
+
 async def test_a_worker_without_the_library_stops_with_the_reason(
     broker: Broker, bare_redis: RedisServer
 ) -> None:

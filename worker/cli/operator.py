@@ -13,6 +13,7 @@ from aiokafka.errors import KafkaError
 from redis.exceptions import NoPermissionError, RedisError
 
 from worker.cli.common import Subparsers, instant, positive
+from worker.core.events import ParseLimits, valid_id
 from worker.core.rules import load_rules
 from worker.core.timeutil import day_of
 from worker.kafka import input_partitions, send_erasures
@@ -78,6 +79,15 @@ def _customer_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _erase(args: argparse.Namespace) -> int:
+    limits = ParseLimits()
+    invalid = [c for c in args.customer_ids if not valid_id(c, limits)]
+    if invalid:
+        print(
+            f"segment-worker: {invalid[0][:40]!r}: not a customer id (1 to "
+            f"{limits.max_id_length} characters, as events carry them); nothing sent",
+            file=sys.stderr,
+        )
+        return 2
     asyncio.run(send_erasures(Settings.from_env(), args.customer_ids))
     print(f"erasure requested for {len(args.customer_ids)} customer(s)", file=sys.stderr)
     return 0

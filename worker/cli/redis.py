@@ -29,11 +29,13 @@ def register(sub: Subparsers) -> None:
         help="load this release's Functions library (needs an admin's Redis user)",
         description=f"Load the Redis Functions library {LIBRARY!r} of this release into Redis "
         "(FUNCTION LOAD REPLACE, into every master of a cluster), unless exactly this code is "
-        "loaded already. Run it with a Redis user allowed FUNCTION LOAD and FUNCTION LIST "
-        "(users.acl's segment-worker-admin), before starting the workers of a release: they "
-        "refuse to start without it. The URL comes from --redis-url or, as for `run`, "
-        "SEGMENT_WORKER_REDIS_URL (or SEGMENT_WORKER_REDIS_URL_FILE, which keeps the password "
-        "off the command line); TLS and cluster settings as for `run`.",
+        "loaded already, and rename erasure markers that an older release named by the raw "
+        "customer id to their digest. Run it as users.acl's segment-worker-admin (FUNCTION "
+        "LOAD and LIST, and SCAN, PTTL, SET, DEL on the worker's keys) before starting the "
+        "workers of a release: they refuse to start without it. The URL comes from "
+        "--redis-url or, as for `run`, SEGMENT_WORKER_REDIS_URL (or "
+        "SEGMENT_WORKER_REDIS_URL_FILE, which keeps the password off the command line); TLS, "
+        "cluster and key prefix settings as for `run`.",
     )
     install.add_argument(
         "--redis-url", help="the admin's redis:// or rediss:// URL (default: the settings')"
@@ -46,15 +48,16 @@ def _install(args: argparse.Namespace) -> int:
     if args.redis_url:
         settings = replace(settings, redis_url=args.redis_url)
 
-    async def main() -> bool:
+    async def main() -> tuple[bool, int]:
         client = connect(settings)
         try:
-            return await store_for(settings, client).load_library()
+            store = store_for(settings, client)
+            return await store.load_library(), await store.migrate_markers()
         finally:
             await client.aclose()
 
     try:
-        loaded = asyncio.run(main())
+        loaded, markers = asyncio.run(main())
     except NoPermissionError as exc:
         print(
             f"segment-worker: this Redis user may not load Functions ({exc}): use an admin's "
@@ -70,4 +73,6 @@ def _install(args: argparse.Namespace) -> int:
         return 2
     state = "loaded" if loaded else "already loaded, nothing changed"
     print(f"Functions library {LIBRARY!r} of this release: {state}")
+    if markers:
+        print(f"{markers} erasure marker(s) of an older release renamed to their digest")
     return 0
