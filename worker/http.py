@@ -8,6 +8,7 @@ from typing import Any
 import faust
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST
+from redis.exceptions import RedisError
 
 from worker.core.codec import CorruptRecord
 from worker.core.timeutil import day_of
@@ -51,7 +52,7 @@ def register_routes(app: faust.App, pipeline: Pipeline) -> None:
                 customer_id,
                 day_of(pipeline.clock.now_ms()),
             )
-        except OSError as exc:
+        except (RedisError, OSError) as exc:  # redis-py's connection errors are RedisErrors
             return view.json({"error": f"redis unavailable: {exc}"}, status=503)
         except CorruptRecord as exc:
             return view.json({"error": str(exc)}, status=500)

@@ -197,3 +197,10 @@ def test_forget_under_a_pseudonym_key(
     assert "forgot 'cus_p'" in capsys.readouterr().out
     assert client.get(key) is None
     client.close()
+
+
+def test_erase_refuses_an_id_no_event_can_carry(capsys: pytest.CaptureFixture[str]) -> None:
+    # Refused before Kafka is asked (none runs here): such a customer has no state to erase.
+    assert main(["erase", "cus_ok", "x" * 201]) == 2
+    assert "not a customer id (1 to 200 characters" in capsys.readouterr().err
+    assert main(["erase", ""]) == 2
