@@ -37,6 +37,7 @@ from worker.core.batch import (
     InRecord,
     Outcome,
     Topics,
+    accept_erasures,
     apply_batch,
     customers_of,
     parse_batch,
@@ -44,7 +45,7 @@ from worker.core.batch import (
 )
 from worker.core.batch import sweep as sweep_due
 from worker.core.codec import CorruptRecord, OutRecord, decode_state, encode_state
-from worker.core.events import ParseLimits, Rejection, valid_id
+from worker.core.events import ParseLimits, Rejection
 from worker.core.rules import Rules, RulesError, load_rules
 from worker.core.state import CustomerState
 from worker.core.timeutil import DAY_MS, parse_rfc3339
@@ -375,8 +376,7 @@ class Pipeline:
         now = self.clock.now_ms()
         erasures = [r for r in records if r.topic == self.settings.topic_erasures]
         events = [r for r in records if r.topic != self.settings.topic_erasures]
-        inputs = self.consumer.partitions_for_topic(self.topics.orders)  # as lookups count
-        parsed = parse_batch(events, self.topics, now, self.limits, len(inputs or ()) or None)
+        parsed = parse_batch(events, self.topics, now, self.limits, self._input_partitions())
         states, erased = await self._read(claim.partition, customers_of(parsed))
         if erased:  # an erased customer's late or replayed events must not resurrect them
             keep = [
@@ -421,13 +421,13 @@ class Pipeline:
         self, claim: Claim, erasures: Sequence[InRecord], outcome: Outcome
     ) -> Outcome | None:
         """Delete each customer's state and due entry, leave a marker, and put a tombstone
-        (null value) for them on the change topic; idempotent, so a retry is harmless."""
+        (null value) for them on the change topic; idempotent, so a retry is harmless. A
+        request that names no possible customer of this partition is dead-lettered."""
         ttl = self.settings.erasure_marker_days * DAY_MS
         tombstones = Outcome()
-        for record in erasures:
-            customer_id = (record.key or b"").decode("utf-8", "replace")
-            if not valid_id(customer_id, self.limits):  # no such customer: no trace to leave
-                continue
+        partitions = self._input_partitions()
+        accepted = accept_erasures(erasures, tombstones, self.topics, self.limits, partitions)
+        for record, customer_id in accepted:
             previous = (await self._load(claim.partition, [customer_id]))[customer_id]
             try:
                 await self._timed("erase", self.store.erase(claim, customer_id, ttl))
@@ -449,6 +449,10 @@ class Pipeline:
         outcome.out.extend(tombstones.out)
         outcome.offsets.update(tombstones.offsets)
         return outcome
+
+    def _input_partitions(self) -> int | None:
+        """The input topics' partition count, as lookups count it (None until known)."""
+        return len(self.consumer.partitions_for_topic(self.topics.orders) or ()) or None
 
     def _observe_emits(
         self, outcome: Outcome, messages: Sequence[ConsumerRecord[bytes, bytes]]

@@ -10,6 +10,7 @@ from worker.core.batch import (
     InRecord,
     Outcome,
     Topics,
+    accept_erasures,
     apply_batch,
     customers_of,
     parse_batch,
@@ -217,6 +218,23 @@ def test_a_record_on_another_partition_than_murmur2_s_is_dead_lettered() -> None
     assert outcome.rejected == {"wrong_partition": 1, "key_mismatch": 1}
     # Without a partition count (replay, whose input has no partitions) nothing is refused.
     assert not any(isinstance(p, Rejection) for p in parse_batch(batch[:2], TOPICS, FUTURE, LIMITS))
+
+
+def test_erasure_requests_for_no_possible_customer_of_the_partition_are_dead_lettered() -> None:
+    requests = [
+        InRecord("erasures", 0, 1, b"erin", b"{}"),
+        InRecord("erasures", 0, 2, b"bob", b"{}"),  # murmur2: partition 2 of 4
+        InRecord("erasures", 0, 3, b"x" * 201, b"{}"),
+        InRecord("erasures", 0, 4, None, b"{}"),
+    ]
+    outcome = Outcome()
+    accepted = accept_erasures(requests, outcome, TOPICS, LIMITS, 4)
+    assert [(r.offset, cid) for r, cid in accepted] == [(1, "erin")]
+    assert outcome.rejected == {"wrong_partition": 1, "invalid_value": 1, "missing_key": 1}
+    assert [r.key for r in outcome.out] == [b"bob", b"x" * 201, None]
+    assert all(r.topic == TOPICS.dlq for r in outcome.out)
+    # Without a partition count only the ids are checked.
+    assert len(accept_erasures(requests, Outcome(), TOPICS, LIMITS, None)) == 2
 
 
 def test_reevaluation_under_new_rules_emits_rules_change_once() -> None:

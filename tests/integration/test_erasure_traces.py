@@ -1,7 +1,10 @@
-"""An erasure leaves no id in Redis key names, even without a pseudonym key, and a request for
-an id no event can carry (over the id length limit) leaves nothing at all."""
+"""An erasure leaves no id in Redis key names, even without a pseudonym key. A request for an
+id no event can carry (over the id length limit), or on another partition than the one Kafka's
+default partitioner gives its key (where the customer's state is not), is dead-lettered and
+leaves nothing else: no key, no marker, no tombstone that would claim an erasure."""
 
 import asyncio
+import zlib
 
 import orjson
 import pytest
@@ -52,12 +55,17 @@ async def test_an_erasure_leaves_no_id_in_a_key_and_an_impossible_id_leaves_noth
             partition=partition_of(WHO, PARTITIONS),
         )
         ends[TopicPartition(sent.topic, sent.partition)] = sent.offset + 1
-        for customer_id in (HUGE, WHO):
+        # bob as a CRC32 (librdkafka) producer places him: 0, where murmur2 says 2.
+        for customer_id, partition in (
+            (HUGE, partition_of(HUGE, PARTITIONS)),
+            ("bob", zlib.crc32(b"bob") % PARTITIONS),
+            (WHO, partition_of(WHO, PARTITIONS)),
+        ):
             sent = await producer.send_and_wait(
                 settings.topic_erasures,
                 orjson.dumps({"customer_id": customer_id}),
                 key=customer_id.encode(),
-                partition=partition_of(customer_id, PARTITIONS),
+                partition=partition,
             )
             ends[TopicPartition(sent.topic, sent.partition)] = sent.offset + 1
     finally:
@@ -68,12 +76,15 @@ async def test_an_erasure_leaves_no_id_in_a_key_and_an_impossible_id_leaves_noth
     try:
         await wait_until(lambda: all_committed(settings, Produced(ends)), 90, "offsets committed")
         changes = await read_all(settings, settings.topic_changes, timeout=1.0)
+        dlq = await read_all(settings, settings.topic_dlq, timeout=1.0)
     finally:
         worker.stop()
         await asyncio.wait_for(task, 30)
 
     tombstones = [r.key for r in changes if r.value is None]
-    assert tombstones == [WHO.encode()]  # none for the impossible id
+    assert tombstones == [WHO.encode()]  # none for the refused requests
+    refused = {r.key: dict(r.headers)["dlq.error.class"] for r in dlq}
+    assert refused == {HUGE.encode(): b"invalid_value", b"bob": b"wrong_partition"}
     client = connect(settings)
     try:
         store = store_for(settings, client)
@@ -83,5 +94,6 @@ async def test_an_erasure_leaves_no_id_in_a_key_and_an_impossible_id_leaves_noth
     finally:
         await client.aclose()
     assert names
-    assert not [k for k in names if b"alice" in k or b"hhhh" in k], names
+    assert not [k for k in names if b"alice" in k or b"hhhh" in k or b"bob" in k], names
+    assert len([k for k in names if b":x:" in k]) == 1  # alice's marker only
     assert max(len(k) for k in names) < 100

@@ -17,7 +17,15 @@ from worker.core.changes import SegmentChange
 from worker.core.codec import OutRecord
 from worker.core.deadletter import Stage
 from worker.core.engine import absorb, fire_timer, process_event, reevaluate
-from worker.core.events import Event, EventKind, ParseLimits, Reason, Rejection, parse_event
+from worker.core.events import (
+    Event,
+    EventKind,
+    ParseLimits,
+    Reason,
+    Rejection,
+    parse_event,
+    valid_id,
+)
 from worker.core.partitioner import partition_of
 from worker.core.rules import Rules
 from worker.core.state import CustomerState
@@ -108,18 +116,58 @@ def parse_batch(
                     "customer_id",
                     f"key {record.key[:64]!r} differs from customer_id {event.customer_id[:64]!r}",
                 )
-            elif partitions is not None:
-                want = partition_of(event.customer_id, partitions)
-                if want != record.partition:
-                    event = Rejection(
-                        Reason.WRONG_PARTITION,
-                        "customer_id",
-                        f"came on partition {record.partition}, but Kafka's default partitioner "
-                        f"(murmur2) puts this key on {want} of {partitions}: the producer must "
-                        "use it",
-                    )
+            else:
+                event = _wrong_partition(record, event.customer_id, partitions) or event
         out.append(event)
     return out
+
+
+def accept_erasures(
+    records: Sequence[InRecord],
+    outcome: Outcome,
+    topics: Topics,
+    limits: ParseLimits,
+    partitions: int | None,
+) -> list[tuple[InRecord, str]]:
+    """The erasure requests to carry out, with the customer id each names (its key); the
+    others are dead-lettered into ``outcome``: no key, an id no event can carry (no customer
+    has it), or a key on another partition than Kafka's default partitioner's (the customer's
+    state lives there: erasing here would erase nothing, yet answer with a tombstone)."""
+    accepted = []
+    for record in records:
+        customer_id = (record.key or b"").decode("utf-8", "replace")
+        refused: Rejection | None
+        if record.key is None:
+            refused = Rejection(Reason.MISSING_KEY, None, "erasure request has no key")
+        elif not valid_id(customer_id, limits):
+            refused = Rejection(
+                Reason.INVALID_VALUE, "key", f"must be 1..{limits.max_id_length} characters"
+            )
+        else:
+            refused = _wrong_partition(record, customer_id, partitions)
+        if refused is None:
+            accepted.append((record, customer_id))
+        else:
+            _dead_letter(outcome, topics, record, refused, "kafka")
+    return accepted
+
+
+def _wrong_partition(
+    record: InRecord, customer_id: str, partitions: int | None
+) -> Rejection | None:
+    """Why a record keyed by ``customer_id`` does not belong to its partition; None if it
+    does, or if the partition count is not known (replay)."""
+    if partitions is None:
+        return None
+    want = partition_of(customer_id, partitions)
+    if want == record.partition:
+        return None
+    return Rejection(
+        Reason.WRONG_PARTITION,
+        "customer_id",
+        f"came on partition {record.partition}, but Kafka's default partitioner (murmur2) puts "
+        f"this key on {want} of {partitions}: the producer must use it",
+    )
 
 
 def customers_of(parsed: Iterable[Event | Rejection]) -> list[str]:
