@@ -34,6 +34,7 @@ LABEL org.opencontainers.image.title="segment-worker" \
       org.opencontainers.image.licenses="Apache-2.0"
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
+    SEGMENT_WORKER_HTTP_HOST=0.0.0.0 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 # The wheels are bind-mounted from the build stage, so none of them stays in a layer.
@@ -44,7 +45,8 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
        --shell /usr/sbin/nologin segment-worker
 WORKDIR /tmp
 USER 10001:10001
-# /metrics, /healthz, /readyz, /customers/{id} (SEGMENT_WORKER_HTTP_PORT)
+# /metrics, /healthz, /readyz, /customers/{id} (SEGMENT_WORKER_HTTP_PORT), on every interface
+# of the container (SEGMENT_WORKER_HTTP_HOST above; outside a container the default is 127.0.0.1)
 EXPOSE 8080
 # Liveness only (/readyz is 503 while Kafka or Redis is down, which a restart would not fix).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \

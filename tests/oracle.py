@@ -387,7 +387,7 @@ def classify(f: Features) -> tuple[str | None, ...]:
     if n >= 1:
         if f.orders_90d >= 4 and f.spend_90d > 200_00:
             value_tier = "high"
-        elif f.orders_90d >= 2 and f.spend_90d > 100_00:
+        elif f.orders_90d in (2, 3) and f.spend_90d > 100_00:  # "2-3 purchases", literally
             value_tier = "medium"
         else:
             value_tier = "low"

@@ -32,7 +32,7 @@ from redis.exceptions import RedisError
 from worker.core.rules import parse_rules
 from worker.metrics import Metrics
 from worker.settings import PREFIX, Settings
-from worker.store import LibraryNotLoaded, Store, library_code
+from worker.store import Claim, LibraryNotLoaded, Store, library_code
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -210,6 +210,7 @@ def test_compose_worker_settings_load() -> None:
     url = urlsplit(settings.redis_url)
     assert (url.username, url.hostname, url.port) == ("segment-worker", "redis", 6379)
     assert url.password
+    assert settings.http_host == "0.0.0.0"  # the published port reaches the container
     # The one-shot redis-install loads the library as the admin; the worker waits for it.
     install = compose()["services"]["redis-install"]
     assert install["command"] == ["redis", "install"]
@@ -297,6 +298,7 @@ def test_k8s_worker_settings_load() -> None:
     assert settings.kafka_security_protocol == "SASL_SSL"
     assert settings.kafka_sasl_password
     assert urlsplit(settings.redis_url).username == "segment-worker"
+    assert settings.http_host == "0.0.0.0"  # probes and Prometheus reach the pod
     # The rules file is where the ConfigMap is mounted.
     mount = next(m for m in container["volumeMounts"] if m["name"] == "rules")
     volume = next(
@@ -339,6 +341,8 @@ def test_user_port_and_health_agree() -> None:
     assert re.search(r'^CMD \["run"\]$', dockerfile, re.MULTILINE)
     port = Settings().http_port
     assert re.search(rf"^EXPOSE {port}$", dockerfile, re.MULTILINE)
+    # The image's own default: outside a container the worker binds loopback only.
+    assert re.search(r"^\s+SEGMENT_WORKER_HTTP_HOST=0\.0\.0\.0 \\$", dockerfile, re.MULTILINE)
     deployment = k8s_objects()[("Deployment", "segment-worker")]
     pod = deployment["spec"]["template"]["spec"]
     container = pod["containers"][0]
@@ -504,7 +508,7 @@ def test_redis_acl_allows_the_worker_and_nothing_more(
             assert await store.forget(3, "c", b"damaged")
             assert await store.erase(claim, "a", 60_000)
             assert (await store.read_checked(3, ["a", "b"])).erased == {"a"}
-            assert await store.claim(3)
+            assert await store.claim(3) == Claim(3, claim.epoch + 1, {"orders": 7, "visits": 2})
             # Nothing the worker needs was refused. (redis-py's CLIENT SETINFO may be: Redis
             # < 7.2 cannot load an ACL naming it, and the client ignores the refusal.)
             refused = {

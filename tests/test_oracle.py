@@ -17,15 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.boundaries import CASES, TODAY, Case
 from tests.oracle import (
     DAY,
     DIMENSIONS,
     Oracle,
     Order,
     Visit,
+    money,
     ms_of,
     read_line,
     run_oracle,
@@ -236,6 +239,31 @@ def small_histories(draw: st.DrawFn) -> tuple[list[bytes], int]:
 def test_small_histories_in_any_order_match_the_oracle(case: tuple[list[bytes], int]) -> None:
     lines, as_of = case
     assert_agree(lines, as_of)
+
+
+# --- every number of the default rules, on both sides --------------------------------------
+
+
+def boundary_lines(case: Case) -> list[bytes]:
+    """The case of tests/boundaries.py as replay input lines, re-sent ones at the end."""
+    noon = ms_of(f"{TODAY}T12:00:00.000Z")
+    lines = []
+    for i, ev in enumerate(case.events):
+        ms, event_id = noon - ev.days_ago * DAY, f"e{i}"
+        if ev.kind == "visit":
+            lines.append(encode(visit_doc(event_id, "c", ms, "login")))
+        else:
+            order_id = ev.order or f"o{i}"
+            doc = order_doc(event_id, "c", ms, money(ev.cents), ev.kind, order_id=order_id)
+            lines.append(encode(doc))
+    return lines + [lines[i] for i in case.resend]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+def test_boundaries_through_replay_match_the_oracle(case: Case) -> None:
+    _, oracle = assert_agree(boundary_lines(case), ms_of(f"{TODAY}T12:00:00.000Z"))
+    out, classes = oracle.state_out("c"), oracle.classes_of("c")
+    assert {key: classes[key] if key in classes else out[key] for key in case.expect} == case.expect
 
 
 # --- the oracle itself, against hand-worked cases ------------------------------------------

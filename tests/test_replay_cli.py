@@ -1,15 +1,15 @@
 """The replay command end to end: golden files, determinism, rejects, errors."""
 
-import os
 from pathlib import Path
 
 import orjson
 import pytest
 
+from tests.core.test_rules import CRASHING
+from tests.golden.regenerate import NAMES, disagreements, replay_scenario, write_if_agreed
 from worker.cli import main
 
 GOLDEN = Path(__file__).parent / "golden"
-SCENARIO_ARGS = ["--as-of", "2027-02-01T00:00:00Z"]
 
 
 def run_replay(tmp_path: Path, events: str, *extra: str) -> dict[str, bytes]:
@@ -32,15 +32,31 @@ def run_replay(tmp_path: Path, events: str, *extra: str) -> dict[str, bytes]:
     return {name: path.read_bytes() for name, path in outputs.items()}
 
 
-def test_golden_scenario(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A hand-checked story (the story is in tests/golden/README.md); regenerate with UPDATE_GOLDEN=1."""
-    monkeypatch.chdir(GOLDEN.parent.parent)
-    got = run_replay(tmp_path, "tests/golden/scenario.jsonl", *SCENARIO_ARGS)
-    for name, data in got.items():
-        golden = GOLDEN / f"{name}.jsonl"
-        if "UPDATE_GOLDEN" in os.environ:
-            golden.write_bytes(data)
-        assert data == golden.read_bytes(), f"{name} differs from {golden}"
+def test_golden_scenario(tmp_path: Path) -> None:
+    """A hand-checked story (tests/golden/README.md): the committed files are what replay
+    outputs now and what the independent oracle says. Regenerate them only with
+    `python -m tests.golden.regenerate`, which refuses output the oracle disagrees with."""
+    golden = {name: (GOLDEN / f"{name}.jsonl").read_bytes() for name in NAMES}
+    assert disagreements(golden) == []
+    got = replay_scenario(tmp_path)
+    for name in NAMES:
+        assert got[name] == golden[name], f"{name} differs from tests/golden/{name}.jsonl"
+
+
+def test_golden_regeneration_refuses_what_the_oracle_disagrees_with(tmp_path: Path) -> None:
+    golden = {name: (GOLDEN / f"{name}.jsonl").read_bytes() for name in NAMES}
+    tampered = [
+        {**golden, "changes": golden["changes"].replace(b'"to":"high"', b'"to":"medium"', 1)},
+        {**golden, "changes": b"\n".join(golden["changes"].splitlines()[:-1]) + b"\n"},
+        {**golden, "state": golden["state"].replace(b'"orders_90d":0', b'"orders_90d":1', 1)},
+        {**golden, "rejects": b"\n".join(golden["rejects"].splitlines()[1:]) + b"\n"},
+    ]
+    for outputs in tampered:
+        assert outputs != golden
+        assert write_if_agreed(outputs, tmp_path)
+        assert list(tmp_path.iterdir()) == []
+    assert write_if_agreed(golden, tmp_path) == []
+    assert {name: (tmp_path / f"{name}.jsonl").read_bytes() for name in NAMES} == golden
 
 
 def test_golden_story_highlights() -> None:
@@ -55,6 +71,27 @@ def test_golden_story_highlights() -> None:
     assert ("carol", "value_tier", "medium", "high", "order") in moves
     # The refund of C4 takes carol back from 5 orders to 4: F score 4 -> 3.
     assert ("carol", "rfm", "loyal", "potential_loyalist", "order") in moves
+
+    # The value-tier and old-customer boundaries, as the source material defines them.
+    def steps(customer: str, dimension: str) -> list[tuple[object, ...]]:
+        return [
+            (c["to"], c["state"]["orders_90d"], c["state"]["spend_90d"])
+            for c in changes
+            if (c["customer_id"], c["dimension"]) == (customer, dimension)
+        ]
+
+    assert steps("frank", "value_tier") == [("low", 1, "30.00")]  # 5 orders, 150: still low
+    assert steps("grace", "value_tier") == [
+        ("low", 1, "60.00"),
+        ("medium", 3, "100.01"),  # 2 orders at 100.00 stayed low
+        ("low", 4, "200.00"),
+        ("high", 5, "200.01"),
+        ("low", 4, "140.01"),  # her first order left the window
+        ("medium", 3, "100.01"),
+        ("low", 2, "100.00"),
+    ]
+    assert steps("heidi", "old_customer") == []  # 2 orders, 40.00
+    assert steps("ivan", "old_customer") == [("in", 2, "40.01")]
     # Dave's order was cancelled before its payment arrived: it never counts.
     assert not any(c["customer_id"] == "dave" for c in changes)
     # The duplicate of o2 changed nothing: exactly one first classification per dimension.
@@ -98,8 +135,28 @@ def test_replay_is_byte_for_byte_deterministic(tmp_path: Path) -> None:
 def test_summary_on_stderr(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["replay", str(GOLDEN / "scenario.jsonl"), "--out", str(tmp_path / "c")]) == 0
     err = capsys.readouterr().err
-    assert "19 lines, 14 applied, 5 rejected" in err
+    assert "33 lines, 28 applied, 5 rejected" in err
     assert "negative_amount=1" in err
+
+
+def test_the_summary_names_rejects_when_lines_were_rejected(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert main(["replay", str(GOLDEN / "scenario.jsonl"), "--out", str(tmp_path / "c")]) == 0
+    assert "--rejects FILE" in capsys.readouterr().err
+    rejects = tmp_path / "rejects.jsonl"
+    args = ["--out", str(tmp_path / "c"), "--rejects", str(rejects)]
+    assert main(["replay", str(GOLDEN / "scenario.jsonl"), *args]) == 0
+    assert "--rejects FILE" not in capsys.readouterr().err  # given: nothing to point at
+
+
+def test_strict_fails_on_any_rejected_line(tmp_path: Path) -> None:
+    out = ["--out", str(tmp_path / "c"), "--quiet", "--strict"]
+    assert main(["replay", str(GOLDEN / "scenario.jsonl"), *out]) == 1
+    clean = tmp_path / "clean.jsonl"
+    lines = (GOLDEN / "scenario.jsonl").read_bytes().splitlines(keepends=True)
+    clean.write_bytes(b"".join(lines[:12]))  # the rejected lines are 13..17
+    assert main(["replay", str(clean), *out]) == 0
 
 
 def test_an_unreadable_events_file_fails_clearly() -> None:
@@ -131,6 +188,17 @@ def test_bad_rules_file_exit_status(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "count_status" in capsys.readouterr().err
 
 
+def test_rules_check_prints_every_error_on_its_own_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[orders]\ncount_status = "shipped"\n[money]\nbase_currency = "usd"\n')
+    assert main(["rules", "check", str(rules)]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(": ")[3] for line in lines] == ["orders.count_status", "money.base_currency"]
+    assert all(line.startswith("segment-worker: invalid rules: ") for line in lines)
+
+
 def test_sample_replays(tmp_path: Path) -> None:
     out = tmp_path / "changes.jsonl"
     assert main(["replay", "--sample", "--quiet", "--out", str(out)]) == 0
@@ -144,6 +212,30 @@ def test_rules_diff_from_an_events_file(tmp_path: Path, capsys: pytest.CaptureFi
     code = main(["rules", "diff", str(new), "--events", str(GOLDEN / "scenario.jsonl"), "--json"])
     assert code == 0
     out = orjson.loads(capsys.readouterr().out)
-    # Alice (2 orders) becomes a member; carol already is; nothing else moves.
-    assert out["membership"] == [{"from": "ordinary", "to": "member", "customers": 1}]
+    # Alice, heidi and ivan (2 orders each) become members; carol, frank and grace already
+    # are; nothing else moves.
+    assert out["membership"] == [{"from": "ordinary", "to": "member", "customers": 3}]
     assert all(not moves for dim, moves in out.items() if dim != "membership")
+
+
+@pytest.mark.parametrize("name", sorted(CRASHING))
+def test_rules_that_would_crash_are_refused_by_check_and_replay(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each file once passed `rules check` and then killed replay (and the live worker) on
+    the first classification or the first EUR order; now both refuse it up front."""
+    rules = tmp_path / "rules.toml"
+    rules.write_text(CRASHING[name][0])
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(
+        b'{"type":"order","event_id":"e1","customer_id":"c","occurred_at":"2026-01-01T10:00:00Z",'
+        b'"amount":"5.00","currency":"EUR","status":"paid"}\n'
+        b'{"type":"visit","event_id":"v1","customer_id":"c","occurred_at":"2026-01-02T10:00:00Z",'
+        b'"action":"login","region":"EU"}\n'
+    )
+    assert main(["rules", "check", str(rules)]) == 2
+    assert "invalid rules" in capsys.readouterr().err
+    out = tmp_path / "changes.jsonl"
+    assert main(["replay", str(events), "--quiet", "--rules", str(rules), "--out", str(out)]) == 2
+    assert "invalid rules" in capsys.readouterr().err
+    assert not out.exists()

@@ -132,3 +132,43 @@ def test_a_pseudonym_key_needs_32_bytes() -> None:
     with pytest.raises(SettingsError, match="got 31"):
         Settings(pseudonym_key="k" * 31)
     assert Settings(pseudonym_key="é" * 16).pseudonym_key  # bytes, not characters
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"SEGMENT_WORKER_REDIS_URL": "localhost:6379"}, ["redis://", "rediss://", "unix://"]),
+        ({"SEGMENT_WORKER_KAFKA_BOOTSTRAP": "kafka"}, ["HOST:PORT"]),
+        ({"SEGMENT_WORKER_KAFKA_SECURITY_PROTOCOL": "TLS"}, ["SASL_SSL", "'TLS'"]),
+        ({"SEGMENT_WORKER_BATCH_SIZE": "0"}, ["1..100000", "got 0"]),
+    ],
+)
+def test_a_bad_value_is_told_what_is_expected(env: dict[str, str], expected: list[str]) -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(env)
+    for text in expected:
+        assert text in str(caught.value)
+
+
+def test_a_bad_redis_url_is_echoed_without_its_password() -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({"SEGMENT_WORKER_REDIS_URL": "http://worker:s3cret@redis:6379/0"})
+    assert "s3cret" not in str(caught.value)
+    assert "worker:***@redis:6379" in str(caught.value)
+
+
+def test_describe_shows_defaults_and_marks_only_secrets_that_are_set() -> None:
+    shown = {name: value for name, value, _ in Settings().describe()}
+    assert shown["SEGMENT_WORKER_REDIS_URL"] == "redis://localhost:6379/0"
+    assert shown["SEGMENT_WORKER_KAFKA_SASL_PASSWORD"] == "(not set)"
+    configured = Settings(
+        redis_url="redis://worker:s3cret@redis:6379/0", kafka_sasl_password="pw"
+    ).describe()
+    shown = {name: value for name, value, _ in configured}
+    assert shown["SEGMENT_WORKER_REDIS_URL"] == "redis://worker:***@redis:6379/0"
+    assert shown["SEGMENT_WORKER_KAFKA_SASL_PASSWORD"] == "(set)"
+
+
+def test_the_http_port_binds_loopback_unless_told_otherwise() -> None:
+    assert Settings.from_env({}).http_host == "127.0.0.1"
+    assert Settings.from_env({"SEGMENT_WORKER_HTTP_HOST": "0.0.0.0"}).http_host == "0.0.0.0"

@@ -110,14 +110,14 @@ class Metrics:
         self.ready = Gauge(
             p + "ready", "1 when connected to Kafka and Redis and assigned", registry=r
         )
-        self.stuck = Gauge(
+        self.stopped = Gauge(
             p + "stuck_partitions",
             "Owned partitions stopped on a stored state this worker cannot read",
             registry=r,
         )
         self.redis_resets = Counter(
             p + "redis_resets",
-            "Redis came back as a restarted server: partitions re-taken from its offsets",
+            "Redis came back as a restarted server: partitions taken again from its offsets",
             registry=r,
         )
         self.erasures = Counter(

@@ -14,7 +14,7 @@ from typing import Final
 import faust
 import mode
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import KafkaError
+from aiokafka.errors import UnknownError, UnsupportedVersionError
 from faust.app.base import BootStrategy
 
 from worker import kafka
@@ -25,7 +25,8 @@ from worker.errors import SegmentWorkerError
 from worker.http import register_routes
 from worker.live import Pipeline
 from worker.metrics import Metrics
-from worker.settings import PRODUCER_BATCHING, Settings, SettingsError
+from worker.settings import PREFIX, PRODUCER_BATCHING, Settings, SettingsError
+from worker.startup import start_steps, wait_for_servers
 from worker.store import connect, store_for
 
 log = logging.getLogger("segment_worker")
@@ -90,6 +91,8 @@ class _PipelineService(mode.Service):
     async def _serve(self) -> None:
         try:
             await self.worker.serve()
+        except SettingsError as exc:  # one line, by the CLI; a traceback would add nothing
+            self.failure = exc
         except Exception as exc:  # mode logs it; the process must still exit non-zero
             self.failure = exc
             raise
@@ -154,7 +157,9 @@ class Worker:
             topic_disable_leader=True,
             topic_allow_declare=False,
         )
-        register_routes(self.app, self.pipeline)
+        register_routes(
+            self.app, self.pipeline, metrics=self.metrics, store=self.store, clock=self.clock
+        )
         self.service = _PipelineService(self)
         self.app.service(self.service)  # type: ignore[arg-type]
 
@@ -170,13 +175,15 @@ class Worker:
             await self.app.stop()
             self._datadir.cleanup()
             log.info("stopped")
+        if isinstance(self.service.failure, SettingsError):
+            raise self.service.failure
         if self.service.failure is not None:
             raise WorkerCrashed(str(self.service.failure)) from self.service.failure
 
     async def serve(self) -> None:
         try:
             await self._start_clients()
-            if not self.pipeline.stopping.is_set():
+            if not self.pipeline.stopping:
                 self.consumer.subscribe(
                     [
                         self.settings.topic_orders,
@@ -199,23 +206,29 @@ class Worker:
         loop.add_signal_handler(signal.SIGHUP, self.pipeline.request_reload)
 
     async def _start_clients(self) -> None:
-        delay = 0.2
-        while not self.pipeline.stopping.is_set():
-            try:
-                await self.store.ensure_library()
-                await self.producer.start()
-                await self.consumer.start()
-                return
-            except (KafkaError, OSError) as exc:
-                log.warning("waiting for Kafka and Redis: %s", exc)
-                self.metrics.ready.set(0)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        steps = start_steps(
+            self.settings, self.store.ensure_library, self._start_producer, self.consumer.start
+        )
+        await wait_for_servers(
+            steps, self.pipeline.stop_requested, lambda: self.metrics.ready.set(0)
+        )
+
+    async def _start_producer(self) -> None:
+        """Start the producer; a broker that refuses idempotence outright is a settings
+        problem, not an outage to wait out (aiokafka raises, and retrying loops forever)."""
+        try:
+            await self.producer.start()
+        except (UnknownError, UnsupportedVersionError) as exc:
+            if not self.settings.kafka_idempotence:
+                raise
+            raise SettingsError(
+                f"{PREFIX}KAFKA_IDEMPOTENCE: the broker at {self.settings.kafka_bootstrap} "
+                f"refused an idempotent producer (InitProducerId: {type(exc).__name__}); "
+                "set it to false only for a broker without idempotent producers (Tansu)"
+            ) from exc
 
     async def _shutdown(self) -> None:
-        async with self.pipeline.lock:  # no batch in flight past this point
-            await self.pipeline.settled(handing_over=True)  # its output relayed
-            await self.pipeline.commit_offsets()
+        await self.pipeline.shut_down()  # no batch in flight past this point, its output out
         for step in (self.consumer.stop, self.producer.stop, self.redis.aclose):
             try:
                 await step()

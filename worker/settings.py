@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
 
 from worker.errors import SegmentWorkerError
 
@@ -79,7 +80,10 @@ class Settings:
     rules: Path | None = field(
         default=None, metadata=_doc("rules file; built-in defaults if unset")
     )
-    http_host: str = "0.0.0.0"
+    http_host: str = field(
+        default="127.0.0.1",
+        metadata=_doc("address the HTTP port binds; the container image sets 0.0.0.0"),
+    )
     http_port: int = 8080
     topic_orders: str = "orders"
     topic_visits: str = "visits"
@@ -118,28 +122,48 @@ class Settings:
     )
 
     def __post_init__(self) -> None:
-        checks: dict[str, Callable[[Any], bool]] = {
-            "http_port": lambda v: 0 <= v <= 65535,
-            "batch_size": lambda v: 1 <= v <= 100_000,
-            "batch_wait_ms": lambda v: 0 <= v <= 60_000,
-            "session_timeout_ms": lambda v: v >= 1000,
-            "heartbeat_interval_ms": lambda v: 100 <= v < self.session_timeout_ms,
-            "rebalance_timeout_ms": lambda v: v >= 1000,
-            "max_poll_interval_ms": lambda v: v >= 1000,
-            "timer_interval_ms": lambda v: v >= 10,
-            "timer_batch": lambda v: v >= 1,
-            "stuck_retry_ms": lambda v: v >= 100,
-            "max_event_bytes": lambda v: v >= 256,
-            "future_skew_ms": lambda v: v >= 0,
-            "clock_speed": lambda v: 0 < v <= 1e7,
-            "kafka_security_protocol": lambda v: v in SECURITY_PROTOCOLS,
-            "kafka_sasl_mechanism": lambda v: v in SASL_MECHANISMS,
-            "redis_url": lambda v: v.startswith(("redis://", "rediss://", "unix://")),
-            "kafka_bootstrap": lambda v: all(":" in h for h in v.split(",")),
+        # Each check with what it expects, so that the message says how to fix the value.
+        checks: dict[str, tuple[Callable[[Any], bool], str]] = {
+            "http_host": (bool, "an address to bind, such as 127.0.0.1 or 0.0.0.0"),
+            "http_port": (lambda v: 0 <= v <= 65535, "a port 0..65535"),
+            "batch_size": (lambda v: 1 <= v <= 100_000, "1..100000"),
+            "batch_wait_ms": (lambda v: 0 <= v <= 60_000, "0..60000"),
+            "session_timeout_ms": (lambda v: v >= 1000, ">= 1000"),
+            "heartbeat_interval_ms": (
+                lambda v: 100 <= v < self.session_timeout_ms,
+                f">= 100 and below SESSION_TIMEOUT_MS ({self.session_timeout_ms})",
+            ),
+            "rebalance_timeout_ms": (lambda v: v >= 1000, ">= 1000"),
+            "max_poll_interval_ms": (lambda v: v >= 1000, ">= 1000"),
+            "timer_interval_ms": (lambda v: v >= 10, ">= 10"),
+            "timer_batch": (lambda v: v >= 1, ">= 1"),
+            "stuck_retry_ms": (lambda v: v >= 100, ">= 100"),
+            "max_event_bytes": (lambda v: v >= 256, ">= 256"),
+            "future_skew_ms": (lambda v: v >= 0, ">= 0"),
+            "clock_speed": (lambda v: 0 < v <= 1e7, "above 0 and at most 1e7"),
+            "kafka_security_protocol": (
+                lambda v: v in SECURITY_PROTOCOLS,
+                "one of " + ", ".join(SECURITY_PROTOCOLS),
+            ),
+            "kafka_sasl_mechanism": (
+                lambda v: v in SASL_MECHANISMS,
+                "one of " + ", ".join(SASL_MECHANISMS),
+            ),
+            "redis_url": (
+                lambda v: v.startswith(("redis://", "rediss://", "unix://")),
+                "redis://[USER:PASSWORD@]HOST:PORT/DB, rediss://... (TLS) or unix:///PATH",
+            ),
+            "kafka_bootstrap": (
+                lambda v: all(":" in h for h in v.split(",")),
+                "HOST:PORT[,HOST:PORT...]",
+            ),
         }
-        for name, ok in checks.items():
-            if not ok(getattr(self, name)):
-                raise SettingsError(f"{PREFIX}{name.upper()}: invalid value")
+        for name, (ok, expected) in checks.items():
+            value = getattr(self, name)
+            if not ok(value):
+                # None of these is a secret; a Redis URL may hold a password.
+                shown = redact_url(value) if name == "redis_url" else repr(value)[:60]
+                raise SettingsError(f"{PREFIX}{name.upper()}: expected {expected}, got {shown}")
         names = [
             self.topic_orders,
             self.topic_visits,
@@ -210,9 +234,24 @@ class Settings:
         out = []
         for f in fields(self):
             value = getattr(self, f.name)
-            shown = "(set)" if value and (f.metadata.get("secret") or not f.repr) else str(value)
+            if f.metadata.get("secret"):
+                shown = "(set)" if value else "(not set)"
+            elif f.name == "redis_url":
+                shown = redact_url(value)
+            else:
+                shown = str(value)
             out.append((f"{PREFIX}{f.name.upper()}", shown, f.metadata.get("doc", "")))
         return out
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (the user name and the rest are kept)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}:" if parts.username else ":"
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{user}***@{host}"))
 
 
 def _read_secret(name: str, path: str) -> str:

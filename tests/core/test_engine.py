@@ -2,7 +2,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.core.strategies import T0, histories, state_of
-from worker.core.changes import Cause
+from worker.core.changes import Cause, change_id
 from worker.core.engine import evaluate, fire_timer, next_change_day, process_event
 from worker.core.events import Order, Reason, Rejection, Visit
 from worker.core.features import facts_of, window_edges
@@ -32,6 +32,37 @@ def test_classification_is_total_and_deterministic(events: list, day: int) -> No
 @settings(max_examples=150)
 @given(histories, days)
 def test_next_change_day_matches_a_day_by_day_scan(events: list, day: int) -> None:
+    assert_due_day_is_the_first_change(events, day)
+
+
+@st.composite
+def crossing_days(draw: st.DrawFn) -> tuple[list, int]:
+    """A history and a day next to one of its crossings: a days-since feature reaching a
+    threshold of the rules (score cuts included) or an order entering or leaving a window,
+    drawn at the crossing -2..+1 so that "tomorrow" is often the crossing itself."""
+    events = draw(histories)
+    facts = facts_of(state_of(events), RULES.counting)
+    assert RULES.fixed_offsets is not None
+    crossings = [
+        anchor + offset
+        for name, offsets in RULES.fixed_offsets.items()
+        if (anchor := facts.anchors.get(name)) is not None
+        for offset in offsets
+    ]
+    crossings += [d + n for d in facts.index.days for n in (0, *RULES.windows)]
+    if not crossings:  # visits only, no counted order and no visit anchor
+        return events, day_of(T0)
+    return events, draw(st.sampled_from(crossings)) + draw(st.integers(-2, 1))
+
+
+@settings(max_examples=300)
+@given(crossing_days())
+def test_next_change_day_finds_a_crossing_at_any_distance(case: tuple[list, int]) -> None:
+    assert_due_day_is_the_first_change(*case)
+
+
+def assert_due_day_is_the_first_change(events: list, day: int) -> None:
+    """The exact search names the first day a class changes; the bounded one never later."""
     state = state_of(events)
     facts = facts_of(state, RULES.counting)
     now = classes_at(state, day)
@@ -68,7 +99,10 @@ def test_change_ids_are_deterministic_and_cause_specific() -> None:
         assert not isinstance(result, Rejection)
         return [c.event_id for c in result]
 
-    assert run("e1") == run("e1")
+    first = [("lifecycle", "new"), ("value_tier", "low"), ("rfm", "new")]
+    first += [("membership", "ordinary"), ("tenure", "short")]
+    cause = Cause("order", "e1", T0)
+    assert run("e1") == [change_id("c1", dim, cause, None, to) for dim, to in first]
     assert set(run("e1")).isdisjoint(run("e2"))
 
 
@@ -76,17 +110,22 @@ def test_duplicate_event_emits_nothing_and_timer_fires_on_due_day() -> None:
     state = CustomerState("c1")
     order = Order("e1", "c1", T0, 5000, "USD", "paid", "A", None)
     first = process_event(state, order, RULES, T0, T0)
-    assert isinstance(first, list) and first
+    assert isinstance(first, list)
+    assert [(c.dimension, c.to_class) for c in first] == [
+        ("lifecycle", "new"),
+        ("value_tier", "low"),
+        ("rfm", "new"),
+        ("membership", "ordinary"),
+        ("tenure", "short"),
+    ]
     assert process_event(state, order, RULES, T0, T0) == []
-    assert state.due_day is not None
-    changes = fire_timer(state, RULES, state.due_day, state.due_day * DAY_MS)
-    assert changes and all(c.cause.type == "timer" for c in changes)
-    assert all(
-        c.from_class == prev.to_class
-        for c in changes
-        for prev in first
-        if prev.dimension == c.dimension
-    )
+    due = day_of(T0) + 15  # 15 days since the order: R score 5 -> 4
+    assert state.due_day == due
+    changes = fire_timer(state, RULES, due, due * DAY_MS)
+    timer = Cause("timer", None, due * DAY_MS)
+    assert [(c.dimension, c.from_class, c.to_class, c.cause) for c in changes] == [
+        ("rfm", "new", "promising", timer)
+    ]
 
 
 def test_foreign_currency_needs_a_rate() -> None:
@@ -95,7 +134,9 @@ def test_foreign_currency_needs_a_rate() -> None:
     assert isinstance(rejected, Rejection) and rejected.reason is Reason.UNSUPPORTED_CURRENCY
     text = default_rules_text().replace(b"rates = {}", b"rates = { EUR = 1.5 }")
     state = CustomerState("c1")
-    assert isinstance(process_event(state, order, parse_rules(text, "x"), T0, T0), list)
+    changes = process_event(state, order, parse_rules(text, "x"), T0, T0)
+    assert isinstance(changes, list) and len(changes) == 5
+    assert changes[0].state["monetary_total"] == "15.00"
     assert state.counted(RULES.counting) == [(T0, 1500)]
 
 
@@ -108,9 +149,8 @@ def test_rules_change_reclassifies_and_drops_removed_dimensions() -> None:
     changes = evaluate(
         state, new_rules, day_of(T0), Cause("rules_change", new_rules.version, T0), T0
     )
-    moved = {(c.dimension, c.from_class, c.to_class) for c in changes}
-    assert ("lifecycle", "potential", "prospect") in moved
-    assert all(c.rules_version == new_rules.version for c in changes)
+    moved = [(c.dimension, c.from_class, c.to_class, c.rules_version) for c in changes]
+    assert moved == [("lifecycle", "potential", "prospect", new_rules.version)]
 
 
 def test_an_uncounted_status_changes_neither_classes_nor_due_day() -> None:
@@ -122,8 +162,13 @@ def test_an_uncounted_status_changes_neither_classes_nor_due_day() -> None:
     assert (state.classes, state.due_day) == (classes, due)
     paid = Order("e2", "c1", T0, 5000, "USD", "paid", "A", None)
     moved = process_event(state, paid, RULES, T0, T0)
-    assert isinstance(moved, list) and moved
-    assert all(c.cause.event_id == "e2" for c in moved)
+    assert isinstance(moved, list)
+    assert [(c.dimension, c.from_class, c.to_class, c.cause.event_id) for c in moved] == [
+        ("lifecycle", "potential", "new", "e2"),
+        ("value_tier", None, "low", "e2"),
+        ("rfm", None, "new", "e2"),
+        ("tenure", None, "short", "e2"),
+    ]
 
 
 @settings(max_examples=200)

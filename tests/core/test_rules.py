@@ -3,11 +3,83 @@ from pathlib import Path
 import pytest
 
 from tests.core.strategies import T0
-from worker.core.events import Order
+from worker.core.engine import process_event
+from worker.core.events import Order, Reason, Rejection
 from worker.core.features import facts_of
-from worker.core.rules import RulesError, default_rules_text, load_rules, parse_rules
+from worker.core.rules import (
+    MAX_RULES_BYTES,
+    RulesError,
+    default_rules_text,
+    load_rules,
+    parse_rules,
+)
 from worker.core.state import CustomerState
 from worker.core.timeutil import DAY_MS, day_of
+
+
+def with_segment(condition: str) -> str:
+    """The default rules plus one segment with ``condition``."""
+    text = default_rules_text().decode()
+    return text + f'\n[[segments]]\nname = "probe"\nwhen = "{condition}"\n'
+
+
+def with_rates(rates: str) -> str:
+    return default_rules_text().decode().replace("rates = {}", f"rates = {rates}", 1)
+
+
+# Rules files that once passed `rules check` and then crashed replay or the live worker (on
+# load, on the first classification or on the first EUR order), with what refuses them now.
+CRASHING: dict[str, tuple[str, str]] = {
+    "inf_constant": (with_segment("orders_total > 1e309"), "finite"),
+    "nested_not": (with_segment("not " * 5000 + "has_visit"), "longer than 1000"),
+    "nested_not_short": (with_segment("not " * 100 + "has_visit"), "nested more than"),
+    "long_constant": (with_segment("orders_total > " + "9" * 4000), "longer than 1000"),
+    "big_constant": (with_segment("orders_total > " + "9" * 400), "finite and at most"),
+    "string_repeat": (with_segment("region == 'a' * 10000000000"), "numbers only"),
+    "tuple_repeat": (with_segment("orders_total == (1,) * 1000000000"), "numbers only"),
+    "tuple_negated": (with_segment("orders_total == -(1,)"), "numbers only"),
+    "text_feature_repeat": (with_segment("region * 1000000000 == 'a'"), "numbers only"),
+    "huge_rate": (with_rates("{ EUR = 1e30 }"), "money.rates.EUR"),
+    "huge_rate_text": (with_rates('{ EUR = "1e999999" }'), "money.rates.EUR"),
+    "tiny_rate_text": (with_rates('{ EUR = "1e-999999" }'), "money.rates.EUR"),
+    "toml_huge_integer": (with_rates("{ EUR = " + "9" * 5000 + " }"), "digits"),
+    "toml_deep_arrays": ("x = " + "[" * 50_000 + "]" * 50_000, "nested too deeply"),
+    "huge_cut": (
+        default_rules_text().decode().replace("[14, 30, 60, 120]", "[14, 30, 60, 1e300]"),
+        "scores.r.cuts",
+    ),
+    "many_classes": (
+        with_segment("has_visit").replace(
+            "classes = [", "classes = [" + "{ name = 'c', when = 'has_visit' }, " * 101, 1
+        ),
+        "1 to 100",
+    ),
+    "oversized_file": ("# " + "x" * MAX_RULES_BYTES + "\n", "larger than"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CRASHING))
+def test_rules_that_would_crash_at_run_time_are_refused(name: str, tmp_path: Path) -> None:
+    text, message = CRASHING[name]
+    path = tmp_path / "rules.toml"
+    path.write_text(text)
+    with pytest.raises(RulesError, match=message):
+        load_rules(path)
+
+
+def test_the_largest_rate_cannot_overflow_a_stored_amount() -> None:
+    rules = parse_rules(with_rates("{ EUR = 1e9, JPY = 1e-9 }").encode(), "x")
+    big = Order("e1", "c1", T0, 10**14, "EUR", "paid", "A", None)
+    rejected = process_event(CustomerState("c1"), big, rules, T0, T0)
+    assert isinstance(rejected, Rejection)
+    assert (rejected.reason, rejected.field) == (Reason.INVALID_VALUE, "amount")
+    state = CustomerState("c1")
+    fits = Order("e2", "c1", T0, 100_000, "EUR", "paid", "B", None)  # 1,000.00 EUR
+    assert isinstance(process_event(state, fits, rules, T0, T0), list)
+    assert state.counted(rules.counting) == [(T0, 10**14)]
+    tiny = Order("e3", "c1", T0, 10**14, "JPY", "paid", "C", None)  # 1e12 JPY: 1,000.00
+    assert isinstance(process_event(state, tiny, rules, T0, T0), list)
+    assert state.counted(rules.counting) == [(T0, 100_000), (T0, 10**14)]
 
 
 def test_defaults_load_with_a_content_version() -> None:
@@ -21,7 +93,20 @@ def test_defaults_load_with_a_content_version() -> None:
         "old_customer",
     )
     assert rules.version.startswith("sha256:")
-    assert parse_rules(default_rules_text() + b"\n", "x").version != rules.version
+
+
+def test_the_version_follows_what_the_file_says_not_how_it_is_written() -> None:
+    text = default_rules_text().decode()
+    version = parse_rules(text.encode(), "x").version
+    reworded = "# a new first line\n" + text.replace("windows = [90]", "windows   =   [ 90 ]  # 3m")
+    reworded = reworded.replace(
+        'base_currency = "USD"\nrates = {}', "rates = {}\nbase_currency = 'USD'"
+    )
+    assert reworded != text
+    assert parse_rules(reworded.encode(), "y").version == version
+    for edit in (("spend_90d > 200", "spend_90d >= 200"), ("cuts = [14,", "cuts = [15,")):
+        assert edit[0] in text
+        assert parse_rules(text.replace(*edit).encode(), "x").version != version
 
 
 @pytest.mark.parametrize(
@@ -87,3 +172,40 @@ def test_generated_features_follow_the_rules_windows_and_scores() -> None:
     assert f["g_score"] is None  # text is never scored
     assert (f["r_score"], f["f_score"], f["m_score"]) == (5, 3, 2)  # 4 orders, 52.50 spent
     assert f["days_since_first_order"] == 100 and f["days_since_last_order"] == 0
+
+
+def test_every_problem_in_a_file_is_reported_each_with_a_suggestion() -> None:
+    text = default_rules_text().decode()
+    for old, new in [
+        ('feature = "days_since_last_order"', 'feature = "days_since_last_ordr"'),
+        ("orders_90d >= 4", "orders_90 >= 4"),
+        ('{ name = "low" }', '{ name = "low", whn = "orders_total > 0" }'),
+        ('when = "orders_total >= 2 and monetary_total > 40"', 'when = "orders_totl >= 2"'),
+    ]:
+        assert old in text
+        text = text.replace(old, new, 1)
+    with pytest.raises(RulesError) as caught:
+        parse_rules(text.encode(), "rules.toml")
+    assert caught.value.problems == (
+        "rules.toml: scores.r.feature: unknown feature 'days_since_last_ordr' "
+        "(did you mean 'days_since_last_order'?)",
+        "rules.toml: dimensions[1].classes[0].when: unknown feature 'orders_90' "
+        "(did you mean 'orders_90d'?)",
+        "rules.toml: dimensions[1].classes[2].whn: unknown key (did you mean 'when'?) "
+        "(allowed: label, name, when)",
+        "rules.toml: segments[0].when: unknown feature 'orders_totl' "
+        "(did you mean 'orders_total'?)",
+    )  # r_score, whose score failed, is not reported again where the rfm classes use it
+
+
+def test_a_class_label_defaults_to_its_name() -> None:
+    text = default_rules_text().decode()
+    text = text.replace('{ name = "high", when', '{ name = "high", label = "High value", when')
+    text = text.replace('name = "old_customer"', 'name = "old_customer"\nlabel = "Old customers"')
+    rules = parse_rules(text.encode(), "x")
+    value_tier = next(d for d in rules.dimensions if d.name == "value_tier")
+    assert [c.label for c in value_tier.classes] == ["High value", "medium", "low"]
+    assert rules.dimensions[-1].classes[0].label == "Old customers"
+    assert load_rules().dimensions[-1].classes[0].label == "in"
+    with pytest.raises(RulesError, match=r"classes\[0\]\.label: must be a non-empty text"):
+        parse_rules(text.replace('label = "High value"', "label = 3").encode(), "x")

@@ -1,4 +1,5 @@
-"""Real servers for integration tests: a Tansu broker per session, Redis servers per test."""
+"""Real servers for integration tests: a broker per session (Apache Kafka, or Tansu with
+``SW_TEST_BROKER=tansu``; see docs/apache-kafka.md), Redis servers per test."""
 
 import contextlib
 import socket
@@ -12,13 +13,25 @@ from typing import Self
 
 import pytest
 
+from worker.tools.apache_kafka import ApacheKafka, chosen_broker
 from worker.tools.embedded import Broker, RedisServer
 
 
 @pytest.fixture(scope="session")
-def broker() -> Iterator[Broker]:
-    with Broker() as started:
+def broker() -> Iterator[ApacheKafka | Broker]:
+    """The broker ``SW_TEST_BROKER`` names (default: Apache Kafka, fetched on first use)."""
+    with chosen_broker() as started:
         yield started
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test that used the broker shows the end of the broker's log."""
+    report: pytest.TestReport = yield
+    started = getattr(item, "funcargs", {}).get("broker")
+    if report.failed and started is not None:
+        report.sections.append(("broker log", started.log_tail()))
+    return report
 
 
 @pytest.fixture
@@ -42,10 +55,10 @@ def redis_server(redis_factory: Callable[..., RedisServer]) -> RedisServer:
 
 
 @pytest.fixture
-def topics(broker: Broker) -> Callable[..., dict[str, str]]:
+def topics(broker: ApacheKafka | Broker) -> Callable[..., dict[str, str]]:
     """Create uniquely named topics: ``topics(orders=4, visits=4)`` -> ``{"orders": "orders-1a2b3c4d", ...}``.
 
-    Tansu keeps everything in memory for the whole session, so every test gets fresh names.
+    The broker lives for the whole session, so every test gets fresh names.
     """
 
     def create(**partitions: int) -> dict[str, str]:

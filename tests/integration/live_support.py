@@ -72,7 +72,7 @@ async def make_settings(broker: Broker, redis_url: str) -> Settings:
         kafka_bootstrap=broker.bootstrap,
         redis_url=redis_url,
         http_port=free_port(),
-        kafka_idempotence=False,  # Tansu has no InitProducerId
+        kafka_idempotence=broker.idempotent,  # on where the broker has it (not on Tansu)
         session_timeout_ms=6000,
         heartbeat_interval_ms=500,
         rebalance_timeout_ms=5000,
@@ -263,19 +263,30 @@ def assert_unbroken_chains(records: list[ConsumerRecord[bytes, bytes]], replayer
             assert last.get((cid, dim)) == cls, (cid, dim)
 
 
+def _canonical(change: dict[str, object]) -> bytes:
+    """A change document minus ``emitted_at`` (when it was published may differ), sorted."""
+    return orjson.dumps(
+        {k: v for k, v in change.items() if k != "emitted_at"}, option=orjson.OPT_SORT_KEYS
+    )
+
+
 def change_ids(records: list[ConsumerRecord[bytes, bytes]]) -> dict[str, bytes]:
-    """event_id -> value; fails on a conflicting duplicate (same id, different content)."""
+    """event_id -> document minus emitted_at; fails on a conflicting duplicate (same id,
+    different content)."""
     seen: dict[str, bytes] = {}
     for r in records:
         assert r.value is not None
-        event_id = str(orjson.loads(r.value)["event_id"])
         body = orjson.loads(r.value)
-        body.pop("emitted_at")
-        canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+        event_id, canonical = str(body["event_id"]), _canonical(body)
         assert seen.setdefault(event_id, canonical) == canonical, (
             f"conflicting duplicate {event_id}"
         )
     return seen
+
+
+def documents(changes: list[dict[str, object]]) -> dict[str, bytes]:
+    """Replay's changes in the form change_ids gives the published ones: whole documents."""
+    return {str(c["event_id"]): _canonical(c) for c in changes}
 
 
 def start_worker(settings: Settings, clock_ms: int, **extra: str) -> subprocess.Popen[bytes]:

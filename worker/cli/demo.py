@@ -21,9 +21,10 @@ def register(sub: Subparsers) -> None:
         "and a Redis server (redis-server if on PATH, else an embedded Valkey), create the "
         "topics, run the worker against them with a simulated clock, stream realistic shop "
         "traffic, and show class populations, segment changes, throughput, lag and dead "
-        "letters live. Ctrl-C stops everything it started. To try it against your own "
-        "services instead, pass --kafka HOST:PORT and/or --redis redis://HOST:PORT/0 (the "
-        "topics are created if missing; use a scratch Redis database).",
+        "letters live. Ctrl-C (or SIGTERM, or closing the terminal) stops everything it "
+        "started. To try it against your own services instead, pass --kafka HOST:PORT "
+        "and/or --redis redis://HOST:PORT/0 (the topics are created if missing; use a "
+        "scratch Redis database).",
     )
     demo.add_argument("--customers", type=positive, default=2000, help="(%(default)s)")
     demo.add_argument("--seed", type=int, default=1, help="traffic seed (%(default)s)")

@@ -35,7 +35,8 @@ def register(sub: Subparsers) -> None:
         "'order' or 'visit'), apply them in file order with an event-time clock (the greatest "
         "occurred_at seen), fire every time-driven change as the clock passes it, and write "
         "segment-change events as JSON lines. Bad lines never stop the replay: they go to "
-        "--rejects and are counted on stderr. Same input, same output, byte for byte.",
+        "--rejects and are counted on stderr (--strict: exit status 1 if any was). Same "
+        "input, same output, byte for byte.",
     )
     source = replay.add_mutually_exclusive_group(required=True)
     source.add_argument(
@@ -61,6 +62,9 @@ def register(sub: Subparsers) -> None:
         default=DEFAULT_LIMITS.max_future_ms / 1000,
         metavar="SECONDS",
         help="reject events stamped more than this far after the wall clock",
+    )
+    replay.add_argument(
+        "--strict", action="store_true", help="exit status 1 if any line was rejected"
     )
     replay.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     replay.set_defaults(func=_replay)
@@ -138,7 +142,10 @@ def _replay(args: argparse.Namespace) -> int:
             f"{len(replayer.states):,} customers, {summary.changes:,} segment changes",
             file=sys.stderr,
         )
-    return 0
+        if summary.rejected_total and args.rejects is None:
+            hint = "replay: --rejects FILE writes each rejected line with its reason"
+            print(hint, file=sys.stderr)
+    return 1 if args.strict and summary.rejected_total else 0
 
 
 def _write_states(replayer: Replayer, rules: Rules, path: Path) -> None:

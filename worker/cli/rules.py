@@ -36,8 +36,8 @@ def register(sub: Subparsers) -> None:
     check = rules_sub.add_parser(
         "check",
         help="validate a rules file and print its dimensions",
-        description="Validate a rules file; print its version and dimensions, or the first "
-        "error with the field it is in (exit status 2).",
+        description="Validate a rules file; print its version and dimensions, or every "
+        "error with the field it is in and a suggestion where one is close (exit status 2).",
     )
     check.add_argument("file", type=Path, nargs="?", help="rules file; the defaults if omitted")
     check.add_argument("--features", action="store_true", help="also list usable features")
@@ -82,7 +82,8 @@ def _check(args: argparse.Namespace) -> int:
         applies = f"  (applies when {dim.applies})" if dim.applies else ""
         print(f"  dimension {dim.name}{applies}")
         for cls in dim.classes:
-            print(f"    {cls.name:<20} {cls.when or '(otherwise)'}")
+            label = f"  [{cls.label}]" if cls.label != cls.name else ""
+            print(f"    {cls.name:<20} {cls.when or '(otherwise)'}{label}")
     if args.features:
         print("  features:")
         described = {**INVARIANT, **DAYS_SINCE}

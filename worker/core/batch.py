@@ -128,11 +128,11 @@ def accept_erasures(
     topics: Topics,
     limits: ParseLimits,
     partitions: int | None,
-) -> list[tuple[InRecord, str]]:
-    """The erasure requests to carry out, with the customer id each names (its key); the
-    others are dead-lettered into ``outcome``: no key, an id no event can carry (no customer
-    has it), or a key on another partition than Kafka's default partitioner's (the customer's
-    state lives there: erasing here would erase nothing, yet answer with a tombstone)."""
+) -> list[tuple[bytes, str]]:
+    """The erasure requests to carry out, as (key, the customer id it names); the others are
+    dead-lettered into ``outcome``: no key, an id no event can carry (no customer has it), or
+    a key on another partition than Kafka's default partitioner's (the customer's state
+    lives there: erasing here would erase nothing, yet answer with a tombstone)."""
     accepted = []
     for record in records:
         customer_id = (record.key or b"").decode("utf-8", "replace")
@@ -145,10 +145,10 @@ def accept_erasures(
             )
         else:
             refused = _wrong_partition(record, customer_id, partitions)
-        if refused is None:
-            accepted.append((record, customer_id))
-        else:
-            _dead_letter(outcome, topics, record, refused, "kafka")
+            if refused is None:
+                accepted.append((record.key, customer_id))
+                continue
+        _dead_letter(outcome, topics, record, refused, "kafka")
     return accepted
 
 

@@ -39,6 +39,13 @@ class ConditionError(SegmentWorkerError, ValueError):
     """Raised when a condition is not valid in the condition language."""
 
 
+# Bounds that keep every accepted condition cheap to compile and safe to evaluate: a condition
+# that passes them cannot exhaust the stack, the memory or the number formats at run time.
+MAX_CONDITION_CHARS: Final = 1000
+MAX_DEPTH: Final = 40  # levels of the syntax tree, operators and contexts included
+MAX_NUMBER: Final = 10**15
+
+
 @dataclass(frozen=True, slots=True)
 class Compiled:
     """A condition translated to Python source over the feature mapping ``f``."""
@@ -78,10 +85,14 @@ def compile_condition(
     text: str, features: Mapping[str, FeatureKind], textual: frozenset[str] = frozenset()
 ) -> Compiled:
     """Translate ``text``; ``textual`` names the features that hold text, not numbers."""
+    if len(text) > MAX_CONDITION_CHARS:
+        raise ConditionError(f"longer than {MAX_CONDITION_CHARS} characters")
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as exc:
         raise ConditionError(f"syntax error at column {exc.offset}: {exc.msg}") from None
+    if _depth(tree) > MAX_DEPTH:
+        raise ConditionError(f"nested more than {MAX_DEPTH} levels deep")
     translator = _Translator(features, textual)
     source = translator.expr(tree.body)
     return Compiled(f"bool({source})", tuple(translator.thresholds), frozenset(translator.names))
@@ -103,18 +114,24 @@ class _Translator:
             if isinstance(node.op, ast.Not):
                 return f"(not {self.expr(node.operand)})"
             if isinstance(node.op, ast.USub):
+                self._check_numeric(node.operand)
                 return f"_neg({self.expr(node.operand)})"
             raise ConditionError(f"operator {type(node.op).__name__} is not supported")
         if isinstance(node, ast.BinOp):
             fn = _ARITH.get(type(node.op))
             if fn is None:
                 raise ConditionError(f"operator {type(node.op).__name__} is not supported")
+            self._check_numeric(node.left)
+            self._check_numeric(node.right)
             return f"{fn}({self.expr(node.left)}, {self.expr(node.right)})"
         if isinstance(node, ast.Compare):
             return self.compare(node)
         if isinstance(node, ast.Name):
             return self.name(node.id, compared=compared)
         if isinstance(node, ast.Constant):
+            value = node.value
+            if isinstance(value, int | float) and not abs(value) <= MAX_NUMBER:  # inf, nan too
+                raise ConditionError("numbers must be finite and at most 1e15 in size")
             if node.value is None or isinstance(node.value, bool | int | float | str):
                 return repr(node.value)
             raise ConditionError(f"constant {node.value!r} is not supported")
@@ -124,6 +141,16 @@ class _Translator:
                 raise ConditionError("lists may hold constants only")
             return "(" + "".join(f"{i}, " for i in items) + ")"
         raise ConditionError(f"{type(node).__name__} is not allowed in a condition")
+
+    def _check_numeric(self, node: ast.expr) -> None:
+        """Arithmetic is on numbers only: ``'a' * 10**10`` or ``-(1,)`` would exhaust memory
+        or fail when evaluated."""
+        if (
+            isinstance(node, ast.Tuple | ast.List | ast.Set)
+            or (isinstance(node, ast.Constant) and isinstance(node.value, str))
+            or (isinstance(node, ast.Name) and node.id in self.textual)
+        ):
+            raise ConditionError("arithmetic works on numbers only, not on text or lists")
 
     def name(self, ident: str, *, compared: bool) -> str:
         kind = self.features.get(ident)
@@ -198,6 +225,16 @@ class _Translator:
         return None
 
 
+def _depth(tree: ast.AST) -> int:
+    """Depth of ``tree``, walked without recursion."""
+    deepest, stack = 0, [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+    return deepest
+
+
 def _is_number(node: ast.expr) -> bool:
     return (
         isinstance(node, ast.Constant)
@@ -212,7 +249,7 @@ def _safe(op: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
             return None
         try:
             return op(a, b)
-        except (TypeError, ZeroDivisionError):
+        except (TypeError, ZeroDivisionError, OverflowError):
             return None
 
     return apply

@@ -12,7 +12,7 @@ from bisect import bisect_right
 from decimal import ROUND_HALF_EVEN, Decimal
 
 from worker.core.changes import Cause, SegmentChange, change_id, snapshot
-from worker.core.events import Event, Order, Reason, Rejection
+from worker.core.events import MAX_AMOUNT, Event, Order, Reason, Rejection
 from worker.core.features import (
     Facts,
     Features,
@@ -180,6 +180,8 @@ def _convert(order: Order, rules: Rules) -> Order | Rejection:
             f"no rate from {order.currency} to {rules.base_currency} in the rules file",
         )
     amount = (Decimal(order.amount_minor) * rate).quantize(Decimal(1), rounding=ROUND_HALF_EVEN)
+    if amount > MAX_AMOUNT * 100:  # a large rate: keep the stored amounts within their bounds
+        return Rejection(Reason.INVALID_VALUE, "amount", "amount exceeds 1e12 in the base currency")
     return Order(
         order.event_id,
         order.customer_id,

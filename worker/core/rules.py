@@ -1,25 +1,35 @@
 """The rules file: dimensions, classes and thresholds, validated and compiled at load.
 
 A rules file is TOML (see ``default_rules.toml``). Loading validates every field and
-condition and reports the first problem with its path (``dimensions[2].classes[0].when``),
-hashes the file's bytes into a version that is stamped on every change event, and compiles
+condition and reports every problem with its path (``dimensions[2].classes[0].when``),
+hashes the parsed file into a version that is stamped on every change event, and compiles
 all dimensions into one Python function so that classifying a customer costs a few µs.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
+import difflib
 import hashlib
+import json
 import math
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
-from worker.core.conditions import HELPERS, Compiled, ConditionError, FeatureKind, compile_condition
+from worker.core.conditions import (
+    HELPERS,
+    MAX_NUMBER,
+    Compiled,
+    ConditionError,
+    FeatureKind,
+    compile_condition,
+)
 from worker.core.features import (
     TEXTUAL,
     Facts,
@@ -37,16 +47,31 @@ Classes = dict[str, str | None]
 SEGMENT_CLASS: Final = "in"
 _COUNTING: Final = {"paid": PAID, "placed": PLACED | PAID}
 _NAME_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
+# Bounds that keep a valid file cheap to load and safe to run: every amount converted with a
+# rate in this range fits the state's integers, and no file can nest or grow the generated
+# classifier beyond what Python compiles.
+MAX_RULES_BYTES: Final = 1 << 20
+MAX_CLASSES: Final = 100  # per dimension, and dimensions plus segments
+RATE_RANGE: Final = (Decimal("1e-9"), Decimal("1e9"))
 
 
 class RulesError(SegmentWorkerError, ValueError):
-    """Raised when a rules file is not valid; the message names the file and the field."""
+    """Raised when a rules file is not valid; each problem names the file and the field."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
 
 
 @dataclass(frozen=True, slots=True)
 class ClassRule:
     name: str
     when: str | None
+    label: str = ""  # what people read (the demo's view); the name when the file gives none
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            object.__setattr__(self, "label", self.name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,29 +113,57 @@ def load_rules(path: Path | None = None) -> Rules:
     if path is None:
         return parse_rules(default_rules_text(), "<built-in defaults>")
     try:
-        data = path.read_bytes()
+        with path.open("rb") as file:
+            data = file.read(MAX_RULES_BYTES + 1)
     except OSError as exc:
         raise RulesError(f"{path}: cannot read rules file: {exc.strerror}") from None
     return parse_rules(data, str(path))
 
 
 def parse_rules(data: bytes, source: str) -> Rules:
+    if len(data) > MAX_RULES_BYTES:
+        raise RulesError(f"{source}: larger than {MAX_RULES_BYTES} bytes")
     try:
         doc = tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise RulesError(f"{source}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:  # TOMLDecodeError, or an integer of thousands of digits
         raise RulesError(f"{source}: {exc}") from None
-    try:
-        return _build(doc, data, source)
-    except _FieldError as exc:
-        raise RulesError(f"{source}: {exc.path}: {exc.message}") from None
+    except RecursionError:
+        raise RulesError(f"{source}: arrays or tables nested too deeply") from None
+    problems = _Problems()
+    rules: Rules | None = None
+    with problems.field():
+        rules = _build(doc, source, problems)
+    if rules is None:
+        raise RulesError(*(f"{source}: {e.path}: {e.message}" for e in problems.found))
+    return rules
 
 
 class _FieldError(Exception):
     def __init__(self, path: str, message: str) -> None:
         super().__init__(f"{path}: {message}")
         self.path, self.message = path, message
+
+
+class _Problems:
+    """Collects field errors, so that one load reports every independent problem in a file."""
+
+    def __init__(self) -> None:
+        self.found: list[_FieldError] = []
+
+    @contextlib.contextmanager
+    def field(self) -> Iterator[None]:
+        """Record a field error raised inside the block and go on after it."""
+        try:
+            yield
+        except _FieldError as exc:
+            self.found.append(exc)
+
+
+def _did_you_mean(word: object, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(str(word), list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _table(doc: Mapping[str, Any], key: str, path: str) -> dict[str, Any]:
@@ -128,7 +181,8 @@ def _check_keys(table: Mapping[str, Any], allowed: set[str], path: str) -> None:
     for key in table:
         if key not in allowed:
             raise _FieldError(
-                _join(path, key), f"unknown key (allowed: {', '.join(sorted(allowed))})"
+                _join(path, key),
+                f"unknown key{_did_you_mean(key, allowed)} (allowed: {', '.join(sorted(allowed))})",
             )
 
 
@@ -138,13 +192,26 @@ def _name(value: object, path: str) -> str:
     return value
 
 
-def _build(doc: dict[str, Any], data: bytes, source: str) -> Rules:
-    _check_keys(doc, {"orders", "money", "scores", "dimensions", "segments"}, "")
+def _version(doc: Mapping[str, Any]) -> str:
+    """A hash of what the file says, not of its bytes: comments, whitespace, the order of
+    keys in a table and the spelling of a value (1e2 or 100.0) leave the version alone, so
+    such an edit neither re-evaluates every customer nor rewrites every change's stamp."""
+    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str)
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _build(doc: dict[str, Any], source: str, problems: _Problems) -> Rules | None:
+    """Validate every part that does not depend on a failed one (errors go to ``problems``);
+    compile only a file without any (else None)."""
+    with problems.field():
+        _check_keys(doc, {"orders", "money", "scores", "dimensions", "segments"}, "")
     orders = _table(doc, "orders", "")
-    _check_keys(orders, {"count_status", "windows"}, "orders")
+    with problems.field():
+        _check_keys(orders, {"count_status", "windows"}, "orders")
     count_status = orders.get("count_status", "paid")
-    if count_status not in _COUNTING:
-        raise _FieldError("orders.count_status", "must be 'paid' or 'placed'")
+    with problems.field():
+        if count_status not in _COUNTING:
+            raise _FieldError("orders.count_status", "must be 'paid' or 'placed'")
     windows = orders.get("windows", [90])
     if (
         not isinstance(windows, list)
@@ -157,42 +224,56 @@ def _build(doc: dict[str, Any], data: bytes, source: str) -> Rules:
         raise _FieldError("orders.windows", "must be a non-empty list of distinct days (1..3660)")
 
     money = _table(doc, "money", "")
-    _check_keys(money, {"base_currency", "rates"}, "money")
+    with problems.field():
+        _check_keys(money, {"base_currency", "rates"}, "money")
     base = money.get("base_currency", "USD")
-    if not isinstance(base, str) or len(base) != 3 or not base.isupper():
-        raise _FieldError("money.base_currency", "must be an ISO 4217 code such as 'USD'")
+    with problems.field():
+        if not isinstance(base, str) or len(base) != 3 or not base.isupper():
+            raise _FieldError("money.base_currency", "must be an ISO 4217 code such as 'USD'")
     rates: dict[str, Decimal] = {}
     for code, rate in _table(money, "rates", "money").items():
-        path = f"money.rates.{code}"
-        try:
-            value = Decimal(str(rate))
-        except InvalidOperation:
-            raise _FieldError(path, "must be a positive number") from None
-        if isinstance(rate, bool) or not value.is_finite() or value <= 0:
-            raise _FieldError(path, "must be a positive number")
-        rates[code] = value
+        with problems.field():
+            rates[code] = _rate(rate, f"money.rates.{code}")
 
-    scores = tuple(_score(name, spec, windows) for name, spec in _table(doc, "scores", "").items())
+    scores: list[Score] = []
+    for name, spec in _table(doc, "scores", "").items():
+        with problems.field():
+            scores.append(_score(name, spec, windows))
     kinds = feature_kinds(windows, scores)
-    dimensions = [_dimension(i, d, kinds) for i, d in enumerate(_list(doc, "dimensions"))]
-    dimensions += [_segment(i, s, kinds) for i, s in enumerate(_list(doc, "segments"))]
+    # A score that failed still names its feature, so conditions using it are not also wrong.
+    kinds |= feature_kinds((), [Score(n, "", (), True) for n in _table(doc, "scores", "")])
+    dimensions: list[Dimension] = []
+    for i, spec in enumerate(_list(doc, "dimensions")):
+        with problems.field():
+            dimensions.append(_dimension(i, spec, kinds, problems))
+    for i, spec in enumerate(_list(doc, "segments")):
+        with problems.field():
+            dimensions.append(_segment(i, spec, kinds, problems))
+    with problems.field():
+        if len(dimensions) > MAX_CLASSES:
+            raise _FieldError("dimensions", f"more than {MAX_CLASSES} dimensions and segments")
     seen: set[str] = set()
     for dim in dimensions:
-        if dim.name in seen:
-            raise _FieldError("dimensions", f"dimension or segment {dim.name!r} is defined twice")
+        with problems.field():
+            if dim.name in seen:
+                raise _FieldError(
+                    "dimensions", f"dimension or segment {dim.name!r} is defined twice"
+                )
         seen.add(dim.name)
+    if problems.found:
+        return None
     classify, thresholds, fixed = _compile(dimensions, kinds)
     return Rules(
-        version="sha256:" + hashlib.sha256(data).hexdigest()[:16],
+        version=_version(doc),
         source=source,
         counting=_COUNTING[count_status],
         windows=tuple(windows),
         base_currency=base,
         rates=rates,
-        scores=scores,
+        scores=tuple(scores),
         dimensions=tuple(dimensions),
         classify=classify,
-        features_at=compile_features(tuple(windows), scores),
+        features_at=compile_features(tuple(windows), tuple(scores)),
         thresholds=thresholds,
         fixed_offsets=None if fixed is None else day_offsets(fixed + score_limits(scores)),
     )
@@ -205,6 +286,18 @@ def _list(doc: Mapping[str, Any], key: str) -> list[Any]:
     return value
 
 
+def _rate(rate: object, path: str) -> Decimal:
+    try:
+        value = Decimal(str(rate))
+    except InvalidOperation:
+        raise _FieldError(path, "must be a positive number") from None
+    if isinstance(rate, bool) or not value.is_finite() or value <= 0:
+        raise _FieldError(path, "must be a positive number")
+    if not RATE_RANGE[0] <= value <= RATE_RANGE[1]:
+        raise _FieldError(path, "must lie between 1e-9 and 1e9")
+    return value
+
+
 def _score(name: str, spec: Any, windows: list[int]) -> Score:
     path = f"scores.{name}"
     _name(name, path)
@@ -214,13 +307,14 @@ def _score(name: str, spec: Any, windows: list[int]) -> Score:
     base_kinds = feature_kinds(windows, ())
     feature = spec.get("feature")
     if feature not in base_kinds:
-        raise _FieldError(f"{path}.feature", f"unknown feature {feature!r}")
+        hint = _did_you_mean(feature, base_kinds)
+        raise _FieldError(f"{path}.feature", f"unknown feature {feature!r}{hint}")
     cuts = spec.get("cuts")
     if (
         not isinstance(cuts, list)
         or len(cuts) != 4
         or not all(isinstance(c, int | float) and not isinstance(c, bool) for c in cuts)
-        or not all(math.isfinite(c) for c in cuts)
+        or not all(math.isfinite(c) and abs(c) <= MAX_NUMBER for c in cuts)
         or sorted(set(cuts)) != cuts
     ):
         raise _FieldError(f"{path}.cuts", "must be 4 increasing numbers (scores run 1-5)")
@@ -240,44 +334,69 @@ def _condition(text: Any, path: str, kinds: Mapping[str, FeatureKind]) -> str:
     return text
 
 
-def _dimension(index: int, spec: Any, kinds: Mapping[str, FeatureKind]) -> Dimension:
+def _label(value: object, path: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str) or not value.strip():
+        raise _FieldError(path, "must be a non-empty text")
+    return value
+
+
+def _dimension(
+    index: int, spec: Any, kinds: Mapping[str, FeatureKind], problems: _Problems
+) -> Dimension:
     path = f"dimensions[{index}]"
     if not isinstance(spec, dict):
         raise _FieldError(path, "must be a table")
-    _check_keys(spec, {"name", "applies", "classes"}, path)
+    with problems.field():
+        _check_keys(spec, {"name", "applies", "classes"}, path)
     name = _name(spec.get("name"), f"{path}.name")
     applies = spec.get("applies")
     if applies is not None:
-        _condition(applies, f"{path}.applies", kinds)
+        with problems.field():
+            _condition(applies, f"{path}.applies", kinds)
     raw_classes = spec.get("classes")
-    if not isinstance(raw_classes, list) or not raw_classes:
-        raise _FieldError(f"{path}.classes", "must be a non-empty list of {name, when} tables")
+    if not isinstance(raw_classes, list) or not raw_classes or len(raw_classes) > MAX_CLASSES:
+        raise _FieldError(
+            f"{path}.classes",
+            f"must be a list of 1 to {MAX_CLASSES} {{name, when, label}} tables",
+        )
     classes: list[ClassRule] = []
-    for j, cls in enumerate(raw_classes):
+    for j, raw in enumerate(raw_classes):
         cpath = f"{path}.classes[{j}]"
-        if not isinstance(cls, dict):
-            raise _FieldError(cpath, "must be a table")
-        _check_keys(cls, {"name", "when"}, cpath)
-        cname = _name(cls.get("name"), f"{cpath}.name")
-        if any(c.name == cname for c in classes):
-            raise _FieldError(f"{cpath}.name", f"class {cname!r} appears twice")
-        when = cls.get("when")
-        if when is not None:
-            _condition(when, f"{cpath}.when", kinds)
-        elif j != len(raw_classes) - 1:
-            raise _FieldError(f"{cpath}.when", "only the last class may omit 'when' (fallback)")
-        classes.append(ClassRule(cname, when))
+        with problems.field():
+            cls = _class(raw, cpath, j == len(raw_classes) - 1, kinds)
+            if any(c.name == cls.name for c in classes):
+                raise _FieldError(f"{cpath}.name", f"class {cls.name!r} appears twice")
+            classes.append(cls)
     return Dimension(name, applies, tuple(classes))
 
 
-def _segment(index: int, spec: Any, kinds: Mapping[str, FeatureKind]) -> Dimension:
+def _class(cls: Any, path: str, last: bool, kinds: Mapping[str, FeatureKind]) -> ClassRule:
+    if not isinstance(cls, dict):
+        raise _FieldError(path, "must be a table")
+    _check_keys(cls, {"name", "when", "label"}, path)
+    name = _name(cls.get("name"), f"{path}.name")
+    when = cls.get("when")
+    if when is not None:
+        _condition(when, f"{path}.when", kinds)
+    elif not last:
+        raise _FieldError(f"{path}.when", "only the last class may omit 'when' (fallback)")
+    return ClassRule(name, when, _label(cls.get("label"), f"{path}.label"))
+
+
+def _segment(
+    index: int, spec: Any, kinds: Mapping[str, FeatureKind], problems: _Problems
+) -> Dimension:
     path = f"segments[{index}]"
     if not isinstance(spec, dict):
         raise _FieldError(path, "must be a table")
-    _check_keys(spec, {"name", "when"}, path)
+    with problems.field():
+        _check_keys(spec, {"name", "when", "label"}, path)
     name = _name(spec.get("name"), f"{path}.name")
     when = _condition(spec.get("when"), f"{path}.when", kinds)
-    return Dimension(name, None, (ClassRule(SEGMENT_CLASS, when),))
+    label = _label(spec.get("label"), f"{path}.label")  # of its one class
+    return Dimension(name, None, (ClassRule(SEGMENT_CLASS, when, label),))
 
 
 def _compile(

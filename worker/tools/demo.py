@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import shutil
+import signal
 import socket
 import sys
 import time
@@ -24,10 +25,11 @@ import orjson
 
 from worker import kafka
 from worker.clock import SimulatedClock
+from worker.core.rules import SEGMENT_CLASS, Rules
 from worker.core.timeutil import DAY_MS, format_ms, parse_rfc3339
 from worker.kafka import ensure_topics
 from worker.service import Worker
-from worker.settings import Settings
+from worker.settings import Settings, redact_url
 from worker.tools.embedded import Broker, RedisServer, free_port
 from worker.tools.simulate import FeedFaults, Simulator
 
@@ -64,15 +66,29 @@ async def services(options: DemoOptions) -> AsyncIterator[tuple[str, str, bool]]
 
 
 class View:
-    """Populations per dimension and the latest changes, from the segment-change topic."""
+    """Populations per dimension and the latest changes, from the segment-change topic, in
+    the words of the rules (class labels) and with what a marketer needs to read them: the
+    current event rate, and how many customers a dimension does not apply to."""
 
-    def __init__(self) -> None:
+    RATE_WINDOW = 5.0  # seconds the events/s figure looks back
+
+    def __init__(self, rules: Rules) -> None:
+        self.dimensions = {d.name: d for d in rules.dimensions}
         self.population: dict[str, Counter[str]] = defaultdict(Counter)
+        self.customers: set[str] = set()
         self.feed: deque[str] = deque(maxlen=12)
         self.changes = 0
         self.dead_letters = 0
         self.produced = 0
-        self.last_customer = "cus_0000001"
+        self.last_customer: str | None = None  # one the lookup is known to find
+        self._samples: deque[tuple[float, int]] = deque()
+
+    def label(self, dim: str, name: object) -> str:
+        if name is None:
+            return "n/a"
+        dimension = self.dimensions.get(dim)
+        found = dimension and next((c for c in dimension.classes if c.name == name), None)
+        return found.label if found else str(name)
 
     def absorb(self, change: dict[str, object]) -> None:
         dim = str(change["dimension"])
@@ -82,39 +98,105 @@ class View:
             self.population[dim][str(change["to"])] += 1
         self.changes += 1
         self.last_customer = str(change["customer_id"])
+        self.customers.add(self.last_customer)
         cause = change["cause"]
         kind = cause.get("type") if isinstance(cause, dict) else "?"
+        before, after = self.label(dim, change["from"]), self.label(dim, change["to"])
         self.feed.append(
             f"{str(change['occurred_at'])[:10]}  {change['customer_id']!s:<12} "
-            f"{dim:<13} {change['from'] or '-':>18} -> {change['to'] or '-':<18} ({kind})"
+            f"{dim:<13} {'-' if change['from'] is None else before:>18} -> {after:<18} ({kind})"
         )
 
-    def render(self, clock_ms: int, rate: float, processed: float, lag: float, url: str) -> str:
+    def sample(self, now: float) -> None:
+        """Note the produced count at ``now`` (monotonic seconds), for :meth:`rate`."""
+        self._samples.append((now, self.produced))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= self.RATE_WINDOW:
+            self._samples.popleft()
+
+    def rate(self) -> float:
+        """Events produced per second over the last few seconds (not since the start)."""
+        if len(self._samples) < 2:
+            return 0.0
+        (t0, n0), (t1, n1) = self._samples[0], self._samples[-1]
+        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+
+    def render(self, clock_ms: int, processed: float, lag: float, url: str) -> str:
         width = shutil.get_terminal_size((100, 40)).columns
         lines = [
             f"segment-worker demo   shop time {format_ms(clock_ms)[:16]}   "
-            f"produced {self.produced:,} ({rate:,.0f}/s)   processed {processed:,.0f}   "
-            f"lag {lag:,.0f}   changes {self.changes:,}   dead letters {self.dead_letters:,}",
-            f"metrics: {url}/metrics   lookup: {url}/customers/{self.last_customer}   Ctrl-C stops",
-            "",
+            f"produced {self.produced:,} ({self.rate():,.0f}/s now)   processed {processed:,.0f}"
+            f"   lag {lag:,.0f}   changes {self.changes:,}   dead letters {self.dead_letters:,}",
+            f"metrics: {url}/metrics   lookup: {self.lookup(url)}   Ctrl-C stops",
+            f"{len(self.customers):,} customers seen; per dimension:",
         ]
         for dim in sorted(self.population):
-            counts = [(c, n) for c, n in self.population[dim].most_common() if n > 0]
-            text = "  ".join(f"{c} {n}" for c, n in counts)
-            lines.append(f"{dim:<13} {text}"[:width])
+            lines.append(f"{dim:<13} {self._row(dim)}"[:width])
+        lines += [f"  {note}"[:width] for note in self._notes()]
         lines += ["", "latest segment changes:"]
         lines += [line[:width] for line in self.feed]
         return "\n".join(lines)
 
+    def lookup(self, url: str) -> str:
+        if self.last_customer is None:
+            return f"{url}/customers/ID (an ID appears with the first change)"
+        return f"{url}/customers/{self.last_customer}"
+
+    def _row(self, dim: str) -> str:
+        counts = [(c, n) for c, n in self.population[dim].most_common() if n > 0]
+        outside = len(self.customers) - sum(n for _, n in counts)
+        dimension = self.dimensions.get(dim)
+        if dimension is not None and dimension.classes[0].name == SEGMENT_CLASS:
+            inside = sum(n for _, n in counts)
+            label = dimension.classes[0].label
+            named = f" ({label})" if label != SEGMENT_CLASS else ""
+            return f"{inside:,} in the segment{named}, {outside:,} not"
+        text = "  ".join(f"{self.label(dim, c)} {n:,}" for c, n in counts)
+        # Before the classes, so that a narrow terminal cuts classes, not this count.
+        na = f"n/a {outside:,}" if outside > 0 else ""
+        return f"{na:<10} {text}"
+
+    def _notes(self) -> list[str]:
+        """Why some rows have n/a: the conditions under which a dimension applies."""
+        by_condition: dict[str, list[str]] = defaultdict(list)
+        for dim in sorted(self.population):
+            dimension = self.dimensions.get(dim)
+            classified = sum(n for n in self.population[dim].values() if n > 0)
+            if dimension and dimension.applies and classified < len(self.customers):
+                by_condition[dimension.applies].append(dim)
+        if not by_condition:
+            return []
+        return ["n/a: customers a dimension does not apply to (yet); it applies when"] + [
+            f"  {condition}: {', '.join(dims)}" for condition, dims in by_condition.items()
+        ]
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
 
 async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> View:
-    """Run until Ctrl-C or ``options.duration``; returns the final view (for tests)."""
+    """Run until Ctrl-C (or SIGTERM, or the terminal closing: SIGHUP) or ``options.duration``;
+    returns the final view (for tests). Every stop takes the same way out, which stops the
+    broker and Redis it started; Ctrl-C works even if the shell that started it in the
+    background set SIGINT to ignored (which children inherit)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        return await _run(options, out, stop)
+    finally:
+        for sig in STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
+
+
+async def _run(options: DemoOptions, out: TextIO, stop: asyncio.Event) -> View:
     async with services(options) as (bootstrap, redis_url, embedded):
         base = Settings.from_env({})
         settings = replace(
             base,
             kafka_bootstrap=bootstrap,
             redis_url=redis_url,
+            http_host="127.0.0.1",  # what the printed addresses say
             http_port=options.http_port,
             kafka_idempotence=not embedded,  # the embedded broker has no idempotent producer
             session_timeout_ms=6000,
@@ -127,20 +209,34 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> View:
         await ensure_topics(settings, PARTITIONS)
         clock = SimulatedClock(parse_rfc3339(options.start), settings.clock_speed)
         worker = Worker(settings, clock)
-        view = View()
-        url = f"http://127.0.0.1:{options.http_port}"
+        view = View(worker.rules)
+        url = f"http://{settings.http_host}:{settings.http_port}"
+        out.write(
+            f"segment-worker demo: HTTP {url} (metrics: {url}/metrics, a customer: "
+            f"{url}/customers/ID); Kafka {bootstrap}; Redis {redact_url(redis_url)}\n"
+            f"  watch the changes: segment-worker changes --kafka {bootstrap} --follow "
+            "--format table\n"
+        )
+        out.flush()
         tasks = [
             asyncio.create_task(worker.run(), name="worker"),
             asyncio.create_task(_produce(settings, options, clock, view), name="traffic"),
             asyncio.create_task(_watch(settings, view), name="feed"),
         ]
         started = time.monotonic()
+        view.sample(started)
+        shown_lookup = False
         try:
             while options.duration is None or time.monotonic() - started < options.duration:
-                await asyncio.sleep(1.0)
-                if any(t.done() for t in tasks):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+                if stop.is_set() or any(t.done() for t in tasks):
                     break
-                _show(view, worker, clock.now_ms(), started, url=url, opts=options, out=out)
+                view.sample(time.monotonic())
+                _show(view, worker, clock.now_ms(), url=url, opts=options, out=out)
+                if not shown_lookup and view.last_customer is not None and not _live(options, out):
+                    out.write(f"lookup: {view.lookup(url)}\n")  # a customer the worker holds
+                    shown_lookup = True
         finally:
             worker.stop()
             for task in tasks[1:]:
@@ -153,22 +249,19 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> View:
         return view
 
 
+def _live(opts: DemoOptions, out: TextIO) -> bool:
+    """Whether the whole view is redrawn every second (else one status line is printed)."""
+    return opts.view and out.isatty()
+
+
 def _show(
-    view: View,
-    worker: Worker,
-    now: int,
-    started: float,
-    *,
-    url: str,
-    opts: DemoOptions,
-    out: TextIO,
+    view: View, worker: Worker, now: int, *, url: str, opts: DemoOptions, out: TextIO
 ) -> None:
     view.dead_letters = int(_metric(worker, "segment_worker_dead_letters_total"))
     processed = _metric(worker, "segment_worker_events_total")
     lag = _metric(worker, "segment_worker_consumer_lag")
-    rate = view.produced / max(time.monotonic() - started, 1e-9)
-    text = view.render(now, rate, processed, lag, url)
-    if opts.view and out.isatty():
+    text = view.render(now, processed, lag, url)
+    if _live(opts, out):
         out.write("\x1b[H\x1b[2J" + text + "\n")
     else:
         out.write(text.splitlines()[0] + "\n")

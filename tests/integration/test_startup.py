@@ -1,0 +1,64 @@
+"""A worker started before its Redis (or with a host that does not resolve) waits for it,
+reports not ready and says what it waits for, instead of crashing."""
+
+import asyncio
+import signal
+
+import pytest
+from aiohttp import ClientSession
+
+from tests.integration.live_support import NOW, make_settings, start_worker, wait_until, worker_log
+from worker.tools.embedded import Broker, RedisServer, free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+async def readiness(port: int) -> int | None:
+    try:
+        async with (
+            ClientSession(f"http://127.0.0.1:{port}") as http,
+            http.get("/readyz") as resp,
+        ):
+            return resp.status
+    except OSError:
+        return None
+
+
+async def test_run_waits_for_a_redis_that_is_down_and_resumes_when_it_is_up(
+    broker: Broker,
+) -> None:
+    port = free_port()
+    settings = await make_settings(broker, f"redis://127.0.0.1:{port}/0")
+    proc = start_worker(settings, NOW)
+    server = RedisServer(port)
+    try:
+        waiting = f"waiting for Redis at redis://127.0.0.1:{port}/0: unreachable"
+        await wait_until(lambda: worker_log(proc).count(waiting) >= 3, 30, "three attempts logged")
+        assert proc.poll() is None, worker_log(proc)
+        assert "Traceback" not in worker_log(proc)
+        assert await readiness(settings.http_port) == 503
+
+        await asyncio.to_thread(server.start)
+
+        async def ready() -> bool:
+            return await readiness(settings.http_port) == 200
+
+        await wait_until(ready, 60, "ready once Redis is up")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, 30)
+        server.stop()
+    assert code == 0, worker_log(proc)
+
+
+async def test_a_redis_host_that_does_not_resolve_is_named_and_waited_for(broker: Broker) -> None:
+    settings = await make_settings(broker, "redis://no-such-host.invalid:6379/0")
+    proc = start_worker(settings, NOW)
+    try:
+        waiting = "waiting for Redis at redis://no-such-host.invalid:6379/0: unreachable"
+        await wait_until(lambda: worker_log(proc).count(waiting) >= 2, 30, "two attempts logged")
+        assert proc.poll() is None, worker_log(proc)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, 30)
+    assert code == 0, worker_log(proc)

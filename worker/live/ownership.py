@@ -1,0 +1,251 @@
+"""Taking a partition and letting it go: fencing the previous owner, reading back the changes
+Kafka holds that Redis lost, relaying what the outbox still holds, resuming from the offsets
+Redis holds; stopping a partition on a state it cannot read, and taking it again later.
+
+Ownership is fenced: taking a partition bumps its epoch in Redis, and a commit carrying an
+older epoch is refused, so a paused ex-owner cannot write late."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import Final
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaTimeoutError
+
+from worker.core.batch import Topics
+from worker.core.codec import CorruptRecord, OutRecord
+from worker.core.reconcile import Emitted, lost_window, read_back, reconcile
+from worker.live.partitions import Partitions
+from worker.live.relay import Relay
+from worker.live.retry import Health
+from worker.live.storage import Storage
+from worker.metrics import Metrics
+from worker.settings import Settings
+from worker.store import Claim
+
+READ_BACK_SECONDS: Final = 60.0
+log = logging.getLogger("segment_worker")
+
+
+class Ownership:
+    """Takes, stops and releases partitions; called under the partitions' lock."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        consumer: AIOKafkaConsumer,
+        reader: Callable[[], AIOKafkaConsumer],
+        storage: Storage,
+        relay: Relay,
+        partitions: Partitions,
+        health: Health,
+        metrics: Metrics,
+        topics: Topics,
+        rules_version: Callable[[], str],
+    ) -> None:
+        self.settings, self.consumer = settings, consumer
+        self.reader = reader  # a group-less consumer, to read back the change topic
+        self.storage, self.relay, self.partitions = storage, relay, partitions
+        self.health, self.metrics, self.topics = health, metrics, topics
+        self.rules_version = rules_version
+
+    async def take(self, assigned: list[TopicPartition]) -> None:
+        """Take the partitions (fencing their previous owners), bring their states in line
+        with the changes Kafka already holds, relay what the outbox still holds, and resume
+        from the offsets Redis holds (it may be ahead of the group's committed offsets)."""
+        store, retry = self.storage.store, self.health.retry
+        partitions = sorted({tp.partition for tp in assigned})
+        await self.partitions.settled(partitions, handing_over=True)
+        for tp in assigned:  # superseded by the offsets Redis holds, below
+            known = self.partitions.get(tp.partition)
+            if known is not None:
+                known.committable.pop(tp.topic, None)
+        for partition in partitions:
+            identity = await retry("identity", partial(store.server_id, partition))
+            fence = await retry("take", partial(store.claim, partition))
+            state = self.partitions.took(partition, fence, identity)
+            done = await retry("rules", partial(store.rules_version, partition))
+            if done != self.rules_version() and state.reevaluate_from is None:
+                state.reevaluate_from = 0  # e.g. the previous owner died mid-way
+        starts = {p: await retry("relayed", partial(store.relayed, p)) for p in partitions}
+        emitted = await retry("read back", partial(self._emitted_since, starts))
+        for partition in partitions:
+            taken = self.partitions.get(partition)
+            claim = None if taken is None else taken.claim
+            if taken is None or claim is None:
+                continue  # fenced meanwhile
+            try:
+                in_kafka = await retry(
+                    "reconcile", partial(self._reconcile, claim, emitted.get(partition, []))
+                )
+            except CorruptRecord as exc:
+                self.stop(partition, exc)
+                continue
+            await retry("drain", partial(self.relay.drain, claim, in_kafka))
+            tps = [tp for tp in assigned if tp.partition == partition]
+            resume = {tp: claim.offsets[tp.topic] for tp in tps if tp.topic in claim.offsets}
+            for tp, offset in resume.items():
+                self.consumer.seek(tp, offset)
+            unseen = [tp for tp in tps if tp not in resume]
+            if unseen:
+                # Redis holds nothing applied from these (new, or lost with a Redis that went
+                # back in time): start from the beginning, not from the group's committed offset.
+                await self.consumer.seek_to_beginning(*unseen)
+            taken.committable.update((tp.topic, o) for tp, o in resume.items())
+        # What Redis holds is durable: a crash between the Redis commit and the offset commit
+        # must not leave the group's offsets behind forever.
+        await self.relay.commit_offsets(partitions)
+        self.metrics.partitions.set(len(self.partitions.owned()))
+
+    async def release(self, revoked: list[TopicPartition]) -> None:
+        """Let revoked partitions go once their relays are out and their offsets committed."""
+        numbers = {tp.partition for tp in revoked}
+        await self.partitions.settled(numbers, handing_over=True)
+        await self.relay.commit_offsets(numbers)
+        for partition in numbers:
+            self.partitions.drop(partition)
+        self.metrics.partitions.set(len(self.partitions.owned()))
+        self.metrics.stopped.set(len(self.partitions.stopped()))
+
+    async def take_all_again(self) -> None:
+        """Redis came back as a different server: take every owned partition again, so that
+        input is re-read from the offsets Redis now holds."""
+        owned = self.partitions.owned()
+        log.warning("Redis restarted: taking partitions %s again from its offsets", owned)
+        self.metrics.redis_resets.inc()
+        await self.take([tp for tp in self.consumer.assignment() if tp.partition in owned])
+
+    def stop(self, partition: int, exc: CorruptRecord) -> None:
+        """Stop a partition on a stored state this worker cannot read (damaged, or written by
+        a newer release during a rolling update) instead of the whole process, which would
+        stop every worker that took the partition over in turn. Nothing of the batch was
+        written. The partition is paused and, every SEGMENT_WORKER_STUCK_RETRY_MS, taken again
+        (read from the offsets Redis holds), until the state reads: repaired, or a newer
+        worker took the partition over. Its other customers wait too: input offsets are
+        committed in order."""
+        self.partitions.stop_running(partition)
+        self.consumer.pause(*self._assigned(partition))
+        retry_s = self.settings.stuck_retry_ms / 1000
+        state = self.partitions.get(partition)
+        if state is not None:
+            state.stopped_until = time.monotonic() + retry_s
+        self.metrics.stopped.set(len(self.partitions.stopped()))
+        log.error("partition %d stopped: %s; trying again in %.0f s", partition, exc, retry_s)
+
+    async def take_stopped(self) -> None:
+        """Take the stopped partitions whose retry time came again; resume those that read."""
+        now = time.monotonic()
+        due = [
+            s.partition
+            for s in self.partitions
+            if s.stopped_until is not None and s.stopped_until <= now
+        ]
+        if not due:
+            return
+        async with self.partitions.lock:
+            for partition in due:
+                state = self.partitions.get(partition)
+                tps = self._assigned(partition)
+                if state is None or state.stopped_until is None or not tps:
+                    continue  # revoked meanwhile
+                state.stopped_until = None
+                await self.take(tps)  # stops it again if the state still does not read
+                if state.stopped_until is None:
+                    self.consumer.resume(*tps)
+        self.metrics.stopped.set(len(self.partitions.stopped()))
+
+    def _assigned(self, partition: int) -> list[TopicPartition]:
+        return [tp for tp in self.consumer.assignment() if tp.partition == partition]
+
+    async def _emitted_since(
+        self, starts: dict[int, int]
+    ) -> dict[int, list[ConsumerRecord[bytes, bytes]]]:
+        """The change topic's records from each partition's last acknowledged relay on: in
+        steady state nothing or a batch relayed but not yet acknowledged; after Redis lost
+        writes, also the changes of the lost window."""
+        reader = self.reader()
+        await reader.start()
+        try:
+            known = await self.relay.changes_partitions()
+            tps = {p: TopicPartition(self.topics.changes, p) for p in starts if p in known}
+            reader.assign(list(tps.values()))
+            for p, tp in tps.items():
+                reader.seek(tp, starts[p])
+            ends = await reader.end_offsets(list(tps.values()))
+            deadline = time.monotonic() + READ_BACK_SECONDS
+            out: dict[int, list[ConsumerRecord[bytes, bytes]]] = defaultdict(list)
+            while True:  # to the end offsets, then until a fetch brings nothing more
+                batch = await reader.getmany(timeout_ms=200)
+                for tp, records in batch.items():
+                    out[tp.partition].extend(records)
+                positions = [await reader.position(tp) for tp in tps.values()]
+                if not batch and all(
+                    at >= ends[tp] for at, tp in zip(positions, tps.values(), strict=True)
+                ):
+                    return out
+                if time.monotonic() > deadline:
+                    raise KafkaTimeoutError(f"reading back {self.topics.changes} took too long")
+        finally:
+            await reader.stop()
+
+    async def _reconcile(
+        self, claim: Claim, records: Iterable[ConsumerRecord[bytes, bytes]]
+    ) -> frozenset[str]:
+        """Bring the classes in Redis in line with the changes Kafka holds that Redis lost
+        (see :func:`worker.core.reconcile.reconcile`). Returns the ids of the changes in
+        Kafka, which the outbox need not relay again."""
+        emitted: list[Emitted] = read_back((r.value, r.headers) for r in records)
+        in_kafka = frozenset(e.event_id for e in emitted)
+        if not in_kafka:
+            return in_kafka
+        stored = await self.health.timed(
+            "outbox", self.storage.store.outbox(claim.partition, 1_000_000)
+        )
+        lost = lost_window(emitted, map(OutRecord.decode, stored), self.topics.changes)
+        if not lost.changes:
+            return in_kafka
+        state = self.partitions.get(claim.partition)
+        if lost.ahead_of(claim.offsets) and state is not None:
+            state.recovering = lost.until
+            log.warning(
+                "partition %d: Redis lost writes whose changes Kafka holds; re-reading "
+                "input from %s up to %s without classifying",
+                claim.partition,
+                claim.offsets,
+                lost.until,
+            )
+        states = await self.storage.load(claim.partition, lost.customers())
+        outcome = reconcile(lost.changes, states)
+        if outcome.states and await self.storage.commit(claim, outcome):
+            moved = sum(1 for delta in outcome.population.values() if delta > 0)
+            self.metrics.reconciled.inc(moved)
+            log.warning(
+                "partition %d: classes of %d customers taken from changes Redis had lost",
+                claim.partition,
+                len(outcome.states),
+            )
+        return in_kafka
+
+
+class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Takes assigned partitions and releases revoked ones, each under the partitions' lock
+    (which waits for the batch in flight)."""
+
+    def __init__(self, ownership: Ownership) -> None:
+        self.ownership = ownership
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        async with self.ownership.partitions.lock:
+            await self.ownership.release(list(revoked))
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        async with self.ownership.partitions.lock:
+            await self.ownership.take(list(assigned))
+            log.info("assigned partitions %s", self.ownership.partitions.owned())

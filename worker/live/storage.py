@@ -1,0 +1,120 @@
+"""The partition's state in Redis: reading customers, the one atomic commit of an outcome,
+fencing by a newer owner, and noticing that Redis came back as a different server."""
+
+from __future__ import annotations
+
+import logging
+
+from worker.core.batch import Outcome
+from worker.core.codec import decode_state, encode_state
+from worker.core.state import CustomerState
+from worker.errors import SegmentWorkerError
+from worker.live.partitions import Partitions
+from worker.live.retry import Health
+from worker.metrics import Metrics
+from worker.store import Claim, Fenced, Store
+
+log = logging.getLogger("segment_worker")
+
+
+class RedisReset(SegmentWorkerError):
+    """Raised when Redis answers as a different server than the one our partitions were taken
+    on (restarted, possibly without its last writes): every partition is taken again."""
+
+
+class Storage:
+    """Reads and commits for the owned partitions, through the store."""
+
+    def __init__(
+        self, store: Store, partitions: Partitions, health: Health, metrics: Metrics
+    ) -> None:
+        self.store, self.partitions, self.health, self.metrics = store, partitions, health, metrics
+
+    async def guard(self) -> None:
+        """After a Redis failure, before writing again: if Redis came back as a different
+        server (restarted, possibly having lost its last second of writes, or restored from
+        an older copy), raise :class:`RedisReset`, so that every partition is taken again and
+        input is re-read from the offsets Redis now holds. Re-reading is safe: applying an
+        event twice changes nothing."""
+        if not self.health.suspect:
+            return
+        running = self.partitions.running()
+        current = {p: await self.store.server_id(p) for p in running}
+        self.health.suspect = False
+        for partition, run_id in current.items():
+            state = self.partitions.get(partition)
+            if state is not None and run_id != state.redis_id:
+                raise RedisReset(run_id)
+
+    async def load(
+        self, partition: int, customer_ids: list[str]
+    ) -> dict[str, CustomerState | None]:
+        return (await self.read(partition, customer_ids))[0]
+
+    async def read(
+        self, partition: int, customer_ids: list[str]
+    ) -> tuple[dict[str, CustomerState | None], set[str]]:
+        """The customers' states, and which of the unknown ones were erased."""
+        if not customer_ids:
+            return {}, set()
+        seen = await self.health.timed("read", self.store.read_checked(partition, customer_ids))
+        state = self.partitions.get(partition)
+        if state is not None and seen.run_id != state.redis_id:
+            raise RedisReset(seen.run_id)  # restarted since we took it: take it again first
+        states = {
+            cid: None if blob is None else decode_state(cid, blob)
+            for cid, blob in zip(customer_ids, seen.states, strict=True)
+        }
+        return states, seen.erased
+
+    async def commit(self, claim: Claim, outcome: Outcome) -> bool:
+        """The one atomic write; False if another worker now owns the partition."""
+        await self.partitions.settled([claim.partition])  # the outbox is relayed in commit order
+        try:
+            await self.health.timed(
+                "commit",
+                self.store.commit(
+                    claim,
+                    states={cid: encode_state(s) for cid, s in outcome.states.items()},
+                    due=outcome.due_ms(),
+                    outbox=[r.encode() for r in outcome.out],
+                    offsets=outcome.offsets,
+                    populations=outcome.population_deltas() + outcome.population,
+                ),
+            )
+        except Fenced:
+            self.fenced(claim.partition)
+            return False
+        for topic, offset in outcome.offsets.items():
+            claim.offsets[topic] = max(claim.offsets.get(topic, 0), offset)
+        return True
+
+    async def erase(self, claim: Claim, customer_id: str, ttl_ms: int) -> bool:
+        """Delete a customer's state and due entry, leaving a marker; False if fenced."""
+        try:
+            await self.health.timed("erase", self.store.erase(claim, customer_id, ttl_ms))
+        except Fenced:
+            self.fenced(claim.partition)
+            return False
+        return True
+
+    async def mark_rules(self, claim: Claim, version: str) -> None:
+        """Record that the partition's customers were classified by ``version`` (a fenced mark
+        leaves it to the new owner, which re-evaluates)."""
+        try:
+            await self.health.timed("mark", self.store.mark_rules(claim, version))
+        except Fenced:
+            self.fenced(claim.partition)
+
+    async def ack(self, claim: Claim, count: int, relayed: int | None = None) -> None:
+        """Trim relayed records from the outbox (a fenced trim leaves them to the new owner)."""
+        try:
+            await self.health.timed("ack", self.store.ack_outbox(claim, count, relayed))
+        except Fenced:
+            self.fenced(claim.partition)
+
+    def fenced(self, partition: int) -> None:
+        """A newer owner took the partition: drop it until the rebalance revokes it."""
+        self.metrics.fenced.inc()
+        log.warning("partition %d: fenced by a newer owner; dropping it", partition)
+        self.partitions.stop_running(partition)

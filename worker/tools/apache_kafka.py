@@ -1,0 +1,457 @@
+"""Apache Kafka for the integration tests, the chaos run and ``bench live``: the pinned broker
+of ``deploy/kafka/pom.xml``, started from its jars in KRaft mode with the settings of
+``deploy/kafka/server.properties`` (the file docker-compose.yml ships too).
+
+* :func:`broker_jars` resolves the jars once with Maven into a cache folder
+  (``$SW_KAFKA_CACHE``, else ``~/.cache/segment-worker``); later runs reuse it.
+* :class:`ApacheKafka` starts one node, or a cluster of combined broker+controller nodes
+  (three: replication factor 3, ``min.insync.replicas=2``), each a JVM with a bounded heap on
+  free loopback ports, in a private directory holding its data and its ``server.log``. It is
+  ready only once a record has really been produced (idempotent, ``acks=all``) and consumed
+  back through a consumer group. ``stop()`` ends every node (SIGTERM, then SIGKILL).
+* :func:`chosen_broker` reads ``SW_TEST_BROKER`` (``kafka``, the default, or ``tansu``): the one
+  setting that picks the broker of the tests, the chaos run and ``bench live``.
+
+``python -m worker.tools.apache_kafka [--nodes 3]`` runs one by hand until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import TracebackType
+from typing import Final, Self
+
+from aiokafka.errors import KafkaError
+
+from worker import kafka
+from worker.errors import SegmentWorkerError
+from worker.tools.embedded import (
+    HOST,
+    Broker,
+    ServerProcess,
+    create_topics,
+    free_port,
+    run_blocking,
+)
+
+KAFKA_DIR: Final = Path(__file__).resolve().parents[2] / "deploy" / "kafka"
+POM: Final = KAFKA_DIR / "pom.xml"
+SERVER_PROPERTIES: Final = KAFKA_DIR / "server.properties"
+LOG4J: Final = KAFKA_DIR / "log4j2.properties"
+HEAP: Final = "512m"
+READINESS_TOPIC: Final = "segment-worker-readiness"
+BROKERS: Final = ("kafka", "tansu")
+
+
+def cluster_replication(nodes: int) -> dict[str, str]:
+    """What a cluster of ``nodes`` overrides in server.properties: replication factor 3 (or
+    fewer nodes), and acks=all must reach 2 replicas once there are that many."""
+    factor, min_isr = str(min(3, nodes)), str(min(2, nodes))
+    return {
+        "default.replication.factor": factor,
+        "min.insync.replicas": min_isr,
+        "offsets.topic.replication.factor": factor,
+        "transaction.state.log.replication.factor": factor,
+        "transaction.state.log.min.isr": min_isr,
+        "share.coordinator.state.topic.replication.factor": factor,
+        "share.coordinator.state.topic.min.isr": min_isr,
+    }
+
+
+class BrokerUnavailable(SegmentWorkerError, RuntimeError):
+    """Raised when the Apache Kafka broker cannot be fetched or started (no Java, no Maven,
+    a failed download, a node that exits or never serves)."""
+
+
+# -- the jars ---------------------------------------------------------------------------------
+
+
+def kafka_version() -> str:
+    """The broker version pinned in deploy/kafka/pom.xml."""
+    if not POM.is_file():
+        raise BrokerUnavailable(f"{POM} not found: Apache Kafka runs from a source checkout")
+    found = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", POM.read_text())
+    if found is None:
+        raise BrokerUnavailable(f"{POM}: no <kafka.version>")
+    return found.group(1).strip()
+
+
+def cache_root() -> Path:
+    """Where fetched brokers are kept: ``$SW_KAFKA_CACHE``, else the user's cache folder."""
+    if os.environ.get("SW_KAFKA_CACHE"):
+        return Path(os.environ["SW_KAFKA_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "segment-worker"
+
+
+def _require(program: str, why: str) -> str:
+    found = shutil.which(program)
+    if found is None:
+        raise BrokerUnavailable(f"{program} not found on PATH: {why} (or SW_TEST_BROKER=tansu)")
+    return found
+
+
+def broker_jars(root: Path | None = None) -> Path:
+    """The folder of the pinned broker's jars, resolved with Maven on first use.
+
+    The folder's name carries the version and a hash of the pom, so editing the pom fetches
+    again; it appears complete or not at all (built aside, then renamed), so concurrent
+    test runs cannot see half of it.
+    """
+    root = root or cache_root()
+    digest = hashlib.sha256(POM.read_bytes()).hexdigest()[:10]
+    target = root / f"kafka-{kafka_version()}-{digest}"
+    if target.is_dir():
+        return target
+    mvn = _require("mvn", "Maven fetches the Apache Kafka broker")
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
+    argv = [mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies"]
+    result = subprocess.run(
+        [*argv, f"-DoutputDirectory={staging}"], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0 or not any(staging.glob("kafka_2.13-*.jar")):
+        shutil.rmtree(staging, ignore_errors=True)
+        raise BrokerUnavailable(
+            f"{' '.join(argv)} failed:\n{(result.stdout + result.stderr)[-3000:]}"
+        )
+    try:
+        staging.rename(target)
+    except OSError:  # another process got there first
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _java() -> str:
+    """``$JAVA_HOME/bin/java``, else ``java`` from PATH."""
+    if os.environ.get("JAVA_HOME"):
+        java = Path(os.environ["JAVA_HOME"]) / "bin" / "java"
+        if not os.access(java, os.X_OK):
+            raise BrokerUnavailable(f"JAVA_HOME={os.environ['JAVA_HOME']}: no {java}")
+        return str(java)
+    return _require("java", "the Apache Kafka broker is a JVM (OpenJDK 17+)")
+
+
+# -- one node ---------------------------------------------------------------------------------
+
+
+def _cluster_id() -> str:
+    """A random KRaft cluster id: 16 random bytes, URL-safe base64 without padding (Kafka's
+    ``Uuid`` form; one starting with '-' would read as an option, as Kafka avoids too)."""
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not text.startswith("-"):
+            return text
+
+
+class KafkaNode(ServerProcess):
+    """One combined broker+controller JVM. Ready (for :meth:`start`) when its client port
+    accepts connections, which in KRaft happens once it has joined the controller quorum;
+    :class:`ApacheKafka` checks the cluster as a whole."""
+
+    def __init__(
+        self, node_id: int, directory: Path, jars: Path, *, heap: str, host: str = HOST
+    ) -> None:
+        super().__init__(host=host)
+        self.node_id = node_id
+        self.controller_port = free_port(host)
+        self.directory = directory
+        self.jars = jars
+        self.heap = heap
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.directory / "server.properties"
+
+    @property
+    def server_log(self) -> Path:
+        return self.directory / "logs" / "server.log"
+
+    def write_config(self, voters: str, overrides: Mapping[str, str]) -> None:
+        """server.properties as shipped, then this node's lines (later lines win)."""
+        own = {
+            "node.id": str(self.node_id),
+            "controller.quorum.voters": voters,
+            "listeners": f"PLAINTEXT://{self.address},CONTROLLER://{self.host}:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{self.address}",
+            "log.dirs": str(self.directory / "data"),
+            **overrides,
+        }
+        lines = [f"{key}={value}" for key, value in own.items()]
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(
+            SERVER_PROPERTIES.read_text()
+            + "\n# -- this node (worker/tools/apache_kafka.py) --\n"
+            + "\n".join(lines)
+            + "\n"
+        )
+
+    def java(self, main: str, *args: str) -> list[str]:
+        """argv of a JVM running ``main`` of the broker's jars, heap bounded, logging to file."""
+        return [
+            _java(),
+            f"-Xmx{self.heap}",
+            "-Xms64m",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-XX:+ExitOnOutOfMemoryError",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={LOG4J}",
+            f"-Dkafka.logs.dir={self.directory / 'logs'}",
+            "-cp",
+            str(self.jars / "*"),
+            main,
+            *args,
+        ]
+
+    def format_storage(self, cluster_id: str) -> None:
+        """``kafka-storage format``: the data directory with its cluster id and node id."""
+        argv = self.java(
+            "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.config_path)
+        )
+        result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=180)
+        if result.returncode != 0:
+            raise BrokerUnavailable(
+                f"node {self.node_id}: storage format failed:\n{result.stdout}{result.stderr}"
+            )
+
+    def command(self) -> list[str]:
+        return self.java("kafka.Kafka", str(self.config_path))
+
+    def environment(self) -> dict[str, str]:
+        env = super().environment()
+        for name in ("KAFKA_HEAP_OPTS", "KAFKA_OPTS", "JAVA_TOOL_OPTIONS", "CLASSPATH"):
+            env.pop(name, None)  # the argv says everything
+        return env
+
+    def log_tail(self, chars: int = 4000) -> str:
+        """The JVM's own output, then the end of the node's server.log."""
+        out = super().log_tail(chars)
+        with contextlib.suppress(OSError):
+            out += self.server_log.read_text(errors="replace")[-chars:]
+        return out
+
+
+# -- the cluster --------------------------------------------------------------------------------
+
+
+class ApacheKafka:
+    """``nodes`` combined broker+controller nodes (1 or 3); see the module docstring.
+
+    Same use as :class:`worker.tools.embedded.Broker`: ``with ApacheKafka() as kafka:``,
+    ``kafka.bootstrap``, ``create_topics``, ``pause``/``resume``; plus :attr:`nodes` (each with
+    its ``pid``, ``kill()``, ``start()``, ``pause()``) for faults on a single node.
+    """
+
+    idempotent = True  # InitProducerId works: clients keep idempotence on (the default)
+
+    def __init__(
+        self,
+        nodes: int = 1,
+        *,
+        heap: str = HEAP,
+        directory: Path | None = None,
+        jars: Path | None = None,
+    ) -> None:
+        if nodes < 1:
+            raise ValueError("nodes must be >= 1")
+        self._owns_directory = directory is None
+        self.directory = directory or Path(tempfile.gettempdir()) / f"sw-kafka-{uuid.uuid4().hex}"
+        self._jars = jars
+        self._heap = heap
+        self.size = nodes
+        self.replication = min(3, nodes)
+        self.nodes: list[KafkaNode] = []
+
+    @property
+    def bootstrap(self) -> str:
+        """Every node's ``host:port``, comma-separated, for ``bootstrap_servers``."""
+        return ",".join(node.address for node in self.nodes)
+
+    @property
+    def pids(self) -> list[int | None]:
+        return [node.pid for node in self.nodes]
+
+    @property
+    def running(self) -> bool:
+        return bool(self.nodes) and all(node.running for node in self.nodes)
+
+    def start(self, timeout: float = 180.0) -> Self:
+        """Fetch the jars if needed, format every node's storage, start the nodes together
+        (a quorum needs a majority up), and wait until a record makes the round trip."""
+        if self.nodes:
+            return self
+        jars = self._jars or broker_jars()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.nodes = [
+            KafkaNode(n, self.directory / f"node-{n}", jars, heap=self._heap)
+            for n in range(1, self.size + 1)
+        ]
+        voters = ",".join(f"{n.node_id}@{n.host}:{n.controller_port}" for n in self.nodes)
+        overrides = cluster_replication(self.size) if self.size > 1 else {}
+        cluster_id = _cluster_id()
+        deadline = time.monotonic() + timeout
+        try:
+            with ThreadPoolExecutor(self.size, thread_name_prefix="kafka-node") as pool:
+                for node in self.nodes:
+                    node.write_config(voters, overrides)
+                list(pool.map(lambda node: node.format_storage(cluster_id), self.nodes))
+                list(pool.map(lambda node: node.start(timeout), self.nodes))
+            self.wait_ready(max(10.0, deadline - time.monotonic()))
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Block until an idempotent ``acks=all`` record is produced and read back by a
+        consumer group (the group coordinator and its offsets topic up too); raise
+        :class:`BrokerUnavailable` with the nodes' logs if that does not happen in time."""
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            for node in self.nodes:
+                if not node.running:
+                    raise BrokerUnavailable(f"node {node.node_id} exited:\n{node.log_tail()}")
+            try:
+                run_blocking(lambda: asyncio.wait_for(self._round_trip(), 30))
+                return
+            except (KafkaError, OSError, TimeoutError) as exc:
+                last = exc
+                time.sleep(0.5)
+        raise BrokerUnavailable(f"Apache Kafka not ready ({last!r}):\n{self.log_tail()}")
+
+    async def _round_trip(self) -> None:
+        await self.create_topics({READINESS_TOPIC: 1})
+        token = uuid.uuid4().bytes
+        producer = kafka.producer(self.bootstrap, enable_idempotence=True)  # and acks=all
+        await producer.start()
+        try:
+            await producer.send_and_wait(READINESS_TOPIC, token)
+        finally:
+            await producer.stop()
+        consumer = kafka.consumer(
+            self.bootstrap,
+            READINESS_TOPIC,
+            group_id=READINESS_TOPIC,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+        await consumer.start()
+        try:
+            while True:  # bounded by the caller's wait_for
+                batch = await consumer.getmany(timeout_ms=1000)
+                if any(r.value == token for records in batch.values() for r in records):
+                    await consumer.commit()
+                    return
+        finally:
+            await consumer.stop()
+
+    async def create_topics(
+        self,
+        topics: Mapping[str, int],
+        *,
+        config: Mapping[str, str] | None = None,
+        exist_ok: bool = True,
+    ) -> None:
+        """Create ``{name: partitions}`` replicated on up to 3 nodes."""
+        await create_topics(
+            self.bootstrap, topics, replication=self.replication, config=config, exist_ok=exist_ok
+        )
+
+    def create_topics_blocking(
+        self, topics: Mapping[str, int], *, config: Mapping[str, str] | None = None
+    ) -> None:
+        """:meth:`create_topics` for synchronous callers."""
+        run_blocking(lambda: self.create_topics(topics, config=config))
+
+    def pause(self) -> None:
+        """SIGSTOP every node: the whole cluster hangs with its sockets open."""
+        for node in self.nodes:
+            node.pause()
+
+    def resume(self) -> None:
+        for node in self.nodes:
+            node.resume()
+
+    def log_tail(self, chars: int = 4000) -> str:
+        """The end of every node's log, node by node."""
+        return "\n".join(f"--- node {n.node_id} ---\n{n.log_tail(chars)}" for n in self.nodes)
+
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM every node at once (a controlled shutdown), SIGKILL what is left after
+        ``grace`` seconds; delete the directory if this object made it."""
+        if self.nodes:
+            with ThreadPoolExecutor(len(self.nodes), thread_name_prefix="kafka-stop") as pool:
+                list(pool.map(lambda node: node.stop(grace), self.nodes))
+        self.nodes = []
+        if self._owns_directory:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<ApacheKafka {self.bootstrap or 'stopped'} pids={self.pids}>"
+
+
+# -- which broker -------------------------------------------------------------------------------
+
+
+def chosen_broker(kind: str | None = None) -> ApacheKafka | Broker:
+    """A not yet started broker of ``kind``, else ``$SW_TEST_BROKER``, else Apache Kafka."""
+    kind = (kind or os.environ.get("SW_TEST_BROKER") or "kafka").strip().lower()
+    if kind == "kafka":
+        return ApacheKafka()
+    if kind == "tansu":
+        return Broker()
+    raise ValueError(f"SW_TEST_BROKER={kind!r}: expected one of {', '.join(BROKERS)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m worker.tools.apache_kafka",
+        description="Run the pinned Apache Kafka (deploy/kafka) on free ports until Ctrl-C.",
+    )
+    parser.add_argument("--nodes", type=int, default=1, help="combined nodes (1 or 3)")
+    parser.add_argument("--fetch", action="store_true", help="only fetch the jars, print where")
+    args = parser.parse_args()
+    if args.fetch:
+        print(broker_jars())
+        return
+    with ApacheKafka(args.nodes) as kafka:
+        print(f"bootstrap {kafka.bootstrap}  pids {kafka.pids}  dir {kafka.directory}", flush=True)
+        signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.pause()
+
+
+if __name__ == "__main__":
+    main()
