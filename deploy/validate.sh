@@ -171,14 +171,16 @@ assert kustomization["apiVersion"] == "kustomize.config.k8s.io/v1beta1", kustomi
 assert kustomization["kind"] == "Kustomization", kustomization["kind"]
 assert "namespace" not in kustomization, "the manifests are namespace-agnostic"
 listed = set(kustomization["resources"])
-present = {p.name for p in root.glob("*.yaml")} - {"kustomization.yaml"}
+# The example Secret holds placeholders: it must never be applied with the rest.
+examples = {"secret-example.yaml"}
+present = {p.name for p in root.glob("*.yaml")} - {"kustomization.yaml"} - examples
 if listed != present:
     sys.exit(f"kustomization.yaml: listed {sorted(listed)} but the directory has {sorted(present)}")
-for path in sorted(present):
+for path in sorted(present | examples):
     for doc in yaml.safe_load_all((root / path).read_text()):
         if "namespace" in doc.get("metadata", {}):
             sys.exit(f"{path}: {doc['kind']} sets a namespace; the manifests are namespace-agnostic")
-print(f"kustomization.yaml: {len(listed)} resources, all present, no namespace")
+print(f"kustomization.yaml: {len(listed)} resources, all present, no namespace, no example")
 PY
 if command -v kubectl >/dev/null 2>&1; then
     step "deploy/k8s: kubectl kustomize ($(kubectl version --client 2>/dev/null | head -1))"

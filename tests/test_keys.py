@@ -89,7 +89,7 @@ def test_layout_spells_each_key_of_the_spec() -> None:
         keys.DUE: layout.due(3),
         keys.OUTBOX: layout.outbox(3),
         f"{keys.CUSTOMER}<name>": layout.customer(3, "<name>"),
-        f"{keys.ERASED}<name>": layout.erased(3, "<name>"),
+        f"{keys.ERASED}<digest>": layout.erased(3, "<digest>"),
     }
     assert spelled == {k: "sw:{p3}:" + k for k in keys.KEY_TYPES}
     assert {key_slot(k.encode()) for k in spelled.values()} == {key_slot(b"p3")}

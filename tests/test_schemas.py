@@ -43,7 +43,12 @@ NOT_IN_SCHEMA = {
     Reason.TRAIT_LIMIT,  # the schema bounds names; counts and text lengths are the worker's
 }
 # Found after parsing: by the engine (no rate for the currency) or from the Kafka message key.
-NOT_FROM_PAYLOAD = {Reason.UNSUPPORTED_CURRENCY, Reason.MISSING_KEY, Reason.KEY_MISMATCH}
+NOT_FROM_PAYLOAD = {
+    Reason.UNSUPPORTED_CURRENCY,
+    Reason.MISSING_KEY,
+    Reason.KEY_MISMATCH,
+    Reason.WRONG_PARTITION,
+}
 PLACED_RULES = default_rules_text().replace(b'count_status = "paid"', b'count_status = "placed"')
 
 

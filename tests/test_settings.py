@@ -133,8 +133,16 @@ def test_run_help_lists_every_setting(capsys: pytest.CaptureFixture[str]) -> Non
 def test_to_env_round_trips(tmp_path: Path) -> None:
     rules = tmp_path / "rules.toml"
     rules.write_text("")
-    s = Settings(batch_size=77, kafka_idempotence=False, rules=rules, pseudonym_key="k")
+    s = Settings(batch_size=77, kafka_idempotence=False, rules=rules, pseudonym_key="k" * 32)
     assert Settings.from_env(s.to_env()) == s
+
+
+def test_a_pseudonym_key_needs_32_bytes() -> None:
+    with pytest.raises(SettingsError, match="PSEUDONYM_KEY: at least 32 bytes, got 1"):
+        Settings.from_env({"SEGMENT_WORKER_PSEUDONYM_KEY": "k"})
+    with pytest.raises(SettingsError, match="got 31"):
+        Settings(pseudonym_key="k" * 31)
+    assert Settings(pseudonym_key="é" * 16).pseudonym_key  # bytes, not characters
 
 
 @pytest.mark.parametrize(

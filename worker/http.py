@@ -104,7 +104,7 @@ def register_routes(
                 customer_id,
                 pipeline.rules.calendar.day_of(clock.now_ms()),
             )
-        except OSError as exc:
+        except (RedisError, OSError) as exc:  # redis-py's connection errors are RedisErrors
             return view.json({"error": f"redis unavailable: {exc}"}, status=503)
         except CorruptRecord as exc:
             return view.json({"error": str(exc)}, status=500)

@@ -28,9 +28,12 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 from aiokafka.helpers import create_ssl_context
-from aiokafka.partitioner import murmur2
 
+from worker.core import partitioner
 from worker.settings import PREFIX, Settings, SettingsError
+
+partition_of = partitioner.partition_of
+"""Kafka's default partitioner; in the core, which refuses a record that came on another one."""
 
 METADATA_TIMEOUT_MS: Final = 15_000  # one-off metadata questions of the CLI
 PROBE_TIMEOUT_S: Final = 10.0  # one diagnostic connection
@@ -43,11 +46,6 @@ NOT_AUTHORIZED: Final = (
 Connection = Settings | str
 """Where a client connects: the deployment's settings (bootstrap servers, SASL and TLS), or,
 for tools and tests that talk to a local plain broker, its bootstrap string."""
-
-
-def partition_of(customer_id: str, partitions: int) -> int:
-    """Kafka's default (Java) partitioner, so lookups find the partition the producer chose."""
-    return int(murmur2(customer_id.encode()) & 0x7FFFFFFF) % partitions
 
 
 def kafka_security(settings: Settings) -> dict[str, Any]:

@@ -7,7 +7,9 @@ call can fence, dedupe, update states, index due times and append to the outbox 
 The prefix may not contain braces (it would take the hash tag over); customer ids may.
 
 Keys (``<name>`` is the customer id, or with a pseudonym key, SEGMENT_WORKER_PSEUDONYM_KEY,
-HMAC-SHA256(key, id) in hex, so nothing Redis lists or logs names a customer):
+HMAC-SHA256(key, id) in hex, so that key names carry no id; ``<digest>`` is 64 lowercase hex
+digits, never an id: the pseudonym with a pseudonym key, else SHA-256(id). docs/security.md
+says what a pseudonym key hides and what it does not):
 
 - ``<base>meta`` (hash): the partition's bookkeeping, one field each below.
 - ``<base>due`` (zset): member ``<name>``, score the instant (epoch ms) at which one of the
@@ -16,8 +18,9 @@ HMAC-SHA256(key, id) in hex, so nothing Redis lists or logs names a customer):
   oldest first; trimmed once the broker has acknowledged them.
 - ``<base>c:<name>`` (string): the customer's state, the core codec's bytes (with a pseudonym
   key, preceded by the length-prefixed customer id, which the timer must emit).
-- ``<base>x:<name>`` (string): erasure marker (value ``1``, with a TTL): the customer was erased,
-  so a read-back of writes Redis lost must not bring them back.
+- ``<base>x:<digest>`` (string): erasure marker (value ``1``, with a TTL): the customer was
+  erased, so late or re-read events and a read-back of writes Redis lost must not bring them
+  back. Hashed even without a pseudonym key: an erasure must not leave the id in a key name.
 
 Fields of the meta hash:
 
@@ -60,7 +63,7 @@ KEY_TYPES: Final = {
     DUE: "zset",
     OUTBOX: "list",
     f"{CUSTOMER}<name>": "string",
-    f"{ERASED}<name>": "string",
+    f"{ERASED}<digest>": "string",
 }
 META_FIELDS: Final = (
     EPOCH,
@@ -104,9 +107,13 @@ class Layout:
         """The state key of the customer Redis knows as ``name`` (id or pseudonym)."""
         return self.customers(partition) + name
 
-    def erased(self, partition: int, name: str) -> str:
-        """The erasure marker's key of the customer Redis knows as ``name``."""
-        return self.base(partition) + ERASED + name
+    def erased(self, partition: int, digest: str) -> str:
+        """The erasure marker's key of the customer whose marker digest is ``digest``."""
+        return self.base(partition) + ERASED + digest
+
+    def markers(self) -> str:
+        """A SCAN MATCH pattern for the erasure markers of every partition."""
+        return f"{glob_escape(self.prefix)}:{{p*}}:{ERASED}*"
 
     def every_customer(self) -> str:
         """A SCAN MATCH pattern for the state keys of every partition."""

@@ -19,6 +19,7 @@ from worker.errors import SegmentWorkerError
 PREFIX: Final = "SEGMENT_WORKER_"
 SECURITY_PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS: Final = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+PSEUDONYM_KEY_MIN: Final = 32  # bytes, SHA-256's size: a short key is guessed, then every id
 
 
 class SettingsError(SegmentWorkerError, ValueError):
@@ -71,7 +72,10 @@ class Settings:
     pseudonym_key: str | None = field(
         default=None,
         repr=False,
-        metadata={"secret": True, "doc": "HMAC key: Redis names customers by a keyed hash"},
+        metadata={
+            "secret": True,
+            "doc": "HMAC key, >= 32 bytes: Redis key names carry a keyed hash, not the id",
+        },
     )
     rules: Path | None = field(
         default=None, metadata=_doc("rules file; built-in defaults if unset")
@@ -193,6 +197,11 @@ class Settings:
             raise SettingsError(f"{PREFIX}REDIS_URL: TLS files are set, so use rediss://")
         if (self.redis_tls_certfile is None) != (self.redis_tls_keyfile is None):
             raise SettingsError(f"{PREFIX}REDIS_TLS_KEYFILE: give the certificate and key together")
+        if self.pseudonym_key is not None and len(self.pseudonym_key.encode()) < PSEUDONYM_KEY_MIN:
+            raise SettingsError(
+                f"{PREFIX}PSEUDONYM_KEY: at least {PSEUDONYM_KEY_MIN} bytes, got "
+                f"{len(self.pseudonym_key.encode())} (e.g. `openssl rand -hex 32`)"
+            )
         if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_username:
             raise SettingsError(f"{PREFIX}KAFKA_SASL_USERNAME: required for SASL")
 

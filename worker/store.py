@@ -7,7 +7,9 @@ Writes go through the Redis Functions library in ``worker/redis/segment_worker.l
 documents every KEYS and ARGV). They check all their arguments before the first write and
 refuse, writing nothing, when another worker has claimed the partition since the caller did.
 Functions are loaded with FUNCTION LOAD: unlike the EVAL script cache they survive restarts
-(AOF/RDB) and reach replicas.
+(AOF/RDB) and reach replicas. Loading them is an administrator's step (``segment-worker redis
+install``): the worker's ACL user may not load code, so a worker only checks at start that the
+library of its release is there (:meth:`Store.ensure_library`).
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from typing import Any, Final, NamedTuple, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.exceptions import ResponseError
+from redis.exceptions import NoPermissionError, ResponseError
 
 from worker.errors import SegmentWorkerError
 from worker.keys import (
+    ERASED,
     RELAYED,
     RULES,
     Layout,
@@ -41,14 +44,7 @@ from worker.settings import Settings
 LIBRARY: Final = "segment_worker"
 _FENCED: Final = re.compile(r"FENCED current=(\d+)")
 _ID_LEN: Final = struct.Struct(">I")
-# Compare-and-delete for an operator removing a damaged state (:meth:`Store.forget`): a plain
-# script, not a library function, so that it needs no library version of its own.
-_FORGET: Final = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[2], ARGV[2])
-return 1
-"""
+_DIGEST: Final = re.compile(r"[0-9a-f]{64}")
 
 
 Client = aioredis.Redis | RedisCluster
@@ -81,6 +77,19 @@ def tls_options(settings: Settings) -> dict[str, Any]:
         "ssl_keyfile": settings.redis_tls_keyfile,
     }
     return {"ssl_cert_reqs": "required"} | {k: str(v) for k, v in paths.items() if v}
+
+
+class LibraryNotLoaded(SegmentWorkerError):
+    """Raised when Redis does not hold this release's Functions library and our Redis user may
+    not load it (the deployment's ACL): an administrator must run ``segment-worker redis
+    install`` first (the Kubernetes init container and the compose service do)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            f"Redis does not hold the Functions library {LIBRARY!r} of this release ({detail}), "
+            "and this Redis user may not load it: run `segment-worker redis install` with an "
+            "admin's URL (--redis-url, or SEGMENT_WORKER_REDIS_URL[_FILE]) first"
+        )
 
 
 class Fenced(SegmentWorkerError):
@@ -132,12 +141,22 @@ class Store:
         self.pseudonym_key = pseudonym_key or None
 
     def name(self, customer_id: str) -> str:
-        """How Redis knows the customer: the id, or with a pseudonym key its HMAC-SHA256 (hex),
-        so key names, due-index members and markers reveal no id (SCAN, MONITOR, SLOWLOG,
-        keyspace events, backups' key listings)."""
+        """How Redis names the customer in keys and due-index members: the id, or with a
+        pseudonym key its HMAC-SHA256 (hex). That keeps the id out of key names (SCAN, KEYS,
+        keyspace events, key listings of backups) only: the state value still holds it, and so
+        do outbox records and the arguments of a commit, which MONITOR and SLOWLOG show
+        (docs/security.md)."""
         if self.pseudonym_key is None:
             return customer_id
         return hmac.new(self.pseudonym_key, customer_id.encode(), hashlib.sha256).hexdigest()
+
+    def marker(self, customer_id: str) -> str:
+        """The erasure marker's digest: the pseudonym, or without a pseudonym key SHA-256 of
+        the id, so that an erasure never leaves the id in a key name. (Unkeyed, it hides the id
+        only from someone who cannot guess it and hash the guess.)"""
+        if self.pseudonym_key is not None:
+            return self.name(customer_id)
+        return hashlib.sha256(customer_id.encode()).hexdigest()
 
     def _wrap(self, customer_id: str, blob: bytes) -> bytes:
         """Under a pseudonym the value carries the id (sweeps must emit it): length-prefixed."""
@@ -158,25 +177,75 @@ class Store:
         return self.keys.customer(partition, self.name(customer_id))
 
     def erased_key(self, partition: int, customer_id: str) -> str:
-        return self.keys.erased(partition, self.name(customer_id))
+        return self.keys.erased(partition, self.marker(customer_id))
 
-    async def load_library(self) -> None:
+    async def load_library(self) -> bool:
         """Load the Functions library unless exactly this code is loaded already (then nothing
-        is written, so many workers may start at once); call once at start-up. Functions are
-        persisted with the data, but a Redis that lost its files has none."""
-        code = library_code()
-        # A cluster client loads into every master (each may hold partitions) unconditionally.
-        if isinstance(self.client, RedisCluster) or await self._loaded_code() != code:
-            await self.client.function_load(code, replace=True)
+        is written); True if it loaded. An administrator's step (``segment-worker redis
+        install``): it needs FUNCTION LOAD, which the worker's ACL user does not have. Functions
+        are persisted with the data, but a Redis that lost its files has none."""
+        if await self.library_loaded():
+            return False
+        await self.client.function_load(library_code(), replace=True)
+        return True
 
-    async def _loaded_code(self) -> str | None:
-        for entry in await self.client.function_list(LIBRARY, withcode=True):
-            # RESP2: a flat list of names and values; RESP3: a map.
-            fields = entry if isinstance(entry, dict) else _pairs(entry)
-            info = {_text(k): v for k, v in fields.items()}
-            if _text(info.get("library_name", b"")) == LIBRARY:
-                return _text(info.get("library_code", b""))
-        return None
+    async def ensure_library(self) -> None:
+        """At start: go on if this release's library is loaded; else load it if our user may
+        (tests, the demo, a Redis without ACLs); raise :class:`LibraryNotLoaded` if it may not.
+        Checked by its code, not only its version number, on every master of a cluster."""
+        if await self.library_loaded():
+            return
+        try:
+            await self.client.function_load(library_code(), replace=True)
+        except NoPermissionError as exc:
+            raise LibraryNotLoaded(f"FUNCTION LOAD refused: {exc}") from None
+
+    async def library_loaded(self) -> bool:
+        """Whether every server that may hold partitions has exactly this release's library."""
+        for server in await self._servers():
+            reply = await server.execute_command(
+                "FUNCTION LIST", "LIBRARYNAME", LIBRARY, "WITHCODE"
+            )
+            if _library_code(reply) != library_code():
+                return False
+        return True
+
+    async def migrate_markers(self) -> int:
+        """Rename the erasure markers an older release named by the raw id (it did without a
+        pseudonym key) to their digest, keeping their TTL; how many. Part of ``redis install``:
+        workers look for digests only, and an unmigrated marker would no longer keep an erased
+        customer's late events out. Idempotent: a rerun finishes an interrupted one."""
+        moved = 0
+        for server in await self._servers():
+            cursor = 0
+            while True:
+                reply = await server.execute_command(
+                    "SCAN", cursor, "MATCH", self.keys.markers(), "COUNT", 500
+                )
+                cursor = int(reply[0])
+                for key in cast(list[bytes], reply[1]):
+                    old = key.decode()
+                    name = old.partition("}:")[2].removeprefix(ERASED)
+                    if _DIGEST.fullmatch(name):
+                        continue
+                    new = old.removesuffix(name) + hashlib.sha256(name.encode()).hexdigest()
+                    ttl = int(await server.execute_command("PTTL", old))
+                    if ttl != -2:  # -2: expired meanwhile
+                        await server.execute_command(
+                            "SET", new, "1", *(("PX", ttl) if ttl > 0 else ())
+                        )
+                        await server.execute_command("DEL", old)
+                        moved += 1
+                if cursor == 0:
+                    break
+        return moved
+
+    async def _servers(self) -> list[Any]:
+        """The servers that hold partitions: the client's, or every master of a cluster."""
+        if isinstance(self.client, RedisCluster):
+            await self.client.initialize()
+            return list(self.client.get_primaries())
+        return [self.client]
 
     async def server_id(self, partition: int) -> str:
         """The run id of the server holding the partition: it changes when that Redis restarts
@@ -276,9 +345,13 @@ class Store:
         """Delete the customer's state and due entry, if the value is still ``stored``; False
         if it changed meanwhile. For a damaged state that stops its partition: no epoch (its
         owner is stopped on it) and no population change (its classes cannot be read)."""
-        names = [self.customer_key(partition, customer_id), self.keys.due(partition)]
-        reply = await self.client.eval(_FORGET, 2, *names, stored, self.name(customer_id))
-        return bool(reply)
+        names = [
+            self.keys.meta(partition),
+            self.keys.due(partition),
+            self.customer_key(partition, customer_id),
+        ]
+        args: list[str | bytes | int] = [stored, self.name(customer_id)]
+        return bool(await self._fcall("segment_worker_forget", names, args))
 
     def _state(self, stored: bytes | None) -> bytes | None:
         return None if stored is None else self.unwrap(stored)[1]
@@ -436,6 +509,17 @@ class Store:
             )
         call = self.client.fcall_ro if ro else self.client.fcall
         return await call(function, len(keys), *keys, *args)
+
+
+def _library_code(reply: Any) -> str | None:
+    """The code of our library in a FUNCTION LIST reply; None if it is not loaded."""
+    for entry in reply:
+        # RESP2: a flat list of names and values; RESP3: a map.
+        fields = entry if isinstance(entry, dict) else _pairs(entry)
+        info = {_text(k): v for k, v in fields.items()}
+        if _text(info.get("library_name", b"")) == LIBRARY:
+            return _text(info.get("library_code", b""))
+    return None
 
 
 def _pairs(flat: list[Any]) -> dict[Any, Any]:

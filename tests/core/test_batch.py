@@ -10,6 +10,7 @@ from worker.core.batch import (
     InRecord,
     Outcome,
     Topics,
+    accept_erasures,
     apply_batch,
     customers_of,
     parse_batch,
@@ -194,6 +195,56 @@ def test_kafka_level_rejections_and_dead_letter_headers() -> None:
     changes = [r for r in outcome.out if r.topic == TOPICS.changes]
     assert {dict(r.headers)["dimension"] for r in changes} == {b"lifecycle", b"membership"}
     assert all(r.key == b"c1" for r in changes)
+
+
+def test_a_record_on_another_partition_than_murmur2_s_is_dead_lettered() -> None:
+    def visit(customer_id: str) -> bytes:
+        return orjson.dumps(
+            {
+                "event_id": f"v-{customer_id}",
+                "customer_id": customer_id,
+                "occurred_at": "2026-01-01T00:00:00Z",
+                "action": "login",
+            }
+        )
+
+    # murmur2 puts bob on 2 of 4 (CRC32, librdkafka's default, on 0) and erin on 0.
+    batch = [
+        InRecord("visits", 0, 7, b"bob", visit("bob")),
+        InRecord("visits", 0, 8, b"erin", visit("erin")),
+        InRecord("visits", 0, 9, b"carol", visit("bob")),
+    ]
+    parsed = parse_batch(batch, TOPICS, FUTURE, LIMITS, partitions=4)
+    reasons = [p.reason if isinstance(p, Rejection) else None for p in parsed]
+    assert reasons == [Reason.WRONG_PARTITION, None, Reason.KEY_MISMATCH]
+    assert customers_of(parsed) == ["erin"]
+    outcome = apply_batch(batch, parsed, {"erin": None}, rules=RULES, topics=TOPICS, now_ms=FUTURE)
+    assert set(outcome.states) == {"erin"}
+    dlq = [dict(r.headers) for r in outcome.out if r.topic == TOPICS.dlq]
+    assert [(h["dlq.error.class"], h["dlq.stage"]) for h in dlq] == [
+        (b"wrong_partition", b"kafka"),
+        (b"key_mismatch", b"kafka"),
+    ]
+    assert outcome.rejected == {"wrong_partition": 1, "key_mismatch": 1}
+    # Without a partition count (replay, whose input has no partitions) nothing is refused.
+    assert not any(isinstance(p, Rejection) for p in parse_batch(batch[:2], TOPICS, FUTURE, LIMITS))
+
+
+def test_erasure_requests_for_no_possible_customer_of_the_partition_are_dead_lettered() -> None:
+    requests = [
+        InRecord("erasures", 0, 1, b"erin", b"{}"),
+        InRecord("erasures", 0, 2, b"bob", b"{}"),  # murmur2: partition 2 of 4
+        InRecord("erasures", 0, 3, b"x" * 201, b"{}"),
+        InRecord("erasures", 0, 4, None, b"{}"),
+    ]
+    outcome = Outcome()
+    accepted = accept_erasures(requests, outcome, TOPICS, LIMITS, 4)
+    assert accepted == [(b"erin", "erin")]
+    assert outcome.rejected == {"wrong_partition": 1, "invalid_value": 1, "missing_key": 1}
+    assert [r.key for r in outcome.out] == [b"bob", b"x" * 201, None]
+    assert all(r.topic == TOPICS.dlq for r in outcome.out)
+    # Without a partition count only the ids are checked.
+    assert len(accept_erasures(requests, Outcome(), TOPICS, LIMITS, None)) == 2
 
 
 def test_reevaluation_under_new_rules_emits_rules_change_once() -> None:

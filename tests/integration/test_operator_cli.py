@@ -169,7 +169,9 @@ def test_forget_deletes_nothing_if_the_state_changed_since_it_was_read(
     async def attempt() -> bool:
         client = aioredis.from_url(redis_server.url)
         try:
-            return await Store(client).forget(partition_of("cus_a", 4), "cus_a", b"read earlier")
+            store = Store(client)
+            await store.load_library()
+            return await store.forget(partition_of("cus_a", 4), "cus_a", b"read earlier")
         finally:
             await client.aclose()
 
@@ -195,3 +197,10 @@ def test_forget_under_a_pseudonym_key(
     assert "forgot 'cus_p'" in capsys.readouterr().out
     assert client.get(key) is None
     client.close()
+
+
+def test_erase_refuses_an_id_no_event_can_carry(capsys: pytest.CaptureFixture[str]) -> None:
+    # Refused before Kafka is asked (none runs here): such a customer has no state to erase.
+    assert main(["erase", "cus_ok", "x" * 201]) == 2
+    assert "not a customer id (1 to 200 characters" in capsys.readouterr().err
+    assert main(["erase", ""]) == 2

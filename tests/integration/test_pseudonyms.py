@@ -35,7 +35,7 @@ from worker.store import Store, connect, store_for
 from worker.tools.embedded import Broker, RedisServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
-KEY = "test-only-pseudonym-key"
+KEY = "test-only-pseudonym-key-of-32-bytes!"
 
 
 async def everything_in(url: str) -> bytes:

@@ -1,7 +1,11 @@
 """The worker runs as the least-privilege Redis user of deploy/redis/users.acl (only its key
-prefix, only the commands it needs, FCALL), with the default user disabled."""
+prefix, only the commands it needs, FCALL but no FUNCTION LOAD), with the default user
+disabled; the admin user of the same file loads the Functions library
+(`segment-worker redis install`)."""
 
 import asyncio
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,8 +25,8 @@ from tests.integration.live_support import (
 )
 from worker.core.timeutil import DAY_MS
 from worker.keys import Layout
-from worker.service import Worker
-from worker.store import Store
+from worker.service import Worker, WorkerCrashed
+from worker.store import LibraryNotLoaded, Store
 from worker.tools.embedded import Broker, RedisServer
 
 pytestmark = pytest.mark.integration
@@ -36,19 +40,110 @@ def acl_lines() -> tuple[str, ...]:
         for line in ACL.read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
-    # The file leaves the password to the deployment (a secret): give the worker user one here.
+    # The file leaves the passwords to the deployment (secrets): give its users one here.
     return tuple(
-        f"{line} >{PASSWORD}" if line.startswith("user segment-worker ") else line for line in lines
+        f"{line} >{PASSWORD}" if line.startswith("user segment-") else line for line in lines
     )
 
 
 @pytest.fixture
-def locked_redis(redis_factory) -> RedisServer:  # type: ignore[no-untyped-def]
+def bare_redis(redis_factory) -> RedisServer:  # type: ignore[no-untyped-def]
+    """Locked down, and without the library."""
     return redis_factory(config=acl_lines())
 
 
-def url(server: RedisServer) -> str:
-    return f"redis://segment-worker:{PASSWORD}@127.0.0.1:{server.port}/0"
+@pytest.fixture
+def locked_redis(bare_redis: RedisServer) -> RedisServer:
+    """Locked down, with the library installed by the admin."""
+    install = install_command(bare_redis)
+    assert install.returncode == 0, install.stderr
+    return bare_redis
+
+
+def url(server: RedisServer, user: str = "segment-worker") -> str:
+    return f"redis://{user}:{PASSWORD}@127.0.0.1:{server.port}/0"
+
+
+def install_command(
+    server: RedisServer, user: str = "segment-worker-admin"
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker", "redis", "install", "--redis-url", url(server, user)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def test_only_the_admin_loads_code_and_the_worker_checks_it_is_there(
+    bare_redis: RedisServer,
+) -> None:
+    client = aioredis.from_url(url(bare_redis))
+    store = Store(client)
+    try:
+        # The worker's user can neither load its own library nor any other Lua.
+        with pytest.raises(NoPermissionError):
+            await client.function_load(
+                "#!lua name=mine\nredis.register_function('f', function() return 1 end)"
+            )
+        with pytest.raises(NoPermissionError):
+            await client.eval("return 1", 0)
+        assert not await store.library_loaded()
+        with pytest.raises(LibraryNotLoaded, match="segment-worker redis install"):
+            await store.ensure_library()
+        refused = install_command(bare_redis, "segment-worker")
+        assert refused.returncode == 2
+        assert "may not load Functions" in refused.stderr
+
+        installed = install_command(bare_redis)
+        assert installed.returncode == 0, installed.stderr
+        assert "loaded" in installed.stdout and "already" not in installed.stdout
+        assert "already loaded" in install_command(bare_redis).stdout
+        assert await store.library_loaded()
+        await store.ensure_library()
+        # Another release's library (or someone else's code under its name) is not this one.
+        admin = aioredis.from_url(url(bare_redis, "segment-worker-admin"))
+        old = "#!lua name=segment_worker\nredis.register_function('segment_worker_old', function() return 1 end)"
+        await admin.function_load(old, replace=True)
+        await admin.aclose()
+        with pytest.raises(LibraryNotLoaded):
+            await store.ensure_library()
+    finally:
+        await client.aclose()
+
+
+async def test_install_renames_markers_an_older_release_named_by_the_id(
+    bare_redis: RedisServer,
+) -> None:
+    admin = aioredis.from_url(url(bare_redis, "segment-worker-admin"))
+    client = aioredis.from_url(url(bare_redis))
+    old = Layout().erased(2, "alice@example.com")  # as release 6 named it, with no pseudonym key
+    try:
+        await admin.set(old, "1", px=3_600_000)
+        installed = install_command(bare_redis)
+        assert installed.returncode == 0, installed.stderr
+        assert "1 erasure marker(s)" in installed.stdout
+        store = Store(client)
+        assert (await store.read_checked(2, ["alice@example.com", "bob"])).erased == {
+            "alice@example.com"
+        }
+        new = store.erased_key(2, "alice@example.com")
+        assert "alice" not in new and 0 < await admin.pttl(new) <= 3_600_000
+        assert await admin.pttl(old) == -2  # gone
+        assert "marker" not in install_command(bare_redis).stdout  # nothing left to rename
+    finally:
+        await admin.aclose()
+        await client.aclose()
+
+
+async def test_a_worker_without_the_library_stops_with_the_reason(
+    broker: Broker, bare_redis: RedisServer
+) -> None:
+    settings = await make_settings(broker, url(bare_redis))
+    worker = Worker(settings, ManualClock(NOW))
+    with pytest.raises(WorkerCrashed, match="segment-worker redis install"):
+        await asyncio.wait_for(worker.run(), 60)
 
 
 async def test_default_user_is_off_and_other_keys_are_out_of_reach(
@@ -71,7 +166,7 @@ async def test_default_user_is_off_and_other_keys_are_out_of_reach(
 async def test_every_store_operation_works_with_least_privilege(locked_redis: RedisServer) -> None:
     client = aioredis.from_url(url(locked_redis))
     store = Store(client)
-    await store.load_library()
+    await store.ensure_library()
     claim = await store.claim(2)
     await store.commit(
         claim,
@@ -91,6 +186,9 @@ async def test_every_store_operation_works_with_least_privilege(locked_redis: Re
     assert (await store.scan_customers(2, 0, 100))[1] == ["c1"]
     await store.mark_rules(claim, "v1")
     assert await store.rules_version(2) == "v1"
+    await store.commit(claim, states={"c2": b"damaged"}, due={"c2": 5}, outbox=[], offsets={})
+    assert await store.forget(2, "c2", b"damaged")  # a Function: the user has no EVAL
+    assert await store.get(2, "c2") is None
     assert await store.erase(claim, "c1", 60_000)
     assert (await store.read_checked(2, ["c1"])).erased == {"c1"}
     await client.aclose()

@@ -50,23 +50,35 @@ def tls_redis(redis_factory, pki: Pki) -> RedisServer:  # type: ignore[no-untype
     )
 
 
-def tls_settings(base: Settings, server: RedisServer, pki: Pki) -> Settings:
+def tls_settings(
+    base: Settings, server: RedisServer, pki: Pki, user: str = "segment-worker"
+) -> Settings:
     return replace(
         base,
-        redis_url=f"rediss://segment-worker:{PASSWORD}@127.0.0.1:{server.port}/0",
+        redis_url=f"rediss://{user}:{PASSWORD}@127.0.0.1:{server.port}/0",
         redis_tls_cafile=pki.ca,
         redis_tls_certfile=pki.client_cert,
         redis_tls_keyfile=pki.client_key,
     )
 
 
+async def install(server: RedisServer, pki: Pki) -> None:
+    """What `segment-worker redis install` does, as the Redis admin, over TLS."""
+    client = connect(tls_settings(Settings(), server, pki, "segment-worker-admin"))
+    try:
+        assert await Store(client).load_library()
+    finally:
+        await client.aclose()
+
+
 async def test_only_verified_tls_clients_with_a_certificate_get_in(
     tls_redis: RedisServer, pki: Pki
 ) -> None:
+    await install(tls_redis, pki)
     good = tls_settings(Settings(), tls_redis, pki)
     client = connect(good)
     store = Store(client)
-    await store.load_library()
+    await store.ensure_library()
     assert await store.claim(0) == Claim(0, 1, {})  # a fresh server: the first owner
     await client.aclose()
 
@@ -97,6 +109,7 @@ async def test_the_worker_runs_end_to_end_over_tls(
     settings = tls_settings(await make_settings(broker, "redis://unused:1/0"), tls_redis, pki)
     events = one_day_of_traffic(150, seed=13, orders_only=True)
     produced = await produce(settings, events)
+    await install(tls_redis, pki)
     worker = Worker(settings, ManualClock(NOW))
     task = asyncio.create_task(worker.run())
     try:

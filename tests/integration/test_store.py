@@ -3,6 +3,7 @@ index, argument checks before any write, large batches, odd customer ids, AOF re
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -354,7 +355,7 @@ async def test_populations_are_kept_by_commits(store: Store) -> None:
 
 META, DUE, OUT = LAYOUT.meta(3), LAYOUT.due(3), LAYOUT.outbox(3)
 CA, CB = LAYOUT.customer(3, "a"), LAYOUT.customer(3, "b")
-XA = LAYOUT.erased(3, "a")
+XA = LAYOUT.erased(3, hashlib.sha256(b"a").hexdigest())
 
 
 def commit_call(
@@ -471,9 +472,17 @@ BAD_CALLS: dict[str, tuple[tuple[object, ...], str]] = {
         ("segment_worker_erase", 4, META, DUE, LAYOUT.customer(3, "a\r\nb"), XA, 1, "a", ""),
         'segment_worker_erase: KEYS[3] must be "sw:{p3}:c:a", got "sw:{p3}:c:a',
     ),
-    "read with a marker key of another customer": (
-        ("segment_worker_read", 3, META, CA, LAYOUT.erased(3, "b")),
-        'segment_worker_read: KEYS[3] must be "sw:{p3}:x:a"',
+    "read with a marker key that names the customer": (
+        ("segment_worker_read", 3, META, CA, LAYOUT.erased(3, "a")),
+        'segment_worker_read: KEYS[3] must be "sw:{p3}:x:<64 hex digits>"',
+    ),
+    "erase with a marker key that names the customer": (
+        ("segment_worker_erase", 4, META, DUE, CA, LAYOUT.erased(3, "a"), 1, "a", 60_000),
+        'segment_worker_erase: KEYS[4] must be "sw:{p3}:x:<64 hex digits>"',
+    ),
+    "forget of another customer's key": (
+        ("segment_worker_forget", 3, META, DUE, CB, "stored", "a"),
+        'segment_worker_forget: KEYS[3] must be "sw:{p3}:c:a"',
     ),
     "read without marker keys": (
         ("segment_worker_read", 2, META, CA),
@@ -537,6 +546,28 @@ async def test_keys_of_the_wrong_type_are_refused_before_any_write(
     assert await snapshot(client) == before
 
 
+async def test_an_erasure_leaves_no_id_in_a_key_name(store: Store, client: CountingRedis) -> None:
+    claim = await store.claim(3)
+    who = "alice@example.com"
+    await store.commit(claim, states={who: b"s"}, due={who: 5}, outbox=[], offsets={})
+    assert await store.erase(claim, who, 60_000)
+    names = [k.decode() async for k in client.scan_iter()]
+    assert names and not [k for k in names if "alice" in k]
+    assert store.erased_key(3, who) in names
+    assert (await store.read_checked(3, [who, "bob"])).erased == {who}
+
+
+async def test_forget_deletes_only_the_value_it_was_given(
+    store: Store, client: CountingRedis
+) -> None:
+    claim = await store.claim(3)
+    await store.commit(claim, states={"a": b"damaged"}, due={"a": 5}, outbox=[], offsets={})
+    assert not await store.forget(3, "a", b"read earlier")
+    assert await store.get(3, "a") == b"damaged"
+    assert await store.forget(3, "a", b"damaged")
+    assert await store.get(3, "a") is None and await store.due(3, 10, 10) == []
+
+
 async def test_store_refuses_a_prefix_with_braces_and_a_decoding_client(redis_url: str) -> None:
     plain = aioredis.from_url(redis_url)
     decoding = aioredis.from_url(redis_url, decode_responses=True)
@@ -554,7 +585,7 @@ async def test_store_refuses_a_prefix_with_braces_and_a_decoding_client(redis_ur
 async def test_load_library_is_idempotent_and_replaces_other_code(
     store: Store, client: CountingRedis
 ) -> None:
-    assert await client.fcall_ro("segment_worker_version", 0) == b"6"
+    assert await client.fcall_ro("segment_worker_version", 0) == b"7"
     client.sent.clear()
     await store.load_library()  # the same code is loaded: nothing written
     assert client.sent == ["FUNCTION LIST"]
@@ -594,7 +625,7 @@ async def test_committed_data_survives_kill_9_with_aof(
         assert (await store.read_checked(2, ids)).states == [c.encode() for c in ids]
         assert await store.outbox(2, 10) == [b"r2", b"r3"]
         # Functions were persisted with the data; loading again is harmless.
-        assert await client.fcall_ro("segment_worker_version", 0) == b"6"
+        assert await client.fcall_ro("segment_worker_version", 0) == b"7"
         await store.load_library()
         # The epoch survived too: the old claim still writes, a new claim fences it.
         await store.commit(claim, states={"c0": b"after"}, due={}, outbox=[], offsets={})

@@ -10,7 +10,18 @@ import sys
 from collections.abc import Sequence
 
 from worker import fit
-from worker.cli import audience, bench, changes, demo, operator, replay, rules, run, simulate
+from worker.cli import (
+    audience,
+    bench,
+    changes,
+    demo,
+    operator,
+    redis,
+    replay,
+    rules,
+    run,
+    simulate,
+)
 from worker.core.rules import RulesError
 from worker.settings import SettingsError
 
@@ -41,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
         "RFM state, classes along several dimensions, and segment-change events out.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (replay, run, operator, audience, changes, demo, simulate, bench, rules):
+    for group in (replay, run, operator, audience, changes, demo, simulate, bench, rules, redis):
         group.register(sub)
     fit.register(sub, rules.redis_states)
     return parser

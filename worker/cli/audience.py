@@ -17,7 +17,6 @@ from worker.audience import Member, Tally, UnknownClass, check_class, columns, m
 from worker.cli.common import Subparsers, instant, output, positive
 from worker.cli.operator import against_redis
 from worker.core.rules import Rules, load_rules
-from worker.core.timeutil import day_of
 from worker.progress import Progress
 from worker.settings import Settings
 from worker.store import Store
@@ -71,7 +70,7 @@ def _audience(args: argparse.Namespace) -> int:
     except UnknownClass as exc:
         print(f"segment-worker: {exc}", file=sys.stderr)
         return 2
-    day = day_of(time.time_ns() // 1_000_000 if args.at is None else args.at)
+    day = rules.calendar.day_of(time.time_ns() // 1_000_000 if args.at is None else args.at)
 
     async def work(_: Settings, store: Store, partitions: int) -> int:
         expected = (await populations(store, rules, partitions))[args.dimension][args.class_name]

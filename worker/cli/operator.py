@@ -10,14 +10,15 @@ import time
 from collections.abc import Awaitable, Callable
 
 from aiokafka.errors import KafkaError
-from redis.exceptions import RedisError
+from redis.exceptions import NoPermissionError, RedisError
 
 from worker.cli.common import Subparsers, instant, positive
+from worker.core.events import ParseLimits, valid_id
 from worker.core.rules import load_rules
 from worker.kafka import input_partitions, send_erasures
 from worker.lookup import forget, print_customers
 from worker.settings import Settings
-from worker.store import Store, connect, store_for
+from worker.store import LibraryNotLoaded, Store, connect, store_for
 
 
 def register(sub: Subparsers) -> None:
@@ -77,6 +78,15 @@ def _customer_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _erase(args: argparse.Namespace) -> int:
+    limits = ParseLimits()
+    invalid = [c for c in args.customer_ids if not valid_id(c, limits)]
+    if invalid:
+        print(
+            f"segment-worker: {invalid[0][:40]!r}: not a customer id (1 to "
+            f"{limits.max_id_length} characters, as events carry them); nothing sent",
+            file=sys.stderr,
+        )
+        return 2
     asyncio.run(send_erasures(Settings.from_env(), args.customer_ids))
     print(f"erasure requested for {len(args.customer_ids)} customer(s)", file=sys.stderr)
     return 0
@@ -92,9 +102,11 @@ def _customer(args: argparse.Namespace) -> int:
 
 
 def _forget(args: argparse.Namespace) -> int:
-    return against_redis(
-        args.partitions, lambda _, store, partitions: forget(store, args.customer_ids, partitions)
-    )
+    async def work(_: Settings, store: Store, partitions: int) -> int:
+        await store.ensure_library()  # forget is one of its Functions
+        return await forget(store, args.customer_ids, partitions)
+
+    return against_redis(args.partitions, work)
 
 
 def against_redis(
@@ -119,6 +131,14 @@ def against_redis(
         print(
             f"segment-worker: Kafka at {settings.kafka_bootstrap} did not tell the partition "
             f"count of {settings.topic_orders!r} ({exc!r}); give it with --partitions",
+            file=sys.stderr,
+        )
+    except LibraryNotLoaded as exc:
+        print(f"segment-worker: {exc}", file=sys.stderr)
+    except NoPermissionError as exc:
+        print(
+            f"segment-worker: Redis refused a command to this user (SEGMENT_WORKER_REDIS_URL; "
+            f"deploy/redis/users.acl says what it may do): {exc}",
             file=sys.stderr,
         )
     except (RedisError, OSError) as exc:

@@ -17,13 +17,22 @@ from worker.core.changes import SegmentChange
 from worker.core.codec import OutRecord
 from worker.core.deadletter import Stage
 from worker.core.engine import absorb, fire_timer, process_event, reevaluate
-from worker.core.events import Event, EventKind, ParseLimits, Reason, Rejection, parse_event
+from worker.core.events import (
+    Event,
+    EventKind,
+    ParseLimits,
+    Reason,
+    Rejection,
+    parse_event,
+    valid_id,
+)
+from worker.core.partitioner import partition_of
 from worker.core.rules import Rules
 from worker.core.state import CustomerState
 from worker.core.timeutil import Calendar
 
 DLQ_VALUE_LIMIT: Final = 64 * 1024
-_KAFKA_REASONS: Final = frozenset({Reason.MISSING_KEY, Reason.KEY_MISMATCH})
+_KAFKA_REASONS: Final = frozenset({Reason.MISSING_KEY, Reason.KEY_MISMATCH, Reason.WRONG_PARTITION})
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,9 +90,18 @@ class Outcome:
 
 
 def parse_batch(
-    records: Sequence[InRecord], topics: Topics, now_ms: int, limits: ParseLimits
+    records: Sequence[InRecord],
+    topics: Topics,
+    now_ms: int,
+    limits: ParseLimits,
+    partitions: int | None = None,
 ) -> list[Event | Rejection]:
-    """Validate every record, Kafka-level checks (key present, key == customer_id) included."""
+    """Validate every record, Kafka-level checks (key present, key == customer_id) included.
+
+    ``partitions``: the input topics' partition count; a record whose key Kafka's default
+    partitioner puts on another partition is refused (``wrong_partition``). Its producer
+    partitions another way (librdkafka's CRC32, sarama's FNV): applied here, it would start a
+    second state for the customer, one that lookups and erasures never find."""
     out: list[Event | Rejection] = []
     for record in records:
         kind: EventKind = "order" if record.topic == topics.orders else "visit"
@@ -100,8 +118,58 @@ def parse_batch(
                     "customer_id",
                     f"key {record.key[:64]!r} differs from customer_id {event.customer_id[:64]!r}",
                 )
+            else:
+                event = _wrong_partition(record, event.customer_id, partitions) or event
         out.append(event)
     return out
+
+
+def accept_erasures(
+    records: Sequence[InRecord],
+    outcome: Outcome,
+    topics: Topics,
+    limits: ParseLimits,
+    partitions: int | None,
+) -> list[tuple[bytes, str]]:
+    """The erasure requests to carry out, as (key, the customer id it names); the others are
+    dead-lettered into ``outcome``: no key, an id no event can carry (no customer has it), or
+    a key on another partition than Kafka's default partitioner's (the customer's state
+    lives there: erasing here would erase nothing, yet answer with a tombstone)."""
+    accepted = []
+    for record in records:
+        customer_id = (record.key or b"").decode("utf-8", "replace")
+        refused: Rejection | None
+        if record.key is None:
+            refused = Rejection(Reason.MISSING_KEY, None, "erasure request has no key")
+        elif not valid_id(customer_id, limits):
+            refused = Rejection(
+                Reason.INVALID_VALUE, "key", f"must be 1..{limits.max_id_length} characters"
+            )
+        else:
+            refused = _wrong_partition(record, customer_id, partitions)
+            if refused is None:
+                accepted.append((record.key, customer_id))
+                continue
+        _dead_letter(outcome, topics, record, refused, "kafka")
+    return accepted
+
+
+def _wrong_partition(
+    record: InRecord, customer_id: str, partitions: int | None
+) -> Rejection | None:
+    """Why a record keyed by ``customer_id`` does not belong to its partition; None if it
+    does, or if the partition count is not known (replay)."""
+    if partitions is None:
+        return None
+    want = partition_of(customer_id, partitions)
+    if want == record.partition:
+        return None
+    return Rejection(
+        Reason.WRONG_PARTITION,
+        "customer_id",
+        f"came on partition {record.partition}, but Kafka's default partitioner (murmur2) puts "
+        f"this key on {want} of {partitions}: the producer must use it",
+    )
 
 
 def customers_of(parsed: Iterable[Event | Rejection]) -> list[str]:

@@ -48,11 +48,13 @@ def erasure(
     changes_topic: str,
     erasures_topic: str,
     next_offset: int,
+    into: Outcome | None = None,
 ) -> Outcome:
     """The outcome to commit once each (key, previous state) customer's state is deleted: their
     classes leave the population counts, a tombstone (null value) per customer goes out, and
-    the erasure topic's offset moves to ``next_offset``."""
-    outcome = Outcome()
+    the erasure topic's offset moves to ``next_offset``. ``into``: the outcome to add this to
+    (the dead-lettered requests of :func:`worker.core.batch.accept_erasures`)."""
+    outcome = Outcome() if into is None else into
     for key, previous in erased:
         if previous is not None:
             for dim, cls in previous.classes.items():

@@ -44,6 +44,7 @@ class Reason(StrEnum):
     MISSING_KEY = "missing_key"
     KEY_MISMATCH = "key_mismatch"
     TRAIT_LIMIT = "trait_limit"
+    WRONG_PARTITION = "wrong_partition"
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,9 +260,15 @@ def _typed(value: object, name: str, typ: type[T]) -> T:
     return value
 
 
+def valid_id(value: str, limits: ParseLimits) -> bool:
+    """Whether events may carry this id (1..max_id_length characters): a customer with any
+    other id has no state, so an erasure request for one has nothing to erase."""
+    return 0 < len(value) <= limits.max_id_length
+
+
 def _ident(doc: dict[str, object], name: str, limits: ParseLimits) -> str:
     value = _required(doc, name, str)
-    if not value or len(value) > limits.max_id_length:
+    if not valid_id(value, limits):
         raise _Bad(
             Reason.INVALID_VALUE, name, f"{name} must be 1..{limits.max_id_length} characters"
         )

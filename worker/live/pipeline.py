@@ -22,7 +22,15 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
 from worker.clock import Clock
-from worker.core.batch import InRecord, Outcome, Topics, apply_batch, customers_of, parse_batch
+from worker.core.batch import (
+    InRecord,
+    Outcome,
+    Topics,
+    accept_erasures,
+    apply_batch,
+    customers_of,
+    parse_batch,
+)
 from worker.core.codec import CorruptRecord
 from worker.core.erasure import erasure, suppress_erased
 from worker.core.events import ParseLimits
@@ -271,7 +279,7 @@ class Pipeline:
         now = self._clock.now_ms()
         erasures = [r for r in records if r.topic == self._settings.topic_erasures]
         events = [r for r in records if r.topic != self._settings.topic_erasures]
-        parsed = parse_batch(events, self._topics, now, self._limits)
+        parsed = parse_batch(events, self._topics, now, self._limits, self.input_partitions())
         states, erased = await self._storage.read(claim.partition, customers_of(parsed))
         offsets: dict[str, int] = {}
         if erased:  # an erased customer's late or replayed events must not resurrect them
@@ -308,23 +316,26 @@ class Pipeline:
         self, claim: Claim, erasures: Sequence[InRecord], outcome: Outcome
     ) -> Outcome | None:
         """Delete each customer's state and due entry, leave a marker, and put a tombstone
-        (null value) for them on the change topic; idempotent, so a retry is harmless."""
+        (null value) for them on the change topic; idempotent, so a retry is harmless. A
+        request that names no possible customer of this partition is dead-lettered."""
         ttl = self._settings.erasure_marker_days * DAY_MS
         erased: list[tuple[bytes, CustomerState | None]] = []
-        for record in erasures:
-            if not record.key:
-                continue
-            customer_id = record.key.decode("utf-8", "replace")
+        refused = Outcome()
+        partitions = self.input_partitions()
+        for key, customer_id in accept_erasures(
+            erasures, refused, self._topics, self._limits, partitions
+        ):
             previous = (await self._storage.load(claim.partition, [customer_id]))[customer_id]
             if not await self._storage.erase(claim, customer_id, ttl):
                 return None
-            erased.append((record.key, previous))
+            erased.append((key, previous))
             self._metrics.erasures.inc()
         tombstones = erasure(
             erased,
             changes_topic=self._topics.changes,
             erasures_topic=self._settings.topic_erasures,
             next_offset=erasures[-1].offset + 1,
+            into=refused,
         )
         if not await self._storage.commit(claim, tombstones):
             return None

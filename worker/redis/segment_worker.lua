@@ -5,12 +5,13 @@ segment-worker: the atomic, fenced writes of one input partition (Redis Function
 Key layout (worker/keys.py is the spec; tests/test_keys.py checks that this copy agrees).
 <base> is "<prefix>:{p<N>}:" for input partition N; "{p<N>}" is the FIRST {...} of every key,
 hence its Redis Cluster hash tag, so all keys of one call live in one slot. <name> is the
-customer id, or with a pseudonym key its HMAC in hex.
+customer id, or with a pseudonym key its HMAC in hex; <digest> is 64 lowercase hex digits,
+never an id: the pseudonym with a pseudonym key, else the id's SHA-256.
   <base>meta       hash    the partition's bookkeeping, the fields below
   <base>due        zset    member <name>, score = instant (epoch ms) a class may change
   <base>outbox     list    output records waiting for the relay, oldest first
   <base>c:<name>   string  the customer's state (opaque bytes of the core's codec)
-  <base>x:<name>   string  erasure marker (value "1", with a TTL)
+  <base>x:<digest> string  erasure marker (value "1", with a TTL)
 
 Fields of the meta hash:
   epoch                        the owner's fencing epoch, bumped by every claim
@@ -58,10 +59,17 @@ segment_worker_ack
   Returns the outbox length after the trim.
 
 segment_worker_erase
-  KEYS  meta, due, c:<name>, x:<name>
+  KEYS  meta, due, c:<name>, x:<digest>
   ARGV  epoch, name, marker_ttl_ms ("" = no marker)
-  Deletes the state and the due entry; with a TTL, sets the marker x:<name> = "1" for that long.
-  Returns 1 if a state was deleted, else 0.
+  Deletes the state and the due entry; with a TTL, sets the marker x:<digest> = "1" for that
+  long. Returns 1 if a state was deleted, else 0.
+
+segment_worker_forget
+  KEYS  meta, due, c:<name>
+  ARGV  stored value, name
+  An operator's compare-and-delete of a damaged state: deletes the state and the due entry if
+  the state still is `stored value`. Not fenced (the partition's owner is stopped on that
+  state) and no population change (its classes cannot be read). Returns 1 if deleted, else 0.
 
 segment_worker_mark_rules
   KEYS  meta
@@ -70,7 +78,7 @@ segment_worker_mark_rules
   Returns 1.
 
 segment_worker_read (read-only)
-  KEYS  meta, c:<name> x n, x:<name> x n (the same names in the same order)
+  KEYS  meta, c:<name> x n, x:<digest> x n (the same customers in the same order)
   ARGV  (none)
   Returns {run id of this server, state 1 or nil, ..., state n or nil, erased 1, ...,
   erased n}, erased i = 1 when customer i has no state but an erasure marker, else 0: a
@@ -82,7 +90,7 @@ segment_worker_version (read-only)
   Returns LIBRARY_VERSION.
 ]]
 
-local LIBRARY_VERSION = '6'
+local LIBRARY_VERSION = '7'
 local CHUNK = 512 -- values per multi-argument command; even, so that pairs never split
 local MAX_INT = 9007199254740991 -- 2^53 - 1
 local HEADER = 8 -- commit: epoch and the seven counts
@@ -168,6 +176,15 @@ end
 local function same_key(key, want, what)
   if key ~= want then
     fail(what .. ' must be ' .. show(want) .. ', got ' .. show(key))
+  end
+end
+
+-- An erasure marker's key: <base>x:<digest>, 64 lowercase hex digits (never an id).
+local function marker_key(key, base, what)
+  local head = base .. 'x:'
+  local digest = key ~= nil and string.sub(key, 1, #head) == head and string.sub(key, #head + 1)
+  if not (digest and #digest == 64 and string.find(digest, '^[0-9a-f]+$')) then
+    fail(what .. ' must be ' .. show(base .. 'x:<64 hex digits>') .. ', got ' .. show(key))
   end
 end
 
@@ -401,7 +418,7 @@ local function check_erase(keys, args)
   local plan = { epoch = uint(args[1], 'epoch') }
   same_key(keys[2], base .. 'due', 'KEYS[2]')
   same_key(keys[3], base .. 'c:' .. args[2], 'KEYS[3]')
-  same_key(keys[4], base .. 'x:' .. args[2], 'KEYS[4]')
+  marker_key(keys[4], base, 'KEYS[4]')
   if args[3] ~= '' and uint(args[3], 'marker_ttl_ms') < 1 then
     fail('marker_ttl_ms must be >= 1 or empty (no marker), got ' .. show(args[3]))
   end
@@ -421,6 +438,31 @@ local function erase(keys, args)
     redis.call('SET', keys[4], '1', 'PX', args[3])
   end
   return deleted
+end
+
+-- forget
+
+local function check_forget(keys, args)
+  key_count(keys, 3)
+  arg_count(args, 2)
+  local base = base_of(keys[1])
+  same_key(keys[2], base .. 'due', 'KEYS[2]')
+  same_key(keys[3], base .. 'c:' .. args[2], 'KEYS[3]')
+  key_type(keys[2], 'zset', 'due key')
+  return true
+end
+
+local function forget(keys, args)
+  local _, err = checked('segment_worker_forget', check_forget, keys, args)
+  if err then
+    return err
+  end
+  if redis.call('GET', keys[3]) ~= args[1] then
+    return 0
+  end
+  redis.call('DEL', keys[3])
+  redis.call('ZREM', keys[2], args[2])
+  return 1
 end
 
 -- mark_rules
@@ -458,7 +500,7 @@ local function check_read(keys, args)
     if string.sub(keys[i], 1, #base + 2) ~= base .. 'c:' then
       fail('KEYS[' .. i .. '] must be ' .. show(base .. 'c:<id>') .. ', got ' .. show(keys[i]))
     end
-    same_key(keys[i + n], base .. 'x:' .. string.sub(keys[i], #base + 3), 'KEYS[' .. i + n .. ']')
+    marker_key(keys[i + n], base, 'KEYS[' .. i + n .. ']')
   end
   arg_count(args, 0)
   return n
@@ -487,6 +529,7 @@ redis.register_function('segment_worker_commit', commit)
 redis.register_function('segment_worker_ack', ack)
 redis.register_function('segment_worker_erase', erase)
 redis.register_function('segment_worker_mark_rules', mark_rules)
+redis.register_function('segment_worker_forget', forget)
 redis.register_function{
   function_name = 'segment_worker_read', callback = read, flags = { 'no-writes' },
 }
