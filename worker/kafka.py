@@ -198,10 +198,16 @@ async def send_erasures(settings: Settings, customer_ids: Sequence[str]) -> None
 async def input_partitions(settings: Settings) -> int:
     """The orders topic's partition count, which places a customer; KafkaError if Kafka
     cannot tell."""
+    return await partition_count(settings, settings.topic_orders)
+
+
+async def partition_count(settings: Settings, topic: str) -> int:
+    """How many partitions ``topic`` has, waiting for its metadata (a topic created a moment
+    ago may have no leaders yet); KafkaError if Kafka cannot tell."""
     # A metadata question: nothing is sent, so no producer id is needed.
     client = producer(settings, request_timeout_ms=METADATA_TIMEOUT_MS, enable_idempotence=False)
     try:
         await client.start()
-        return len(await client.partitions_for(settings.topic_orders))
+        return len(await client.partitions_for(topic))
     finally:
         await client.stop()
