@@ -6,7 +6,7 @@ from pathlib import Path
 import orjson
 import pytest
 import redis.asyncio as aioredis
-from worker.embedded import RedisServer
+from worker.tools.embedded import RedisServer
 
 from tests.test_fit import cdnow_states
 from worker.cli import main
