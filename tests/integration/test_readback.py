@@ -1,13 +1,14 @@
 """Forged and garbage records on the change topic, met when a partition is taken over: the
 new owner skips and counts them, Redis keeps replay's classes, and the partition goes on."""
 
+import asyncio
 import re
 from collections import Counter
 from dataclasses import replace
 
 import orjson
 import pytest
-from aiohttp import ClientSession
+from aiohttp import ClientError, ClientSession
 
 from tests.integration.live_support import (
     NOW,
@@ -24,6 +25,7 @@ from tests.integration.live_support import (
     replay,
     stored_states,
     wait_until,
+    worker_log,
     worker_process,
 )
 from worker import kafka
@@ -144,4 +146,48 @@ async def test_forged_and_garbage_change_records_are_skipped_on_taking_a_partiti
     records = await read_all(settings, settings.topic_changes)
     assert sum(1 for r in records if r.value in forged) == len(forged)
     got = change_ids([r for r in records if r.value not in forged])
+    assert got == documents(expected_changes)
+
+
+async def test_a_take_that_fails_stops_its_partitions_until_it_succeeds(
+    broker: Broker, redis_server: RedisServer
+) -> None:
+    """An error escaping a take (here a damaged relay mark) used to vanish into aiokafka's
+    log, leaving partitions assigned but never taken: consumed, and nothing of them applied.
+    Now they are stopped, taken again every STUCK_RETRY_MS, and go on once the take works."""
+    settings = replace(await make_settings(broker, redis_server.url), stuck_retry_ms=1000)
+    events = one_day_of_traffic(100, seed=43, orders_only=True)
+    half = len(events) // 2
+    produced = await produce(settings, events[:half])
+    async with worker_process(settings, NOW):
+        await wait_until(lambda: all_committed(settings, produced), 90, "the first half")
+    damaged = 1
+    client = connect(settings)
+    meta = Layout(settings.redis_prefix).meta(damaged)
+    await client.hset(meta, RELAYED, "not a number")
+    produced = await produce(settings, events[half:], produced)
+    async with worker_process(settings, NOW) as worker:
+
+        async def stopped() -> bool:
+            try:
+                async with (
+                    ClientSession() as http,
+                    http.get(f"http://127.0.0.1:{settings.http_port}/metrics") as resp,
+                ):
+                    text = await resp.text()
+            except ClientError:  # not listening yet
+                return False
+            return re.search(r"^segment_worker_stuck_partitions [1-9]", text, re.M) is not None
+
+        await wait_until(stopped, 60, "the partitions stopped")
+        await asyncio.sleep(3)  # a few retries, each failing again
+        assert worker.poll() is None
+        assert not await all_committed(settings, produced)
+        assert "partition 1 stopped: invalid literal for int()" in worker_log(worker)
+        await client.hset(meta, RELAYED, 0)
+        await client.aclose()
+        await wait_until(lambda: all_committed(settings, produced), 90, "the repaired take")
+    expected_replay, expected_changes, _ = replay(events, NOW)
+    await assert_state_matches(settings, expected_replay, NOW // DAY_MS)
+    got = change_ids(await read_all(settings, settings.topic_changes))
     assert got == documents(expected_changes)

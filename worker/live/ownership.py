@@ -172,7 +172,10 @@ class Ownership:
                 if state is None or state.stopped_until is None or not tps:
                     continue  # revoked meanwhile
                 state.stopped_until = None
-                await self.take(tps)  # stops it again if the state still does not read
+                try:
+                    await self.take(tps)  # stops it again if the state still does not read
+                except Exception as exc:  # e.g. damaged partition metadata: again later
+                    self.stop(partition, exc)
                 if state.stopped_until is None:
                     self.consumer.resume(*tps)
         self.metrics.stopped.set(len(self.partitions.stopped()))
