@@ -245,7 +245,7 @@ header = st.tuples(st.sampled_from([INPUT_HEADER, MAC_HEADER, "dimension"]), st.
                 orjson.dumps,
                 st.dictionaries(
                     st.text(max_size=12),
-                    st.none() | st.integers() | st.text(max_size=12),
+                    st.none() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=12),
                     max_size=8,
                 ),
             ),
