@@ -183,3 +183,26 @@ def test_describe_shows_defaults_and_marks_only_secrets_that_are_set() -> None:
 def test_the_http_port_binds_loopback_unless_told_otherwise() -> None:
     assert Settings.from_env({}).http_host == "127.0.0.1"
     assert Settings.from_env({"SEGMENT_WORKER_HTTP_HOST": "0.0.0.0"}).http_host == "0.0.0.0"
+
+
+def test_change_signing_keys_from_files_long_enough_and_never_shown(tmp_path: Path) -> None:
+    new, old = "n" * 40, "o" * 32
+    (tmp_path / "key").write_text(new + "\n")
+    s = Settings.from_env(
+        {
+            "SEGMENT_WORKER_CHANGE_SIGNING_KEY_FILE": str(tmp_path / "key"),
+            "SEGMENT_WORKER_CHANGE_SIGNING_PREVIOUS_KEY": old,
+        }
+    )
+    assert s.signing_keys() == (new.encode(), old.encode())  # the signing one first
+    assert Settings().signing_keys() == ()
+    shown = repr(s) + str(s.describe())
+    assert new not in shown and old not in shown
+    short = "s" * 31
+    with pytest.raises(
+        SettingsError, match="CHANGE_SIGNING_KEY: expected at least 32 bytes"
+    ) as err:
+        Settings.from_env({"SEGMENT_WORKER_CHANGE_SIGNING_KEY": short})
+    assert short not in str(err.value)
+    with pytest.raises(SettingsError, match="set CHANGE_SIGNING_KEY too"):
+        Settings.from_env({"SEGMENT_WORKER_CHANGE_SIGNING_PREVIOUS_KEY": old})

@@ -20,6 +20,7 @@ PREFIX: Final = "SEGMENT_WORKER_"
 SECURITY_PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS: Final = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 PSEUDONYM_KEY_MIN: Final = 32  # bytes, SHA-256's size: a short key is guessed, then every id
+MIN_SIGNING_KEY_BYTES: Final = 32
 
 
 class SettingsError(SegmentWorkerError, ValueError):
@@ -76,6 +77,19 @@ class Settings:
             "secret": True,
             "doc": "HMAC key, >= 32 bytes: Redis key names carry a keyed hash, not the id",
         },
+    )
+    change_signing_key: str | None = field(
+        default=None,
+        repr=False,
+        metadata={
+            "secret": True,
+            "doc": "HMAC key (>= 32 bytes) signing change records; read-back trusts only those",
+        },
+    )
+    change_signing_previous_key: str | None = field(
+        default=None,
+        repr=False,
+        metadata={"secret": True, "doc": "the key before a rotation: still verifies, never signs"},
     )
     rules: Path | None = field(
         default=None, metadata=_doc("rules file; built-in defaults if unset")
@@ -204,6 +218,22 @@ class Settings:
             )
         if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_username:
             raise SettingsError(f"{PREFIX}KAFKA_SASL_USERNAME: required for SASL")
+        for name in ("change_signing_key", "change_signing_previous_key"):
+            key = getattr(self, name)
+            if key is not None and len(key.encode()) < MIN_SIGNING_KEY_BYTES:
+                raise SettingsError(  # (never the key itself)
+                    f"{PREFIX}{name.upper()}: expected at least {MIN_SIGNING_KEY_BYTES} bytes "
+                    f"(e.g. `openssl rand -hex 32`), got {len(key.encode())}"
+                )
+        if self.change_signing_previous_key and not self.change_signing_key:
+            raise SettingsError(
+                f"{PREFIX}CHANGE_SIGNING_PREVIOUS_KEY: set CHANGE_SIGNING_KEY too (it signs)"
+            )
+
+    def signing_keys(self) -> tuple[bytes, ...]:
+        """The keys change records verify with, the signing one first (none: unsigned)."""
+        keys = (self.change_signing_key, self.change_signing_previous_key)
+        return tuple(k.encode() for k in keys if k)
 
     def to_env(self) -> dict[str, str]:
         """The inverse of :meth:`from_env`: the variables that make a `segment-worker run`

@@ -87,6 +87,7 @@ class Pipeline:
             health=self._health,
             metrics=metrics,
             topics=self._topics,
+            signing_key=next(iter(settings.signing_keys()), None),
         )
         self._ownership = Ownership(
             settings,
@@ -299,7 +300,7 @@ class Pipeline:
         )
         for topic, offset in offsets.items():
             outcome.offsets[topic] = max(outcome.offsets.get(topic, 0), offset)
-        self._relay.stamp(outcome, claim.offsets)
+        self._relay.stamp(outcome, claim)
         if erasures:
             outcome.withhold(self._topics.changes, {r.key for r in erasures if r.key})
         if not await self._storage.commit(claim, outcome):
