@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, NamedTuple
 
 from worker.core.changes import SegmentChange
+from worker.core.classes import snapshots
 from worker.core.codec import OutRecord
 from worker.core.deadletter import Stage
 from worker.core.engine import absorb, fire_timer, process_event, reevaluate
@@ -32,6 +33,7 @@ class Topics:
     visits: str = "visits"
     changes: str = "segment-changes"
     dlq: str = "segment-worker-dlq"
+    classes: str = "segment-classes"
 
 
 class InRecord(NamedTuple):  # immutable and cheap to build: one per input record
@@ -67,10 +69,10 @@ class Outcome:
                 deltas[(change.dimension, change.to_class)] += 1
         return deltas
 
-    def withhold(self, topic: str, keys: set[bytes]) -> None:
-        """Keep these customers' records for ``topic`` out of the outbox: they are erased in
+    def withhold(self, topics: Collection[str], keys: set[bytes]) -> None:
+        """Keep these customers' records for ``topics`` out of the outbox: they are erased in
         this same batch, so nothing more about them may leave."""
-        self.out = [r for r in self.out if r.topic != topic or r.key not in keys]
+        self.out = [r for r in self.out if r.topic not in topics or r.key not in keys]
 
     def due_ms(self) -> dict[str, int | None]:
         return {
@@ -153,7 +155,7 @@ def apply_batch(
         outcome.states[event.customer_id] = state
         outcome.applied[record.topic] += 1
         _emit(outcome, topics, result)
-    return outcome
+    return _publish(outcome, topics)
 
 
 def sweep(
@@ -168,7 +170,7 @@ def sweep(
             continue
         _catch_up(outcome, state, rules, topics, now_ms)
         outcome.states[customer_id] = state
-    return outcome
+    return _publish(outcome, topics)
 
 
 def reevaluate_batch(
@@ -190,7 +192,7 @@ def reevaluate_batch(
         else:
             _emit(outcome, topics, reevaluate(state, rules, now_ms, now_ms))
         outcome.states[customer_id] = state
-    return outcome
+    return _publish(outcome, topics)
 
 
 def _catch_up(
@@ -206,6 +208,14 @@ def _emit(outcome: Outcome, topics: Topics, changes: list[SegmentChange]) -> Non
     for change in changes:
         outcome.changes.append(change)
         outcome.out.append(change_record(topics, change))
+
+
+def _publish(outcome: Outcome, topics: Topics) -> Outcome:
+    """After the changes: the classes where each moved customer ended, for the compacted
+    classes topic (at most one record per customer per batch)."""
+    moved = (change.customer_id for change in outcome.changes)
+    outcome.out += snapshots(topics.classes, outcome.states, moved)
+    return outcome
 
 
 def change_record(topics: Topics, change: SegmentChange) -> OutRecord:
