@@ -24,8 +24,10 @@ def test_values_are_converted() -> None:
             "SEGMENT_WORKER_KAFKA_IDEMPOTENCE": "false",
             "SEGMENT_WORKER_RULES": "/etc/rules.toml",
             "SEGMENT_WORKER_CLOCK_SPEED": "86400",
+            "SEGMENT_WORKER_TOPIC_REPLICATION": "3",
         }
     )
+    assert s.topic_replication == 3
     assert s.http_port == 9000
     assert s.kafka_idempotence is False
     assert s.rules == Path("/etc/rules.toml")
@@ -49,6 +51,8 @@ def test_values_are_converted() -> None:
             "SEGMENT_WORKER_KAFKA_SASL_USERNAME",
         ),
         ({"SEGMENT_WORKER_TOPIC_DLQ": "orders"}, "SEGMENT_WORKER_TOPIC_"),
+        ({"SEGMENT_WORKER_TOPIC_CLASSES": "segment-changes"}, "SEGMENT_WORKER_TOPIC_"),
+        ({"SEGMENT_WORKER_TOPIC_REPLICATION": "0"}, "SEGMENT_WORKER_TOPIC_REPLICATION"),
         ({"SEGMENT_WORKER_BACTH_SIZE": "10"}, "SEGMENT_WORKER_BACTH_SIZE"),
         ({"SEGMENT_WORKER_HEARTBEAT_INTERVAL_MS": "20000"}, "SEGMENT_WORKER_HEARTBEAT_INTERVAL_MS"),
         (

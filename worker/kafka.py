@@ -162,17 +162,26 @@ async def _speaks_tls(host: str, port: int) -> bool:
 
 
 async def ensure_topics(settings: Settings, partitions: int) -> None:
-    """Create the topics if missing: inputs, output and erasure requests with ``partitions``
-    each (co-partitioned), the dead-letter topic with one."""
+    """Create the topics if missing, each replicated SEGMENT_WORKER_TOPIC_REPLICATION times
+    (``min.insync.replicas`` is the broker's): inputs, changes, classes and erasure requests
+    with ``partitions`` each (co-partitioned), the dead-letter topic with one. The classes
+    topic is compacted: the newest record per customer is the customer's current classes."""
     client = admin(settings)
     await client.start()
+    replicas = settings.topic_replication
     try:
         wanted = [
-            NewTopic(settings.topic_orders, partitions, 1),
-            NewTopic(settings.topic_visits, partitions, 1),
-            NewTopic(settings.topic_changes, partitions, 1),
-            NewTopic(settings.topic_dlq, 1, 1),
-            NewTopic(settings.topic_erasures, partitions, 1),
+            NewTopic(settings.topic_orders, partitions, replicas),
+            NewTopic(settings.topic_visits, partitions, replicas),
+            NewTopic(settings.topic_changes, partitions, replicas),
+            NewTopic(settings.topic_dlq, 1, replicas),
+            NewTopic(settings.topic_erasures, partitions, replicas),
+            NewTopic(
+                settings.topic_classes,
+                partitions,
+                replicas,
+                topic_configs={"cleanup.policy": "compact"},
+            ),
         ]
         existing = set(await client.list_topics())
         missing = [t for t in wanted if t.name not in existing]

@@ -115,6 +115,16 @@ class Settings:
         default="segment-worker-erasures",
         metadata=_doc("erasure requests, keyed by customer_id, co-partitioned with the inputs"),
     )
+    topic_classes: str = field(
+        default="segment-classes",
+        metadata=_doc(
+            "each customer's current classes, compacted, as many partitions as the inputs"
+        ),
+    )
+    topic_replication: int = field(
+        default=1,
+        metadata=_doc("replication factor of the topics the worker creates; 3 in production"),
+    )
     erasure_marker_days: int = field(
         default=400, metadata=_doc("how long events of an erased customer are suppressed")
     )
@@ -159,6 +169,7 @@ class Settings:
             "max_poll_interval_ms": (lambda v: v >= 1000, ">= 1000"),
             "timer_interval_ms": (lambda v: v >= 10, ">= 10"),
             "timer_batch": (lambda v: v >= 1, ">= 1"),
+            "topic_replication": (lambda v: 1 <= v <= 32767, "1..32767"),
             "stuck_retry_ms": (lambda v: v >= 100, ">= 100"),
             "max_event_bytes": (lambda v: v >= 256, ">= 256"),
             "future_skew_ms": (lambda v: v >= 0, ">= 0"),
@@ -192,6 +203,7 @@ class Settings:
             self.topic_changes,
             self.topic_dlq,
             self.topic_erasures,
+            self.topic_classes,
         ]
         if len(set(names)) != len(names) or not all(names):
             raise SettingsError(f"{PREFIX}TOPIC_*: topic names must be distinct and non-empty")

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from worker.core.changes import Cause
 from worker.core.changes import change_id as compute_change_id
+from worker.core.classes import classes_record
 from worker.core.codec import OutRecord
 from worker.core.reconcile import (
     INPUT_HEADER,
@@ -26,6 +27,7 @@ from worker.core.state import CustomerState
 from worker.core.timeutil import format_ms, parse_rfc3339
 
 CHANGES = "segment-changes"
+CLASSES = "segment-classes"
 T0 = parse_rfc3339("2025-03-01T00:00:00Z")
 
 
@@ -307,11 +309,14 @@ def test_reconcile_follows_each_chain_from_the_class_redis_holds() -> None:
             change("e3", "c1", "silver", "gold", later),
         ],
         {"c1": held},
+        CLASSES,
     )
     assert outcome.states["c1"].classes == {"value": "gold"}
     assert outcome.states["c1"].since_ms == {"value": later}
     assert dict(outcome.population) == {("value", "bronze"): -1, ("value", "gold"): 1}
-    assert outcome.out == [] and outcome.offsets == {}
+    # The classes topic gets where the customer ended, in case Redis lost it before the relay.
+    assert outcome.out == [classes_record(CLASSES, outcome.states["c1"])]
+    assert outcome.offsets == {}
 
 
 def test_reconcile_creates_unknown_customers_and_clears_left_classes() -> None:
@@ -319,11 +324,16 @@ def test_reconcile_creates_unknown_customers_and_clears_left_classes() -> None:
     outcome = reconcile(
         [change("e1", "c1", None, "gold"), change("e2", "c2", "silver", None)],
         {"c1": None, "c2": held},
+        CLASSES,
     )
     assert outcome.states["c1"].classes == {"value": "gold"}
     assert outcome.states["c1"].since_ms == {"value": T0}
     assert outcome.states["c2"].classes == {} and outcome.states["c2"].since_ms == {}
     assert dict(outcome.population) == {("value", "gold"): 1, ("value", "silver"): -1}
+    assert [orjson.loads(r.value or b"") for r in outcome.out] == [
+        {"customer_id": "c1", "classes": {"value": {"class": "gold", "since": format_ms(T0)}}},
+        {"customer_id": "c2", "classes": {}},
+    ]
 
 
 def test_reconcile_leaves_states_that_already_agree() -> None:
@@ -331,6 +341,7 @@ def test_reconcile_leaves_states_that_already_agree() -> None:
     outcome = reconcile(
         [change("e1", "c1", "gold", "silver"), change("e2", "c1", "silver", "gold")],
         {"c1": held},
+        CLASSES,
     )
-    assert outcome.states == {}
+    assert outcome.states == {} and outcome.out == []
     assert not +outcome.population and not -outcome.population

@@ -87,6 +87,7 @@ async def make_settings(broker: Broker, redis_url: str) -> Settings:
         topic_changes=f"changes-{tag}",
         topic_dlq=f"dlq-{tag}",
         topic_erasures=f"erasures-{tag}",
+        topic_classes=f"classes-{tag}",
         group_id=f"group-{tag}",
     )
     await ensure_topics(settings, PARTITIONS)

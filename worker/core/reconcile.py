@@ -26,6 +26,7 @@ import orjson
 from worker.core.batch import Outcome
 from worker.core.changes import Cause
 from worker.core.changes import change_id as compute_change_id
+from worker.core.classes import snapshots
 from worker.core.codec import OutRecord
 from worker.core.state import CustomerState
 from worker.core.timeutil import parse_rfc3339
@@ -234,13 +235,16 @@ def lost_window(
 
 
 def reconcile(
-    lost: Sequence[Mapping[str, Any]], states: Mapping[str, CustomerState | None]
+    lost: Sequence[Mapping[str, Any]],
+    states: Mapping[str, CustomerState | None],
+    classes_topic: str,
 ) -> Outcome:
     """Set each customer's classes to the last lost change of theirs, following each chain from
     the class Redis holds: a change whose ``from`` is not the current class (a zombie's late
     re-send of an older change) is no continuation. Re-reading the input then continues each
-    chain from what subscribers saw. The outcome holds the touched states (updated in place)
-    and the population deltas."""
+    chain from what subscribers saw. The outcome holds the touched states (updated in place),
+    the population deltas and the moved customers' records for the classes topic (which may
+    have missed them if Redis lost their outbox before the relay)."""
     current: dict[tuple[str, str], tuple[str | None, int]] = {}
     for doc in lost:
         key = (doc["customer_id"], doc["dimension"])
@@ -264,4 +268,5 @@ def reconcile(
             state.classes.pop(dim, None)
             state.since_ms.pop(dim, None)
         outcome.states[cid] = state
+    outcome.out += snapshots(classes_topic, outcome.states, outcome.states)
     return outcome

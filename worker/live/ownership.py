@@ -257,7 +257,7 @@ class Ownership:
                 lost.until,
             )
         states = await self.storage.load(claim.partition, lost.customers())
-        outcome = reconcile(lost.changes, states)
+        outcome = reconcile(lost.changes, states, self.topics.classes)
         if outcome.states and await self.storage.commit(claim, outcome):
             moved = sum(1 for delta in outcome.population.values() if delta > 0)
             self.metrics.reconciled.inc(moved)
