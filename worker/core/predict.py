@@ -33,7 +33,7 @@ DEFAULT_HORIZONS: Final = (90, 365)
 CROSSING_DAYS: Final = 2**15  # ~90 years: a model feature that takes longer never crosses
 
 
-class NumericError(SegmentWorkerError, ArithmeticError):
+class NumericError(SegmentWorkerError):
     """Raised when a series does not converge within its term budget (a parameter bug)."""
 
 
