@@ -36,14 +36,19 @@ def test_core_bench_prints_the_core_beside_its_parse_baseline() -> None:
 
 
 @pytest.mark.parametrize(
-    ("broker", "named"),
+    ("broker", "named", "pacing", "paced"),
     [
-        ("tansu", "Tansu, embedded (acks=all; no idempotent producers)"),
-        ("kafka", f"Apache Kafka {kafka_version()}, 1 node (idempotent producer, acks=all)"),
+        ("tansu", "Tansu, embedded (acks=all; no idempotent producers)", [], "half the measured"),
+        (
+            "kafka",
+            f"Apache Kafka {kafka_version()}, 1 node (idempotent producer, acks=all)",
+            ["--latency-rate", "500"],
+            "500 events/s (as asked)",
+        ),
     ],
 )
 def test_live_bench_prints_throughput_latency_and_memory(
-    tmp_path: Path, broker: str, named: str
+    tmp_path: Path, broker: str, named: str, pacing: list[str], paced: str
 ) -> None:
     rules = tmp_path / "rules.toml"
     rules.write_bytes(default_rules_text().replace(b"windows = [90]", b"windows = [30, 90]"))
@@ -61,6 +66,7 @@ def test_live_bench_prints_throughput_latency_and_memory(
         "150",
         "--latency-seconds",
         "4",
+        *pacing,
         timeout=400,
     )
     assert f"rules: {rules}, version {load_rules(rules).version}" in out
@@ -72,6 +78,7 @@ def test_live_bench_prints_throughput_latency_and_memory(
         assert re.search(r"^segment-worker, [0-9] processes\s+[0-9,]+\s", out, re.MULTILINE)
     assert re.search(r"segment-worker vs plain Faust agent: [0-9.]+x", out)
     latency = out.split("event-to-change latency", 1)[1]
+    assert paced in latency.splitlines()[0]
     for row in ("broker only (relay baseline)", "segment-worker "):
         line = next(line for line in latency.splitlines() if line.startswith(row))
         count, p50, p99 = line[len(row) :].split()

@@ -52,6 +52,12 @@ def register(sub: Subparsers) -> None:
         help="live: how long each paced latency run sends (%(default)s)",
     )
     bench.add_argument(
+        "--latency-rate",
+        type=positive,
+        help="live: events/s of the paced latency runs (default: half the worker's measured "
+        "capacity); a fixed rate compares brokers or machines at the same load",
+    )
+    bench.add_argument(
         "--broker",
         choices=BROKERS,
         help="live: the broker to run on: tansu (embedded, nothing but pip) or kafka (the "
@@ -69,6 +75,7 @@ def _bench(args: argparse.Namespace) -> int:
             memory_customers=args.memory_customers,
             seed=args.seed,
             latency_seconds=args.latency_seconds,
+            latency_rate=args.latency_rate,
             start_ms=args.start,
             rules=args.rules,
             broker=args.broker or os.environ.get("SW_TEST_BROKER") or "tansu",
