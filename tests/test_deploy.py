@@ -367,11 +367,13 @@ def test_topics_match_the_settings_and_are_co_partitioned() -> None:
     assert set(created) == {
         s.topic_orders,
         s.topic_visits,
+        s.topic_profiles,
         s.topic_changes,
         s.topic_dlq,
         s.topic_erasures,
     }
-    assert created[s.topic_orders] == created[s.topic_visits] == created[s.topic_erasures] == 12
+    inputs = (s.topic_orders, s.topic_visits, s.topic_profiles, s.topic_erasures)
+    assert {created[t] for t in inputs} == {12}
     assert created[s.topic_changes] == 12 and created[s.topic_dlq] == 3
     assert "--if-not-exists" in script
     scaled = k8s_objects()[("ScaledObject", "segment-worker")]

@@ -170,6 +170,7 @@ async def ensure_topics(settings: Settings, partitions: int) -> None:
         wanted = [
             NewTopic(settings.topic_orders, partitions, 1),
             NewTopic(settings.topic_visits, partitions, 1),
+            NewTopic(settings.topic_profiles, partitions, 1),
             NewTopic(settings.topic_changes, partitions, 1),
             NewTopic(settings.topic_dlq, 1, 1),
             NewTopic(settings.topic_erasures, partitions, 1),

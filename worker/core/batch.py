@@ -41,6 +41,12 @@ class Topics:
     visits: str = "visits"
     changes: str = "segment-changes"
     dlq: str = "segment-worker-dlq"
+    profiles: str = "profiles"
+
+    def kind(self, topic: str) -> EventKind:
+        """The contract of an input topic's records: any topic but orders' and profiles' is
+        visits'."""
+        return "order" if topic == self.orders else "profile" if topic == self.profiles else "visit"
 
 
 class InRecord(NamedTuple):  # immutable and cheap to build: one per input record
@@ -104,7 +110,7 @@ def parse_batch(
     second state for the customer, one that lookups and erasures never find."""
     out: list[Event | Rejection] = []
     for record in records:
-        kind: EventKind = "order" if record.topic == topics.orders else "visit"
+        kind = topics.kind(record.topic)
         if record.value is None:
             out.append(Rejection(Reason.NOT_AN_OBJECT, None, "message has no value (tombstone)"))
             continue

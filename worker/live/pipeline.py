@@ -71,7 +71,11 @@ class Pipeline:
         self._settings, self._consumer = settings, consumer
         self._metrics, self._clock = metrics, clock
         self._topics = Topics(
-            settings.topic_orders, settings.topic_visits, settings.topic_changes, settings.topic_dlq
+            settings.topic_orders,
+            settings.topic_visits,
+            settings.topic_changes,
+            settings.topic_dlq,
+            settings.topic_profiles,
         )
         self._limits = ParseLimits(settings.max_event_bytes, settings.future_skew_ms)
         self._partitions = Partitions()
