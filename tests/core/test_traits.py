@@ -10,7 +10,7 @@ from worker.core.codec import decode_state, encode_state
 from worker.core.engine import process_event
 from worker.core.events import ParseLimits, Profile, Reason, Rejection, parse_event
 from worker.core.rules import RulesError, default_rules_text, parse_rules
-from worker.core.state import CustomerState
+from worker.core.state import MAX_TRAITS, CustomerState
 from worker.core.timeutil import format_ms
 from worker.core.views import describe
 from worker.replay import Replayer
@@ -171,3 +171,25 @@ def test_replay_reads_profile_lines() -> None:
     replayer.feed(profile("p1", T0, gender="F", birth_year=1980, crm_level="platinum"), 1)
     assert changes == [("gold_women_80s", "in", "profile")]
     assert replayer.states["c1"].present_traits()["crm_level"] == "platinum"
+
+
+def test_a_profile_that_would_pass_the_bound_per_customer_is_refused_and_changes_nothing() -> None:
+    state = CustomerState("c1")
+    first = parse(profile("p1", T0, **{f"t{i}": i for i in range(MAX_TRAITS - 1)}))
+    assert isinstance(first, Profile)
+    assert isinstance(process_event(state, first, RULES, T0, T0), list)
+    removal = parse(profile("p2", T0, gone=None))  # a removal holds its name too
+    assert isinstance(removal, Profile)
+    assert process_event(state, removal, RULES, T0, T0) == []
+    assert len(state.traits) == MAX_TRAITS
+    before = encode_state(state)
+    over = parse(profile("p3", T0 + 1, t0=100, gender="F"))
+    assert isinstance(over, Profile)
+    refused = process_event(state, over, RULES, T0 + 1, T0 + 1)
+    assert isinstance(refused, Rejection)
+    assert (refused.reason, refused.field) == (Reason.TRAIT_LIMIT, "traits")
+    assert encode_state(state) == before
+    known = parse(profile("p4", T0 + 1, t0=100, gone="back"))  # names it holds: taken
+    assert isinstance(known, Profile)
+    assert isinstance(process_event(state, known, RULES, T0 + 1, T0 + 1), list)
+    assert state.present_traits()["t0"] == 100 and state.present_traits()["gone"] == "back"

@@ -24,7 +24,7 @@ from worker.core.features import (
 )
 from worker.core.predict import CROSSING_DAYS
 from worker.core.rules import Classes, Rules
-from worker.core.state import CustomerState, OrderIndex
+from worker.core.state import MAX_TRAITS, CustomerState, OrderIndex
 
 EXACT_CHECKS = 2
 _CAUSE: Final[dict[type, CauseType]] = {Order: "order", Visit: "visit", Profile: "profile"}
@@ -38,7 +38,7 @@ def process_event(
     A rejection leaves the state untouched. Classification happens at ``now_ms`` (the clock),
     or at the event's own time if that is later; a late event lands in its own day's window.
     """
-    converted = _in_base_currency(event, rules)
+    converted = _admit(state, event, rules)
     if isinstance(converted, Rejection):
         return converted
     event = converted
@@ -65,16 +65,23 @@ def process_event(
 def absorb(state: CustomerState, event: Event, rules: Rules) -> Rejection | None:
     """Apply ``event`` without classifying: for input re-read after Redis lost writes, whose
     changes subscribers already have; the customer is classified once the re-read is over."""
-    converted = _in_base_currency(event, rules)
+    converted = _admit(state, event, rules)
     if isinstance(converted, Rejection):
         return converted
     state.apply(converted, rules.activity)
     return None
 
 
-def _in_base_currency(event: Event, rules: Rules) -> Event | Rejection:
+def _admit(state: CustomerState, event: Event, rules: Rules) -> Event | Rejection:
+    """The event as the state takes it (an order in the base currency), or why not."""
     if isinstance(event, Order) and event.currency != rules.base_currency:
         return _convert(event, rules)
+    if isinstance(event, Profile) and (held := state.traits_held_after(event)) > MAX_TRAITS:
+        return Rejection(
+            Reason.TRAIT_LIMIT,
+            "traits",
+            f"the customer would hold {held} traits, over the limit of {MAX_TRAITS}",
+        )
     return event
 
 
