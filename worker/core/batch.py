@@ -16,7 +16,7 @@ from typing import Final, NamedTuple
 from worker.core.changes import SegmentChange
 from worker.core.codec import OutRecord
 from worker.core.deadletter import Stage
-from worker.core.engine import absorb, fire_timer, process_event, reevaluate
+from worker.core.engine import Changes, absorb, fire_timer, process_event, reevaluate
 from worker.core.events import (
     Event,
     EventKind,
@@ -71,6 +71,9 @@ class Outcome:
     changes: list[SegmentChange] = field(default_factory=list)
     timers: int = 0
     population: Counter[tuple[str, str]] = field(default_factory=Counter)  # extra deltas
+    withheld: Counter[str] = field(
+        default_factory=Counter
+    )  # changes consent withheld, by dimension
 
     def population_deltas(self) -> Counter[tuple[str, str]]:
         """How many customers entered (+) and left (-) each (dimension, class)."""
@@ -279,7 +282,8 @@ def _catch_up(
         outcome.states[state.customer_id] = state
 
 
-def _emit(outcome: Outcome, topics: Topics, changes: list[SegmentChange]) -> None:
+def _emit(outcome: Outcome, topics: Topics, changes: Changes) -> None:
+    outcome.withheld.update(changes.withheld)
     for change in changes:
         outcome.changes.append(change)
         outcome.out.append(change_record(topics, change))

@@ -152,6 +152,9 @@ class CustomerState:
     # Derived, not part of the statistics: what was last emitted, and when it was entered.
     classes: dict[str, str | None] = field(default_factory=dict)
     since_ms: dict[str, int] = field(default_factory=dict)
+    # Per dimension whose change consent withholds: the class the customer is in now, while
+    # ``classes`` keeps the one last emitted (what subscribers, audiences and counts know).
+    withheld: dict[str, str | None] = field(default_factory=dict)
     rules_version: str = ""
     due_day: int | None = None
     _index: OrderIndex | None = field(default=None, compare=False, repr=False)
