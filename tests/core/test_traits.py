@@ -243,7 +243,7 @@ def test_a_class_that_moves_back_while_withheld_emits_nothing_when_consent_retur
     assert state.withheld == {"value_tier": "medium"}
     refund = Order("r2", "c1", T0 + 3, 0, "USD", "refunded", "o2", None)  # back to low
     changes = process_event(state, refund, rules, T0 + 3, T0 + 3)
-    assert isinstance(changes, Changes) and changes.withheld == ["value_tier"]
+    assert isinstance(changes, Changes) and changes.withheld == ("value_tier",)
     assert [c for c in changes if c.dimension == "value_tier"] == []
     assert not state.withheld and state.classes["value_tier"] == "low"
     assert process_event(state, consent("p2", T0 + 4, True), rules, T0 + 4, T0 + 4) == []

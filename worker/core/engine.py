@@ -32,13 +32,10 @@ _CAUSE: Final[dict[type, CauseType]] = {Order: "order", Visit: "visit", Profile:
 
 class Changes(list[SegmentChange]):
     """The changes to emit, and the dimension of each change consent withheld (the live
-    worker counts them, replay's summary reports them)."""
+    worker counts them, replay's summary reports them). As cheap to make as a list: the
+    class default stands until a change is withheld."""
 
-    __slots__ = ("withheld",)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.withheld: list[str] = []
+    withheld: tuple[str, ...] = ()
 
 
 def process_event(
@@ -127,7 +124,7 @@ def evaluate(
             old, new = state.classes.get(dim), classes.get(dim)
             if dim in withhold:
                 if state.withheld.get(dim, old) != new:
-                    changes.withheld.append(dim)
+                    changes.withheld += (dim,)
                 if old != new:
                     state.withheld[dim], emitted[dim] = new, old
                 else:
