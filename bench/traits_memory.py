@@ -6,7 +6,7 @@ Replays simulated traffic until ``--customers`` customers have a state (as `segm
 bench live` does for its memory figure), then stores every state twice in a redis-server of
 its own, under the worker's key names: as replay left it, and with five traits stated by one
 profile (gender, birth year, CRM level, city, marketing consent). Prints the state blob's mean
-size and Redis's own figure per key (MEMORY USAGE, summed over every key) for each, and the
+size and Redis's own figure per key (MEMORY USAGE, averaged over every key) for each, and the
 difference. The due index and the partition's meta hash do not change with traits, so they
 are left out.
 """
