@@ -368,12 +368,14 @@ def test_topics_match_the_settings_and_are_co_partitioned() -> None:
     assert set(created) == {
         s.topic_orders,
         s.topic_visits,
+        s.topic_profiles,
         s.topic_changes,
         s.topic_dlq,
         s.topic_erasures,
         s.topic_classes,
     }
-    assert created[s.topic_orders] == created[s.topic_visits] == created[s.topic_erasures] == 12
+    inputs = (s.topic_orders, s.topic_visits, s.topic_profiles, s.topic_erasures)
+    assert {created[t] for t in inputs} == {12}
     assert created[s.topic_changes] == created[s.topic_classes] == 12
     assert created[s.topic_dlq] == 3
     extra = {name: rest.strip() for name, _, rest in lines}

@@ -173,6 +173,7 @@ async def ensure_topics(settings: Settings, partitions: int) -> None:
         wanted = [
             NewTopic(settings.topic_orders, partitions, replicas),
             NewTopic(settings.topic_visits, partitions, replicas),
+            NewTopic(settings.topic_profiles, partitions, replicas),
             NewTopic(settings.topic_changes, partitions, replicas),
             NewTopic(settings.topic_dlq, 1, replicas),
             NewTopic(settings.topic_erasures, partitions, replicas),

@@ -35,6 +35,12 @@ class Metrics:
             ["dimension", "from_class", "to_class"],
             registry=r,
         )
+        self.withheld = Counter(
+            p + "suppressed_changes",
+            "Segment changes withheld while a customer's consent is withdrawn ([consent])",
+            ["dimension"],
+            registry=r,
+        )
         self.population = Gauge(
             p + "class_population",
             "Customers per class in the partitions this worker owns",

@@ -193,6 +193,7 @@ class Worker:
                     [
                         self.settings.topic_orders,
                         self.settings.topic_visits,
+                        self.settings.topic_profiles,
                         self.settings.topic_erasures,
                     ],
                     listener=self.pipeline.listener(),

@@ -109,6 +109,10 @@ class Settings:
     )
     topic_orders: str = "orders"
     topic_visits: str = "visits"
+    topic_profiles: str = field(
+        default="profiles",
+        metadata=_doc("customer traits (profile.v1), co-partitioned with orders and visits"),
+    )
     topic_changes: str = "segment-changes"
     topic_dlq: str = "segment-worker-dlq"
     topic_erasures: str = field(
@@ -200,6 +204,7 @@ class Settings:
         names = [
             self.topic_orders,
             self.topic_visits,
+            self.topic_profiles,
             self.topic_changes,
             self.topic_dlq,
             self.topic_erasures,

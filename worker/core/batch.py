@@ -17,7 +17,7 @@ from worker.core.changes import SegmentChange
 from worker.core.classes import snapshots
 from worker.core.codec import OutRecord
 from worker.core.deadletter import Stage
-from worker.core.engine import absorb, fire_timer, process_event, reevaluate
+from worker.core.engine import Changes, absorb, fire_timer, process_event, reevaluate
 from worker.core.events import (
     Event,
     EventKind,
@@ -43,6 +43,12 @@ class Topics:
     changes: str = "segment-changes"
     dlq: str = "segment-worker-dlq"
     classes: str = "segment-classes"
+    profiles: str = "profiles"
+
+    def kind(self, topic: str) -> EventKind:
+        """The contract of an input topic's records: any topic but orders' and profiles' is
+        visits'."""
+        return "order" if topic == self.orders else "profile" if topic == self.profiles else "visit"
 
 
 class InRecord(NamedTuple):  # immutable and cheap to build: one per input record
@@ -67,6 +73,9 @@ class Outcome:
     changes: list[SegmentChange] = field(default_factory=list)
     timers: int = 0
     population: Counter[tuple[str, str]] = field(default_factory=Counter)  # extra deltas
+    withheld: Counter[str] = field(
+        default_factory=Counter
+    )  # changes consent withheld, by dimension
 
     def population_deltas(self) -> Counter[tuple[str, str]]:
         """How many customers entered (+) and left (-) each (dimension, class)."""
@@ -106,7 +115,7 @@ def parse_batch(
     second state for the customer, one that lookups and erasures never find."""
     out: list[Event | Rejection] = []
     for record in records:
-        kind: EventKind = "order" if record.topic == topics.orders else "visit"
+        kind = topics.kind(record.topic)
         if record.value is None:
             out.append(Rejection(Reason.NOT_AN_OBJECT, None, "message has no value (tombstone)"))
             continue
@@ -275,7 +284,8 @@ def _catch_up(
         outcome.states[state.customer_id] = state
 
 
-def _emit(outcome: Outcome, topics: Topics, changes: list[SegmentChange]) -> None:
+def _emit(outcome: Outcome, topics: Topics, changes: Changes) -> None:
+    outcome.withheld.update(changes.withheld)
     for change in changes:
         outcome.changes.append(change)
         outcome.out.append(change_record(topics, change))

@@ -105,9 +105,17 @@ def encode_state(state: CustomerState) -> bytes:
             refunds,
             [ms - base for ms in state.key_actions],
             [x for name, (ms, v) in sorted(state.traits.items()) for x in (name, ms - base, v)],
+            *_withheld(state),
         ]
     )
     return zlib.compress(data, 1) if len(data) >= COMPRESS_FROM else data
+
+
+def _withheld(state: CustomerState) -> list[list[list[int | str]]]:
+    """A trailing field, only while consent withholds a change: (dimension, class now)."""
+    if not state.withheld:
+        return []
+    return [[[_name(d)] if c is None else [_name(d), _name(c)] for d, c in state.withheld.items()]]
 
 
 def declared_format(data: bytes) -> int | None:
@@ -159,7 +167,7 @@ def decode_state(customer_id: str, data: bytes) -> CustomerState:
             if len(entry) == 3:
                 state.since_ms[dim] = entry[2] + base
         if doc[0] == FORMAT:
-            refunds, keys, traits = rest[7:]
+            refunds, keys, traits, *withheld = rest[7:]
             records = list(orders.values())
             for i in range(0, len(refunds), 3):
                 record = records[refunds[i]]
@@ -169,6 +177,8 @@ def decode_state(customer_id: str, data: bytes) -> CustomerState:
             state.key_actions = [offset + base for offset in keys]
             for i in range(0, len(traits), 3):
                 state.traits[traits[i]] = (traits[i + 1] + base, traits[i + 2])
+            for entry in withheld[0] if withheld else ():
+                state.withheld[_text(entry[0])] = None if len(entry) == 1 else _text(entry[1])
         return state
     except CorruptRecord:
         raise

@@ -76,6 +76,7 @@ class Pipeline:
             settings.topic_changes,
             settings.topic_dlq,
             settings.topic_classes,
+            settings.topic_profiles,
         )
         self._limits = ParseLimits(settings.max_event_bytes, settings.future_skew_ms)
         self._partitions = Partitions()

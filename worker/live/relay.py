@@ -35,7 +35,8 @@ log = logging.getLogger("segment_worker")
 def observe_emits(
     metrics: Metrics, outcome: Outcome, messages: Sequence[ConsumerRecord[bytes, bytes]]
 ) -> None:
-    """Count the class moves an outcome emitted, and the batch's event-to-change latency."""
+    """Count the class moves an outcome emitted or consent withheld, and the batch's
+    event-to-change latency."""
     if outcome.changes and messages:
         # From the batch's oldest broker timestamp: one observation per batch, an upper bound.
         oldest = min(m.timestamp for m in messages)
@@ -45,6 +46,8 @@ def observe_emits(
     )
     for labels, n in moves.items():  # one labelled increment per kind, not per change
         metrics.transitions.labels(*labels).inc(n)
+    for dimension, n in outcome.withheld.items():
+        metrics.withheld.labels(dimension).inc(n)
 
 
 class Relay:

@@ -204,6 +204,7 @@ def _settings(servers: Servers, topics: Topics, group: str, rules: Path | None =
         topic_dlq=topics.dlq,
         topic_erasures=f"{topics.dlq}-erasures",
         topic_classes=f"{topics.dlq}-classes",
+        topic_profiles=f"{topics.dlq}-profiles",
         group_id=group,
         redis_prefix=group,  # each run starts from an empty Redis: no states, no due timers
     )
