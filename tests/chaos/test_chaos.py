@@ -1,7 +1,10 @@
 """The chaos run: a seeded, faulty history through two worker processes while workers are
 killed (at random and at the exact points between the Redis commit, the relay and the offset
-commit), paused past their session, Redis is killed and rolled back and the broker paused;
-then everything the broker and Redis hold is compared with an independent replay.
+commit), paused past their session, Redis is killed and rolled back and the broker paused,
+and on a 3-node Apache Kafka cluster single nodes fail too (the leader of a busy input
+partition and of the change topic killed, a node stopped past its broker session, the active
+controller killed); then everything the broker and Redis hold is compared with an
+independent replay.
 
     CHAOS_EVENTS=210000 CHAOS_CUSTOMERS=32000 python -m pytest tests/chaos -q -s
 
