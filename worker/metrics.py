@@ -96,6 +96,12 @@ class Metrics:
             "Classes set from changes found in Kafka that a Redis which lost writes forgot",
             registry=r,
         )
+        self.readback_rejected = Counter(
+            p + "readback_rejected",
+            "Change-topic records not trusted on taking a partition (skipped), by reason",
+            ["reason"],
+            registry=r,
+        )
         self.redelivered = Counter(
             p + "redelivered_records",
             "Input records skipped because Redis already holds their effect",

@@ -400,7 +400,7 @@ async def chaos(
 
     inputs = (settings.topic_orders, settings.topic_visits)
     nodes = (
-        NodeFaults(broker, (*inputs, settings.topic_changes))
+        NodeFaults(broker, (*inputs, settings.topic_changes, settings.topic_classes))
         if isinstance(broker, ApacheKafka) and broker.size >= 3
         else None
     )

@@ -87,16 +87,10 @@ async def make_settings(broker: Broker, redis_url: str) -> Settings:
         topic_changes=f"changes-{tag}",
         topic_dlq=f"dlq-{tag}",
         topic_erasures=f"erasures-{tag}",
+        topic_classes=f"classes-{tag}",
         group_id=f"group-{tag}",
+        topic_replication=broker.replication,  # on every node of a cluster (up to 3)
     )
-    # Replicated on every node of a cluster (up to 3); ensure_topics would make one replica.
-    spread = (
-        settings.topic_orders,
-        settings.topic_visits,
-        settings.topic_changes,
-        settings.topic_erasures,
-    )
-    await broker.create_topics(dict.fromkeys(spread, PARTITIONS) | {settings.topic_dlq: 1})
     await ensure_topics(settings, PARTITIONS)
     return settings
 

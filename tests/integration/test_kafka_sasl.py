@@ -72,6 +72,7 @@ def least_privilege(settings: Settings) -> list[Acl]:
         Acl(principal, "topic", settings.topic_changes, "READ"),  # read back on a take
         Acl(principal, "topic", settings.topic_changes, "WRITE"),
         Acl(principal, "topic", settings.topic_dlq, "WRITE"),
+        Acl(principal, "topic", settings.topic_classes, "WRITE"),
         Acl(principal, "group", settings.group_id, "READ"),
     ]
 

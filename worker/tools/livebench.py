@@ -185,6 +185,7 @@ def _settings(
         topic_changes=topics.changes,
         topic_dlq=topics.dlq,
         topic_erasures=f"{topics.dlq}-erasures",
+        topic_classes=f"{topics.dlq}-classes",
         group_id=group,
         redis_prefix=group,  # each run starts from an empty Redis: no states, no due timers
     )
