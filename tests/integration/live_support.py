@@ -90,6 +90,7 @@ async def make_settings(broker: Broker, redis_url: str) -> Settings:
         topic_erasures=f"erasures-{tag}",
         topic_classes=f"classes-{tag}",
         group_id=f"group-{tag}",
+        topic_replication=broker.replication,  # on every node of a cluster (up to 3)
     )
     await ensure_topics(settings, PARTITIONS)
     return settings
