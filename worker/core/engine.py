@@ -12,6 +12,8 @@ from bisect import bisect_right
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Final
 
+from mypy_extensions import mypyc_attr
+
 from worker.core.changes import Cause, CauseType, SegmentChange, change_id, snapshot
 from worker.core.events import MAX_AMOUNT, Event, Order, Profile, Reason, Rejection, Visit
 from worker.core.features import (
@@ -30,6 +32,7 @@ EXACT_CHECKS = 2
 _CAUSE: Final[dict[type, CauseType]] = {Order: "order", Visit: "visit", Profile: "profile"}
 
 
+@mypyc_attr(native_class=False)  # the compiled core cannot subclass list natively
 class Changes(list[SegmentChange]):
     """The changes to emit, and the dimension of each change consent withheld (the live
     worker counts them, replay's summary reports them). As cheap to make as a list: the
