@@ -138,3 +138,10 @@ def test_replay_under_the_fitted_rules_times_the_p_alive_changes(
     assert any(c["cause"]["type"] == "timer" for c in dropped)
     records = [orjson.loads(line) for line in state.read_bytes().splitlines()]
     assert all(0 <= r["p_alive"] <= 1 and r["clv_365d"] >= 0 for r in records)
+
+
+def test_a_bad_as_of_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["fit", "--state", "unread.jsonl", "--as-of", "yesterday"])
+    assert exited.value.code == 2
+    assert "argument --as-of: not an RFC 3339 timestamp" in capsys.readouterr().err

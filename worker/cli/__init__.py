@@ -9,12 +9,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-from worker import fit
 from worker.cli import (
     audience,
     bench,
     changes,
     demo,
+    fit,
     operator,
     redis,
     replay,
@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
         "RFM state, classes along several dimensions, and segment-change events out.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (replay, run, operator, audience, changes, demo, simulate, bench, rules, redis):
+    groups = (replay, run, operator, audience, changes, demo, simulate, bench, rules, redis, fit)
+    for group in groups:
         group.register(sub)
-    fit.register(sub, rules.redis_states)
     return parser
