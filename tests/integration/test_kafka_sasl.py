@@ -14,6 +14,7 @@ from dataclasses import replace
 import pytest
 from aiokafka import TopicPartition
 
+from tests.integration.kafka_acls import Acl, grant
 from tests.integration.live_support import (
     NOW,
     PARTITIONS,
@@ -38,7 +39,8 @@ from worker import kafka
 from worker.core.timeutil import DAY_MS
 from worker.kafka import partition_of
 from worker.settings import Settings
-from worker.tools.apache_kafka import Acl, ApacheKafka, KafkaSecurity
+from worker.tools.apache_kafka import ApacheKafka
+from worker.tools.kafka_security import KafkaSecurity
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -101,7 +103,7 @@ async def test_the_worker_runs_as_the_least_privilege_principal(
     secure_kafka: ApacheKafka, redis_url: str, pki: Pki
 ) -> None:
     plain, secure = await both_settings(secure_kafka, redis_url, pki)
-    await secure_kafka.grant(least_privilege(secure))
+    await grant(secure_kafka.bootstrap, least_privilege(secure))
     events = one_day_of_traffic(60, orders_only=True)
     produced = await produce(plain, events)
     async with worker_process(secure, NOW) as proc:
@@ -126,7 +128,7 @@ async def test_a_refused_connection_stops_the_start_naming_the_setting(
     secure_kafka: ApacheKafka, redis_url: str, pki: Pki, case: str, named: list[str]
 ) -> None:
     _, secure = await both_settings(secure_kafka, redis_url, pki)
-    await secure_kafka.grant(least_privilege(secure))
+    await grant(secure_kafka.bootstrap, least_privilege(secure))
     wrong = {
         "wrong password": replace(secure, kafka_sasl_password="not-the-password"),
         "untrusted CA": replace(secure, kafka_ssl_cafile=pki.stranger_ca),
@@ -152,7 +154,7 @@ async def test_a_missing_dlq_write_holds_the_partition_until_the_acl_is_back(
     plain, secure = await both_settings(secure_kafka, redis_url, pki)
     acls = least_privilege(secure)
     dlq_write = Acl(f"User:{USER}", "topic", secure.topic_dlq, "WRITE")
-    await secure_kafka.grant([acl for acl in acls if acl != dlq_write])
+    await grant(secure_kafka.bootstrap, [acl for acl in acls if acl != dlq_write])
     events = one_day_of_traffic(60, orders_only=True)
     produced = await produce(plain, events)
     # One more record that can only be dead-lettered, at a known place.
@@ -178,7 +180,7 @@ async def test_a_missing_dlq_write_holds_the_partition_until_the_acl_is_back(
         assert (await committed(plain, [held]))[held] <= bad.offset
         assert await read_all(plain, plain.topic_dlq, timeout=1.0) == []
 
-        await secure_kafka.grant([dlq_write])
+        await grant(secure_kafka.bootstrap, [dlq_write])
         await wait_until(lambda: all_committed(plain, produced), 120, "offsets committed")
     expected_replay, expected, rejects = replay(events, NOW)
     dead = await read_all(plain, plain.topic_dlq, timeout=1.0)

