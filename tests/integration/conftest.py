@@ -1,5 +1,6 @@
 """Real servers for integration tests: a broker per session (Apache Kafka, or Tansu with
-``SW_TEST_BROKER=tansu``; see docs/apache-kafka.md), Redis servers per test."""
+``SW_TEST_BROKER=tansu``; see docs/apache-kafka.md), Redis servers per test, and the settings
+of a worker on both."""
 
 import contextlib
 import socket
@@ -13,6 +14,8 @@ from typing import Self
 
 import pytest
 
+from tests.integration.live_support import make_settings
+from worker.settings import Settings
 from worker.tools.apache_kafka import ApacheKafka, chosen_broker
 from worker.tools.embedded import Broker, RedisServer
 
@@ -52,6 +55,13 @@ def redis_factory() -> Iterator[Callable[..., RedisServer]]:
 @pytest.fixture
 def redis_server(redis_factory: Callable[..., RedisServer]) -> RedisServer:
     return redis_factory()
+
+
+@pytest.fixture
+async def settings(broker: ApacheKafka | Broker, redis_server: RedisServer) -> Settings:
+    """A worker's settings on the session broker and this test's Redis, with topics and a
+    consumer group of its own (live_support.make_settings)."""
+    return await make_settings(broker, redis_server.url)
 
 
 @pytest.fixture

@@ -29,9 +29,10 @@ from worker.core.views import describe
 from worker.kafka import ensure_topics, partition_of
 from worker.keys import Layout, offset_field
 from worker.replay import Replayer
+from worker.service import Worker
 from worker.settings import Settings
 from worker.store import connect, store_for
-from worker.tools.embedded import Broker, free_port
+from worker.tools.embedded import KafkaServer, free_port
 from worker.tools.simulate import FeedFaults, SimEvent, Simulator
 
 PARTITIONS = 4
@@ -67,7 +68,19 @@ def one_day_of_traffic(
     ]
 
 
-async def make_settings(broker: Broker, redis_url: str) -> Settings:
+@contextlib.asynccontextmanager
+async def running(worker: Worker, timeout: float = 30) -> AsyncIterator[None]:
+    """``worker`` running in this event loop for the block; stopped, and its end awaited
+    (``timeout`` seconds at most, so a worker that does not stop fails the test), on leaving."""
+    task = asyncio.create_task(worker.run())
+    try:
+        yield
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, timeout)
+
+
+async def make_settings(broker: KafkaServer, redis_url: str) -> Settings:
     tag = uuid.uuid4().hex[:8]
     settings = replace(
         Settings(),

@@ -2,10 +2,7 @@
 the beginning and keeping the newest value per customer gives replay's classes (and when
 each was entered) for every customer, and nothing of an erased one."""
 
-import asyncio
-import contextlib
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator
 
 import orjson
 import pytest
@@ -17,11 +14,11 @@ from tests.integration.live_support import (
     PARTITIONS,
     ManualClock,
     all_committed,
-    make_settings,
     one_day_of_traffic,
     produce,
     read_all,
     replay,
+    running,
     wait_until,
 )
 from worker import kafka
@@ -31,7 +28,7 @@ from worker.kafka import partition_of, send_erasures
 from worker.service import Worker
 from worker.settings import Settings
 from worker.tools.apache_kafka import ApacheKafka
-from worker.tools.embedded import Broker, RedisServer
+from worker.tools.embedded import Broker
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(480)]
 
@@ -43,16 +40,6 @@ FAST_COMPACTION = {
     "segment.ms": "100",
     "min.cleanable.dirty.ratio": "0.01",
 }
-
-
-@contextlib.asynccontextmanager
-async def running(worker: Worker) -> AsyncIterator[None]:
-    task = asyncio.create_task(worker.run())
-    try:
-        yield
-    finally:
-        worker.stop()
-        await asyncio.wait_for(task, 30)
 
 
 def fold(records: list[ConsumerRecord[bytes, bytes]]) -> dict[str, object]:
@@ -109,11 +96,10 @@ async def end_offsets(settings: Settings, partitions: int) -> int:
 
 
 async def test_the_compacted_topic_rebuilds_replays_classes_for_every_customer(
-    broker: ApacheKafka | Broker, redis_server: RedisServer
+    broker: ApacheKafka | Broker, settings: Settings
 ) -> None:
     if not isinstance(broker, ApacheKafka):
         pytest.skip("Tansu never compacts: the classes topic needs Apache Kafka")
-    settings = await make_settings(broker, redis_server.url)
     policy, replicas, partitions = await topic_setup(settings)
     assert (policy, replicas) == ("compact", settings.topic_replication)
     await compact_fast(settings)

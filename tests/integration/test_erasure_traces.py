@@ -3,7 +3,6 @@ id no event can carry (over the id length limit), or on another partition than t
 default partitioner gives its key (where the customer's state is not), is dead-lettered and
 leaves nothing else: no key, no marker, no tombstone that would claim an erasure."""
 
-import asyncio
 import zlib
 
 import orjson
@@ -16,16 +15,16 @@ from tests.integration.live_support import (
     ManualClock,
     Produced,
     all_committed,
-    make_settings,
     read_all,
+    running,
     wait_until,
 )
 from worker import kafka
 from worker.core.timeutil import format_ms
 from worker.kafka import partition_of
 from worker.service import Worker
+from worker.settings import Settings
 from worker.store import connect, store_for
-from worker.tools.embedded import Broker, RedisServer
 
 pytestmark = pytest.mark.integration
 WHO = "alice@example.com"
@@ -33,9 +32,8 @@ HUGE = "h" * 100_000
 
 
 async def test_an_erasure_leaves_no_id_in_a_key_and_an_impossible_id_leaves_nothing(
-    broker: Broker, redis_server: RedisServer
+    settings: Settings,
 ) -> None:
-    settings = await make_settings(broker, redis_server.url)
     order = {
         "event_id": "o1",
         "customer_id": WHO,
@@ -72,14 +70,10 @@ async def test_an_erasure_leaves_no_id_in_a_key_and_an_impossible_id_leaves_noth
         await producer.stop()
 
     worker = Worker(settings, ManualClock(NOW))
-    task = asyncio.create_task(worker.run())
-    try:
+    async with running(worker):
         await wait_until(lambda: all_committed(settings, Produced(ends)), 90, "offsets committed")
         changes = await read_all(settings, settings.topic_changes, timeout=1.0)
         dlq = await read_all(settings, settings.topic_dlq, timeout=1.0)
-    finally:
-        worker.stop()
-        await asyncio.wait_for(task, 30)
 
     tombstones = [r.key for r in changes if r.value is None]
     assert tombstones == [WHO.encode()]  # none for the refused requests

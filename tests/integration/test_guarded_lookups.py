@@ -2,7 +2,6 @@
 /segments) only with the bearer token, not at all without one configured; and a lookup is
 logged without the customer's id."""
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -17,15 +16,14 @@ from tests.integration.live_support import (
     TOKEN,
     ManualClock,
     all_committed,
-    make_settings,
     one_day_of_traffic,
     produce,
     replay,
+    running,
     wait_until,
 )
 from worker.service import Worker
 from worker.settings import Settings
-from worker.tools.embedded import Broker, RedisServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -36,28 +34,22 @@ OFF = "customer data is not served"
 async def serving(settings: Settings) -> AsyncIterator[ClientSession]:
     """A worker with ``settings``, and an HTTP session on its port."""
     worker = Worker(settings, ManualClock(NOW))
-    task = asyncio.create_task(worker.run())
-    try:
-        async with ClientSession(f"http://127.0.0.1:{settings.http_port}") as http:
+    async with running(worker), ClientSession(f"http://127.0.0.1:{settings.http_port}") as http:
 
-            async def up() -> bool:
-                with contextlib.suppress(OSError):
-                    async with http.get("/healthz") as resp:
-                        return resp.status == 200
-                return False
+        async def up() -> bool:
+            with contextlib.suppress(OSError):
+                async with http.get("/healthz") as resp:
+                    return resp.status == 200
+            return False
 
-            await wait_until(up, 60, "the HTTP port")
-            yield http
-    finally:
-        worker.stop()
-        await asyncio.wait_for(task, 30)
+        await wait_until(up, 60, "the HTTP port")
+        yield http
 
 
 async def test_customer_data_needs_the_bearer_token(
-    broker: Broker, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+    settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="segment_worker.http")
-    settings = await make_settings(broker, redis_server.url)
     events = one_day_of_traffic(60, seed=7, orders_only=True)
     produced = await produce(settings, events)
     expected, _, _ = replay(events, NOW)
@@ -91,9 +83,9 @@ async def test_customer_data_needs_the_bearer_token(
 
 
 async def test_without_a_token_customer_data_is_off_and_the_log_says_so_once(
-    broker: Broker, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+    settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = replace(await make_settings(broker, redis_server.url), http_token=None)
+    settings = replace(settings, http_token=None)
     async with serving(settings) as http:
         async with http.get("/metrics") as resp:
             assert resp.status == 200

@@ -2,7 +2,6 @@
 redelivery, crashes, takeovers and Redis restarts."""
 
 import asyncio
-import contextlib
 import re
 import shutil
 import signal
@@ -36,6 +35,7 @@ from tests.integration.live_support import (
     produce,
     read_all,
     replay,
+    running,
     start_worker,
     stored_states,
     wait_until,
@@ -54,26 +54,15 @@ from worker.keys import RELAYED, Layout
 from worker.service import Worker
 from worker.settings import Settings
 from worker.store import connect
-from worker.tools.embedded import Broker, RedisServer, free_port
+from worker.tools.embedded import Broker, free_port
 from worker.tools.simulate import SimEvent
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 
-@contextlib.asynccontextmanager
-async def running(worker: Worker):  # type: ignore[no-untyped-def]
-    task = asyncio.create_task(worker.run())
-    try:
-        yield task
-    finally:
-        worker.stop()
-        await asyncio.wait_for(task, 30)
-
-
 async def test_end_to_end_matches_replay_including_timers_and_dead_letters(
-    broker: Broker, redis_server: RedisServer
+    settings: Settings,
 ) -> None:
-    settings = await make_settings(broker, redis_server.url)
     events = one_day_of_traffic(400, orders_only=True)
     produced = await produce(settings, events)
     clock = ManualClock(NOW)
@@ -200,10 +189,7 @@ async def test_end_to_end_matches_replay_including_timers_and_dead_letters(
         await wait_until(timers_done, 60, "time-driven changes")
 
 
-async def test_mixed_topics_reach_replays_state_with_unbroken_chains(
-    broker: Broker, redis_server: RedisServer
-) -> None:
-    settings = await make_settings(broker, redis_server.url)
+async def test_mixed_topics_reach_replays_state_with_unbroken_chains(settings: Settings) -> None:
     events = one_day_of_traffic(400, seed=7)
     produced = await produce(settings, events)
     async with running(Worker(settings, ManualClock(NOW))):
@@ -215,8 +201,7 @@ async def test_mixed_topics_reach_replays_state_with_unbroken_chains(
     await assert_state_matches(settings, expected_replay, NOW // DAY_MS, exact=False)
 
 
-async def test_redelivered_input_changes_nothing(broker: Broker, redis_server: RedisServer) -> None:
-    settings = await make_settings(broker, redis_server.url)
+async def test_redelivered_input_changes_nothing(settings: Settings) -> None:
     events = one_day_of_traffic(150, seed=2, orders_only=True)
     produced = await produce(settings, events)
     worker = Worker(settings, ManualClock(NOW))
@@ -236,9 +221,8 @@ async def test_redelivered_input_changes_nothing(broker: Broker, redis_server: R
 
 @pytest.mark.parametrize("crash", ["after_commit:2", "after_relay:3"])
 async def test_kill_9_then_restart_loses_and_duplicates_nothing(
-    broker: Broker, redis_server: RedisServer, crash: str
+    settings: Settings, crash: str
 ) -> None:
-    settings = await make_settings(broker, redis_server.url)
     events = one_day_of_traffic(300, seed=3, orders_only=True)
     produced = await produce(settings, events)
     doomed = start_worker(settings, NOW, SW_TEST_CRASH=crash)
@@ -252,10 +236,7 @@ async def test_kill_9_then_restart_loses_and_duplicates_nothing(
     await assert_state_matches(settings, expected_replay, NOW // DAY_MS)
 
 
-async def test_two_workers_split_partitions_and_one_takes_over(
-    broker: Broker, redis_server: RedisServer
-) -> None:
-    settings = await make_settings(broker, redis_server.url)
+async def test_two_workers_split_partitions_and_one_takes_over(settings: Settings) -> None:
     first_half = one_day_of_traffic(300, seed=4, orders_only=True)
     half = len(first_half) // 2
     produced = await produce(settings, first_half[:half])
@@ -299,12 +280,12 @@ async def test_redis_restart_with_aof_mid_stream(broker: Broker, redis_factory) 
 
 
 async def test_hot_reload_reevaluates_everyone_and_refuses_a_bad_file(
-    broker: Broker, redis_server: RedisServer, tmp_path: Path
+    settings: Settings, tmp_path: Path
 ) -> None:
     rules_file = tmp_path / "rules.toml"
     default = (Path(__file__).parents[2] / "worker/core/default_rules.toml").read_text()
     rules_file.write_text(default)
-    settings = replace(await make_settings(broker, redis_server.url), rules=rules_file)
+    settings = replace(settings, rules=rules_file)
     events = one_day_of_traffic(300, seed=8, orders_only=True)
     produced = await produce(settings, events)
     worker = Worker(settings, ManualClock(NOW))
@@ -344,10 +325,7 @@ async def test_hot_reload_reevaluates_everyone_and_refuses_a_bad_file(
         assert len(after) == len(before) + len(moved)
 
 
-async def test_erasure_removes_the_customer_and_keeps_them_out(
-    broker: Broker, redis_server: RedisServer
-) -> None:
-    settings = await make_settings(broker, redis_server.url)
+async def test_erasure_removes_the_customer_and_keeps_them_out(settings: Settings) -> None:
     events = one_day_of_traffic(200, seed=9, orders_only=True)
     produced = await produce(settings, events)
     worker = Worker(settings, ManualClock(NOW))
@@ -427,13 +405,10 @@ async def test_redis_rolled_back_to_an_older_copy_is_healed_by_rereading_kafka(
     assert_unbroken_chains(records, expected_replay)
 
 
-async def test_an_ex_owner_that_wakes_up_is_fenced_and_writes_nothing(
-    broker: Broker, redis_server: RedisServer
-) -> None:
+async def test_an_ex_owner_that_wakes_up_is_fenced_and_writes_nothing(settings: Settings) -> None:
     """What a worker paused past its session timeout meets: someone else claimed its
     partitions meanwhile. Its next commits are refused, it drops the partitions, and the
     rebalance hands them to a live owner that finishes the job."""
-    settings = await make_settings(broker, redis_server.url)
     events = one_day_of_traffic(200, seed=23, orders_only=True)
     half = len(events) // 2
     produced = await produce(settings, events[:half])
@@ -490,12 +465,12 @@ async def stopped_until_repaired(
 
 
 async def test_a_state_it_cannot_read_stops_its_partition_until_it_reads(
-    broker: Broker, redis_server: RedisServer
+    settings: Settings,
 ) -> None:
     """E.g. a state written by a newer release, met during a rolling update: that partition
     stops before anything of it is written or committed, the others go on, and once the
     state reads again the partition carries on as if nothing happened."""
-    settings = replace(await make_settings(broker, redis_server.url), stuck_retry_ms=1000)
+    settings = replace(settings, stuck_retry_ms=1000)
     events = one_day_of_traffic(150, seed=29, orders_only=True)
     busiest = Counter(e.key for e in events).most_common(1)[0][0]
     held = max(i for i, e in enumerate(events) if e.key == busiest)
@@ -521,12 +496,12 @@ async def test_a_state_it_cannot_read_stops_its_partition_until_it_reads(
 
 
 async def test_a_state_it_cannot_read_on_taking_a_partition_over_stops_only_that_partition(
-    broker: Broker, redis_server: RedisServer
+    settings: Settings,
 ) -> None:
     """The same when the state is met while a partition is taken over: the new owner checks
     the changes Kafka holds past Redis's relay mark against the states they name (after a
     Redis that lost writes), and one of those does not read."""
-    settings = replace(await make_settings(broker, redis_server.url), stuck_retry_ms=1000)
+    settings = replace(settings, stuck_retry_ms=1000)
     events = one_day_of_traffic(150, seed=31, orders_only=True)
     half = len(events) // 2
     produced = await produce(settings, events[:half])
@@ -554,13 +529,10 @@ async def test_a_state_it_cannot_read_on_taking_a_partition_over_stops_only_that
     assert got == documents(expected)
 
 
-async def test_a_state_an_earlier_release_wrote_is_read_and_rewritten(
-    broker: Broker, redis_server: RedisServer
-) -> None:
+async def test_a_state_an_earlier_release_wrote_is_read_and_rewritten(settings: Settings) -> None:
     """Upgrading needs no migration: a format 3 state is read, a status event for one of its
     orders merges into that order (the ids survive the new format's prefix coding), and the
     state is written back in the current format."""
-    settings = await make_settings(broker, redis_server.url)
     cid = "cus_from_an_earlier_release"
     key = Layout(settings.redis_prefix).customer(partition_of(cid, PARTITIONS), cid)
     client = connect(settings)

@@ -15,7 +15,6 @@ from tests.integration.live_support import (
     DAY0,
     NOW,
     all_applied,
-    make_settings,
     one_day_of_traffic,
     produce,
     read_all,
@@ -28,7 +27,7 @@ from tests.traffic import order_doc
 from worker.core.rules import default_rules_text, load_rules
 from worker.core.state import CustomerState
 from worker.core.timeutil import DAY_MS, format_ms
-from worker.tools.embedded import Broker, RedisServer
+from worker.settings import Settings
 from worker.tools.simulate import SimEvent
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -75,12 +74,12 @@ def tracked(state: CustomerState, dimension: str) -> str | None:
 
 
 async def test_profiles_and_orders_give_replays_classes_for_a_trait_condition(
-    broker: Broker, redis_server: RedisServer, tmp_path: Path
+    settings: Settings, tmp_path: Path
 ) -> None:
     rules_file = tmp_path / "rules.toml"
     rules_file.write_bytes(default_rules_text() + SEGMENT)
     rules = load_rules(rules_file)
-    settings = replace(await make_settings(broker, redis_server.url), rules=rules_file)
+    settings = replace(settings, rules=rules_file)
     orders = one_day_of_traffic(300, orders_only=True)
     customers = sorted({e.key.decode() for e in orders})
     events = sorted(orders + profiles_for(customers, seed=7), key=lambda e: e.delivered_ms)

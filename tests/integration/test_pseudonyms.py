@@ -1,7 +1,6 @@
 """With SEGMENT_WORKER_PSEUDONYM_KEY, Redis names customers by HMAC-SHA256 of their id: no key,
 due-index member or erasure marker reveals an id, and lookups, timers and erasure still work."""
 
-import asyncio
 import hashlib
 import hmac
 import logging
@@ -19,11 +18,11 @@ from tests.integration.live_support import (
     all_committed,
     change_ids,
     documents,
-    make_settings,
     one_day_of_traffic,
     produce,
     read_all,
     replay,
+    running,
     wait_until,
 )
 from worker.core.codec import decode_state
@@ -31,8 +30,9 @@ from worker.core.state import CustomerState
 from worker.core.timeutil import DAY_MS
 from worker.kafka import partition_of, send_erasures
 from worker.service import Worker
+from worker.settings import Settings
 from worker.store import Store, connect, store_for
-from worker.tools.embedded import Broker, RedisServer
+from worker.tools.embedded import RedisServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 KEY = "test-only-pseudonym-key-of-32-bytes!"
@@ -87,16 +87,15 @@ async def test_store_names_customers_by_keyed_hash(redis_server: RedisServer) ->
 
 
 async def test_the_worker_keeps_ids_out_of_redis_and_still_serves_timers_lookups_erasure(
-    broker: Broker, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+    settings: Settings, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="segment_worker.http")
-    settings = replace(await make_settings(broker, redis_server.url), pseudonym_key=KEY)
+    settings = replace(settings, pseudonym_key=KEY)
     events = one_day_of_traffic(200, seed=22, orders_only=True)
     produced = await produce(settings, events)
     clock = ManualClock(NOW)
     worker = Worker(settings, clock)
-    task = asyncio.create_task(worker.run())
-    try:
+    async with running(worker):
         await wait_until(lambda: all_committed(settings, produced), 90, "offsets committed")
         expected_replay, expected, _ = replay(events, NOW)
         ids = sorted(expected_replay.states)
@@ -149,6 +148,3 @@ async def test_the_worker_keeps_ids_out_of_redis_and_still_serves_timers_lookups
                 await c.aclose()
 
         await wait_until(gone, 30, "erasure")
-    finally:
-        worker.stop()
-        await asyncio.wait_for(task, 30)

@@ -18,7 +18,6 @@ from tests.integration.live_support import (
     assert_state_matches,
     change_ids,
     documents,
-    make_settings,
     one_day_of_traffic,
     produce,
     read_all,
@@ -36,7 +35,6 @@ from worker.kafka import partition_of
 from worker.keys import RELAYED, Layout
 from worker.settings import Settings
 from worker.store import connect
-from worker.tools.embedded import Broker, RedisServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -117,9 +115,8 @@ async def rejections(settings: Settings) -> Counter[str]:
 
 @pytest.mark.parametrize("signed", [True, False], ids=["signing-key", "no-key"])
 async def test_forged_and_garbage_change_records_are_skipped_on_taking_a_partition(
-    broker: Broker, redis_server: RedisServer, signed: bool
+    settings: Settings, signed: bool
 ) -> None:
-    settings = await make_settings(broker, redis_server.url)
     if signed:
         settings = replace(settings, change_signing_key="k" * 32)
     events = one_day_of_traffic(150, seed=37, orders_only=True)
@@ -149,13 +146,11 @@ async def test_forged_and_garbage_change_records_are_skipped_on_taking_a_partiti
     assert got == documents(expected_changes)
 
 
-async def test_a_take_that_fails_stops_its_partitions_until_it_succeeds(
-    broker: Broker, redis_server: RedisServer
-) -> None:
+async def test_a_take_that_fails_stops_its_partitions_until_it_succeeds(settings: Settings) -> None:
     """An error escaping a take (here a damaged relay mark) used to vanish into aiokafka's
     log, leaving partitions assigned but never taken: consumed, and nothing of them applied.
     Now they are stopped, taken again every STUCK_RETRY_MS, and go on once the take works."""
-    settings = replace(await make_settings(broker, redis_server.url), stuck_retry_ms=1000)
+    settings = replace(settings, stuck_retry_ms=1000)
     events = one_day_of_traffic(100, seed=43, orders_only=True)
     half = len(events) // 2
     produced = await produce(settings, events[:half])

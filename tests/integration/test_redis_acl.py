@@ -21,6 +21,7 @@ from tests.integration.live_support import (
     one_day_of_traffic,
     produce,
     replay,
+    running,
     wait_until,
 )
 from worker.core.timeutil import DAY_MS
@@ -201,11 +202,7 @@ async def test_the_worker_runs_end_to_end_as_that_user(
     events = one_day_of_traffic(150, seed=12, orders_only=True)
     produced = await produce(settings, events)
     worker = Worker(settings, ManualClock(NOW))
-    task = asyncio.create_task(worker.run())
-    try:
+    async with running(worker):
         await wait_until(lambda: all_committed(settings, produced), 90, "offsets committed")
-    finally:
-        worker.stop()
-        await asyncio.wait_for(task, 30)
     expected_replay, _, _ = replay(events, NOW)
     await assert_state_matches(settings, expected_replay, NOW // DAY_MS)

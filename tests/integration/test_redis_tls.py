@@ -18,6 +18,7 @@ from tests.integration.live_support import (
     one_day_of_traffic,
     produce,
     replay,
+    running,
     wait_until,
 )
 from tests.integration.test_redis_acl import PASSWORD, acl_lines
@@ -111,11 +112,7 @@ async def test_the_worker_runs_end_to_end_over_tls(
     produced = await produce(settings, events)
     await install(tls_redis, pki)
     worker = Worker(settings, ManualClock(NOW))
-    task = asyncio.create_task(worker.run())
-    try:
+    async with running(worker):
         await wait_until(lambda: all_committed(settings, produced), 90, "offsets committed")
-    finally:
-        worker.stop()
-        await asyncio.wait_for(task, 30)
     expected_replay, _, _ = replay(events, NOW)
     await assert_state_matches(settings, expected_replay, NOW // DAY_MS)

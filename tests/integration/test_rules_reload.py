@@ -16,7 +16,6 @@ from tests.integration.live_support import (
     LOGS,
     NOW,
     all_committed,
-    make_settings,
     one_day_of_traffic,
     produce,
     wait_until,
@@ -24,7 +23,6 @@ from tests.integration.live_support import (
 )
 from worker.core.rules import default_rules_text, load_rules
 from worker.settings import Settings
-from worker.tools.embedded import Broker, RedisServer
 
 REFUSED = "rules reload refused, the current rules keep running"
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -58,12 +56,12 @@ async def refused(settings: Settings, at_least: int) -> bool:
 
 
 async def test_rules_that_used_to_crash_are_refused_by_a_running_worker(
-    broker: Broker, redis_server: RedisServer, tmp_path: Path
+    settings: Settings, tmp_path: Path
 ) -> None:
     rules_file = tmp_path / "rules.toml"
     rules_file.write_bytes(default_rules_text())
     version = load_rules(rules_file).version
-    settings = replace(await make_settings(broker, redis_server.url), rules=rules_file)
+    settings = replace(settings, rules=rules_file)
     events = one_day_of_traffic(100, seed=41, orders_only=True)
     half = len(events) // 2
     produced = await produce(settings, events[:half])

@@ -3,7 +3,6 @@ puts some customers on another partition than Kafka's default partitioner (murmu
 worker, its lookups and its erasures use. The live worker refuses such a record to the DLQ
 (`wrong_partition`) instead of starting a second state for the customer."""
 
-import asyncio
 import zlib
 
 import orjson
@@ -16,16 +15,16 @@ from tests.integration.live_support import (
     ManualClock,
     Produced,
     all_committed,
-    make_settings,
     read_all,
+    running,
     wait_until,
 )
 from worker import kafka
 from worker.core.timeutil import format_ms
 from worker.kafka import partition_of
 from worker.service import Worker
+from worker.settings import Settings
 from worker.store import connect, store_for
-from worker.tools.embedded import Broker, RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -36,9 +35,8 @@ def consistent_random(key: bytes, partitions: int) -> int:
 
 
 async def test_a_crc32_partitioned_record_is_dead_lettered_and_leaves_no_state(
-    broker: Broker, redis_server: RedisServer
+    settings: Settings,
 ) -> None:
-    settings = await make_settings(broker, redis_server.url)
     customers = ["bob", "cus_0"]  # CRC32 and murmur2 disagree on bob (0 vs 2), agree on cus_0
     assert consistent_random(b"bob", PARTITIONS) != partition_of("bob", PARTITIONS)
     assert consistent_random(b"cus_0", PARTITIONS) == partition_of("cus_0", PARTITIONS)
@@ -67,8 +65,7 @@ async def test_a_crc32_partitioned_record_is_dead_lettered_and_leaves_no_state(
         await producer.stop()
 
     worker = Worker(settings, ManualClock(NOW))
-    task = asyncio.create_task(worker.run())
-    try:
+    async with running(worker):
         await wait_until(lambda: all_committed(settings, Produced(ends)), 90, "offsets committed")
         dlq = await read_all(settings, settings.topic_dlq, timeout=1.0)
         seen = [dict(r.headers) for r in dlq]
@@ -78,9 +75,6 @@ async def test_a_crc32_partitioned_record_is_dead_lettered_and_leaves_no_state(
         assert [r.key for r in dlq] == [b"bob"]
         exposition = worker.metrics.exposition().decode()
         assert 'segment_worker_dead_letters_total{reason="wrong_partition"} 1.0' in exposition
-    finally:
-        worker.stop()
-        await asyncio.wait_for(task, 30)
 
     client = connect(settings)
     store = store_for(settings, client)
