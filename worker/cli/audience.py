@@ -14,7 +14,7 @@ from typing import BinaryIO
 import orjson
 
 from worker.audience import Member, Tally, UnknownClass, check_class, columns, members, populations
-from worker.cli.common import Subparsers, instant, output, positive
+from worker.cli.common import Subparsers, output, store_arguments
 from worker.cli.operator import against_redis
 from worker.core.rules import Rules, load_rules
 from worker.progress import Progress
@@ -50,15 +50,7 @@ def register(sub: Subparsers) -> None:
         "--format", choices=("jsonl", "csv"), default="jsonl", help="(%(default)s)"
     )
     audience.add_argument("--out", type=Path, metavar="FILE", help="write here (default stdout)")
-    audience.add_argument(
-        "--partitions", type=positive, help="partition count of the input topics (asked of Kafka)"
-    )
-    audience.add_argument(
-        "--at",
-        type=instant,
-        metavar="TIMESTAMP",
-        help="RFC 3339 instant at which window and score figures are computed (default: now)",
-    )
+    store_arguments(audience, computed="window and score figures")
     audience.add_argument("--quiet", action="store_true", help="no progress bar")
     audience.set_defaults(func=_audience)
 

@@ -1,14 +1,17 @@
-"""What several commands share: argument types, traffic options, output files."""
+"""What several commands share: argument types and blocks, traffic options, the settings a
+command on the worker's Redis runs with, output files."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import BinaryIO, TypeAlias
 
 from worker.core.timeutil import parse_rfc3339
+from worker.settings import Settings
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 """What ``add_subparsers`` returns: each command group's ``register`` adds its commands to it."""
@@ -51,6 +54,38 @@ def traffic_arguments(
         metavar="TIMESTAMP",
         help="when the simulated shop opens (%(default)s)",
     )
+
+
+def store_arguments(parser: argparse.ArgumentParser, *, computed: str | None = None) -> None:
+    """What a command on the customers in the worker's Redis takes besides the settings of
+    `run`: the input partition count, which places a customer, and, where it computes window
+    and score values (``computed`` names them), the instant it computes them at."""
+    parser.add_argument(
+        "--partitions", type=positive, help="partition count of the input topics (asked of Kafka)"
+    )
+    if computed is not None:
+        parser.add_argument(
+            "--at",
+            type=instant,
+            metavar="TIMESTAMP",
+            help=f"RFC 3339 instant at which {computed} are computed (default: now)",
+        )
+
+
+def prefix_argument(parser: argparse.ArgumentParser) -> None:
+    """``--prefix``, for a command given a Redis URL (see :func:`redis_settings`)."""
+    parser.add_argument("--prefix", default="sw", help="Redis key prefix (%(default)s)")
+
+
+def redis_settings(url: str | None, prefix: str | None = None) -> Settings:
+    """The settings of `run` (SEGMENT_WORKER_*: TLS files, cluster, ...) with the Redis URL and
+    key prefix a command was given, where it was given them."""
+    settings = Settings.from_env()
+    if url:
+        settings = replace(settings, redis_url=url)
+    if prefix is not None:
+        settings = replace(settings, redis_prefix=prefix)
+    return settings
 
 
 @contextlib.contextmanager

@@ -10,13 +10,12 @@ import sys
 import time
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from worker.cli.common import Subparsers, instant
+from worker.cli.common import Subparsers, instant, prefix_argument, redis_settings
 from worker.cli.rules import redis_states
 from worker.core.features import facts_of
 from worker.core.predict import DEFAULT_HORIZONS, History, history
@@ -25,7 +24,7 @@ from worker.core.state import CustomerState
 from worker.core.timeutil import parse_rfc3339
 from worker.fit import FitError, Population, fit_report
 from worker.progress import Progress
-from worker.settings import Settings, SettingsError
+from worker.settings import SettingsError
 
 
 def register(sub: Subparsers) -> None:
@@ -42,7 +41,7 @@ def register(sub: Subparsers) -> None:
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--state", type=Path, help="a replay --state-out file (JSON lines)")
     where.add_argument("--redis", metavar="URL", help="scan the worker's state in this Redis")
-    parser.add_argument("--prefix", default="sw", help="Redis key prefix (%(default)s)")
+    prefix_argument(parser)
     parser.add_argument("--rules", type=Path, help="rules in force (built-in defaults if unset)")
     parser.add_argument(
         "--as-of",
@@ -73,7 +72,7 @@ def _run(args: argparse.Namespace) -> int:
         raise SystemExit("segment-worker: --quantile-scores needs --write-rules")
     if args.redis:
         try:
-            settings = replace(Settings.from_env(), redis_url=args.redis, redis_prefix=args.prefix)
+            settings = redis_settings(args.redis, args.prefix)
         except SettingsError as exc:
             raise SystemExit(f"segment-worker: bad setting: {exc}") from None
         population = _from_states(_with_progress(redis_states(settings)), rules, day)

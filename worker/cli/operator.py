@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from aiokafka.errors import KafkaError
 from redis.exceptions import NoPermissionError, RedisError
 
-from worker.cli.common import Subparsers, instant, positive
+from worker.cli.common import Subparsers, store_arguments
 from worker.core.events import ParseLimits, valid_id
 from worker.core.rules import load_rules
 from worker.kafka import input_partitions, send_erasures
@@ -47,13 +47,8 @@ def register(sub: Subparsers) -> None:
         "asked only for the orders topic's partition count, which places a customer (give it "
         "with --partitions to skip Kafka). Exit status 1 if any customer is unknown.",
     )
-    _customer_arguments(customer)
-    customer.add_argument(
-        "--at",
-        type=instant,
-        metavar="TIMESTAMP",
-        help="RFC 3339 instant at which window and score features are computed (default: now)",
-    )
+    customer.add_argument("customer_ids", nargs="+", metavar="CUSTOMER_ID")
+    store_arguments(customer, computed="window and score features")
     customer.set_defaults(func=_customer)
 
     forget_ = sub.add_parser(
@@ -67,15 +62,9 @@ def register(sub: Subparsers) -> None:
         "state that reads (use `erase`) and one in a newer release's format (finish that "
         "rollout instead). Settings as for `customer`.",
     )
-    _customer_arguments(forget_)
+    forget_.add_argument("customer_ids", nargs="+", metavar="CUSTOMER_ID")
+    store_arguments(forget_)
     forget_.set_defaults(func=_forget)
-
-
-def _customer_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("customer_ids", nargs="+", metavar="CUSTOMER_ID")
-    parser.add_argument(
-        "--partitions", type=positive, help="partition count of the input topics (asked of Kafka)"
-    )
 
 
 def _erase(args: argparse.Namespace) -> int:

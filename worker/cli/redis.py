@@ -11,12 +11,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from dataclasses import replace
 
 from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
-from worker.cli.common import Subparsers
-from worker.settings import Settings
+from worker.cli.common import Subparsers, redis_settings
 from worker.store import LIBRARY, connect, store_for
 
 
@@ -44,9 +42,7 @@ def register(sub: Subparsers) -> None:
 
 
 def _install(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
-    if args.redis_url:
-        settings = replace(settings, redis_url=args.redis_url)
+    settings = redis_settings(args.redis_url)
 
     async def main() -> tuple[bool, int]:
         client = connect(settings)

@@ -7,14 +7,13 @@ import argparse
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import cast
 
 import orjson
 import redis
 
-from worker.cli.common import Subparsers, instant
+from worker.cli.common import Subparsers, instant, prefix_argument, redis_settings
 from worker.cli.replay import feed
 from worker.core.codec import decode_state
 from worker.core.events import ParseLimits
@@ -55,7 +54,7 @@ def register(sub: Subparsers) -> None:
     where = diff.add_mutually_exclusive_group(required=True)
     where.add_argument("--redis", metavar="URL", help="read the worker's state from this Redis")
     where.add_argument("--events", type=Path, help="replay this events file (JSON lines)")
-    diff.add_argument("--prefix", default="sw", help="Redis key prefix (%(default)s)")
+    prefix_argument(diff)
     diff.add_argument(
         "--as-of",
         type=instant,
@@ -100,7 +99,7 @@ def _diff(args: argparse.Namespace) -> int:
     old, new = load_rules(args.rules), load_rules(args.new)
     if args.redis:
         # TLS files and the like still come from SEGMENT_WORKER_REDIS_TLS_*
-        settings = replace(Settings.from_env(), redis_url=args.redis, redis_prefix=args.prefix)
+        settings = redis_settings(args.redis, args.prefix)
         states = list(redis_states(settings))
         at_ms = args.as_of if args.as_of is not None else int(time.time() * 1000)
     else:
