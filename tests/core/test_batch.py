@@ -1,15 +1,22 @@
 """The live worker's batch step agrees with replay on the same input."""
 
-from collections import defaultdict
-from itertools import islice
-
 import orjson
 import pytest
 
+from tests.core.batching import (
+    FUTURE,
+    LIMITS,
+    RULES,
+    TOPICS,
+    Live,
+    in_batches,
+    latest,
+    records,
+    replay,
+)
 from worker.core.batch import (
     InRecord,
     Outcome,
-    Topics,
     accept_erasures,
     apply_batch,
     customers_of,
@@ -17,91 +24,12 @@ from worker.core.batch import (
     reevaluate_batch,
     sweep,
 )
-from worker.core.changes import SegmentChange
 from worker.core.codec import OutRecord, decode_state, encode_state
-from worker.core.events import ParseLimits, Reason, Rejection
-from worker.core.rules import default_rules_text, load_rules, parse_rules
+from worker.core.events import Reason, Rejection
+from worker.core.rules import default_rules_text, parse_rules
 from worker.core.state import CustomerState
 from worker.core.timeutil import DAY_MS, parse_rfc3339
 from worker.core.views import describe
-from worker.replay import Replayer
-from worker.tools.simulate import FeedFaults, Simulator
-
-RULES = load_rules(None)
-TOPICS = Topics()
-FUTURE = parse_rfc3339("2100-01-01T00:00:00Z")
-LIMITS = ParseLimits()
-START = parse_rfc3339("2025-01-01T00:00:00Z")
-
-
-def document(change: SegmentChange) -> dict[str, object]:
-    """A change as published, but for when it was emitted (the one field allowed to differ)."""
-    doc: dict[str, object] = orjson.loads(change.to_json())
-    del doc["emitted_at"]
-    return doc
-
-
-def records(count: int, seed: int = 11) -> list[InRecord]:
-    sim = Simulator(seed, 300, START, faults=FeedFaults.realistic())
-    return [InRecord(e.topic, 0, n, e.key, e.value) for n, e in enumerate(islice(sim, count))]
-
-
-class Live:
-    """The worker's loop with a dict of encoded states standing in for Redis."""
-
-    def __init__(self) -> None:
-        self.redis: dict[str, bytes] = {}
-        self.out: list[OutRecord] = []
-        self.changes: dict[str, list[dict[str, object]]] = defaultdict(list)
-
-    def load(self, customer_ids: list[str]) -> dict[str, CustomerState | None]:
-        return {
-            c: decode_state(c, self.redis[c]) if c in self.redis else None for c in customer_ids
-        }
-
-    def run(self, batch: list[InRecord], now_ms: int) -> None:
-        parsed = parse_batch(batch, TOPICS, FUTURE, LIMITS)
-        outcome = apply_batch(
-            batch,
-            parsed,
-            self.load(customers_of(parsed)),
-            rules=RULES,
-            topics=TOPICS,
-            now_ms=now_ms,
-        )
-        self.store(outcome)
-
-    def sweep(self, now_ms: int) -> None:
-        self.store(sweep(self.load(sorted(self.redis)), RULES, TOPICS, now_ms))
-
-    def store(self, outcome) -> None:  # type: ignore[no-untyped-def]
-        for cid, state in outcome.states.items():
-            self.redis[cid] = encode_state(state)
-        self.out += outcome.out
-        for change in outcome.changes:
-            self.changes[change.customer_id].append(document(change))
-
-
-def replay(
-    batch: list[InRecord], as_of: int
-) -> tuple[Replayer, dict[str, list[dict[str, object]]]]:
-    changes: dict[str, list[dict[str, object]]] = defaultdict(list)
-    replayer = Replayer(
-        RULES,
-        lambda c: changes[c.customer_id].append(document(c)),
-        lambda *_: None,
-        limits=LIMITS,
-        future_reference_ms=FUTURE,
-    )
-    for r in batch:
-        kind = b"order" if r.topic == "orders" else b"visit"
-        assert r.value is not None
-        line = (
-            r.value if not r.value.startswith(b"{") else b'{"type":"' + kind + b'",' + r.value[1:]
-        )
-        replayer.feed(line, r.offset)
-    replayer.advance(as_of)
-    return replayer, changes
 
 
 def test_batches_of_one_with_the_event_clock_give_replays_changes_and_state() -> None:
@@ -109,12 +37,8 @@ def test_batches_of_one_with_the_event_clock_give_replays_changes_and_state() ->
     as_of = parse_rfc3339("2026-06-01T00:00:00Z")
     replayer, expected = replay(batch, as_of)
     live = Live()
-    clock = 0
-    for record in batch:
-        parsed = parse_batch([record], TOPICS, FUTURE, LIMITS)[0]
-        if not isinstance(parsed, Rejection):
-            clock = max(clock, parsed.occurred_ms)
-        live.run([record], clock)
+    for chunk, _, clock in in_batches(batch, 1):
+        live.run(chunk, clock)
     live.sweep(as_of)
     assert dict(live.changes) == dict(expected)
     day = as_of // 86_400_000
@@ -131,12 +55,7 @@ def test_big_batches_reach_the_same_final_state(size: int) -> None:
     as_of = parse_rfc3339("2026-06-01T00:00:00Z")
     replayer, _ = replay(batch, as_of)
     live = Live()
-    clock = 0
-    for i in range(0, len(batch), size):
-        chunk = batch[i : i + size]
-        for p in parse_batch(chunk, TOPICS, FUTURE, LIMITS):
-            if not isinstance(p, Rejection):
-                clock = max(clock, p.occurred_ms)
+    for chunk, _, clock in in_batches(batch, size):
         live.run(chunk, clock)
         live.sweep(clock)
     live.sweep(as_of)
@@ -250,11 +169,7 @@ def test_erasure_requests_for_no_possible_customer_of_the_partition_are_dead_let
 def test_reevaluation_under_new_rules_emits_rules_change_once() -> None:
     live = Live()
     batch = records(800, seed=13)
-    clock = max(
-        p.occurred_ms
-        for p in parse_batch(batch, TOPICS, FUTURE, LIMITS)
-        if not isinstance(p, Rejection)
-    )
+    clock = latest(parse_batch(batch, TOPICS, FUTURE, LIMITS))
     live.run(batch, clock)
     text = default_rules_text().replace(b'orders_total >= 3" }', b'orders_total >= 2" }')
     new = parse_rules(text, "new")
@@ -279,7 +194,7 @@ def test_a_customer_absorbed_after_lost_writes_is_classified_by_its_timer_in_a_r
     changes, the same next due day), not once at the later instant."""
     batch = records(800, seed=17)
     parsed = parse_batch(batch, TOPICS, FUTURE, LIMITS)
-    clock = max(p.occurred_ms for p in parsed if not isinstance(p, Rejection))
+    clock = latest(parsed)
     absorbed = apply_batch(batch, parsed, {}, rules=RULES, topics=TOPICS, now_ms=clock, quiet=True)
     assert absorbed.changes == [] and absorbed.states
     stored = {cid: encode_state(s) for cid, s in absorbed.states.items()}

@@ -6,7 +6,17 @@ from collections import Counter
 import orjson
 import pytest
 
-from tests.core.test_batch import FUTURE, LIMITS, RULES, TOPICS, Live, records, replay
+from tests.core.batching import (
+    FUTURE,
+    LIMITS,
+    RULES,
+    TOPICS,
+    Live,
+    in_batches,
+    latest,
+    records,
+    replay,
+)
 from worker.core.batch import apply_batch, parse_batch, reevaluate_batch
 from worker.core.classes import (
     ERASED_HEADER,
@@ -15,7 +25,6 @@ from worker.core.classes import (
     classes_tombstone,
 )
 from worker.core.codec import OutRecord
-from worker.core.events import Rejection
 from worker.core.rules import default_rules_text, parse_rules
 from worker.core.state import CustomerState
 from worker.core.timeutil import format_ms, parse_rfc3339
@@ -73,12 +82,8 @@ def test_batches_of_one_publish_replays_classes_and_since_for_every_customer() -
     batch = records(6000)
     replayer, _ = replay(batch, AS_OF)
     live = Live()
-    clock = 0
-    for record in batch:
-        parsed = parse_batch([record], TOPICS, FUTURE, LIMITS)[0]
-        if not isinstance(parsed, Rejection):
-            clock = max(clock, parsed.occurred_ms)
-        live.run([record], clock)
+    for chunk, _, clock in in_batches(batch, 1):
+        live.run(chunk, clock)
     live.sweep(AS_OF)
     want = {
         cid: classes_document(s) for cid, s in replayer.states.items() if any(s.classes.values())
@@ -93,13 +98,7 @@ def test_a_batch_publishes_each_moved_customer_once_with_its_final_classes(size:
     batch = records(4000, seed=12)
     replayer, _ = replay(batch, AS_OF)
     live = Live()
-    clock = 0
-    for i in range(0, len(batch), size):
-        chunk = batch[i : i + size]
-        parsed = parse_batch(chunk, TOPICS, FUTURE, LIMITS)
-        for p in parsed:
-            if not isinstance(p, Rejection):
-                clock = max(clock, p.occurred_ms)
+    for chunk, parsed, clock in in_batches(batch, size):
         outcome = apply_batch(
             chunk, parsed, live.load(sorted({r.key.decode() for r in chunk if r.key})),
             rules=RULES, topics=TOPICS, now_ms=clock,
@@ -127,7 +126,7 @@ def test_a_batch_publishes_each_moved_customer_once_with_its_final_classes(size:
 def test_quiet_absorption_publishes_nothing() -> None:
     batch = records(800, seed=17)
     parsed = parse_batch(batch, TOPICS, FUTURE, LIMITS)
-    clock = max(p.occurred_ms for p in parsed if not isinstance(p, Rejection))
+    clock = latest(parsed)
     outcome = apply_batch(batch, parsed, {}, rules=RULES, topics=TOPICS, now_ms=clock, quiet=True)
     assert outcome.states and not [r for r in outcome.out if r.topic == TOPICS.classes]
 
@@ -135,11 +134,7 @@ def test_quiet_absorption_publishes_nothing() -> None:
 def test_a_rules_change_publishes_the_customers_it_moved() -> None:
     live = Live()
     batch = records(800, seed=13)
-    clock = max(
-        p.occurred_ms
-        for p in parse_batch(batch, TOPICS, FUTURE, LIMITS)
-        if not isinstance(p, Rejection)
-    )
+    clock = latest(parse_batch(batch, TOPICS, FUTURE, LIMITS))
     live.run(batch, clock)
     text = default_rules_text().replace(b'orders_total >= 3" }', b'orders_total >= 2" }')
     outcome = reevaluate_batch(
