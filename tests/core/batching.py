@@ -12,7 +12,7 @@ from worker.core.batch import InRecord, Topics, apply_batch, customers_of, parse
 from worker.core.changes import SegmentChange
 from worker.core.codec import OutRecord, decode_state, encode_state
 from worker.core.events import Event, ParseLimits, Rejection
-from worker.core.rules import load_rules
+from worker.core.rules import default_rules_text, load_rules, parse_rules
 from worker.core.state import CustomerState
 from worker.core.timeutil import parse_rfc3339
 from worker.replay import Replayer
@@ -23,6 +23,10 @@ TOPICS = Topics()
 FUTURE = parse_rfc3339("2100-01-01T00:00:00Z")
 LIMITS = ParseLimits()
 START = parse_rfc3339("2025-01-01T00:00:00Z")
+MEMBER_AT_TWO = parse_rules(
+    default_rules_text().replace(b'orders_total >= 3" }', b'orders_total >= 2" }'), "new"
+)
+"""The default rules with membership from 2 orders, not 3: a change that moves customers."""
 
 
 def document(change: SegmentChange) -> dict[str, object]:
@@ -95,7 +99,7 @@ def replay(
     return replayer, changes
 
 
-def latest(parsed: list[Event | Rejection], clock: int = 0) -> int:
+def event_clock(parsed: list[Event | Rejection], clock: int = 0) -> int:
     """The event clock after ``parsed``: the latest instant a valid event occurred at, or
     ``clock`` if none is later (as a worker whose clock follows its input sees it)."""
     return max([clock, *(p.occurred_ms for p in parsed if not isinstance(p, Rejection))])
@@ -105,10 +109,18 @@ def in_batches(
     batch: list[InRecord], size: int
 ) -> Iterator[tuple[list[InRecord], list[Event | Rejection], int]]:
     """``batch`` cut into batches of ``size`` records, each with what ``parse_batch`` makes
-    of it and the event clock once it is read (see :func:`latest`)."""
+    of it and the event clock once it is read (see :func:`event_clock`)."""
     clock = 0
     for i in range(0, len(batch), size):
         chunk = batch[i : i + size]
         parsed = parse_batch(chunk, TOPICS, FUTURE, LIMITS)
-        clock = latest(parsed, clock)
+        clock = event_clock(parsed, clock)
         yield chunk, parsed, clock
+
+
+def ran(batch: list[InRecord]) -> tuple[Live, int]:
+    """A :class:`Live` that applied ``batch`` in one go at its event clock, and that clock."""
+    live = Live()
+    clock = event_clock(parse_batch(batch, TOPICS, FUTURE, LIMITS))
+    live.run(batch, clock)
+    return live, clock

@@ -6,11 +6,13 @@ import pytest
 from tests.core.batching import (
     FUTURE,
     LIMITS,
+    MEMBER_AT_TWO,
     RULES,
     TOPICS,
     Live,
+    event_clock,
     in_batches,
-    latest,
+    ran,
     records,
     replay,
 )
@@ -26,7 +28,6 @@ from worker.core.batch import (
 )
 from worker.core.codec import OutRecord, decode_state, encode_state
 from worker.core.events import Reason, Rejection
-from worker.core.rules import default_rules_text, parse_rules
 from worker.core.state import CustomerState
 from worker.core.timeutil import DAY_MS, parse_rfc3339
 from worker.core.views import describe
@@ -167,21 +168,16 @@ def test_erasure_requests_for_no_possible_customer_of_the_partition_are_dead_let
 
 
 def test_reevaluation_under_new_rules_emits_rules_change_once() -> None:
-    live = Live()
-    batch = records(800, seed=13)
-    clock = latest(parse_batch(batch, TOPICS, FUTURE, LIMITS))
-    live.run(batch, clock)
-    text = default_rules_text().replace(b'orders_total >= 3" }', b'orders_total >= 2" }')
-    new = parse_rules(text, "new")
-    outcome = reevaluate_batch(live.load(sorted(live.redis)), new, TOPICS, clock)
+    live, clock = ran(records(800, seed=13))
+    outcome = reevaluate_batch(live.load(sorted(live.redis)), MEMBER_AT_TWO, TOPICS, clock)
     moved = [c for c in outcome.changes if c.dimension == "membership"]
     assert moved and all(
-        c.cause.type == "rules_change" and c.cause.event_id == new.version for c in moved
+        c.cause.type == "rules_change" and c.cause.event_id == MEMBER_AT_TWO.version for c in moved
     )
     assert {(c.from_class, c.to_class) for c in moved} == {("ordinary", "member")}
-    assert all(s.rules_version == new.version for s in outcome.states.values())
+    assert all(s.rules_version == MEMBER_AT_TWO.version for s in outcome.states.values())
     live.store(outcome)
-    again = reevaluate_batch(live.load(sorted(live.redis)), new, TOPICS, clock)
+    again = reevaluate_batch(live.load(sorted(live.redis)), MEMBER_AT_TWO, TOPICS, clock)
     assert again.changes == [] and again.states == {}
 
 
@@ -194,7 +190,7 @@ def test_a_customer_absorbed_after_lost_writes_is_classified_by_its_timer_in_a_r
     changes, the same next due day), not once at the later instant."""
     batch = records(800, seed=17)
     parsed = parse_batch(batch, TOPICS, FUTURE, LIMITS)
-    clock = latest(parsed)
+    clock = event_clock(parsed)
     absorbed = apply_batch(batch, parsed, {}, rules=RULES, topics=TOPICS, now_ms=clock, quiet=True)
     assert absorbed.changes == [] and absorbed.states
     stored = {cid: encode_state(s) for cid, s in absorbed.states.items()}

@@ -9,11 +9,13 @@ import pytest
 from tests.core.batching import (
     FUTURE,
     LIMITS,
+    MEMBER_AT_TWO,
     RULES,
     TOPICS,
     Live,
+    event_clock,
     in_batches,
-    latest,
+    ran,
     records,
     replay,
 )
@@ -25,7 +27,6 @@ from worker.core.classes import (
     classes_tombstone,
 )
 from worker.core.codec import OutRecord
-from worker.core.rules import default_rules_text, parse_rules
 from worker.core.state import CustomerState
 from worker.core.timeutil import format_ms, parse_rfc3339
 
@@ -126,20 +127,14 @@ def test_a_batch_publishes_each_moved_customer_once_with_its_final_classes(size:
 def test_quiet_absorption_publishes_nothing() -> None:
     batch = records(800, seed=17)
     parsed = parse_batch(batch, TOPICS, FUTURE, LIMITS)
-    clock = latest(parsed)
+    clock = event_clock(parsed)
     outcome = apply_batch(batch, parsed, {}, rules=RULES, topics=TOPICS, now_ms=clock, quiet=True)
     assert outcome.states and not [r for r in outcome.out if r.topic == TOPICS.classes]
 
 
 def test_a_rules_change_publishes_the_customers_it_moved() -> None:
-    live = Live()
-    batch = records(800, seed=13)
-    clock = latest(parse_batch(batch, TOPICS, FUTURE, LIMITS))
-    live.run(batch, clock)
-    text = default_rules_text().replace(b'orders_total >= 3" }', b'orders_total >= 2" }')
-    outcome = reevaluate_batch(
-        live.load(sorted(live.redis)), parse_rules(text, "new"), TOPICS, clock
-    )
+    live, clock = ran(records(800, seed=13))
+    outcome = reevaluate_batch(live.load(sorted(live.redis)), MEMBER_AT_TWO, TOPICS, clock)
     moved = {c.customer_id for c in outcome.changes}
     assert moved
     published = {
