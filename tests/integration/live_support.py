@@ -268,6 +268,18 @@ async def assert_state_matches(
         assert a == b, cid
 
 
+async def assert_matches_replay(
+    settings: Settings, events: list[SimEvent], *, exact: bool = True
+) -> int:
+    """The worker's outputs are replay's for ``events`` as of NOW: the same change ids, and the
+    same state in Redis (``exact``: see :func:`assert_state_matches`). Returns replay's count
+    of rejected records, for the caller's dead-letter check."""
+    replayer, expected, rejects = replay(events, NOW)
+    assert change_ids(await read_all(settings, settings.topic_changes)) == documents(expected)
+    await assert_state_matches(settings, replayer, NOW // DAY_MS, exact=exact)
+    return rejects
+
+
 def assert_unbroken_chains(records: list[ConsumerRecord[bytes, bytes]], replayer: Replayer) -> None:
     """Per customer and dimension, in topic order: each change starts where the last ended,
     and the last one ends at the class replay ends with."""

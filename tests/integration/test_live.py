@@ -24,6 +24,7 @@ from tests.integration.live_support import (
     ManualClock,
     Produced,
     all_committed,
+    assert_matches_replay,
     assert_state_matches,
     assert_unbroken_chains,
     change_ids,
@@ -230,10 +231,7 @@ async def test_kill_9_then_restart_loses_and_duplicates_nothing(
     assert code == 137, worker_log(doomed)
     async with worker_process(settings, NOW):
         await wait_until(lambda: all_committed(settings, produced), 90, "restart catches up")
-    expected_replay, expected, _ = replay(events, NOW)
-    got = change_ids(await read_all(settings, settings.topic_changes))
-    assert got == documents(expected)
-    await assert_state_matches(settings, expected_replay, NOW // DAY_MS)
+    await assert_matches_replay(settings, events)
 
 
 async def test_two_workers_split_partitions_and_one_takes_over(settings: Settings) -> None:
@@ -255,10 +253,7 @@ async def test_two_workers_split_partitions_and_one_takes_over(settings: Setting
             if w.poll() is None:
                 w.send_signal(signal.SIGTERM)
                 w.wait(30)
-    expected_replay, expected, _ = replay(first_half, NOW)
-    got = change_ids(await read_all(settings, settings.topic_changes))
-    assert got == documents(expected)
-    await assert_state_matches(settings, expected_replay, NOW // DAY_MS)
+    await assert_matches_replay(settings, first_half)
 
 
 async def test_redis_restart_with_aof_mid_stream(broker: Broker, redis_factory) -> None:  # type: ignore[no-untyped-def]
@@ -273,10 +268,7 @@ async def test_redis_restart_with_aof_mid_stream(broker: Broker, redis_factory) 
         await asyncio.to_thread(redis.restart)
         produced = await produce(settings, events[half:], produced)
         await wait_until(lambda: all_committed(settings, produced), 90, "after the restart")
-    expected_replay, expected, _ = replay(events, NOW)
-    got = change_ids(await read_all(settings, settings.topic_changes))
-    assert got == documents(expected)
-    await assert_state_matches(settings, expected_replay, NOW // DAY_MS)
+    await assert_matches_replay(settings, events)
 
 
 async def test_hot_reload_reevaluates_everyone_and_refuses_a_bad_file(
@@ -425,10 +417,7 @@ async def test_an_ex_owner_that_wakes_up_is_fenced_and_writes_nothing(settings: 
         second = Worker(replace(settings, http_port=free_port()), ManualClock(NOW))
         async with running(second):
             await wait_until(lambda: all_committed(settings, produced), 90, "new owners")
-    expected_replay, expected, _ = replay(events, NOW)
-    await assert_state_matches(settings, expected_replay, NOW // DAY_MS)
-    got = change_ids(await read_all(settings, settings.topic_changes))
-    assert got == documents(expected)
+    await assert_matches_replay(settings, events)
 
 
 async def stopped_until_repaired(
@@ -489,10 +478,7 @@ async def test_a_state_it_cannot_read_stops_its_partition_until_it_reads(
         produced = await produce(settings, later, produced)
         await client.aclose()
         await stopped_until_repaired(settings, produced, worker, cid, readable)
-    expected_replay, expected, _ = replay(events, NOW)
-    await assert_state_matches(settings, expected_replay, NOW // DAY_MS, exact=False)
-    got = change_ids(await read_all(settings, settings.topic_changes))
-    assert got == documents(expected)
+    await assert_matches_replay(settings, events, exact=False)
 
 
 async def test_a_state_it_cannot_read_on_taking_a_partition_over_stops_only_that_partition(
@@ -523,10 +509,7 @@ async def test_a_state_it_cannot_read_on_taking_a_partition_over_stops_only_that
     await client.aclose()
     async with worker_process(settings, NOW) as worker:
         await stopped_until_repaired(settings, produced, worker, cid, readable)
-    expected_replay, expected, _ = replay(events[:half] + later, NOW)
-    await assert_state_matches(settings, expected_replay, NOW // DAY_MS, exact=False)
-    got = change_ids(await read_all(settings, settings.topic_changes))
-    assert got == documents(expected)
+    await assert_matches_replay(settings, events[:half] + later, exact=False)
 
 
 async def test_a_state_an_earlier_release_wrote_is_read_and_rewritten(settings: Settings) -> None:
