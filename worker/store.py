@@ -376,11 +376,18 @@ class Store:
         outbox: Sequence[bytes],
         offsets: Mapping[str, int],
         populations: Mapping[tuple[str, str], int] | None = None,
+        acked: int = 0,
+        relayed: int | None = None,
     ) -> None:
         """One atomic call (one round trip): states (None deletes), due index (None removes),
         outbox records appended in order, input offsets (``off:<topic>`` = max(stored, given):
-        never backwards) and class population deltas. Raises :class:`Fenced`, having written
-        nothing, if another worker claimed the partition since ``claim``."""
+        never backwards) and class population deltas; first, as :meth:`ack_outbox` would, the
+        trim of the ``acked`` records at the outbox's head and the ``relayed`` mark (the ack of
+        the previous batch's relay, folded into this call: one round trip less per batch).
+        Raises :class:`Fenced`, having written nothing, if another worker claimed the
+        partition since ``claim``."""
+        if acked < 0:
+            raise ValueError(f"acked must be >= 0, got {acked}")
         p = claim.partition
         set_keys: list[str] = []
         blobs: list[bytes] = []
@@ -412,7 +419,11 @@ class Store:
         args: list[str | bytes | int] = [*header, *blobs, *zadd, *zrem, *outbox]
         args += flat_offsets
         args += pops
-        await self._fenced_call("segment_worker_commit", claim, names, args)
+        if acked == 0 and relayed is None:
+            await self._fenced_call("segment_worker_commit", claim, names, args)
+            return
+        ack: list[str | bytes | int] = [acked, "" if relayed is None else relayed]
+        await self._fenced_call("segment_worker_ack_commit", claim, names, ack + args)
 
     async def ack_outbox(self, claim: Claim, count: int, relayed: int | None = None) -> None:
         """Trim the first ``count`` records, which the relay has had acknowledged by the broker,

@@ -238,6 +238,40 @@ async def test_ack_remembers_how_far_changes_were_relayed_and_never_goes_back(
     assert await store.outbox(1, 10) == []
 
 
+async def test_a_commit_can_carry_the_ack_of_the_previous_relay(
+    store: Store, client: CountingRedis
+) -> None:
+    claim = await store.claim(1)
+    await store.commit(claim, states={}, due={}, outbox=[b"r0", b"r1", b"r2"], offsets={})
+    client.sent.clear()
+    await store.commit(
+        claim, states={}, due={}, outbox=[b"r3"], offsets={"orders": 4}, acked=2, relayed=40
+    )
+    assert client.sent == ["FCALL"]  # trim and commit: one round trip
+    assert await store.outbox(1, 10) == [b"r2", b"r3"]
+    assert await store.relayed(1) == 40
+    await store.commit(claim, states={}, due={}, outbox=[], offsets={}, relayed=12)
+    assert await store.relayed(1) == 40  # a mark never goes back
+    await store.commit(claim, states={}, due={}, outbox=[b"r4"], offsets={}, acked=2)
+    assert await store.outbox(1, 10) == [b"r4"]
+    assert (await store.claim(1)).offsets == {"orders": 4}
+    with pytest.raises(ValueError, match="acked"):
+        await store.commit(claim, states={}, due={}, outbox=[], offsets={}, acked=-1)
+
+
+async def test_a_fenced_commit_does_not_trim_either(store: Store) -> None:
+    old = await store.claim(1)
+    await store.commit(old, states={}, due={}, outbox=[b"r0", b"r1"], offsets={})
+    await store.claim(1)
+    with pytest.raises(Fenced):
+        await store.commit(
+            old, states={"a": b"x"}, due={}, outbox=[b"r2"], offsets={}, acked=2, relayed=9
+        )
+    assert await store.outbox(1, 10) == [b"r0", b"r1"]
+    assert await store.relayed(1) == 0
+    assert await store.get(1, "a") is None
+
+
 async def test_large_commit_in_one_call(store: Store, client: CountingRedis) -> None:
     claim = await store.claim(7)
     ids = [f"customer-{i:05d}" for i in range(2_000)]
@@ -464,6 +498,18 @@ BAD_CALLS: dict[str, tuple[tuple[object, ...], str]] = {
         ("segment_worker_ack", 2, META, OUT, 1, 1, "-5"),
         "segment_worker_ack: relayed must be a non-negative integer",
     ),
+    "ack_commit count negative": (
+        ("segment_worker_ack_commit", 5, META, DUE, OUT, CA, CB, -1, "", *commit_call()[7:]),
+        "segment_worker_ack_commit: count must be a non-negative integer",
+    ),
+    "ack_commit relayed not an offset": (
+        ("segment_worker_ack_commit", 5, META, DUE, OUT, CA, CB, 1, "x", *commit_call()[7:]),
+        "segment_worker_ack_commit: relayed must be a non-negative integer",
+    ),
+    "ack_commit with a bad commit part": (
+        ("segment_worker_ack_commit", 5, META, DUE, OUT, CA, CB, 1, "", *commit_call(epoch=0)[7:]),
+        "segment_worker_ack_commit: epoch must be >= 1",
+    ),
     "erase key of another customer": (
         ("segment_worker_erase", 4, META, DUE, CB, XA, 1, "a", ""),
         'segment_worker_erase: KEYS[3] must be "sw:{p3}:c:a"',
@@ -585,7 +631,7 @@ async def test_store_refuses_a_prefix_with_braces_and_a_decoding_client(redis_ur
 async def test_load_library_is_idempotent_and_replaces_other_code(
     store: Store, client: CountingRedis
 ) -> None:
-    assert await client.fcall_ro("segment_worker_version", 0) == b"7"
+    assert await client.fcall_ro("segment_worker_version", 0) == b"8"
     client.sent.clear()
     await store.load_library()  # the same code is loaded: nothing written
     assert client.sent == ["FUNCTION LIST"]
@@ -625,7 +671,7 @@ async def test_committed_data_survives_kill_9_with_aof(
         assert (await store.read_checked(2, ids)).states == [c.encode() for c in ids]
         assert await store.outbox(2, 10) == [b"r2", b"r3"]
         # Functions were persisted with the data; loading again is harmless.
-        assert await client.fcall_ro("segment_worker_version", 0) == b"7"
+        assert await client.fcall_ro("segment_worker_version", 0) == b"8"
         await store.load_library()
         # The epoch survived too: the old claim still writes, a new claim fences it.
         await store.commit(claim, states={"c0": b"after"}, due={}, outbox=[], offsets={})

@@ -107,12 +107,16 @@ class Relay:
         if records:
             state.backlog = True  # until acked: a retry drains from Redis
             relayed = await self._produce(claim.partition, records)
-            await self.storage.ack(claim, len(records), relayed)
+            # Trimmed by the partition's next commit, in the same call (or when idle).
+            state.acked += len(records)
+            if relayed is not None:
+                state.relayed = max(relayed, state.relayed or 0)
             state.backlog = False
 
     async def drain(self, claim: Claim, in_kafka: frozenset[str] = frozenset()) -> None:
         """Relay what the outbox holds, except changes already in Kafka (``in_kafka``: ids)."""
         store = self.storage.store
+        await self.storage.trim([claim.partition])  # what was relayed is not read again
         while True:
             stored = await self.health.timed("outbox", store.outbox(claim.partition, 500))
             if not stored:
