@@ -3,6 +3,7 @@ index, argument checks before any write, large batches, odd customer ids, AOF re
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -270,6 +271,29 @@ async def test_a_fenced_commit_does_not_trim_either(store: Store) -> None:
     assert await store.outbox(1, 10) == [b"r0", b"r1"]
     assert await store.relayed(1) == 0
     assert await store.get(1, "a") is None
+
+
+async def test_calls_of_one_turn_share_a_round_trip_and_keep_their_own_answers(
+    store: Store, client: CountingRedis
+) -> None:
+    claims = [await store.claim(p) for p in (1, 2, 3)]
+    for claim in claims:
+        state = f"s{claim.partition}".encode()
+        await store.commit(claim, states={"a": state}, due={}, outbox=[], offsets={})
+    client.sent.clear()
+    seen = await asyncio.gather(*(store.read_checked(p, ["a", "b"]) for p in (1, 2, 3)))
+    assert [s.states for s in seen] == [[b"s1", None], [b"s2", None], [b"s3", None]]
+    assert client.sent == []  # one pipeline, not three commands
+    await store.claim(1)  # fences claims[0]
+    results = await asyncio.gather(
+        store.commit(claims[0], states={"b": b"stale"}, due={}, outbox=[], offsets={}),
+        store.commit(claims[1], states={"b": b"fresh"}, due={}, outbox=[], offsets={}),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], Fenced)
+    assert results[1] is None
+    assert await store.get(1, "b") is None
+    assert await store.get(2, "b") == b"fresh"
 
 
 async def test_large_commit_in_one_call(store: Store, client: CountingRedis) -> None:

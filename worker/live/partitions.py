@@ -124,6 +124,10 @@ class Partitions:
         if state is not None:
             state.backlog = True
 
+    def any_acked(self) -> bool:
+        """Whether some outbox holds relayed records not trimmed yet."""
+        return any(s.acked or s.relayed is not None for s in self._states.values())
+
     def any_committable(self) -> bool:
         return any(s.committable for s in self._states.values())
 

@@ -192,8 +192,8 @@ class Pipeline:
             async with self._partitions.lock:
                 try:
                     await self._process(batch)
-                    if not batch:  # idle: trim what the relays had acknowledged
-                        await self._health.retry("ack", self._storage.trim)
+                    if not batch and self._partitions.any_acked():
+                        await self._health.retry("ack", self._storage.trim)  # idle: trim now
                     if self._timers.due():
                         await self._timers.tick()
                 except RedisReset:

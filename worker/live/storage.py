@@ -3,6 +3,7 @@ fencing by a newer owner, and noticing that Redis came back as a different serve
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterable
 
@@ -131,18 +132,21 @@ class Storage:
     async def trim(self, partitions: Iterable[int] | None = None) -> None:
         """Trim what the relays had acknowledged and no commit trimmed yet (of
         ``partitions``, else all): when idle, before a drain reads the outbox, and before a
-        partition is let go, so that its next owner does not read those records again."""
+        partition is let go, so that its next owner does not read those records again. The
+        partitions' calls go side by side (one round trip, see Store)."""
         running = self.partitions.running()
-        for partition in sorted(running if partitions is None else partitions):
-            claim = running.get(partition)
-            acked, relayed = self.partitions.take_acked(partition)
-            if claim is None or (not acked and relayed is None):
-                continue
-            try:
-                await self.ack(claim, acked, relayed)
-            except BaseException:
-                self.partitions.trim_failed(partition)
-                raise
+        numbers = sorted(running if partitions is None else partitions)
+        await asyncio.gather(*(self._trim(p, running[p]) for p in numbers if p in running))
+
+    async def _trim(self, partition: int, claim: Claim) -> None:
+        acked, relayed = self.partitions.take_acked(partition)
+        if not acked and relayed is None:
+            return
+        try:
+            await self.ack(claim, acked, relayed)
+        except BaseException:
+            self.partitions.trim_failed(partition)
+            raise
 
     def fenced(self, partition: int) -> None:
         """A newer owner took the partition: drop it until the rebalance revokes it."""
