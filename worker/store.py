@@ -14,6 +14,7 @@ library of its release is there (:meth:`Store.ensure_library`).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import re
@@ -119,6 +120,57 @@ class Snapshot(NamedTuple):
     erased: set[str]  # unknown customers that have an erasure marker
 
 
+class Coalescer:
+    """Function calls issued in the same turn of the event loop (the partitions of one
+    consumer batch run side by side) go to Redis together, in one round trip: a pipeline
+    without MULTI, in the order issued, each still its own atomic call answered on its own.
+    A call alone goes as it is. (Not for a cluster client: its pipeline would ask a server
+    for the keys of every FCALL; there each call goes straight to its slot's master.)"""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client = client
+        self._pending: list[tuple[tuple[str | bytes | int, ...], asyncio.Future[Any]]] = []
+        self._flushing: set[asyncio.Task[None]] = set()
+
+    async def call(self, *command: str | bytes | int) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if not self._pending:  # runs once this turn's calls are all in
+            task = asyncio.create_task(self._flush())
+            self._flushing.add(task)
+            task.add_done_callback(self._flushing.discard)
+        self._pending.append((command, future))
+        return await future
+
+    async def _flush(self) -> None:
+        calls, self._pending = self._pending, []
+        try:
+            if len(calls) == 1:
+                results = [await cast(Any, self.client).execute_command(*calls[0][0])]
+            else:
+                pipe = self.client.pipeline(transaction=False)
+                for command, _ in calls:
+                    pipe.execute_command(*command)
+                results = await pipe.execute(raise_on_error=False)
+        except BaseException as exc:
+            for _, future in calls:
+                if future.done():
+                    continue
+                if isinstance(exc, asyncio.CancelledError):
+                    future.cancel()
+                else:
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, future), result in zip(calls, results, strict=True):
+            if future.done():
+                continue  # its caller gave up waiting
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+
 @cache
 def library_code() -> str:
     """The Functions library source, shipped as package data."""
@@ -137,6 +189,7 @@ class Store:
         if pool is not None and pool.connection_kwargs.get("decode_responses"):
             raise ValueError("the Redis client must not decode responses: states are bytes")
         self.client = client
+        self._calls = None if isinstance(client, RedisCluster) else Coalescer(client)
         self.keys = Layout(prefix)
         self.pseudonym_key = pseudonym_key or None
 
@@ -376,11 +429,18 @@ class Store:
         outbox: Sequence[bytes],
         offsets: Mapping[str, int],
         populations: Mapping[tuple[str, str], int] | None = None,
+        acked: int = 0,
+        relayed: int | None = None,
     ) -> None:
         """One atomic call (one round trip): states (None deletes), due index (None removes),
         outbox records appended in order, input offsets (``off:<topic>`` = max(stored, given):
-        never backwards) and class population deltas. Raises :class:`Fenced`, having written
-        nothing, if another worker claimed the partition since ``claim``."""
+        never backwards) and class population deltas; first, as :meth:`ack_outbox` would, the
+        trim of the ``acked`` records at the outbox's head and the ``relayed`` mark (the ack of
+        the previous batch's relay, folded into this call: one round trip less per batch).
+        Raises :class:`Fenced`, having written nothing, if another worker claimed the
+        partition since ``claim``."""
+        if acked < 0:
+            raise ValueError(f"acked must be >= 0, got {acked}")
         p = claim.partition
         set_keys: list[str] = []
         blobs: list[bytes] = []
@@ -412,7 +472,11 @@ class Store:
         args: list[str | bytes | int] = [*header, *blobs, *zadd, *zrem, *outbox]
         args += flat_offsets
         args += pops
-        await self._fenced_call("segment_worker_commit", claim, names, args)
+        if acked == 0 and relayed is None:
+            await self._fenced_call("segment_worker_commit", claim, names, args)
+            return
+        ack: list[str | bytes | int] = [acked, "" if relayed is None else relayed]
+        await self._fenced_call("segment_worker_ack_commit", claim, names, ack + args)
 
     async def ack_outbox(self, claim: Claim, count: int, relayed: int | None = None) -> None:
         """Trim the first ``count`` records, which the relay has had acknowledged by the broker,
@@ -500,15 +564,15 @@ class Store:
         ro: bool = False,
     ) -> Any:
         command = "FCALL_RO" if ro else "FCALL"
-        if isinstance(self.client, RedisCluster):
-            # Straight to the slot's master: FCALL's keys are "movable", and redis-py would
-            # otherwise ask a server for them (COMMAND GETKEYS) on every call.
-            node = self.client.get_node_from_key(keys[0])
-            return await self.client.execute_command(
-                command, function, len(keys), *keys, *args, target_nodes=node
-            )
-        call = self.client.fcall_ro if ro else self.client.fcall
-        return await call(function, len(keys), *keys, *args)
+        if self._calls is not None:
+            return await self._calls.call(command, function, len(keys), *keys, *args)
+        # A cluster: straight to the slot's master. FCALL's keys are "movable", and redis-py
+        # would otherwise ask a server for them (COMMAND GETKEYS) on every call.
+        client = cast(RedisCluster, self.client)
+        node = client.get_node_from_key(keys[0])
+        return await client.execute_command(
+            command, function, len(keys), *keys, *args, target_nodes=node
+        )
 
 
 def _library_code(reply: Any) -> str | None:

@@ -3,6 +3,7 @@ index, argument checks before any write, large batches, odd customer ids, AOF re
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -238,6 +239,63 @@ async def test_ack_remembers_how_far_changes_were_relayed_and_never_goes_back(
     assert await store.outbox(1, 10) == []
 
 
+async def test_a_commit_can_carry_the_ack_of_the_previous_relay(
+    store: Store, client: CountingRedis
+) -> None:
+    claim = await store.claim(1)
+    await store.commit(claim, states={}, due={}, outbox=[b"r0", b"r1", b"r2"], offsets={})
+    client.sent.clear()
+    await store.commit(
+        claim, states={}, due={}, outbox=[b"r3"], offsets={"orders": 4}, acked=2, relayed=40
+    )
+    assert client.sent == ["FCALL"]  # trim and commit: one round trip
+    assert await store.outbox(1, 10) == [b"r2", b"r3"]
+    assert await store.relayed(1) == 40
+    await store.commit(claim, states={}, due={}, outbox=[], offsets={}, relayed=12)
+    assert await store.relayed(1) == 40  # a mark never goes back
+    await store.commit(claim, states={}, due={}, outbox=[b"r4"], offsets={}, acked=2)
+    assert await store.outbox(1, 10) == [b"r4"]
+    assert (await store.claim(1)).offsets == {"orders": 4}
+    with pytest.raises(ValueError, match="acked"):
+        await store.commit(claim, states={}, due={}, outbox=[], offsets={}, acked=-1)
+
+
+async def test_a_fenced_commit_does_not_trim_either(store: Store) -> None:
+    old = await store.claim(1)
+    await store.commit(old, states={}, due={}, outbox=[b"r0", b"r1"], offsets={})
+    await store.claim(1)
+    with pytest.raises(Fenced):
+        await store.commit(
+            old, states={"a": b"x"}, due={}, outbox=[b"r2"], offsets={}, acked=2, relayed=9
+        )
+    assert await store.outbox(1, 10) == [b"r0", b"r1"]
+    assert await store.relayed(1) == 0
+    assert await store.get(1, "a") is None
+
+
+async def test_calls_of_one_turn_share_a_round_trip_and_keep_their_own_answers(
+    store: Store, client: CountingRedis
+) -> None:
+    claims = [await store.claim(p) for p in (1, 2, 3)]
+    for claim in claims:
+        state = f"s{claim.partition}".encode()
+        await store.commit(claim, states={"a": state}, due={}, outbox=[], offsets={})
+    client.sent.clear()
+    seen = await asyncio.gather(*(store.read_checked(p, ["a", "b"]) for p in (1, 2, 3)))
+    assert [s.states for s in seen] == [[b"s1", None], [b"s2", None], [b"s3", None]]
+    assert client.sent == []  # one pipeline, not three commands
+    await store.claim(1)  # fences claims[0]
+    results = await asyncio.gather(
+        store.commit(claims[0], states={"b": b"stale"}, due={}, outbox=[], offsets={}),
+        store.commit(claims[1], states={"b": b"fresh"}, due={}, outbox=[], offsets={}),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], Fenced)
+    assert results[1] is None
+    assert await store.get(1, "b") is None
+    assert await store.get(2, "b") == b"fresh"
+
+
 async def test_large_commit_in_one_call(store: Store, client: CountingRedis) -> None:
     claim = await store.claim(7)
     ids = [f"customer-{i:05d}" for i in range(2_000)]
@@ -464,6 +522,18 @@ BAD_CALLS: dict[str, tuple[tuple[object, ...], str]] = {
         ("segment_worker_ack", 2, META, OUT, 1, 1, "-5"),
         "segment_worker_ack: relayed must be a non-negative integer",
     ),
+    "ack_commit count negative": (
+        ("segment_worker_ack_commit", 5, META, DUE, OUT, CA, CB, -1, "", *commit_call()[7:]),
+        "segment_worker_ack_commit: count must be a non-negative integer",
+    ),
+    "ack_commit relayed not an offset": (
+        ("segment_worker_ack_commit", 5, META, DUE, OUT, CA, CB, 1, "x", *commit_call()[7:]),
+        "segment_worker_ack_commit: relayed must be a non-negative integer",
+    ),
+    "ack_commit with a bad commit part": (
+        ("segment_worker_ack_commit", 5, META, DUE, OUT, CA, CB, 1, "", *commit_call(epoch=0)[7:]),
+        "segment_worker_ack_commit: epoch must be >= 1",
+    ),
     "erase key of another customer": (
         ("segment_worker_erase", 4, META, DUE, CB, XA, 1, "a", ""),
         'segment_worker_erase: KEYS[3] must be "sw:{p3}:c:a"',
@@ -585,7 +655,7 @@ async def test_store_refuses_a_prefix_with_braces_and_a_decoding_client(redis_ur
 async def test_load_library_is_idempotent_and_replaces_other_code(
     store: Store, client: CountingRedis
 ) -> None:
-    assert await client.fcall_ro("segment_worker_version", 0) == b"7"
+    assert await client.fcall_ro("segment_worker_version", 0) == b"8"
     client.sent.clear()
     await store.load_library()  # the same code is loaded: nothing written
     assert client.sent == ["FUNCTION LIST"]
@@ -625,7 +695,7 @@ async def test_committed_data_survives_kill_9_with_aof(
         assert (await store.read_checked(2, ids)).states == [c.encode() for c in ids]
         assert await store.outbox(2, 10) == [b"r2", b"r3"]
         # Functions were persisted with the data; loading again is harmless.
-        assert await client.fcall_ro("segment_worker_version", 0) == b"7"
+        assert await client.fcall_ro("segment_worker_version", 0) == b"8"
         await store.load_library()
         # The epoch survived too: the old claim still writes, a new claim fences it.
         await store.commit(claim, states={"c0": b"after"}, due={}, outbox=[], offsets={})

@@ -34,8 +34,8 @@ def register(sub: Subparsers) -> None:
         help="core: the per-event core against parsing alone (default; --events 1000000 "
         "--customers 50000); live: the worker end to end on a broker (--broker) and Redis "
         "against the raw getmany+Lua ceiling and a plain Faust agent, the worker in one "
-        "process per core, latency at half capacity, and Redis bytes per customer (--events "
-        "100000 --customers 20000)",
+        "process per core, latency at half and a tenth of capacity, and Redis bytes per "
+        "customer (--events 100000 --customers 20000)",
     )
     traffic_arguments(bench, events=None, customers=None)
     bench.add_argument("--rules", type=Path, help="rules file (TOML); built-in defaults if unset")
@@ -54,8 +54,8 @@ def register(sub: Subparsers) -> None:
     bench.add_argument(
         "--latency-rate",
         type=positive,
-        help="live: events/s of the paced latency runs (default: half the worker's measured "
-        "capacity); a fixed rate compares brokers or machines at the same load",
+        help="live: events/s of the paced latency run (default: half and a tenth of the "
+        "worker's measured capacity); a fixed rate compares brokers or machines at the same load",
     )
     bench.add_argument(
         "--broker",

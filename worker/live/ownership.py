@@ -24,7 +24,7 @@ from worker.core.reconcile import Trust, lost_window, read_back, reconcile
 from worker.kafka import partition_of
 from worker.live.partitions import Partitions
 from worker.live.relay import Relay
-from worker.live.retry import Health
+from worker.live.retry import TRANSIENT, Health
 from worker.live.storage import RedisReset, Storage
 from worker.metrics import Metrics
 from worker.settings import Settings
@@ -121,11 +121,20 @@ class Ownership:
         """Let revoked partitions go once their relays are out and their offsets committed."""
         numbers = {tp.partition for tp in revoked}
         await self.partitions.settled(numbers, handing_over=True)
+        await self.trim_quietly(numbers)
         await self.relay.commit_offsets(numbers)
         for partition in numbers:
             self.partitions.drop(partition)
         self.metrics.partitions.set(len(self.partitions.owned()))
         self.metrics.stopped.set(len(self.partitions.stopped()))
+
+    async def trim_quietly(self, partitions: Iterable[int] | None = None) -> None:
+        """Before letting partitions go: trim what was relayed, so that the next owner does not
+        relay it again; if Redis does not answer, the next owner's read-back sees to it."""
+        try:
+            await self.storage.trim(partitions)
+        except TRANSIENT as exc:
+            log.warning("outbox trim left to the next owner: %r", exc)
 
     async def take_all_again(self) -> None:
         """Redis came back as a different server: take every owned partition again, so that

@@ -26,6 +26,10 @@ class PartitionState:
     claim: Claim | None = None
     backlog: bool = True  # the outbox may hold unrelayed records
     relaying: asyncio.Task[None] | None = None  # its last batch's relay
+    # Relayed and acknowledged by the broker, not yet trimmed from the outbox: the next
+    # commit trims them in the same call (Storage.commit), or an idle loop does.
+    acked: int = 0
+    relayed: int | None = None  # the change topic's offset after them, for the relay mark
     committable: dict[str, int] = field(default_factory=dict)  # relayed, not yet in the group
     reevaluate_from: int | None = None  # SCAN cursor of a re-evaluation under new rules
     stopped_until: float | None = None  # stopped on a state it cannot read: retry then
@@ -69,6 +73,7 @@ class Partitions:
         if state is None:
             state = self._states[partition] = PartitionState(partition, redis_id)
         state.claim, state.redis_id, state.backlog = claim, redis_id, True
+        state.acked, state.relayed = 0, None  # the take's read-back and drain see to them
         state.recovering = None  # the read-back decides afresh
         return state
 
@@ -100,6 +105,28 @@ class Partitions:
                 )
                 state.committable = {}
         return out
+
+    def take_acked(self, partition: int) -> tuple[int, int | None]:
+        """The records (and relay mark) acknowledged and not trimmed yet, now left to the
+        caller's trim: two trims in flight never take the same records."""
+        state = self._states.get(partition)
+        if state is None:
+            return 0, None
+        taken = state.acked, state.relayed
+        state.acked, state.relayed = 0, None
+        return taken
+
+    def trim_failed(self, partition: int) -> None:
+        """A call with a trim taken by :meth:`take_acked` failed, perhaps after Redis did it:
+        trimming again could take records not yet relayed, so the next relay drains the
+        outbox as Redis holds it instead (records relayed twice keep their event ids)."""
+        state = self._states.get(partition)
+        if state is not None:
+            state.backlog = True
+
+    def any_acked(self) -> bool:
+        """Whether some outbox holds relayed records not trimmed yet."""
+        return any(s.acked or s.relayed is not None for s in self._states.values())
 
     def any_committable(self) -> bool:
         return any(s.committable for s in self._states.values())

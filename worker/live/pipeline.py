@@ -192,6 +192,8 @@ class Pipeline:
             async with self._partitions.lock:
                 try:
                     await self._process(batch)
+                    if not batch and self._partitions.any_acked():
+                        await self._health.retry("ack", self._storage.trim)  # idle: trim now
                     if self._timers.due():
                         await self._timers.tick()
                 except RedisReset:
@@ -201,6 +203,7 @@ class Pipeline:
         """After the loop: let the batch in flight finish, relay its output, commit offsets."""
         async with self._partitions.lock:
             await self._partitions.settled(handing_over=True)
+            await self._ownership.trim_quietly()
             await self._relay.commit_offsets()
 
     async def _process(

@@ -21,6 +21,7 @@ from aiokafka.structs import RecordMetadata
 
 from worker.core.batch import Outcome, Topics
 from worker.core.codec import OutRecord
+from worker.core.partitioner import murmur2
 from worker.core.reconcile import INPUT_HEADER, MAC_HEADER, change_id, sign
 from worker.live.partitions import Partitions
 from worker.live.retry import Health
@@ -107,12 +108,16 @@ class Relay:
         if records:
             state.backlog = True  # until acked: a retry drains from Redis
             relayed = await self._produce(claim.partition, records)
-            await self.storage.ack(claim, len(records), relayed)
+            # Trimmed by the partition's next commit, in the same call (or when idle).
+            state.acked += len(records)
+            if relayed is not None:
+                state.relayed = max(relayed, state.relayed or 0)
             state.backlog = False
 
     async def drain(self, claim: Claim, in_kafka: frozenset[str] = frozenset()) -> None:
         """Relay what the outbox holds, except changes already in Kafka (``in_kafka``: ids)."""
         store = self.storage.store
+        await self.storage.trim([claim.partition])  # what was relayed is not read again
         while True:
             stored = await self.health.timed("outbox", store.outbox(claim.partition, 500))
             if not stored:
@@ -176,32 +181,45 @@ class Relay:
     async def _send(self, partition: int, records: Sequence[OutRecord]) -> int | None:
         """Send and wait for the acks; the change topic's offset after the last change sent.
         Changes go to the input's partition number, so that the change topic's partition N
-        is the history of input partition N (read back when a partition is taken). They go as
-        whole record batches (one future each, not one per change); other records by key."""
+        is the history of input partition N (read back when a partition is taken); other
+        keyed records (classes, dead letters) to the partition Kafka's default partitioner
+        picks for their key, as a keyed send would. Everything goes as whole record batches,
+        closed at once (one future each, not one per record): the producer sends all the
+        batches queued meanwhile in one request, where records sent one by one wait out its
+        linger (5 ms) and take a request of their own. Records without a key go by send."""
         mine = partition if partition in await self.changes_partitions() else None
-        batches: list[tuple[Awaitable[RecordMetadata], int]] = []
+        sorted_partitions: dict[str, list[int]] = {}
+        open_batches: dict[tuple[str, int], BatchBuilder] = {}
+        sent: list[tuple[str, Awaitable[RecordMetadata], int]] = []
         others: list[Awaitable[RecordMetadata]] = []
-        batch = None
         for r in records:
-            if r.topic != self.topics.changes or mine is None:
-                others.append(
-                    await self.producer.send(r.topic, r.value, key=r.key, headers=list(r.headers))
-                )
+            if r.topic == self.topics.changes and mine is not None:
+                target = mine
+            elif r.key is not None:
+                if r.topic not in sorted_partitions:
+                    known = await self.producer.partitions_for(r.topic)
+                    sorted_partitions[r.topic] = sorted(known)
+                candidates = sorted_partitions[r.topic]
+                target = candidates[(murmur2(r.key) & 0x7FFFFFFF) % len(candidates)]
+            else:
+                others.append(await self.producer.send(r.topic, r.value, headers=list(r.headers)))
                 continue
             headers = list(r.headers)
+            batch = open_batches.get((r.topic, target))
             while (
                 batch is None
                 or batch.append(timestamp=None, key=r.key, value=r.value, headers=headers) is None
             ):
                 if batch is not None:  # full: send it; an empty batch takes any record
-                    batches.append(await self._send_batch(batch, mine))
-                batch = self.producer.create_batch()
-        if batch is not None and mine is not None:
-            batches.append(await self._send_batch(batch, mine))
+                    sent.append(await self._send_batch(batch, r.topic, target))
+                batch = open_batches[(r.topic, target)] = self.producer.create_batch()
+        for (topic, target), batch in open_batches.items():
+            sent.append(await self._send_batch(batch, topic, target))
         relayed = None
-        for future, count in batches:
+        for topic, future, count in sent:
             meta = await future
-            relayed = meta.offset + count
+            if topic == self.topics.changes:
+                relayed = max(relayed or 0, meta.offset + count)
         for meta in await asyncio.gather(*others):
             if meta.topic == self.topics.changes:
                 relayed = max(relayed or 0, meta.offset + 1)
@@ -213,10 +231,10 @@ class Relay:
         return relayed
 
     async def _send_batch(
-        self, batch: BatchBuilder, partition: int
-    ) -> tuple[Awaitable[RecordMetadata], int]:
+        self, batch: BatchBuilder, topic: str, partition: int
+    ) -> tuple[str, Awaitable[RecordMetadata], int]:
         # Closed, it goes out at once: an open batch waits out the producer's linger (5 ms)
         # in case more records come, and the relay knows none will.
         batch.close()
-        future = await self.producer.send_batch(batch, self.topics.changes, partition=partition)
-        return future, batch.record_count()
+        future = await self.producer.send_batch(batch, topic, partition=partition)
+        return topic, future, batch.record_count()

@@ -3,8 +3,9 @@ fencing by a newer owner, and noticing that Redis came back as a different serve
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from worker.core.batch import Outcome
 from worker.core.codec import decode_state, encode_state
@@ -78,6 +79,7 @@ class Storage:
     async def commit(self, claim: Claim, outcome: Outcome) -> bool:
         """The one atomic write; False if another worker now owns the partition."""
         await self.partitions.settled([claim.partition])  # the outbox is relayed in commit order
+        acked, relayed = self.partitions.take_acked(claim.partition)
         try:
             await self.health.timed(
                 "commit",
@@ -88,11 +90,17 @@ class Storage:
                     outbox=[r.encode() for r in outcome.out],
                     offsets=outcome.offsets,
                     populations=outcome.population_deltas() + outcome.population,
+                    acked=acked,
+                    relayed=relayed,
                 ),
             )
         except Fenced:
             self.fenced(claim.partition)
             return False
+        except BaseException:
+            if acked or relayed is not None:
+                self.partitions.trim_failed(claim.partition)
+            raise
         for topic, offset in outcome.offsets.items():
             claim.offsets[topic] = max(claim.offsets.get(topic, 0), offset)
         return True
@@ -120,6 +128,25 @@ class Storage:
             await self.health.timed("ack", self.store.ack_outbox(claim, count, relayed))
         except Fenced:
             self.fenced(claim.partition)
+
+    async def trim(self, partitions: Iterable[int] | None = None) -> None:
+        """Trim what the relays had acknowledged and no commit trimmed yet (of
+        ``partitions``, else all): when idle, before a drain reads the outbox, and before a
+        partition is let go, so that its next owner does not read those records again. The
+        partitions' calls go side by side (one round trip, see Store)."""
+        running = self.partitions.running()
+        numbers = sorted(running if partitions is None else partitions)
+        await asyncio.gather(*(self._trim(p, running[p]) for p in numbers if p in running))
+
+    async def _trim(self, partition: int, claim: Claim) -> None:
+        acked, relayed = self.partitions.take_acked(partition)
+        if not acked and relayed is None:
+            return
+        try:
+            await self.ack(claim, acked, relayed)
+        except BaseException:
+            self.partitions.trim_failed(partition)
+            raise
 
     def fenced(self, partition: int) -> None:
         """A newer owner took the partition: drop it until the rebalance revokes it."""

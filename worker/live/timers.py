@@ -11,7 +11,7 @@ from functools import partial
 from pathlib import Path
 
 from worker.clock import Clock
-from worker.core.batch import Topics, reevaluate_batch
+from worker.core.batch import Outcome, Topics, reevaluate_batch
 from worker.core.batch import sweep as sweep_due
 from worker.core.codec import CorruptRecord
 from worker.core.rules import Rules, RulesError, load_rules
@@ -22,6 +22,7 @@ from worker.live.retry import Health
 from worker.live.storage import Storage
 from worker.metrics import Metrics
 from worker.settings import Settings
+from worker.store import Claim
 
 log = logging.getLogger("segment_worker")
 
@@ -134,8 +135,7 @@ class Timers:
                 outcome = reevaluate_batch(states, self.rules, self.topics, now)
                 self.relay.stamp(outcome, claim)
                 if outcome.states and await self.storage.commit(claim, outcome):
-                    await self.health.retry("relay", partial(self.relay.relay, claim, outcome.out))
-                    observe_emits(self.metrics, outcome, [])
+                    self._relay_later(claim, outcome)
                 self.metrics.reevaluated.inc(len(outcome.states))
                 if cursor == 0:
                     await self.storage.mark_rules(claim, self.rules.version)
@@ -145,6 +145,20 @@ class Timers:
             if budget <= 0:
                 break
         self.metrics.reevaluation_pending.set(len(self.partitions.reevaluating()))
+
+    def _relay_later(self, claim: Claim, outcome: Outcome) -> None:
+        """Relay a committed outcome without holding up the loop (and the input batches
+        behind it) while the broker acknowledges: like a batch's, the partition's next
+        commit waits for this relay (Storage.commit), so the outbox goes out in order."""
+        state = self.partitions.get(claim.partition)
+        if state is None:
+            return  # revoked meanwhile: the next owner relays from the outbox
+
+        async def relay() -> None:
+            await self.health.retry("relay", partial(self.relay.relay, claim, outcome.out))
+            observe_emits(self.metrics, outcome, [])
+
+        state.relaying = asyncio.create_task(relay())
 
     async def sweep(self) -> None:
         """Fire the time-driven changes that fell due in every owned partition, then update
@@ -176,9 +190,8 @@ class Timers:
             self.relay.stamp(outcome, claim)
             if not await self.storage.commit(claim, outcome):
                 continue
-            await self.health.retry("relay", partial(self.relay.relay, claim, outcome.out))
+            self._relay_later(claim, outcome)
             self.metrics.timers.inc(outcome.timers)
-            observe_emits(self.metrics, outcome, [])
         self.metrics.timer_backlog.set(backlog)
         totals: dict[tuple[str, str], int] = defaultdict(int)
         for partition in self.partitions.owned():

@@ -50,6 +50,14 @@ segment_worker_commit
         (field, delta) x n_pop             (HINCRBY pop:<field> by delta; delta may be < 0)
   Returns the outbox length after the append.
 
+segment_worker_ack_commit
+  KEYS  as segment_worker_commit
+  ARGV  count, relayed (as segment_worker_ack), then segment_worker_commit's ARGV
+  segment_worker_ack of the previous batch's relayed records and segment_worker_commit of
+  this batch in one atomic step (one round trip), fenced by the commit's epoch: the trim
+  takes the first `count` records, which precede every record this commit appends.
+  Returns the outbox length after the trim and the append.
+
 segment_worker_ack
   KEYS  meta, outbox
   ARGV  epoch, count, relayed ("" or the change topic's offset after the last change relayed)
@@ -90,7 +98,7 @@ segment_worker_version (read-only)
   Returns LIBRARY_VERSION.
 ]]
 
-local LIBRARY_VERSION = '7'
+local LIBRARY_VERSION = '8'
 local CHUNK = 512 -- values per multi-argument command; even, so that pairs never split
 local MAX_INT = 9007199254740991 -- 2^53 - 1
 local HEADER = 8 -- commit: epoch and the seven counts
@@ -302,14 +310,15 @@ end
 
 -- commit
 
-local function check_commit(keys, args)
-  local plan = { epoch = claimed_epoch(args[1]) }
+-- `first`: where the commit's ARGV starts (segment_worker_ack_commit puts the ack's before it).
+local function check_commit_at(keys, args, first)
+  local plan = { epoch = claimed_epoch(args[first]) }
   local names = { 'n_set', 'n_del', 'n_zadd', 'n_zrem', 'n_out', 'n_off', 'n_pop' }
   for i, name in ipairs(names) do
-    plan[name] = uint(args[1 + i], name)
+    plan[name] = uint(args[first + i], name)
   end
   key_count(keys, 3 + plan.n_set + plan.n_del)
-  arg_count(args, HEADER + plan.n_set + 2 * plan.n_zadd + plan.n_zrem + plan.n_out
+  arg_count(args, first - 1 + HEADER + plan.n_set + 2 * plan.n_zadd + plan.n_zrem + plan.n_out
     + 2 * plan.n_off + 2 * plan.n_pop)
 
   local base = base_of(keys[1])
@@ -323,7 +332,7 @@ local function check_commit(keys, args)
   end
 
   -- Offsets of each section in ARGV.
-  plan.blobs = HEADER + 1
+  plan.blobs = first + HEADER
   plan.zadd = plan.blobs + plan.n_set
   plan.zrem = plan.zadd + 2 * plan.n_zadd
   plan.out = plan.zrem + plan.n_zrem
@@ -351,13 +360,12 @@ local function check_commit(keys, args)
   return plan
 end
 
-local function commit(keys, args)
-  local plan, err = admitted('segment_worker_commit', check_commit, keys, args)
-  if err then
-    return err
-  end
+local function check_commit(keys, args)
+  return check_commit_at(keys, args, 1)
+end
 
-  -- Everything is checked: write.
+-- The writes of a checked commit.
+local function write_commit(keys, args, plan)
   mset(keys, 4, args, plan.blobs, plan.n_set)
   del_keys(keys, 4 + plan.n_set, 3 + plan.n_set + plan.n_del)
   call_values('ZADD', keys[2], args, plan.zadd, plan.zrem - 1)
@@ -376,17 +384,44 @@ local function commit(keys, args)
   return redis.call('LLEN', keys[3])
 end
 
+local function commit(keys, args)
+  local plan, err = admitted('segment_worker_commit', check_commit, keys, args)
+  if err then
+    return err
+  end
+  return write_commit(keys, args, plan) -- everything is checked: write
+end
+
 -- ack
+
+-- The ack's count and relayed (ARGV[i], ARGV[i + 1]) into plan.
+local function check_trim(args, i, plan)
+  plan.count, plan.count_text = uint(args[i], 'count'), args[i]
+  if args[i + 1] ~= '' then
+    plan.relayed, plan.relayed_text = uint(args[i + 1], 'relayed'), args[i + 1]
+  end
+end
+
+-- Trims plan.count records off the outbox's head and keeps relayed = max(stored, given).
+local function trim(meta, outbox, plan)
+  if plan.count > 0 then
+    redis.call('LTRIM', outbox, plan.count_text, -1)
+  end
+  if plan.relayed ~= nil then
+    local stored = tonumber(redis.call('HGET', meta, 'relayed') or '0')
+    if plan.relayed > stored then
+      redis.call('HSET', meta, 'relayed', plan.relayed_text)
+    end
+  end
+end
 
 local function check_ack(keys, args)
   key_count(keys, 2)
   arg_count(args, 3)
   local base = base_of(keys[1])
   same_key(keys[2], base .. 'outbox', 'KEYS[2]')
-  local plan = { epoch = uint(args[1], 'epoch'), count = uint(args[2], 'count') }
-  if args[3] ~= '' then
-    plan.relayed = uint(args[3], 'relayed')
-  end
+  local plan = { epoch = uint(args[1], 'epoch') }
+  check_trim(args, 2, plan)
   plan.current = stored_epoch(keys[1])
   key_type(keys[2], 'list', 'outbox key')
   return plan
@@ -397,16 +432,25 @@ local function ack(keys, args)
   if err then
     return err
   end
-  if plan.count > 0 then
-    redis.call('LTRIM', keys[2], args[2], -1)
-  end
-  if plan.relayed ~= nil then
-    local stored = tonumber(redis.call('HGET', keys[1], 'relayed') or '0')
-    if plan.relayed > stored then
-      redis.call('HSET', keys[1], 'relayed', args[3])
-    end
-  end
+  trim(keys[1], keys[2], plan)
   return redis.call('LLEN', keys[2])
+end
+
+-- ack_commit
+
+local function check_ack_commit(keys, args)
+  local plan = check_commit_at(keys, args, 3)
+  check_trim(args, 1, plan)
+  return plan
+end
+
+local function ack_commit(keys, args)
+  local plan, err = admitted('segment_worker_ack_commit', check_ack_commit, keys, args)
+  if err then
+    return err
+  end
+  trim(keys[1], keys[3], plan)
+  return write_commit(keys, args, plan)
 end
 
 -- erase
@@ -527,6 +571,7 @@ end
 redis.register_function('segment_worker_claim', claim)
 redis.register_function('segment_worker_commit', commit)
 redis.register_function('segment_worker_ack', ack)
+redis.register_function('segment_worker_ack_commit', ack_commit)
 redis.register_function('segment_worker_erase', erase)
 redis.register_function('segment_worker_mark_rules', mark_rules)
 redis.register_function('segment_worker_forget', forget)
