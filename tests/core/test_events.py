@@ -1,5 +1,9 @@
+from datetime import UTC, datetime, timedelta
+
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from worker.core.events import Order, ParseLimits, Reason, Rejection, Visit, parse_event
 from worker.core.timeutil import format_ms, parse_rfc3339
@@ -117,3 +121,36 @@ def test_rfc3339_round_trip(text: str, expected: str) -> None:
 def test_rfc3339_rejects_ambiguous_forms(text: str) -> None:
     with pytest.raises(ValueError, match="RFC 3339"):
         parse_rfc3339(text)
+
+
+_FIELDS = st.tuples(
+    st.integers(1, 9999),
+    st.integers(0, 13),
+    st.integers(0, 32),
+    st.integers(0, 25),
+    st.integers(0, 61),
+    st.integers(0, 61),
+    st.integers(0, 999),
+)
+
+
+@given(_FIELDS)
+def test_rfc3339_common_shape_agrees_with_datetime(fields: tuple[int, ...]) -> None:
+    """The fast path for ``YYYY-MM-DDTHH:MM:SS.fffZ`` reads what datetime reads (a leap
+    second as :59), and rejects what is out of range as the general parse does."""
+    year, month, day, hour, minute, second, millis = fields
+    text = f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}.{millis:03d}Z"
+    try:
+        expected = datetime(
+            year, month, day, hour, minute, min(second, 59), millis * 1000, tzinfo=UTC
+        )
+    except ValueError:
+        with pytest.raises(ValueError, match=r"range|must be in"):
+            parse_rfc3339(text)
+        return
+    if second == 61:
+        with pytest.raises(ValueError, match="time of day out of range"):
+            parse_rfc3339(text)
+        return
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    assert parse_rfc3339(text) == (expected - epoch) // timedelta(milliseconds=1)

@@ -1,9 +1,9 @@
 """Byte encodings of what the live worker keeps in Redis: customer states and outbox records.
 
-States are positional JSON arrays led by a format number, so that a format change can be
-read side by side with the old one; a large one is stored zlib-compressed (Redis memory per
-customer is a goal, and order lists compress well). Outbox records carry arbitrary bytes (a
-dead-lettered payload may not even be UTF-8), so they use a length-prefixed binary frame instead.
+States are positional MessagePack arrays led by a format number, so that a format change can
+be read side by side with the old one (formats 3-5 were positional JSON, a large one
+zlib-compressed; they are still read). Outbox records carry arbitrary bytes (a dead-lettered
+payload may not even be UTF-8), so they use a length-prefixed binary frame instead.
 """
 
 from __future__ import annotations
@@ -13,19 +13,24 @@ import struct
 import zlib
 from typing import Any, Final, NamedTuple
 
+import msgspec
 import orjson
 
 from worker.core.state import NO_TIME, CustomerState, OrderRecord
 from worker.errors import SegmentWorkerError
 
-FORMAT: Final = 5
+FORMAT: Final = 6
+_FORMAT_5: Final = 5  # still read: format 6 as JSON, compressed from COMPRESS_FROM bytes on
 _FORMAT_4: Final = 4  # still read: format 5 less the partial refunds and key actions
 _FORMAT_3: Final = 3  # still read: states written before format 4
-# JSON from this size on is stored compressed: ~12 us to compress, ~4 to inflate, and about
-# half the bytes; below it the saving is a few bytes for the same cost. A compressed state
-# starts with zlib's 0x78, JSON with "[".
+# Formats 4 and 5 stored JSON from this size on compressed (~12 us to compress, ~4 to
+# inflate). A compressed state starts with zlib's 0x78, JSON with "[", MessagePack (format
+# 6 on) with an array header (0x90-0x9f, 0xdc, 0xdd).
 COMPRESS_FROM: Final = 256
 _ZLIB: Final = b"\x78"
+_JSON: Final = b"["
+_PACK: Final = msgspec.msgpack.Encoder()
+_UNPACK: Final = msgspec.msgpack.Decoder()
 _VERSION_PREFIX: Final = "sha256:"  # of every rules version (Rules.version)
 _LEN: Final = struct.Struct(">I")
 # Dimension and class names stored as small integers (the default rules' names); any other
@@ -41,73 +46,99 @@ VOCABULARY: Final = (
 _CODE: Final = {name: i for i, name in enumerate(VOCABULARY)}
 
 
+_READ: Final = frozenset((FORMAT, _FORMAT_5, _FORMAT_4, _FORMAT_3))
+
+
 class CorruptRecord(SegmentWorkerError, ValueError):
     """Raised when stored bytes (a state, an outbox record) are not something this version can
     read: damaged, or written by a newer release."""
 
 
 def encode_state(state: CustomerState) -> bytes:
-    """A positional JSON array, still orjson-fast: no field names; names from the vocabulary
-    as integers; order ids without the prefix they all share (ids often embed the customer,
-    the shop or a date); instants as offsets from the state's earliest (3-4 digits fewer
-    each); a class-less dimension as its bare name; the rules version without its constant
-    prefix. On the simulated traffic of 100k customers this averages 237 B where format 3
-    took 277, and 173 B with large states compressed (format 4; format 5 adds the partial
-    refunds, the key-action instants and the traits at the end)."""
-    instants = [r.ms for r in state.orders.values() if r.ms != NO_TIME]
+    """A positional MessagePack array: no field names; names from the vocabulary as small
+    integers; order ids without the prefix they all share (ids often embed the customer, the
+    shop or a date); instants as offsets from the state's earliest; a class-less dimension as
+    its bare name; the rules version's hash as its bytes. MessagePack writes small integers
+    in 1-5 bytes where JSON took 7-11 characters, so states need no compression: format 5
+    (JSON, zlib from 256 B) averaged 173 B on the simulated traffic of 100k customers and
+    cost ~39 us to encode and decode; see docs/benchmarks.md for format 6's figures."""
+    orders = state.orders
+    instants = [r.ms for r in orders.values() if r.ms != NO_TIME]
     instants += state.key_actions
     instants += [ms for ms, _ in state.traits.values()]
     instants += state.since_ms.values()
-    for ms in (state.first_visit_ms, state.last_visit_ms):
-        if ms is not None:
-            instants.append(ms)
+    first_visit, last_visit = state.first_visit_ms, state.last_visit_ms
+    if first_visit is not None:
+        instants.append(first_visit)
+    if last_visit is not None:
+        instants.append(last_visit)
     region_ms = None if state.region_ms < 0 else state.region_ms  # -1: no region seen
     if region_ms is not None:
         instants.append(region_ms)
     base = min(instants, default=0)
-    ids = list(state.orders)
-    prefix = os.path.commonprefix(ids) if len(ids) > 1 else ""  # noqa: RUF071 (by character)
+    prefix = os.path.commonprefix(list(orders)) if len(orders) > 1 else ""  # noqa: RUF071 (by character)
     cut = len(prefix)
-    orders: list[object] = []
+    flat: list[object] = []
     refunds: list[object] = []  # (position of the order, event id, amount) triples
-    for position, (order_id, r) in enumerate(state.orders.items()):
-        offset = None if r.ms == NO_TIME else r.ms - base  # NO_TIME: only voided so far
-        orders += [order_id[cut:], r.flags | (16 if r.paid else 0), offset, r.amount]
-        for event_id, amount in (r.refunds or {}).items():
-            refunds += [position, event_id, amount]
+    for position, (order_id, r) in enumerate(orders.items()):
+        flat += [
+            order_id[cut:],
+            r.flags | 16 if r.paid else r.flags,
+            None if r.ms == NO_TIME else r.ms - base,  # NO_TIME: only voided so far
+            r.amount,
+        ]
+        if r.refunds:
+            for event_id, amount in r.refunds.items():
+                refunds += [position, event_id, amount]
     classes: list[list[object]] = []
+    since_ms = state.since_ms
     for dim, cls in state.classes.items():
-        since = state.since_ms.get(dim)
+        since = since_ms.get(dim)
         if cls is None:
-            classes.append([_name(dim)])
+            classes.append([_CODE.get(dim, dim)])
         elif since is None:
-            classes.append([_name(dim), _name(cls)])
+            classes.append([_CODE.get(dim, dim), _CODE.get(cls, cls)])
         else:
-            classes.append([_name(dim), _name(cls), since - base])
-    version = state.rules_version
-    if version.startswith(_VERSION_PREFIX):
-        version = version[len(_VERSION_PREFIX) :]
-    else:
-        version = "=" + version  # stored as it is
-    data = orjson.dumps(
+            classes.append([_CODE.get(dim, dim), _CODE.get(cls, cls), since - base])
+    return _PACK.encode(
         [
             FORMAT,
             base,
             prefix,
-            orders,
-            _minus(state.first_visit_ms, base),
-            _minus(state.last_visit_ms, base),
+            flat,
+            None if first_visit is None else first_visit - base,
+            None if last_visit is None else last_visit - base,
             state.region,
-            _minus(region_ms, base),
+            None if region_ms is None else region_ms - base,
             classes,
-            version,
+            _packed_version(state.rules_version),
             state.due_day,
             refunds,
             [ms - base for ms in state.key_actions],
             [x for name, (ms, v) in sorted(state.traits.items()) for x in (name, ms - base, v)],
         ]
     )
-    return zlib.compress(data, 1) if len(data) >= COMPRESS_FROM else data
+
+
+def _packed_version(version: str) -> bytes | str:
+    """A rules version (``sha256:`` and lowercase hex, see Rules.version) as the hash's
+    bytes; any other as text led by "=" (stored as it is)."""
+    if version.startswith(_VERSION_PREFIX):
+        digits = version[len(_VERSION_PREFIX) :]
+        try:
+            raw = bytes.fromhex(digits)
+        except ValueError:
+            raw = None
+        if raw is not None and raw.hex() == digits:
+            return raw
+    return "=" + version
+
+
+def _unpacked_version(stored: bytes | str) -> str:
+    """The inverse of _packed_version, and of the JSON formats' text (the hash as hex)."""
+    if isinstance(stored, bytes):
+        return _VERSION_PREFIX + stored.hex()
+    return stored[1:] if stored.startswith("=") else _VERSION_PREFIX + stored
 
 
 def declared_format(data: bytes) -> int | None:
@@ -115,7 +146,7 @@ def declared_format(data: bytes) -> int | None:
     newer release wrote (a format above FORMAT) from a damaged one."""
     try:
         doc = _document(data)
-    except (orjson.JSONDecodeError, zlib.error):
+    except (orjson.JSONDecodeError, zlib.error, msgspec.DecodeError):
         return None
     if isinstance(doc, list) and doc and type(doc[0]) is int:
         return int(doc[0])
@@ -123,12 +154,14 @@ def declared_format(data: bytes) -> int | None:
 
 
 def _document(data: bytes) -> Any:
-    """The JSON a stored state holds, inflated first if it was stored compressed."""
-    return orjson.loads(zlib.decompress(data) if data[:1] == _ZLIB else data)
-
-
-def _minus(ms: int | None, base: int) -> int | None:
-    return None if ms is None else ms - base
+    """The array a stored state holds: MessagePack (format 6 on), or JSON (formats 3-5),
+    inflated first if it was stored compressed."""
+    lead = data[:1]
+    if lead == _ZLIB:
+        return orjson.loads(zlib.decompress(data))
+    if lead == _JSON:
+        return orjson.loads(data)
+    return _UNPACK.decode(data)
 
 
 def _plus(offset: int | None, base: int) -> int | None:
@@ -138,7 +171,7 @@ def _plus(offset: int | None, base: int) -> int | None:
 def decode_state(customer_id: str, data: bytes) -> CustomerState:
     try:
         doc = _document(data)
-        if not isinstance(doc, list) or not doc or doc[0] not in (FORMAT, _FORMAT_4, _FORMAT_3):
+        if not isinstance(doc, list) or not doc or doc[0] not in _READ:
             raise CorruptRecord(f"unknown state format for {customer_id!r}")
         if doc[0] == _FORMAT_3:
             return _decode_format_3(customer_id, doc)
@@ -158,7 +191,7 @@ def decode_state(customer_id: str, data: bytes) -> CustomerState:
             state.classes[dim] = None if len(entry) == 1 else _text(entry[1])
             if len(entry) == 3:
                 state.since_ms[dim] = entry[2] + base
-        if doc[0] == FORMAT:
+        if doc[0] >= _FORMAT_5:
             refunds, keys, traits = rest[7:]
             records = list(orders.values())
             for i in range(0, len(refunds), 3):
@@ -173,7 +206,8 @@ def decode_state(customer_id: str, data: bytes) -> CustomerState:
     except CorruptRecord:
         raise
     except (
-        orjson.JSONDecodeError, zlib.error, IndexError, TypeError, ValueError, AttributeError
+        orjson.JSONDecodeError, msgspec.DecodeError, zlib.error, IndexError, TypeError,
+        ValueError, AttributeError,
     ) as exc:  # fmt: skip
         raise CorruptRecord(f"unreadable state for {customer_id!r}: {exc}") from None
 
@@ -211,13 +245,9 @@ def _state(
         last_visit_ms=_plus(last_visit, base),
         region=region,
         region_ms=-1 if region_ms is None else region_ms + base,
-        rules_version=version[1:] if version.startswith("=") else _VERSION_PREFIX + version,
+        rules_version=_unpacked_version(version),
         due_day=due,
     )
-
-
-def _name(text: str) -> int | str:
-    return _CODE.get(text, text)
 
 
 def _text(value: object) -> str:
