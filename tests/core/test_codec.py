@@ -13,6 +13,7 @@ from worker.core.codec import (
     FORMAT,
     CorruptRecord,
     OutRecord,
+    declared_format,
     decode_state,
     encode_state,
 )
@@ -73,6 +74,7 @@ def test_states_are_compact_messagepack_without_compression() -> None:
     assert decode_state("c1", packed) == large
     odd = CustomerState("c1", rules_version="sha256:58B4 0d")  # not lowercase hex: as text
     assert decode_state("c1", encode_state(odd)) == odd
+    assert declared_format(packed) == 6 and declared_format(b"\x91\x63") == 99  # [99]
 
 
 # Written by format 3 (before order id prefixes and compression): a paid, a placed and a

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import struct
 import zlib
+from functools import lru_cache
 from typing import Any, Final, NamedTuple
 
 import msgspec
@@ -44,6 +45,7 @@ VOCABULARY: Final = (
     "super_member", "member", "ordinary", "long", "mid", "short", "in",
 )  # fmt: skip
 _CODE: Final = {name: i for i, name in enumerate(VOCABULARY)}
+_TEXT: Final = dict(enumerate(VOCABULARY))
 
 
 _READ: Final = frozenset((FORMAT, _FORMAT_5, _FORMAT_4, _FORMAT_3))
@@ -57,9 +59,10 @@ class CorruptRecord(SegmentWorkerError, ValueError):
 def encode_state(state: CustomerState) -> bytes:
     """A positional MessagePack array: no field names; names from the vocabulary as small
     integers; order ids without the prefix they all share (ids often embed the customer, the
-    shop or a date); instants as offsets from the state's earliest; a class-less dimension as
-    its bare name; the rules version's hash as its bytes. MessagePack writes small integers
-    in 1-5 bytes where JSON took 7-11 characters, so states need no compression: format 5
+    shop or a date); instants as offsets from the state's earliest; the classes as flat
+    (dimension, class, since) triples; the rules version's hash as its bytes. MessagePack
+    writes small integers in 1-5 bytes where JSON took 7-11 characters, so states need no
+    compression: format 5
     (JSON, zlib from 256 B) averaged 173 B on the simulated traffic of 100k customers and
     cost ~39 us to encode and decode; see docs/benchmarks.md for format 6's figures."""
     orders = state.orders
@@ -90,16 +93,15 @@ def encode_state(state: CustomerState) -> bytes:
         if r.refunds:
             for event_id, amount in r.refunds.items():
                 refunds += [position, event_id, amount]
-    classes: list[list[object]] = []
-    since_ms = state.since_ms
+    classes: list[object] = []  # (dimension, class or None, since or None) triples
+    since_ms, code = state.since_ms, _CODE.get
     for dim, cls in state.classes.items():
         since = since_ms.get(dim)
-        if cls is None:
-            classes.append([_CODE.get(dim, dim)])
-        elif since is None:
-            classes.append([_CODE.get(dim, dim), _CODE.get(cls, cls)])
-        else:
-            classes.append([_CODE.get(dim, dim), _CODE.get(cls, cls), since - base])
+        classes += (
+            code(dim, dim),
+            None if cls is None else code(cls, cls),
+            None if since is None else since - base,
+        )
     return _PACK.encode(
         [
             FORMAT,
@@ -120,6 +122,7 @@ def encode_state(state: CustomerState) -> bytes:
     )
 
 
+@lru_cache(maxsize=64)  # a handful of versions live at a time
 def _packed_version(version: str) -> bytes | str:
     """A rules version (``sha256:`` and lowercase hex, see Rules.version) as the hash's
     bytes; any other as text led by "=" (stored as it is)."""
@@ -134,6 +137,7 @@ def _packed_version(version: str) -> bytes | str:
     return "=" + version
 
 
+@lru_cache(maxsize=64)
 def _unpacked_version(stored: bytes | str) -> str:
     """The inverse of _packed_version, and of the JSON formats' text (the hash as hex)."""
     if isinstance(stored, bytes):
@@ -173,9 +177,12 @@ def decode_state(customer_id: str, data: bytes) -> CustomerState:
         doc = _document(data)
         if not isinstance(doc, list) or not doc or doc[0] not in _READ:
             raise CorruptRecord(f"unknown state format for {customer_id!r}")
-        if doc[0] == _FORMAT_3:
-            return _decode_format_3(customer_id, doc)
-        _, base, prefix, flat, *rest = doc
+        form = doc[0]
+        if form == _FORMAT_3:
+            _, base, flat, *rest = doc
+            prefix = ""
+        else:
+            _, base, prefix, flat, *rest = doc
         orders = {
             prefix + flat[i]: OrderRecord(
                 flat[i + 1] & 15,
@@ -186,12 +193,20 @@ def decode_state(customer_id: str, data: bytes) -> CustomerState:
             for i in range(0, len(flat), 4)
         }
         state = _state(customer_id, orders, base, rest[:7])
-        for entry in rest[4]:
-            dim = _text(entry[0])
-            state.classes[dim] = None if len(entry) == 1 else _text(entry[1])
-            if len(entry) == 3:
-                state.since_ms[dim] = entry[2] + base
-        if doc[0] >= _FORMAT_5:
+        classes, since_ms, entries = state.classes, state.since_ms, rest[4]
+        if form in (FORMAT, _FORMAT_3):  # (dimension, class or null, since or null)
+            for i in range(0, len(entries), 3):
+                dim, cls, since = _text(entries[i]), entries[i + 1], entries[i + 2]
+                classes[dim] = None if cls is None else _text(cls)
+                if since is not None:
+                    since_ms[dim] = since + base
+        else:  # formats 4 and 5: [dimension], [dimension, class] or [dimension, class, since]
+            for entry in entries:
+                dim = _text(entry[0])
+                classes[dim] = None if len(entry) == 1 else _text(entry[1])
+                if len(entry) == 3:
+                    since_ms[dim] = entry[2] + base
+        if form >= _FORMAT_5:
             refunds, keys, traits = rest[7:]
             records = list(orders.values())
             for i in range(0, len(refunds), 3):
@@ -210,26 +225,6 @@ def decode_state(customer_id: str, data: bytes) -> CustomerState:
         ValueError, AttributeError,
     ) as exc:  # fmt: skip
         raise CorruptRecord(f"unreadable state for {customer_id!r}: {exc}") from None
-
-
-def _decode_format_3(customer_id: str, doc: list[Any]) -> CustomerState:
-    """Format 3: no order id prefix, every instant an offset from the base, each dimension
-    as a (name, class or null, since or null) triple."""
-    _, base, flat, *rest = doc
-    orders = {
-        flat[i]: OrderRecord(
-            flat[i + 1] & 15, bool(flat[i + 1] & 16), flat[i + 2] + base, flat[i + 3]
-        )
-        for i in range(0, len(flat), 4)
-    }
-    state = _state(customer_id, orders, base, rest)
-    classes = rest[4]
-    for i in range(0, len(classes), 3):
-        dim = _text(classes[i])
-        state.classes[dim] = None if classes[i + 1] is None else _text(classes[i + 1])
-        if classes[i + 2] is not None:
-            state.since_ms[dim] = classes[i + 2] + base
-    return state
 
 
 def _state(
@@ -251,11 +246,12 @@ def _state(
 
 
 def _text(value: object) -> str:
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(VOCABULARY):
-        return VOCABULARY[value]
-    if isinstance(value, str):
+    if value.__class__ is str:
         return value
-    raise CorruptRecord(f"not a name: {value!r}")
+    name = _TEXT.get(value) if value.__class__ is int else None
+    if name is None:
+        raise CorruptRecord(f"not a name: {value!r}")
+    return name
 
 
 class OutRecord(NamedTuple):  # immutable and cheap to build: one per output record
