@@ -68,7 +68,7 @@ def test_states_are_compact_messagepack_without_compression() -> None:
         rules_version="sha256:58b40df6bc4446c6",
     )
     packed = encode_state(large)
-    assert packed[:1] == b"\x9e" and len(packed) < 40 * 14  # an array of 14
+    assert packed[:1] == b"\x9f" and len(packed) < 40 * 14  # an array of 15
     doc = msgspec.msgpack.decode(packed)
     assert doc[2] == "order-" and doc[9] == bytes.fromhex("58b40df6bc4446c6")
     assert decode_state("c1", packed) == large
@@ -223,7 +223,7 @@ def test_states_written_by_format_5_still_read() -> None:
         b"\x91\x06",  # MessagePack [6]
         b"\x92\x07\x00",  # a format from a newer release
         b"\xc1",  # never used in MessagePack
-        b"\x9e\x06" + b"\xc0" * 13,  # [6, null, ...]
+        b"\x9f\x06" + b"\xc0" * 14,  # [6, null, ...]
     ],
 )
 def test_unreadable_state_is_reported_not_crashed(data: bytes) -> None:
