@@ -12,6 +12,7 @@ import os
 import struct
 import zlib
 from functools import lru_cache
+from itertools import accumulate
 from typing import Any, Final, NamedTuple
 
 import msgspec
@@ -59,7 +60,8 @@ class CorruptRecord(SegmentWorkerError, ValueError):
 def encode_state(state: CustomerState) -> bytes:
     """A positional MessagePack array: no field names; names from the vocabulary as small
     integers; order ids without the prefix they all share (ids often embed the customer, the
-    shop or a date); instants as offsets from the state's earliest; the classes as flat
+    shop or a date); instants as offsets from the state's earliest, the key actions (sorted)
+    each from the one before (a customer keeps ~11: 20 B less); the classes as flat
     (dimension, class) pairs, their since instants apart; the rules version's hash as its
     bytes. MessagePack
     writes small integers in 1-5 bytes where JSON took 7-11 characters, so states need no
@@ -68,7 +70,8 @@ def encode_state(state: CustomerState) -> bytes:
     cost ~39 us to encode and decode; see docs/benchmarks.md for format 6's figures."""
     orders = state.orders
     instants = [r.ms for r in orders.values() if r.ms != NO_TIME]
-    instants += state.key_actions
+    keys = state.key_actions
+    instants += keys
     instants += [ms for ms, _ in state.traits.values()]
     instants += state.since_ms.values()
     first_visit, last_visit = state.first_visit_ms, state.last_visit_ms
@@ -111,7 +114,7 @@ def encode_state(state: CustomerState) -> bytes:
             _packed_version(state.rules_version),
             state.due_day,
             refunds,
-            [ms - base for ms in state.key_actions],
+            [b - a for a, b in zip([base, *keys], keys, strict=False)],  # sorted: as steps
             [x for name, (ms, v) in sorted(state.traits.items()) for x in (name, ms - base, v)],
             since,
         ]
@@ -230,7 +233,10 @@ def decode_state(customer_id: str, data: bytes) -> CustomerState:
                 if record.refunds is None:
                     record.refunds = {}
                 record.refunds[refunds[i + 1]] = refunds[i + 2]
-            state.key_actions = [offset + base for offset in keys]
+            if form == FORMAT:  # steps from the base, each from the one before
+                state.key_actions = list(accumulate(keys, initial=base))[1:]
+            else:
+                state.key_actions = [offset + base for offset in keys]
             for i in range(0, len(traits), 3):
                 state.traits[traits[i]] = (traits[i + 1] + base, traits[i + 2])
         return state
