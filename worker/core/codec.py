@@ -22,13 +22,12 @@ from worker.core.state import NO_TIME, CustomerState, OrderRecord
 from worker.errors import SegmentWorkerError
 
 FORMAT: Final = 6
-_FORMAT_5: Final = 5  # still read: format 6 as JSON, compressed from COMPRESS_FROM bytes on
+_FORMAT_5: Final = 5  # still read: JSON; classes as nested lists, key actions as offsets
 _FORMAT_4: Final = 4  # still read: format 5 less the partial refunds and key actions
 _FORMAT_3: Final = 3  # still read: states written before format 4
-# Formats 4 and 5 stored JSON from this size on compressed (~12 us to compress, ~4 to
-# inflate). A compressed state starts with zlib's 0x78, JSON with "[", MessagePack (format
-# 6 on) with an array header (0x90-0x9f, 0xdc, 0xdd).
-COMPRESS_FROM: Final = 256
+# Formats 4 and 5 stored JSON of 256 bytes or more zlib-compressed. A compressed state
+# starts with zlib's 0x78, JSON with "[", MessagePack (format 6 on) with an array header
+# (0x90-0x9f, 0xdc, 0xdd).
 _ZLIB: Final = b"\x78"
 _JSON: Final = b"["
 _PACK: Final = msgspec.msgpack.Encoder()
