@@ -2,7 +2,7 @@
 
     python scripts/mutation_check.py            # every mutation
     python scripts/mutation_check.py --list     # their names
-    python scripts/mutation_check.py --only window_orders --only dedupe_off
+    python scripts/mutation_check.py --only window_one_day_wide --only dedupe_off
 
 Each mutation is one exact text edit (thresholds off by one, a window one day wide of the
 mark, refunds or cancels no longer uncounting an order, duplicates counted again, the due-day
@@ -57,10 +57,18 @@ MUTATIONS: tuple[Mutation, ...] = (
     threshold(
         "old_customer_orders_gt", "orders_total >= 2 and monetary", "orders_total > 2 and monetary"
     ),
-    threshold("churned_ge", "days_since_last_order > 180 and", "days_since_last_order >= 180 and"),
+    threshold("churned_ge", "not days_since_last_order <= 180", "not days_since_last_order < 180"),
     threshold(
-        "churned_activity_ge", "days_since_last_activity > 180", "days_since_last_activity >= 180"
+        "churned_key_action_ge",
+        "not days_since_last_key_action <= 180",
+        "not days_since_last_key_action < 180",
     ),
+    threshold(
+        "active_key_action_lt",
+        "days_since_last_key_action <= 30",
+        "days_since_last_key_action < 30",
+    ),
+    threshold("potential_visit_lt", "days_since_last_visit <= 180", "days_since_last_visit < 180"),
     threshold("active_lt", "days_since_last_order <= 60", "days_since_last_order < 60"),
     threshold("new_lt", "days_since_first_order <= 30", "days_since_first_order < 30"),
     threshold("returning_gap_ge", "last_order_gap_days > 180", "last_order_gap_days >= 180"),
@@ -82,16 +90,22 @@ MUTATIONS: tuple[Mutation, ...] = (
         'value = f"{len(score.cuts) + 1} - _br(_cuts{i}, v)"',
     ),
     Mutation(
-        "window_orders_one_day_short",
+        "window_one_day_short",
         "worker/core/features.py",
-        "_bl(counted, ((day - {n - 1}) * {DAY_MS},), 0, hi)",
-        "_bl(counted, ((day - {n}) * {DAY_MS},), 0, hi)",
+        "window = days[_bl(days, day - {n - 1}, 0, day_hi) : day_hi]",
+        "window = days[_bl(days, day - {n - 2}, 0, day_hi) : day_hi]",
     ),
     Mutation(
-        "window_spend_one_day_wide",
+        "window_one_day_wide",
         "worker/core/features.py",
-        "lo = _bl(days, day - {n - 1}, 0, day_hi)",
-        "lo = _bl(days, day - {n}, 0, day_hi)",
+        "window = days[_bl(days, day - {n - 1}, 0, day_hi) : day_hi]",
+        "window = days[_bl(days, day - {n}, 0, day_hi) : day_hi]",
+    ),
+    Mutation(
+        "key_action_window_one_day_wide",
+        "worker/core/features.py",
+        "key_hi - _bl(keys, day - {n - 1}, 0, key_hi)",
+        "key_hi - _bl(keys, day - {n}, 0, key_hi)",
     ),
     Mutation(
         "refunds_not_uncounted",
@@ -108,10 +122,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "dedupe_off",  # every event adds its order again instead of merging into its record
         "worker/core/state.py",
-        "            if not record.absorb(STATUS_FLAG[event.status], event.occurred_ms, "
-        "event.amount_minor):\n                return changed\n",
-        "            record.absorb(STATUS_FLAG[event.status], event.occurred_ms, "
-        "event.amount_minor)\n            before = None\n",
+        "            if not record.absorb(flag, event.occurred_ms, event.amount_minor, "
+        "event.event_id):\n                return changed\n",
+        "            record.absorb(flag, event.occurred_ms, event.amount_minor, event.event_id)\n"
+        "            before = None\n",
     ),
     Mutation(
         "due_day_skips_tomorrow",

@@ -27,6 +27,12 @@ Spec points the oracle encodes (and the tests therefore hold the core to):
   events (one per event id, the largest if an id comes with several); if those reach the
   amount, it does not count.
 - A key action is a visit whose action is login, add_to_cart, checkout, app_open or search.
+- A profile states traits (``consent`` flags as ``<flag>_consent``); a customer's trait is
+  the statement latest in time, at one instant the greatest in null < false < true < text
+  (the tests state no numbers); null removes it. With ``suppress`` (``[consent] suppress``),
+  while ``marketing_consent`` is false the customer's changes on those dimensions are not
+  emitted (each counted in ``withheld``); once it is not, each such dimension emits one
+  change from the class last emitted to its class then, if they differ.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import hashlib
 import json
 import re
 from bisect import bisect_left, bisect_right
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -153,6 +160,16 @@ class Visit:
 
 
 @dataclass(frozen=True)
+class Profile:
+    """A profile event that passed the contract: its trait statements, sorted by name."""
+
+    event_id: str
+    customer_id: str
+    ms: int
+    traits: tuple[tuple[str, object], ...]
+
+
+@dataclass(frozen=True)
 class Reject:
     """A refused line: the dead-letter reason code and the offending field."""
 
@@ -218,8 +235,8 @@ def _amount(doc: dict[str, object]) -> int:
     return cents_of(number)
 
 
-def read_line(raw: bytes, reference_ms: int) -> Order | Visit | Reject:
-    """The event contract (order.v1 / visit.v1) applied to one input line."""
+def read_line(raw: bytes, reference_ms: int) -> Order | Visit | Profile | Reject:
+    """The event contract (order.v1 / visit.v1 / profile.v1) applied to one input line."""
     try:
         doc = json.loads(raw.decode("utf-8"), parse_float=Decimal)
     except UnicodeDecodeError:
@@ -230,7 +247,7 @@ def read_line(raw: bytes, reference_ms: int) -> Order | Visit | Reject:
         return Reject("not_an_object", None)
     try:
         kind = doc.get("type")
-        if kind not in ("order", "visit"):
+        if kind not in ("order", "visit", "profile"):
             raise _Refused("unknown_type", "type")
         event_id = _identifier(doc, "event_id")
         customer_id = _identifier(doc, "customer_id")
@@ -239,6 +256,16 @@ def read_line(raw: bytes, reference_ms: int) -> Order | Visit | Reject:
             raise _Refused("invalid_timestamp", "occurred_at")
         if ms > reference_ms + MAX_FUTURE_MS:
             raise _Refused("future_timestamp", "occurred_at")
+        if kind == "profile":
+            traits, flags = doc.get("traits"), doc.get("consent", {})
+            if traits is None:
+                raise _Refused("missing_field", "traits")
+            if not isinstance(traits, dict) or not isinstance(flags, dict):
+                raise _Refused(
+                    "wrong_type", "traits" if not isinstance(traits, dict) else "consent"
+                )
+            stated = traits | {f"{flag}_consent": given for flag, given in flags.items()}
+            return Profile(event_id, customer_id, ms, tuple(sorted(stated.items())))
         if kind == "visit":
             action = _text_field(doc, "action")
             if not 1 <= len(action) <= 100:
@@ -520,13 +547,17 @@ class Customer:
     id: str
     zone: ZoneInfo
     events: set[Order | Visit] = field(default_factory=set)
+    profiles: set[Profile] = field(default_factory=set)
     classes: tuple[str | None, ...] = (None,) * len(DIMENSIONS)
+    current: tuple[str | None, ...] = (None,) * len(DIMENSIONS)  # emitted or not
     since: dict[str, int] = field(default_factory=dict)
     _stats: Stats | None = None
 
-    def add(self, event: Order | Visit) -> None:
+    def add(self, event: Order | Visit | Profile) -> None:
         """Set union: an event seen before changes nothing."""
-        if event not in self.events:
+        if isinstance(event, Profile):
+            self.profiles.add(event)
+        elif event not in self.events:
             self.events.add(event)
             self._stats = None
 
@@ -536,6 +567,23 @@ class Customer:
         if self._stats is None:
             self._stats = stats_of(self.events, self.zone)
         return self._stats
+
+    def traits(self) -> dict[str, object]:
+        """Per trait, the statement latest in time (null: removed, still a statement)."""
+        latest: dict[str, tuple[tuple[int, int, int, str], object]] = {}
+        for profile in self.profiles:
+            for name, value in profile.traits:
+                if isinstance(value, bool):
+                    rank = (1, int(value), "")
+                elif isinstance(value, str):
+                    rank = (2, 0, value)
+                else:
+                    assert value is None, "the oracle's tests state no numbers"
+                    rank = (0, 0, "")
+                key = (profile.ms, *rank)
+                if name not in latest or key > latest[name][0]:
+                    latest[name] = (key, value)
+        return {name: value for name, (_, value) in latest.items()}
 
     def classes_at(self, day: int) -> tuple[str | None, ...]:
         """What the rules say at ``day`` for the current event set."""
@@ -548,8 +596,16 @@ class Customer:
 class Oracle:
     """Replay recomputed from the specification, one input line at a time."""
 
-    def __init__(self, rules_version: str, reference_ms: int, timezone: str = "UTC") -> None:
+    def __init__(
+        self,
+        rules_version: str,
+        reference_ms: int,
+        timezone: str = "UTC",
+        suppress: frozenset[str] = frozenset(),
+    ) -> None:
         self.rules_version = rules_version
+        self.suppress = suppress
+        self.withheld: Counter[str] = Counter()
         self.reference_ms = reference_ms
         self.zone = ZoneInfo(timezone)
         self.customers: dict[str, Customer] = {}
@@ -576,7 +632,7 @@ class Oracle:
             customer = self.customers[event.customer_id] = Customer(event.customer_id, self.zone)
         customer.add(event)
         assert self.clock is not None
-        kind = "order" if isinstance(event, Order) else "visit"
+        kind = {Order: "order", Visit: "visit", Profile: "profile"}[type(event)]
         today = local_day(self.clock, self.zone)
         self._classify(customer, today, (kind, event.event_id, event.ms), self.clock)
 
@@ -597,10 +653,19 @@ class Oracle:
     ) -> None:
         features = features_at(c.stats, day)
         now = classify(features)
-        if now == c.classes:
+        if now == c.classes == c.current:
             return
+        withdrawn = self.suppress and c.traits().get("marketing_consent") is False
         state = snapshot(c.stats, features)
-        for dimension, old, new in zip(DIMENSIONS, c.classes, now, strict=True):
+        told = list(now)
+        for i, (dimension, old, was, new) in enumerate(
+            zip(DIMENSIONS, c.classes, c.current, now, strict=True)
+        ):
+            if withdrawn and dimension in self.suppress:
+                if was != new:
+                    self.withheld[dimension] += 1
+                told[i] = old
+                continue
             if old == new:
                 continue
             self.changes.append(
@@ -621,7 +686,7 @@ class Oracle:
                 c.since.pop(dimension, None)
             else:
                 c.since[dimension] = cause[2]
-        c.classes = now
+        c.classes, c.current = tuple(told), now
 
     def classes_of(self, customer_id: str) -> dict[str, str | None]:
         """The customer's current class per dimension."""
@@ -642,6 +707,7 @@ class Oracle:
             "first_visit_at": optional_text(s.first_visit_ms),
             "last_visit_at": optional_text(s.last_visit_ms),
             "region": s.region,
+            **({"traits": traits} if (traits := self.present_traits(c)) is not None else {}),
             "orders_90d": f.orders_90d,
             "spend_90d": money(f.spend_90d),
             "r_score": f.r_score,
@@ -651,9 +717,23 @@ class Oracle:
             "repeat_purchases": len(set(s.days)) - 1 if s.days else None,
             "repeat_order_value": repeat_order_value(s),
             "classes": self.classes_of(customer_id),
+            **({"withheld": withheld} if (withheld := self.withheld_of(c)) else {}),
             "since": {dim: text_of(ms) for dim, ms in sorted(c.since.items())},
             "rules_version": self.rules_version,
         }
+
+    @staticmethod
+    def present_traits(c: Customer) -> dict[str, object] | None:
+        """The traits not removed, by name; None for a customer never stated any."""
+        if not any(p.traits for p in c.profiles):
+            return None
+        return {k: v for k, v in sorted(c.traits().items()) if v is not None}
+
+    @staticmethod
+    def withheld_of(c: Customer) -> dict[str, str | None]:
+        """The classes the customer is in but was not told of, by dimension."""
+        pairs = zip(DIMENSIONS, c.classes, c.current, strict=True)
+        return {d: now for d, told, now in sorted(pairs) if told != now}
 
     def today(self) -> int:
         """The local day of the clock."""
@@ -666,7 +746,7 @@ class Oracle:
         assert self.clock is not None
         c = self.customers[customer_id]
         for day in range(self.today() + 1, until_day):
-            if c.classes_at(day) != c.classes:
+            if c.classes_at(day) != c.current:
                 return day
         return None
 
@@ -679,10 +759,16 @@ def repeat_order_value(s: Stats) -> float | None:
 
 
 def run_oracle(
-    lines: list[bytes], as_of_ms: int, rules_version: str, reference_ms: int, timezone: str = "UTC"
+    lines: list[bytes],
+    as_of_ms: int,
+    rules_version: str,
+    reference_ms: int,
+    timezone: str = "UTC",
+    *,
+    suppress: frozenset[str] = frozenset(),
 ) -> Oracle:
     """Feed every line (numbered from 1), then advance to ``as_of_ms``."""
-    oracle = Oracle(rules_version, reference_ms, timezone)
+    oracle = Oracle(rules_version, reference_ms, timezone, suppress)
     for line_no, raw in enumerate(lines, start=1):
         oracle.feed(raw, line_no)
     oracle.advance(as_of_ms)

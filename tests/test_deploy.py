@@ -362,17 +362,25 @@ def test_user_port_and_health_agree() -> None:
 
 def test_topics_match_the_settings_and_are_co_partitioned() -> None:
     script = compose()["services"]["kafka-init"]["command"][0]
-    created = {name: int(n) for name, n in re.findall(r"^\s*create (\S+) (\d+)$", script, re.M)}
+    lines = re.findall(r"^\s*create (\S+) (\d+)(.*)$", script, re.M)
+    created = {name: int(n) for name, n, _ in lines}
     s = Settings()
     assert set(created) == {
         s.topic_orders,
         s.topic_visits,
+        s.topic_profiles,
         s.topic_changes,
         s.topic_dlq,
         s.topic_erasures,
+        s.topic_classes,
     }
-    assert created[s.topic_orders] == created[s.topic_visits] == created[s.topic_erasures] == 12
-    assert created[s.topic_changes] == 12 and created[s.topic_dlq] == 3
+    inputs = (s.topic_orders, s.topic_visits, s.topic_profiles, s.topic_erasures)
+    assert {created[t] for t in inputs} == {12}
+    assert created[s.topic_changes] == created[s.topic_classes] == 12
+    assert created[s.topic_dlq] == 3
+    extra = {name: rest.strip() for name, _, rest in lines}
+    assert extra.pop(s.topic_classes) == "--config cleanup.policy=compact"
+    assert set(extra.values()) == {""}
     assert "--if-not-exists" in script
     scaled = k8s_objects()[("ScaledObject", "segment-worker")]
     assert scaled["spec"]["maxReplicaCount"] == created[s.topic_orders]

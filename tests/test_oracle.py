@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import itertools
 import os
+import random
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from tests.oracle import (
     DIMENSIONS,
     Oracle,
     Order,
+    Reject,
     Visit,
     local_day,
     midnight,
@@ -99,8 +101,16 @@ def assert_agree(
 ) -> tuple[Replayed, Oracle]:
     """Replay and the oracle agree on changes, rejects, clock and final states."""
     got = replay(lines, as_of_ms, rules)
-    oracle = run_oracle(lines, as_of_ms, rules.version, REFERENCE_MS, rules.calendar.name)
+    oracle = run_oracle(
+        lines,
+        as_of_ms,
+        rules.version,
+        REFERENCE_MS,
+        rules.calendar.name,
+        suppress=rules.consent.suppress,
+    )
     assert got.rejects == oracle.rejects
+    assert got.replayer.summary.withheld == oracle.withheld
     want = [orjson.dumps(change) for change in oracle.changes]
     for i, (line, expected) in enumerate(zip(got.changes, want, strict=False)):
         if line != expected:  # show the first difference as dicts, with some context
@@ -463,3 +473,75 @@ def test_the_shanghai_golden_story_matches_the_oracle() -> None:
     assert [to for _, to in lin].count("churn_risk") == 1  # not before December
     assert oracle.classes_of("wu")["lifecycle"] == "churned"
     assert oracle.state_out("pat")["monetary_total"] == "95.00"
+
+
+# --- consent: changes withheld on chosen dimensions ----------------------------------------
+
+CONSENT_RULES = parse_rules(
+    default_rules_text() + b'[consent]\nsuppress = ["value_tier", "rfm"]\n', "consent"
+)
+
+
+def profile_doc(
+    event_id: str, customer_id: str, ms: int, consent: bool | None, gender: str | None
+) -> dict[str, object]:
+    """A profile.v1 document: marketing consent as a flag or as the trait itself."""
+    doc: dict[str, object] = {
+        "type": "profile",
+        "event_id": event_id,
+        "customer_id": customer_id,
+        "occurred_at": text_of(ms),
+        "traits": {"gender": gender},
+    }
+    if consent is not None:
+        if len(event_id) % 2:
+            doc["consent"] = {"marketing": consent}
+        else:
+            doc["traits"] = {"gender": gender, "marketing_consent": consent}
+    return doc
+
+
+@st.composite
+def histories_with_consent(draw: st.DrawFn) -> tuple[list[bytes], int]:
+    """A small history plus 1-6 profiles per customer that withdraw and give back consent."""
+    lines, as_of = draw(small_histories())
+    customers = ("c2", "c10", "Zoë")
+    for cid in customers[: draw(st.integers(1, 3))]:
+        for j in range(draw(st.integers(1, 6))):
+            ms = BASE + draw(st.integers(0, 400)) * DAY + draw(st.integers(0, DAY - 1))
+            consent = draw(st.sampled_from((False, False, True, None)))
+            gender = draw(st.sampled_from((None, "F", "M")))
+            lines.append(encode(profile_doc(f"{cid}-p{j}", cid, ms, consent, gender)))
+    return list(draw(st.permutations(lines))), as_of
+
+
+@settings(max_examples=150, deadline=None)
+@given(histories_with_consent())
+def test_withheld_changes_in_any_order_match_the_oracle(case: tuple[list[bytes], int]) -> None:
+    lines, as_of = case
+    assert_agree(lines, as_of, CONSENT_RULES)
+
+
+def test_consent_withdrawn_and_given_back_over_a_year_matches_the_oracle() -> None:
+    lines, as_of = history(1509, customers=300, events=3000, days=365)
+    start = ms_of("2025-01-01T00:00:00.000Z")
+    events = [
+        e for e in (read_line(line, REFERENCE_MS) for line in lines) if not isinstance(e, Reject)
+    ]
+    customers = sorted({e.customer_id for e in events})
+    rng = random.Random(1509)
+    merged = list(lines)
+    for n, cid in enumerate(customers[::2]):  # half withdraw consent, a third of them give it back
+        withdrawn = start + rng.randrange(120) * DAY
+        statements = [profile_doc(f"w{n}", cid, withdrawn, False, "F")]
+        if n % 3 == 0:
+            back = withdrawn + rng.randrange(60, 200) * DAY
+            statements.append(profile_doc(f"b{n}", cid, back, True, None))
+        for doc in statements:  # delivered anywhere, early or late
+            merged.insert(rng.randrange(len(merged) + 1), encode(doc))
+    got, oracle = assert_agree(merged, as_of, CONSENT_RULES)
+    assert oracle.withheld["value_tier"] > 10 and oracle.withheld["rfm"] > 10
+    changes = [orjson.loads(line) for line in got.changes]
+    given_back = {c["dimension"] for c in changes if c["cause"]["type"] == "profile"}
+    assert given_back >= {"value_tier", "rfm"}
+    assert any(state.withheld for state in got.replayer.states.values())

@@ -21,6 +21,7 @@ import pytest
 from jsonschema import Draft202012Validator, FormatChecker, ValidationError
 
 from worker.core.changes import SegmentChange
+from worker.core.classes import classes_document
 from worker.core.deadletter import dead_letter
 from worker.core.engine import fire_timer, process_event, reevaluate
 from worker.core.events import Event, Order, ParseLimits, Reason, Rejection, Visit, parse_event
@@ -30,7 +31,7 @@ from worker.core.timeutil import DAY_MS, parse_rfc3339
 from worker.tools.simulate import FeedFaults, Simulator
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
-CONTRACTS = ("order", "visit", "profile", "segment_change", "dead_letter")
+CONTRACTS = ("order", "visit", "profile", "segment_change", "dead_letter", "customer_classes")
 CASES = {p.stem: json.loads(p.read_text()) for p in sorted((SCHEMAS / "invalid").glob("*.json"))}
 NOW = parse_rfc3339("2026-06-01T00:00:00Z")
 LIMITS = ParseLimits()
@@ -220,7 +221,26 @@ def test_dead_letter_examples_are_real_records(name: str, example: dict[str, Any
     assert dead_letter(result, raw, example["source"], example["stage"]) == example
 
 
-@pytest.mark.parametrize(("name", "example"), examples("segment_change", "dead_letter"))
+def test_customer_classes_examples_are_where_the_changes_left_each_customer() -> None:
+    """A subscriber folding the change topic (last `to` per dimension, entered at its
+    `occurred_at`) reaches the classes documents the examples show."""
+    folded: dict[str, dict[str, dict[str, str]]] = {}
+    for change in run_input_examples():
+        classes = folded.setdefault(change.customer_id, {})
+        if change.to_class is None:
+            classes.pop(change.dimension, None)
+        else:
+            since = change.to_dict()["occurred_at"]
+            classes[change.dimension] = {"class": change.to_class, "since": str(since)}
+    assert schema("customer_classes")["examples"] == [
+        {"customer_id": cid, "classes": dict(sorted(classes.items()))}
+        for cid, classes in folded.items()
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "example"), examples("segment_change", "dead_letter", "customer_classes")
+)
 def test_output_schemas_are_closed(name: str, example: dict[str, Any]) -> None:
     contract = validator(name)
     assert not contract.is_valid({**example, "unexpected": 1})
@@ -228,6 +248,10 @@ def test_output_schemas_are_closed(name: str, example: dict[str, Any]) -> None:
         assert not contract.is_valid({k: v for k, v in example.items() if k != field}), field
     if name == "segment_change":
         assert not contract.is_valid({**example, "state": {**example["state"], "unexpected": 1}})
+    if name == "customer_classes":
+        dim, entry = next(iter(example["classes"].items()))
+        for broken in ({**entry, "unexpected": 1}, {"class": entry["class"]}, {"class": "Gold"}):
+            assert not contract.is_valid({**example, "classes": {dim: broken}}), broken
 
 
 @pytest.mark.parametrize(
@@ -240,9 +264,11 @@ def test_segment_change_cause_event_id_matches_its_type(cause_type: str, event_i
 
 
 def test_simulated_run_output_matches_the_output_contracts() -> None:
-    """Changes and dead letters from a simulated feed with malformed input validate."""
+    """Changes, dead letters and classes documents from a simulated feed with malformed
+    input validate."""
     rules = load_rules(None)
     changes, dead = validator("segment_change"), validator("dead_letter")
+    published = validator("customer_classes")
     states: dict[str, CustomerState] = {}
     sim = Simulator(3, 100, NOW - 200 * DAY_MS, faults=FeedFaults(malformed=0.05))
     checked = rejected = 0
@@ -263,3 +289,5 @@ def test_simulated_run_output_matches_the_output_contracts() -> None:
             checked += 1
     assert checked > 500
     assert rejected > 50
+    for state in states.values():
+        published.validate(classes_document(state))

@@ -24,8 +24,10 @@ def test_values_are_converted() -> None:
             "SEGMENT_WORKER_KAFKA_IDEMPOTENCE": "false",
             "SEGMENT_WORKER_RULES": "/etc/rules.toml",
             "SEGMENT_WORKER_CLOCK_SPEED": "86400",
+            "SEGMENT_WORKER_TOPIC_REPLICATION": "3",
         }
     )
+    assert s.topic_replication == 3
     assert s.http_port == 9000
     assert s.kafka_idempotence is False
     assert s.rules == Path("/etc/rules.toml")
@@ -49,6 +51,8 @@ def test_values_are_converted() -> None:
             "SEGMENT_WORKER_KAFKA_SASL_USERNAME",
         ),
         ({"SEGMENT_WORKER_TOPIC_DLQ": "orders"}, "SEGMENT_WORKER_TOPIC_"),
+        ({"SEGMENT_WORKER_TOPIC_CLASSES": "segment-changes"}, "SEGMENT_WORKER_TOPIC_"),
+        ({"SEGMENT_WORKER_TOPIC_REPLICATION": "0"}, "SEGMENT_WORKER_TOPIC_REPLICATION"),
         ({"SEGMENT_WORKER_BACTH_SIZE": "10"}, "SEGMENT_WORKER_BACTH_SIZE"),
         ({"SEGMENT_WORKER_HEARTBEAT_INTERVAL_MS": "20000"}, "SEGMENT_WORKER_HEARTBEAT_INTERVAL_MS"),
         (
@@ -183,3 +187,26 @@ def test_describe_shows_defaults_and_marks_only_secrets_that_are_set() -> None:
 def test_the_http_port_binds_loopback_unless_told_otherwise() -> None:
     assert Settings.from_env({}).http_host == "127.0.0.1"
     assert Settings.from_env({"SEGMENT_WORKER_HTTP_HOST": "0.0.0.0"}).http_host == "0.0.0.0"
+
+
+def test_change_signing_keys_from_files_long_enough_and_never_shown(tmp_path: Path) -> None:
+    new, old = "n" * 40, "o" * 32
+    (tmp_path / "key").write_text(new + "\n")
+    s = Settings.from_env(
+        {
+            "SEGMENT_WORKER_CHANGE_SIGNING_KEY_FILE": str(tmp_path / "key"),
+            "SEGMENT_WORKER_CHANGE_SIGNING_PREVIOUS_KEY": old,
+        }
+    )
+    assert s.signing_keys() == (new.encode(), old.encode())  # the signing one first
+    assert Settings().signing_keys() == ()
+    shown = repr(s) + str(s.describe())
+    assert new not in shown and old not in shown
+    short = "s" * 31
+    with pytest.raises(
+        SettingsError, match="CHANGE_SIGNING_KEY: expected at least 32 bytes"
+    ) as err:
+        Settings.from_env({"SEGMENT_WORKER_CHANGE_SIGNING_KEY": short})
+    assert short not in str(err.value)
+    with pytest.raises(SettingsError, match="set CHANGE_SIGNING_KEY too"):
+        Settings.from_env({"SEGMENT_WORKER_CHANGE_SIGNING_PREVIOUS_KEY": old})

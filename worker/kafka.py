@@ -162,17 +162,27 @@ async def _speaks_tls(host: str, port: int) -> bool:
 
 
 async def ensure_topics(settings: Settings, partitions: int) -> None:
-    """Create the topics if missing: inputs, output and erasure requests with ``partitions``
-    each (co-partitioned), the dead-letter topic with one."""
+    """Create the topics if missing, each replicated SEGMENT_WORKER_TOPIC_REPLICATION times
+    (``min.insync.replicas`` is the broker's): inputs, changes, classes and erasure requests
+    with ``partitions`` each (co-partitioned), the dead-letter topic with one. The classes
+    topic is compacted: the newest record per customer is the customer's current classes."""
     client = admin(settings)
     await client.start()
+    replicas = settings.topic_replication
     try:
         wanted = [
-            NewTopic(settings.topic_orders, partitions, 1),
-            NewTopic(settings.topic_visits, partitions, 1),
-            NewTopic(settings.topic_changes, partitions, 1),
-            NewTopic(settings.topic_dlq, 1, 1),
-            NewTopic(settings.topic_erasures, partitions, 1),
+            NewTopic(settings.topic_orders, partitions, replicas),
+            NewTopic(settings.topic_visits, partitions, replicas),
+            NewTopic(settings.topic_profiles, partitions, replicas),
+            NewTopic(settings.topic_changes, partitions, replicas),
+            NewTopic(settings.topic_dlq, 1, replicas),
+            NewTopic(settings.topic_erasures, partitions, replicas),
+            NewTopic(
+                settings.topic_classes,
+                partitions,
+                replicas,
+                topic_configs={"cleanup.policy": "compact"},
+            ),
         ]
         existing = set(await client.list_topics())
         missing = [t for t in wanted if t.name not in existing]
@@ -198,10 +208,16 @@ async def send_erasures(settings: Settings, customer_ids: Sequence[str]) -> None
 async def input_partitions(settings: Settings) -> int:
     """The orders topic's partition count, which places a customer; KafkaError if Kafka
     cannot tell."""
+    return await partition_count(settings, settings.topic_orders)
+
+
+async def partition_count(settings: Settings, topic: str) -> int:
+    """How many partitions ``topic`` has, waiting for its metadata (a topic created a moment
+    ago may have no leaders yet); KafkaError if Kafka cannot tell."""
     # A metadata question: nothing is sent, so no producer id is needed.
     client = producer(settings, request_timeout_ms=METADATA_TIMEOUT_MS, enable_idempotence=False)
     try:
         await client.start()
-        return len(await client.partitions_for(settings.topic_orders))
+        return len(await client.partitions_for(topic))
     finally:
         await client.stop()

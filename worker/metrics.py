@@ -35,6 +35,12 @@ class Metrics:
             ["dimension", "from_class", "to_class"],
             registry=r,
         )
+        self.withheld = Counter(
+            p + "suppressed_changes",
+            "Segment changes withheld while a customer's consent is withdrawn ([consent])",
+            ["dimension"],
+            registry=r,
+        )
         self.population = Gauge(
             p + "class_population",
             "Customers per class in the partitions this worker owns",
@@ -94,6 +100,12 @@ class Metrics:
         self.reconciled = Counter(
             p + "reconciled_classes",
             "Classes set from changes found in Kafka that a Redis which lost writes forgot",
+            registry=r,
+        )
+        self.readback_rejected = Counter(
+            p + "readback_rejected",
+            "Change-topic records not trusted on taking a partition (skipped), by reason",
+            ["reason"],
             registry=r,
         )
         self.redelivered = Counter(

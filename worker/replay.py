@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from worker.core.changes import SegmentChange
-from worker.core.engine import fire_timer, process_event
+from worker.core.engine import Changes, fire_timer, process_event
 from worker.core.events import ParseLimits, Rejection, parse_event
 from worker.core.rules import Rules
 from worker.core.state import CustomerState
@@ -28,6 +28,9 @@ class Summary:
     applied: int = 0
     changes: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
+    withheld: Counter[str] = field(
+        default_factory=Counter
+    )  # changes consent withheld, by dimension
 
     @property
     def rejected_total(self) -> int:
@@ -98,8 +101,9 @@ class Replayer:
         if state.due_day is not None:
             heapq.heappush(self._due, (state.due_day, state.customer_id))
 
-    def _emit(self, changes: list[SegmentChange]) -> None:
+    def _emit(self, changes: Changes) -> None:
         self.summary.changes += len(changes)
+        self.summary.withheld.update(changes.withheld)
         for change in changes:
             self.on_change(change)
 

@@ -30,6 +30,7 @@ from worker.startup import start_steps, wait_for_servers
 from worker.store import connect, store_for
 
 log = logging.getLogger("segment_worker")
+METADATA_MAX_AGE_MS: Final = 30_000
 YOUNG_GENERATION: Final = 20_000  # allocations between young collections (Python: 700)
 
 
@@ -130,6 +131,9 @@ class Worker:
             # The broker holds a fetch open until data arrives or this passes; some brokers
             # (Tansu) hold it the full time, so it bounds event-to-change latency.
             fetch_max_wait_ms=max(10, settings.batch_wait_ms),
+            # aiokafka asks a partition's old leader where to start until its next metadata
+            # refresh (5 min by default) after the leader moved (docs/chaos.md): refresh often.
+            metadata_max_age_ms=METADATA_MAX_AGE_MS,
         )
         self.pipeline = Pipeline(
             settings,
@@ -193,6 +197,7 @@ class Worker:
                     [
                         self.settings.topic_orders,
                         self.settings.topic_visits,
+                        self.settings.topic_profiles,
                         self.settings.topic_erasures,
                     ],
                     listener=self.pipeline.listener(),

@@ -20,6 +20,7 @@ PREFIX: Final = "SEGMENT_WORKER_"
 SECURITY_PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS: Final = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 PSEUDONYM_KEY_MIN: Final = 32  # bytes, SHA-256's size: a short key is guessed, then every id
+MIN_SIGNING_KEY_BYTES: Final = 32
 
 
 class SettingsError(SegmentWorkerError, ValueError):
@@ -77,6 +78,19 @@ class Settings:
             "doc": "HMAC key, >= 32 bytes: Redis key names carry a keyed hash, not the id",
         },
     )
+    change_signing_key: str | None = field(
+        default=None,
+        repr=False,
+        metadata={
+            "secret": True,
+            "doc": "HMAC key (>= 32 bytes) signing change records; read-back trusts only those",
+        },
+    )
+    change_signing_previous_key: str | None = field(
+        default=None,
+        repr=False,
+        metadata={"secret": True, "doc": "the key before a rotation: still verifies, never signs"},
+    )
     rules: Path | None = field(
         default=None, metadata=_doc("rules file; built-in defaults if unset")
     )
@@ -95,11 +109,25 @@ class Settings:
     )
     topic_orders: str = "orders"
     topic_visits: str = "visits"
+    topic_profiles: str = field(
+        default="profiles",
+        metadata=_doc("customer traits (profile.v1), co-partitioned with orders and visits"),
+    )
     topic_changes: str = "segment-changes"
     topic_dlq: str = "segment-worker-dlq"
     topic_erasures: str = field(
         default="segment-worker-erasures",
         metadata=_doc("erasure requests, keyed by customer_id, co-partitioned with the inputs"),
+    )
+    topic_classes: str = field(
+        default="segment-classes",
+        metadata=_doc(
+            "each customer's current classes, compacted, as many partitions as the inputs"
+        ),
+    )
+    topic_replication: int = field(
+        default=1,
+        metadata=_doc("replication factor of the topics the worker creates; 3 in production"),
     )
     erasure_marker_days: int = field(
         default=400, metadata=_doc("how long events of an erased customer are suppressed")
@@ -145,6 +173,7 @@ class Settings:
             "max_poll_interval_ms": (lambda v: v >= 1000, ">= 1000"),
             "timer_interval_ms": (lambda v: v >= 10, ">= 10"),
             "timer_batch": (lambda v: v >= 1, ">= 1"),
+            "topic_replication": (lambda v: 1 <= v <= 32767, "1..32767"),
             "stuck_retry_ms": (lambda v: v >= 100, ">= 100"),
             "max_event_bytes": (lambda v: v >= 256, ">= 256"),
             "future_skew_ms": (lambda v: v >= 0, ">= 0"),
@@ -175,9 +204,11 @@ class Settings:
         names = [
             self.topic_orders,
             self.topic_visits,
+            self.topic_profiles,
             self.topic_changes,
             self.topic_dlq,
             self.topic_erasures,
+            self.topic_classes,
         ]
         if len(set(names)) != len(names) or not all(names):
             raise SettingsError(f"{PREFIX}TOPIC_*: topic names must be distinct and non-empty")
@@ -204,6 +235,22 @@ class Settings:
             )
         if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_username:
             raise SettingsError(f"{PREFIX}KAFKA_SASL_USERNAME: required for SASL")
+        for name in ("change_signing_key", "change_signing_previous_key"):
+            key = getattr(self, name)
+            if key is not None and len(key.encode()) < MIN_SIGNING_KEY_BYTES:
+                raise SettingsError(  # (never the key itself)
+                    f"{PREFIX}{name.upper()}: expected at least {MIN_SIGNING_KEY_BYTES} bytes "
+                    f"(e.g. `openssl rand -hex 32`), got {len(key.encode())}"
+                )
+        if self.change_signing_previous_key and not self.change_signing_key:
+            raise SettingsError(
+                f"{PREFIX}CHANGE_SIGNING_PREVIOUS_KEY: set CHANGE_SIGNING_KEY too (it signs)"
+            )
+
+    def signing_keys(self) -> tuple[bytes, ...]:
+        """The keys change records verify with, the signing one first (none: unsigned)."""
+        keys = (self.change_signing_key, self.change_signing_previous_key)
+        return tuple(k.encode() for k in keys if k)
 
     def to_env(self) -> dict[str, str]:
         """The inverse of :meth:`from_env`: the variables that make a `segment-worker run`

@@ -1,7 +1,10 @@
 """The chaos run: a seeded, faulty history through two worker processes while workers are
 killed (at random and at the exact points between the Redis commit, the relay and the offset
-commit), paused past their session, Redis is killed and rolled back and the broker paused;
-then everything the broker and Redis hold is compared with an independent replay.
+commit), paused past their session, Redis is killed and rolled back and the broker paused,
+and on a 3-node Apache Kafka cluster single nodes fail too (the leader of a busy input
+partition and of the change topic killed, a node stopped past its broker session, the active
+controller killed); then everything the broker and Redis hold is compared with an
+independent replay.
 
     CHAOS_EVENTS=210000 CHAOS_CUSTOMERS=32000 python -m pytest tests/chaos -q -s
 
@@ -31,6 +34,8 @@ import psutil
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import ClientSession
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
 from tests.integration.live_support import (
@@ -50,11 +55,12 @@ from worker.core.events import ParseLimits
 from worker.core.rules import load_rules
 from worker.core.timeutil import DAY_MS, parse_rfc3339
 from worker.core.views import describe
-from worker.kafka import partition_of, send_erasures
+from worker.kafka import admin, partition_of, send_erasures
 from worker.keys import Layout, offset_field
 from worker.replay import Replayer
 from worker.settings import Settings
 from worker.store import connect
+from worker.tools.apache_kafka import ApacheKafka, KafkaNode
 from worker.tools.embedded import Broker, RedisServer, free_port
 from worker.tools.simulate import FeedFaults, SimEvent, Simulator
 
@@ -170,8 +176,123 @@ def broker_answers(bootstrap: str, timeout: float = 2.0) -> bool:
         return False
 
 
+BROKER_SESSION_S = 9.0  # broker.session.timeout.ms (Kafka's default): then the controller fences
+
+
+class NodeFaults:
+    """Faults of single nodes of an Apache Kafka cluster, each seen to act: the node ran and
+    died of SIGKILL (or stopped), another node took its part, and it came back in sync."""
+
+    KINDS = frozenset(
+        {"kill9_input_leader", "kill9_changes_leader", "sigstop_broker", "kill9_controller"}
+    )
+
+    def __init__(self, cluster: ApacheKafka, topics: tuple[str, ...]) -> None:
+        self.cluster, self.topics = cluster, topics
+
+    def node(self, node_id: int) -> KafkaNode:
+        found = [n for n in self.cluster.nodes if n.node_id == node_id]
+        assert found, f"no node {node_id}"
+        return found[0]
+
+    async def replicas(
+        self, topic: str, down: KafkaNode | None = None
+    ) -> dict[int, tuple[int, list[int]]]:
+        """``partition -> (leader, in-sync replicas)`` of ``topic``, asked of the nodes that
+        run and are not ``down``; empty while none of them can tell."""
+        nodes = self.cluster.nodes
+        client = admin(
+            ",".join(n.address for n in nodes if n.running and n is not down),
+            request_timeout_ms=5000,
+        )
+        try:
+            await client.start()
+            [described] = await client.describe_topics([topic])
+        except (KafkaError, OSError, ValueError):
+            return {}
+        finally:
+            await client.close()
+        if described["error_code"]:
+            return {}
+        return {p["partition"]: (p["leader"], p["isr"]) for p in described["partitions"]}
+
+    async def leader(self, tp: TopicPartition, down: KafkaNode | None = None) -> int:
+        """The node leading ``tp``; -1 while none does or none can tell."""
+        return (await self.replicas(tp.topic, down)).get(tp.partition, (-1, []))[0]
+
+    def controller(self) -> int:
+        """The KRaft quorum's leader (the active controller), by the newest epoch in the
+        quorum state of the nodes that run; -1 while they elect. (Under KRaft the Metadata
+        response's controller id is any live broker, so it cannot say.)"""
+        best = (-1, -1)
+        for node in self.cluster.nodes:
+            state = node.directory / "data" / "__cluster_metadata-0" / "quorum-state"
+            if node.running and state.exists():
+                quorum = orjson.loads(state.read_bytes())
+                best = max(best, (quorum["leaderEpoch"], quorum.get("leaderId", -1)))
+        return best[1]
+
+    async def in_sync(self, node: KafkaNode) -> bool:
+        """Whether ``node`` is in the ISR of every partition of the worker's topics."""
+        for topic in self.topics:
+            got = await self.replicas(topic)
+            if not got or any(node.node_id not in isr for _, isr in got.values()):
+                return False
+        return True
+
+    async def kill9(self, victim: KafkaNode, replaced: Callable[[], object], what: str) -> None:
+        """SIGKILL a running node; ``replaced`` must come true while it is down (``what``
+        says how); restarted, the node must be back in sync."""
+        assert victim.running, f"node {victim.node_id} is not running"
+        await asyncio.to_thread(victim.kill)
+        assert victim.returncode == -signal.SIGKILL, victim.returncode
+        await wait_until(replaced, 60, what)
+        await asyncio.to_thread(victim.start, 120)
+        await wait_until(partial(self.in_sync, victim), 240, f"node {victim.node_id} in sync")
+
+    async def kill9_leader(self, tp: TopicPartition) -> None:
+        """SIGKILL the node leading ``tp``; another replica must take over."""
+        victim = self.node(await self.leader(tp))
+
+        async def taken_over() -> bool:
+            return await self.leader(tp, victim) not in (-1, victim.node_id)
+
+        await self.kill9(victim, taken_over, f"a new leader of {tp}")
+
+    async def kill9_controller(self) -> None:
+        """SIGKILL the active controller (a combined node); the quorum must elect another."""
+        victim = self.node(self.controller())
+        await self.kill9(
+            victim,
+            lambda: self.controller() not in (-1, victim.node_id),
+            f"a controller in place of node {victim.node_id}",
+        )
+
+    async def sigstop(self, tp: TopicPartition) -> None:
+        """SIGSTOP the node leading ``tp`` past the broker session: the controller must fence
+        it and another replica lead ``tp``; after SIGCONT it must be back in sync."""
+        victim = self.node(await self.leader(tp))
+        assert victim.pid is not None
+        proc = psutil.Process(victim.pid)
+        assert proc.status() in (psutil.STATUS_RUNNING, psutil.STATUS_SLEEPING), proc.status()
+        victim.pause()
+        try:
+            stopped = lambda: proc.status() == psutil.STATUS_STOPPED  # noqa: E731
+            await wait_until(stopped, 10, f"node {victim.node_id} stopped")
+            await asyncio.sleep(BROKER_SESSION_S + 3)
+
+            async def fenced() -> bool:
+                return await self.leader(tp, victim) not in (-1, victim.node_id)
+
+            await wait_until(fenced, 60, f"a new leader of {tp}")
+        finally:
+            victim.resume()
+        await wait_until(lambda: proc.status() != psutil.STATUS_STOPPED, 10, "node resumed")
+        await wait_until(partial(self.in_sync, victim), 240, f"node {victim.node_id} in sync")
+
+
 async def chaos(
-    broker: Broker, redis: RedisServer, workers: Workers, events: list[SimEvent]
+    broker: ApacheKafka | Broker, redis: RedisServer, workers: Workers, events: list[SimEvent]
 ) -> tuple[Produced, list[str], Counter[str], list[str]]:
     """Feed the events while the faults act, one after another, each at its place in the
     input; input keeps flowing (a trickle) while a fault acts, and a fault is counted only
@@ -277,29 +398,54 @@ async def chaos(
         await asyncio.sleep(1.0)
         await kill("c")
 
+    inputs = (settings.topic_orders, settings.topic_visits)
+    nodes = (
+        NodeFaults(broker, (*inputs, settings.topic_changes, settings.topic_classes))
+        if isinstance(broker, ApacheKafka) and broker.size >= 3
+        else None
+    )
+
+    def on_nodes() -> NodeFaults:
+        assert nodes is not None
+        return nodes
+
+    def busiest(*topics: str) -> TopicPartition:
+        """The partition of ``topics`` that has received the most input so far."""
+        return max((tp for tp in produced.ends if tp.topic in topics), key=produced.ends.get)
+
+    def changes_of_busiest() -> TopicPartition:
+        return TopicPartition(settings.topic_changes, busiest(*inputs).partition)
+
     schedule: list[tuple[str, Callable[[], Coroutine[object, object, None]]]] = [
         ("kill9_worker", lambda: kill9_worker("a")),
         ("crash_after_commit", lambda: crash_at("b", "after_commit:2")),
+        ("kill9_input_leader", lambda: on_nodes().kill9_leader(busiest(*inputs))),
         ("kill9_redis", kill9_redis),
         ("crash_after_relay", lambda: crash_at("a", "after_relay:2")),
+        ("kill9_changes_leader", lambda: on_nodes().kill9_leader(changes_of_busiest())),
         ("sigstop_past_session", sigstop_past_session),
         ("kill9_worker", lambda: kill9_worker("b")),
+        ("sigstop_broker", lambda: on_nodes().sigstop(busiest(settings.topic_visits))),
         ("pause_broker", pause_broker),
         ("kill9_during_rebalance", kill9_during_rebalance),
+        ("kill9_controller", lambda: on_nodes().kill9_controller()),
         ("redis_rollback", redis_rollback),
         ("crash_after_commit", lambda: crash_at("b", "after_commit:3")),
         ("kill9_redis", kill9_redis),
         ("kill9_worker", lambda: kill9_worker("a")),
         ("crash_after_dead_letter", lambda: crash_at("b", "after_dead_letter:1")),
     ]
+    if nodes is None:  # one broker node (Tansu): no node of it can fail alone
+        schedule = [(k, a) for k, a in schedule if k not in NodeFaults.KINDS]
     only = os.environ.get("CHAOS_FAULTS")  # e.g. "kill9_redis,redis_rollback" to isolate one
     if only:
         schedule = [(k, a) for k, a in schedule if k in only.split(",")]
     for i, (kind, action) in enumerate(schedule):
-        # Fault i acts at its share of the input (from 1/16 to 13/16 with all 13), once the
-        # workers have applied most of what came before it.
+        # Fault i acts at its share of the input (from 1/16 to 13/16 with all 13 of a single
+        # broker, 1/20 to 17/20 with a cluster's 17), once the workers have applied most of
+        # what came before it.
         await flow_until(len(events) * (i + 1) // (len(schedule) + 3))
-        began, done = pos, await applied(settings)
+        began, done, since = pos, await applied(settings), asyncio.get_running_loop().time()
         acting = asyncio.create_task(action())
         while not acting.done():  # a trickle of input while the fault acts
             if pos < len(events):
@@ -307,7 +453,8 @@ async def chaos(
             await asyncio.wait({acting}, timeout=0.5)
         await acting  # raises if the fault was not seen to happen
         faults[kind] += 1
-        placed.append(f"{kind} {began}-{pos} ({done} applied at the start)")
+        took = asyncio.get_running_loop().time() - since
+        placed.append(f"{kind} {began}-{pos} ({done} applied at the start, {took:.0f} s)")
         print(f"fault {placed[-1]}")  # shown at once with -s, should a later step fail
         assert pos < len(events), f"input ran out while {kind} acted"
     await flow_until(len(events))
@@ -332,7 +479,7 @@ def expected(events: list[SimEvent], as_of: int) -> tuple[Replayer, int]:
     return replayer, rejected
 
 
-async def test_chaos(broker: Broker, tmp_path: Path) -> None:
+async def test_chaos(broker: ApacheKafka | Broker, tmp_path: Path) -> None:
     events = traffic()
     clock_ms = max(e.delivered_ms for e in events) + 60_000
     later = clock_ms + 200 * DAY_MS
@@ -431,6 +578,9 @@ async def test_chaos(broker: Broker, tmp_path: Path) -> None:
         }
         tombstones = {(r.key or b"").decode() for r in changes if r.value is None}
         report = {
+            "broker": (
+                f"Apache Kafka, {broker.size} nodes" if isinstance(broker, ApacheKafka) else "Tansu"
+            ),
             "events": len(events),
             "customers": len(replayer.states),
             "faults": dict(faults),

@@ -303,7 +303,13 @@ def test_withhold_keeps_only_the_erased_customers_changes_out_of_the_outbox() ->
             OutRecord("changes", b"gone", b"{}"),
             OutRecord("changes", b"kept", b"{}"),
             OutRecord("dlq", b"gone", b"raw"),
+            OutRecord("classes", b"gone", b"{}"),
+            OutRecord("classes", b"kept", b"{}"),
         ]
     )
-    outcome.withhold("changes", {b"gone"})
-    assert [(r.topic, r.key) for r in outcome.out] == [("changes", b"kept"), ("dlq", b"gone")]
+    outcome.withhold(("changes", "classes"), {b"gone"})
+    assert [(r.topic, r.key) for r in outcome.out] == [
+        ("changes", b"kept"),
+        ("dlq", b"gone"),
+        ("classes", b"kept"),
+    ]

@@ -36,6 +36,7 @@ def test_state_round_trip(events: list, day: int) -> None:
     assert encode_state(back) == encode_state(state)
 
 
+instants_near = st.integers(T0 - 900 * DAY, T0 + 900 * DAY)
 records = st.builds(
     OrderRecord,
     st.integers(0, 15),
@@ -147,6 +148,44 @@ def test_states_written_by_format_4_still_read() -> None:
     assert decode_state("c1", encode_state(state)) == state
 
 
+names = st.sampled_from(["lifecycle", "value_tier", "rfm", "active", "churn_risk", "in"]) | st.text(
+    max_size=12
+)
+trait_values = st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.text(max_size=8)
+
+
+@st.composite
+def any_states(draw: st.DrawFn) -> CustomerState:
+    """Every field at once, in every shape: traits (removed ones too), classes with and
+    without since instants, names inside and outside the vocabulary, and the withheld
+    changes consent holds back (format 5's trailing field, carried by format 6)."""
+    classes = draw(st.dictionaries(names, st.none() | names, max_size=7))
+    return CustomerState(
+        "c1",
+        orders=draw(st.dictionaries(st.text(max_size=10), records, max_size=8)),
+        first_visit_ms=draw(st.none() | instants_near),
+        last_visit_ms=draw(st.none() | instants_near),
+        key_actions=sorted(draw(st.lists(instants_near, max_size=20))),
+        region=draw(st.none() | st.text(max_size=6)),
+        region_ms=draw(st.just(-1) | instants_near),
+        traits=draw(
+            st.dictionaries(st.text(max_size=8), st.tuples(instants_near, trait_values), max_size=4)
+        ),
+        classes=classes,
+        since_ms={d: draw(instants_near) for d in classes if draw(st.booleans())},
+        withheld=draw(st.dictionaries(names, st.none() | names, max_size=3)),
+        rules_version=draw(st.sampled_from(["", "sha256:58b40df6bc4446c6", "sha256:58B4", "x"])),
+        due_day=draw(st.none() | st.integers(0, 40_000)),
+    )
+
+
+@given(any_states())
+def test_any_state_round_trips(state: CustomerState) -> None:
+    packed = encode_state(state)
+    assert decode_state("c1", packed) == state
+    assert encode_state(decode_state("c1", packed)) == packed
+
+
 def test_partial_refunds_and_key_actions_round_trip() -> None:
     state = CustomerState(
         "c1",
@@ -172,6 +211,13 @@ FORMAT_5_COMPRESSED = bytes.fromhex(
 FORMAT_5 = (
     b'[5,1767225600000,"",["A1",18,0,10000],null,null,null,null,[],"58b40df6bc4446c6",20485,'
     b'[0,"r1",500],[17],["vip",9,true]]'
+)
+
+# Format 5 with the trailing field consent added: the classes a withheld change would move
+# to (a class, another outside the vocabulary, none).
+FORMAT_5_WITHHELD = (
+    b'[5,1767225600000,"",["A1",18,0,10000],null,null,null,null,[[0,9,0],[1,14]],'
+    b'"58b40df6bc4446c6",20485,[],[],[],[[0,11],["custom_x"],[1,"gold"]]]'
 )
 
 
@@ -203,7 +249,17 @@ def test_states_written_by_format_5_still_read() -> None:
         rules_version="sha256:58b40df6bc4446c6",
         due_day=20485,
     )
-    for state in (compressed, plain):
+    withheld = decode_state("c1", FORMAT_5_WITHHELD)
+    assert withheld == CustomerState(
+        "c1",
+        orders={"A1": OrderRecord(2, True, T0, 10_000)},
+        classes={"lifecycle": "active", "value_tier": "low"},
+        since_ms={"lifecycle": T0},
+        withheld={"lifecycle": "churn_risk", "custom_x": None, "value_tier": "gold"},
+        rules_version="sha256:58b40df6bc4446c6",
+        due_day=20485,
+    )
+    for state in (compressed, plain, withheld):
         assert decode_state("c1", encode_state(state)) == state
 
 

@@ -55,13 +55,16 @@ def test_erasure_takes_classes_out_of_the_counts_and_sends_tombstones() -> None:
     outcome = erasure(
         [(b"a", previous), (b"b", None)],  # b: never seen, or erased before
         changes_topic=TOPICS.changes,
+        classes_topic=TOPICS.classes,
         erasures_topic="erasures",
         next_offset=12,
     )
     assert dict(outcome.population) == {("value", "gold"): -1, ("activity", "active"): -1}
     assert [(r.topic, r.key, r.value, r.headers) for r in outcome.out] == [
         (TOPICS.changes, b"a", None, (ERASED_HEADER,)),
+        (TOPICS.classes, b"a", None, (ERASED_HEADER,)),
         (TOPICS.changes, b"b", None, (ERASED_HEADER,)),
+        (TOPICS.classes, b"b", None, (ERASED_HEADER,)),
     ]
     assert outcome.offsets == {"erasures": 12}
     assert outcome.states == {}

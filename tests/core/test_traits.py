@@ -7,11 +7,11 @@ from hypothesis import strategies as st
 
 from tests.core.strategies import ACTIVITY, T0
 from worker.core.codec import decode_state, encode_state
-from worker.core.engine import process_event
-from worker.core.events import ParseLimits, Profile, Reason, Rejection, parse_event
+from worker.core.engine import Changes, process_event
+from worker.core.events import Order, ParseLimits, Profile, Reason, Rejection, parse_event
 from worker.core.rules import RulesError, default_rules_text, parse_rules
-from worker.core.state import CustomerState
-from worker.core.timeutil import format_ms
+from worker.core.state import MAX_TRAITS, CustomerState
+from worker.core.timeutil import DAY_MS, format_ms
 from worker.core.views import describe
 from worker.replay import Replayer
 
@@ -171,3 +171,86 @@ def test_replay_reads_profile_lines() -> None:
     replayer.feed(profile("p1", T0, gender="F", birth_year=1980, crm_level="platinum"), 1)
     assert changes == [("gold_women_80s", "in", "profile")]
     assert replayer.states["c1"].present_traits()["crm_level"] == "platinum"
+
+
+def test_a_profile_that_would_pass_the_bound_per_customer_is_refused_and_changes_nothing() -> None:
+    state = CustomerState("c1")
+    first = parse(profile("p1", T0, **{f"t{i}": i for i in range(MAX_TRAITS - 1)}))
+    assert isinstance(first, Profile)
+    assert isinstance(process_event(state, first, RULES, T0, T0), list)
+    removal = parse(profile("p2", T0, gone=None))  # a removal holds its name too
+    assert isinstance(removal, Profile)
+    assert process_event(state, removal, RULES, T0, T0) == []
+    assert len(state.traits) == MAX_TRAITS
+    before = encode_state(state)
+    over = parse(profile("p3", T0 + 1, t0=100, gender="F"))
+    assert isinstance(over, Profile)
+    refused = process_event(state, over, RULES, T0 + 1, T0 + 1)
+    assert isinstance(refused, Rejection)
+    assert (refused.reason, refused.field) == (Reason.TRAIT_LIMIT, "traits")
+    assert encode_state(state) == before
+    known = parse(profile("p4", T0 + 1, t0=100, gone="back"))  # names it holds: taken
+    assert isinstance(known, Profile)
+    assert isinstance(process_event(state, known, RULES, T0 + 1, T0 + 1), list)
+    assert state.present_traits()["t0"] == 100 and state.present_traits()["gone"] == "back"
+
+
+CONSENT_RULES = parse_rules(default_rules_text() + b'[consent]\nsuppress = ["value_tier"]\n', "c")
+
+
+def paid(n: int, at: int, amount_minor: int) -> Order:
+    return Order(f"o{n}", "c1", at, amount_minor, "USD", "paid", f"o{n}", None)
+
+
+def consent(event_id: str, at: int, given: bool) -> Profile:
+    return Profile(event_id, "c1", at, (("marketing_consent", given),))
+
+
+def test_withdrawn_consent_withholds_changes_on_chosen_dimensions_until_it_returns() -> None:
+    state, rules = CustomerState("c1"), CONSENT_RULES
+    emitted: list[tuple[str, str | None, str | None]] = []
+    withheld: list[str] = []
+
+    def step(event: Order | Profile) -> None:
+        changes = process_event(state, event, rules, event.occurred_ms, event.occurred_ms)
+        assert isinstance(changes, Changes)
+        emitted.extend((c.dimension, c.from_class, c.to_class) for c in changes)
+        withheld.extend(changes.withheld)
+
+    step(paid(1, T0, 15_000))
+    assert ("value_tier", None, "low") in emitted and not state.withheld
+    step(consent("p1", T0 + 1, False))
+    emitted.clear()
+    for n in range(2, 5):  # three more orders: low -> medium (2) -> medium -> high (4)
+        step(paid(n, T0 + n * DAY_MS, 15_000))
+    assert [e for e in emitted if e[0] == "value_tier"] == []
+    assert any(e[0] == "lifecycle" for e in emitted)  # other dimensions are not withheld
+    assert withheld == ["value_tier", "value_tier"]  # low -> medium, medium -> high
+    assert state.classes["value_tier"] == "low" and state.withheld == {"value_tier": "high"}
+    assert describe(state, rules, T0 // DAY_MS + 4)["withheld"] == {"value_tier": "high"}
+    assert decode_state("c1", encode_state(state)) == state
+    emitted.clear()
+    step(consent("p2", T0 + 5 * DAY_MS, True))  # consent returns: the class since last emitted
+    assert emitted == [("value_tier", "low", "high")] and withheld == ["value_tier"] * 2
+    assert state.classes["value_tier"] == "high" and not state.withheld
+    assert "withheld" not in describe(state, rules, T0 // DAY_MS + 5)
+
+
+def test_a_class_that_moves_back_while_withheld_emits_nothing_when_consent_returns() -> None:
+    state, rules = CustomerState("c1"), CONSENT_RULES
+    for event in (paid(1, T0, 15_000), consent("p1", T0 + 1, False), paid(2, T0 + 2, 15_000)):
+        process_event(state, event, rules, event.occurred_ms, event.occurred_ms)
+    assert state.withheld == {"value_tier": "medium"}
+    refund = Order("r2", "c1", T0 + 3, 0, "USD", "refunded", "o2", None)  # back to low
+    changes = process_event(state, refund, rules, T0 + 3, T0 + 3)
+    assert isinstance(changes, Changes) and changes.withheld == ("value_tier",)
+    assert [c for c in changes if c.dimension == "value_tier"] == []
+    assert not state.withheld and state.classes["value_tier"] == "low"
+    assert process_event(state, consent("p2", T0 + 4, True), rules, T0 + 4, T0 + 4) == []
+
+
+def test_consent_rules_are_checked_at_load() -> None:
+    with pytest.raises(RulesError, match="unknown dimension or segment 'value_teir'"):
+        parse_rules(default_rules_text() + b'[consent]\nsuppress = ["value_teir"]\n', "c")
+    with pytest.raises(RulesError, match=r"consent\.trait"):
+        parse_rules(default_rules_text() + b'[consent]\ntrait = "Consent"\n', "c")

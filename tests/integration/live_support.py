@@ -22,7 +22,7 @@ from aiokafka import ConsumerRecord, TopicPartition
 from worker import kafka
 from worker.core.codec import decode_state
 from worker.core.events import ParseLimits
-from worker.core.rules import load_rules
+from worker.core.rules import Rules, load_rules
 from worker.core.state import CustomerState
 from worker.core.timeutil import DAY_MS, format_ms, parse_rfc3339
 from worker.core.views import describe
@@ -84,10 +84,13 @@ async def make_settings(broker: Broker, redis_url: str) -> Settings:
         batch_size=300,
         topic_orders=f"orders-{tag}",
         topic_visits=f"visits-{tag}",
+        topic_profiles=f"profiles-{tag}",
         topic_changes=f"changes-{tag}",
         topic_dlq=f"dlq-{tag}",
         topic_erasures=f"erasures-{tag}",
+        topic_classes=f"classes-{tag}",
         group_id=f"group-{tag}",
+        topic_replication=broker.replication,  # on every node of a cluster (up to 3)
     )
     await ensure_topics(settings, PARTITIONS)
     return settings
@@ -118,7 +121,11 @@ async def produce(
     try:
         futures = []
         for e in events:
-            topic = settings.topic_orders if e.topic == "orders" else settings.topic_visits
+            topic = {
+                "orders": settings.topic_orders,
+                "visits": settings.topic_visits,
+                "profiles": settings.topic_profiles,
+            }[e.topic]
             partition = partition_of(e.key.decode(), PARTITIONS)
             futures.append(await producer.send(topic, e.value, key=e.key, partition=partition))
         for meta in await asyncio.gather(*futures):
@@ -194,7 +201,7 @@ async def read_all(
 
 
 def replay(
-    events: list[SimEvent], now_ms: int, as_of: int | None = None
+    events: list[SimEvent], now_ms: int, as_of: int | None = None, rules: Rules = RULES
 ) -> tuple[Replayer, list[dict[str, object]], int]:
     """The expected outcome: replay of the same deliveries (changes, states, rejects)."""
     changes: list[dict[str, object]] = []
@@ -205,7 +212,7 @@ def replay(
         rejects += 1
 
     replayer = Replayer(
-        RULES,
+        rules,
         lambda c: changes.append(c.to_dict()),
         on_reject,
         limits=ParseLimits(),

@@ -37,7 +37,7 @@ from worker.tools.embedded import RedisServer, free_port
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 PARTITIONS = 4
-KEY = "audience-test-key"
+KEY = "audience-test-key-of-at-least-32-bytes"
 RULES = load_rules()
 CLASSES = {d.name: [c.name for c in d.classes] for d in RULES.dimensions}
 

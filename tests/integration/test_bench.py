@@ -9,7 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from worker.core.rules import default_rules_text, load_rules
+from worker.tools.apache_kafka import kafka_version
 
 
 def bench(*args: str, timeout: float) -> str:
@@ -32,11 +35,27 @@ def test_core_bench_prints_the_core_beside_its_parse_baseline() -> None:
     assert re.search(r"core: parse\+apply\+classify\+due\s+3,000\s", out)
 
 
-def test_live_bench_prints_throughput_latency_and_memory(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("broker", "named", "pacing", "paced"),
+    [
+        ("tansu", "Tansu, embedded (acks=all; no idempotent producers)", [], "half the measured"),
+        (
+            "kafka",
+            f"Apache Kafka {kafka_version()}, 1 node (idempotent producer, acks=all)",
+            ["--latency-rate", "500"],
+            "500 events/s (as asked)",
+        ),
+    ],
+)
+def test_live_bench_prints_throughput_latency_and_memory(
+    tmp_path: Path, broker: str, named: str, pacing: list[str], paced: str
+) -> None:
     rules = tmp_path / "rules.toml"
     rules.write_bytes(default_rules_text().replace(b"windows = [90]", b"windows = [30, 90]"))
     out = bench(
         "live",
+        "--broker",
+        broker,
         "--rules",
         str(rules),
         "--events",
@@ -47,9 +66,11 @@ def test_live_bench_prints_throughput_latency_and_memory(tmp_path: Path) -> None
         "150",
         "--latency-seconds",
         "4",
+        *pacing,
         timeout=400,
     )
     assert f"rules: {rules}, version {load_rules(rules).version}" in out
+    assert f"broker: {named}\n" in out
     for row in ("raw ceiling", "segment-worker (end to end)", "plain Faust agent"):
         line = next(line for line in out.splitlines() if line.startswith(row))
         assert re.search(r"\s3,000\s", line), line
@@ -57,6 +78,7 @@ def test_live_bench_prints_throughput_latency_and_memory(tmp_path: Path) -> None
         assert re.search(r"^segment-worker, [0-9] processes\s+[0-9,]+\s", out, re.MULTILINE)
     assert re.search(r"segment-worker vs plain Faust agent: [0-9.]+x", out)
     latency = out.split("event-to-change latency", 1)[1]
+    assert paced in latency.splitlines()[0]
     for row in ("broker only (relay baseline)", "segment-worker "):
         line = next(line for line in latency.splitlines() if line.startswith(row))
         count, p50, p99 = line[len(row) :].split()

@@ -6,13 +6,13 @@ from pathlib import Path
 import orjson
 import pytest
 import redis.asyncio as aioredis
-from worker.embedded import RedisServer
 
 from tests.test_fit import cdnow_states
 from worker.cli import main
 from worker.core.codec import encode_state
 from worker.kafka import partition_of
 from worker.store import Store
+from worker.tools.embedded import RedisServer
 
 pytestmark = pytest.mark.integration
 PARTITIONS = 4

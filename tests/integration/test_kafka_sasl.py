@@ -66,12 +66,18 @@ def least_privilege(settings: Settings) -> list[Acl]:
     READ and WRITE imply DESCRIBE; WRITE on a topic lets the idempotent producer get its
     producer id, so no IDEMPOTENT_WRITE on the cluster)."""
     principal = f"User:{USER}"
-    read = (settings.topic_orders, settings.topic_visits, settings.topic_erasures)
+    read = (
+        settings.topic_orders,
+        settings.topic_visits,
+        settings.topic_profiles,
+        settings.topic_erasures,
+    )
     return [
         *(Acl(principal, "topic", name, "READ") for name in read),
         Acl(principal, "topic", settings.topic_changes, "READ"),  # read back on a take
         Acl(principal, "topic", settings.topic_changes, "WRITE"),
         Acl(principal, "topic", settings.topic_dlq, "WRITE"),
+        Acl(principal, "topic", settings.topic_classes, "WRITE"),
         Acl(principal, "group", settings.group_id, "READ"),
     ]
 

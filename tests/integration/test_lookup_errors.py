@@ -5,7 +5,7 @@ import asyncio
 import pytest
 from aiohttp import ClientSession
 
-from tests.integration.live_support import NOW, ManualClock, make_settings, wait_until
+from tests.integration.live_support import AUTH, NOW, ManualClock, make_settings, wait_until
 from worker.service import Worker
 from worker.tools.embedded import Broker, RedisServer
 
@@ -23,7 +23,7 @@ async def test_a_lookup_while_redis_is_down_is_503(
 
             async def answered() -> bool:
                 try:
-                    async with http.get("/customers/bob") as resp:
+                    async with http.get("/customers/bob", headers=AUTH) as resp:
                         return resp.status == 404
                 except OSError:  # the port is not open yet
                     return False
@@ -31,7 +31,7 @@ async def test_a_lookup_while_redis_is_down_is_503(
             await wait_until(answered, 90, "lookups answered")
             redis_server.pause()  # unresponsive: the lookup times out (the client's 10 s)
             try:
-                async with http.get("/customers/bob") as resp:
+                async with http.get("/customers/bob", headers=AUTH) as resp:
                     assert resp.status == 503
                     assert "redis unavailable" in (await resp.json())["error"]
             finally:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
 
 from worker.cli.common import Subparsers, positive, traffic_arguments
 from worker.core.rules import load_rules
+from worker.tools.apache_kafka import BROKERS
 from worker.tools.bench import bench_core, print_table, write_events
 from worker.tools.livebench import Plan
 from worker.tools.livebench import run as run_live_bench
@@ -30,7 +32,7 @@ def register(sub: Subparsers) -> None:
         choices=("core", "live"),
         default="core",
         help="core: the per-event core against parsing alone (default; --events 1000000 "
-        "--customers 50000); live: the worker end to end on the embedded broker and Redis "
+        "--customers 50000); live: the worker end to end on a broker (--broker) and Redis "
         "against the raw getmany+Lua ceiling and a plain Faust agent, the worker in one "
         "process per core, latency at half capacity, and Redis bytes per customer (--events "
         "100000 --customers 20000)",
@@ -49,6 +51,19 @@ def register(sub: Subparsers) -> None:
         default=20,
         help="live: how long each paced latency run sends (%(default)s)",
     )
+    bench.add_argument(
+        "--latency-rate",
+        type=positive,
+        help="live: events/s of the paced latency runs (default: half the worker's measured "
+        "capacity); a fixed rate compares brokers or machines at the same load",
+    )
+    bench.add_argument(
+        "--broker",
+        choices=BROKERS,
+        help="live: the broker to run on: tansu (embedded, nothing but pip) or kafka (the "
+        "pinned Apache Kafka: Java 17+, jars fetched with Maven on first use; the worker "
+        "writes with the idempotent producer and acks=all); default $SW_TEST_BROKER, else tansu",
+    )
     bench.set_defaults(func=_bench)
 
 
@@ -60,8 +75,10 @@ def _bench(args: argparse.Namespace) -> int:
             memory_customers=args.memory_customers,
             seed=args.seed,
             latency_seconds=args.latency_seconds,
+            latency_rate=args.latency_rate,
             start_ms=args.start,
             rules=args.rules,
+            broker=args.broker or os.environ.get("SW_TEST_BROKER") or "tansu",
         )
         run_live_bench(plan)
         return 0

@@ -118,9 +118,9 @@ async def watch(
         topic = settings.topic_changes
         if topic not in await consumer.topics():
             raise KafkaError(f"no topic {topic!r} (SEGMENT_WORKER_TOPIC_CHANGES)")
-        partitions = [
-            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
-        ]
+        # The consumer has no group, so nothing makes it fetch the topic's metadata.
+        count = await kafka.partition_count(settings, topic)
+        partitions = [TopicPartition(topic, p) for p in range(count)]
         consumer.assign(partitions)
         if follow and not from_beginning:
             await consumer.seek_to_end(*partitions)

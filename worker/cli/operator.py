@@ -25,13 +25,14 @@ def register(sub: Subparsers) -> None:
     """Add ``erase``, ``customer`` and ``forget``."""
     erase = sub.add_parser(
         "erase",
-        help="erase customers (GDPR): state, due entry, and a tombstone on the change topic",
+        help="erase customers (GDPR): state, due entry, and tombstones on the change and "
+        "classes topics",
         description="Send erasure requests to the erasure topic (SEGMENT_WORKER_TOPIC_ERASURES, "
         "co-partitioned with the inputs). The worker that owns each customer deletes their "
         "state and due entry, keeps a marker so that replayed or late events cannot bring them "
         "back (SEGMENT_WORKER_ERASURE_MARKER_DAYS), and produces a tombstone (null value) for "
-        "them on the segment-change topic. Kafka settings come from the same environment "
-        "variables as `run`.",
+        "them on the segment-change topic and the compacted classes topic. Kafka settings "
+        "come from the same environment variables as `run`.",
     )
     erase.add_argument("customer_ids", nargs="+", metavar="CUSTOMER_ID")
     erase.set_defaults(func=_erase)

@@ -135,10 +135,13 @@ def _replay(args: argparse.Namespace) -> int:
     summary = replayer.summary
     if not args.quiet:
         reasons = ", ".join(f"{r}={n}" for r, n in sorted(summary.rejected.items()))
+        withheld = ", ".join(f"{d}={n}" for d, n in sorted(summary.withheld.items()))
+        if withheld:
+            withheld = f", {summary.withheld.total():,} withheld by consent ({withheld})"
         print(
             f"replay: {summary.lines:,} lines, {summary.applied:,} applied, "
             f"{summary.rejected_total:,} rejected{' (' + reasons + ')' if reasons else ''}, "
-            f"{len(replayer.states):,} customers, {summary.changes:,} segment changes",
+            f"{len(replayer.states):,} customers, {summary.changes:,} segment changes{withheld}",
             file=sys.stderr,
         )
         if summary.rejected_total and args.rejects is None:

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, NamedTuple
 
 from worker.core.changes import SegmentChange
+from worker.core.classes import snapshots
 from worker.core.codec import OutRecord
 from worker.core.deadletter import Stage
-from worker.core.engine import absorb, fire_timer, process_event, reevaluate
+from worker.core.engine import Changes, absorb, fire_timer, process_event, reevaluate
 from worker.core.events import (
     Event,
     EventKind,
@@ -41,6 +42,13 @@ class Topics:
     visits: str = "visits"
     changes: str = "segment-changes"
     dlq: str = "segment-worker-dlq"
+    classes: str = "segment-classes"
+    profiles: str = "profiles"
+
+    def kind(self, topic: str) -> EventKind:
+        """The contract of an input topic's records: any topic but orders' and profiles' is
+        visits'."""
+        return "order" if topic == self.orders else "profile" if topic == self.profiles else "visit"
 
 
 class InRecord(NamedTuple):  # immutable and cheap to build: one per input record
@@ -65,6 +73,9 @@ class Outcome:
     changes: list[SegmentChange] = field(default_factory=list)
     timers: int = 0
     population: Counter[tuple[str, str]] = field(default_factory=Counter)  # extra deltas
+    withheld: Counter[str] = field(
+        default_factory=Counter
+    )  # changes consent withheld, by dimension
 
     def population_deltas(self) -> Counter[tuple[str, str]]:
         """How many customers entered (+) and left (-) each (dimension, class)."""
@@ -76,10 +87,10 @@ class Outcome:
                 deltas[(change.dimension, change.to_class)] += 1
         return deltas
 
-    def withhold(self, topic: str, keys: set[bytes]) -> None:
-        """Keep these customers' records for ``topic`` out of the outbox: they are erased in
+    def withhold(self, topics: Collection[str], keys: set[bytes]) -> None:
+        """Keep these customers' records for ``topics`` out of the outbox: they are erased in
         this same batch, so nothing more about them may leave."""
-        self.out = [r for r in self.out if r.topic != topic or r.key not in keys]
+        self.out = [r for r in self.out if r.topic not in topics or r.key not in keys]
 
     def due_ms(self, calendar: Calendar) -> dict[str, int | None]:
         """When each touched customer is next due: the start of its due day, local time."""
@@ -104,7 +115,7 @@ def parse_batch(
     second state for the customer, one that lookups and erasures never find."""
     out: list[Event | Rejection] = []
     for record in records:
-        kind: EventKind = "order" if record.topic == topics.orders else "visit"
+        kind = topics.kind(record.topic)
         if record.value is None:
             out.append(Rejection(Reason.NOT_AN_OBJECT, None, "message has no value (tombstone)"))
             continue
@@ -223,7 +234,7 @@ def apply_batch(
         outcome.states[event.customer_id] = state
         outcome.applied[record.topic] += 1
         _emit(outcome, topics, result)
-    return outcome
+    return _publish(outcome, topics)
 
 
 def sweep(
@@ -238,7 +249,7 @@ def sweep(
             continue
         _catch_up(outcome, state, rules, topics, now_ms)
         outcome.states[customer_id] = state
-    return outcome
+    return _publish(outcome, topics)
 
 
 def reevaluate_batch(
@@ -260,7 +271,7 @@ def reevaluate_batch(
         else:
             _emit(outcome, topics, reevaluate(state, rules, now_ms, now_ms))
         outcome.states[customer_id] = state
-    return outcome
+    return _publish(outcome, topics)
 
 
 def _catch_up(
@@ -273,10 +284,19 @@ def _catch_up(
         outcome.states[state.customer_id] = state
 
 
-def _emit(outcome: Outcome, topics: Topics, changes: list[SegmentChange]) -> None:
+def _emit(outcome: Outcome, topics: Topics, changes: Changes) -> None:
+    outcome.withheld.update(changes.withheld)
     for change in changes:
         outcome.changes.append(change)
         outcome.out.append(change_record(topics, change))
+
+
+def _publish(outcome: Outcome, topics: Topics) -> Outcome:
+    """After the changes: the classes where each moved customer ended, for the compacted
+    classes topic (at most one record per customer per batch)."""
+    moved = (change.customer_id for change in outcome.changes)
+    outcome.out += snapshots(topics.classes, outcome.states, moved)
+    return outcome
 
 
 def change_record(topics: Topics, change: SegmentChange) -> OutRecord:

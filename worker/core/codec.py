@@ -116,6 +116,7 @@ def encode_state(state: CustomerState) -> bytes:
             [b - a for a, b in zip([base, *keys], keys, strict=False)],  # sorted: as steps
             [x for name, (ms, v) in sorted(state.traits.items()) for x in (name, ms - base, v)],
             since,
+            *_withheld(state),
         ]
     )
 
@@ -156,6 +157,14 @@ def _unpacked_version(stored: bytes | str) -> str:
     if isinstance(stored, bytes):
         return _VERSION_PREFIX + stored.hex()
     return stored[1:] if stored.startswith("=") else _VERSION_PREFIX + stored
+
+
+def _withheld(state: CustomerState) -> list[list[int | str | None]]:
+    """A trailing field, only while consent withholds a change: (dimension, class now)
+    pairs, packed as the classes are."""
+    if not state.withheld:
+        return []
+    return [_packed_classes(tuple(state.withheld.items()))]
 
 
 def declared_format(data: bytes) -> int | None:
@@ -226,6 +235,7 @@ def decode_state(customer_id: str, data: bytes) -> CustomerState:
                     since_ms[dim] = entry[2] + base
         if form >= _FORMAT_5:
             refunds, keys, traits = rest[7:10]
+            withheld = rest[11:] if form == FORMAT else rest[10:]  # trailing, when any
             records = list(orders.values())
             for i in range(0, len(refunds), 3):
                 record = records[refunds[i]]
@@ -238,6 +248,12 @@ def decode_state(customer_id: str, data: bytes) -> CustomerState:
                 state.key_actions = [offset + base for offset in keys]
             for i in range(0, len(traits), 3):
                 state.traits[traits[i]] = (traits[i + 1] + base, traits[i + 2])
+            if form == FORMAT and withheld:  # flat pairs, as the classes
+                state.withheld.update(_unpacked_classes(tuple(withheld[0])))
+            elif withheld:  # format 5: [dimension] or [dimension, class now]
+                for entry in withheld[0]:
+                    dim = _text(entry[0])
+                    state.withheld[dim] = None if len(entry) == 1 else _text(entry[1])
         return state
     except CorruptRecord:
         raise

@@ -139,7 +139,12 @@ class _Translator:
             return self.trait(node)
         if isinstance(node, ast.Constant):
             value = node.value
-            if isinstance(value, int | float) and not abs(value) <= MAX_NUMBER:  # inf, nan too
+            # int and float apart: the compiled core treats an int | float as a C double,
+            # which a constant of thousands of digits does not fit
+            too_big = (isinstance(value, int) and abs(value) > MAX_NUMBER) or (
+                isinstance(value, float) and not abs(value) <= MAX_NUMBER  # inf, nan too
+            )
+            if too_big:
                 raise ConditionError("numbers must be finite and at most 1e15 in size")
             if node.value is None or isinstance(node.value, bool | int | float | str):
                 return repr(node.value)

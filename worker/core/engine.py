@@ -12,6 +12,8 @@ from bisect import bisect_right
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Final
 
+from mypy_extensions import mypyc_attr
+
 from worker.core.changes import Cause, CauseType, SegmentChange, change_id, snapshot
 from worker.core.events import MAX_AMOUNT, Event, Order, Profile, Reason, Rejection, Visit
 from worker.core.features import (
@@ -24,21 +26,30 @@ from worker.core.features import (
 )
 from worker.core.predict import CROSSING_DAYS
 from worker.core.rules import Classes, Rules
-from worker.core.state import CustomerState, OrderIndex
+from worker.core.state import MAX_TRAITS, CustomerState, OrderIndex
 
 EXACT_CHECKS = 2
 _CAUSE: Final[dict[type, CauseType]] = {Order: "order", Visit: "visit", Profile: "profile"}
 
 
+@mypyc_attr(native_class=False)  # the compiled core cannot subclass list natively
+class Changes(list[SegmentChange]):
+    """The changes to emit, and the dimension of each change consent withheld (the live
+    worker counts them, replay's summary reports them). As cheap to make as a list: the
+    class default stands until a change is withheld."""
+
+    withheld: tuple[str, ...] = ()
+
+
 def process_event(
     state: CustomerState, event: Event, rules: Rules, now_ms: int, emitted_ms: int
-) -> list[SegmentChange] | Rejection:
+) -> Changes | Rejection:
     """Apply ``event`` to ``state`` (in place) and return the resulting class changes.
 
     A rejection leaves the state untouched. Classification happens at ``now_ms`` (the clock),
     or at the event's own time if that is later; a late event lands in its own day's window.
     """
-    converted = _in_base_currency(event, rules)
+    converted = _admit(state, event, rules)
     if isinstance(converted, Rejection):
         return converted
     event = converted
@@ -55,7 +66,7 @@ def process_event(
     ):
         # Nothing classification reads moved (a duplicate, a status that does not count, a
         # visit on a day already seen) under the same rules: classes and due day stand.
-        return []
+        return Changes()
     cause = Cause(_CAUSE[type(event)], event.event_id, event.occurred_ms)
     return evaluate(
         state, rules, calendar.day_of(max(now_ms, event.occurred_ms)), cause, emitted_ms
@@ -65,31 +76,34 @@ def process_event(
 def absorb(state: CustomerState, event: Event, rules: Rules) -> Rejection | None:
     """Apply ``event`` without classifying: for input re-read after Redis lost writes, whose
     changes subscribers already have; the customer is classified once the re-read is over."""
-    converted = _in_base_currency(event, rules)
+    converted = _admit(state, event, rules)
     if isinstance(converted, Rejection):
         return converted
     state.apply(converted, rules.activity)
     return None
 
 
-def _in_base_currency(event: Event, rules: Rules) -> Event | Rejection:
+def _admit(state: CustomerState, event: Event, rules: Rules) -> Event | Rejection:
+    """The event as the state takes it (an order in the base currency), or why not."""
     if isinstance(event, Order) and event.currency != rules.base_currency:
         return _convert(event, rules)
+    if isinstance(event, Profile) and (held := state.traits_held_after(event)) > MAX_TRAITS:
+        return Rejection(
+            Reason.TRAIT_LIMIT,
+            "traits",
+            f"the customer would hold {held} traits, over the limit of {MAX_TRAITS}",
+        )
     return event
 
 
-def fire_timer(
-    state: CustomerState, rules: Rules, due_day: int, emitted_ms: int
-) -> list[SegmentChange]:
+def fire_timer(state: CustomerState, rules: Rules, due_day: int, emitted_ms: int) -> Changes:
     """Re-classify at the start of ``due_day`` (its local midnight): the changes that time
     alone brought."""
     cause = Cause("timer", None, rules.calendar.start_ms(due_day))
     return evaluate(state, rules, due_day, cause, emitted_ms)
 
 
-def reevaluate(
-    state: CustomerState, rules: Rules, now_ms: int, emitted_ms: int
-) -> list[SegmentChange]:
+def reevaluate(state: CustomerState, rules: Rules, now_ms: int, emitted_ms: int) -> Changes:
     """Re-classify under new rules; changes carry the rules version as their cause."""
     day = rules.calendar.day_of(now_ms)
     return evaluate(state, rules, day, Cause("rules_change", rules.version, now_ms), emitted_ms)
@@ -97,18 +111,29 @@ def reevaluate(
 
 def evaluate(
     state: CustomerState, rules: Rules, day: int, cause: Cause, emitted_ms: int
-) -> list[SegmentChange]:
+) -> Changes:
     facts = facts_of(state, rules.counting, rules.calendar)
     features = rules.features_at(facts, day)
     classes = rules.classify(features)
-    changes: list[SegmentChange] = []
-    if classes != state.classes:
+    changes = Changes()
+    if classes != state.classes or state.withheld:
         dims = list(rules.dimension_names) + sorted(set(state.classes) - set(classes))
         snap = snapshot(facts, features, rules.windows)
         if rules.model is not None:
             snap.update(rules.model.values(facts, day))
+        withhold = withheld_dimensions(state, rules)
+        emitted = dict(classes) if withhold else classes
         for dim in dims:
             old, new = state.classes.get(dim), classes.get(dim)
+            if dim in withhold:
+                if state.withheld.get(dim, old) != new:
+                    changes.withheld += (dim,)
+                if old != new:
+                    state.withheld[dim], emitted[dim] = new, old
+                else:
+                    state.withheld.pop(dim, None)
+                continue
+            state.withheld.pop(dim, None)  # consent given back: from the class last emitted
             if old == new:
                 continue
             changes.append(
@@ -128,10 +153,20 @@ def evaluate(
                 state.since_ms.pop(dim, None)
             else:
                 state.since_ms[dim] = cause.occurred_ms
-        state.classes = classes
+        state.classes = emitted
     state.rules_version = rules.version
     state.due_day = next_change_day(facts, features, rules, day, classes)
     return changes
+
+
+def withheld_dimensions(state: CustomerState, rules: Rules) -> frozenset[str]:
+    """The dimensions whose changes are withheld from this customer's subscribers: the rules'
+    ``[consent] suppress`` while the customer's consent trait is false (not merely absent)."""
+    consent = rules.consent
+    if not consent.suppress:
+        return frozenset()
+    held = state.traits.get(consent.trait)
+    return consent.suppress if held is not None and held[1] is False else frozenset()
 
 
 def next_change_day(

@@ -1,5 +1,5 @@
 """What an erasure request changes: the customer's events stop counting, their classes leave
-the population counts, and a tombstone goes to the change topic.
+the population counts, and a tombstone goes to the change topic and the classes topic.
 
 Pure: the live worker deletes the state in Redis (fenced, leaving a marker) and commits the
 outcome returned here.
@@ -12,11 +12,10 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from worker.core.batch import InRecord, Outcome
+from worker.core.classes import ERASED_HEADER, classes_tombstone
 from worker.core.codec import OutRecord
 from worker.core.events import Event, Rejection
 from worker.core.state import CustomerState
-
-ERASED_HEADER = ("erased", b"true")
 
 
 class Kept(NamedTuple):
@@ -46,14 +45,16 @@ def erasure(
     erased: Sequence[tuple[bytes, CustomerState | None]],
     *,
     changes_topic: str,
+    classes_topic: str,
     erasures_topic: str,
     next_offset: int,
     into: Outcome | None = None,
 ) -> Outcome:
     """The outcome to commit once each (key, previous state) customer's state is deleted: their
-    classes leave the population counts, a tombstone (null value) per customer goes out, and
-    the erasure topic's offset moves to ``next_offset``. ``into``: the outcome to add this to
-    (the dead-lettered requests of :func:`worker.core.batch.accept_erasures`)."""
+    classes leave the population counts, a tombstone (null value) per customer goes to the
+    change topic and the classes topic, and the erasure topic's offset moves to
+    ``next_offset``. ``into``: the outcome to add this to (the dead-lettered requests of
+    :func:`worker.core.batch.accept_erasures`)."""
     outcome = Outcome() if into is None else into
     for key, previous in erased:
         if previous is not None:
@@ -61,5 +62,6 @@ def erasure(
                 if cls is not None:
                     outcome.population[(dim, cls)] -= 1
         outcome.out.append(OutRecord(changes_topic, key, None, (ERASED_HEADER,)))
+        outcome.out.append(classes_tombstone(classes_topic, key))
     outcome.offsets[erasures_topic] = next_offset
     return outcome

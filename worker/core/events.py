@@ -192,7 +192,7 @@ def _traits(doc: dict[str, object], limits: ParseLimits) -> tuple[tuple[str, Tra
         for key, value in (given or {}).items():
             name = key + suffix
             path = field  # the message names the trait
-            if not (name.isascii() and name[:1].isalpha() and set(name) <= _TRAIT_CHARS):
+            if not valid_trait_name(name):
                 raise _Bad(Reason.INVALID_VALUE, path, "a trait name is a-z, 0-9 and _")
             if len(name) > limits.max_trait_name:
                 raise _Bad(
@@ -259,6 +259,11 @@ def _typed(value: object, name: str, typ: type[T]) -> T:
     if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
         raise _Bad(Reason.WRONG_TYPE, name, f"{name} must be {typ.__name__}, got {_kind(value)}")
     return value
+
+
+def valid_trait_name(name: str) -> bool:
+    """a-z first, then a-z, 0-9 and _."""
+    return name.isascii() and name[:1].isalpha() and set(name) <= _TRAIT_CHARS
 
 
 def valid_id(value: str, limits: ParseLimits) -> bool:

@@ -20,6 +20,7 @@ from typing import Final
 
 from worker.core.features import Facts, Features
 from worker.core.state import OrderIndex
+from worker.errors import SegmentWorkerError
 
 _EPS: Final = 1e-17
 _MAX_TERMS: Final = 100_000
@@ -32,7 +33,7 @@ DEFAULT_HORIZONS: Final = (90, 365)
 CROSSING_DAYS: Final = 2**15  # ~90 years: a model feature that takes longer never crosses
 
 
-class NumericError(ArithmeticError):
+class NumericError(SegmentWorkerError):
     """Raised when a series does not converge within its term budget (a parameter bug)."""
 
 

@@ -30,6 +30,7 @@ from worker.core.conditions import (
     FeatureKind,
     compile_condition,
 )
+from worker.core.events import valid_trait_name
 from worker.core.features import (
     TEXTUAL,
     Facts,
@@ -85,6 +86,15 @@ class Dimension:
     requires_model: bool = False  # dropped, once validated, from rules with no [model]
 
 
+@dataclass(frozen=True, slots=True)
+class Consent:
+    """``[consent]``: while a customer's ``trait`` is false, their changes on the ``suppress``
+    dimensions are withheld from the change topic (the class is still tracked)."""
+
+    trait: str = "marketing_consent"
+    suppress: frozenset[str] = frozenset()
+
+
 @dataclass(frozen=True)
 class Rules:
     version: str
@@ -108,6 +118,7 @@ class Rules:
     model: Model | None = None
     # With fixed_offsets: the (model feature, constant) comparisons, whose flips are timed.
     model_limits: tuple[tuple[str, object], ...] = ()
+    consent: Consent = Consent()
 
     @property
     def dimension_names(self) -> tuple[str, ...]:
@@ -217,7 +228,7 @@ def _build(doc: dict[str, Any], source: str, problems: _Problems) -> Rules | Non
         _check_keys(
             doc,
             {"orders", "money", "calendar", "activity", "scores", "dimensions", "segments"}
-            | {"model"},
+            | {"model", "consent"},
             "",
         )
     orders = _table(doc, "orders", "")
@@ -291,6 +302,9 @@ def _build(doc: dict[str, Any], source: str, problems: _Problems) -> Rules | Non
                     "dimensions", f"dimension or segment {dim.name!r} is defined twice"
                 )
         seen.add(dim.name)
+    consent = Consent()
+    with problems.field():
+        consent = _consent(_table(doc, "consent", ""), seen)
     if problems.found:
         return None
     classify, thresholds, fixed = _compile(dimensions, kinds)
@@ -318,6 +332,7 @@ def _build(doc: dict[str, Any], source: str, problems: _Problems) -> Rules | Non
         model_limits=tuple(
             (name, limit) for name, limit in fixed or () if kinds.get(name) is FeatureKind.MODEL
         ),
+        consent=consent,
     )
 
 
@@ -432,6 +447,23 @@ def _activity(table: dict[str, Any], longest_window: int) -> Activity:
     # Kept back from the latest key action: the longest window, plus a day either side for
     # a clock change and for the latest's own date.
     return Activity(frozenset(actions), (longest_window + 2) * DAY_MS)
+
+
+def _consent(table: dict[str, Any], dimensions: set[str]) -> Consent:
+    _check_keys(table, {"trait", "suppress"}, "consent")
+    trait = table.get("trait", Consent().trait)
+    if not isinstance(trait, str) or not valid_trait_name(trait):
+        raise _FieldError("consent.trait", "must be a trait name (a-z, 0-9, _)")
+    suppress = table.get("suppress", [])
+    if not isinstance(suppress, list) or not all(isinstance(d, str) for d in suppress):
+        raise _FieldError("consent.suppress", "must be a list of dimension or segment names")
+    unknown = sorted(set(suppress) - dimensions)
+    if unknown:
+        raise _FieldError(
+            "consent.suppress",
+            f"unknown dimension or segment {unknown[0]!r}{_did_you_mean(unknown[0], dimensions)}",
+        )
+    return Consent(trait, frozenset(suppress))
 
 
 def _reads_key_counts(

@@ -24,6 +24,9 @@ REFUNDED: Final = 8
 STATUS_FLAG: Final = {"placed": PLACED, "paid": PAID, "cancelled": CANCELLED, "refunded": REFUNDED}
 VOIDED: Final = CANCELLED | REFUNDED
 NO_TIME: Final = -(2**62)
+# Trait names a customer's state holds at most (a profile that would pass it is refused):
+# bounds a state's size whatever the CRM sends over the years.
+MAX_TRAITS: Final = 50
 
 
 @dataclass(slots=True)
@@ -149,6 +152,9 @@ class CustomerState:
     # Derived, not part of the statistics: what was last emitted, and when it was entered.
     classes: dict[str, str | None] = field(default_factory=dict)
     since_ms: dict[str, int] = field(default_factory=dict)
+    # Per dimension whose change consent withholds: the class the customer is in now, while
+    # ``classes`` keeps the one last emitted (what subscribers, audiences and counts know).
+    withheld: dict[str, str | None] = field(default_factory=dict)
     rules_version: str = ""
     due_day: int | None = None
     _index: OrderIndex | None = field(default=None, compare=False, repr=False)
@@ -191,6 +197,11 @@ class CustomerState:
                 self.traits[name] = (ms, value)
                 changed = True
         return changed
+
+    def traits_held_after(self, profile: Profile) -> int:
+        """How many trait names the state would hold with ``profile`` in (removed ones too:
+        a removal is kept, so that an older statement arriving late cannot bring it back)."""
+        return len(self.traits) + sum(name not in self.traits for name, _ in profile.traits)
 
     def present_traits(self) -> dict[str, TraitValue]:
         """The traits as they stand (the removed ones left out)."""

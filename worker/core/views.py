@@ -36,6 +36,8 @@ def describe(state: CustomerState, rules: Rules, day: int) -> dict[str, object]:
     if rules.model is not None:
         out.update(rules.model.values(facts, day))
     out["classes"] = dict(state.classes)
+    if state.withheld:  # consent withdrawn: the classes now, not emitted (``classes`` were)
+        out["withheld"] = dict(sorted(state.withheld.items()))
     out["since"] = {dim: format_ms(ms) for dim, ms in sorted(state.since_ms.items())}
     due = state.due_day
     out["next_change_at"] = None if due is None else format_ms(rules.calendar.start_ms(due))

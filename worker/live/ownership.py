@@ -20,11 +20,12 @@ from aiokafka.errors import KafkaTimeoutError
 
 from worker.core.batch import Topics
 from worker.core.codec import CorruptRecord, OutRecord
-from worker.core.reconcile import Emitted, lost_window, read_back, reconcile
+from worker.core.reconcile import Trust, lost_window, read_back, reconcile
+from worker.kafka import partition_of
 from worker.live.partitions import Partitions
 from worker.live.relay import Relay
 from worker.live.retry import Health
-from worker.live.storage import Storage
+from worker.live.storage import RedisReset, Storage
 from worker.metrics import Metrics
 from worker.settings import Settings
 from worker.store import Claim
@@ -67,6 +68,7 @@ class Ownership:
             known = self.partitions.get(tp.partition)
             if known is not None:
                 known.committable.pop(tp.topic, None)
+        versions: dict[int, frozenset[str]] = {}
         for partition in partitions:
             identity = await retry("identity", partial(store.server_id, partition))
             fence = await retry("take", partial(store.claim, partition))
@@ -74,18 +76,29 @@ class Ownership:
             done = await retry("rules", partial(store.rules_version, partition))
             if done != self.rules_version() and state.reevaluate_from is None:
                 state.reevaluate_from = 0  # e.g. the previous owner died mid-way
+            versions[partition] = frozenset({self.rules_version(), done or ""})
         starts = {p: await retry("relayed", partial(store.relayed, p)) for p in partitions}
-        emitted = await retry("read back", partial(self._emitted_since, starts))
+        emitted, ends = await retry("read back", partial(self._emitted_since, starts, assigned))
+        count = len(await retry("partitions", partial(self._input_partitions)))
         for partition in partitions:
             taken = self.partitions.get(partition)
             claim = None if taken is None else taken.claim
             if taken is None or claim is None:
                 continue  # fenced meanwhile
+            trust = Trust(
+                partition,
+                {tp.topic: end for tp, end in ends.items() if tp.partition == partition},
+                self.settings.signing_keys(),
+                versions[partition],
+                partial(_belongs, count, partition),
+            )
             try:
                 in_kafka = await retry(
-                    "reconcile", partial(self._reconcile, claim, emitted.get(partition, []))
+                    "reconcile", partial(self._reconcile, claim, emitted.get(partition, []), trust)
                 )
-            except CorruptRecord as exc:
+            except RedisReset:
+                raise  # every partition is taken again
+            except Exception as exc:  # one partition's trouble must not stop the others
                 self.stop(partition, exc)
                 continue
             await retry("drain", partial(self.relay.drain, claim, in_kafka))
@@ -122,7 +135,7 @@ class Ownership:
         self.metrics.redis_resets.inc()
         await self.take([tp for tp in self.consumer.assignment() if tp.partition in owned])
 
-    def stop(self, partition: int, exc: CorruptRecord) -> None:
+    def stop(self, partition: int, exc: Exception) -> None:
         """Stop a partition on a stored state this worker cannot read (damaged, or written by
         a newer release during a rolling update) instead of the whole process, which would
         stop every worker that took the partition over in turn. Nothing of the batch was
@@ -130,14 +143,17 @@ class Ownership:
         (read from the offsets Redis holds), until the state reads: repaired, or a newer
         worker took the partition over. Its other customers wait too: input offsets are
         committed in order."""
-        self.partitions.stop_running(partition)
         self.consumer.pause(*self._assigned(partition))
         retry_s = self.settings.stuck_retry_ms / 1000
-        state = self.partitions.get(partition)
-        if state is not None:
-            state.stopped_until = time.monotonic() + retry_s
+        self.partitions.stop_until(partition, time.monotonic() + retry_s)
         self.metrics.stopped.set(len(self.partitions.stopped()))
-        log.error("partition %d stopped: %s; trying again in %.0f s", partition, exc, retry_s)
+        log.error(
+            "partition %d stopped: %s; trying again in %.0f s",
+            partition,
+            exc,
+            retry_s,
+            exc_info=not isinstance(exc, CorruptRecord),  # anything else is a bug: show where
+        )
 
     async def take_stopped(self) -> None:
         """Take the stopped partitions whose retry time came again; resume those that read."""
@@ -156,7 +172,10 @@ class Ownership:
                 if state is None or state.stopped_until is None or not tps:
                     continue  # revoked meanwhile
                 state.stopped_until = None
-                await self.take(tps)  # stops it again if the state still does not read
+                try:
+                    await self.take(tps)  # stops it again if the state still does not read
+                except Exception as exc:  # e.g. damaged partition metadata: again later
+                    self.stop(partition, exc)
                 if state.stopped_until is None:
                     self.consumer.resume(*tps)
         self.metrics.stopped.set(len(self.partitions.stopped()))
@@ -164,15 +183,20 @@ class Ownership:
     def _assigned(self, partition: int) -> list[TopicPartition]:
         return [tp for tp in self.consumer.assignment() if tp.partition == partition]
 
+    async def _input_partitions(self) -> set[int]:
+        return set(await self.relay.producer.partitions_for(self.topics.orders))
+
     async def _emitted_since(
-        self, starts: dict[int, int]
-    ) -> dict[int, list[ConsumerRecord[bytes, bytes]]]:
+        self, starts: dict[int, int], inputs: list[TopicPartition]
+    ) -> tuple[dict[int, list[ConsumerRecord[bytes, bytes]]], dict[TopicPartition, int]]:
         """The change topic's records from each partition's last acknowledged relay on: in
         steady state nothing or a batch relayed but not yet acknowledged; after Redis lost
-        writes, also the changes of the lost window."""
+        writes, also the changes of the lost window. And the end offsets of the ``inputs``,
+        asked first: no change this worker stamped can have reached past them."""
         reader = self.reader()
         await reader.start()
         try:
+            input_ends = await reader.end_offsets(inputs)
             known = await self.relay.changes_partitions()
             tps = {p: TopicPartition(self.topics.changes, p) for p in starts if p in known}
             reader.assign(list(tps.values()))
@@ -189,19 +213,30 @@ class Ownership:
                 if not batch and all(
                     at >= ends[tp] for at, tp in zip(positions, tps.values(), strict=True)
                 ):
-                    return out
+                    return out, input_ends
                 if time.monotonic() > deadline:
                     raise KafkaTimeoutError(f"reading back {self.topics.changes} took too long")
         finally:
             await reader.stop()
 
     async def _reconcile(
-        self, claim: Claim, records: Iterable[ConsumerRecord[bytes, bytes]]
+        self, claim: Claim, records: Iterable[ConsumerRecord[bytes, bytes]], trust: Trust
     ) -> frozenset[str]:
         """Bring the classes in Redis in line with the changes Kafka holds that Redis lost
-        (see :func:`worker.core.reconcile.reconcile`). Returns the ids of the changes in
-        Kafka, which the outbox need not relay again."""
-        emitted: list[Emitted] = read_back((r.value, r.headers) for r in records)
+        (see :func:`worker.core.reconcile.reconcile`), trusting only the records that pass
+        ``trust``. Returns the ids of the changes in Kafka, which the outbox need not relay
+        again."""
+        emitted, rejected = read_back(((r.key, r.value, r.headers) for r in records), trust)
+        for reason, n in rejected.items():
+            self.metrics.readback_rejected.labels(reason).inc(n)
+        if rejected:
+            log.warning(
+                "partition %d: skipped %d records on %s that this worker did not produce (%s)",
+                claim.partition,
+                rejected.total(),
+                self.topics.changes,
+                ", ".join(f"{reason}: {n}" for reason, n in sorted(rejected.items())),
+            )
         in_kafka = frozenset(e.event_id for e in emitted)
         if not in_kafka:
             return in_kafka
@@ -222,7 +257,7 @@ class Ownership:
                 lost.until,
             )
         states = await self.storage.load(claim.partition, lost.customers())
-        outcome = reconcile(lost.changes, states)
+        outcome = reconcile(lost.changes, states, self.topics.classes)
         if outcome.states and await self.storage.commit(claim, outcome):
             moved = sum(1 for delta in outcome.population.values() if delta > 0)
             self.metrics.reconciled.inc(moved)
@@ -232,6 +267,10 @@ class Ownership:
                 len(outcome.states),
             )
         return in_kafka
+
+
+def _belongs(partitions: int, partition: int, customer_id: str) -> bool:
+    return partition_of(customer_id, partitions) == partition
 
 
 class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -247,5 +286,12 @@ class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         async with self.ownership.partitions.lock:
-            await self.ownership.take(list(assigned))
+            try:
+                await self.ownership.take(list(assigned))
+            except Exception as exc:
+                # aiokafka would log this and go on consuming partitions never taken: stop
+                # them instead, to be taken again every SEGMENT_WORKER_STUCK_RETRY_MS.
+                for partition in sorted({tp.partition for tp in assigned}):
+                    self.ownership.stop(partition, exc)
+                return
             log.info("assigned partitions %s", self.ownership.partitions.owned())

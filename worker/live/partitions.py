@@ -82,6 +82,12 @@ class Partitions:
         if state is not None:
             state.claim = None
 
+    def stop_until(self, partition: int, until: float) -> None:
+        """Stop the partition, taken or not (a take that failed half-way), until ``until``
+        (monotonic): it is taken again then."""
+        state = self._states.setdefault(partition, PartitionState(partition, redis_id=""))
+        state.claim, state.stopped_until = None, until
+
     def pop_committable(self, partitions: Iterable[int] | None = None) -> dict[TopicPartition, int]:
         """Remove and return the offsets relayed, not yet committed to the group (of
         ``partitions``, else all)."""

@@ -71,7 +71,12 @@ class Pipeline:
         self._settings, self._consumer = settings, consumer
         self._metrics, self._clock = metrics, clock
         self._topics = Topics(
-            settings.topic_orders, settings.topic_visits, settings.topic_changes, settings.topic_dlq
+            settings.topic_orders,
+            settings.topic_visits,
+            settings.topic_changes,
+            settings.topic_dlq,
+            settings.topic_classes,
+            settings.topic_profiles,
         )
         self._limits = ParseLimits(settings.max_event_bytes, settings.future_skew_ms)
         self._partitions = Partitions()
@@ -87,6 +92,7 @@ class Pipeline:
             health=self._health,
             metrics=metrics,
             topics=self._topics,
+            signing_key=next(iter(settings.signing_keys()), None),
         )
         self._ownership = Ownership(
             settings,
@@ -299,9 +305,11 @@ class Pipeline:
         )
         for topic, offset in offsets.items():
             outcome.offsets[topic] = max(outcome.offsets.get(topic, 0), offset)
-        self._relay.stamp(outcome, claim.offsets)
+        self._relay.stamp(outcome, claim)
         if erasures:
-            outcome.withhold(self._topics.changes, {r.key for r in erasures if r.key})
+            outcome.withhold(
+                (self._topics.changes, self._topics.classes), {r.key for r in erasures if r.key}
+            )
         if not await self._storage.commit(claim, outcome):
             return None
         until = state.recovering if state is not None else None
@@ -316,8 +324,9 @@ class Pipeline:
         self, claim: Claim, erasures: Sequence[InRecord], outcome: Outcome
     ) -> Outcome | None:
         """Delete each customer's state and due entry, leave a marker, and put a tombstone
-        (null value) for them on the change topic; idempotent, so a retry is harmless. A
-        request that names no possible customer of this partition is dead-lettered."""
+        (null value) for them on the change and classes topics; idempotent, so a retry is
+        harmless. A request that names no possible customer of this partition is
+        dead-lettered."""
         ttl = self._settings.erasure_marker_days * DAY_MS
         erased: list[tuple[bytes, CustomerState | None]] = []
         refused = Outcome()
@@ -333,6 +342,7 @@ class Pipeline:
         tombstones = erasure(
             erased,
             changes_topic=self._topics.changes,
+            classes_topic=self._topics.classes,
             erasures_topic=self._settings.topic_erasures,
             next_offset=erasures[-1].offset + 1,
             into=refused,

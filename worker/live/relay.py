@@ -21,7 +21,7 @@ from aiokafka.structs import RecordMetadata
 
 from worker.core.batch import Outcome, Topics
 from worker.core.codec import OutRecord
-from worker.core.reconcile import INPUT_HEADER, change_id
+from worker.core.reconcile import INPUT_HEADER, MAC_HEADER, change_id, sign
 from worker.live.partitions import Partitions
 from worker.live.retry import Health
 from worker.live.storage import Storage
@@ -35,7 +35,8 @@ log = logging.getLogger("segment_worker")
 def observe_emits(
     metrics: Metrics, outcome: Outcome, messages: Sequence[ConsumerRecord[bytes, bytes]]
 ) -> None:
-    """Count the class moves an outcome emitted, and the batch's event-to-change latency."""
+    """Count the class moves an outcome emitted or consent withheld, and the batch's
+    event-to-change latency."""
     if outcome.changes and messages:
         # From the batch's oldest broker timestamp: one observation per batch, an upper bound.
         oldest = min(m.timestamp for m in messages)
@@ -45,6 +46,8 @@ def observe_emits(
     )
     for labels, n in moves.items():  # one labelled increment per kind, not per change
         metrics.transitions.labels(*labels).inc(n)
+    for dimension, n in outcome.withheld.items():
+        metrics.withheld.labels(dimension).inc(n)
 
 
 class Relay:
@@ -60,27 +63,36 @@ class Relay:
         health: Health,
         metrics: Metrics,
         topics: Topics,
+        signing_key: bytes | None = None,
     ) -> None:
         self.consumer, self.producer = consumer, producer
+        self.signing_key = signing_key  # signs change records (sw.mac) when set
         self.storage, self.partitions, self.health = storage, partitions, health
         self.metrics, self.topics = metrics, topics
         self._change_partitions: set[int] | None = None
         self._offset_lock = asyncio.Lock()
         self._next_offset_commit = 0.0
 
-    def stamp(self, outcome: Outcome, before: Mapping[str, int]) -> None:
+    def stamp(self, outcome: Outcome, claim: Claim) -> None:
         """Put the input offsets the partition will have reached on each change record, so
-        that after Redis loses writes the changes in Kafka tell how far the lost window went."""
-        reached = dict(before)
+        that after Redis loses writes the changes in Kafka tell how far the lost window went;
+        with a signing key, sign each (``sw.mac``): read-back trusts only signed records."""
+        reached = dict(claim.offsets)
         for topic, offset in outcome.offsets.items():
             reached[topic] = max(reached.get(topic, 0), offset)
         stamp = orjson.dumps(reached)
         outcome.out = [
-            OutRecord(r.topic, r.key, r.value, (*r.headers, (INPUT_HEADER, stamp)))
+            OutRecord(r.topic, r.key, r.value, (*r.headers, *self._stamps(claim, r, stamp)))
             if r.topic == self.topics.changes and r.value is not None
             else r
             for r in outcome.out
         ]
+
+    def _stamps(self, claim: Claim, r: OutRecord, stamp: bytes) -> tuple[tuple[str, bytes], ...]:
+        if self.signing_key is None or r.value is None:
+            return ((INPUT_HEADER, stamp),)
+        mac = sign(self.signing_key, claim.partition, r.key, r.value, stamp)
+        return (INPUT_HEADER, stamp), (MAC_HEADER, mac)
 
     async def relay(self, claim: Claim, records: Sequence[OutRecord]) -> None:
         """Produce outbox records, wait for the broker's acks, then trim them from Redis. If an

@@ -3,6 +3,7 @@ population gauges, rules-file reloads and the rate-limited re-evaluation they st
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import defaultdict
@@ -68,7 +69,7 @@ class Timers:
 
     async def tick(self) -> None:
         """Reload the rules if the file changed, sweep, then re-evaluate a share."""
-        self._check_rules_file()
+        await self._check_rules_file()
         await self.health.retry("sweep", self.sweep)
         await self.health.retry("reevaluate", self.reevaluate_step)
 
@@ -76,7 +77,7 @@ class Timers:
         """SIGHUP: re-read the rules file at the next timer tick."""
         self._reload_requested = True
 
-    def _check_rules_file(self) -> None:
+    async def _check_rules_file(self) -> None:
         path = self.settings.rules
         mtime = _mtime(path)
         if not self._reload_requested and mtime == self._rules_mtime:
@@ -84,8 +85,8 @@ class Timers:
         self._reload_requested, self._rules_mtime = False, mtime
         if path is None:
             return
-        try:
-            rules = load_rules(path)
+        try:  # off the event loop: a large file must not hold up batches and heartbeats
+            rules = await asyncio.to_thread(load_rules, path)
         except RulesError as exc:
             self.metrics.rules_reloads.labels("rejected").inc()
             log.error("rules reload refused, the current rules keep running: %s", exc)
@@ -131,7 +132,7 @@ class Timers:
                     self.ownership.stop(state.partition, exc)
                     break
                 outcome = reevaluate_batch(states, self.rules, self.topics, now)
-                self.relay.stamp(outcome, claim.offsets)
+                self.relay.stamp(outcome, claim)
                 if outcome.states and await self.storage.commit(claim, outcome):
                     await self.health.retry("relay", partial(self.relay.relay, claim, outcome.out))
                     observe_emits(self.metrics, outcome, [])
@@ -172,7 +173,7 @@ class Timers:
                     due_ms = self.rules.calendar.start_ms(customer.due_day)
                     self.metrics.timer_delay.observe(max(0, now - due_ms) / 1000)
             outcome = sweep_due(states, self.rules, self.topics, now)
-            self.relay.stamp(outcome, claim.offsets)
+            self.relay.stamp(outcome, claim)
             if not await self.storage.commit(claim, outcome):
                 continue
             await self.health.retry("relay", partial(self.relay.relay, claim, outcome.out))

@@ -573,11 +573,12 @@ class ApacheKafka:
 # -- which broker -------------------------------------------------------------------------------
 
 
-def chosen_broker(kind: str | None = None) -> ApacheKafka | Broker:
-    """A not yet started broker of ``kind``, else ``$SW_TEST_BROKER``, else Apache Kafka."""
+def chosen_broker(kind: str | None = None, *, nodes: int = 1) -> ApacheKafka | Broker:
+    """A not yet started broker of ``kind``, else ``$SW_TEST_BROKER``, else Apache Kafka
+    (with ``nodes`` nodes; Tansu is always one)."""
     kind = (kind or os.environ.get("SW_TEST_BROKER") or "kafka").strip().lower()
     if kind == "kafka":
-        return ApacheKafka()
+        return ApacheKafka(nodes)
     if kind == "tansu":
         return Broker()
     raise ValueError(f"SW_TEST_BROKER={kind!r}: expected one of {', '.join(BROKERS)}")

@@ -277,6 +277,7 @@ class Broker(ServerProcess):
     """
 
     idempotent = False  # no InitProducerId: clients must run with idempotence off
+    replication = 1  # one node: a topic has one replica
 
     def __init__(self, port: int | None = None, *, host: str = HOST) -> None:
         super().__init__(port, host=host)

@@ -1,6 +1,8 @@
 """`segment-worker bench live`: the worker end to end against two baselines in the same run,
-on the embedded broker and a local Redis, plus latency at half capacity and Redis memory per
-customer.
+on a broker of its own (Tansu, embedded, or the pinned Apache Kafka) and a local Redis, plus
+latency at half capacity and Redis memory per customer. On Apache Kafka every producer of the
+worker and of the relay baseline is idempotent with acks=all, as deployed; on Tansu, which has
+no idempotent producers, acks=all alone.
 
 - raw ceiling: aiokafka getmany + orjson + one Lua call per batch of up to 1,000 events that
   bumps a counter per customer; no classification, no output;
@@ -44,6 +46,7 @@ from worker.replay import Replayer
 from worker.service import Worker
 from worker.settings import Settings
 from worker.store import Claim, Store
+from worker.tools.apache_kafka import ApacheKafka, chosen_broker, kafka_version
 from worker.tools.embedded import Broker, RedisServer, free_port
 from worker.tools.simulate import SimEvent, Simulator
 
@@ -77,6 +80,17 @@ class Plan:
     latency_seconds: float
     start_ms: int  # the simulated shop's opening
     rules: Path | None  # None: the built-in defaults
+    broker: str = "tansu"  # or "kafka": the pinned Apache Kafka, one node
+    latency_rate: float | None = None  # None: half the worker's measured capacity
+
+
+@dataclass(frozen=True)
+class Servers:
+    """The broker and Redis a run uses, and whether the broker takes idempotent producers."""
+
+    bootstrap: str
+    redis_url: str
+    idempotent: bool
 
 
 @dataclass(frozen=True)
@@ -92,25 +106,24 @@ async def bench_live(plan: Plan) -> None:
     print(f"rules: {rules.source}, version {rules.version}")
     traffic = list(islice(Simulator(plan.seed, plan.customers, plan.start_ms), plan.events))
     end_ms = max(e.delivered_ms for e in traffic) + 60_000
-    with Broker() as broker, RedisServer() as redis_server:
-        topics = await _topics(broker.bootstrap)
+    with chosen_broker(plan.broker) as broker, RedisServer() as redis_server:
+        print(f"broker: {_describe(broker)}")
+        servers = Servers(broker.bootstrap, redis_server.url, broker.idempotent)
+        topics = await _topics(servers)
         print(
             f"producing {len(traffic):,} events for {plan.customers:,} customers ...",
             file=sys.stderr,
         )
-        ends = await _produce(broker.bootstrap, topics, traffic)
+        ends = await _produce(servers.bootstrap, topics, traffic)
         rows = [
-            await _raw_ceiling(broker.bootstrap, redis_server.url, topics, ends),
-            await _worker(
-                broker.bootstrap, redis_server.url, topics, ends, end_ms, rules=plan.rules
-            ),
+            await _raw_ceiling(servers, topics, ends),
+            await _worker(servers, topics, ends, end_ms, rules=plan.rules),
         ]
         processes = min(os.cpu_count() or 1, PARTITIONS)
         if processes > 1:
             rows.append(
                 await _processes(
-                    broker.bootstrap,
-                    redis_server.url,
+                    servers,
                     topics,
                     ends,
                     end_ms,
@@ -118,7 +131,7 @@ async def bench_live(plan: Plan) -> None:
                     rules=plan.rules,
                 )
             )
-        rows.append(await _faust(broker.bootstrap, redis_server.url, topics, ends))
+        rows.append(await _faust(servers, topics, ends))
         raw = rows[0].rate
         print(
             f"\n{'path':<34} {'events':>9} {'seconds':>8} {'events/s':>9} {'x raw':>6} "
@@ -132,14 +145,21 @@ async def bench_live(plan: Plan) -> None:
             )
         worker_rate = rows[1].rate
         print(f"segment-worker vs plain Faust agent: {worker_rate / rows[-1].rate:.1f}x")
-        await _latency(broker.bootstrap, redis_server.url, plan, worker_rate / 2)
+        await _latency(servers, plan, plan.latency_rate or worker_rate / 2)
     await _memory(plan, rules)
 
 
-async def _topics(bootstrap: str) -> Topics:
+def _describe(broker: ApacheKafka | Broker) -> str:
+    """Which broker the figures are from, and how the worker writes to it."""
+    if isinstance(broker, ApacheKafka):
+        return f"Apache Kafka {kafka_version()}, 1 node (idempotent producer, acks=all)"
+    return "Tansu, embedded (acks=all; no idempotent producers)"
+
+
+async def _topics(servers: Servers) -> Topics:
     tag = uuid.uuid4().hex[:6]
     topics = Topics(f"orders-{tag}", f"visits-{tag}", f"changes-{tag}", f"dlq-{tag}")
-    await ensure_topics(_settings(bootstrap, "redis://unused", topics, "unused"), PARTITIONS)
+    await ensure_topics(_settings(servers, topics, "unused"), PARTITIONS)
     return topics
 
 
@@ -167,16 +187,14 @@ async def _produce(
     return ends
 
 
-def _settings(
-    bootstrap: str, redis_url: str, topics: Topics, group: str, rules: Path | None = None
-) -> Settings:
+def _settings(servers: Servers, topics: Topics, group: str, rules: Path | None = None) -> Settings:
     return replace(
         Settings(),
         rules=rules,
-        kafka_bootstrap=bootstrap,
-        redis_url=redis_url,
+        kafka_bootstrap=servers.bootstrap,
+        redis_url=servers.redis_url,
         http_port=free_port(),
-        kafka_idempotence=False,
+        kafka_idempotence=servers.idempotent,
         session_timeout_ms=6000,
         heartbeat_interval_ms=500,
         rebalance_timeout_ms=5000,
@@ -185,18 +203,18 @@ def _settings(
         topic_changes=topics.changes,
         topic_dlq=topics.dlq,
         topic_erasures=f"{topics.dlq}-erasures",
+        topic_classes=f"{topics.dlq}-classes",
+        topic_profiles=f"{topics.dlq}-profiles",
         group_id=group,
         redis_prefix=group,  # each run starts from an empty Redis: no states, no due timers
     )
 
 
-async def _raw_ceiling(
-    bootstrap: str, redis_url: str, topics: Topics, ends: dict[TopicPartition, int]
-) -> Row:
-    client = aioredis.from_url(redis_url)
+async def _raw_ceiling(servers: Servers, topics: Topics, ends: dict[TopicPartition, int]) -> Row:
+    client = aioredis.from_url(servers.redis_url)
     script = client.register_script(RAW_LUA)
     consumer = kafka.consumer(
-        bootstrap,
+        servers.bootstrap,
         topics.orders,
         topics.visits,
         group_id=f"raw-{uuid.uuid4().hex[:6]}",
@@ -236,22 +254,23 @@ async def _raw_ceiling(
 
 
 async def _worker(
-    bootstrap: str,
-    redis_url: str,
+    servers: Servers,
     topics: Topics,
     ends: dict[TopicPartition, int],
     clock_ms: int,
     *,
     rules: Path | None,
 ) -> Row:
-    settings = _settings(bootstrap, redis_url, topics, f"worker-{uuid.uuid4().hex[:6]}", rules)
+    settings = _settings(servers, topics, f"worker-{uuid.uuid4().hex[:6]}", rules)
     worker = Worker(settings, SimulatedClock(clock_ms, 1.0))
     task = asyncio.create_task(worker.run())
     try:
         while not worker.pipeline.owned_partitions():
             await asyncio.sleep(0.02)
         started, cpu = time.perf_counter(), time.process_time()
-        probe = kafka.consumer(bootstrap, group_id=settings.group_id, enable_auto_commit=False)
+        probe = kafka.consumer(
+            servers.bootstrap, group_id=settings.group_id, enable_auto_commit=False
+        )
         await probe.start()
         try:
             while True:
@@ -273,8 +292,7 @@ async def _worker(
 
 
 async def _processes(
-    bootstrap: str,
-    redis_url: str,
+    servers: Servers,
     topics: Topics,
     ends: dict[TopicPartition, int],
     clock_ms: int,
@@ -288,12 +306,12 @@ async def _processes(
     applied in Redis then (the group's offsets trail by up to a second)."""
     tag = uuid.uuid4().hex[:6]
     own = replace(topics, changes=f"changes-{tag}", dlq=f"dlq-{tag}")
-    await ensure_topics(_settings(bootstrap, redis_url, own, "unused"), PARTITIONS)
+    await ensure_topics(_settings(servers, own, "unused"), PARTITIONS)
     group = f"workers-{tag}"
     started: list[tuple[int, subprocess.Popen[bytes]]] = []
-    probe = kafka.consumer(bootstrap, group_id=group, enable_auto_commit=False)
+    probe = kafka.consumer(servers.bootstrap, group_id=group, enable_auto_commit=False)
     await probe.start()
-    client = aioredis.from_url(redis_url)
+    client = aioredis.from_url(servers.redis_url)
     store = Store(client, group)
 
     async def applied() -> int:
@@ -305,7 +323,7 @@ async def _processes(
 
     try:
         for _ in range(count):
-            settings = _settings(bootstrap, redis_url, own, group, rules)
+            settings = _settings(servers, own, group, rules)
             started.append((settings.http_port, _worker_process(settings, clock_ms)))
         for port, proc in started:  # ready: it owns partitions, so the group has settled
             await _until_ready(port, proc)
@@ -348,18 +366,16 @@ def _worker_process(settings: Settings, clock_ms: int) -> subprocess.Popen[bytes
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
 
 
-async def _faust(
-    bootstrap: str, redis_url: str, topics: Topics, ends: dict[TopicPartition, int]
-) -> Row:
-    client = aioredis.from_url(redis_url)
+async def _faust(servers: Servers, topics: Topics, ends: dict[TopicPartition, int]) -> Row:
+    client = aioredis.from_url(servers.redis_url)
     total = sum(ends.values())
     proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
             "worker.tools.baselines.faust_agent",
-            bootstrap,
-            redis_url,
+            servers.bootstrap,
+            servers.redis_url,
             f"faust-{uuid.uuid4().hex[:6]}",
             topics.orders,
             topics.visits,
@@ -384,7 +400,7 @@ async def _faust(
         await client.aclose()
 
 
-async def _latency(bootstrap: str, redis_url: str, plan: Plan, rate: float) -> None:
+async def _latency(servers: Servers, plan: Plan, rate: float) -> None:
     """Paced traffic at ``rate``: from each event's send to the arrival of the change it
     caused on the output topic; the same for the broker-only relay baseline, side by side."""
     simulator = Simulator(plan.seed + 1, plan.customers, plan.start_ms)
@@ -392,9 +408,9 @@ async def _latency(bootstrap: str, redis_url: str, plan: Plan, rate: float) -> N
     clock_ms = max(e.delivered_ms for e in traffic) + 60_000
     rows = []
     for name, is_worker in (("broker only (relay baseline)", False), ("segment-worker", True)):
-        topics = await _topics(bootstrap)
+        topics = await _topics(servers)
         group = f"lat-{uuid.uuid4().hex[:6]}"
-        settings = _settings(bootstrap, redis_url, topics, group, plan.rules)
+        settings = _settings(servers, topics, group, plan.rules)
         # Each gets a process (and a core) of its own, as in production: sharing this event
         # loop with the paced producer and the watcher would time their queueing too.
         if is_worker:
@@ -404,9 +420,10 @@ async def _latency(bootstrap: str, redis_url: str, plan: Plan, rate: float) -> N
                 sys.executable,
                 "-m",
                 "worker.tools.baselines.relay",
-                bootstrap,
+                servers.bootstrap,
                 settings.group_id,
                 str(settings.batch_wait_ms),
+                "idempotent" if servers.idempotent else "plain",
                 topics.changes,
                 topics.orders,
                 topics.visits,
@@ -417,13 +434,14 @@ async def _latency(bootstrap: str, redis_url: str, plan: Plan, rate: float) -> N
                 await _until_ready(settings.http_port, proc)
             elif proc.stdout is None or await asyncio.to_thread(proc.stdout.readline) != b"ready\n":
                 raise RuntimeError("the relay baseline did not start")
-            latencies = await _paced(bootstrap, topics, traffic, rate)
+            latencies = await _paced(servers.bootstrap, topics, traffic, rate)
         finally:
             proc.terminate()
             proc.wait(30)
         q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0.0] * 99
         rows.append((name, len(latencies), q[49], q[98]))
-    print(f"\nevent-to-change latency at {rate:,.0f} events/s (half the measured capacity):")
+    pace = "as asked" if plan.latency_rate else "half the measured capacity"
+    print(f"\nevent-to-change latency at {rate:,.0f} events/s ({pace}):")
     print(f"{'path':<34} {'changes':>9} {'p50 ms':>8} {'p99 ms':>8}")
     for name, count, p50, p99 in rows:
         print(f"{name:<34} {count:>9,} {p50:>8.1f} {p99:>8.1f}")

@@ -21,7 +21,7 @@ import orjson
 
 from worker.core.timeutil import DAY_MS, format_ms
 
-Topic = Literal["orders", "visits"]
+Topic = Literal["orders", "visits", "profiles"]
 HOUR_MS: Final = 3_600_000
 ACTIONS: Final = ("page_view", "page_view", "page_view", "search", "add_to_cart", "login")
 REGIONS: Final = ("EU", "NA", "APAC", "LATAM")
@@ -75,7 +75,7 @@ class SimEvent:
         """The value as a replay line: the ``type`` field says which stream it came from."""
         if self.value[:1] != b"{" or b'"type"' in self.value[:16]:
             return self.value
-        kind = b"order" if self.topic == "orders" else b"visit"
+        kind = {"orders": b"order", "visits": b"visit", "profiles": b"profile"}[self.topic]
         return b'{"type":"' + kind + b'",' + self.value[1:]
 
 

@@ -1,8 +1,10 @@
 """Latency baseline for `segment-worker bench live`: what the broker alone costs. Each input
 event is read with the worker's consumer settings and answered at once with a stand-in change
-(its cause's event id only) on the change topic: two broker hops, no Redis, no core. Run as a
+(its cause's event id only) on the change topic: two broker hops, no Redis, no core. Its
+producer writes as the worker's does (acks=all, idempotent where the broker allows it). Run as a
 child process:
-``python -m worker.tools.baselines.relay BOOTSTRAP GROUP WAIT_MS OUT_TOPIC TOPIC...``.
+``python -m worker.tools.baselines.relay BOOTSTRAP GROUP WAIT_MS idempotent|plain OUT_TOPIC
+TOPIC...``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from worker import kafka
 from worker.settings import PRODUCER_BATCHING
 
 
-async def relay(bootstrap: str, group: str, wait_ms: int, out: str, topics: list[str]) -> None:
+async def relay(
+    bootstrap: str, group: str, wait_ms: int, out: str, topics: list[str], *, idempotent: bool
+) -> None:
     consumer = kafka.consumer(
         bootstrap,
         *topics,
@@ -28,7 +32,7 @@ async def relay(bootstrap: str, group: str, wait_ms: int, out: str, topics: list
     )
     # The worker's batching: 16 KB batches each waiting for the last one's ack would make
     # this baseline, not the broker, the bottleneck.
-    producer = kafka.producer(bootstrap, **PRODUCER_BATCHING)
+    producer = kafka.producer(bootstrap, enable_idempotence=idempotent, **PRODUCER_BATCHING)
     await producer.start()
     await consumer.start()
     try:
@@ -52,5 +56,7 @@ async def relay(bootstrap: str, group: str, wait_ms: int, out: str, topics: list
 
 
 if __name__ == "__main__":
-    bootstrap, group, wait, out, *names = sys.argv[1:]
-    asyncio.run(relay(bootstrap, group, int(wait), out, names))
+    bootstrap, group, wait, mode, out, *names = sys.argv[1:]
+    if mode not in ("idempotent", "plain"):
+        sys.exit(f"relay: expected idempotent or plain, got {mode!r}")
+    asyncio.run(relay(bootstrap, group, int(wait), out, names, idempotent=mode == "idempotent"))
