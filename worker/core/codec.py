@@ -208,65 +208,15 @@ def _plus(offset: int | None, base: int) -> int | None:
 
 def decode_state(customer_id: str, data: bytes) -> CustomerState:
     try:
-        doc = _document(data)
-        if not isinstance(doc, list) or not doc or doc[0] not in _READ:
-            raise CorruptRecord(f"unknown state format for {customer_id!r}")
-        form = doc[0]
-        if form == _FORMAT_3:
-            _, base, flat, *rest = doc
-            prefix = ""
+        if data[:1] not in (_ZLIB, _JSON):  # MessagePack: format 6 on
+            doc = _UNPACK.decode(data)
+            if doc.__class__ is list and len(doc) >= 15 and doc[0] == FORMAT:
+                return _decode_format_6(customer_id, doc)
         else:
-            _, base, prefix, flat, *rest = doc
-        orders = {
-            prefix + flat[i]: OrderRecord(
-                flat[i + 1] & 15,
-                bool(flat[i + 1] & 16),
-                NO_TIME if flat[i + 2] is None else flat[i + 2] + base,
-                flat[i + 3],
-            )
-            for i in range(0, len(flat), 4)
-        }
-        state = _state(customer_id, orders, base, rest[:7])
-        classes, since_ms, entries = state.classes, state.since_ms, rest[4]
-        if form == FORMAT:  # (dimension, class or null) pairs; since offsets (or null) apart
-            classes.update(_unpacked_classes(tuple(entries)))
-            for dim, offset in zip(classes, rest[10], strict=True):
-                if offset is not None:
-                    since_ms[dim] = offset + base
-        elif form == _FORMAT_3:  # (dimension, class or null, since or null) triples
-            for i in range(0, len(entries), 3):
-                dim, cls, since = _text(entries[i]), entries[i + 1], entries[i + 2]
-                classes[dim] = None if cls is None else _text(cls)
-                if since is not None:
-                    since_ms[dim] = since + base
-        else:  # formats 4 and 5: [dimension], [dimension, class] or [dimension, class, since]
-            for entry in entries:
-                dim = _text(entry[0])
-                classes[dim] = None if len(entry) == 1 else _text(entry[1])
-                if len(entry) == 3:
-                    since_ms[dim] = entry[2] + base
-        if form >= _FORMAT_5:
-            refunds, keys, traits = rest[7:10]
-            withheld = rest[11:] if form == FORMAT else rest[10:]  # trailing, when any
-            records = list(orders.values())
-            for i in range(0, len(refunds), 3):
-                record = records[refunds[i]]
-                if record.refunds is None:
-                    record.refunds = {}
-                record.refunds[refunds[i + 1]] = refunds[i + 2]
-            if form == FORMAT:  # steps from the base, each from the one before
-                state.key_actions = list(accumulate(keys, initial=base))[1:]
-            else:
-                state.key_actions = [offset + base for offset in keys]
-            for i in range(0, len(traits), 3):
-                state.traits[traits[i]] = (traits[i + 1] + base, traits[i + 2])
-            if form == FORMAT and withheld:  # flat pairs, as the classes
-                state.withheld.update(_unpacked_classes(tuple(withheld[0])))
-            elif withheld:  # format 5: [dimension] or [dimension, class now]
-                for entry in withheld[0]:
-                    dim = _text(entry[0])
-                    state.withheld[dim] = None if len(entry) == 1 else _text(entry[1])
-        return state
+            doc = _document(data)
+        if not isinstance(doc, list) or not doc or doc[0] not in _READ or doc[0] == FORMAT:
+            raise CorruptRecord(f"unknown state format for {customer_id!r}")
+        return _decode_json(customer_id, doc)
     except CorruptRecord:
         raise
     except (
@@ -274,6 +224,95 @@ def decode_state(customer_id: str, data: bytes) -> CustomerState:
         ValueError, AttributeError,
     ) as exc:  # fmt: skip
         raise CorruptRecord(f"unreadable state for {customer_id!r}: {exc}") from None
+
+
+def _decode_format_6(customer_id: str, doc: list[Any]) -> CustomerState:
+    """Format 6, every field unpacked at once (the hot path: one per customer per batch)."""
+    (
+        _, base, prefix, flat, first_visit, last_visit, region, region_ms, classes,
+        version, due, refunds, keys, traits, since, *withheld,
+    ) = doc  # fmt: skip
+    orders = {
+        prefix + flat[i]: OrderRecord(
+            flat[i + 1] & 15,
+            bool(flat[i + 1] & 16),
+            NO_TIME if flat[i + 2] is None else flat[i + 2] + base,
+            flat[i + 3],
+        )
+        for i in range(0, len(flat), 4)
+    }
+    if refunds:
+        _add_refunds(orders, refunds)
+    if keys:  # steps from the base, each from the one before
+        keys[0] += base
+    dims = _unpacked_classes(tuple(classes))
+    return CustomerState(
+        customer_id,
+        orders,
+        None if first_visit is None else first_visit + base,
+        None if last_visit is None else last_visit + base,
+        list(accumulate(keys)),
+        region,
+        -1 if region_ms is None else region_ms + base,
+        {traits[i]: (traits[i + 1] + base, traits[i + 2]) for i in range(0, len(traits), 3)},
+        dict(dims),
+        {dim: at + base for dim, at in zip(dims, since, strict=True) if at is not None},
+        dict(_unpacked_classes(tuple(withheld[0]))) if withheld else {},
+        _unpacked_version(version),
+        due,
+    )
+
+
+def _add_refunds(orders: dict[str, OrderRecord], refunds: list[Any]) -> None:
+    """(position of the order, event id, amount) triples into their orders."""
+    records = list(orders.values())
+    for i in range(0, len(refunds), 3):
+        record = records[refunds[i]]
+        if record.refunds is None:
+            record.refunds = {}
+        record.refunds[refunds[i + 1]] = refunds[i + 2]
+
+
+def _decode_json(customer_id: str, doc: list[Any]) -> CustomerState:
+    """Formats 3-5 (positional JSON): instants as offsets from the state's earliest."""
+    form = doc[0]
+    if form == _FORMAT_3:
+        _, base, flat, *rest = doc
+        prefix = ""
+    else:
+        _, base, prefix, flat, *rest = doc
+    orders = {
+        prefix + flat[i]: OrderRecord(
+            flat[i + 1] & 15,
+            bool(flat[i + 1] & 16),
+            NO_TIME if flat[i + 2] is None else flat[i + 2] + base,
+            flat[i + 3],
+        )
+        for i in range(0, len(flat), 4)
+    }
+    state = _state(customer_id, orders, base, rest[:7])
+    classes, since_ms, entries = state.classes, state.since_ms, rest[4]
+    if form == _FORMAT_3:  # (dimension, class or null, since or null) triples
+        for i in range(0, len(entries), 3):
+            dim, cls, since = _text(entries[i]), entries[i + 1], entries[i + 2]
+            classes[dim] = None if cls is None else _text(cls)
+            if since is not None:
+                since_ms[dim] = since + base
+    else:  # formats 4 and 5: [dimension], [dimension, class] or [dimension, class, since]
+        for entry in entries:
+            dim = _text(entry[0])
+            classes[dim] = None if len(entry) == 1 else _text(entry[1])
+            if len(entry) == 3:
+                since_ms[dim] = entry[2] + base
+    if form == _FORMAT_5:
+        refunds, keys, traits, *withheld = rest[7:]
+        _add_refunds(orders, refunds)
+        state.key_actions = [offset + base for offset in keys]
+        for i in range(0, len(traits), 3):
+            state.traits[traits[i]] = (traits[i + 1] + base, traits[i + 2])
+        for entry in withheld[0] if withheld else ():  # [dimension] or [dimension, class]
+            state.withheld[_text(entry[0])] = None if len(entry) == 1 else _text(entry[1])
+    return state
 
 
 def _state(
