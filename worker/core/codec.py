@@ -13,6 +13,7 @@ import zlib
 from collections.abc import Iterable
 from functools import lru_cache
 from itertools import accumulate
+from operator import sub
 from typing import Any, Final, NamedTuple
 
 import msgspec
@@ -69,9 +70,12 @@ def encode_state(state: CustomerState) -> bytes:
     cost ~39 us to encode and decode; see docs/benchmarks.md for format 6's figures."""
     orders = state.orders
     instants = [r.ms for r in orders.values() if r.ms != NO_TIME]
-    keys = state.key_actions
-    instants += keys
-    instants += [ms for ms, _ in state.traits.values()]
+    keys = state.key_actions  # sorted: the first is the earliest
+    if keys:
+        instants.append(keys[0])
+    traits = state.traits
+    if traits:
+        instants += [ms for ms, _ in traits.values()]
     instants += state.since_ms.values()
     first_visit, last_visit = state.first_visit_ms, state.last_visit_ms
     if first_visit is not None:
@@ -113,8 +117,10 @@ def encode_state(state: CustomerState) -> bytes:
             _packed_version(state.rules_version),
             state.due_day,
             refunds,
-            [b - a for a, b in zip([base, *keys], keys, strict=False)],  # sorted: as steps
-            [x for name, (ms, v) in sorted(state.traits.items()) for x in (name, ms - base, v)],
+            list(map(sub, keys, [base, *keys])),  # sorted: as steps
+            [x for name, (ms, v) in sorted(traits.items()) for x in (name, ms - base, v)]
+            if traits
+            else [],
             since,
             *_withheld(state),
         ]
