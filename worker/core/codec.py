@@ -63,11 +63,9 @@ def encode_state(state: CustomerState) -> bytes:
     shop or a date); instants as offsets from the state's earliest, the key actions (sorted)
     each from the one before (a customer keeps ~11: 20 B less); the classes as flat
     (dimension, class) pairs, their since instants apart; the rules version's hash as its
-    bytes. MessagePack
-    writes small integers in 1-5 bytes where JSON took 7-11 characters, so states need no
-    compression: format 5
-    (JSON, zlib from 256 B) averaged 173 B on the simulated traffic of 100k customers and
-    cost ~39 us to encode and decode; see docs/benchmarks.md for format 6's figures."""
+    bytes; the withheld classes, while there are any, last. MessagePack writes small
+    integers in 1-5 bytes where JSON took 7-11 characters, so states need no compression.
+    The layout field by field: docs/state-format.md; figures: docs/benchmarks.md."""
     orders = state.orders
     instants = [r.ms for r in orders.values() if r.ms != NO_TIME]
     keys = state.key_actions  # sorted: the first is the earliest
