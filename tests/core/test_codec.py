@@ -2,7 +2,7 @@
 
 import zlib
 
-import orjson
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -10,9 +10,10 @@ from hypothesis import strategies as st
 from tests.core.strategies import T0, histories, state_of
 from worker.core.changes import Cause
 from worker.core.codec import (
-    COMPRESS_FROM,
+    FORMAT,
     CorruptRecord,
     OutRecord,
+    declared_format,
     decode_state,
     encode_state,
 )
@@ -35,6 +36,7 @@ def test_state_round_trip(events: list, day: int) -> None:
     assert encode_state(back) == encode_state(state)
 
 
+instants_near = st.integers(T0 - 900 * DAY, T0 + 900 * DAY)
 records = st.builds(
     OrderRecord,
     st.integers(0, 15),
@@ -55,19 +57,25 @@ def test_any_order_ids_and_instants_round_trip(orders: dict, visited: bool) -> N
     )
     data = encode_state(state)
     assert decode_state("c1", data) == state
-    assert data[:1] == b"[" or len(zlib.decompress(data)) >= COMPRESS_FROM
+    assert msgspec.msgpack.decode(data)[0] == FORMAT == 6
 
 
-def test_large_states_are_stored_compressed_and_small_ones_as_json() -> None:
-    small = state_of([])
+def test_states_are_compact_messagepack_without_compression() -> None:
+    """Format 6: order ids past their shared prefix, instants as offsets, the rules hash as
+    bytes; 40 orders take under 14 bytes each, with no zlib to pay for."""
     large = CustomerState(
         "c1",
         orders={f"order-{i}": OrderRecord(2, True, T0 + i * DAY, 1_000 + i) for i in range(40)},
+        rules_version="sha256:58b40df6bc4446c6",
     )
-    assert encode_state(small)[:1] == b"["
     packed = encode_state(large)
-    assert packed[:1] == b"x" and len(packed) < len(zlib.decompress(packed)) / 2
+    assert packed[:1] == b"\x9f" and len(packed) < 40 * 14  # an array of 15
+    doc = msgspec.msgpack.decode(packed)
+    assert doc[2] == "order-" and doc[9] == bytes.fromhex("58b40df6bc4446c6")
     assert decode_state("c1", packed) == large
+    odd = CustomerState("c1", rules_version="sha256:58B4 0d")  # not lowercase hex: as text
+    assert decode_state("c1", encode_state(odd)) == odd
+    assert declared_format(packed) == 6 and declared_format(b"\x91\x63") == 99  # [99]
 
 
 # Written by format 3 (before order id prefixes and compression): a paid, a placed and a
@@ -140,6 +148,44 @@ def test_states_written_by_format_4_still_read() -> None:
     assert decode_state("c1", encode_state(state)) == state
 
 
+names = st.sampled_from(["lifecycle", "value_tier", "rfm", "active", "churn_risk", "in"]) | st.text(
+    max_size=12
+)
+trait_values = st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.text(max_size=8)
+
+
+@st.composite
+def any_states(draw: st.DrawFn) -> CustomerState:
+    """Every field at once, in every shape: traits (removed ones too), classes with and
+    without since instants, names inside and outside the vocabulary, and the withheld
+    changes consent holds back (format 5's trailing field, carried by format 6)."""
+    classes = draw(st.dictionaries(names, st.none() | names, max_size=7))
+    return CustomerState(
+        "c1",
+        orders=draw(st.dictionaries(st.text(max_size=10), records, max_size=8)),
+        first_visit_ms=draw(st.none() | instants_near),
+        last_visit_ms=draw(st.none() | instants_near),
+        key_actions=sorted(draw(st.lists(instants_near, max_size=20))),
+        region=draw(st.none() | st.text(max_size=6)),
+        region_ms=draw(st.just(-1) | instants_near),
+        traits=draw(
+            st.dictionaries(st.text(max_size=8), st.tuples(instants_near, trait_values), max_size=4)
+        ),
+        classes=classes,
+        since_ms={d: draw(instants_near) for d in classes if draw(st.booleans())},
+        withheld=draw(st.dictionaries(names, st.none() | names, max_size=3)),
+        rules_version=draw(st.sampled_from(["", "sha256:58b40df6bc4446c6", "sha256:58B4", "x"])),
+        due_day=draw(st.none() | st.integers(0, 40_000)),
+    )
+
+
+@given(any_states())
+def test_any_state_round_trips(state: CustomerState) -> None:
+    packed = encode_state(state)
+    assert decode_state("c1", packed) == state
+    assert encode_state(decode_state("c1", packed)) == packed
+
+
 def test_partial_refunds_and_key_actions_round_trip() -> None:
     state = CustomerState(
         "c1",
@@ -150,9 +196,71 @@ def test_partial_refunds_and_key_actions_round_trip() -> None:
         },
         key_actions=[T0 - 3 * DAY, T0 + 17],
     )
-    data = encode_state(state)
-    assert orjson.loads(data)[0] == 5
-    assert decode_state("c1", data) == state
+    assert decode_state("c1", encode_state(state)) == state
+
+
+# Written by format 5 (positional JSON, zlib-compressed from 256 bytes): a compressed state
+# with partial refunds, key actions, traits (one removed) and classes of every shape, and a
+# plain one.
+FORMAT_5_COMPRESSED = bytes.fromhex(
+    "78014d8e4b0ac2400c40ef927584a49d49dba50bb75e6018c47e6c85da91760a1edfd4ea602010f27979ce"
+    "2217229588a12d1096213c0f4740070cc82566b6caf611ef0b1920e1b48e23924f539baa02e11ce6381c4e"
+    "d725426a5b748eb0c4dc58f9e03c3aab09cdbac4f0b8bc00a10f630b7f1b1ec196b5a1f62675638c914614"
+    "48a654989ace2a685599b5ccf54eb10aa4df4b2e367c1fa62e5930efe210efdd9cba547d5f7bff06f98b419c"
+)
+FORMAT_5 = (
+    b'[5,1767225600000,"",["A1",18,0,10000],null,null,null,null,[],"58b40df6bc4446c6",20485,'
+    b'[0,"r1",500],[17],["vip",9,true]]'
+)
+
+# Format 5 with the trailing field consent added: the classes a withheld change would move
+# to (a class, another outside the vocabulary, none).
+FORMAT_5_WITHHELD = (
+    b'[5,1767225600000,"",["A1",18,0,10000],null,null,null,null,[[0,9,0],[1,14]],'
+    b'"58b40df6bc4446c6",20485,[],[],[],[[0,11],["custom_x"],[1,"gold"]]]'
+)
+
+
+def test_states_written_by_format_5_still_read() -> None:
+    compressed = decode_state("c1", FORMAT_5_COMPRESSED)
+    assert compressed == CustomerState(
+        "c1",
+        orders={
+            "shop-A1": OrderRecord(2, True, T0, 10_000, {"r1": 500}),
+            "shop-A2": OrderRecord(0, False, NO_TIME, 0, {"r3": 3_000}),
+        },
+        first_visit_ms=T0 + 5,
+        last_visit_ms=T0 + 7,
+        key_actions=[T0 - 3 * DAY, T0 + 17],
+        region="North-East",
+        region_ms=T0 + 5,
+        traits={"gone": (T0 + 11, None), "tier": (T0 + 9, "gold")},
+        classes={"lifecycle": "new", "old_customer": None, "custom_x": "gold"},
+        since_ms={"lifecycle": T0 + DAY, "custom_x": T0 + DAY},
+        rules_version="sha256:58b40df6bc4446c6",
+        due_day=20485,
+    )
+    plain = decode_state("c1", FORMAT_5)
+    assert plain == CustomerState(
+        "c1",
+        orders={"A1": OrderRecord(2, True, T0, 10_000, {"r1": 500})},
+        key_actions=[T0 + 17],
+        traits={"vip": (T0 + 9, True)},
+        rules_version="sha256:58b40df6bc4446c6",
+        due_day=20485,
+    )
+    withheld = decode_state("c1", FORMAT_5_WITHHELD)
+    assert withheld == CustomerState(
+        "c1",
+        orders={"A1": OrderRecord(2, True, T0, 10_000)},
+        classes={"lifecycle": "active", "value_tier": "low"},
+        since_ms={"lifecycle": T0},
+        withheld={"lifecycle": "churn_risk", "custom_x": None, "value_tier": "gold"},
+        rules_version="sha256:58b40df6bc4446c6",
+        due_day=20485,
+    )
+    for state in (compressed, plain, withheld):
+        assert decode_state("c1", encode_state(state)) == state
 
 
 @pytest.mark.parametrize(
@@ -168,6 +276,10 @@ def test_partial_refunds_and_key_actions_round_trip() -> None:
         b"x\x9c not deflate",
         zlib.compress(b"[4, 1]"),
         zlib.compress(b"not json"),
+        b"\x91\x06",  # MessagePack [6]
+        b"\x92\x07\x00",  # a format from a newer release
+        b"\xc1",  # never used in MessagePack
+        b"\x9f\x06" + b"\xc0" * 14,  # [6, null, ...]
     ],
 )
 def test_unreadable_state_is_reported_not_crashed(data: bytes) -> None:

@@ -1,5 +1,11 @@
+import re
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
+
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from worker.core.events import Order, ParseLimits, Reason, Rejection, Visit, parse_event
 from worker.core.timeutil import format_ms, parse_rfc3339
@@ -117,3 +123,65 @@ def test_rfc3339_round_trip(text: str, expected: str) -> None:
 def test_rfc3339_rejects_ambiguous_forms(text: str) -> None:
     with pytest.raises(ValueError, match="RFC 3339"):
         parse_rfc3339(text)
+
+
+_FIELDS = st.tuples(
+    st.integers(1, 9999),
+    st.integers(0, 13),
+    st.integers(0, 32),
+    st.integers(0, 25),
+    st.integers(0, 61),
+    st.integers(0, 61),
+    st.integers(0, 999),
+)
+
+
+@given(_FIELDS)
+def test_rfc3339_common_shape_agrees_with_datetime(fields: tuple[int, ...]) -> None:
+    """The fast path for ``YYYY-MM-DDTHH:MM:SS.fffZ`` reads what datetime reads (a leap
+    second as :59), and rejects what is out of range as the general parse does."""
+    year, month, day, hour, minute, second, millis = fields
+    text = f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}.{millis:03d}Z"
+    try:
+        expected = datetime(
+            year, month, day, hour, minute, min(second, 59), millis * 1000, tzinfo=UTC
+        )
+    except ValueError:
+        with pytest.raises(ValueError, match=r"range|must be in"):
+            parse_rfc3339(text)
+        return
+    if second == 61:
+        with pytest.raises(ValueError, match="time of day out of range"):
+            parse_rfc3339(text)
+        return
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    assert parse_rfc3339(text) == (expected - epoch) // timedelta(milliseconds=1)
+
+
+_AMOUNTS = (
+    st.integers(-5, 10**13)
+    | st.floats(-1.0, 2e12, allow_nan=False)
+    | st.decimals(0, 2 * 10**12, places=2).map(str)
+    | st.from_regex(r"\A-?[0-9]{1,14}(\.[0-9]{0,3})?\Z")
+)
+
+
+@given(_AMOUNTS)
+def test_amount_reads_as_decimal_rounded_half_even(amount: object) -> None:
+    """Whatever path an amount takes (the plain-decimal fast path or Decimal), the result is
+    the amount read as a decimal and rounded half-even to cents, or the same rejection."""
+    result = parse({**ORDER, "amount": amount})
+    text = repr(amount) if isinstance(amount, float) else str(amount)
+    number = Decimal(text)
+    if isinstance(amount, str) and re.fullmatch(r"[0-9]+(\.[0-9]{1,2})?", amount) is None:
+        # text that is not a plain decimal with at most two places
+        reason = Reason.NEGATIVE_AMOUNT if amount.startswith("-") else Reason.INVALID_VALUE
+        assert isinstance(result, Rejection) and result.reason == reason
+    elif number < 0:
+        assert isinstance(result, Rejection) and result.reason == Reason.NEGATIVE_AMOUNT
+    elif number > 10**12:
+        assert isinstance(result, Rejection) and result.message == "amount exceeds 1e12"
+    else:
+        assert isinstance(result, Order)
+        cents = number.quantize(Decimal("0.01"), rounding=ROUND_HALF_EVEN) * 100
+        assert result.amount_minor == int(cents)

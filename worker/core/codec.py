@@ -1,31 +1,38 @@
 """Byte encodings of what the live worker keeps in Redis: customer states and outbox records.
 
-States are positional JSON arrays led by a format number, so that a format change can be
-read side by side with the old one; a large one is stored zlib-compressed (Redis memory per
-customer is a goal, and order lists compress well). Outbox records carry arbitrary bytes (a
-dead-lettered payload may not even be UTF-8), so they use a length-prefixed binary frame instead.
+States are positional MessagePack arrays led by a format number, so that a format change can
+be read side by side with the old one (formats 3-5 were positional JSON, a large one
+zlib-compressed; they are still read). Outbox records carry arbitrary bytes (a dead-lettered
+payload may not even be UTF-8), so they use a length-prefixed binary frame instead.
 """
 
 from __future__ import annotations
 
-import os
 import struct
 import zlib
+from collections.abc import Iterable
+from functools import lru_cache
+from itertools import accumulate
+from operator import sub
 from typing import Any, Final, NamedTuple
 
+import msgspec
 import orjson
 
 from worker.core.state import NO_TIME, CustomerState, OrderRecord
 from worker.errors import SegmentWorkerError
 
-FORMAT: Final = 5
+FORMAT: Final = 6
+_FORMAT_5: Final = 5  # still read: JSON; classes as nested lists, key actions as offsets
 _FORMAT_4: Final = 4  # still read: format 5 less the partial refunds and key actions
 _FORMAT_3: Final = 3  # still read: states written before format 4
-# JSON from this size on is stored compressed: ~12 us to compress, ~4 to inflate, and about
-# half the bytes; below it the saving is a few bytes for the same cost. A compressed state
-# starts with zlib's 0x78, JSON with "[".
-COMPRESS_FROM: Final = 256
+# Formats 4 and 5 stored JSON of 256 bytes or more zlib-compressed. A compressed state
+# starts with zlib's 0x78, JSON with "[", MessagePack (format 6 on) with an array header
+# (0x90-0x9f, 0xdc, 0xdd).
 _ZLIB: Final = b"\x78"
+_JSON: Final = b"["
+_PACK: Final = msgspec.msgpack.Encoder()
+_UNPACK: Final = msgspec.msgpack.Decoder()
 _VERSION_PREFIX: Final = "sha256:"  # of every rules version (Rules.version)
 _LEN: Final = struct.Struct(">I")
 # Dimension and class names stored as small integers (the default rules' names); any other
@@ -39,6 +46,10 @@ VOCABULARY: Final = (
     "super_member", "member", "ordinary", "long", "mid", "short", "in",
 )  # fmt: skip
 _CODE: Final = {name: i for i, name in enumerate(VOCABULARY)}
+_TEXT: Final = dict(enumerate(VOCABULARY))
+
+
+_READ: Final = frozenset((FORMAT, _FORMAT_5, _FORMAT_4, _FORMAT_3))
 
 
 class CorruptRecord(SegmentWorkerError, ValueError):
@@ -47,75 +58,129 @@ class CorruptRecord(SegmentWorkerError, ValueError):
 
 
 def encode_state(state: CustomerState) -> bytes:
-    """A positional JSON array, still orjson-fast: no field names; names from the vocabulary
-    as integers; order ids without the prefix they all share (ids often embed the customer,
-    the shop or a date); instants as offsets from the state's earliest (3-4 digits fewer
-    each); a class-less dimension as its bare name; the rules version without its constant
-    prefix. On the simulated traffic of 100k customers this averages 237 B where format 3
-    took 277, and 173 B with large states compressed (format 4; format 5 adds the partial
-    refunds, the key-action instants and the traits at the end)."""
-    instants = [r.ms for r in state.orders.values() if r.ms != NO_TIME]
-    instants += state.key_actions
-    instants += [ms for ms, _ in state.traits.values()]
+    """A positional MessagePack array: no field names; names from the vocabulary as small
+    integers; order ids without the prefix they all share (ids often embed the customer, the
+    shop or a date); instants as offsets from the state's earliest, the key actions (sorted)
+    each from the one before (a customer keeps ~11: 20 B less); the classes as flat
+    (dimension, class) pairs, their since instants apart; the rules version's hash as its
+    bytes; the withheld classes, while there are any, last. MessagePack writes small
+    integers in 1-5 bytes where JSON took 7-11 characters, so states need no compression.
+    The layout field by field: docs/state-format.md; figures: docs/benchmarks.md."""
+    orders = state.orders
+    instants = [r.ms for r in orders.values() if r.ms != NO_TIME]
+    keys = state.key_actions  # sorted: the first is the earliest
+    if keys:
+        instants.append(keys[0])
+    traits = state.traits
+    if traits:
+        instants += [ms for ms, _ in traits.values()]
     instants += state.since_ms.values()
-    for ms in (state.first_visit_ms, state.last_visit_ms):
-        if ms is not None:
-            instants.append(ms)
+    first_visit, last_visit = state.first_visit_ms, state.last_visit_ms
+    if first_visit is not None:
+        instants.append(first_visit)
+    if last_visit is not None:
+        instants.append(last_visit)
     region_ms = None if state.region_ms < 0 else state.region_ms  # -1: no region seen
     if region_ms is not None:
         instants.append(region_ms)
     base = min(instants, default=0)
-    ids = list(state.orders)
-    prefix = os.path.commonprefix(ids) if len(ids) > 1 else ""  # noqa: RUF071 (by character)
+    prefix = _shared_prefix(orders) if len(orders) > 1 else ""
     cut = len(prefix)
-    orders: list[object] = []
+    flat: list[object] = []
     refunds: list[object] = []  # (position of the order, event id, amount) triples
-    for position, (order_id, r) in enumerate(state.orders.items()):
-        offset = None if r.ms == NO_TIME else r.ms - base  # NO_TIME: only voided so far
-        orders += [order_id[cut:], r.flags | (16 if r.paid else 0), offset, r.amount]
-        for event_id, amount in (r.refunds or {}).items():
-            refunds += [position, event_id, amount]
-    classes: list[list[object]] = []
-    for dim, cls in state.classes.items():
-        since = state.since_ms.get(dim)
-        if cls is None:
-            classes.append([_name(dim)])
-        elif since is None:
-            classes.append([_name(dim), _name(cls)])
-        else:
-            classes.append([_name(dim), _name(cls), since - base])
-    version = state.rules_version
-    if version.startswith(_VERSION_PREFIX):
-        version = version[len(_VERSION_PREFIX) :]
-    else:
-        version = "=" + version  # stored as it is
-    data = orjson.dumps(
+    for position, (order_id, r) in enumerate(orders.items()):
+        flat += [
+            order_id[cut:],
+            r.flags | 16 if r.paid else r.flags,
+            None if r.ms == NO_TIME else r.ms - base,  # NO_TIME: only voided so far
+            r.amount,
+        ]
+        if r.refunds:
+            for event_id, amount in r.refunds.items():
+                refunds += [position, event_id, amount]
+    since_ms = state.since_ms
+    classes = tuple(state.classes.items())
+    since = [None if (ms := since_ms.get(dim)) is None else ms - base for dim, _ in classes]
+    return _PACK.encode(
         [
             FORMAT,
             base,
             prefix,
-            orders,
-            _minus(state.first_visit_ms, base),
-            _minus(state.last_visit_ms, base),
+            flat,
+            None if first_visit is None else first_visit - base,
+            None if last_visit is None else last_visit - base,
             state.region,
-            _minus(region_ms, base),
-            classes,
-            version,
+            None if region_ms is None else region_ms - base,
+            _packed_classes(classes),
+            _packed_version(state.rules_version),
             state.due_day,
             refunds,
-            [ms - base for ms in state.key_actions],
-            [x for name, (ms, v) in sorted(state.traits.items()) for x in (name, ms - base, v)],
+            list(map(sub, keys, [base, *keys])),  # sorted: as steps
+            [x for name, (ms, v) in sorted(traits.items()) for x in (name, ms - base, v)]
+            if traits
+            else [],
+            since,
             *_withheld(state),
         ]
     )
-    return zlib.compress(data, 1) if len(data) >= COMPRESS_FROM else data
 
 
-def _withheld(state: CustomerState) -> list[list[list[int | str]]]:
-    """A trailing field, only while consent withholds a change: (dimension, class now)."""
+def _shared_prefix(ids: Iterable[str]) -> str:
+    """The prefix every id shares: the one the least and the greatest share (a third of
+    os.path.commonprefix's cost, which checks and converts every path first)."""
+    low, high = min(ids), max(ids)
+    n = 0
+    for a, b in zip(low, high, strict=False):
+        if a != b:
+            break
+        n += 1
+    return low[:n]
+
+
+@lru_cache(maxsize=4096)  # the class combinations customers are in: few
+def _packed_classes(classes: tuple[tuple[str, str | None], ...]) -> list[int | str | None]:
+    """(dimension, class or None) pairs, flat, names from the vocabulary as integers."""
+    return [_CODE.get(n, n) if n is not None else None for pair in classes for n in pair]
+
+
+@lru_cache(maxsize=4096)
+def _unpacked_classes(packed: tuple[object, ...]) -> dict[str, str | None]:
+    """The inverse of _packed_classes; callers get a copy."""
+    return {
+        _text(packed[i]): None if packed[i + 1] is None else _text(packed[i + 1])
+        for i in range(0, len(packed), 2)
+    }
+
+
+@lru_cache(maxsize=64)  # a handful of versions live at a time
+def _packed_version(version: str) -> bytes | str:
+    """A rules version (``sha256:`` and lowercase hex, see Rules.version) as the hash's
+    bytes; any other as text led by "=" (stored as it is)."""
+    if version.startswith(_VERSION_PREFIX):
+        digits = version[len(_VERSION_PREFIX) :]
+        try:
+            raw = bytes.fromhex(digits)
+        except ValueError:
+            raw = None
+        if raw is not None and raw.hex() == digits:
+            return raw
+    return "=" + version
+
+
+@lru_cache(maxsize=64)
+def _unpacked_version(stored: bytes | str) -> str:
+    """The inverse of _packed_version, and of the JSON formats' text (the hash as hex)."""
+    if isinstance(stored, bytes):
+        return _VERSION_PREFIX + stored.hex()
+    return stored[1:] if stored.startswith("=") else _VERSION_PREFIX + stored
+
+
+def _withheld(state: CustomerState) -> list[list[int | str | None]]:
+    """A trailing field, only while consent withholds a change: (dimension, class now)
+    pairs, packed as the classes are."""
     if not state.withheld:
         return []
-    return [[[_name(d)] if c is None else [_name(d), _name(c)] for d, c in state.withheld.items()]]
+    return [_packed_classes(tuple(state.withheld.items()))]
 
 
 def declared_format(data: bytes) -> int | None:
@@ -123,7 +188,7 @@ def declared_format(data: bytes) -> int | None:
     newer release wrote (a format above FORMAT) from a damaged one."""
     try:
         doc = _document(data)
-    except (orjson.JSONDecodeError, zlib.error):
+    except (orjson.JSONDecodeError, zlib.error, msgspec.DecodeError):
         return None
     if isinstance(doc, list) and doc and type(doc[0]) is int:
         return int(doc[0])
@@ -131,12 +196,14 @@ def declared_format(data: bytes) -> int | None:
 
 
 def _document(data: bytes) -> Any:
-    """The JSON a stored state holds, inflated first if it was stored compressed."""
-    return orjson.loads(zlib.decompress(data) if data[:1] == _ZLIB else data)
-
-
-def _minus(ms: int | None, base: int) -> int | None:
-    return None if ms is None else ms - base
+    """The array a stored state holds: MessagePack (format 6 on), or JSON (formats 3-5),
+    inflated first if it was stored compressed."""
+    lead = data[:1]
+    if lead == _ZLIB:
+        return orjson.loads(zlib.decompress(data))
+    if lead == _JSON:
+        return orjson.loads(data)
+    return _UNPACK.decode(data)
 
 
 def _plus(offset: int | None, base: int) -> int | None:
@@ -145,66 +212,110 @@ def _plus(offset: int | None, base: int) -> int | None:
 
 def decode_state(customer_id: str, data: bytes) -> CustomerState:
     try:
-        doc = _document(data)
-        if not isinstance(doc, list) or not doc or doc[0] not in (FORMAT, _FORMAT_4, _FORMAT_3):
+        if data[:1] not in (_ZLIB, _JSON):  # MessagePack: format 6 on
+            doc = _UNPACK.decode(data)
+            if doc.__class__ is list and len(doc) >= 15 and doc[0] == FORMAT:
+                return _decode_format_6(customer_id, doc)
+        else:
+            doc = _document(data)
+        if not isinstance(doc, list) or not doc or doc[0] not in _READ or doc[0] == FORMAT:
             raise CorruptRecord(f"unknown state format for {customer_id!r}")
-        if doc[0] == _FORMAT_3:
-            return _decode_format_3(customer_id, doc)
-        _, base, prefix, flat, *rest = doc
-        orders = {
-            prefix + flat[i]: OrderRecord(
-                flat[i + 1] & 15,
-                bool(flat[i + 1] & 16),
-                NO_TIME if flat[i + 2] is None else flat[i + 2] + base,
-                flat[i + 3],
-            )
-            for i in range(0, len(flat), 4)
-        }
-        state = _state(customer_id, orders, base, rest[:7])
-        for entry in rest[4]:
-            dim = _text(entry[0])
-            state.classes[dim] = None if len(entry) == 1 else _text(entry[1])
-            if len(entry) == 3:
-                state.since_ms[dim] = entry[2] + base
-        if doc[0] == FORMAT:
-            refunds, keys, traits, *withheld = rest[7:]
-            records = list(orders.values())
-            for i in range(0, len(refunds), 3):
-                record = records[refunds[i]]
-                if record.refunds is None:
-                    record.refunds = {}
-                record.refunds[refunds[i + 1]] = refunds[i + 2]
-            state.key_actions = [offset + base for offset in keys]
-            for i in range(0, len(traits), 3):
-                state.traits[traits[i]] = (traits[i + 1] + base, traits[i + 2])
-            for entry in withheld[0] if withheld else ():
-                state.withheld[_text(entry[0])] = None if len(entry) == 1 else _text(entry[1])
-        return state
+        return _decode_json(customer_id, doc)
     except CorruptRecord:
         raise
     except (
-        orjson.JSONDecodeError, zlib.error, IndexError, TypeError, ValueError, AttributeError
+        orjson.JSONDecodeError, msgspec.DecodeError, zlib.error, IndexError, TypeError,
+        ValueError, AttributeError,
     ) as exc:  # fmt: skip
         raise CorruptRecord(f"unreadable state for {customer_id!r}: {exc}") from None
 
 
-def _decode_format_3(customer_id: str, doc: list[Any]) -> CustomerState:
-    """Format 3: no order id prefix, every instant an offset from the base, each dimension
-    as a (name, class or null, since or null) triple."""
-    _, base, flat, *rest = doc
+def _decode_format_6(customer_id: str, doc: list[Any]) -> CustomerState:
+    """Format 6, every field unpacked at once (the hot path: one per customer per batch)."""
+    (
+        _, base, prefix, flat, first_visit, last_visit, region, region_ms, classes,
+        version, due, refunds, keys, traits, since, *withheld,
+    ) = doc  # fmt: skip
     orders = {
-        flat[i]: OrderRecord(
-            flat[i + 1] & 15, bool(flat[i + 1] & 16), flat[i + 2] + base, flat[i + 3]
+        prefix + flat[i]: OrderRecord(
+            flat[i + 1] & 15,
+            bool(flat[i + 1] & 16),
+            NO_TIME if flat[i + 2] is None else flat[i + 2] + base,
+            flat[i + 3],
         )
         for i in range(0, len(flat), 4)
     }
-    state = _state(customer_id, orders, base, rest)
-    classes = rest[4]
-    for i in range(0, len(classes), 3):
-        dim = _text(classes[i])
-        state.classes[dim] = None if classes[i + 1] is None else _text(classes[i + 1])
-        if classes[i + 2] is not None:
-            state.since_ms[dim] = classes[i + 2] + base
+    if refunds:
+        _add_refunds(orders, refunds)
+    if keys:  # steps from the base, each from the one before
+        keys[0] += base
+    dims = _unpacked_classes(tuple(classes))
+    return CustomerState(
+        customer_id,
+        orders,
+        None if first_visit is None else first_visit + base,
+        None if last_visit is None else last_visit + base,
+        list(accumulate(keys)),
+        region,
+        -1 if region_ms is None else region_ms + base,
+        {traits[i]: (traits[i + 1] + base, traits[i + 2]) for i in range(0, len(traits), 3)},
+        dict(dims),
+        {dim: at + base for dim, at in zip(dims, since, strict=True) if at is not None},
+        dict(_unpacked_classes(tuple(withheld[0]))) if withheld else {},
+        _unpacked_version(version),
+        due,
+    )
+
+
+def _add_refunds(orders: dict[str, OrderRecord], refunds: list[Any]) -> None:
+    """(position of the order, event id, amount) triples into their orders."""
+    records = list(orders.values())
+    for i in range(0, len(refunds), 3):
+        record = records[refunds[i]]
+        if record.refunds is None:
+            record.refunds = {}
+        record.refunds[refunds[i + 1]] = refunds[i + 2]
+
+
+def _decode_json(customer_id: str, doc: list[Any]) -> CustomerState:
+    """Formats 3-5 (positional JSON): instants as offsets from the state's earliest."""
+    form = doc[0]
+    if form == _FORMAT_3:
+        _, base, flat, *rest = doc
+        prefix = ""
+    else:
+        _, base, prefix, flat, *rest = doc
+    orders = {
+        prefix + flat[i]: OrderRecord(
+            flat[i + 1] & 15,
+            bool(flat[i + 1] & 16),
+            NO_TIME if flat[i + 2] is None else flat[i + 2] + base,
+            flat[i + 3],
+        )
+        for i in range(0, len(flat), 4)
+    }
+    state = _state(customer_id, orders, base, rest[:7])
+    classes, since_ms, entries = state.classes, state.since_ms, rest[4]
+    if form == _FORMAT_3:  # (dimension, class or null, since or null) triples
+        for i in range(0, len(entries), 3):
+            dim, cls, since = _text(entries[i]), entries[i + 1], entries[i + 2]
+            classes[dim] = None if cls is None else _text(cls)
+            if since is not None:
+                since_ms[dim] = since + base
+    else:  # formats 4 and 5: [dimension], [dimension, class] or [dimension, class, since]
+        for entry in entries:
+            dim = _text(entry[0])
+            classes[dim] = None if len(entry) == 1 else _text(entry[1])
+            if len(entry) == 3:
+                since_ms[dim] = entry[2] + base
+    if form == _FORMAT_5:
+        refunds, keys, traits, *withheld = rest[7:]
+        _add_refunds(orders, refunds)
+        state.key_actions = [offset + base for offset in keys]
+        for i in range(0, len(traits), 3):
+            state.traits[traits[i]] = (traits[i + 1] + base, traits[i + 2])
+        for entry in withheld[0] if withheld else ():  # [dimension] or [dimension, class]
+            state.withheld[_text(entry[0])] = None if len(entry) == 1 else _text(entry[1])
     return state
 
 
@@ -221,21 +332,18 @@ def _state(
         last_visit_ms=_plus(last_visit, base),
         region=region,
         region_ms=-1 if region_ms is None else region_ms + base,
-        rules_version=version[1:] if version.startswith("=") else _VERSION_PREFIX + version,
+        rules_version=_unpacked_version(version),
         due_day=due,
     )
 
 
-def _name(text: str) -> int | str:
-    return _CODE.get(text, text)
-
-
 def _text(value: object) -> str:
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(VOCABULARY):
-        return VOCABULARY[value]
-    if isinstance(value, str):
+    if value.__class__ is str:
         return value
-    raise CorruptRecord(f"not a name: {value!r}")
+    name = _TEXT.get(value) if value.__class__ is int else None
+    if name is None:
+        raise CorruptRecord(f"not a name: {value!r}")
+    return name
 
 
 class OutRecord(NamedTuple):  # immutable and cheap to build: one per output record

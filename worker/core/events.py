@@ -22,6 +22,7 @@ TraitValue = str | int | float | bool | None  # None: the trait is removed
 STATUSES: Final = frozenset({"placed", "paid", "cancelled", "refunded"})
 MAX_AMOUNT: Final = Decimal(10) ** 12
 _CENT: Final = Decimal("0.01")
+_MAX_MINOR: Final = 10**14  # MAX_AMOUNT in minor units
 _TRAIT_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
 
 
@@ -300,6 +301,11 @@ def _amount(doc: dict[str, object]) -> int:
     if "amount" not in doc or doc["amount"] is None:
         raise _Bad(Reason.MISSING_FIELD, "amount", "required field 'amount' is missing")
     value = doc["amount"]
+    minor = _plain_minor(value)
+    if minor is not None:
+        if minor > _MAX_MINOR:
+            raise _Bad(Reason.INVALID_VALUE, "amount", "amount exceeds 1e12")
+        return minor
     if isinstance(value, str):
         whole, dot, frac = value.partition(".")
         if not (whole.isascii() and whole.isdigit()) or (
@@ -329,3 +335,23 @@ def _amount(doc: dict[str, object]) -> int:
     if number > MAX_AMOUNT:
         raise _Bad(Reason.INVALID_VALUE, "amount", "amount exceeds 1e12")
     return int((number.quantize(_CENT, rounding=ROUND_HALF_EVEN) * 100).to_integral_value())
+
+
+def _plain_minor(value: object) -> int | None:
+    """Minor units of the common amounts, a non-negative integer or a plain decimal with at
+    most two places (text, or a float's shortest repr as Decimal(repr(value)) reads it), with
+    no Decimal; None for anything else, which the general path reads or rejects."""
+    if value.__class__ is int:
+        return value * 100 if value >= 0 else None
+    if value.__class__ is float:
+        text = repr(value)
+    elif value.__class__ is str:
+        text = value
+    else:
+        return None
+    whole, dot, frac = text.partition(".")
+    if not (whole.isascii() and whole.isdigit()):
+        return None
+    if dot and not (frac.isascii() and frac.isdigit() and len(frac) <= 2):
+        return None
+    return int(whole) * 100 + int(frac.ljust(2, "0"))

@@ -21,6 +21,9 @@ _RFC3339 = re.compile(
     r"(?:([Zz])|([+-])(\d{2}):(\d{2}))",
     re.ASCII,  # \d must not match other scripts' digits
 )
+# The shape nearly every feed sends (UTC, milliseconds): read by position, one hour's start
+# cached, about a third of the general parse's cost.
+_COMMON = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z", re.ASCII)
 
 
 def parse_rfc3339(text: str) -> int:
@@ -29,7 +32,12 @@ def parse_rfc3339(text: str) -> int:
     Stricter than ``datetime.fromisoformat``, which would accept dates without a time or an
     offset and so let a local-time timestamp be read as UTC.
     """
-    m = _RFC3339.fullmatch(text)
+    if len(text) == 24 and _COMMON.fullmatch(text) is not None:
+        hour_ms = _hour_ms(text[:13])
+        minute, second = int(text[14:16]), int(text[17:19])
+        if hour_ms is not None and minute <= 59 and second <= 60:
+            return hour_ms + (minute * 60 + min(second, 59)) * 1000 + int(text[20:23])
+    m = _RFC3339.fullmatch(text)  # the general case, and every error's message
     if m is None:
         raise ValueError(f"not an RFC 3339 timestamp with offset: {text[:64]!r}")
     year, month, day, hh, mm, ss, frac, utc, sign, off_h, off_m = m.groups()
@@ -46,6 +54,19 @@ def parse_rfc3339(text: str) -> int:
     millis = int((frac + "000")[:3]) if frac else 0
     minutes = (_epoch_day((year, month, day)) * 24 + hour) * 60 + minute - offset
     return (minutes * 60 + min(second, 59)) * 1000 + millis
+
+
+@lru_cache(maxsize=4096)
+def _hour_ms(prefix: str) -> int | None:
+    """Epoch milliseconds at the start of a UTC ``YYYY-MM-DDTHH``; None if out of range."""
+    hour = int(prefix[11:13])
+    if hour > 23:
+        return None
+    try:
+        day = _epoch_day((prefix[:4], prefix[5:7], prefix[8:10]))
+    except ValueError:
+        return None
+    return (day * 24 + hour) * _HOUR_MS
 
 
 @lru_cache(maxsize=4096)

@@ -1,0 +1,135 @@
+"""The state codec's CPU and Redis memory per customer, old commit against new (issue 16).
+
+    python bench/codec.py --states /tmp/states.pkl [--customers 100000] [--seed 1]
+    PYTHONPATH=/tmp/old python bench/codec.py --states /tmp/states.pkl
+
+Builds the `segment-worker bench live` memory population (replay of simulated traffic until
+``--customers`` customers have a state) the first time and pickles it to ``--states``; later
+runs load it, so that two commits (the second line: an old commit unpacked with ``git
+archive``) encode the very same states. Prints encode and decode CPU per state (best of
+``--rounds``, garbage collector off, as `bench live` does), the blob sizes, and Redis bytes
+per customer with the states and due index loaded through ``Store.commit`` into a fresh
+redis-server, as `bench live` does. Every state must decode back to itself. The pickle
+holds pure-Python states: a compiled core (mypyc) needs one of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import pickle
+import statistics
+import time
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+import worker
+from worker.core.codec import decode_state, encode_state
+from worker.core.events import ParseLimits
+from worker.core.partitioner import partition_of
+from worker.core.rules import load_rules
+from worker.core.state import CustomerState
+from worker.core.timeutil import parse_rfc3339
+from worker.replay import Replayer
+from worker.store import Store
+from worker.tools.embedded import RedisServer
+from worker.tools.livebench import PARTITIONS
+from worker.tools.simulate import Simulator
+
+RULES = load_rules(None)
+START = parse_rfc3339("2025-01-01T00:00:00Z")  # `bench live`'s default shop opening
+
+
+def population(customers: int, seed: int) -> list[CustomerState]:
+    replayer = Replayer(
+        RULES, lambda _: None, lambda *_: None, limits=ParseLimits(), future_reference_ms=2**62
+    )
+    for n, e in enumerate(Simulator(seed, customers, START), start=1):
+        replayer.feed(e.jsonl(), n)
+        if n % 8192 == 0 and len(replayer.states) >= customers:
+            break
+    return list(replayer.states.values())
+
+
+def cpu(states: list[CustomerState], rounds: int) -> tuple[float, float, list[bytes]]:
+    """Best encode and decode seconds per state over ``rounds``, and the blobs."""
+    best_encode = best_decode = float("inf")
+    blobs: list[bytes] = []
+    gc.disable()
+    try:
+        for _ in range(rounds):
+            started = time.process_time()
+            blobs = [encode_state(s) for s in states]
+            encoded = time.process_time()
+            for state, blob in zip(states, blobs, strict=True):
+                decode_state(state.customer_id, blob)
+            decoded = time.process_time()
+            best_encode = min(best_encode, encoded - started)
+            best_decode = min(best_decode, decoded - encoded)
+    finally:
+        gc.enable()
+    for state, blob in zip(states, blobs, strict=True):
+        back = decode_state(state.customer_id, blob)
+        if back != state or encode_state(back) != blob:
+            raise SystemExit(f"{state.customer_id}: the state does not survive its round trip")
+    return best_encode / len(states), best_decode / len(states), blobs
+
+
+async def redis_bytes(states: list[CustomerState], blobs: list[bytes]) -> float:
+    """Redis used_memory growth per customer, states and due index stored as the worker does."""
+    batch: dict[int, list[tuple[str, bytes, int | None]]] = {}
+    for state, blob in zip(states, blobs, strict=True):
+        due = None if state.due_day is None else RULES.calendar.start_ms(state.due_day)
+        cid = state.customer_id
+        batch.setdefault(partition_of(cid, PARTITIONS), []).append((cid, blob, due))
+    with RedisServer() as server:
+        client = aioredis.from_url(server.url)
+        try:
+            store = Store(client)
+            await store.load_library()
+            before = int((await client.info("memory"))["used_memory"])
+            for partition, items in batch.items():
+                claim = await store.claim(partition)
+                for i in range(0, len(items), 1000):
+                    chunk = items[i : i + 1000]
+                    await store.commit(
+                        claim,
+                        states={c: b for c, b, _ in chunk},
+                        due={c: d for c, _, d in chunk},
+                        outbox=[],
+                        offsets={},
+                    )
+            after = int((await client.info("memory"))["used_memory"])
+        finally:
+            await client.aclose()
+    return (after - before) / len(states)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--states", type=Path, required=True, help="pickle of the population")
+    parser.add_argument("--customers", type=int, default=100_000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    if args.states.exists():
+        states = pickle.loads(args.states.read_bytes())  # our own file
+    else:
+        states = population(args.customers, args.seed)
+        for state in states:
+            state._index = None  # derived, rebuilt on use
+        args.states.write_bytes(pickle.dumps(states))
+    encode, decode, blobs = cpu(states, args.rounds)
+    sizes = [len(b) for b in blobs]
+    per_customer = asyncio.run(redis_bytes(states, blobs))
+    print(
+        f"{worker.__file__}: {len(states):,} states; encode {encode * 1e6:.2f} us, decode "
+        f"{decode * 1e6:.2f} us per state; blob mean {statistics.mean(sizes):,.0f} B, p99 "
+        f"{statistics.quantiles(sizes, n=100)[98]:,.0f} B; Redis {per_customer:,.0f} B per customer"
+    )
+
+
+if __name__ == "__main__":
+    main()
