@@ -27,6 +27,8 @@ from typing import Any, Final, NamedTuple, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import NoPermissionError, ResponseError
 
 from worker.errors import SegmentWorkerError
@@ -54,8 +56,16 @@ Client = aioredis.Redis | RedisCluster
 def connect(settings: Settings) -> Client:
     """The worker's Redis client: the URL's credentials, TLS (verified against
     SEGMENT_WORKER_REDIS_TLS_CAFILE, with a client certificate if given) for rediss://, and a
-    cluster client that discovers the other masters when SEGMENT_WORKER_REDIS_CLUSTER is on."""
-    options: dict[str, Any] = {"socket_timeout": 10, "socket_connect_timeout": 5}
+    cluster client that discovers the other masters when SEGMENT_WORKER_REDIS_CLUSTER is on.
+
+    redis-py's own retries are off: after a connection error it would send the call again,
+    and a call Redis had already run (an outbox trim by count) must not run twice. The worker
+    retries at its level, where a failed trim is never re-sent (the outbox is drained)."""
+    options: dict[str, Any] = {
+        "socket_timeout": 10,
+        "socket_connect_timeout": 5,
+        "retry": Retry(NoBackoff(), 0),
+    }
     if settings.redis_cluster:
         return RedisCluster.from_url(settings.redis_url, **options, **tls_options(settings))
     return aioredis.from_url(settings.redis_url, **options, **tls_options(settings))
