@@ -70,9 +70,8 @@ class Ownership:
                 known.committable.pop(tp.topic, None)
         versions: dict[int, frozenset[str]] = {}
         for partition in partitions:
-            identity = await retry("identity", partial(store.server_id, partition))
             fence = await retry("take", partial(store.claim, partition))
-            state = self.partitions.took(partition, fence, identity)
+            state = self.partitions.took(partition, fence)
             done = await retry("rules", partial(store.rules_version, partition))
             if done != self.rules_version() and state.reevaluate_from is None:
                 state.reevaluate_from = 0  # e.g. the previous owner died mid-way
@@ -129,11 +128,17 @@ class Ownership:
 
     async def take_all_again(self) -> None:
         """Redis came back as a different server: take every owned partition again, so that
-        input is re-read from the offsets Redis now holds."""
+        input is re-read from the offsets Redis now holds (and again if Redis changed once
+        more while they were taken: a write of the take was refused)."""
         owned = self.partitions.owned()
         log.warning("Redis restarted: taking partitions %s again from its offsets", owned)
         self.metrics.redis_resets.inc()
-        await self.take([tp for tp in self.consumer.assignment() if tp.partition in owned])
+        while True:
+            try:
+                await self.take([tp for tp in self.consumer.assignment() if tp.partition in owned])
+                return
+            except RedisReset:
+                log.warning("Redis restarted again: taking partitions %s again", owned)
 
     def stop(self, partition: int, exc: Exception) -> None:
         """Stop a partition on a stored state this worker cannot read (damaged, or written by
