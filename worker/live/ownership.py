@@ -21,7 +21,7 @@ from aiokafka.errors import KafkaTimeoutError
 from worker.core.batch import Topics
 from worker.core.codec import CorruptRecord, OutRecord
 from worker.core.reconcile import Trust, lost_window, read_back, reconcile
-from worker.kafka import partition_of
+from worker.kafka import end_offsets, partition_of
 from worker.live.partitions import Partitions
 from worker.live.relay import Relay
 from worker.live.retry import Health
@@ -60,7 +60,16 @@ class Ownership:
     async def take(self, assigned: list[TopicPartition]) -> None:
         """Take the partitions (fencing their previous owners), bring their states in line
         with the changes Kafka already holds, relay what the outbox still holds, and resume
-        from the offsets Redis holds (it may be ahead of the group's committed offsets)."""
+        from the offsets Redis holds (it may be ahead of the group's committed offsets).
+        If Redis restarts meanwhile (a write of the take was refused), take them again."""
+        while True:
+            try:
+                return await self._take(assigned)
+            except RedisReset:
+                numbers = sorted({tp.partition for tp in assigned})
+                log.warning("Redis restarted while taking partitions %s: again", numbers)
+
+    async def _take(self, assigned: list[TopicPartition]) -> None:
         store, retry = self.storage.store, self.health.retry
         partitions = sorted({tp.partition for tp in assigned})
         await self.partitions.settled(partitions, handing_over=True)
@@ -96,7 +105,7 @@ class Ownership:
                     "reconcile", partial(self._reconcile, claim, emitted.get(partition, []), trust)
                 )
             except RedisReset:
-                raise  # every partition is taken again
+                raise  # every partition is taken again (see take)
             except Exception as exc:  # one partition's trouble must not stop the others
                 self.stop(partition, exc)
                 continue
@@ -128,17 +137,11 @@ class Ownership:
 
     async def take_all_again(self) -> None:
         """Redis came back as a different server: take every owned partition again, so that
-        input is re-read from the offsets Redis now holds (and again if Redis changed once
-        more while they were taken: a write of the take was refused)."""
+        input is re-read from the offsets Redis now holds."""
         owned = self.partitions.owned()
         log.warning("Redis restarted: taking partitions %s again from its offsets", owned)
         self.metrics.redis_resets.inc()
-        while True:
-            try:
-                await self.take([tp for tp in self.consumer.assignment() if tp.partition in owned])
-                return
-            except RedisReset:
-                log.warning("Redis restarted again: taking partitions %s again", owned)
+        await self.take([tp for tp in self.consumer.assignment() if tp.partition in owned])
 
     def stop(self, partition: int, exc: Exception) -> None:
         """Stop a partition on a stored state this worker cannot read (damaged, or written by
@@ -201,7 +204,7 @@ class Ownership:
         reader = self.reader()
         await reader.start()
         try:
-            input_ends = await reader.end_offsets(inputs)
+            input_ends = await end_offsets(reader, inputs, READ_BACK_SECONDS)
             known = await self.relay.changes_partitions()
             tps = {p: TopicPartition(self.topics.changes, p) for p in starts if p in known}
             reader.assign(list(tps.values()))
