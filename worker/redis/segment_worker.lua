@@ -58,7 +58,8 @@ segment_worker_commit
 
 segment_worker_ack
   KEYS  meta, outbox
-  ARGV  epoch, server, count, relayed ("" or the change topic's offset after the last change relayed)
+  ARGV  epoch, server, count,
+        relayed ("" or the change topic's offset after the last change relayed)
   Trims the first `count` records (the relay has had them acknowledged by the broker) and
   keeps relayed = max(stored, given) in the meta hash: after Redis loses writes, the change
   topic's records from there on are the changes this Redis no longer knows it emitted.
