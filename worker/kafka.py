@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.conn import collect_hosts, create_conn
 from aiokafka.errors import (
@@ -23,6 +24,7 @@ from aiokafka.errors import (
     GroupAuthorizationFailedError,
     KafkaConnectionError,
     KafkaError,
+    KafkaTimeoutError,
     SaslAuthenticationFailed,
     TopicAlreadyExistsError,
     TopicAuthorizationFailedError,
@@ -203,6 +205,28 @@ async def send_erasures(settings: Settings, customer_ids: Sequence[str]) -> None
             await client.send_and_wait(settings.topic_erasures, value, key=customer_id.encode())
     finally:
         await client.stop()
+
+
+async def end_offsets(
+    consumer: AIOKafkaConsumer, tps: Sequence[TopicPartition], timeout_s: float
+) -> dict[TopicPartition, int]:
+    """The end offsets of ``tps``, exact: the high watermark a fetch of each partition's last
+    record returns. ListOffsets alone may under-report (Tansu answers the base offset of the
+    last record batch + 1). Assigns ``tps`` to the group-less ``consumer``."""
+    listed = await consumer.end_offsets(list(tps))
+    consumer.assign(list(tps))
+    for tp in tps:
+        consumer.seek(tp, max(0, listed[tp] - 1))
+    deadline = time.monotonic() + timeout_s
+    while True:
+        await consumer.getmany(*tps, timeout_ms=200)
+        marks = {tp: consumer.highwater(tp) for tp in tps}
+        if all(mark is not None for mark in marks.values()):
+            return {tp: max(listed[tp], marks[tp] or 0) for tp in tps}
+        if time.monotonic() > deadline:
+            raise KafkaTimeoutError(
+                f"asking the end offsets of {sorted({t.topic for t in tps})} took too long"
+            )
 
 
 async def input_partitions(settings: Settings) -> int:

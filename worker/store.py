@@ -46,6 +46,7 @@ from worker.settings import Settings
 
 LIBRARY: Final = "segment_worker"
 _FENCED: Final = re.compile(r"FENCED current=(\d+)")
+_RESET: Final = re.compile(r"RESET current=([0-9a-f]+)")
 _ID_LEN: Final = struct.Struct(">I")
 _DIGEST: Final = re.compile(r"[0-9a-f]{64}")
 
@@ -112,14 +113,29 @@ class Fenced(SegmentWorkerError):
         self.partition, self.epoch, self.current = partition, epoch, current
 
 
+class ServerChanged(SegmentWorkerError):
+    """Raised when a write carries a claim made on another Redis server process than the one
+    that answers: Redis restarted, was restored from a copy or failed over since the claim,
+    and may have lost writes (even the epoch the claim holds may have been handed out
+    again). Nothing was written; the partition must be claimed again, on this server."""
+
+    def __init__(self, partition: int, current: str) -> None:
+        super().__init__(f"partition {partition}: claimed on another Redis server than {current}")
+        self.partition, self.current = partition, current
+
+
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """Ownership of one partition: the epoch our writes carry and the offsets (next offset to
-    read, per input topic) up to which its input is already applied."""
+    """Ownership of one partition: the epoch our writes carry, the run id of the Redis server
+    process that handed it out (writes are admitted there only: a connection that silently
+    reconnects to a restarted or restored Redis must not write what was read from the old
+    one), and the offsets (next offset to read, per input topic) up to which its input is
+    already applied."""
 
     partition: int
     epoch: int
     offsets: dict[str, int]
+    server: str
 
 
 class Snapshot(NamedTuple):
@@ -317,13 +333,14 @@ class Store:
 
     async def claim(self, partition: int) -> Claim:
         """Become the partition's owner: bump its epoch, which fences the previous owner, and
-        read the offsets up to which its input is already applied (resume from there)."""
+        read the offsets up to which its input is already applied (resume from there) and the
+        server's run id, in one call."""
         reply = cast(
             list[bytes | int],
             await self._fcall("segment_worker_claim", [self.keys.meta(partition)]),
         )
-        offsets = {_text(cast(bytes, reply[i])): int(reply[i + 1]) for i in range(1, len(reply), 2)}
-        return Claim(partition, int(reply[0]), offsets)
+        offsets = {_text(cast(bytes, reply[i])): int(reply[i + 1]) for i in range(2, len(reply), 2)}
+        return Claim(partition, int(reply[0]), offsets, _text(cast(bytes, reply[1])))
 
     async def scan_customers(
         self, partition: int, cursor: int, count: int
@@ -379,7 +396,8 @@ class Store:
         if not version:
             raise ValueError("the rules version must not be empty")
         meta = [self.keys.meta(claim.partition)]
-        await self._fenced_call("segment_worker_mark_rules", claim, meta, [claim.epoch, version])
+        args: list[str | bytes | int] = [claim.epoch, claim.server, version]
+        await self._fenced_call("segment_worker_mark_rules", claim, meta, args)
 
     async def read_checked(self, partition: int, customer_ids: Sequence[str]) -> Snapshot:
         """The run id of the server holding the partition, the states, and which unknown
@@ -448,7 +466,8 @@ class Store:
         trim of the ``acked`` records at the outbox's head and the ``relayed`` mark (the ack of
         the previous batch's relay, folded into this call: one round trip less per batch).
         Raises :class:`Fenced`, having written nothing, if another worker claimed the
-        partition since ``claim``."""
+        partition since ``claim``, and :class:`ServerChanged` if the claim was made on another
+        server process."""
         if acked < 0:
             raise ValueError(f"acked must be >= 0, got {acked}")
         p = claim.partition
@@ -477,9 +496,10 @@ class Store:
         for topic, offset in offsets.items():
             flat_offsets += (topic, offset)
         names = [self.keys.meta(p), self.keys.due(p), self.keys.outbox(p), *set_keys, *del_keys]
-        header = [claim.epoch, len(set_keys), len(del_keys), len(zadd) // 2, len(zrem)]
-        header += [len(outbox), len(offsets), len(pops) // 2]
-        args: list[str | bytes | int] = [*header, *blobs, *zadd, *zrem, *outbox]
+        counts = [len(set_keys), len(del_keys), len(zadd) // 2, len(zrem)]
+        counts += [len(outbox), len(offsets), len(pops) // 2]
+        args: list[str | bytes | int] = [claim.epoch, claim.server, *counts]
+        args += [*blobs, *zadd, *zrem, *outbox]
         args += flat_offsets
         args += pops
         if acked == 0 and relayed is None:
@@ -499,7 +519,8 @@ class Store:
         p = claim.partition
         names = [self.keys.meta(p), self.keys.outbox(p)]
         offset: str | int = "" if relayed is None else relayed
-        await self._fenced_call("segment_worker_ack", claim, names, [claim.epoch, count, offset])
+        args: list[str | bytes | int] = [claim.epoch, claim.server, count, offset]
+        await self._fenced_call("segment_worker_ack", claim, names, args)
 
     async def relayed(self, partition: int) -> int:
         """The change topic's offset after the last change this Redis knows was relayed."""
@@ -521,7 +542,10 @@ class Store:
         ]
         ttl: str | int = "" if marker_ttl_ms is None else marker_ttl_ms
         reply = await self._fenced_call(
-            "segment_worker_erase", claim, names, [claim.epoch, self.name(customer_id), ttl]
+            "segment_worker_erase",
+            claim,
+            names,
+            [claim.epoch, claim.server, self.name(customer_id), ttl],
         )
         return bool(reply)
 
@@ -563,6 +587,9 @@ class Store:
             match = _FENCED.match(str(exc))
             if match:
                 raise Fenced(claim.partition, claim.epoch, int(match[1])) from None
+            match = _RESET.match(str(exc))
+            if match:
+                raise ServerChanged(claim.partition, match[1]) from None
             raise
 
     async def _fcall(

@@ -49,7 +49,7 @@ def records(*names: str) -> Outcome:
 async def test_the_next_commit_trims_what_the_relay_had_acknowledged(store: Store) -> None:
     partitions = Partitions()
     storage = storage_of(store, partitions)
-    state = partitions.took(0, await store.claim(0), "run")
+    state = partitions.took(0, await store.claim(0))
     assert state.claim is not None
     assert await storage.commit(state.claim, records("r0", "r1"))
     state.acked, state.relayed = 2, 7  # what Relay.relay leaves after the broker's acks
@@ -70,7 +70,7 @@ async def test_the_next_commit_trims_what_the_relay_had_acknowledged(store: Stor
 async def test_a_failed_commit_leaves_the_outbox_to_a_drain(store: Store) -> None:
     partitions = Partitions()
     storage = storage_of(store, partitions)
-    state = partitions.took(0, await store.claim(0), "run")
+    state = partitions.took(0, await store.claim(0))
     assert state.claim is not None
     assert await storage.commit(state.claim, records("r0", "r1"))
     state.acked, state.relayed, state.backlog = 2, 7, False
@@ -86,7 +86,7 @@ async def test_a_failed_commit_leaves_the_outbox_to_a_drain(store: Store) -> Non
 async def test_a_fenced_commit_trims_nothing_and_drops_the_partition(store: Store) -> None:
     partitions = Partitions()
     storage = storage_of(store, partitions)
-    state = partitions.took(0, await store.claim(0), "run")
+    state = partitions.took(0, await store.claim(0))
     assert state.claim is not None
     claim = state.claim
     assert await storage.commit(claim, records("r0"))

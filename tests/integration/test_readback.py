@@ -4,11 +4,13 @@ new owner skips and counts them, Redis keeps replay's classes, and the partition
 import asyncio
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
 
 import orjson
 import pytest
 from aiohttp import ClientError, ClientSession
+from aiokafka import TopicPartition
 
 from tests.integration.live_support import (
     NOW,
@@ -36,6 +38,7 @@ from worker.kafka import partition_of
 from worker.keys import RELAYED, Layout
 from worker.settings import Settings
 from worker.store import connect
+from worker.tools.embedded import KafkaServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -184,3 +187,28 @@ async def test_a_take_that_fails_stops_its_partitions_until_it_succeeds(settings
         await client.aclose()
         await wait_until(lambda: all_committed(settings, produced), 90, "the repaired take")
     await assert_matches_replay(settings, events)
+
+
+async def test_stamps_are_checked_against_exact_input_ends(
+    broker: KafkaServer, topics: Callable[..., dict[str, str]]
+) -> None:
+    """A change read back is trusted only if its ``sw.input`` stamp lies within the input's
+    end offsets. ListOffsets may under-report them (Tansu answers the base offset of the last
+    record batch + 1): genuine changes stamped past that were skipped as ``offsets_ahead``,
+    and the lost window of a Redis that lost writes went unseen (the Tansu chaos run's
+    conflicting duplicates and broken chains). The ends come from a fetch's high watermark."""
+    orders = topics(orders=2)["orders"]
+    full, empty = TopicPartition(orders, 0), TopicPartition(orders, 1)
+    producer = kafka.producer(broker.bootstrap, enable_idempotence=False)
+    await producer.start()
+    try:  # one record batch of 100
+        sent = [await producer.send(orders, b"{}", partition=0) for _ in range(100)]
+        await asyncio.gather(*sent)
+    finally:
+        await producer.stop()
+    reader = kafka.consumer(broker.bootstrap, enable_auto_commit=False)
+    await reader.start()
+    try:
+        assert await kafka.end_offsets(reader, [full, empty], 30) == {full: 100, empty: 0}
+    finally:
+        await reader.stop()

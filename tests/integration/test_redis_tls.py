@@ -80,7 +80,8 @@ async def test_only_verified_tls_clients_with_a_certificate_get_in(
     client = connect(good)
     store = Store(client)
     await store.ensure_library()
-    assert await store.claim(0) == Claim(0, 1, {})  # a fresh server: the first owner
+    claim = await store.claim(0)
+    assert claim == Claim(0, 1, {}, await store.server_id(0))  # a fresh server: the first owner
     await client.aclose()
 
     refused = [

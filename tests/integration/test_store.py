@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import shutil
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -15,7 +16,7 @@ from redis.exceptions import ResponseError
 
 from tests.integration.conftest import RedisProcess
 from worker.keys import Layout
-from worker.store import Claim, Fenced, Store, library_code
+from worker.store import Claim, Fenced, ServerChanged, Store, library_code
 
 pytestmark = pytest.mark.integration
 LAYOUT = Layout("sw")
@@ -71,7 +72,7 @@ async def test_round_trip_of_states_due_outbox_and_offsets(
     store: Store, client: CountingRedis
 ) -> None:
     claim = await store.claim(3)
-    assert claim == Claim(3, 1, {})
+    assert claim == Claim(3, 1, {}, await store.server_id(3))
     await store.commit(
         claim,
         states={"alice": b"\x00state-a\xff", "bob": b"state-b"},
@@ -182,15 +183,16 @@ async def test_rules_mark_is_fenced_like_every_write(store: Store, client: Count
     with pytest.raises(ValueError, match="empty"):
         await store.mark_rules(new, "")
     with pytest.raises(ResponseError, match="epoch must be >= 1"):
-        await store.mark_rules(Claim(1, 0, {}), "v1")
+        await store.mark_rules(Claim(1, 0, {}, old.server), "v1")
     assert await store.rules_version(1) is None
 
 
 async def test_commit_before_any_claim_is_refused(store: Store, client: CountingRedis) -> None:
+    here = await store.server_id(1)
     with pytest.raises(ResponseError, match="epoch must be >= 1"):
-        await store.commit(Claim(1, 0, {}), states={"a": b"1"}, due={}, outbox=[], offsets={})
+        await store.commit(Claim(1, 0, {}, here), states={"a": b"1"}, due={}, outbox=[], offsets={})
     with pytest.raises(Fenced) as fenced:  # an epoch nobody was ever given
-        await store.commit(Claim(1, 7, {}), states={"a": b"1"}, due={}, outbox=[], offsets={})
+        await store.commit(Claim(1, 7, {}, here), states={"a": b"1"}, due={}, outbox=[], offsets={})
     assert fenced.value.current == 0
     assert await snapshot(client) == {}
 
@@ -413,6 +415,7 @@ async def test_populations_are_kept_by_commits(store: Store) -> None:
 
 META, DUE, OUT = LAYOUT.meta(3), LAYOUT.due(3), LAYOUT.outbox(3)
 CA, CB = LAYOUT.customer(3, "a"), LAYOUT.customer(3, "b")
+SERVER = "0" * 40  # a well-formed run id; these calls are refused before it is compared
 XA = LAYOUT.erased(3, hashlib.sha256(b"a").hexdigest())
 
 
@@ -420,6 +423,7 @@ def commit_call(
     *,
     keys: list[str] | None = None,
     epoch: object = 1,
+    server: object = SERVER,
     counts: tuple[object, ...] = (2, 0, 1, 0, 1, 1, 0),
     blobs: tuple[object, ...] = ("A", "B"),
     zadd: tuple[object, ...] = (5, "a"),
@@ -429,7 +433,7 @@ def commit_call(
     pops: tuple[object, ...] = (),
 ) -> tuple[object, ...]:
     keys = [META, DUE, OUT, CA, CB] if keys is None else keys
-    args = (epoch, *counts, *blobs, *zadd, *zrem, *out, *offsets, *pops)
+    args = (epoch, server, *counts, *blobs, *zadd, *zrem, *out, *offsets, *pops)
     return ("segment_worker_commit", len(keys), *keys, *args)
 
 
@@ -438,22 +442,30 @@ BAD_CALLS: dict[str, tuple[tuple[object, ...], str]] = {
     "epoch negative": (commit_call(epoch=-1), "epoch must be a non-negative integer"),
     "epoch fractional": (commit_call(epoch="1.0"), "epoch must be a non-negative integer"),
     "epoch zero": (commit_call(epoch=0), "epoch must be >= 1"),
+    "server not a run id": (
+        commit_call(server="abc"),
+        'server must be the run id the claim returned (40 hex digits), got "abc"',
+    ),
+    "ack without a server": (
+        ("segment_worker_ack", 2, META, OUT, 1, 1, ""),
+        "segment_worker_ack: expected 4 arguments",
+    ),
     "count with exponent": (
         commit_call(counts=("2e0", 0, 1, 0, 1, 1, 0)),
         "n_set must be a non-negative integer",
     ),
     "count missing": (
-        ("segment_worker_commit", 5, META, DUE, OUT, CA, CB, 1, 2, 0),
+        ("segment_worker_commit", 5, META, DUE, OUT, CA, CB, 1, SERVER, 2, 0),
         "n_zadd must be a non-negative integer, got nothing",
     ),
     "too few keys": (commit_call(keys=[META, DUE, OUT, CA]), "expected 5 keys, got 4"),
     "too many arguments": (
         commit_call(pops=("lifecycle\x1fnew",)),
-        "expected 15 arguments (from the counts given), got 16",
+        "expected 16 arguments (from the counts given), got 17",
     ),
     "too few arguments": (
         commit_call(offsets=("orders",)),
-        "expected 15 arguments (from the counts given), got 14",
+        "expected 16 arguments (from the counts given), got 15",
     ),
     "due time fractional": (commit_call(zadd=("5.5", "a")), 'due time of "a"'),
     "due time negative": (commit_call(zadd=(-5, "a")), 'due time of "a"'),
@@ -507,19 +519,19 @@ BAD_CALLS: dict[str, tuple[tuple[object, ...], str]] = {
         "segment_worker_claim: KEYS[1] must be",
     ),
     "ack count negative": (
-        ("segment_worker_ack", 2, META, OUT, 1, -1, ""),
+        ("segment_worker_ack", 2, META, OUT, 1, SERVER, -1, ""),
         "segment_worker_ack: count must be a non-negative integer",
     ),
     "ack count missing": (
-        ("segment_worker_ack", 2, META, OUT, 1, 1),
-        "segment_worker_ack: expected 3 arguments",
+        ("segment_worker_ack", 2, META, OUT, 1, SERVER, 1),
+        "segment_worker_ack: expected 4 arguments",
     ),
     "ack of another list": (
-        ("segment_worker_ack", 2, META, DUE, 1, 1, ""),
+        ("segment_worker_ack", 2, META, DUE, 1, SERVER, 1, ""),
         'segment_worker_ack: KEYS[2] must be "sw:{p3}:outbox"',
     ),
     "ack relayed not an offset": (
-        ("segment_worker_ack", 2, META, OUT, 1, 1, "-5"),
+        ("segment_worker_ack", 2, META, OUT, 1, SERVER, 1, "-5"),
         "segment_worker_ack: relayed must be a non-negative integer",
     ),
     "ack_commit count negative": (
@@ -535,11 +547,22 @@ BAD_CALLS: dict[str, tuple[tuple[object, ...], str]] = {
         "segment_worker_ack_commit: epoch must be >= 1",
     ),
     "erase key of another customer": (
-        ("segment_worker_erase", 4, META, DUE, CB, XA, 1, "a", ""),
+        ("segment_worker_erase", 4, META, DUE, CB, XA, 1, SERVER, "a", ""),
         'segment_worker_erase: KEYS[3] must be "sw:{p3}:c:a"',
     ),
     "erase key with a line break in the message": (
-        ("segment_worker_erase", 4, META, DUE, LAYOUT.customer(3, "a\r\nb"), XA, 1, "a", ""),
+        (
+            "segment_worker_erase",
+            4,
+            META,
+            DUE,
+            LAYOUT.customer(3, "a\r\nb"),
+            XA,
+            1,
+            SERVER,
+            "a",
+            "",
+        ),
         'segment_worker_erase: KEYS[3] must be "sw:{p3}:c:a", got "sw:{p3}:c:a',
     ),
     "read with a marker key that names the customer": (
@@ -547,7 +570,7 @@ BAD_CALLS: dict[str, tuple[tuple[object, ...], str]] = {
         'segment_worker_read: KEYS[3] must be "sw:{p3}:x:<64 hex digits>"',
     ),
     "erase with a marker key that names the customer": (
-        ("segment_worker_erase", 4, META, DUE, CA, LAYOUT.erased(3, "a"), 1, "a", 60_000),
+        ("segment_worker_erase", 4, META, DUE, CA, LAYOUT.erased(3, "a"), 1, SERVER, "a", 60_000),
         'segment_worker_erase: KEYS[4] must be "sw:{p3}:x:<64 hex digits>"',
     ),
     "forget of another customer's key": (
@@ -563,20 +586,20 @@ BAD_CALLS: dict[str, tuple[tuple[object, ...], str]] = {
         'segment_worker_read: KEYS[2] must be "sw:{p3}:c:<id>"',
     ),
     "erase ttl zero": (
-        ("segment_worker_erase", 4, META, DUE, CA, XA, 1, "a", 0),
+        ("segment_worker_erase", 4, META, DUE, CA, XA, 1, SERVER, "a", 0),
         "marker_ttl_ms must be >= 1",
     ),
     "mark_rules with an empty version": (
-        ("segment_worker_mark_rules", 1, META, 1, ""),
+        ("segment_worker_mark_rules", 1, META, 1, SERVER, ""),
         "segment_worker_mark_rules: rules version must not be empty",
     ),
     "mark_rules of a bad key": (
-        ("segment_worker_mark_rules", 1, OUT, 1, "v1"),
+        ("segment_worker_mark_rules", 1, OUT, 1, SERVER, "v1"),
         "segment_worker_mark_rules: KEYS[1] must be",
     ),
     "mark_rules without an epoch": (
-        ("segment_worker_mark_rules", 1, META, "v1"),
-        "segment_worker_mark_rules: expected 2 arguments",
+        ("segment_worker_mark_rules", 1, META, SERVER, "v1"),
+        "segment_worker_mark_rules: expected 3 arguments",
     ),
 }
 
@@ -591,7 +614,7 @@ async def test_bad_arguments_are_refused_before_any_write(
         claim, states={"old": b"old"}, due={"old": 1}, outbox=[b"old"], offsets={"orders": 1}
     )
     call, message = BAD_CALLS[name]
-    good = commit_call()
+    good = commit_call(server=claim.server)
     before = await snapshot(client)
     with pytest.raises(ResponseError) as refused:
         await client.fcall(*call)  # type: ignore[arg-type]
@@ -697,12 +720,16 @@ async def test_committed_data_survives_kill_9_with_aof(
         # Functions were persisted with the data; loading again is harmless.
         assert await client.fcall_ro("segment_worker_version", 0) == b"8"
         await store.load_library()
-        # The epoch survived too: the old claim still writes, a new claim fences it.
-        await store.commit(claim, states={"c0": b"after"}, due={}, outbox=[], offsets={})
+        # The epoch survived too, but a claim made before the restart writes nothing: this
+        # server cannot know what it lost. A new claim (the next epoch) writes.
+        with pytest.raises(ServerChanged):
+            await store.commit(claim, states={"c0": b"stale"}, due={}, outbox=[], offsets={})
         fresh = await store.claim(2)
         assert fresh.epoch == claim.epoch + 1
+        assert fresh.server != claim.server
         assert fresh.offsets == {"orders": 500, "visits": 42}
-        with pytest.raises(Fenced):
+        await store.commit(fresh, states={"c0": b"after"}, due={}, outbox=[], offsets={})
+        with pytest.raises(ServerChanged):
             await store.commit(claim, states={"c0": b"stale"}, due={}, outbox=[], offsets={})
 
         server.restart()
@@ -710,5 +737,44 @@ async def test_committed_data_survives_kill_9_with_aof(
         await store.load_library()
         assert await store.get(2, "c0") == b"after"
         assert (await store.claim(2)).epoch == fresh.epoch + 1
+    finally:
+        await client.aclose()
+
+
+async def test_an_epoch_handed_out_again_after_a_rollback_does_not_admit_the_old_claim(
+    redis_proc: Callable[..., RedisProcess],
+) -> None:
+    """A Redis restored from an older copy gives out an epoch it gave out before: the stale
+    claim of that number (made on the old server) must not write, nor trim, nor mark."""
+    server = redis_proc("--appendonly", "yes", "--appendfsync", "always")
+    client = aioredis.from_url(server.url)
+    try:
+        store = Store(client)
+        await store.load_library()
+        first = await store.claim(4)
+        await store.commit(first, states={"a": b"1"}, due={}, outbox=[b"r1"], offsets={"v": 10})
+        shutil.copytree(server.directory / "appendonlydir", server.directory / "copy")
+        stale = await store.claim(4)  # epoch 2, lost with the rollback below
+        await store.commit(stale, states={"a": b"2"}, due={}, outbox=[], offsets={"v": 20})
+        server.kill()
+        shutil.rmtree(server.directory / "appendonlydir")
+        shutil.copytree(server.directory / "copy", server.directory / "appendonlydir")
+        server.start()
+        await client.connection_pool.disconnect()
+        new = await store.claim(4)
+        assert (new.epoch, new.offsets) == (stale.epoch, {"v": 10})  # the same number again
+        before = await snapshot(client)
+        with pytest.raises(ServerChanged) as refused:
+            await store.commit(stale, states={"a": b"x"}, due={}, outbox=[b"x"], offsets={"v": 30})
+        assert (refused.value.partition, refused.value.current) == (4, new.server)
+        with pytest.raises(ServerChanged):
+            await store.ack_outbox(stale, 1, relayed=99)
+        with pytest.raises(ServerChanged):
+            await store.erase(stale, "a", 60_000)
+        with pytest.raises(ServerChanged):
+            await store.mark_rules(stale, "v2")
+        assert await snapshot(client) == before
+        await store.commit(new, states={"a": b"3"}, due={}, outbox=[], offsets={"v": 11})
+        assert await store.get(4, "a") == b"3"
     finally:
         await client.aclose()

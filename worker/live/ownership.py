@@ -21,7 +21,7 @@ from aiokafka.errors import KafkaTimeoutError
 from worker.core.batch import Topics
 from worker.core.codec import CorruptRecord, OutRecord
 from worker.core.reconcile import Trust, lost_window, read_back, reconcile
-from worker.kafka import partition_of
+from worker.kafka import end_offsets, partition_of
 from worker.live.partitions import Partitions
 from worker.live.relay import Relay
 from worker.live.retry import TRANSIENT, Health
@@ -60,7 +60,16 @@ class Ownership:
     async def take(self, assigned: list[TopicPartition]) -> None:
         """Take the partitions (fencing their previous owners), bring their states in line
         with the changes Kafka already holds, relay what the outbox still holds, and resume
-        from the offsets Redis holds (it may be ahead of the group's committed offsets)."""
+        from the offsets Redis holds (it may be ahead of the group's committed offsets).
+        If Redis restarts meanwhile (a write of the take was refused), take them again."""
+        while True:
+            try:
+                return await self._take(assigned)
+            except RedisReset:
+                numbers = sorted({tp.partition for tp in assigned})
+                log.warning("Redis restarted while taking partitions %s: again", numbers)
+
+    async def _take(self, assigned: list[TopicPartition]) -> None:
         store, retry = self.storage.store, self.health.retry
         partitions = sorted({tp.partition for tp in assigned})
         await self.partitions.settled(partitions, handing_over=True)
@@ -70,9 +79,8 @@ class Ownership:
                 known.committable.pop(tp.topic, None)
         versions: dict[int, frozenset[str]] = {}
         for partition in partitions:
-            identity = await retry("identity", partial(store.server_id, partition))
             fence = await retry("take", partial(store.claim, partition))
-            state = self.partitions.took(partition, fence, identity)
+            state = self.partitions.took(partition, fence)
             done = await retry("rules", partial(store.rules_version, partition))
             if done != self.rules_version() and state.reevaluate_from is None:
                 state.reevaluate_from = 0  # e.g. the previous owner died mid-way
@@ -97,7 +105,7 @@ class Ownership:
                     "reconcile", partial(self._reconcile, claim, emitted.get(partition, []), trust)
                 )
             except RedisReset:
-                raise  # every partition is taken again
+                raise  # every partition is taken again (see take)
             except Exception as exc:  # one partition's trouble must not stop the others
                 self.stop(partition, exc)
                 continue
@@ -205,7 +213,7 @@ class Ownership:
         reader = self.reader()
         await reader.start()
         try:
-            input_ends = await reader.end_offsets(inputs)
+            input_ends = await end_offsets(reader, inputs, READ_BACK_SECONDS)
             known = await self.relay.changes_partitions()
             tps = {p: TopicPartition(self.topics.changes, p) for p in starts if p in known}
             reader.assign(list(tps.values()))

@@ -67,12 +67,12 @@ class Partitions:
     def reevaluating(self) -> list[int]:
         return [s.partition for s in self if s.reevaluate_from is not None]
 
-    def took(self, partition: int, claim: Claim, redis_id: str) -> PartitionState:
+    def took(self, partition: int, claim: Claim) -> PartitionState:
         """Record a take: a new state, or the same one again (after a stop or a Redis restart)."""
         state = self._states.get(partition)
         if state is None:
-            state = self._states[partition] = PartitionState(partition, redis_id)
-        state.claim, state.redis_id, state.backlog = claim, redis_id, True
+            state = self._states[partition] = PartitionState(partition, claim.server)
+        state.claim, state.redis_id, state.backlog = claim, claim.server, True
         state.acked, state.relayed = 0, None  # the take's read-back and drain see to them
         state.recovering = None  # the read-back decides afresh
         return state

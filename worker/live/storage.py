@@ -15,14 +15,15 @@ from worker.errors import SegmentWorkerError
 from worker.live.partitions import Partitions
 from worker.live.retry import Health
 from worker.metrics import Metrics
-from worker.store import Claim, Fenced, Store
+from worker.store import Claim, Fenced, ServerChanged, Store
 
 log = logging.getLogger("segment_worker")
 
 
 class RedisReset(SegmentWorkerError):
     """Raised when Redis answers as a different server than the one our partitions were taken
-    on (restarted, possibly without its last writes): every partition is taken again."""
+    on (restarted, possibly without its last writes), on a read or on a write it refused:
+    every partition is taken again."""
 
 
 class Storage:
@@ -97,6 +98,8 @@ class Storage:
         except Fenced:
             self.fenced(claim.partition)
             return False
+        except ServerChanged as exc:
+            raise RedisReset(exc.current) from None
         except BaseException:
             if acked or relayed is not None:
                 self.partitions.trim_failed(claim.partition)
@@ -112,6 +115,8 @@ class Storage:
         except Fenced:
             self.fenced(claim.partition)
             return False
+        except ServerChanged as exc:
+            raise RedisReset(exc.current) from None
         return True
 
     async def mark_rules(self, claim: Claim, version: str) -> None:
@@ -121,6 +126,8 @@ class Storage:
             await self.health.timed("mark", self.store.mark_rules(claim, version))
         except Fenced:
             self.fenced(claim.partition)
+        except ServerChanged as exc:
+            raise RedisReset(exc.current) from None
 
     async def ack(self, claim: Claim, count: int, relayed: int | None = None) -> None:
         """Trim relayed records from the outbox (a fenced trim leaves them to the new owner)."""
@@ -128,6 +135,8 @@ class Storage:
             await self.health.timed("ack", self.store.ack_outbox(claim, count, relayed))
         except Fenced:
             self.fenced(claim.partition)
+        except ServerChanged as exc:
+            raise RedisReset(exc.current) from None
 
     async def trim(self, partitions: Iterable[int] | None = None) -> None:
         """Trim what the relays had acknowledged and no commit trimmed yet (of

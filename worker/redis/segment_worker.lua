@@ -26,7 +26,12 @@ Every function:
   write (Redis has no rollback) and answers bad input with "ERR segment_worker_<fn>: ...",
   having written nothing;
 - answers a write with an epoch other than the stored one with
-  "FENCED current=<stored> given=<caller's>", having written nothing.
+  "FENCED current=<stored> given=<caller's>", having written nothing;
+- answers a write whose claim was made on another server process (ARGV server: the run id
+  the claim returned) with "RESET current=<this server's run id> given=<caller's>", having
+  written nothing. A Redis that restarted, was restored from a copy or failed over may have
+  lost writes, and even the epoch the caller holds: its epoch may have been handed out again
+  here. Only a claim on this server says where input must be read again from.
 Integers in ARGV are canonical decimal strings (no sign unless noted, no leading zeros, no
 exponent) of at most 2^53 - 1: Lua numbers are doubles. Values are passed on to Redis as the
 strings they came in as, never re-formatted (tostring(1.7e12) is "1.7e+12").
@@ -37,11 +42,12 @@ segment_worker_claim
   KEYS  meta
   ARGV  (none)
   Bumps the epoch (fencing the previous owner) and returns
-  {epoch, topic_1, offset_1, topic_2, offset_2, ...} (the stored off:<topic> fields).
+  {epoch, run id of this server, topic_1, offset_1, topic_2, offset_2, ...} (the stored
+  off:<topic> fields). The fenced writes below take the epoch and that run id.
 
 segment_worker_commit
   KEYS  meta, due, outbox, c:<name> x n_set (states to set), c:<name> x n_del (to delete)
-  ARGV  epoch, n_set, n_del, n_zadd, n_zrem, n_out, n_off, n_pop,
+  ARGV  epoch, server, n_set, n_del, n_zadd, n_zrem, n_out, n_off, n_pop,
         blob x n_set                       (value of the i-th state key to set)
         (due_ms, name) x n_zadd            (add to / move in the due index)
         name x n_zrem                      (remove from the due index)
@@ -60,7 +66,8 @@ segment_worker_ack_commit
 
 segment_worker_ack
   KEYS  meta, outbox
-  ARGV  epoch, count, relayed ("" or the change topic's offset after the last change relayed)
+  ARGV  epoch, server, count,
+        relayed ("" or the change topic's offset after the last change relayed)
   Trims the first `count` records (the relay has had them acknowledged by the broker) and
   keeps relayed = max(stored, given) in the meta hash: after Redis loses writes, the change
   topic's records from there on are the changes this Redis no longer knows it emitted.
@@ -68,7 +75,7 @@ segment_worker_ack
 
 segment_worker_erase
   KEYS  meta, due, c:<name>, x:<digest>
-  ARGV  epoch, name, marker_ttl_ms ("" = no marker)
+  ARGV  epoch, server, name, marker_ttl_ms ("" = no marker)
   Deletes the state and the due entry; with a TTL, sets the marker x:<digest> = "1" for that
   long. Returns 1 if a state was deleted, else 0.
 
@@ -81,7 +88,7 @@ segment_worker_forget
 
 segment_worker_mark_rules
   KEYS  meta
-  ARGV  epoch, rules version (not empty)
+  ARGV  epoch, server, rules version (not empty)
   Sets the rules mark: every customer of the partition is classified under this version.
   Returns 1.
 
@@ -101,7 +108,7 @@ segment_worker_version (read-only)
 local LIBRARY_VERSION = '8'
 local CHUNK = 512 -- values per multi-argument command; even, so that pairs never split
 local MAX_INT = 9007199254740991 -- 2^53 - 1
-local HEADER = 8 -- commit: epoch and the seven counts
+local HEADER = 9 -- commit: epoch, server and the seven counts
 
 -- Validation. `fail` raises a plain message (level 0: no source position); each function runs
 -- its checks under pcall and turns a failure into an error reply before anything is written.
@@ -212,6 +219,19 @@ local function claimed_epoch(value)
   return epoch
 end
 
+-- The run id of the claim the caller holds (40 hex digits, as INFO reports it).
+local function server_arg(value)
+  if value == nil or #value ~= 40 or not string.find(value, '^%x+$') then
+    fail('server must be the run id the claim returned (40 hex digits), got ' .. show(value))
+  end
+  return value
+end
+
+-- This server process's run id: a new one after every restart.
+local function run_id()
+  return string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+end
+
 -- The meta hash's epoch (0 if never claimed), after checking the key's type and the value.
 local function stored_epoch(meta)
   key_type(meta, 'hash', 'meta key')
@@ -237,11 +257,16 @@ local function fenced(current, given)
   return redis.error_reply('FENCED current=' .. current .. ' given=' .. given)
 end
 
--- `checked` for the fenced writes: also refuses a caller whose epoch is not the stored one.
+-- `checked` for the fenced writes: also refuses a caller whose claim was made on another
+-- server process, and one whose epoch is not the stored one.
 local function admitted(name, check, keys, args)
   local plan, err = checked(name, check, keys, args)
   if err then
     return nil, err
+  end
+  local here = run_id()
+  if plan.server ~= here then
+    return nil, redis.error_reply('RESET current=' .. here .. ' given=' .. plan.server)
   end
   if plan.current ~= plan.epoch then
     return nil, fenced(plan.current, plan.epoch)
@@ -297,7 +322,7 @@ local function claim(keys, args)
   if err then
     return err
   end
-  local out = { redis.call('HINCRBY', keys[1], 'epoch', 1) }
+  local out = { redis.call('HINCRBY', keys[1], 'epoch', 1), run_id() }
   local fields = redis.call('HGETALL', keys[1])
   for i = 1, #fields, 2 do
     if string.sub(fields[i], 1, 4) == 'off:' then
@@ -312,10 +337,10 @@ end
 
 -- `first`: where the commit's ARGV starts (segment_worker_ack_commit puts the ack's before it).
 local function check_commit_at(keys, args, first)
-  local plan = { epoch = claimed_epoch(args[first]) }
+  local plan = { epoch = claimed_epoch(args[first]), server = server_arg(args[first + 1]) }
   local names = { 'n_set', 'n_del', 'n_zadd', 'n_zrem', 'n_out', 'n_off', 'n_pop' }
   for i, name in ipairs(names) do
-    plan[name] = uint(args[first + i], name)
+    plan[name] = uint(args[first + 1 + i], name)
   end
   key_count(keys, 3 + plan.n_set + plan.n_del)
   arg_count(args, first - 1 + HEADER + plan.n_set + 2 * plan.n_zadd + plan.n_zrem + plan.n_out
@@ -417,11 +442,11 @@ end
 
 local function check_ack(keys, args)
   key_count(keys, 2)
-  arg_count(args, 3)
+  arg_count(args, 4)
   local base = base_of(keys[1])
   same_key(keys[2], base .. 'outbox', 'KEYS[2]')
-  local plan = { epoch = uint(args[1], 'epoch') }
-  check_trim(args, 2, plan)
+  local plan = { epoch = uint(args[1], 'epoch'), server = server_arg(args[2]) }
+  check_trim(args, 3, plan)
   plan.current = stored_epoch(keys[1])
   key_type(keys[2], 'list', 'outbox key')
   return plan
@@ -457,14 +482,14 @@ end
 
 local function check_erase(keys, args)
   key_count(keys, 4)
-  arg_count(args, 3)
+  arg_count(args, 4)
   local base = base_of(keys[1])
-  local plan = { epoch = uint(args[1], 'epoch') }
+  local plan = { epoch = uint(args[1], 'epoch'), server = server_arg(args[2]) }
   same_key(keys[2], base .. 'due', 'KEYS[2]')
-  same_key(keys[3], base .. 'c:' .. args[2], 'KEYS[3]')
+  same_key(keys[3], base .. 'c:' .. args[3], 'KEYS[3]')
   marker_key(keys[4], base, 'KEYS[4]')
-  if args[3] ~= '' and uint(args[3], 'marker_ttl_ms') < 1 then
-    fail('marker_ttl_ms must be >= 1 or empty (no marker), got ' .. show(args[3]))
+  if args[4] ~= '' and uint(args[4], 'marker_ttl_ms') < 1 then
+    fail('marker_ttl_ms must be >= 1 or empty (no marker), got ' .. show(args[4]))
   end
   plan.current = stored_epoch(keys[1])
   key_type(keys[2], 'zset', 'due key')
@@ -477,9 +502,9 @@ local function erase(keys, args)
     return err
   end
   local deleted = redis.call('DEL', keys[3])
-  redis.call('ZREM', keys[2], args[2])
-  if args[3] ~= '' then
-    redis.call('SET', keys[4], '1', 'PX', args[3])
+  redis.call('ZREM', keys[2], args[3])
+  if args[4] ~= '' then
+    redis.call('SET', keys[4], '1', 'PX', args[4])
   end
   return deleted
 end
@@ -513,10 +538,10 @@ end
 
 local function check_mark_rules(keys, args)
   key_count(keys, 1)
-  arg_count(args, 2)
+  arg_count(args, 3)
   base_of(keys[1])
-  local plan = { epoch = claimed_epoch(args[1]) }
-  if #args[2] == 0 then
+  local plan = { epoch = claimed_epoch(args[1]), server = server_arg(args[2]) }
+  if #args[3] == 0 then
     fail('rules version must not be empty')
   end
   plan.current = stored_epoch(keys[1])
@@ -528,7 +553,7 @@ local function mark_rules(keys, args)
   if err then
     return err
   end
-  redis.call('HSET', keys[1], 'rules', args[2])
+  redis.call('HSET', keys[1], 'rules', args[3])
   return 1
 end
 
@@ -555,7 +580,7 @@ local function read(keys, args)
   if err then
     return err
   end
-  local out = { string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') }
+  local out = { run_id() }
   for i = 2, n + 1 do
     local state = redis.call('GET', keys[i])
     out[i] = state
