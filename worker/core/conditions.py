@@ -89,9 +89,13 @@ _ARITH: Final[dict[type[ast.operator], str]] = {
 
 
 def compile_condition(
-    text: str, features: Mapping[str, FeatureKind], textual: frozenset[str] = frozenset()
+    text: str,
+    features: Mapping[str, FeatureKind],
+    textual: frozenset[str] = frozenset(),
+    held: Mapping[str, str] | None = None,
 ) -> Compiled:
-    """Translate ``text``; ``textual`` names the features that hold text, not numbers."""
+    """Translate ``text``; ``textual`` names the features that hold text, not numbers.
+    ``held``: features read from the given expressions (locals) instead of ``f``."""
     if len(text) > MAX_CONDITION_CHARS:
         raise ConditionError(f"longer than {MAX_CONDITION_CHARS} characters")
     try:
@@ -100,15 +104,18 @@ def compile_condition(
         raise ConditionError(f"syntax error at column {exc.offset}: {exc.msg}") from None
     if _depth(tree) > MAX_DEPTH:
         raise ConditionError(f"nested more than {MAX_DEPTH} levels deep")
-    translator = _Translator(features, textual)
+    translator = _Translator(features, textual, held or {})
     source = translator.expr(tree.body)
     return Compiled(f"bool({source})", tuple(translator.thresholds), frozenset(translator.names))
 
 
 class _Translator:
-    def __init__(self, features: Mapping[str, FeatureKind], textual: frozenset[str]) -> None:
+    def __init__(
+        self, features: Mapping[str, FeatureKind], textual: frozenset[str], held: Mapping[str, str]
+    ) -> None:
         self.features = features
         self.textual = textual
+        self.held = held
         self.temps = 0
         self.thresholds: list[tuple[str, str]] = []
         self.names: set[str] = set()
@@ -183,7 +190,7 @@ class _Translator:
                 f"(e.g. {ident} < 0.3), not inside arithmetic or as a truth value"
             )
         self.names.add(ident)
-        return f"f[{ident!r}]"
+        return self.held.get(ident) or f"f[{ident!r}]"
 
     def trait(self, node: ast.Attribute) -> str:
         if not (isinstance(node.value, ast.Name) and node.value.id == TRAIT):
