@@ -113,11 +113,15 @@ def evaluate(
     state: CustomerState, rules: Rules, day: int, cause: Cause, emitted_ms: int
 ) -> Changes:
     facts = facts_of(state, rules.counting, rules.calendar)
-    classes = rules.classes_at(facts, day)
+    features: Features | None = None  # every feature as a mapping: only where more is read
+    if rules.fixed_offsets is None or (rules.model is not None and rules.model_limits):
+        features = rules.features_at(facts, day)  # the due-day search reads them too
+        classes = rules.classify(features)
+    else:
+        classes = rules.classes_at(facts, day)
     changes = Changes()
-    features = None  # every feature as a mapping: built only for what needs more than classes
     if classes != state.classes or state.withheld:
-        features = rules.features_at(facts, day)
+        features = rules.features_at(facts, day) if features is None else features
         dims = list(rules.dimension_names) + sorted(set(state.classes) - set(classes))
         snap = snapshot(facts, features, rules.windows)
         if rules.model is not None:
