@@ -78,12 +78,7 @@ class Facts:
 
 
 def facts_of(state: CustomerState, counting: int, calendar: Calendar) -> Facts:
-    """The digest of ``state`` counting orders by ``counting`` on the dates of ``calendar``;
-    kept on the state until its next event (read only: shared by every evaluation)."""
     index = state.index(counting, calendar)
-    kept = state.facts
-    if kept is not None and kept.index is index:  # same counting, same calendar
-        return kept
     counted = index.counted
     day_of = calendar.day_of
     n = len(counted)
@@ -108,7 +103,7 @@ def facts_of(state: CustomerState, counting: int, calendar: Calendar) -> Facts:
     }
     if state.traits:
         invariant.update({f"trait.{k}": v for k, v in state.present_traits().items()})
-    facts = state.facts = Facts(
+    return Facts(
         index=index,
         first_order_ms=counted[0][0] if n else None,
         last_order_ms=counted[-1][0] if n else None,
@@ -123,7 +118,6 @@ def facts_of(state: CustomerState, counting: int, calendar: Calendar) -> Facts:
         },
         invariant=invariant,
     )
-    return facts
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,13 +12,10 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from worker.core.events import Event, Order, Profile, TraitValue
 from worker.core.timeutil import Calendar
-
-if TYPE_CHECKING:
-    from worker.core.features import Facts
 
 PLACED: Final = 1
 PAID: Final = 2
@@ -161,13 +158,9 @@ class CustomerState:
     rules_version: str = ""
     due_day: int | None = None
     _index: OrderIndex | None = field(default=None, compare=False, repr=False)
-    # The day-independent digest of the statistics (features.facts_of), kept from one
-    # evaluation to the next (a timer's, a due-day search's) until an event is applied.
-    facts: Facts | None = field(default=None, compare=False, repr=False)
 
     def apply(self, event: Event, activity: Activity) -> bool:
         """Fold one event in; returns whether the statistics changed."""
-        self.facts = None
         changed = self._absorb_region(event.region, event.occurred_ms)
         if isinstance(event, Order):
             record = self.orders.get(event.order_id)
