@@ -68,16 +68,19 @@ _COMPARE: Final[dict[type[ast.cmpop], str]] = {
     ast.LtE: "_le",
     ast.Gt: "_gt",
     ast.GtE: "_ge",
-    ast.Eq: "_eq",
-    ast.NotEq: "_ne",
-    ast.In: "_in",
-    ast.NotIn: "_not_in",
 }
 _INLINE: Final[dict[type[ast.cmpop], str]] = {
     ast.Lt: "<",
     ast.LtE: "<=",
     ast.Gt: ">",
     ast.GtE: ">=",
+}
+# Comparisons that cannot raise, written as Python writes them: no helper call.
+_PLAIN: Final[dict[type[ast.cmpop], str]] = {
+    ast.Eq: "==",
+    ast.NotEq: "!=",
+    ast.In: "in",
+    ast.NotIn: "not in",
 }
 _ARITH: Final[dict[type[ast.operator], str]] = {
     ast.Add: "_add",
@@ -89,9 +92,13 @@ _ARITH: Final[dict[type[ast.operator], str]] = {
 
 
 def compile_condition(
-    text: str, features: Mapping[str, FeatureKind], textual: frozenset[str] = frozenset()
+    text: str,
+    features: Mapping[str, FeatureKind],
+    textual: frozenset[str] = frozenset(),
+    held: Mapping[str, str] | None = None,
 ) -> Compiled:
-    """Translate ``text``; ``textual`` names the features that hold text, not numbers."""
+    """Translate ``text``; ``textual`` names the features that hold text, not numbers.
+    ``held``: features read from the given expressions (locals) instead of ``f``."""
     if len(text) > MAX_CONDITION_CHARS:
         raise ConditionError(f"longer than {MAX_CONDITION_CHARS} characters")
     try:
@@ -100,15 +107,18 @@ def compile_condition(
         raise ConditionError(f"syntax error at column {exc.offset}: {exc.msg}") from None
     if _depth(tree) > MAX_DEPTH:
         raise ConditionError(f"nested more than {MAX_DEPTH} levels deep")
-    translator = _Translator(features, textual)
+    translator = _Translator(features, textual, held or {})
     source = translator.expr(tree.body)
     return Compiled(f"bool({source})", tuple(translator.thresholds), frozenset(translator.names))
 
 
 class _Translator:
-    def __init__(self, features: Mapping[str, FeatureKind], textual: frozenset[str]) -> None:
+    def __init__(
+        self, features: Mapping[str, FeatureKind], textual: frozenset[str], held: Mapping[str, str]
+    ) -> None:
         self.features = features
         self.textual = textual
+        self.held = held
         self.temps = 0
         self.thresholds: list[tuple[str, str]] = []
         self.names: set[str] = set()
@@ -183,7 +193,7 @@ class _Translator:
                 f"(e.g. {ident} < 0.3), not inside arithmetic or as a truth value"
             )
         self.names.add(ident)
-        return f"f[{ident!r}]"
+        return self.held.get(ident) or f"f[{ident!r}]"
 
     def trait(self, node: ast.Attribute) -> str:
         if not (isinstance(node.value, ast.Name) and node.value.id == TRAIT):
@@ -201,8 +211,8 @@ class _Translator:
         operands = [node.left, *node.comparators]
         parts = []
         for op, left, right in zip(node.ops, operands, operands[1:], strict=False):
-            fn = _COMPARE.get(type(op))
-            if fn is None:  # pragma: no cover - every ast.cmpop but Is/IsNot is mapped
+            fn, plain = _COMPARE.get(type(op)), _PLAIN.get(type(op))
+            if fn is None and plain is None:  # pragma: no cover - all but Is/IsNot are mapped
                 raise ConditionError(f"comparison {type(op).__name__} is not supported")
             if isinstance(op, ast.In | ast.NotIn) and not isinstance(
                 right, ast.Tuple | ast.List | ast.Set
@@ -212,7 +222,14 @@ class _Translator:
             if inline is not None:
                 self._check_ordering(left, right)
             a, b = self.operand(left, right), self.operand(right, left)
-            if inline is not None and _is_number(right) and isinstance(left, ast.Name):
+            if isinstance(op, ast.Eq | ast.NotEq):
+                parts.append(f"({a} {plain} {b})")  # plain equality: a missing value is None
+            elif plain is not None:  # in, not in: a missing value is in no list
+                self.temps += 1
+                parts.append(
+                    f"((_v{self.temps} := {a}) is not None and _v{self.temps} {plain} {b})"
+                )
+            elif inline is not None and _is_number(right) and isinstance(left, ast.Name):
                 # Hot path: feature vs number, null-safe without a helper call.
                 self.temps += 1
                 parts.append(
@@ -308,10 +325,6 @@ HELPERS: Final[dict[str, object]] = {
     "_le": _ordered(operator.le),
     "_gt": _ordered(operator.gt),
     "_ge": _ordered(operator.ge),
-    "_eq": lambda a, b: a == b,
-    "_ne": lambda a, b: a != b,
-    "_in": lambda a, b: a is not None and a in b,
-    "_not_in": lambda a, b: a is not None and a not in b,
     "_add": _safe(operator.add),
     "_sub": _safe(operator.sub),
     "_mul": _safe(operator.mul),

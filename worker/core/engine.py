@@ -113,10 +113,15 @@ def evaluate(
     state: CustomerState, rules: Rules, day: int, cause: Cause, emitted_ms: int
 ) -> Changes:
     facts = facts_of(state, rules.counting, rules.calendar)
-    features = rules.features_at(facts, day)
-    classes = rules.classify(features)
+    features: Features | None = None  # every feature as a mapping: only where more is read
+    if rules.fixed_offsets is None or (rules.model is not None and rules.model_limits):
+        features = rules.features_at(facts, day)  # the due-day search reads them too
+        classes = rules.classify(features)
+    else:
+        classes = rules.classes_at(facts, day)
     changes = Changes()
     if classes != state.classes or state.withheld:
+        features = rules.features_at(facts, day) if features is None else features
         dims = list(rules.dimension_names) + sorted(set(state.classes) - set(classes))
         snap = snapshot(facts, features, rules.windows)
         if rules.model is not None:
@@ -171,7 +176,7 @@ def withheld_dimensions(state: CustomerState, rules: Rules) -> frozenset[str]:
 
 def next_change_day(
     facts: Facts,
-    features: Features,
+    features: Features | None,
     rules: Rules,
     day: int,
     classes: Classes,
@@ -185,14 +190,17 @@ def next_change_day(
     window. The first ``exact_checks`` candidate days are classified; if none changes a
     class, the next candidate is returned as a wake-up (classes cannot change before it),
     which bounds the cost for customers with many orders in a window. ``features`` are the
-    features at ``day``.
+    features at ``day`` (None: computed here if needed).
     """
     first = exact_checks + 1  # every source is sorted: its first few are all we can need
     candidates = window_edges(facts, day, rules.windows, first)
     offsets = rules.fixed_offsets
     model_limits = rules.model_limits
+    at_day: Features = {}  # what thresholds and model crossings read, if any are used
+    if offsets is None or (rules.model is not None and model_limits):
+        at_day = rules.features_at(facts, day) if features is None else features
     if offsets is None:
-        limits = rules.thresholds(features)
+        limits = rules.thresholds(at_day)
         offsets = day_offsets(limits + score_limits(rules.scores))
         model_limits = tuple(limits)  # crossings() skips what is no model feature
     anchors = facts.anchors
@@ -205,12 +213,11 @@ def next_change_day(
         # Only crossings before the first few other candidates can matter.
         known = sorted(candidates)[:first]
         before = known[-1] if len(known) == first else day + CROSSING_DAYS
-        candidates.update(rules.model.crossings(facts, day, features, model_limits, before))
+        candidates.update(rules.model.crossings(facts, day, at_day, model_limits, before))
     for checked, candidate in enumerate(sorted(candidates)[:first]):
         if checked == exact_checks:
             return candidate
-        later = rules.features_at(facts, candidate)
-        if rules.classify(later) != classes:
+        if rules.classes_at(facts, candidate) != classes:
             return candidate
     return None
 

@@ -120,22 +120,41 @@ def facts_of(state: CustomerState, counting: int, calendar: Calendar) -> Facts:
     )
 
 
-def compile_features(
+@dataclass(frozen=True, slots=True)
+class DaySource:
+    """Generated source that computes, inside a function of ``(facts, day)`` whose ``f``
+    holds the day-independent features, every feature that depends on the day: each of
+    ``held`` and ``scored`` into the local ``_x_<name>``, the ``model`` ones into ``_m``."""
+
+    lines: tuple[str, ...]
+    held: tuple[str, ...]  # days-since and window features, in the order of features_at
+    model: tuple[str, ...]
+    scored: tuple[str, ...]
+    namespace: dict[str, object]  # what the lines call
+
+    def expressions(self) -> dict[str, str]:
+        """Feature -> the expression that reads it after the lines."""
+        out = {name: f"_x_{name}" for name in self.held + self.scored}
+        out.update({name: f"_m[{name!r}]" for name in self.model})
+        return out
+
+
+def day_source(
     windows: tuple[int, ...],
     scores: tuple[Score, ...],
     model: Callable[[Facts, int], Features] | None = None,
-) -> Callable[[Facts, int], Features]:
-    """``features_at(facts, day)`` for one rules file, generated once at load: feature names,
-    windows and cuts become constants, so that the hot path (up to three evaluations per
-    classified event) builds the mapping with no loops, formatting or calls per feature."""
-    body = [
-        "def features_at(facts, day):",
-        "    f = facts.invariant.copy()",
-        "    a = facts.anchors",
-    ]
+    model_names: tuple[str, ...] = (),
+) -> DaySource:
+    """One rules file's day-dependent features as source, generated once at load: feature
+    names, windows and cuts become constants, so that the hot path (one evaluation per
+    classified event, one per candidate day of the due-day search) runs with no loops,
+    formatting or calls per feature. ``model_names``: the features ``model`` returns."""
+    held: list[str] = []
+    body = ["    a = facts.anchors"]
     for name in DAYS_SINCE:
+        held.append(name)
         body.append(f"    x = a[{name!r}]")
-        body.append(f"    f[{name!r}] = None if x is None else day - x")
+        body.append(f"    _x_{name} = None if x is None else day - x")
     body += [
         "    index = facts.index",
         "    days, counts, amounts = index.days, index.day_counts, index.day_amounts",
@@ -144,25 +163,44 @@ def compile_features(
         "    key_hi = _br(keys, day)",
     ]
     for n in windows:  # by day, not by instant: an order's day is its local date
+        held += [f"orders_{n}d", f"spend_{n}d", f"key_actions_{n}d"]
         body.append(f"    window = days[_bl(days, day - {n - 1}, 0, day_hi) : day_hi]")
-        body.append(f"    f['orders_{n}d'] = sum([counts[d] for d in window])")
-        body.append(f"    f['spend_{n}d'] = sum([amounts[d] for d in window]) / 100")
-        body.append(f"    f['key_actions_{n}d'] = key_hi - _bl(keys, day - {n - 1}, 0, key_hi)")
-    namespace: dict[str, object] = {"_bl": bisect_left, "_br": bisect_right, "_NUMBER": _NUMBER}
+        body.append(f"    _x_orders_{n}d = sum([counts[d] for d in window])")
+        body.append(f"    _x_spend_{n}d = sum([amounts[d] for d in window]) / 100")
+        body.append(f"    _x_key_actions_{n}d = key_hi - _bl(keys, day - {n - 1}, 0, key_hi)")
+    namespace: dict[str, object] = {
+        "_bl": bisect_left,
+        "_br": bisect_right,
+        "_NUMBER": _NUMBER,
+        "sum": sum,  # the rules' classifier runs with no builtins
+    }
     if model is not None:  # the predictive features of a fitted [model]
         namespace["_model"] = model
-        body.append("    f.update(_model(facts, day))")
+        body.append("    _m = _model(facts, day)")
+    scored = []
     for i, score in enumerate(scores):
         namespace[f"_cuts{i}"] = score.cuts
         if score.higher_is_better:
             value = f"1 + _br(_cuts{i}, v)"
         else:
             value = f"{len(score.cuts) + 1} - _bl(_cuts{i}, v)"
-        body.append(f"    v = f[{score.feature!r}]")
-        body.append(
-            f"    f[{score.name + '_score'!r}] = {value} if v.__class__ in _NUMBER else None"
-        )
+        feature = f"_x_{score.feature}" if score.feature in held else f"f[{score.feature!r}]"
+        scored.append(f"{score.name}_score")
+        body.append(f"    v = {feature}")
+        body.append(f"    _x_{scored[-1]} = {value} if v.__class__ in _NUMBER else None")
+    model_held = model_names if model is not None else ()
+    return DaySource(tuple(body), tuple(held), model_held, tuple(scored), namespace)
+
+
+def compile_features(source: DaySource) -> Callable[[Facts, int], Features]:
+    """``features_at(facts, day)``: every feature as one mapping (snapshots, views, tests)."""
+    body = ["def features_at(facts, day):", "    f = facts.invariant.copy()", *source.lines]
+    body += [f"    f[{name!r}] = _x_{name}" for name in source.held]
+    if "_model" in source.namespace:  # between the window features and the scores, as ever
+        body.append("    f.update(_m)")
+    body += [f"    f[{name!r}] = _x_{name}" for name in source.scored]
     body.append("    return f")
+    namespace = dict(source.namespace)
     # Safe: every name in the source is a validated rules name, repr()-quoted, or a number.
     exec(compile("\n".join(body), "<features>", "exec"), namespace)
     features_at: Callable[[Facts, int], Features] = namespace["features_at"]  # type: ignore[assignment]

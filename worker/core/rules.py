@@ -33,11 +33,13 @@ from worker.core.conditions import (
 from worker.core.events import valid_trait_name
 from worker.core.features import (
     TEXTUAL,
+    DaySource,
     Facts,
     Features,
     Score,
     compile_features,
     day_offsets,
+    day_source,
     feature_kinds,
     score_limits,
 )
@@ -110,6 +112,9 @@ class Rules:
     dimensions: tuple[Dimension, ...]
     classify: Callable[[Features], Classes]
     features_at: Callable[[Facts, int], Features]  # generated for these windows and scores
+    # classify(features_at(facts, day)) in one generated function, features kept in locals:
+    # what the engine runs per evaluation and per candidate day of the due-day search
+    classes_at: Callable[[Facts, int], Classes]
     # Per days-since feature: functions giving the values it is compared with.
     thresholds: Callable[[Features], list[tuple[str, object]]]
     # When every such value is a constant (the usual case): the day offsets from each
@@ -307,7 +312,9 @@ def _build(doc: dict[str, Any], source: str, problems: _Problems) -> Rules | Non
         consent = _consent(_table(doc, "consent", ""), seen)
     if problems.found:
         return None
-    classify, thresholds, fixed = _compile(dimensions, kinds)
+    reader, model_names = _model_reader(model, dimensions, kinds)
+    by_day = day_source(tuple(windows), tuple(scores), reader, model_names)
+    classify, classes_at, thresholds, fixed = _compile(dimensions, kinds, by_day)
     return Rules(
         version=_version(doc),
         source=source,
@@ -321,11 +328,8 @@ def _build(doc: dict[str, Any], source: str, problems: _Problems) -> Rules | Non
         scores=tuple(scores),
         dimensions=tuple(dimensions),
         classify=classify,
-        features_at=compile_features(
-            tuple(windows),
-            tuple(scores),
-            _model_reader(model, dimensions, kinds),
-        ),
+        features_at=compile_features(by_day),
+        classes_at=classes_at,
         thresholds=thresholds,
         fixed_offsets=None if fixed is None else day_offsets(fixed + score_limits(scores)),
         model=model,
@@ -386,11 +390,12 @@ def _model(spec: Any) -> Model:
 
 def _model_reader(
     model: Model | None, dimensions: list[Dimension], kinds: Mapping[str, FeatureKind]
-) -> Callable[[Facts, int], Features] | None:
+) -> tuple[Callable[[Facts, int], Features] | None, tuple[str, ...]]:
     """The model features the conditions read (each costs up to a 2F1 evaluation per day
-    classified; snapshots compute all of them, and only on a change); None if none."""
+    classified; snapshots compute all of them, and only on a change): their reader (None if
+    none) and names."""
     if model is None:
-        return None
+        return None, ()
     used = {
         name
         for dim in dimensions
@@ -400,7 +405,7 @@ def _model_reader(
         if kinds.get(name) is FeatureKind.MODEL
     }
     names = tuple(n for n in model.feature_names if n in used)
-    return (lambda facts, day: model.values(facts, day, names)) if names else None
+    return ((lambda facts, day: model.values(facts, day, names)) if names else None), names
 
 
 def _model_names(model: Model | None) -> tuple[str, ...]:
@@ -602,44 +607,37 @@ def _segment(
 
 
 def _compile(
-    dimensions: list[Dimension], kinds: Mapping[str, FeatureKind]
+    dimensions: list[Dimension], kinds: Mapping[str, FeatureKind], source: DaySource
 ) -> tuple[
     Callable[[Features], Classes],
+    Callable[[Facts, int], Classes],
     Callable[[Features], list[tuple[str, object]]],
     list[tuple[str, object]] | None,
 ]:
-    """Generate one classifier and one threshold function from validated conditions."""
-    body = ["def classify(f):", "    out = {}"]
+    """Generate, from validated conditions, the classifier over a feature mapping, the same
+    over ``(facts, day)`` with the features in locals, and one threshold function."""
     thresholds: list[tuple[str, str]] = []
+    held = source.expressions()
 
-    def cond(text: str) -> str:
+    def over_mapping(text: str) -> str:
         compiled: Compiled = compile_condition(text, kinds, TEXTUAL)
         thresholds.extend(compiled.thresholds)
         return compiled.source
 
-    for dim in dimensions:
-        indent = "    "
-        if dim.applies is not None:
-            body.append(f"    if not {cond(dim.applies)}:")
-            body.append(f"        out[{dim.name!r}] = None")
-            body.append("    else:")
-            indent = "        "
-        keyword = "if"
-        for cls in dim.classes:
-            if cls.when is None:
-                body.append(f"{indent}else:" if keyword == "elif" else f"{indent}if True:")
-            else:
-                body.append(f"{indent}{keyword} {cond(cls.when)}:")
-            body.append(f"{indent}    out[{dim.name!r}] = {cls.name!r}")
-            keyword = "elif"
-        if dim.classes[-1].when is not None:
-            body.append(f"{indent}else:")
-            body.append(f"{indent}    out[{dim.name!r}] = None")
+    def over_locals(text: str) -> str:
+        return compile_condition(text, kinds, TEXTUAL, held).source
+
+    body = ["def classify(f):", "    out = {}"]
+    body += _chains(dimensions, over_mapping, [f"out[{dim.name!r}]" for dim in dimensions])
     body.append("    return out")
+    body += ["def classes_at(facts, day):", "    f = facts.invariant", *source.lines]
+    body += _chains(dimensions, over_locals, [f"_c{i}" for i in range(len(dimensions))])
+    pairs = [f"{dim.name!r}: _c{i}" for i, dim in enumerate(dimensions)]
+    body.append("    return {" + ", ".join(pairs) + "}")
     unique = sorted(set(thresholds))
     body.append("def thresholds(f):")
     body.append("    return [" + ", ".join(f"({n!r}, {src})" for n, src in unique) + "]")
-    namespace: dict[str, Any] = dict(HELPERS)
+    namespace: dict[str, Any] = {**HELPERS, **source.namespace}
     # Safe: every condition went through the whitelist in conditions.py; names are repr()-quoted.
     exec(compile("\n".join(body), "<rules>", "exec"), namespace)
     try:
@@ -648,4 +646,30 @@ def _compile(
         ]
     except ValueError:  # some threshold depends on the customer
         fixed = None
-    return namespace["classify"], namespace["thresholds"], fixed
+    return namespace["classify"], namespace["classes_at"], namespace["thresholds"], fixed
+
+
+def _chains(
+    dimensions: list[Dimension], cond: Callable[[str], str], targets: list[str]
+) -> list[str]:
+    """Each dimension's first-match-wins chain, storing its class (or None) in its target."""
+    body = []
+    for dim, target in zip(dimensions, targets, strict=True):
+        indent = "    "
+        if dim.applies is not None:
+            body.append(f"    if not {cond(dim.applies)}:")
+            body.append(f"        {target} = None")
+            body.append("    else:")
+            indent = "        "
+        keyword = "if"
+        for cls in dim.classes:
+            if cls.when is None:
+                body.append(f"{indent}else:" if keyword == "elif" else f"{indent}if True:")
+            else:
+                body.append(f"{indent}{keyword} {cond(cls.when)}:")
+            body.append(f"{indent}    {target} = {cls.name!r}")
+            keyword = "elif"
+        if dim.classes[-1].when is not None:
+            body.append(f"{indent}else:")
+            body.append(f"{indent}    {target} = None")
+    return body
