@@ -3,6 +3,7 @@ and dimensions that apply only to some customers."""
 
 import pytest
 
+from worker.cli import main
 from worker.core.rules import default_rules_text, parse_rules
 from worker.tools.demo import View
 
@@ -84,3 +85,13 @@ def test_the_lookup_hint_names_only_a_customer_it_has_seen() -> None:
     assert view.lookup("http://h") == (
         "curl -H 'Authorization: Bearer t0k' http://h/customers/cus_0000042"
     )
+
+
+@pytest.mark.parametrize("value", ["0", "65536"])
+def test_a_port_the_web_server_cannot_take_is_a_usage_error(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["demo", "--http-port", value])
+    assert exited.value.code == 2
+    assert f"--http-port: must be a port 1..65535, got {value}" in capsys.readouterr().err

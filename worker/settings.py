@@ -161,7 +161,7 @@ class Settings:
         # Each check with what it expects, so that the message says how to fix the value.
         checks: dict[str, tuple[Callable[[Any], bool], str]] = {
             "http_host": (bool, "an address to bind, such as 127.0.0.1 or 0.0.0.0"),
-            "http_port": (lambda v: 0 <= v <= 65535, "a port 0..65535"),
+            "http_port": (lambda v: 1 <= v <= 65535, "a port 1..65535"),
             "batch_size": (lambda v: 1 <= v <= 100_000, "1..100000"),
             "batch_wait_ms": (lambda v: 0 <= v <= 60_000, "0..60000"),
             "session_timeout_ms": (lambda v: v >= 1000, ">= 1000"),

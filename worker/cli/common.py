@@ -26,6 +26,14 @@ def instant(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def port(text: str) -> int:
+    """A TCP port to listen on (0, "any free port", is not one: Faust's web server refuses it)."""
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port 1..65535, got {value}")
+    return value
+
+
 def positive(text: str) -> int:
     """A count that must be at least 1."""
     value = int(text)
