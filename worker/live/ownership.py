@@ -292,16 +292,29 @@ def _belongs(partitions: int, partition: int, customer_id: str) -> bool:
 
 class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     """Takes assigned partitions and releases revoked ones, each under the partitions' lock
-    (which waits for the batch in flight)."""
+    (which waits for the batch in flight); knows since when a rebalance has been running."""
 
     def __init__(self, ownership: Ownership) -> None:
         self.ownership = ownership
+        self.rebalancing_since: float | None = None  # a join began and no assignment came yet
+        self._reported = False
+
+    def overdue(self, limit_s: float) -> float | None:
+        """How long the rebalance has run, once (per rebalance) it has run past ``limit_s``."""
+        since = self.rebalancing_since
+        if since is None or self._reported or time.monotonic() - since < limit_s:
+            return None
+        self._reported = True
+        return time.monotonic() - since
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        if self.rebalancing_since is None:  # aiokafka calls this as every (re)join begins
+            self.rebalancing_since, self._reported = time.monotonic(), False
         async with self.ownership.partitions.lock:
             await self.ownership.release(list(revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.rebalancing_since = None
         async with self.ownership.partitions.lock:
             try:
                 await self.ownership.take(list(assigned))

@@ -16,6 +16,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from functools import partial
+from typing import Final
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -49,6 +50,8 @@ from worker.store import Claim, Store
 
 log = logging.getLogger("segment_worker")
 Messages = Sequence[ConsumerRecord[bytes, bytes]]
+REBALANCE_POLL_S: Final = 1.0  # how long past the batch wait a getmany may block
+REBALANCE_STUCK_TIMEOUTS: Final = 3  # rebalance timeouts after which a rebalance is stuck
 
 
 class Pipeline:
@@ -118,6 +121,7 @@ class Pipeline:
             clock=clock,
             topics=self._topics,
         )
+        self._listener = Listener(self._ownership)
         self._stopping = asyncio.Event()
 
     @property
@@ -165,7 +169,7 @@ class Pipeline:
         return len(partitions) if partitions else None
 
     def listener(self) -> ConsumerRebalanceListener:
-        return Listener(self._ownership)
+        return self._listener
 
     def stop(self) -> None:
         self._stopping.set()
@@ -176,12 +180,22 @@ class Pipeline:
 
     async def run(self) -> None:
         """Consume until :meth:`stop`; transient Redis/Kafka failures back off and retry."""
+        wait_s = self._settings.batch_wait_ms / 1000
         while not self._stopping.is_set():
             try:
-                batch = await self._consumer.getmany(
-                    timeout_ms=self._settings.batch_wait_ms,
-                    max_records=self._settings.batch_size * max(1, len(self.owned_partitions())),
+                # getmany waits without limit while the group rebalances: bounded here, so
+                # that a rebalance that never ends is reported and a stop is still obeyed.
+                batch = await asyncio.wait_for(
+                    self._consumer.getmany(
+                        timeout_ms=self._settings.batch_wait_ms,
+                        max_records=self._settings.batch_size
+                        * max(1, len(self.owned_partitions())),
+                    ),
+                    wait_s + REBALANCE_POLL_S,
                 )
+            except TimeoutError:
+                self._report_long_rebalance()
+                continue
             except KafkaError as exc:
                 await self._health.trouble("kafka", "getmany", exc)
                 continue
@@ -198,6 +212,19 @@ class Pipeline:
                         await self._timers.tick()
                 except RedisReset:
                     await self._ownership.take_all_again()
+
+    def _report_long_rebalance(self) -> None:
+        """A rebalance normally ends within the rebalance timeout; one past several is stuck
+        (Tansu can keep a departed member as the group's leader: docs/tansu-group-stall.md)."""
+        limit_s = REBALANCE_STUCK_TIMEOUTS * self._settings.rebalance_timeout_ms / 1000
+        took = self._listener.overdue(limit_s)
+        if took is not None:
+            log.warning(
+                "no partition assignment from the group coordinator after %.0f s of "
+                "rebalancing (group %s); consuming nothing until one comes",
+                took,
+                self._settings.group_id,
+            )
 
     async def shut_down(self) -> None:
         """After the loop: let the batch in flight finish, relay its output, commit offsets."""
