@@ -23,19 +23,14 @@ import statistics
 import time
 from pathlib import Path
 
-import redis.asyncio as aioredis
-
 import worker
 from worker.core.codec import decode_state, encode_state
 from worker.core.events import ParseLimits
-from worker.core.partitioner import partition_of
 from worker.core.rules import load_rules
 from worker.core.state import CustomerState
 from worker.core.timeutil import parse_rfc3339
 from worker.replay import Replayer
-from worker.store import Store
-from worker.tools.embedded import RedisServer
-from worker.tools.livebench import PARTITIONS
+from worker.tools.livebench import redis_bytes
 from worker.tools.simulate import Simulator
 
 RULES = load_rules(None)
@@ -77,36 +72,6 @@ def cpu(states: list[CustomerState], rounds: int) -> tuple[float, float, list[by
     return best_encode / len(states), best_decode / len(states), blobs
 
 
-async def redis_bytes(states: list[CustomerState], blobs: list[bytes]) -> float:
-    """Redis used_memory growth per customer, states and due index stored as the worker does."""
-    batch: dict[int, list[tuple[str, bytes, int | None]]] = {}
-    for state, blob in zip(states, blobs, strict=True):
-        due = None if state.due_day is None else RULES.calendar.start_ms(state.due_day)
-        cid = state.customer_id
-        batch.setdefault(partition_of(cid, PARTITIONS), []).append((cid, blob, due))
-    with RedisServer() as server:
-        client = aioredis.from_url(server.url)
-        try:
-            store = Store(client)
-            await store.load_library()
-            before = int((await client.info("memory"))["used_memory"])
-            for partition, items in batch.items():
-                claim = await store.claim(partition)
-                for i in range(0, len(items), 1000):
-                    chunk = items[i : i + 1000]
-                    await store.commit(
-                        claim,
-                        states={c: b for c, b, _ in chunk},
-                        due={c: d for c, _, d in chunk},
-                        outbox=[],
-                        offsets={},
-                    )
-            after = int((await client.info("memory"))["used_memory"])
-        finally:
-            await client.aclose()
-    return (after - before) / len(states)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--states", type=Path, required=True, help="pickle of the population")
@@ -123,7 +88,11 @@ def main() -> None:
         args.states.write_bytes(pickle.dumps(states))
     encode, decode, blobs = cpu(states, args.rounds)
     sizes = [len(b) for b in blobs]
-    per_customer = asyncio.run(redis_bytes(states, blobs))
+    due = {
+        s.customer_id: None if s.due_day is None else RULES.calendar.start_ms(s.due_day)
+        for s in states
+    }
+    per_customer = asyncio.run(redis_bytes(dict(zip(due, blobs, strict=True)), due))
     print(
         f"{worker.__file__}: {len(states):,} states; encode {encode * 1e6:.2f} us, decode "
         f"{decode * 1e6:.2f} us per state; blob mean {statistics.mean(sizes):,.0f} B, p99 "

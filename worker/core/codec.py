@@ -236,15 +236,7 @@ def _decode_format_6(customer_id: str, doc: list[Any]) -> CustomerState:
         _, base, prefix, flat, first_visit, last_visit, region, region_ms, classes,
         version, due, refunds, keys, traits, since, *withheld,
     ) = doc  # fmt: skip
-    orders = {
-        prefix + flat[i]: OrderRecord(
-            flat[i + 1] & 15,
-            bool(flat[i + 1] & 16),
-            NO_TIME if flat[i + 2] is None else flat[i + 2] + base,
-            flat[i + 3],
-        )
-        for i in range(0, len(flat), 4)
-    }
+    orders = _orders(prefix, flat, base)
     if refunds:
         _add_refunds(orders, refunds)
     if keys:  # steps from the base, each from the one before
@@ -267,6 +259,20 @@ def _decode_format_6(customer_id: str, doc: list[Any]) -> CustomerState:
     )
 
 
+def _orders(prefix: str, flat: list[Any], base: int) -> dict[str, OrderRecord]:
+    """(id after the shared prefix, flags, placed offset or null, cents) quadruples, as every
+    format since 3 stores them, into order records."""
+    return {
+        prefix + flat[i]: OrderRecord(
+            flat[i + 1] & 15,
+            bool(flat[i + 1] & 16),
+            NO_TIME if flat[i + 2] is None else flat[i + 2] + base,
+            flat[i + 3],
+        )
+        for i in range(0, len(flat), 4)
+    }
+
+
 def _add_refunds(orders: dict[str, OrderRecord], refunds: list[Any]) -> None:
     """(position of the order, event id, amount) triples into their orders."""
     records = list(orders.values())
@@ -285,15 +291,7 @@ def _decode_json(customer_id: str, doc: list[Any]) -> CustomerState:
         prefix = ""
     else:
         _, base, prefix, flat, *rest = doc
-    orders = {
-        prefix + flat[i]: OrderRecord(
-            flat[i + 1] & 15,
-            bool(flat[i + 1] & 16),
-            NO_TIME if flat[i + 2] is None else flat[i + 2] + base,
-            flat[i + 3],
-        )
-        for i in range(0, len(flat), 4)
-    }
+    orders = _orders(prefix, flat, base)
     state = _state(customer_id, orders, base, rest[:7])
     classes, since_ms, entries = state.classes, state.since_ms, rest[4]
     if form == _FORMAT_3:  # (dimension, class or null, since or null) triples

@@ -45,7 +45,7 @@ from worker.progress import Progress
 from worker.replay import Replayer
 from worker.service import Worker
 from worker.settings import Settings
-from worker.store import Claim, Store
+from worker.store import Store
 from worker.tools.apache_kafka import ApacheKafka, chosen_broker, kafka_version
 from worker.tools.embedded import Broker, RedisServer, free_port
 from worker.tools.simulate import SimEvent, Simulator
@@ -550,37 +550,49 @@ async def _memory(plan: Plan, rules: Rules) -> None:
         decoded = time.process_time()
     finally:
         gc.enable()
-    with RedisServer() as server:
-        client = aioredis.from_url(server.url)
-        store = Store(client)
-        await store.load_library()
-        before = int((await client.info("memory"))["used_memory"])
-        batch: dict[int, list[tuple[str, bytes, int | None]]] = {}
-        for cid, state in replayer.states.items():
-            due = None if state.due_day is None else rules.calendar.start_ms(state.due_day)
-            batch.setdefault(partition_of(cid, PARTITIONS), []).append((cid, blobs[cid], due))
-        for partition, items in batch.items():
-            claim: Claim = await store.claim(partition)
-            for i in range(0, len(items), 1000):
-                chunk = items[i : i + 1000]
-                await store.commit(
-                    claim,
-                    states={c: b for c, b, _ in chunk},
-                    due={c: d for c, _, d in chunk},
-                    outbox=[],
-                    offsets={},
-                )
-        after = int((await client.info("memory"))["used_memory"])
-        await client.aclose()
+    due = {
+        cid: None if state.due_day is None else rules.calendar.start_ms(state.due_day)
+        for cid, state in replayer.states.items()
+    }
+    per_customer = await redis_bytes(blobs, due)
     n = len(replayer.states)
     sizes = [len(blob) for blob in blobs.values()]
     print(
-        f"Redis memory: {(after - before) / n:,.0f} bytes per customer at {n:,} customers "
+        f"Redis memory: {per_customer:,.0f} bytes per customer at {n:,} customers "
         f"(state blob mean {statistics.mean(sizes):,.0f} B, p99 "
         f"{statistics.quantiles(sizes, n=100)[98]:,.0f} B; due index and key overhead included); "
         f"CPU per state: encode {(encoded - started) / n * 1e6:.1f} us, "
         f"decode {(decoded - encoded) / n * 1e6:.1f} us"
     )
+
+
+async def redis_bytes(blobs: dict[str, bytes], due_ms: dict[str, int | None]) -> float:
+    """Redis used_memory growth per customer, states and due index stored in a fresh Redis as
+    the worker stores them (fenced commits of up to 1,000 customers of a partition)."""
+    batch: dict[int, list[str]] = {}
+    for cid in blobs:
+        batch.setdefault(partition_of(cid, PARTITIONS), []).append(cid)
+    with RedisServer() as server:
+        client = aioredis.from_url(server.url)
+        try:
+            store = Store(client)
+            await store.load_library()
+            before = int((await client.info("memory"))["used_memory"])
+            for partition, ids in batch.items():
+                claim = await store.claim(partition)
+                for i in range(0, len(ids), 1000):
+                    chunk = ids[i : i + 1000]
+                    await store.commit(
+                        claim,
+                        states={c: blobs[c] for c in chunk},
+                        due={c: due_ms[c] for c in chunk},
+                        outbox=[],
+                        offsets={},
+                    )
+            after = int((await client.info("memory"))["used_memory"])
+        finally:
+            await client.aclose()
+    return (after - before) / len(blobs)
 
 
 def run(plan: Plan) -> None:
