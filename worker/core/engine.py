@@ -114,7 +114,7 @@ def evaluate(
 ) -> Changes:
     facts = facts_of(state, rules.counting, rules.calendar)
     features: Features | None = None  # every feature as a mapping: only where more is read
-    if rules.fixed_offsets is None or (rules.model is not None and rules.model_limits):
+    if rules.search_reads_features:
         features = rules.features_at(facts, day)  # the due-day search reads them too
         classes = rules.classify(features)
     else:
@@ -197,7 +197,7 @@ def next_change_day(
     offsets = rules.fixed_offsets
     model_limits = rules.model_limits
     at_day: Features = {}  # what thresholds and model crossings read, if any are used
-    if offsets is None or (rules.model is not None and model_limits):
+    if rules.search_reads_features:
         at_day = rules.features_at(facts, day) if features is None else features
     if offsets is None:
         limits = rules.thresholds(at_day)

@@ -129,6 +129,13 @@ class Rules:
     def dimension_names(self) -> tuple[str, ...]:
         return tuple(d.name for d in self.dimensions)
 
+    @property
+    def search_reads_features(self) -> bool:
+        """Whether the due-day search reads the day's features as a mapping (thresholds that
+        depend on the customer, or timed model crossings); the engine then classifies from
+        that mapping too, so that a model is evaluated once, not twice."""
+        return self.fixed_offsets is None or (self.model is not None and bool(self.model_limits))
+
 
 def default_rules_text() -> bytes:
     return resources.files("worker.core").joinpath("default_rules.toml").read_bytes()
