@@ -30,7 +30,7 @@ from worker.settings import Settings
 from worker.tools.apache_kafka import ApacheKafka
 from worker.tools.embedded import Broker
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(480)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(720)]
 
 # Per topic, for this test only: a segment rolls on the first append 100 ms after it opened
 # (the cleaner never touches the open segment), and a partition is cleaned as soon as 1% of
@@ -145,7 +145,7 @@ async def test_the_compacted_topic_rebuilds_replays_classes_for_every_customer(
         count = Counter((r.key or b"").decode() for r in records)
         return all(n == 1 or (cid in rounds[1] and n == 2) for cid, n in count.items())
 
-    await wait_until(compacted, 240, "the log cleaner to compact the classes topic")
+    await wait_until(compacted, 420, "the log cleaner to compact the classes topic")
     records = await read_all(settings, settings.topic_classes)
     assert len(records) < total * 0.6
     assert fold(records) == want  # every customer's classes and since, as replay has them
