@@ -9,6 +9,7 @@ partition.
 
 from __future__ import annotations
 
+from struct import unpack_from
 from typing import Final
 
 _SEED: Final = 0x9747B28C
@@ -21,8 +22,8 @@ def murmur2(data: bytes) -> int:
     length = len(data)
     h = _SEED ^ length
     tail = length & ~3
-    for i in range(0, tail, 4):
-        k = (int.from_bytes(data[i : i + 4], "little") * _M) & _MASK
+    for word in unpack_from(f"<{tail >> 2}I", data):  # every whole 4-byte word at once
+        k = (word * _M) & _MASK
         k = ((k ^ (k >> 24)) * _M) & _MASK
         h = ((h * _M) & _MASK) ^ k
     extra = length - tail
