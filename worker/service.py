@@ -25,9 +25,10 @@ from worker.errors import SegmentWorkerError
 from worker.http import register_routes
 from worker.live import Pipeline
 from worker.metrics import Metrics
+from worker.redis.client import connect
 from worker.settings import PREFIX, PRODUCER_BATCHING, Settings, SettingsError
 from worker.startup import start_steps, wait_for_servers
-from worker.store import connect, store_for
+from worker.store import store_for
 
 log = logging.getLogger("segment_worker")
 METADATA_MAX_AGE_MS: Final = 30_000

@@ -10,11 +10,13 @@ Functions are loaded with FUNCTION LOAD: unlike the EVAL script cache they survi
 (AOF/RDB) and reach replicas. Loading them is an administrator's step (``segment-worker redis
 install``): the worker's ACL user may not load code, so a worker only checks at start that the
 library of its release is there (:meth:`Store.ensure_library`).
+
+The client is built by :mod:`worker.redis.client`; Function calls issued in one turn of the
+event loop share a round trip (:mod:`worker.redis.coalescer`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import re
@@ -25,10 +27,7 @@ from functools import cache
 from importlib import resources
 from typing import Any, Final, NamedTuple, cast
 
-import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import NoPermissionError, ResponseError
 
 from worker.errors import SegmentWorkerError
@@ -42,6 +41,8 @@ from worker.keys import (
     population_name,
     population_of,
 )
+from worker.redis.client import Client
+from worker.redis.coalescer import Coalescer
 from worker.settings import Settings
 
 LIBRARY: Final = "segment_worker"
@@ -51,44 +52,11 @@ _ID_LEN: Final = struct.Struct(">I")
 _DIGEST: Final = re.compile(r"[0-9a-f]{64}")
 
 
-Client = aioredis.Redis | RedisCluster
-
-
-def connect(settings: Settings) -> Client:
-    """The worker's Redis client: the URL's credentials, TLS (verified against
-    SEGMENT_WORKER_REDIS_TLS_CAFILE, with a client certificate if given) for rediss://, and a
-    cluster client that discovers the other masters when SEGMENT_WORKER_REDIS_CLUSTER is on.
-
-    redis-py's own retries are off: after a connection error it would send the call again,
-    and a call Redis had already run (an outbox trim by count) must not run twice. The worker
-    retries at its level, where a failed trim is never re-sent (the outbox is drained)."""
-    options: dict[str, Any] = {
-        "socket_timeout": 10,
-        "socket_connect_timeout": 5,
-        "retry": Retry(NoBackoff(), 0),
-    }
-    if settings.redis_cluster:
-        return RedisCluster.from_url(settings.redis_url, **options, **tls_options(settings))
-    return aioredis.from_url(settings.redis_url, **options, **tls_options(settings))
-
-
 def store_for(settings: Settings, client: Client | None) -> Store:
     """The Store with the deployment's prefix and pseudonym key (``client`` None: only to
     unwrap values read by other means)."""
     key = settings.pseudonym_key.encode() if settings.pseudonym_key else None
     return Store(cast(Client, client), settings.redis_prefix, pseudonym_key=key)
-
-
-def tls_options(settings: Settings) -> dict[str, Any]:
-    """redis-py's TLS arguments (empty for plain redis://); shared by every client we make."""
-    if not settings.redis_url.startswith("rediss://"):
-        return {}
-    paths = {
-        "ssl_ca_certs": settings.redis_tls_cafile,
-        "ssl_certfile": settings.redis_tls_certfile,
-        "ssl_keyfile": settings.redis_tls_keyfile,
-    }
-    return {"ssl_cert_reqs": "required"} | {k: str(v) for k, v in paths.items() if v}
 
 
 class LibraryNotLoaded(SegmentWorkerError):
@@ -144,57 +112,6 @@ class Snapshot(NamedTuple):
     run_id: str  # of the server holding the partition
     states: list[bytes | None]  # in the order asked, None for unknown customers
     erased: set[str]  # unknown customers that have an erasure marker
-
-
-class Coalescer:
-    """Function calls issued in the same turn of the event loop (the partitions of one
-    consumer batch run side by side) go to Redis together, in one round trip: a pipeline
-    without MULTI, in the order issued, each still its own atomic call answered on its own.
-    A call alone goes as it is. (Not for a cluster client: its pipeline would ask a server
-    for the keys of every FCALL; there each call goes straight to its slot's master.)"""
-
-    def __init__(self, client: aioredis.Redis) -> None:
-        self.client = client
-        self._pending: list[tuple[tuple[str | bytes | int, ...], asyncio.Future[Any]]] = []
-        self._flushing: set[asyncio.Task[None]] = set()
-
-    async def call(self, *command: str | bytes | int) -> Any:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if not self._pending:  # runs once this turn's calls are all in
-            task = asyncio.create_task(self._flush())
-            self._flushing.add(task)
-            task.add_done_callback(self._flushing.discard)
-        self._pending.append((command, future))
-        return await future
-
-    async def _flush(self) -> None:
-        calls, self._pending = self._pending, []
-        try:
-            if len(calls) == 1:
-                results = [await cast(Any, self.client).execute_command(*calls[0][0])]
-            else:
-                pipe = self.client.pipeline(transaction=False)
-                for command, _ in calls:
-                    pipe.execute_command(*command)
-                results = await pipe.execute(raise_on_error=False)
-        except BaseException as exc:
-            for _, future in calls:
-                if future.done():
-                    continue
-                if isinstance(exc, asyncio.CancelledError):
-                    future.cancel()
-                else:
-                    future.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        for (_, future), result in zip(calls, results, strict=True):
-            if future.done():
-                continue  # its caller gave up waiting
-            if isinstance(result, Exception):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
 
 
 @cache

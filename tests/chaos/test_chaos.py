@@ -57,9 +57,9 @@ from worker.core.timeutil import DAY_MS, parse_rfc3339
 from worker.core.views import describe
 from worker.kafka import admin, partition_of, send_erasures
 from worker.keys import Layout, offset_field
+from worker.redis.client import connect
 from worker.replay import Replayer
 from worker.settings import Settings
-from worker.store import connect
 from worker.tools.apache_kafka import ApacheKafka, KafkaNode
 from worker.tools.embedded import Broker, RedisServer, free_port
 from worker.tools.simulate import FeedFaults, SimEvent, Simulator

@@ -3,19 +3,22 @@
 of a worker on both."""
 
 import contextlib
+import shutil
 import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Self
+from typing import NamedTuple, Self
 
 import pytest
+import redis.asyncio as aioredis
 
 from tests.integration.live_support import make_settings
 from worker.settings import Settings
+from worker.store import Store
 from worker.tools.apache_kafka import ApacheKafka, chosen_broker
 from worker.tools.embedded import Broker, RedisServer
 
@@ -148,6 +151,17 @@ class RedisProcess:
         self.kill()
         return self.start()
 
+    def copy_aof(self) -> None:
+        """Keep a copy of the AOF as it is now, for :meth:`roll_back`."""
+        shutil.copytree(self.directory / "appendonlydir", self.directory / "aof-copy")
+
+    def roll_back(self) -> Self:
+        """kill -9, then start from the AOF copy: Redis loses what was written since the copy."""
+        self.kill()
+        shutil.rmtree(self.directory / "appendonlydir")
+        shutil.copytree(self.directory / "aof-copy", self.directory / "appendonlydir")
+        return self.start()
+
 
 @pytest.fixture
 def redis_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., RedisProcess]]:
@@ -169,6 +183,28 @@ def redis_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..
     yield start
     for server in started:
         server.kill()
+
+
+class AofStore(NamedTuple):
+    """A Store on a redis-server that fsyncs every write to its AOF: a kill -9 loses nothing
+    it acknowledged, so a test can tell what a restart or a rollback loses."""
+
+    server: RedisProcess
+    client: aioredis.Redis
+    store: Store
+
+
+@pytest.fixture
+async def aof_store(redis_proc: Callable[..., RedisProcess]) -> AsyncIterator[AofStore]:
+    """``server, client, store = aof_store``: the library loaded; the client closed at the end."""
+    server = redis_proc("--appendonly", "yes", "--appendfsync", "always")
+    client = aioredis.from_url(server.url)
+    try:
+        store = Store(client)
+        await store.load_library()
+        yield AofStore(server, client, store)
+    finally:
+        await client.aclose()
 
 
 @pytest.fixture

@@ -28,10 +28,11 @@ from worker.core.timeutil import DAY_MS, format_ms, parse_rfc3339
 from worker.core.views import describe
 from worker.kafka import ensure_topics, partition_of
 from worker.keys import Layout, offset_field
+from worker.redis.client import connect
 from worker.replay import Replayer
 from worker.service import Worker
 from worker.settings import Settings
-from worker.store import connect, store_for
+from worker.store import store_for
 from worker.tools.embedded import KafkaServer, free_port
 from worker.tools.simulate import FeedFaults, SimEvent, Simulator
 

@@ -30,8 +30,9 @@ from worker.core.state import CustomerState
 from worker.core.timeutil import DAY_MS, format_ms
 from worker.core.views import describe
 from worker.kafka import partition_of
+from worker.redis.client import Client
 from worker.replay import Replayer
-from worker.store import Client, Store
+from worker.store import Store
 from worker.tools.embedded import RedisServer, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]

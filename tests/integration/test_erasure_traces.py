@@ -22,9 +22,10 @@ from tests.integration.live_support import (
 from worker import kafka
 from worker.core.timeutil import format_ms
 from worker.kafka import partition_of
+from worker.redis.client import connect
 from worker.service import Worker
 from worker.settings import Settings
-from worker.store import connect, store_for
+from worker.store import store_for
 
 pytestmark = pytest.mark.integration
 WHO = "alice@example.com"

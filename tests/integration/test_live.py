@@ -52,9 +52,9 @@ from worker.core.timeutil import DAY_MS, format_ms
 from worker.core.views import describe
 from worker.kafka import partition_of, send_erasures
 from worker.keys import RELAYED, Layout
+from worker.redis.client import connect
 from worker.service import Worker
 from worker.settings import Settings
-from worker.store import connect
 from worker.tools.embedded import Broker, free_port
 from worker.tools.simulate import SimEvent
 

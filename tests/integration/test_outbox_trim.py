@@ -5,6 +5,7 @@ failed with a trim in it never trims again, it leaves the outbox to a drain."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import NamedTuple
 
 import pytest
 import redis.asyncio as aioredis
@@ -12,11 +13,11 @@ import redis.asyncio as aioredis
 from worker.core.batch import Outcome
 from worker.core.codec import OutRecord
 from worker.core.rules import load_rules
-from worker.live.partitions import Partitions
+from worker.live.partitions import Partitions, PartitionState
 from worker.live.retry import Health
 from worker.live.storage import Storage
 from worker.metrics import Metrics
-from worker.store import Store
+from worker.store import Claim, Store
 
 RULES = load_rules(None)
 
@@ -30,9 +31,21 @@ async def store(redis_url: str) -> AsyncIterator[Store]:
     await client.aclose()
 
 
-def storage_of(store: Store, partitions: Partitions) -> Storage:
+class Taken(NamedTuple):
+    partitions: Partitions
+    storage: Storage
+    state: PartitionState
+    claim: Claim
+
+
+async def take(store: Store) -> Taken:
+    """Partition 0 claimed and taken, as on assignment: the worker's partitions, their
+    storage, and partition 0's state and claim."""
+    partitions = Partitions()
     metrics = Metrics()
-    return Storage(store, partitions, Health(metrics), metrics, lambda: RULES.calendar)
+    storage = Storage(store, partitions, Health(metrics), metrics, lambda: RULES.calendar)
+    claim = await store.claim(0)
+    return Taken(partitions, storage, partitions.took(0, claim), claim)
 
 
 def left(partitions: Partitions) -> tuple[int, int | None, bool]:
@@ -47,14 +60,11 @@ def records(*names: str) -> Outcome:
 
 
 async def test_the_next_commit_trims_what_the_relay_had_acknowledged(store: Store) -> None:
-    partitions = Partitions()
-    storage = storage_of(store, partitions)
-    state = partitions.took(0, await store.claim(0))
-    assert state.claim is not None
-    assert await storage.commit(state.claim, records("r0", "r1"))
+    partitions, storage, state, claim = await take(store)
+    assert await storage.commit(claim, records("r0", "r1"))
     state.acked, state.relayed = 2, 7  # what Relay.relay leaves after the broker's acks
     assert partitions.any_acked()
-    assert await storage.commit(state.claim, records("r2"))
+    assert await storage.commit(claim, records("r2"))
     assert [OutRecord.decode(b).value for b in await store.outbox(0, 10)] == [b"r2"]
     assert await store.relayed(0) == 7
     assert left(partitions)[:2] == (0, None)
@@ -68,15 +78,12 @@ async def test_the_next_commit_trims_what_the_relay_had_acknowledged(store: Stor
 
 
 async def test_a_failed_commit_leaves_the_outbox_to_a_drain(store: Store) -> None:
-    partitions = Partitions()
-    storage = storage_of(store, partitions)
-    state = partitions.took(0, await store.claim(0))
-    assert state.claim is not None
-    assert await storage.commit(state.claim, records("r0", "r1"))
+    partitions, storage, state, claim = await take(store)
+    assert await storage.commit(claim, records("r0", "r1"))
     state.acked, state.relayed, state.backlog = 2, 7, False
     await store.client.function_delete("segment_worker")  # the next call fails in Redis
     with pytest.raises(aioredis.ResponseError):
-        await storage.commit(state.claim, records("r2"))
+        await storage.commit(claim, records("r2"))
     await store.ensure_library()
     # The trim may or may not have happened: never again by count; the relay drains instead.
     assert left(partitions) == (0, None, True)
@@ -84,11 +91,7 @@ async def test_a_failed_commit_leaves_the_outbox_to_a_drain(store: Store) -> Non
 
 
 async def test_a_fenced_commit_trims_nothing_and_drops_the_partition(store: Store) -> None:
-    partitions = Partitions()
-    storage = storage_of(store, partitions)
-    state = partitions.took(0, await store.claim(0))
-    assert state.claim is not None
-    claim = state.claim
+    partitions, storage, state, claim = await take(store)
     assert await storage.commit(claim, records("r0"))
     state.acked = 1
     await store.claim(0)  # a newer owner

@@ -29,9 +29,10 @@ from worker.core.codec import decode_state
 from worker.core.state import CustomerState
 from worker.core.timeutil import DAY_MS
 from worker.kafka import partition_of, send_erasures
+from worker.redis.client import connect
 from worker.service import Worker
 from worker.settings import Settings
-from worker.store import Store, connect, store_for
+from worker.store import Store, store_for
 from worker.tools.embedded import RedisServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]

@@ -36,8 +36,8 @@ from worker.core.reconcile import INPUT_HEADER, MAC_HEADER, sign
 from worker.core.timeutil import DAY_MS, format_ms
 from worker.kafka import partition_of
 from worker.keys import RELAYED, Layout
+from worker.redis.client import connect
 from worker.settings import Settings
-from worker.store import connect
 from worker.tools.embedded import KafkaServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]

@@ -13,8 +13,9 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from worker.keys import Layout
+from worker.redis.client import connect
 from worker.settings import Settings
-from worker.store import Store, connect
+from worker.store import Store
 
 pytestmark = pytest.mark.integration
 

@@ -11,14 +11,10 @@ events deterministically against a real redis-server."""
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Callable
-
 import pytest
-import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from tests.integration.conftest import RedisProcess
+from tests.integration.conftest import AofStore
 from worker.core.batch import Outcome
 from worker.core.state import CustomerState
 from worker.core.timeutil import UTC_CALENDAR
@@ -26,52 +22,37 @@ from worker.live.partitions import Partitions
 from worker.live.retry import Health
 from worker.live.storage import RedisReset, Storage
 from worker.metrics import Metrics
-from worker.store import Store
 
 pytestmark = pytest.mark.integration
 
 
-def roll_back(server: RedisProcess, copy: str) -> None:
-    """kill -9, then start from the AOF copy: Redis loses what was written since the copy."""
-    server.kill()
-    shutil.rmtree(server.directory / "appendonlydir")
-    shutil.copytree(server.directory / copy, server.directory / "appendonlydir")
-    server.start()
-
-
 async def test_a_batch_read_before_a_rollback_commits_nothing_after_it(
-    redis_proc: Callable[..., RedisProcess],
+    aof_store: AofStore,
 ) -> None:
-    server = redis_proc("--appendonly", "yes", "--appendfsync", "always")
-    client = aioredis.from_url(server.url)
-    try:
-        store = Store(client)
-        await store.load_library()
-        metrics = Metrics()
-        partitions = Partitions()
-        storage = Storage(store, partitions, Health(metrics), metrics, lambda: UTC_CALENDAR)
-        claim = await store.claim(0)
-        partitions.took(0, claim)
-        applied = Outcome(offsets={"visits": 100})
-        applied.states["a"] = CustomerState("a")
-        assert await storage.commit(claim, applied)
-        shutil.copytree(server.directory / "appendonlydir", server.directory / "copy")
-        await storage.commit(claim, Outcome(offsets={"visits": 200}))  # lost by the rollback
+    server, _, store = aof_store
+    metrics = Metrics()
+    partitions = Partitions()
+    storage = Storage(store, partitions, Health(metrics), metrics, lambda: UTC_CALENDAR)
+    claim = await store.claim(0)
+    partitions.took(0, claim)
+    applied = Outcome(offsets={"visits": 100})
+    applied.states["a"] = CustomerState("a")
+    assert await storage.commit(claim, applied)
+    server.copy_aof()
+    await storage.commit(claim, Outcome(offsets={"visits": 200}))  # lost by the rollback
 
-        # The next batch (input 200..300) reads its customers from this server ...
-        states = await storage.load(0, ["a"])
-        roll_back(server, "copy")
-        # Another partition's call meets the dropped connection first (the worker runs its
-        # partitions' batches side by side); redis-py then connects afresh, to the new server.
-        with pytest.raises(RedisConnectionError):
-            await store.server_id(1)
-        # The batch commits after the rollback, through the same client.
-        batch = Outcome(offsets={"visits": 300})
-        batch.states["a"] = states["a"] or CustomerState("a")
-        with pytest.raises(RedisReset):
-            await storage.commit(claim, batch)
-        # Nothing was written: taking the partition again resumes where the copy left off,
-        # so input 100..300 is read again.
-        assert (await store.claim(0)).offsets == {"visits": 100}
-    finally:
-        await client.aclose()
+    # The next batch (input 200..300) reads its customers from this server ...
+    states = await storage.load(0, ["a"])
+    server.roll_back()
+    # Another partition's call meets the dropped connection first (the worker runs its
+    # partitions' batches side by side); redis-py then connects afresh, to the new server.
+    with pytest.raises(RedisConnectionError):
+        await store.server_id(1)
+    # The batch commits after the rollback, through the same client.
+    batch = Outcome(offsets={"visits": 300})
+    batch.states["a"] = states["a"] or CustomerState("a")
+    with pytest.raises(RedisReset):
+        await storage.commit(claim, batch)
+    # Nothing was written: taking the partition again resumes where the copy left off,
+    # so input 100..300 is read again.
+    assert (await store.claim(0)).offsets == {"visits": 100}

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import shutil
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -14,7 +13,7 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
-from tests.integration.conftest import RedisProcess
+from tests.integration.conftest import AofStore
 from worker.keys import Layout
 from worker.store import Claim, Fenced, ServerChanged, Store, library_code
 
@@ -692,89 +691,72 @@ async def test_load_library_is_idempotent_and_replaces_other_code(
     ].decode() == (library_code())
 
 
-async def test_committed_data_survives_kill_9_with_aof(
-    redis_proc: Callable[..., RedisProcess],
-) -> None:
-    server = redis_proc("--appendonly", "yes", "--appendfsync", "always")
-    client = aioredis.from_url(server.url)
-    try:
-        store = Store(client)
-        await store.load_library()
-        claim = await store.claim(2)
-        ids = [f"c{i}" for i in range(500)] + ODD_IDS
-        await store.commit(
-            claim,
-            states={c: c.encode() for c in ids},
-            due={c: i for i, c in enumerate(ids)},
-            outbox=[b"r1", b"r2", b"r3"],
-            offsets={"orders": 500, "visits": 42},
-        )
-        await store.ack_outbox(claim, 1)
-        before = await snapshot(client)
+async def test_committed_data_survives_kill_9_with_aof(aof_store: AofStore) -> None:
+    server, client, store = aof_store
+    claim = await store.claim(2)
+    ids = [f"c{i}" for i in range(500)] + ODD_IDS
+    await store.commit(
+        claim,
+        states={c: c.encode() for c in ids},
+        due={c: i for i, c in enumerate(ids)},
+        outbox=[b"r1", b"r2", b"r3"],
+        offsets={"orders": 500, "visits": 42},
+    )
+    await store.ack_outbox(claim, 1)
+    before = await snapshot(client)
 
-        server.restart()  # kill -9: only what was fsynced survives
-        await client.connection_pool.disconnect()
-        assert await snapshot(client) == before
-        assert (await store.read_checked(2, ids)).states == [c.encode() for c in ids]
-        assert await store.outbox(2, 10) == [b"r2", b"r3"]
-        # Functions were persisted with the data; loading again is harmless.
-        assert await client.fcall_ro("segment_worker_version", 0) == b"8"
-        await store.load_library()
-        # The epoch survived too, but a claim made before the restart writes nothing: this
-        # server cannot know what it lost. A new claim (the next epoch) writes.
-        with pytest.raises(ServerChanged):
-            await store.commit(claim, states={"c0": b"stale"}, due={}, outbox=[], offsets={})
-        fresh = await store.claim(2)
-        assert fresh.epoch == claim.epoch + 1
-        assert fresh.server != claim.server
-        assert fresh.offsets == {"orders": 500, "visits": 42}
-        await store.commit(fresh, states={"c0": b"after"}, due={}, outbox=[], offsets={})
-        with pytest.raises(ServerChanged):
-            await store.commit(claim, states={"c0": b"stale"}, due={}, outbox=[], offsets={})
+    server.restart()  # kill -9: only what was fsynced survives
+    await client.connection_pool.disconnect()
+    assert await snapshot(client) == before
+    assert (await store.read_checked(2, ids)).states == [c.encode() for c in ids]
+    assert await store.outbox(2, 10) == [b"r2", b"r3"]
+    # Functions were persisted with the data; loading again is harmless.
+    assert await client.fcall_ro("segment_worker_version", 0) == b"8"
+    await store.load_library()
+    # The epoch survived too, but a claim made before the restart writes nothing: this
+    # server cannot know what it lost. A new claim (the next epoch) writes.
+    with pytest.raises(ServerChanged):
+        await store.commit(claim, states={"c0": b"stale"}, due={}, outbox=[], offsets={})
+    fresh = await store.claim(2)
+    assert fresh.epoch == claim.epoch + 1
+    assert fresh.server != claim.server
+    assert fresh.offsets == {"orders": 500, "visits": 42}
+    await store.commit(fresh, states={"c0": b"after"}, due={}, outbox=[], offsets={})
+    with pytest.raises(ServerChanged):
+        await store.commit(claim, states={"c0": b"stale"}, due={}, outbox=[], offsets={})
 
-        server.restart()
-        await client.connection_pool.disconnect()
-        await store.load_library()
-        assert await store.get(2, "c0") == b"after"
-        assert (await store.claim(2)).epoch == fresh.epoch + 1
-    finally:
-        await client.aclose()
+    server.restart()
+    await client.connection_pool.disconnect()
+    await store.load_library()
+    assert await store.get(2, "c0") == b"after"
+    assert (await store.claim(2)).epoch == fresh.epoch + 1
 
 
 async def test_an_epoch_handed_out_again_after_a_rollback_does_not_admit_the_old_claim(
-    redis_proc: Callable[..., RedisProcess],
+    aof_store: AofStore,
 ) -> None:
     """A Redis restored from an older copy gives out an epoch it gave out before: the stale
     claim of that number (made on the old server) must not write, nor trim, nor mark."""
-    server = redis_proc("--appendonly", "yes", "--appendfsync", "always")
-    client = aioredis.from_url(server.url)
-    try:
-        store = Store(client)
-        await store.load_library()
-        first = await store.claim(4)
-        await store.commit(first, states={"a": b"1"}, due={}, outbox=[b"r1"], offsets={"v": 10})
-        shutil.copytree(server.directory / "appendonlydir", server.directory / "copy")
-        stale = await store.claim(4)  # epoch 2, lost with the rollback below
-        await store.commit(stale, states={"a": b"2"}, due={}, outbox=[], offsets={"v": 20})
-        server.kill()
-        shutil.rmtree(server.directory / "appendonlydir")
-        shutil.copytree(server.directory / "copy", server.directory / "appendonlydir")
-        server.start()
-        await client.connection_pool.disconnect()
-        new = await store.claim(4)
-        assert (new.epoch, new.offsets) == (stale.epoch, {"v": 10})  # the same number again
-        before = await snapshot(client)
-        with pytest.raises(ServerChanged) as refused:
-            await store.commit(stale, states={"a": b"x"}, due={}, outbox=[b"x"], offsets={"v": 30})
-        assert (refused.value.partition, refused.value.current) == (4, new.server)
-        with pytest.raises(ServerChanged):
-            await store.ack_outbox(stale, 1, relayed=99)
-        with pytest.raises(ServerChanged):
-            await store.erase(stale, "a", 60_000)
-        with pytest.raises(ServerChanged):
-            await store.mark_rules(stale, "v2")
-        assert await snapshot(client) == before
-        await store.commit(new, states={"a": b"3"}, due={}, outbox=[], offsets={"v": 11})
-        assert await store.get(4, "a") == b"3"
-    finally:
-        await client.aclose()
+    server, client, store = aof_store
+    first = await store.claim(4)
+    await store.commit(first, states={"a": b"1"}, due={}, outbox=[b"r1"], offsets={"v": 10})
+    server.copy_aof()
+    stale = await store.claim(4)  # epoch 2, lost with the rollback below
+    await store.commit(stale, states={"a": b"2"}, due={}, outbox=[], offsets={"v": 20})
+    server.roll_back()
+    await client.connection_pool.disconnect()
+    new = await store.claim(4)
+    assert (new.epoch, new.offsets) == (stale.epoch, {"v": 10})  # the same number again
+    before = await snapshot(client)
+    with pytest.raises(ServerChanged) as refused:
+        await store.commit(stale, states={"a": b"x"}, due={}, outbox=[b"x"], offsets={"v": 30})
+    assert (refused.value.partition, refused.value.current) == (4, new.server)
+    with pytest.raises(ServerChanged):
+        await store.ack_outbox(stale, 1, relayed=99)
+    with pytest.raises(ServerChanged):
+        await store.erase(stale, "a", 60_000)
+    with pytest.raises(ServerChanged):
+        await store.mark_rules(stale, "v2")
+    assert await snapshot(client) == before
+    await store.commit(new, states={"a": b"3"}, due={}, outbox=[], offsets={"v": 11})
+    assert await store.get(4, "a") == b"3"

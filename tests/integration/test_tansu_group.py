@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
 from tests.integration.live_support import NOW, ManualClock, running, wait_until
-from worker.live.pipeline import REBALANCE_STUCK_TIMEOUTS
+from worker.live.fetch import REBALANCE_STUCK_TIMEOUTS
 from worker.service import Worker
 from worker.settings import Settings
 from worker.tools.apache_kafka import ApacheKafka

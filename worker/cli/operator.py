@@ -17,8 +17,9 @@ from worker.core.events import ParseLimits, valid_id
 from worker.core.rules import load_rules
 from worker.kafka import input_partitions, send_erasures
 from worker.lookup import forget, print_customers
+from worker.redis.client import connect
 from worker.settings import Settings
-from worker.store import LibraryNotLoaded, Store, connect, store_for
+from worker.store import LibraryNotLoaded, Store, store_for
 
 
 def register(sub: Subparsers) -> None:

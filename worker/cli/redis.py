@@ -15,7 +15,8 @@ import sys
 from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
 from worker.cli.common import Subparsers, redis_settings
-from worker.store import LIBRARY, connect, store_for
+from worker.redis.client import connect
+from worker.store import LIBRARY, store_for
 
 
 def register(sub: Subparsers) -> None:

@@ -23,9 +23,10 @@ from worker.core.rules import load_rules
 from worker.core.rulesdiff import class_moves, render
 from worker.core.state import CustomerState
 from worker.keys import name_in
+from worker.redis.client import tls_options
 from worker.replay import Replayer
 from worker.settings import Settings
-from worker.store import store_for, tls_options
+from worker.store import store_for
 
 
 def register(sub: Subparsers) -> None:

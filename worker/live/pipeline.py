@@ -16,7 +16,6 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Final
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -38,6 +37,7 @@ from worker.core.events import ParseLimits
 from worker.core.rules import Rules
 from worker.core.state import CustomerState
 from worker.core.timeutil import DAY_MS
+from worker.live.fetch import Batch, fetch
 from worker.live.ownership import Listener, Ownership
 from worker.live.partitions import Partitions
 from worker.live.relay import Relay, observe_emits
@@ -50,8 +50,6 @@ from worker.store import Claim, Store
 
 log = logging.getLogger("segment_worker")
 Messages = Sequence[ConsumerRecord[bytes, bytes]]
-REBALANCE_POLL_S: Final = 1.0  # how long past the batch wait a getmany may block
-REBALANCE_STUCK_TIMEOUTS: Final = 3  # rebalance timeouts after which a rebalance is stuck
 
 
 class Pipeline:
@@ -180,25 +178,15 @@ class Pipeline:
 
     async def run(self) -> None:
         """Consume until :meth:`stop`; transient Redis/Kafka failures back off and retry."""
-        wait_s = self._settings.batch_wait_ms / 1000
         while not self._stopping.is_set():
+            most = self._settings.batch_size * max(1, len(self.owned_partitions()))
             try:
-                # getmany waits without limit while the group rebalances: bounded here, so
-                # that a rebalance that never ends is reported and a stop is still obeyed.
-                batch = await asyncio.wait_for(
-                    self._consumer.getmany(
-                        timeout_ms=self._settings.batch_wait_ms,
-                        max_records=self._settings.batch_size
-                        * max(1, len(self.owned_partitions())),
-                    ),
-                    wait_s + REBALANCE_POLL_S,
-                )
-            except TimeoutError:
-                self._report_long_rebalance()
-                continue
+                batch = await fetch(self._consumer, self._listener, self._settings, most)
             except KafkaError as exc:
                 await self._health.trouble("kafka", "getmany", exc)
                 continue
+            if batch is None:
+                continue  # the group is rebalancing
             if not batch and self._partitions.any_committable():
                 await self._relay.commit_offsets()  # idle: the group catches up at once
             if self._partitions.stopped():
@@ -213,19 +201,6 @@ class Pipeline:
                 except RedisReset:
                     await self._ownership.take_all_again()
 
-    def _report_long_rebalance(self) -> None:
-        """A rebalance normally ends within the rebalance timeout; one past several is stuck
-        (Tansu can keep a departed member as the group's leader: docs/tansu-group-stall.md)."""
-        limit_s = REBALANCE_STUCK_TIMEOUTS * self._settings.rebalance_timeout_ms / 1000
-        took = self._listener.overdue(limit_s)
-        if took is not None:
-            log.warning(
-                "no partition assignment from the group coordinator after %.0f s of "
-                "rebalancing (group %s); consuming nothing until one comes",
-                took,
-                self._settings.group_id,
-            )
-
     async def shut_down(self) -> None:
         """After the loop: let the batch in flight finish, relay its output, commit offsets."""
         async with self._partitions.lock:
@@ -233,9 +208,7 @@ class Pipeline:
             await self._ownership.trim_quietly()
             await self._relay.commit_offsets()
 
-    async def _process(
-        self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
-    ) -> None:
+    async def _process(self, batch: Batch) -> None:
         by_partition: dict[int, list[ConsumerRecord[bytes, bytes]]] = defaultdict(list)
         for tp, messages in batch.items():
             by_partition[tp.partition].extend(messages)
