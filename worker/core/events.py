@@ -10,8 +10,7 @@ the precise path, orjson and a field-by-field check in the contract's order, whi
 rejections, so each reason, field and message is the one that path has always given.
 """
 
-from __future__ import annotations
-
+# No "from __future__ import annotations" here: see _Doc.
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -125,35 +124,45 @@ class _Bad(Exception):
 # its last value in both; a number out of double range fails in both).
 _Int = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 _Scalar = str | _Int | float | bool | None
+_Amount = _Int | float | str
+_OptStr = str | None
+_OptInt = _Int | None
+_Flat = dict[str, _Scalar]
+_OptFlat = _Flat | None
 
 
 class _Doc(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, gc=False):
+    """A field typed other than by a plain class is a quoted alias name: the compiled core
+    (mypyc) writes ``__annotations__`` itself, and keeps only such a name, as a string msgspec
+    resolves; ``str | None`` would become ``type``, ``dict[str, X]`` a bare ``dict``. The
+    module has no ``from __future__ import annotations`` (ruff would unquote the names)."""
+
     event_id: str
     customer_id: str
     occurred_at: str
 
 
 class _OrderDoc(_Doc, tag="order"):
-    amount: _Int | float | str
+    amount: "_Amount"
     currency: str
     status: str
-    order_id: str | None = None
-    items: _Int | None = None
-    region: str | None = None
-    channel: str | None = None
-    attributes: dict[str, _Scalar] | None = None
+    order_id: "_OptStr" = None
+    items: "_OptInt" = None
+    region: "_OptStr" = None
+    channel: "_OptStr" = None
+    attributes: "_OptFlat" = None
 
 
 class _VisitDoc(_Doc, tag="visit"):
     action: str
-    region: str | None = None
-    channel: str | None = None
-    attributes: dict[str, _Scalar] | None = None
+    region: "_OptStr" = None
+    channel: "_OptStr" = None
+    attributes: "_OptFlat" = None
 
 
 class _ProfileDoc(_Doc, tag="profile"):
-    traits: dict[str, _Scalar]
-    consent: dict[str, _Scalar] | None = None
+    traits: "_Flat"
+    consent: "_OptFlat" = None
 
 
 # A tagged struct decoded alone takes a document without "type" and refuses any other type.
