@@ -29,6 +29,7 @@ from worker.core.timeutil import DAY_MS, format_ms, parse_rfc3339
 from worker.tools.simulate import FeedFaults, Simulator
 
 T = TypeVar("T")
+KINDS: tuple[EventKind | None, ...] = (None, "order", "visit", "profile")
 NOW = parse_rfc3339("2026-06-01T00:00:00Z")
 TIGHT = ParseLimits(
     max_bytes=400,
@@ -227,7 +228,14 @@ def documents(draw: st.DrawFn, bound: int = 2**66) -> list[tuple[str, bytes]]:
             ("amount", dumps(draw(amounts))),
             (
                 "currency",
-                dumps(draw(rarely(st.just("USD"), st.sampled_from(["usd", "US", "ÜSD"])))),
+                dumps(
+                    draw(
+                        rarely(
+                            st.just("USD"),
+                            st.sampled_from(["usd", "US", "ÜSD", "USD\n", "USDX", "\nUSD"]),
+                        )
+                    )
+                ),
             ),
             ("status", dumps(draw(rarely(st.sampled_from(sorted(events.STATUSES)), st.text())))),
         ]
@@ -280,7 +288,7 @@ def _same(raw: bytes, kind: EventKind | None, now_ms: int, limits: ParseLimits) 
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     mutated(),
-    st.sampled_from([None, "order", "visit", "profile"]),
+    st.sampled_from(KINDS),
     st.sampled_from([ParseLimits(), TIGHT]),
     st.sampled_from([NOW, NOW - DAY_MS]),
 )
@@ -325,3 +333,89 @@ def test_deep_nesting_before_the_type_tag(field: str) -> None:
     result = _same(raw, None, NOW, ParseLimits())
     assert isinstance(result, Rejection)
     assert result.reason is Reason.INVALID_JSON
+
+
+BASES = {
+    "order": {
+        "type": "order",
+        "event_id": "e1",
+        "customer_id": "c1",
+        "occurred_at": "2026-05-31T10:00:00.123Z",
+        "amount": 12.5,
+        "currency": "USD",
+        "status": "paid",
+        "order_id": "o1",
+        "items": 2,
+        "region": "EU",
+        "channel": "web",
+        "attributes": {"k": 1},
+    },
+    "visit": {
+        "type": "visit",
+        "event_id": "e1",
+        "customer_id": "c1",
+        "occurred_at": "2026-05-31T10:00:00.123Z",
+        "action": "view",
+        "region": "EU",
+        "channel": "web",
+        "attributes": {"k": "v"},
+    },
+    "profile": {
+        "type": "profile",
+        "event_id": "e1",
+        "customer_id": "c1",
+        "occurred_at": "2026-05-31T10:00:00.123Z",
+        "traits": {"tier": "gold", "age": 40},
+        "consent": {"email": True},
+    },
+}
+EDGE_TEXTS = [
+    "",
+    "a" * 100,
+    "a" * 101,
+    "\U0001f600" * 100,
+    "\U0001f600" * 101,
+    "é" * 200,
+    "é" * 201,
+    "USD\n",
+    "\nUSD",
+    "USDX",
+    "USd",
+    "ÀBC",
+    "paid\n",
+    "Paid",
+    "placed",
+    "refunded",
+    "2026-05-31T10:00:00.123Z\n",
+    "2026-05-31T10:00:00.123+01:00",
+    "2026-05-31t10:00:00z",
+    "2026-05-31T10:00:60Z",
+    "2026-05-31T10:00:00.1234567890Z",
+    "12.345",
+    "١٢",
+    "gold",
+]
+EDGE_VALUES = [
+    *RAW_VALUES,
+    *(dumps(text) for text in EDGE_TEXTS),
+    *(dumps(n) for n in [*EDGES, 0, -1, 1, 10**12, 10**12 + 1, 10**14]),
+    b'{"x_consent":true,"Bad":1}',
+    b'{"a":"' + b"t" * 257 + b'"}',
+]
+
+
+@pytest.mark.parametrize("base", sorted(BASES))
+def test_each_field_at_each_edge(base: str) -> None:
+    """Every field of a valid event dropped, nulled or set to each edge value in turn (an
+    unknown field added where the kind has none), on each stream and with tight limits."""
+    doc = BASES[base]
+    variants = []
+    for field in FIELDS:
+        pairs = [(k, dumps(v)) for k, v in doc.items() if k != field]
+        variants.append(pairs)
+        variants += [[*pairs, (field, value)] for value in EDGE_VALUES]
+    for pairs in variants:
+        raw = b"{" + b",".join(dumps(k) + b":" + v for k, v in pairs) + b"}"
+        for kind in KINDS:
+            for limits in (ParseLimits(), TIGHT):
+                _same(raw, kind, NOW, limits)

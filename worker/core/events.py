@@ -12,11 +12,12 @@ rejections, so each reason, field and message is the one that path has always gi
 
 # No "from __future__ import annotations" here: see _Doc.
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from enum import StrEnum
-from typing import Annotated, Final, Literal, TypeVar
+from typing import Annotated, Final, Literal, TypeVar, get_args
 
 import msgspec
 import orjson
@@ -26,11 +27,16 @@ from worker.core.timeutil import parse_rfc3339
 EventKind = Literal["order", "visit", "profile"]
 T = TypeVar("T")
 TraitValue = str | int | float | bool | None  # None: the trait is removed
-STATUSES: Final = frozenset({"placed", "paid", "cancelled", "refunded"})
+Status = Literal["placed", "paid", "cancelled", "refunded"]
+STATUSES: Final = frozenset(get_args(Status))
+_CURRENCY: Final = r"^[A-Z]{3}\Z"  # ISO 4217's form
+_MAX_ACTION: Final = 100
+_MAX_LABEL: Final = 200  # region, channel
 MAX_AMOUNT: Final = Decimal(10) ** 12
 _CENT: Final = Decimal("0.01")
 _MAX_MINOR: Final = 10**14  # MAX_AMOUNT in minor units
 _TRAIT_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
+_CURRENCY_TEXT: Final = re.compile(_CURRENCY)
 
 
 class Reason(StrEnum):
@@ -121,12 +127,18 @@ class _Bad(Exception):
 # orjson would read as a float (beyond int64 here, a little short of its uint64), a null where
 # the precise path takes one (``"type": null``): msgspec refuses all of these, and the precise
 # path decides. So no document can pass here that orjson reads otherwise (a duplicate key keeps
-# its last value in both; a number out of double range fails in both).
-_Int = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+# its last value in both; a number out of double range fails in both). The rules that need no
+# setting are constraints here too; the others (ids, time, amount, traits) are the functions
+# both paths call.
+_INT64_MAX: Final = 2**63 - 1
+_Int = Annotated[int, msgspec.Meta(ge=-_INT64_MAX - 1, le=_INT64_MAX)]
 _Scalar = str | _Int | float | bool | None
 _Amount = _Int | float | str
+_Currency = Annotated[str, msgspec.Meta(pattern=_CURRENCY)]
+_Items = Annotated[int, msgspec.Meta(ge=0, le=_INT64_MAX)] | None
+_Action = Annotated[str, msgspec.Meta(min_length=1, max_length=_MAX_ACTION)]
+_Label = Annotated[str, msgspec.Meta(max_length=_MAX_LABEL)] | None
 _OptStr = str | None
-_OptInt = _Int | None
 _Flat = dict[str, _Scalar]
 _OptFlat = _Flat | None
 
@@ -144,19 +156,19 @@ class _Doc(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, gc=Fals
 
 class _OrderDoc(_Doc, tag="order"):
     amount: "_Amount"
-    currency: str
-    status: str
+    currency: "_Currency"
+    status: "Status"
     order_id: "_OptStr" = None
-    items: "_OptInt" = None
-    region: "_OptStr" = None
-    channel: "_OptStr" = None
+    items: "_Items" = None
+    region: "_Label" = None
+    channel: "_Label" = None
     attributes: "_OptFlat" = None
 
 
 class _VisitDoc(_Doc, tag="visit"):
-    action: str
-    region: "_OptStr" = None
-    channel: "_OptStr" = None
+    action: "_Action"
+    region: "_Label" = None
+    channel: "_Label" = None
     attributes: "_OptFlat" = None
 
 
@@ -218,15 +230,12 @@ def _from_typed(doc: _Doc, now_ms: int, limits: ParseLimits) -> Event:
     event_id = _checked_id(doc.event_id, "event_id", limits)
     customer_id = _checked_id(doc.customer_id, "customer_id", limits)
     occurred_ms = _checked_time(doc.occurred_at, now_ms, limits)
+    if isinstance(doc, _VisitDoc):
+        return Visit(event_id, customer_id, occurred_ms, doc.action, doc.region)
     if isinstance(doc, _OrderDoc):
         amount = _minor_units(doc.amount)
-        _check_currency(doc.currency)
-        _check_status(doc.status)
         if doc.order_id is not None:
             _checked_id(doc.order_id, "order_id", limits)
-        _check_items(doc.items)
-        _check_label(doc.region, "region")
-        _check_label(doc.channel, "channel")
         return Order(
             event_id,
             customer_id,
@@ -237,16 +246,11 @@ def _from_typed(doc: _Doc, now_ms: int, limits: ParseLimits) -> Event:
             doc.order_id if doc.order_id is not None else event_id,
             doc.region,
         )
-    if isinstance(doc, _ProfileDoc):
-        traits: dict[str, TraitValue] = {}
-        _add_traits(traits, doc.traits, "traits", limits)
-        _add_traits(traits, doc.consent, "consent", limits)
-        return Profile(event_id, customer_id, occurred_ms, _sorted_traits(traits, limits))
-    assert isinstance(doc, _VisitDoc)
-    _check_action(doc.action)
-    _check_label(doc.region, "region")
-    _check_label(doc.channel, "channel")
-    return Visit(event_id, customer_id, occurred_ms, doc.action, doc.region)
+    assert isinstance(doc, _ProfileDoc)
+    traits: dict[str, TraitValue] = {}
+    _add_traits(traits, doc.traits, "traits", limits)
+    _add_traits(traits, doc.consent, "consent", limits)
+    return Profile(event_id, customer_id, occurred_ms, _sorted_traits(traits, limits))
 
 
 def _parse_document(
@@ -269,13 +273,17 @@ def _parse_document(
     if kind == "order":
         amount = _amount(doc)
         currency = _required(doc, "currency", str)
-        _check_currency(currency)
+        if _CURRENCY_TEXT.search(currency) is None:
+            raise _Bad(Reason.INVALID_VALUE, "currency", f"not an ISO 4217 code: {currency[:16]!r}")
         status = _required(doc, "status", str)
-        _check_status(status)
+        if status not in STATUSES:
+            raise _Bad(Reason.UNKNOWN_STATUS, "status", f"unknown status {status[:32]!r}")
         order_id = _optional(doc, "order_id", str)
         if order_id is not None:
             order_id = _ident(doc, "order_id", limits)
-        _check_items(_optional(doc, "items", int))
+        items = _optional(doc, "items", int)
+        if items is not None and items < 0:
+            raise _Bad(Reason.INVALID_VALUE, "items", "items must be >= 0")
         _check_common_optionals(doc)
         return Order(
             event_id,
@@ -293,7 +301,8 @@ def _parse_document(
         _add_traits(traits, _optional(doc, "consent", dict), "consent", limits)
         return Profile(event_id, customer_id, occurred_ms, _sorted_traits(traits, limits))
     action = _required(doc, "action", str)
-    _check_action(action)
+    if not action or len(action) > _MAX_ACTION:
+        raise _Bad(Reason.INVALID_VALUE, "action", f"action must be 1..{_MAX_ACTION} characters")
     _check_common_optionals(doc)
     return Visit(event_id, customer_id, occurred_ms, action, _optional(doc, "region", str))
 
@@ -345,33 +354,10 @@ def _sorted_traits(
 
 def _check_common_optionals(doc: dict[str, object]) -> None:
     for name in ("region", "channel"):
-        _check_label(_optional(doc, name, str), name)
+        value = _optional(doc, name, str)
+        if value is not None and len(value) > _MAX_LABEL:
+            raise _Bad(Reason.INVALID_VALUE, name, f"{name} longer than {_MAX_LABEL} characters")
     _optional(doc, "attributes", dict)
-
-
-def _check_label(value: str | None, name: str) -> None:
-    if value is not None and len(value) > 200:
-        raise _Bad(Reason.INVALID_VALUE, name, f"{name} longer than 200 characters")
-
-
-def _check_currency(currency: str) -> None:
-    if len(currency) != 3 or not (currency.isascii() and currency.isalpha() and currency.isupper()):
-        raise _Bad(Reason.INVALID_VALUE, "currency", f"not an ISO 4217 code: {currency[:16]!r}")
-
-
-def _check_status(status: str) -> None:
-    if status not in STATUSES:
-        raise _Bad(Reason.UNKNOWN_STATUS, "status", f"unknown status {status[:32]!r}")
-
-
-def _check_items(items: int | None) -> None:
-    if items is not None and items < 0:
-        raise _Bad(Reason.INVALID_VALUE, "items", "items must be >= 0")
-
-
-def _check_action(action: str) -> None:
-    if not action or len(action) > 100:
-        raise _Bad(Reason.INVALID_VALUE, "action", "action must be 1..100 characters")
 
 
 def _kind(value: object) -> str:
