@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from worker.core import events
+from worker.core.documents import DECODE_ANY
 from worker.core.events import (
     EventKind,
     ParseLimits,
@@ -306,7 +307,7 @@ def test_valid_events_take_the_fast_path(pairs: list[tuple[str, bytes]]) -> None
     raw = b"{" + b",".join(dumps(k) + b":" + v for k, v in pairs) + b"}"
     expected = parse_precisely(raw, None, now_ms=NOW, limits=ParseLimits())
     if not isinstance(expected, Rejection):
-        fast = events._from_typed(events._DECODE_ANY(raw), NOW, ParseLimits())
+        fast = events._from_typed(DECODE_ANY(raw), NOW, ParseLimits())
         assert repr(fast) == repr(expected)
 
 

@@ -4,39 +4,48 @@ Parsing never raises for bad input: it returns a :class:`Rejection` with a reaso
 offending field, so every caller (replay, live worker, fuzzers) routes bad input the same way.
 
 Two paths share every rule (docs/parser.md). The fast one decodes and type-checks in one pass
-with msgspec into a typed document (:class:`_OrderDoc` ...), then applies the value rules; it
+with msgspec into a typed document (worker/core/documents.py), then applies the value rules; it
 accepts only documents on which orjson and msgspec cannot disagree. Whatever it refuses goes to
 the precise path, orjson and a field-by-field check in the contract's order, which alone writes
 rejections, so each reason, field and message is the one that path has always given.
 """
 
-# No "from __future__ import annotations" here: see _Doc.
+from __future__ import annotations
+
 import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from enum import StrEnum
-from typing import Annotated, Final, Literal, TypeVar, get_args
+from typing import Final, Literal, TypeVar, get_args
 
 import msgspec
 import orjson
 
+from worker.core.documents import (
+    CURRENCY,
+    DECODE,
+    DECODE_ANY,
+    MAX_ACTION,
+    MAX_LABEL,
+    Doc,
+    OrderDoc,
+    ProfileDoc,
+    Status,
+    VisitDoc,
+)
 from worker.core.timeutil import parse_rfc3339
 
 EventKind = Literal["order", "visit", "profile"]
 T = TypeVar("T")
 TraitValue = str | int | float | bool | None  # None: the trait is removed
-Status = Literal["placed", "paid", "cancelled", "refunded"]
 STATUSES: Final = frozenset(get_args(Status))
-_CURRENCY: Final = r"^[A-Z]{3}\Z"  # ISO 4217's form
-_MAX_ACTION: Final = 100
-_MAX_LABEL: Final = 200  # region, channel
 MAX_AMOUNT: Final = Decimal(10) ** 12
 _CENT: Final = Decimal("0.01")
 _MAX_MINOR: Final = 10**14  # MAX_AMOUNT in minor units
 _TRAIT_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
-_CURRENCY_TEXT: Final = re.compile(_CURRENCY)
+_CURRENCY_TEXT: Final = re.compile(CURRENCY)
 
 
 class Reason(StrEnum):
@@ -122,70 +131,6 @@ class _Bad(Exception):
         self.rejection = Rejection(reason, field, message)
 
 
-# The typed documents of the fast path. Each declares exactly the fields its schema names, typed
-# as orjson reads them, and nothing looser: an unknown field, a nested attribute, an integer
-# orjson would read as a float (beyond int64 here, a little short of its uint64), a null where
-# the precise path takes one (``"type": null``): msgspec refuses all of these, and the precise
-# path decides. So no document can pass here that orjson reads otherwise (a duplicate key keeps
-# its last value in both; a number out of double range fails in both). The rules that need no
-# setting are constraints here too; the others (ids, time, amount, traits) are the functions
-# both paths call.
-_INT64_MAX: Final = 2**63 - 1
-_Int = Annotated[int, msgspec.Meta(ge=-_INT64_MAX - 1, le=_INT64_MAX)]
-_Scalar = str | _Int | float | bool | None
-_Amount = _Int | float | str
-_Currency = Annotated[str, msgspec.Meta(pattern=_CURRENCY)]
-_Items = Annotated[int, msgspec.Meta(ge=0, le=_INT64_MAX)] | None
-_Action = Annotated[str, msgspec.Meta(min_length=1, max_length=_MAX_ACTION)]
-_Label = Annotated[str, msgspec.Meta(max_length=_MAX_LABEL)] | None
-_OptStr = str | None
-_Flat = dict[str, _Scalar]
-_OptFlat = _Flat | None
-
-
-class _Doc(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, gc=False):
-    """A field typed other than by a plain class is a quoted alias name: the compiled core
-    (mypyc) writes ``__annotations__`` itself, and keeps only such a name, as a string msgspec
-    resolves; ``str | None`` would become ``type``, ``dict[str, X]`` a bare ``dict``. The
-    module has no ``from __future__ import annotations`` (ruff would unquote the names)."""
-
-    event_id: str
-    customer_id: str
-    occurred_at: str
-
-
-class _OrderDoc(_Doc, tag="order"):
-    amount: "_Amount"
-    currency: "_Currency"
-    status: "Status"
-    order_id: "_OptStr" = None
-    items: "_Items" = None
-    region: "_Label" = None
-    channel: "_Label" = None
-    attributes: "_OptFlat" = None
-
-
-class _VisitDoc(_Doc, tag="visit"):
-    action: "_Action"
-    region: "_Label" = None
-    channel: "_Label" = None
-    attributes: "_OptFlat" = None
-
-
-class _ProfileDoc(_Doc, tag="profile"):
-    traits: "_Flat"
-    consent: "_OptFlat" = None
-
-
-# A tagged struct decoded alone takes a document without "type" and refuses any other type.
-_DECODE_ANY: Final = msgspec.json.Decoder(_OrderDoc | _VisitDoc | _ProfileDoc).decode
-_DECODE: Final = {
-    "order": msgspec.json.Decoder(_OrderDoc).decode,
-    "visit": msgspec.json.Decoder(_VisitDoc).decode,
-    "profile": msgspec.json.Decoder(_ProfileDoc).decode,
-}
-
-
 def parse_event(
     raw: bytes, kind: EventKind | None, *, now_ms: int, limits: ParseLimits
 ) -> Event | Rejection:
@@ -195,7 +140,7 @@ def parse_event(
             Reason.OVERSIZED, None, f"payload of {len(raw)} bytes exceeds {limits.max_bytes}"
         )
     try:
-        typed = _DECODE_ANY(raw) if kind is None else _DECODE[kind](raw)
+        typed = DECODE_ANY(raw) if kind is None else DECODE[kind](raw)
         return _from_typed(typed, now_ms, limits)
     except (msgspec.DecodeError, RecursionError, _Bad):
         # RecursionError: msgspec looking past deep nesting for the "type" tag.
@@ -224,15 +169,15 @@ def parse_precisely(
         return bad.rejection
 
 
-def _from_typed(doc: _Doc, now_ms: int, limits: ParseLimits) -> Event:
+def _from_typed(doc: Doc, now_ms: int, limits: ParseLimits) -> Event:
     """The event of a document msgspec has type-checked; the value rules still apply and raise
     :class:`_Bad` (the precise path then writes the rejection)."""
     event_id = _checked_id(doc.event_id, "event_id", limits)
     customer_id = _checked_id(doc.customer_id, "customer_id", limits)
     occurred_ms = _checked_time(doc.occurred_at, now_ms, limits)
-    if isinstance(doc, _VisitDoc):
+    if isinstance(doc, VisitDoc):
         return Visit(event_id, customer_id, occurred_ms, doc.action, doc.region)
-    if isinstance(doc, _OrderDoc):
+    if isinstance(doc, OrderDoc):
         amount = _minor_units(doc.amount)
         if doc.order_id is not None:
             _checked_id(doc.order_id, "order_id", limits)
@@ -246,7 +191,7 @@ def _from_typed(doc: _Doc, now_ms: int, limits: ParseLimits) -> Event:
             doc.order_id if doc.order_id is not None else event_id,
             doc.region,
         )
-    assert isinstance(doc, _ProfileDoc)
+    assert isinstance(doc, ProfileDoc)
     traits: dict[str, TraitValue] = {}
     _add_traits(traits, doc.traits, "traits", limits)
     _add_traits(traits, doc.consent, "consent", limits)
@@ -301,8 +246,8 @@ def _parse_document(
         _add_traits(traits, _optional(doc, "consent", dict), "consent", limits)
         return Profile(event_id, customer_id, occurred_ms, _sorted_traits(traits, limits))
     action = _required(doc, "action", str)
-    if not action or len(action) > _MAX_ACTION:
-        raise _Bad(Reason.INVALID_VALUE, "action", f"action must be 1..{_MAX_ACTION} characters")
+    if not action or len(action) > MAX_ACTION:
+        raise _Bad(Reason.INVALID_VALUE, "action", f"action must be 1..{MAX_ACTION} characters")
     _check_common_optionals(doc)
     return Visit(event_id, customer_id, occurred_ms, action, _optional(doc, "region", str))
 
@@ -355,8 +300,8 @@ def _sorted_traits(
 def _check_common_optionals(doc: dict[str, object]) -> None:
     for name in ("region", "channel"):
         value = _optional(doc, name, str)
-        if value is not None and len(value) > _MAX_LABEL:
-            raise _Bad(Reason.INVALID_VALUE, name, f"{name} longer than {_MAX_LABEL} characters")
+        if value is not None and len(value) > MAX_LABEL:
+            raise _Bad(Reason.INVALID_VALUE, name, f"{name} longer than {MAX_LABEL} characters")
     _optional(doc, "attributes", dict)
 
 
