@@ -135,16 +135,13 @@ def parse_event(
     raw: bytes, kind: EventKind | None, *, now_ms: int, limits: ParseLimits
 ) -> Event | Rejection:
     """Validate one payload. ``kind`` None means: read it from the document's ``type`` field."""
-    if len(raw) > limits.max_bytes:
-        return Rejection(
-            Reason.OVERSIZED, None, f"payload of {len(raw)} bytes exceeds {limits.max_bytes}"
-        )
-    try:
-        typed = DECODE_ANY(raw) if kind is None else DECODE[kind](raw)
-        return _from_typed(typed, now_ms, limits)
-    except (msgspec.DecodeError, RecursionError, _Bad):
-        # RecursionError: msgspec looking past deep nesting for the "type" tag.
-        return parse_precisely(raw, kind, now_ms=now_ms, limits=limits)
+    if len(raw) <= limits.max_bytes:  # else the precise path says: oversized
+        try:
+            typed = DECODE_ANY(raw) if kind is None else DECODE[kind](raw)
+            return _from_typed(typed, now_ms, limits)
+        except (msgspec.DecodeError, RecursionError, _Bad):
+            pass  # RecursionError: msgspec looking past deep nesting for the "type" tag
+    return parse_precisely(raw, kind, now_ms=now_ms, limits=limits)
 
 
 def parse_precisely(
