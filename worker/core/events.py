@@ -2,28 +2,50 @@
 
 Parsing never raises for bad input: it returns a :class:`Rejection` with a reason code and the
 offending field, so every caller (replay, live worker, fuzzers) routes bad input the same way.
+
+Two paths share every rule (docs/parser.md). The fast one decodes and type-checks in one pass
+with msgspec into a typed document (worker/core/documents.py), then applies the value rules; it
+accepts only documents on which orjson and msgspec cannot disagree. Whatever it refuses goes to
+the precise path, orjson and a field-by-field check in the contract's order, which alone writes
+rejections, so each reason, field and message is the one that path has always given.
 """
 
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from enum import StrEnum
-from typing import Final, Literal, TypeVar
+from typing import Final, Literal, TypeVar, get_args
 
+import msgspec
 import orjson
 
+from worker.core.documents import (
+    CURRENCY,
+    DECODE,
+    DECODE_ANY,
+    MAX_ACTION,
+    MAX_LABEL,
+    Doc,
+    OrderDoc,
+    ProfileDoc,
+    Status,
+    VisitDoc,
+)
 from worker.core.timeutil import parse_rfc3339
 
 EventKind = Literal["order", "visit", "profile"]
 T = TypeVar("T")
 TraitValue = str | int | float | bool | None  # None: the trait is removed
-STATUSES: Final = frozenset({"placed", "paid", "cancelled", "refunded"})
+STATUSES: Final = frozenset(get_args(Status))
 MAX_AMOUNT: Final = Decimal(10) ** 12
 _CENT: Final = Decimal("0.01")
 _MAX_MINOR: Final = 10**14  # MAX_AMOUNT in minor units
 _TRAIT_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
+_CURRENCY_TEXT: Final = re.compile(CURRENCY)
 
 
 class Reason(StrEnum):
@@ -113,6 +135,20 @@ def parse_event(
     raw: bytes, kind: EventKind | None, *, now_ms: int, limits: ParseLimits
 ) -> Event | Rejection:
     """Validate one payload. ``kind`` None means: read it from the document's ``type`` field."""
+    if len(raw) <= limits.max_bytes:  # else the precise path says: oversized
+        try:
+            typed = DECODE_ANY(raw) if kind is None else DECODE[kind](raw)
+            return _from_typed(typed, now_ms, limits)
+        except (msgspec.DecodeError, RecursionError, _Bad):
+            pass  # RecursionError: msgspec looking past deep nesting for the "type" tag
+    return parse_precisely(raw, kind, now_ms=now_ms, limits=limits)
+
+
+def parse_precisely(
+    raw: bytes, kind: EventKind | None, *, now_ms: int, limits: ParseLimits
+) -> Event | Rejection:
+    """:func:`parse_event` without the fast path: what it returns for any input, rejections
+    included, which only this path writes. Public for the tests that compare the two."""
     if len(raw) > limits.max_bytes:
         return Rejection(
             Reason.OVERSIZED, None, f"payload of {len(raw)} bytes exceeds {limits.max_bytes}"
@@ -128,6 +164,35 @@ def parse_event(
         return _parse_document(doc, kind, now_ms, limits)
     except _Bad as bad:
         return bad.rejection
+
+
+def _from_typed(doc: Doc, now_ms: int, limits: ParseLimits) -> Event:
+    """The event of a document msgspec has type-checked; the value rules still apply and raise
+    :class:`_Bad` (the precise path then writes the rejection)."""
+    event_id = _checked_id(doc.event_id, "event_id", limits)
+    customer_id = _checked_id(doc.customer_id, "customer_id", limits)
+    occurred_ms = _checked_time(doc.occurred_at, now_ms, limits)
+    if isinstance(doc, VisitDoc):
+        return Visit(event_id, customer_id, occurred_ms, doc.action, doc.region)
+    if isinstance(doc, OrderDoc):
+        amount = _minor_units(doc.amount)
+        if doc.order_id is not None:
+            _checked_id(doc.order_id, "order_id", limits)
+        return Order(
+            event_id,
+            customer_id,
+            occurred_ms,
+            amount,
+            doc.currency,
+            doc.status,
+            doc.order_id if doc.order_id is not None else event_id,
+            doc.region,
+        )
+    assert isinstance(doc, ProfileDoc)
+    traits: dict[str, TraitValue] = {}
+    _add_traits(traits, doc.traits, "traits", limits)
+    _add_traits(traits, doc.consent, "consent", limits)
+    return Profile(event_id, customer_id, occurred_ms, _sorted_traits(traits, limits))
 
 
 def _parse_document(
@@ -146,13 +211,11 @@ def _parse_document(
         raise _Bad(Reason.UNKNOWN_TYPE, "type", f"type {declared!r} on the {kind} stream")
     event_id = _ident(doc, "event_id", limits)
     customer_id = _ident(doc, "customer_id", limits)
-    occurred_ms = _timestamp(doc, now_ms, limits)
+    occurred_ms = _checked_time(_required(doc, "occurred_at", str), now_ms, limits)
     if kind == "order":
         amount = _amount(doc)
         currency = _required(doc, "currency", str)
-        if len(currency) != 3 or not (
-            currency.isascii() and currency.isalpha() and currency.isupper()
-        ):
+        if _CURRENCY_TEXT.search(currency) is None:
             raise _Bad(Reason.INVALID_VALUE, "currency", f"not an ISO 4217 code: {currency[:16]!r}")
         status = _required(doc, "status", str)
         if status not in STATUSES:
@@ -175,46 +238,53 @@ def _parse_document(
             _optional(doc, "region", str),
         )
     if kind == "profile":
-        return Profile(event_id, customer_id, occurred_ms, _traits(doc, limits))
+        traits: dict[str, TraitValue] = {}
+        _add_traits(traits, _required(doc, "traits", dict), "traits", limits)
+        _add_traits(traits, _optional(doc, "consent", dict), "consent", limits)
+        return Profile(event_id, customer_id, occurred_ms, _sorted_traits(traits, limits))
     action = _required(doc, "action", str)
-    if not action or len(action) > 100:
-        raise _Bad(Reason.INVALID_VALUE, "action", "action must be 1..100 characters")
+    if not action or len(action) > MAX_ACTION:
+        raise _Bad(Reason.INVALID_VALUE, "action", f"action must be 1..{MAX_ACTION} characters")
     _check_common_optionals(doc)
     return Visit(event_id, customer_id, occurred_ms, action, _optional(doc, "region", str))
 
 
-def _traits(doc: dict[str, object], limits: ParseLimits) -> tuple[tuple[str, TraitValue], ...]:
+def _add_traits(
+    into: dict[str, TraitValue],
+    given: Mapping[str, object] | None,
+    field: Literal["traits", "consent"],
+    limits: ParseLimits,
+) -> None:
     """``traits`` (flat: text, numbers, booleans, null to remove) and ``consent`` flags
     (booleans, kept as traits ``<flag>_consent``), within the limits."""
-    traits: dict[str, TraitValue] = {}
-    for field, suffix in (("traits", ""), ("consent", "_consent")):
-        given = _required(doc, field, dict) if field == "traits" else _optional(doc, field, dict)
-        for key, value in (given or {}).items():
-            name = key + suffix
-            path = field  # the message names the trait
-            if not valid_trait_name(name):
-                raise _Bad(Reason.INVALID_VALUE, path, "a trait name is a-z, 0-9 and _")
-            if len(name) > limits.max_trait_name:
-                raise _Bad(
-                    Reason.TRAIT_LIMIT, path, f"trait name over {limits.max_trait_name} characters"
-                )
-            if suffix and not isinstance(value, bool):
-                raise _Bad(
-                    Reason.WRONG_TYPE, path, f"a consent flag is a boolean, got {_kind(value)}"
-                )
-            if isinstance(value, float) and not math.isfinite(value):
-                raise _Bad(Reason.INVALID_VALUE, path, "a number trait must be finite")
-            if isinstance(value, str) and len(value) > limits.max_trait_text:
-                raise _Bad(
-                    Reason.TRAIT_LIMIT, path, f"text over {limits.max_trait_text} characters"
-                )
-            if value is not None and not isinstance(value, str | int | float | bool):
-                raise _Bad(
-                    Reason.WRONG_TYPE,
-                    path,
-                    f"a trait is text, a number, a boolean or null, got {_kind(value)}",
-                )
-            traits[name] = value
+    suffix = "_consent" if field == "consent" else ""
+    for key, value in (given or {}).items():
+        name = key + suffix
+        path = field  # the message names the trait
+        if not valid_trait_name(name):
+            raise _Bad(Reason.INVALID_VALUE, path, "a trait name is a-z, 0-9 and _")
+        if len(name) > limits.max_trait_name:
+            raise _Bad(
+                Reason.TRAIT_LIMIT, path, f"trait name over {limits.max_trait_name} characters"
+            )
+        if suffix and not isinstance(value, bool):
+            raise _Bad(Reason.WRONG_TYPE, path, f"a consent flag is a boolean, got {_kind(value)}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise _Bad(Reason.INVALID_VALUE, path, "a number trait must be finite")
+        if isinstance(value, str) and len(value) > limits.max_trait_text:
+            raise _Bad(Reason.TRAIT_LIMIT, path, f"text over {limits.max_trait_text} characters")
+        if value is not None and not isinstance(value, str | int | float | bool):
+            raise _Bad(
+                Reason.WRONG_TYPE,
+                path,
+                f"a trait is text, a number, a boolean or null, got {_kind(value)}",
+            )
+        into[name] = value
+
+
+def _sorted_traits(
+    traits: dict[str, TraitValue], limits: ParseLimits
+) -> tuple[tuple[str, TraitValue], ...]:
     if len(traits) > limits.max_traits:
         raise _Bad(
             Reason.TRAIT_LIMIT,
@@ -227,8 +297,8 @@ def _traits(doc: dict[str, object], limits: ParseLimits) -> tuple[tuple[str, Tra
 def _check_common_optionals(doc: dict[str, object]) -> None:
     for name in ("region", "channel"):
         value = _optional(doc, name, str)
-        if value is not None and len(value) > 200:
-            raise _Bad(Reason.INVALID_VALUE, name, f"{name} longer than 200 characters")
+        if value is not None and len(value) > MAX_LABEL:
+            raise _Bad(Reason.INVALID_VALUE, name, f"{name} longer than {MAX_LABEL} characters")
     _optional(doc, "attributes", dict)
 
 
@@ -273,7 +343,10 @@ def valid_id(value: str, limits: ParseLimits) -> bool:
 
 
 def _ident(doc: dict[str, object], name: str, limits: ParseLimits) -> str:
-    value = _required(doc, name, str)
+    return _checked_id(_required(doc, name, str), name, limits)
+
+
+def _checked_id(value: str, name: str, limits: ParseLimits) -> str:
     if not valid_id(value, limits):
         raise _Bad(
             Reason.INVALID_VALUE, name, f"{name} must be 1..{limits.max_id_length} characters"
@@ -281,8 +354,7 @@ def _ident(doc: dict[str, object], name: str, limits: ParseLimits) -> str:
     return value
 
 
-def _timestamp(doc: dict[str, object], now_ms: int, limits: ParseLimits) -> int:
-    text = _required(doc, "occurred_at", str)
+def _checked_time(text: str, now_ms: int, limits: ParseLimits) -> int:
     try:
         ms = parse_rfc3339(text)
     except (ValueError, OverflowError) as exc:
@@ -300,7 +372,10 @@ def _amount(doc: dict[str, object]) -> int:
     """Amount in minor units (1/100): integers keep sums exact and order-independent."""
     if "amount" not in doc or doc["amount"] is None:
         raise _Bad(Reason.MISSING_FIELD, "amount", "required field 'amount' is missing")
-    value = doc["amount"]
+    return _minor_units(doc["amount"])
+
+
+def _minor_units(value: object) -> int:
     minor = _plain_minor(value)
     if minor is not None:
         if minor > _MAX_MINOR:

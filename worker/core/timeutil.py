@@ -24,6 +24,8 @@ _RFC3339 = re.compile(
 # The shape nearly every feed sends (UTC, milliseconds): read by position, one hour's start
 # cached, about a third of the general parse's cost.
 _COMMON = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z", re.ASCII)
+# Its two- and three-digit fields by lookup, cheaper than int() on a slice.
+_DIGITS = {f"{n:0{width}d}": n for width in (2, 3) for n in range(10**width)}
 
 
 def parse_rfc3339(text: str) -> int:
@@ -34,9 +36,10 @@ def parse_rfc3339(text: str) -> int:
     """
     if len(text) == 24 and _COMMON.fullmatch(text) is not None:
         hour_ms = _hour_ms(text[:13])
-        minute, second = int(text[14:16]), int(text[17:19])
+        minute, second = _DIGITS[text[14:16]], _DIGITS[text[17:19]]
         if hour_ms is not None and minute <= 59 and second <= 60:
-            return hour_ms + (minute * 60 + min(second, 59)) * 1000 + int(text[20:23])
+            second = second if second < 60 else 59
+            return hour_ms + (minute * 60 + second) * 1000 + _DIGITS[text[20:23]]
     m = _RFC3339.fullmatch(text)  # the general case, and every error's message
     if m is None:
         raise ValueError(f"not an RFC 3339 timestamp with offset: {text[:64]!r}")
