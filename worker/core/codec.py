@@ -84,7 +84,7 @@ def encode_state(state: CustomerState) -> bytes:
         instants += [ms for ms, _ in traits.values()]
     if orders and (first := next(iter(orders.values())).ms) != NO_TIME:
         instants.append(first)  # the other orders' are steps from it
-    base = min(instants, default=0)
+    base = min(instants) if instants else 0
     dims, classes, since, since_order = _class_layout(
         tuple(state.classes), tuple(state.classes.values()), tuple(since_ms)
     )
@@ -138,9 +138,10 @@ def _steps(instants: list[int], base: int) -> bytes | list[int]:
     """Sorted instants as steps, the first from ``base``: 4 little-endian bytes each while
     every step fits (MessagePack takes 5 for most), else a list."""
     steps = list(map(sub, instants, [base, *instants]))
-    if min(steps) < 0 or max(steps) >= 2**32:
+    try:
+        return _uint32s(len(steps)).pack(*steps)
+    except struct.error:  # a step below 0 or from 2^32 on
         return steps
-    return _uint32s(len(steps)).pack(*steps)
 
 
 @lru_cache(maxsize=1024)
@@ -321,13 +322,10 @@ def _decode_format_7(customer_id: str, doc: list[Any]) -> CustomerState:
         )
         if refunds:
             _add_refunds(orders, refunds)
-    if keys:
-        if keys.__class__ is bytes:
-            keys = list(_uint32s(len(keys) // 4).unpack(keys))
-        keys[0] += base
-        keys = list(accumulate(keys))
-    else:
-        keys = []
+    if keys.__class__ is bytes:
+        keys = _uint32s(len(keys) // 4).unpack(keys)
+    keys = list(accumulate(keys, initial=base))  # base first: dropped
+    del keys[0]
     if last_visit is True:
         last_visit = keys[-1]
     elif last_visit is not None:
