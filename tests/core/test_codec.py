@@ -383,6 +383,8 @@ def test_states_written_by_format_6_still_read() -> None:
         b"\xdc\x00\x11\x07" + b"\xc0" * 16,  # [7, null, ...]
         b"\xdc\x00\x11\x07\x00\xa0\x95\xa1a\x00\x00\x00\x00" + b"\xc0" * 13,  # orders not in fours
         msgspec.msgpack.encode([7, 0, "", [], [], 0, True, *[None] * 8, b"\x01\x02\x03", []]),
+        # a since instant the mask announces and the list lacks
+        msgspec.msgpack.encode([7, 0, "", [], [], *[None] * 5, [9], 1, [], "=v", None, b"", []]),
     ],
 )
 def test_unreadable_state_is_reported_not_crashed(data: bytes) -> None:

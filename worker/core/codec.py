@@ -23,7 +23,7 @@ from worker.core.state import NO_TIME, CustomerState, OrderRecord
 from worker.errors import SegmentWorkerError
 
 FORMAT: Final = 7
-_FORMAT_6: Final = 6  # still read: MessagePack; orders as flat quadruples, steps as integers
+_FORMAT_6: Final = 6  # still read: MessagePack; instants from one base, classes as pairs
 _FORMAT_5: Final = 5  # still read: JSON; classes as nested lists, key actions as offsets
 _FORMAT_4: Final = 4  # still read: format 5 less the partial refunds and key actions
 _FORMAT_3: Final = 3  # still read: states written before format 4
@@ -351,7 +351,7 @@ def _decode_format_7(customer_id: str, doc: list[Any]) -> CustomerState:
         if traits
         else {},
         dict(mapping),
-        dict(zip(since_names, map(add, since, repeat(base)), strict=True)) if since else {},
+        dict(zip(since_names, map(add, since, repeat(base)), strict=True)),
         dict(_unpacked_classes(tuple(withheld[0]))) if withheld else {},
         _unpacked_version(version),
         due,
