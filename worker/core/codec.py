@@ -37,6 +37,9 @@ _UNPACK: Final = msgspec.msgpack.Decoder()
 _VERSION_PREFIX: Final = "sha256:"  # of every rules version (Rules.version)
 _LEN: Final = struct.Struct(">I")
 _EMPTY: Final[list[object]] = []  # encoded as it is, never changed
+# An instant equal to its neighbour's, typed as an object: a compiled core (mypyc) would turn
+# a True in an `int | None` expression into the integer 1.
+_SAME: Final[object] = True
 # Dimension and class names stored as small integers (the default rules' names); any other
 # name is stored as text. Append only: stored states refer to positions.
 VOCABULARY: Final = (
@@ -110,9 +113,9 @@ def encode_state(state: CustomerState) -> bytes:
             flat,
             refunds,
             None if first_visit is None else first_visit - base,
-            True if keys and last_visit == keys[-1] else _offset(last_visit, base),
+            _SAME if keys and last_visit == keys[-1] else _offset(last_visit, base),
             state.region,
-            None if region_ms < 0 else True if region_ms == last_visit else region_ms - base,
+            None if region_ms < 0 else _SAME if region_ms == last_visit else region_ms - base,
             dims,
             classes,
             since,
