@@ -318,10 +318,13 @@ def _decode_format_7(customer_id: str, doc: list[Any]) -> CustomerState:
         }
         if refunds:
             _add_refunds(orders, refunds)
-    if keys.__class__ is bytes:
-        keys = _uint32s(len(keys) // 4).unpack(keys)
-    keys = list(accumulate(keys, initial=base))  # base first: dropped
-    del keys[0]
+    if keys:
+        if keys.__class__ is bytes:
+            keys = list(_uint32s(len(keys) // 4).unpack(keys))
+        keys[0] += base
+        keys = list(accumulate(keys))
+    else:
+        keys = []
     if last_visit is True:
         last_visit = keys[-1]
     elif last_visit is not None:
