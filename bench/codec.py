@@ -11,6 +11,9 @@ archive``) encode the very same states. Prints encode and decode CPU per state (
 per customer with the states and due index loaded through ``Store.commit`` into a fresh
 redis-server, as `bench live` does. Every state must decode back to itself. The pickle
 holds pure-Python states: a compiled core (mypyc) needs one of its own.
+
+``--breakdown`` loads two more Redis servers to split that figure: the states without their
+due index entries, and 1-byte states without them (what a state key costs before its value).
 """
 
 from __future__ import annotations
@@ -78,6 +81,7 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--breakdown", action="store_true", help="split the Redis figure")
     args = parser.parse_args()
     if args.states.exists():
         states = pickle.loads(args.states.read_bytes())  # our own file
@@ -98,6 +102,14 @@ def main() -> None:
         f"{decode * 1e6:.2f} us per state; blob mean {statistics.mean(sizes):,.0f} B, p99 "
         f"{statistics.quantiles(sizes, n=100)[98]:,.0f} B; Redis {per_customer:,.0f} B per customer"
     )
+    if args.breakdown:
+        no_due = dict.fromkeys(due)
+        states_only = asyncio.run(redis_bytes(dict(zip(due, blobs, strict=True)), no_due))
+        keys_only = asyncio.run(redis_bytes(dict.fromkeys(due, b"\x01"), no_due))
+        print(
+            f"  of which: state key without its value {keys_only:,.0f} B, value "
+            f"{states_only - keys_only:,.0f} B, due index entry {per_customer - states_only:,.0f} B"
+        )
 
 
 if __name__ == "__main__":

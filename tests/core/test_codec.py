@@ -11,6 +11,7 @@ from tests.core.strategies import T0, histories, state_of
 from worker.core.changes import Cause
 from worker.core.codec import (
     FORMAT,
+    VOCABULARY,
     CorruptRecord,
     OutRecord,
     declared_format,
@@ -57,25 +58,50 @@ def test_any_order_ids_and_instants_round_trip(orders: dict, visited: bool) -> N
     )
     data = encode_state(state)
     assert decode_state("c1", data) == state
-    assert msgspec.msgpack.decode(data)[0] == FORMAT == 6
+    assert msgspec.msgpack.decode(data)[0] == FORMAT == 7
 
 
 def test_states_are_compact_messagepack_without_compression() -> None:
-    """Format 6: order ids past their shared prefix, instants as offsets, the rules hash as
-    bytes; 40 orders take under 14 bytes each, with no zlib to pay for."""
+    """Format 7: order ids past their shared prefix, each order's instant a step from the
+    one before, the rules hash as bytes; 40 orders take under 13 bytes each, with no zlib to
+    pay for."""
     large = CustomerState(
         "c1",
         orders={f"order-{i}": OrderRecord(2, True, T0 + i * DAY, 1_000 + i) for i in range(40)},
         rules_version="sha256:58b40df6bc4446c6",
     )
     packed = encode_state(large)
-    assert packed[:1] == b"\x9f" and len(packed) < 40 * 14  # an array of 15
+    assert packed[:3] == b"\xdc\x00\x11" and len(packed) < 40 * 13  # an array of 17
     doc = msgspec.msgpack.decode(packed)
-    assert doc[2] == "order-" and doc[9] == bytes.fromhex("58b40df6bc4446c6")
+    assert doc[2] == "order-" and doc[3][4:8] == ["1", 18, DAY, 1_001]
+    assert doc[13] == bytes.fromhex("58b40df6bc4446c6")
     assert decode_state("c1", packed) == large
     odd = CustomerState("c1", rules_version="sha256:58B4 0d")  # not lowercase hex: as text
     assert decode_state("c1", encode_state(odd)) == odd
-    assert declared_format(packed) == 6 and declared_format(b"\x91\x63") == 99  # [99]
+    assert declared_format(packed) == 7 and declared_format(b"\x91\x63") == 99  # [99]
+
+
+def test_neighbouring_instants_and_default_dimensions_are_implied() -> None:
+    """The last visit equal to the last key action and the region's instant equal to the
+    last visit are stored as ``true``; key action steps as 4-byte integers; the default
+    rules' dimensions left out, the ones with a since instant as a bit mask."""
+    state = CustomerState(
+        "c1",
+        first_visit_ms=T0,
+        last_visit_ms=T0 + 3 * DAY,
+        key_actions=[T0 + DAY, T0 + 3 * DAY],
+        region="EU",
+        region_ms=T0 + 3 * DAY,
+        classes={"lifecycle": "active", "value_tier": None, "rfm": "loyal"},
+        since_ms={"rfm": T0 + DAY, "lifecycle": T0},
+    )
+    packed = encode_state(state)
+    doc = msgspec.msgpack.decode(packed)
+    assert doc[6] is True and doc[8] is True
+    assert doc[15] == DAY.to_bytes(4, "little") + (2 * DAY).to_bytes(4, "little")
+    assert doc[9] is None and doc[10] == [9, None, 16]
+    assert doc[11] == 0b101 and doc[12] == [0, DAY]  # in the dimensions' order
+    assert decode_state("c1", packed) == state
 
 
 # Written by format 3 (before order id prefixes and compression): a paid, a placed and a
@@ -157,22 +183,46 @@ trait_values = st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.tex
 @st.composite
 def any_states(draw: st.DrawFn) -> CustomerState:
     """Every field at once, in every shape: traits (removed ones too), classes with and
-    without since instants, names inside and outside the vocabulary, and the withheld
-    changes consent holds back (format 5's trailing field, carried by format 6)."""
-    classes = draw(st.dictionaries(names, st.none() | names, max_size=7))
+    without since instants (and since instants of dimensions without a class), names inside
+    and outside the vocabulary, the default rules' dimensions, the withheld changes consent
+    holds back, key actions close together and far apart, and instants equal to their
+    neighbours (format 7 stores those as ``true``)."""
+    if draw(st.booleans()):
+        classes = dict(
+            zip(
+                VOCABULARY[:6],
+                draw(st.lists(st.none() | names, min_size=6, max_size=6)),
+                strict=True,
+            )
+        )
+    else:
+        classes = draw(st.dictionaries(names, st.none() | names, max_size=7))
+    since_ms = {d: draw(instants_near) for d in classes if draw(st.booleans())}
+    if draw(st.booleans()):
+        since_ms.update(draw(st.dictionaries(names, instants_near, max_size=2)))
+    spread = draw(st.sampled_from([DAY, 900 * DAY]))
+    key_actions = sorted(
+        draw(st.lists(st.integers(T0 - spread, T0 + spread), max_size=20, unique=True))
+    )
+    last_visit = draw(st.none() | instants_near)
+    if key_actions and draw(st.booleans()):
+        last_visit = key_actions[-1]
+    region_ms = draw(st.just(-1) | instants_near)
+    if last_visit is not None and draw(st.booleans()):
+        region_ms = last_visit
     return CustomerState(
         "c1",
         orders=draw(st.dictionaries(st.text(max_size=10), records, max_size=8)),
         first_visit_ms=draw(st.none() | instants_near),
-        last_visit_ms=draw(st.none() | instants_near),
-        key_actions=sorted(draw(st.lists(instants_near, max_size=20))),
+        last_visit_ms=last_visit,
+        key_actions=key_actions,
         region=draw(st.none() | st.text(max_size=6)),
-        region_ms=draw(st.just(-1) | instants_near),
+        region_ms=region_ms,
         traits=draw(
             st.dictionaries(st.text(max_size=8), st.tuples(instants_near, trait_values), max_size=4)
         ),
         classes=classes,
-        since_ms={d: draw(instants_near) for d in classes if draw(st.booleans())},
+        since_ms=since_ms,
         withheld=draw(st.dictionaries(names, st.none() | names, max_size=3)),
         rules_version=draw(st.sampled_from(["", "sha256:58b40df6bc4446c6", "sha256:58B4", "x"])),
         due_day=draw(st.none() | st.integers(0, 40_000)),
@@ -263,6 +313,56 @@ def test_states_written_by_format_5_still_read() -> None:
         assert decode_state("c1", encode_state(state)) == state
 
 
+# Written by format 6 (MessagePack; orders as flat quadruples from one base, key actions as
+# integer steps, classes as flat pairs): every field in use, withheld classes too; and a
+# state with no orders and a rules version that is not a hash.
+FORMAT_6 = bytes.fromhex(
+    "dc001006cf0000019b67679400a573686f702d9ca2413112ce14997000cd30d4a2413201cf000000014470a4"
+    "00cd0fa0a2423700c000ce0f731405ce0f731411aa4e6f7274682d45617374ce0f73141196000905c0a86375"
+    "73746f6d5f78a4676f6c64c40858b40df6bc4446c6cd50059600a27231cd01f402a27233cd0bb89200ce0f73"
+    "141196a4676f6e65ce0f73140bc0a474696572ce0f731409a4676f6c6493ce14997000c0ce19bfcc0094000b"
+    "a8637573746f6d5f78c0"
+)
+FORMAT_6_PLAIN = bytes.fromhex(
+    "9f06cf0000019b76daa800a0900000c0c0920006a83d3d637573746f6dc09090909100"
+)
+
+
+def test_states_written_by_format_6_still_read() -> None:
+    full = decode_state("c1", FORMAT_6)
+    assert full == CustomerState(
+        "c1",
+        orders={
+            "shop-A1": OrderRecord(2, True, T0 + DAY, 12_500, {"r1": 500}),
+            "shop-A2": OrderRecord(1, False, T0 + 60 * DAY, 4_000),
+            "shop-B7": OrderRecord(0, False, NO_TIME, 0, {"r3": 3_000}),
+        },
+        first_visit_ms=T0 + 5,
+        last_visit_ms=T0 + 17,
+        key_actions=[T0 - 3 * DAY, T0 + 17],
+        region="North-East",
+        region_ms=T0 + 17,
+        traits={"gone": (T0 + 11, None), "tier": (T0 + 9, "gold")},
+        classes={"lifecycle": "active", "old_customer": None, "custom_x": "gold"},
+        since_ms={"lifecycle": T0 + DAY, "custom_x": T0 + 2 * DAY},
+        withheld={"lifecycle": "churn_risk", "custom_x": None},
+        rules_version="sha256:58b40df6bc4446c6",
+        due_day=20485,
+    )
+    plain = decode_state("c1", FORMAT_6_PLAIN)
+    assert plain == CustomerState(
+        "c1",
+        first_visit_ms=T0,
+        last_visit_ms=T0,
+        classes={"lifecycle": "potential"},
+        since_ms={"lifecycle": T0},
+        rules_version="=custom",
+    )
+    assert declared_format(FORMAT_6) == 6
+    for state in (full, plain):
+        assert decode_state("c1", encode_state(state)) == state
+
+
 @pytest.mark.parametrize(
     "data",
     [
@@ -277,9 +377,14 @@ def test_states_written_by_format_5_still_read() -> None:
         zlib.compress(b"[4, 1]"),
         zlib.compress(b"not json"),
         b"\x91\x06",  # MessagePack [6]
-        b"\x92\x07\x00",  # a format from a newer release
+        b"\x92\x08\x00",  # a format from a newer release
         b"\xc1",  # never used in MessagePack
         b"\x9f\x06" + b"\xc0" * 14,  # [6, null, ...]
+        b"\xdc\x00\x11\x07" + b"\xc0" * 16,  # [7, null, ...]
+        b"\xdc\x00\x11\x07\x00\xa0\x95\xa1a\x00\x00\x00\x00" + b"\xc0" * 13,  # orders not in fours
+        msgspec.msgpack.encode([7, 0, "", [], [], 0, True, *[None] * 8, b"\x01\x02\x03", []]),
+        # a since instant the mask announces and the list lacks
+        msgspec.msgpack.encode([7, 0, "", [], [], *[None] * 5, [9], 1, [], "=v", None, b"", []]),
     ],
 )
 def test_unreadable_state_is_reported_not_crashed(data: bytes) -> None:

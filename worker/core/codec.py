@@ -12,8 +12,8 @@ import struct
 import zlib
 from collections.abc import Iterable
 from functools import lru_cache
-from itertools import accumulate
-from operator import sub
+from itertools import accumulate, repeat
+from operator import add, sub
 from typing import Any, Final, NamedTuple
 
 import msgspec
@@ -22,7 +22,8 @@ import orjson
 from worker.core.state import NO_TIME, CustomerState, OrderRecord
 from worker.errors import SegmentWorkerError
 
-FORMAT: Final = 6
+FORMAT: Final = 7
+_FORMAT_6: Final = 6  # still read: MessagePack; instants from one base, classes as pairs
 _FORMAT_5: Final = 5  # still read: JSON; classes as nested lists, key actions as offsets
 _FORMAT_4: Final = 4  # still read: format 5 less the partial refunds and key actions
 _FORMAT_3: Final = 3  # still read: states written before format 4
@@ -35,6 +36,10 @@ _PACK: Final = msgspec.msgpack.Encoder()
 _UNPACK: Final = msgspec.msgpack.Decoder()
 _VERSION_PREFIX: Final = "sha256:"  # of every rules version (Rules.version)
 _LEN: Final = struct.Struct(">I")
+_EMPTY: Final[list[object]] = []  # encoded as it is, never changed
+# An instant equal to its neighbour's, typed as an object: a compiled core (mypyc) would turn
+# a True in an `int | None` expression into the integer 1.
+_SAME: Final[object] = True
 # Dimension and class names stored as small integers (the default rules' names); any other
 # name is stored as text. Append only: stored states refer to positions.
 VOCABULARY: Final = (
@@ -49,7 +54,7 @@ _CODE: Final = {name: i for i, name in enumerate(VOCABULARY)}
 _TEXT: Final = dict(enumerate(VOCABULARY))
 
 
-_READ: Final = frozenset((FORMAT, _FORMAT_5, _FORMAT_4, _FORMAT_3))
+_READ: Final = frozenset((FORMAT, _FORMAT_6, _FORMAT_5, _FORMAT_4, _FORMAT_3))
 
 
 class CorruptRecord(SegmentWorkerError, ValueError):
@@ -58,71 +63,93 @@ class CorruptRecord(SegmentWorkerError, ValueError):
 
 
 def encode_state(state: CustomerState) -> bytes:
-    """A positional MessagePack array: no field names; names from the vocabulary as small
-    integers; order ids without the prefix they all share (ids often embed the customer, the
-    shop or a date); instants as offsets from the state's earliest, the key actions (sorted)
-    each from the one before (a customer keeps ~11: 20 B less); the classes as flat
-    (dimension, class) pairs, their since instants apart; the rules version's hash as its
-    bytes; the withheld classes, while there are any, last. MessagePack writes small
-    integers in 1-5 bytes where JSON took 7-11 characters, so states need no compression.
-    The layout field by field: docs/state-format.md; figures: docs/benchmarks.md."""
+    """A positional MessagePack array (format 7), built with few Python steps since it runs
+    once per customer per batch (comprehensions and per-item calls are what cost): instants
+    as offsets from a base, the orders' each from the order before and the key actions' each
+    from the action before, packed 4 bytes apiece; an instant equal to a neighbour (the last
+    visit to the last key action, the region's to the last visit) as ``true``; the
+    dimensions, which classes have a since instant and the class names through one cached
+    lookup per class combination; the rules version's hash as its bytes; the withheld
+    classes, while there are any, last. Field by field: docs/state-format.md."""
     orders = state.orders
-    instants = [r.ms for r in orders.values() if r.ms != NO_TIME]
+    since_ms = state.since_ms
     keys = state.key_actions  # sorted: the first is the earliest
+    first_visit, last_visit, region_ms = state.first_visit_ms, state.last_visit_ms, state.region_ms
+    traits = state.traits
+    instants = list(since_ms.values())
     if keys:
         instants.append(keys[0])
-    traits = state.traits
-    if traits:
-        instants += [ms for ms, _ in traits.values()]
-    instants += state.since_ms.values()
-    first_visit, last_visit = state.first_visit_ms, state.last_visit_ms
     if first_visit is not None:
         instants.append(first_visit)
-    if last_visit is not None:
-        instants.append(last_visit)
-    region_ms = None if state.region_ms < 0 else state.region_ms  # -1: no region seen
-    if region_ms is not None:
+    if region_ms >= 0:  # -1: no region seen
         instants.append(region_ms)
-    base = min(instants, default=0)
-    prefix = _shared_prefix(orders) if len(orders) > 1 else ""
-    cut = len(prefix)
+    if traits:
+        instants += [ms for ms, _ in traits.values()]
+    if orders and (first := next(iter(orders.values())).ms) != NO_TIME:
+        instants.append(first)  # the other orders' are steps from it
+    base = min(instants) if instants else 0
+    dims, classes, since, since_order = _class_layout(
+        tuple(state.classes), tuple(state.classes.values()), tuple(since_ms)
+    )
     flat: list[object] = []
     refunds: list[object] = []  # (position of the order, event id, amount) triples
-    for position, (order_id, r) in enumerate(orders.items()):
-        flat += [
-            order_id[cut:],
-            r.flags | 16 if r.paid else r.flags,
-            None if r.ms == NO_TIME else r.ms - base,  # NO_TIME: only voided so far
-            r.amount,
-        ]
-        if r.refunds:
-            for event_id, amount in r.refunds.items():
-                refunds += [position, event_id, amount]
-    since_ms = state.since_ms
-    classes = tuple(state.classes.items())
-    since = [None if (ms := since_ms.get(dim)) is None else ms - base for dim, _ in classes]
+    prefix = ""
+    if orders:
+        if len(orders) > 1:
+            prefix = _shared_prefix(orders)
+        cut, prev = len(prefix), base
+        for position, (order_id, r) in enumerate(orders.items()):
+            ms = r.ms  # NO_TIME (known only from a cancellation) is a step like any other
+            flat += (order_id[cut:], r.flags | 16 if r.paid else r.flags, ms - prev, r.amount)
+            prev = ms
+            if r.refunds:
+                for event_id, amount in r.refunds.items():
+                    refunds += (position, event_id, amount)
     return _PACK.encode(
         [
             FORMAT,
             base,
             prefix,
             flat,
+            refunds,
             None if first_visit is None else first_visit - base,
-            None if last_visit is None else last_visit - base,
+            _SAME if keys and last_visit == keys[-1] else _offset(last_visit, base),
             state.region,
-            None if region_ms is None else region_ms - base,
-            _packed_classes(classes),
+            None if region_ms < 0 else _SAME if region_ms == last_visit else region_ms - base,
+            dims,
+            classes,
+            since,
+            list(map(sub, map(since_ms.__getitem__, since_order), repeat(base)))
+            if since_ms
+            else _EMPTY,
             _packed_version(state.rules_version),
             state.due_day,
-            refunds,
-            list(map(sub, keys, [base, *keys])),  # sorted: as steps
+            _steps(keys, base) if keys else b"",
             [x for name, (ms, v) in sorted(traits.items()) for x in (name, ms - base, v)]
             if traits
-            else [],
-            since,
+            else _EMPTY,
             *_withheld(state),
         ]
     )
+
+
+def _offset(instant: int | None, base: int) -> int | None:
+    return None if instant is None else instant - base
+
+
+def _steps(instants: list[int], base: int) -> bytes | list[int]:
+    """Sorted instants as steps, the first from ``base``: 4 little-endian bytes each while
+    every step fits (MessagePack takes 5 for most), else a list."""
+    steps = list(map(sub, instants, [base, *instants]))
+    try:
+        return _uint32s(len(steps)).pack(*steps)
+    except struct.error:  # a step below 0 or from 2^32 on
+        return steps
+
+
+@lru_cache(maxsize=1024)
+def _uint32s(count: int) -> struct.Struct:
+    return struct.Struct(f"<{count}I")
 
 
 def _shared_prefix(ids: Iterable[str]) -> str:
@@ -137,10 +164,50 @@ def _shared_prefix(ids: Iterable[str]) -> str:
     return low[:n]
 
 
+def _code(name: str | None) -> int | str | None:
+    return name if name is None else _CODE.get(name, name)
+
+
+def _name_code(name: str) -> int | str:
+    return _CODE.get(name, name)
+
+
 @lru_cache(maxsize=4096)  # the class combinations customers are in: few
+def _class_layout(
+    dims: tuple[str, ...], classes: tuple[str | None, ...], since: tuple[str, ...]
+) -> tuple[list[int | str] | None, list[int | str | None], int | list[int | str], tuple[str, ...]]:
+    """Fields 9-11: the dimensions (None: the vocabulary's first ones in order, as the
+    default rules' are), their classes, and which dimensions have a since instant (a bit
+    mask over the dimensions; their names if one is not a dimension); then the order in
+    which field 12 lists the since instants."""
+    packed = [_name_code(d) for d in dims]
+    implied = None if packed == list(range(len(dims))) else packed
+    if set(since) <= set(dims) and len(dims) < 64:  # a mask MessagePack can hold
+        order = tuple(d for d in dims if d in since)
+        mask = sum(1 << i for i, d in enumerate(dims) if d in since)
+        return implied, [_code(c) for c in classes], mask, order
+    return implied, [_code(c) for c in classes], [_name_code(d) for d in since], since
+
+
+@lru_cache(maxsize=4096)
+def _class_names(
+    dims: tuple[object, ...] | None, classes: tuple[object, ...], since: int | tuple[object, ...]
+) -> tuple[dict[str, str | None], tuple[str, ...]]:
+    """The inverse of _class_layout: the classes (callers take a copy) and the dimensions
+    that have a since instant."""
+    names = VOCABULARY[: len(classes)] if dims is None else tuple(map(_text, dims))
+    if len(names) != len(classes):
+        raise CorruptRecord("classes and dimensions do not pair up")
+    mapping = {d: None if c is None else _text(c) for d, c in zip(names, classes, strict=True)}
+    if isinstance(since, int):
+        return mapping, tuple(d for i, d in enumerate(names) if since >> i & 1)
+    return mapping, tuple(map(_text, since))
+
+
+@lru_cache(maxsize=4096)
 def _packed_classes(classes: tuple[tuple[str, str | None], ...]) -> list[int | str | None]:
     """(dimension, class or None) pairs, flat, names from the vocabulary as integers."""
-    return [_CODE.get(n, n) if n is not None else None for pair in classes for n in pair]
+    return [_code(n) for pair in classes for n in pair]
 
 
 @lru_cache(maxsize=4096)
@@ -214,20 +281,80 @@ def decode_state(customer_id: str, data: bytes) -> CustomerState:
     try:
         if data[:1] not in (_ZLIB, _JSON):  # MessagePack: format 6 on
             doc = _UNPACK.decode(data)
-            if doc.__class__ is list and len(doc) >= 15 and doc[0] == FORMAT:
+            if doc.__class__ is list and len(doc) >= 17 and doc[0] == FORMAT:
+                return _decode_format_7(customer_id, doc)
+            if doc.__class__ is list and len(doc) >= 15 and doc[0] == _FORMAT_6:
                 return _decode_format_6(customer_id, doc)
         else:
             doc = _document(data)
-        if not isinstance(doc, list) or not doc or doc[0] not in _READ or doc[0] == FORMAT:
+        if not isinstance(doc, list) or not doc or doc[0] not in _READ or doc[0] >= _FORMAT_6:
             raise CorruptRecord(f"unknown state format for {customer_id!r}")
         return _decode_json(customer_id, doc)
     except CorruptRecord:
         raise
     except (
-        orjson.JSONDecodeError, msgspec.DecodeError, zlib.error, IndexError, TypeError,
-        ValueError, AttributeError,
+        orjson.JSONDecodeError, msgspec.DecodeError, zlib.error, struct.error, IndexError,
+        TypeError, ValueError, AttributeError,
     ) as exc:  # fmt: skip
         raise CorruptRecord(f"unreadable state for {customer_id!r}: {exc}") from None
+
+
+def _decode_format_7(customer_id: str, doc: list[Any]) -> CustomerState:
+    """Format 7, every field unpacked at once (the hot path: one per customer per batch)."""
+    (
+        _, base, prefix, flat, refunds, first_visit, last_visit, region, region_ms, dims,
+        classes, since_dims, since, version, due, keys, traits, *withheld,
+    ) = doc  # fmt: skip
+    orders: dict[str, OrderRecord] = {}
+    if flat:
+        steps = flat[2::4]
+        steps[0] += base
+        times = list(accumulate(steps))
+        orders = {
+            prefix + flat[i]: OrderRecord(
+                flat[i + 1] & 15, flat[i + 1] > 15, times[i >> 2], flat[i + 3]
+            )
+            for i in range(0, len(flat), 4)
+        }
+        if refunds:
+            _add_refunds(orders, refunds)
+    if keys:
+        if keys.__class__ is bytes:
+            keys = list(_uint32s(len(keys) // 4).unpack(keys))
+        keys[0] += base
+        keys = list(accumulate(keys))
+    else:
+        keys = []
+    if last_visit is True:
+        last_visit = keys[-1]
+    elif last_visit is not None:
+        last_visit += base
+    if region_ms is True:
+        region_ms = last_visit
+    elif region_ms is not None:
+        region_ms += base
+    mapping, since_names = _class_names(
+        None if dims is None else tuple(dims),
+        tuple(classes),
+        since_dims if since_dims.__class__ is int else tuple(since_dims),
+    )
+    return CustomerState(
+        customer_id,
+        orders,
+        None if first_visit is None else first_visit + base,
+        last_visit,
+        keys,
+        region,
+        -1 if region_ms is None else region_ms,
+        {traits[i]: (traits[i + 1] + base, traits[i + 2]) for i in range(0, len(traits), 3)}
+        if traits
+        else {},
+        dict(mapping),
+        dict(zip(since_names, map(add, since, repeat(base)), strict=True)),
+        dict(_unpacked_classes(tuple(withheld[0]))) if withheld else {},
+        _unpacked_version(version),
+        due,
+    )
 
 
 def _decode_format_6(customer_id: str, doc: list[Any]) -> CustomerState:
