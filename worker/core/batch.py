@@ -206,7 +206,6 @@ def apply_batch(
     the caller holds the timer until the re-read is over, then each customer is classified
     once, from the classes subscribers last saw."""
     outcome = Outcome()
-    start = rules.calendar.start_ms
     for record, event in zip(records, parsed, strict=True):
         outcome.offsets[record.topic] = max(outcome.offsets.get(record.topic, 0), record.offset + 1)
         if isinstance(event, Rejection):
@@ -226,7 +225,7 @@ def apply_batch(
             continue
         if state is None:
             state = CustomerState(event.customer_id)
-        elif state.due_day is not None and start(state.due_day) <= now_ms:  # overdue: rare
+        else:
             _catch_up(outcome, state, rules, topics, now_ms)
         result = process_event(state, event, rules, now_ms, now_ms)
         if isinstance(result, Rejection):
