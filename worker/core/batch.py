@@ -285,7 +285,7 @@ def _catch_up(
 
 
 def _emit(outcome: Outcome, topics: Topics, changes: Changes) -> None:
-    if changes.withheld:  # seldom: Counter.update costs a microsecond even when empty
+    if changes.withheld:  # seldom; Counter.update costs ~0.5 us a call even when empty
         outcome.withheld.update(changes.withheld)
     for change in changes:
         outcome.changes.append(change)

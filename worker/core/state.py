@@ -91,7 +91,7 @@ class OrderIndex:
         self.counting = counting
         self.calendar = calendar  # orders are counted on the shop's local dates
         self.version = 0  # bumped on every move: "did anything counted change?" in O(1)
-        # Built for every state decoded from Redis: one plain loop, no calls per order.
+        # Built for every state decoded from Redis: plain loops, no generators or helpers.
         contributions = [r.contribution(counting) for r in records.values()]
         self.counted = counted = sorted([c for c in contributions if c is not None])
         counts: dict[int, int] = {}
