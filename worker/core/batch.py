@@ -285,7 +285,8 @@ def _catch_up(
 
 
 def _emit(outcome: Outcome, topics: Topics, changes: Changes) -> None:
-    outcome.withheld.update(changes.withheld)
+    if changes.withheld:  # seldom; Counter.update costs ~0.5 us a call even when empty
+        outcome.withheld.update(changes.withheld)
     for change in changes:
         outcome.changes.append(change)
         outcome.out.append(change_record(topics, change))

@@ -91,15 +91,20 @@ class OrderIndex:
         self.counting = counting
         self.calendar = calendar  # orders are counted on the shop's local dates
         self.version = 0  # bumped on every move: "did anything counted change?" in O(1)
-        contributions = (r.contribution(counting) for r in records.values())
-        self.counted = sorted(c for c in contributions if c is not None)
-        self.day_counts: dict[int, int] = {}
-        self.day_amounts: dict[int, int] = {}
+        # Built for every state decoded from Redis: plain loops, no generators or helpers.
+        contributions = [r.contribution(counting) for r in records.values()]
+        self.counted = counted = sorted([c for c in contributions if c is not None])
+        counts: dict[int, int] = {}
+        amounts: dict[int, int] = {}
         day_of = calendar.day_of
-        for ms, amount in self.counted:
-            self._add_day(day_of(ms), amount)
-        self.total = sum(amount for _, amount in self.counted)
-        self.days = sorted(self.day_counts)
+        total = 0
+        for ms, amount in counted:
+            day = day_of(ms)
+            counts[day] = counts.get(day, 0) + 1
+            amounts[day] = amounts.get(day, 0) + amount
+            total += amount
+        self.day_counts, self.day_amounts, self.total = counts, amounts, total
+        self.days = sorted(counts)
 
     def _add_day(self, day: int, amount: int) -> bool:
         """Count one order on ``day``; True if the day is new."""
@@ -229,7 +234,11 @@ class CustomerState:
         payment step, by local date of ``calendar``. Cancels and refunds void an order or
         reduce its amount, whatever the arrival order."""
         index = self._index
-        if index is None or index.counting != counting or index.calendar != calendar:
+        if (
+            index is None
+            or index.counting != counting
+            or (index.calendar is not calendar and index.calendar != calendar)  # `is`: cheap
+        ):
             index = self._index = OrderIndex(self.orders, counting, calendar)
         return index
 
