@@ -109,12 +109,12 @@ async def bench_live(plan: Plan) -> None:
     with chosen_broker(plan.broker) as broker, RedisServer() as redis_server:
         print(f"broker: {_describe(broker)}")
         servers = Servers(broker.bootstrap, redis_server.url, broker.idempotent)
-        topics = await _topics(servers)
+        topics = await topics_for(servers)
         print(
             f"producing {len(traffic):,} events for {plan.customers:,} customers ...",
             file=sys.stderr,
         )
-        ends = await _produce(servers.bootstrap, topics, traffic)
+        ends = await produce(servers.bootstrap, topics, traffic)
         rows = [
             await _raw_ceiling(servers, topics, ends),
             await _worker(servers, topics, ends, end_ms, rules=plan.rules),
@@ -163,14 +163,14 @@ def _describe(broker: ApacheKafka | Broker) -> str:
     return "Tansu, embedded (acks=all; no idempotent producers)"
 
 
-async def _topics(servers: Servers) -> Topics:
+async def topics_for(servers: Servers) -> Topics:
     tag = uuid.uuid4().hex[:6]
     topics = Topics(f"orders-{tag}", f"visits-{tag}", f"changes-{tag}", f"dlq-{tag}")
-    await ensure_topics(_settings(servers, topics, "unused"), PARTITIONS)
+    await ensure_topics(settings_for(servers, topics, "unused"), PARTITIONS)
     return topics
 
 
-async def _produce(
+async def produce(
     bootstrap: str, topics: Topics, traffic: Sequence[SimEvent]
 ) -> dict[TopicPartition, int]:
     producer = kafka.producer(bootstrap, linger_ms=20, acks=1)
@@ -194,7 +194,9 @@ async def _produce(
     return ends
 
 
-def _settings(servers: Servers, topics: Topics, group: str, rules: Path | None = None) -> Settings:
+def settings_for(
+    servers: Servers, topics: Topics, group: str, rules: Path | None = None
+) -> Settings:
     return replace(
         Settings(),
         rules=rules,
@@ -268,7 +270,7 @@ async def _worker(
     *,
     rules: Path | None,
 ) -> Row:
-    settings = _settings(servers, topics, f"worker-{uuid.uuid4().hex[:6]}", rules)
+    settings = settings_for(servers, topics, f"worker-{uuid.uuid4().hex[:6]}", rules)
     worker = Worker(settings, SimulatedClock(clock_ms, 1.0))
     task = asyncio.create_task(worker.run())
     try:
@@ -313,7 +315,7 @@ async def _processes(
     applied in Redis then (the group's offsets trail by up to a second)."""
     tag = uuid.uuid4().hex[:6]
     own = replace(topics, changes=f"changes-{tag}", dlq=f"dlq-{tag}")
-    await ensure_topics(_settings(servers, own, "unused"), PARTITIONS)
+    await ensure_topics(settings_for(servers, own, "unused"), PARTITIONS)
     group = f"workers-{tag}"
     started: list[tuple[int, subprocess.Popen[bytes]]] = []
     probe = kafka.consumer(servers.bootstrap, group_id=group, enable_auto_commit=False)
@@ -330,10 +332,10 @@ async def _processes(
 
     try:
         for _ in range(count):
-            settings = _settings(servers, own, group, rules)
-            started.append((settings.http_port, _worker_process(settings, clock_ms)))
+            settings = settings_for(servers, own, group, rules)
+            started.append((settings.http_port, worker_process(settings, clock_ms)))
         for port, proc in started:  # ready: it owns partitions, so the group has settled
-            await _until_ready(port, proc)
+            await until_ready(port, proc)
         begin = time.perf_counter()
         first = await applied()
         while True:
@@ -358,7 +360,7 @@ def _inherited_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("SEGMENT_WORKER_")}
 
 
-def _worker_process(settings: Settings, clock_ms: int) -> subprocess.Popen[bytes]:
+def worker_process(settings: Settings, clock_ms: int) -> subprocess.Popen[bytes]:
     """`segment-worker run` in a child process of its own, with ``settings`` and a clock that
     starts at ``clock_ms`` and runs at wall-clock speed."""
     env = (
@@ -415,13 +417,13 @@ async def _latency(servers: Servers, plan: Plan, rate: float, pace: str) -> None
     clock_ms = max(e.delivered_ms for e in traffic) + 60_000
     rows = []
     for name, is_worker in (("broker only (relay baseline)", False), ("segment-worker", True)):
-        topics = await _topics(servers)
+        topics = await topics_for(servers)
         group = f"lat-{uuid.uuid4().hex[:6]}"
-        settings = _settings(servers, topics, group, plan.rules)
+        settings = settings_for(servers, topics, group, plan.rules)
         # Each gets a process (and a core) of its own, as in production: sharing this event
         # loop with the paced producer and the watcher would time their queueing too.
         if is_worker:
-            proc = _worker_process(settings, clock_ms)
+            proc = worker_process(settings, clock_ms)
         else:
             command = [
                 sys.executable,
@@ -438,7 +440,7 @@ async def _latency(servers: Servers, plan: Plan, rate: float, pace: str) -> None
             proc = subprocess.Popen(command, env=_inherited_env(), stdout=subprocess.PIPE)
         try:
             if is_worker:
-                await _until_ready(settings.http_port, proc)
+                await until_ready(settings.http_port, proc)
             elif proc.stdout is None or await asyncio.to_thread(proc.stdout.readline) != b"ready\n":
                 raise RuntimeError("the relay baseline did not start")
             latencies = await _paced(servers.bootstrap, topics, traffic, rate)
@@ -504,7 +506,7 @@ async def _paced(
     return latencies
 
 
-async def _until_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+async def until_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
     """Until the worker's /readyz answers 200 (it owns partitions and Redis answers)."""
     deadline = time.monotonic() + timeout
     async with ClientSession(f"http://127.0.0.1:{port}") as http:
