@@ -24,7 +24,6 @@ from collections import Counter
 from itertools import islice
 from pathlib import Path
 
-from worker import kafka
 from worker.core.timeutil import parse_rfc3339
 from worker.tools import livebench
 from worker.tools.apache_kafka import BROKERS, chosen_broker
@@ -81,16 +80,7 @@ async def profile(events: int, customers: int, broker_name: str, out: Path) -> t
                 stderr=subprocess.DEVNULL,
             )
             before = cpu_seconds(worker.pid)
-            probe = kafka.consumer(servers.bootstrap, group_id="profiled", enable_auto_commit=False)
-            await probe.start()
-            try:
-                while True:
-                    committed = {tp: (await probe.committed(tp)) or 0 for tp in ends}
-                    if all(committed[tp] >= end for tp, end in ends.items()):
-                        break
-                    await asyncio.sleep(0.1)
-            finally:
-                await probe.stop()
+            await livebench.until_committed(servers.bootstrap, "profiled", ends)
             spent = cpu_seconds(worker.pid) - before
         finally:
             if spy is not None:

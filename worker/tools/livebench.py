@@ -277,18 +277,7 @@ async def _worker(
         while not worker.pipeline.owned_partitions():
             await asyncio.sleep(0.02)
         started, cpu = time.perf_counter(), time.process_time()
-        probe = kafka.consumer(
-            servers.bootstrap, group_id=settings.group_id, enable_auto_commit=False
-        )
-        await probe.start()
-        try:
-            while True:
-                committed = {tp: (await probe.committed(tp)) or 0 for tp in ends}
-                if all(committed[tp] >= end for tp, end in ends.items()):
-                    break
-                await asyncio.sleep(0.1)
-        finally:
-            await probe.stop()
+        await until_committed(servers.bootstrap, settings.group_id, ends)
         return Row(
             "segment-worker (end to end)",
             sum(ends.values()),
@@ -298,6 +287,20 @@ async def _worker(
     finally:
         worker.stop()
         await task
+
+
+async def until_committed(bootstrap: str, group: str, ends: dict[TopicPartition, int]) -> None:
+    """Wait until ``group`` has committed every partition up to its end offset in ``ends``."""
+    probe = kafka.consumer(bootstrap, group_id=group, enable_auto_commit=False)
+    await probe.start()
+    try:
+        while True:
+            committed = {tp: (await probe.committed(tp)) or 0 for tp in ends}
+            if all(committed[tp] >= end for tp, end in ends.items()):
+                return
+            await asyncio.sleep(0.1)
+    finally:
+        await probe.stop()
 
 
 async def _processes(
