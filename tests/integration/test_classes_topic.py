@@ -2,6 +2,7 @@
 the beginning and keeping the newest value per customer gives replay's classes (and when
 each was entered) for every customer, and nothing of an erased one."""
 
+import asyncio
 from collections import Counter, defaultdict
 
 import orjson
@@ -35,6 +36,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(720)]
 # Per topic, for this test only: a segment rolls on the first append 100 ms after it opened
 # (the cleaner never touches the open segment), and a partition is cleaned as soon as 1% of
 # it is superseded. The broker's cleaner looks for work every 15 s when idle (its default).
+# A roll compares the appended batch's timestamp with the segment's first: each round of
+# erasures starts ROLL_S after the records before it, so that it closes their segment.
+ROLL_S = 0.5
 FAST_COMPACTION = {
     "cleanup.policy": "compact",
     "segment.ms": "100",
@@ -129,6 +133,7 @@ async def test_the_compacted_topic_rebuilds_replays_classes_for_every_customer(
         clock.now = later
         await wait_until(lambda: published(settings, want), 60, "the timers' records")
         for victims in rounds:
+            await asyncio.sleep(ROLL_S)
             await send_erasures(settings, victims)
             for cid in victims:
                 del want[cid]
