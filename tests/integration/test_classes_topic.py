@@ -34,15 +34,18 @@ from worker.tools.embedded import Broker
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(720)]
 
 # Per topic, for this test only: a segment rolls on the first append 100 ms after it opened
-# (the cleaner never touches the open segment), and a partition is cleaned as soon as 1% of
-# it is superseded. The broker's cleaner looks for work every 15 s when idle (its default).
-# A roll compares the appended batch's timestamp with the segment's first: each round of
-# erasures starts ROLL_S after the records before it, so that it closes their segment.
+# (the cleaner never touches the open segment), and a partition is cleaned whenever any of it
+# is dirty. With a 1% ratio, a cleaner pass between the two rounds of erasures left the
+# partitions uncleaned for good: the segment the second round closes holds one tombstone,
+# under 1% of the cleaned log (reproduced by sleeping 20 s between rounds). The broker's
+# cleaner looks for work every 15 s when idle (its default). A roll compares the appended
+# batch's timestamp with the segment's first: each round of erasures starts ROLL_S after the
+# records before it, so that it closes their segment.
 ROLL_S = 0.5
 FAST_COMPACTION = {
     "cleanup.policy": "compact",
     "segment.ms": "100",
-    "min.cleanable.dirty.ratio": "0.01",
+    "min.cleanable.dirty.ratio": "0",
 }
 
 
