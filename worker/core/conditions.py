@@ -109,7 +109,8 @@ def compile_condition(
         raise ConditionError(f"nested more than {MAX_DEPTH} levels deep")
     translator = _Translator(features, textual, held or {})
     source = translator.expr(tree.body)
-    return Compiled(f"bool({source})", tuple(translator.thresholds), frozenset(translator.names))
+    # Only ever an `if` test, which takes the truth value itself: no bool() call per test.
+    return Compiled(f"({source})", tuple(translator.thresholds), frozenset(translator.names))
 
 
 class _Translator:
@@ -320,7 +321,6 @@ def _ordered(op: Callable[[Any, Any], bool]) -> Callable[[Any, Any], bool]:
 
 HELPERS: Final[dict[str, object]] = {
     "__builtins__": {},
-    "bool": bool,
     "_lt": _ordered(operator.lt),
     "_le": _ordered(operator.le),
     "_gt": _ordered(operator.gt),

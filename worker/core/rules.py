@@ -625,10 +625,12 @@ def _compile(
     over ``(facts, day)`` with the features in locals, and one threshold function."""
     thresholds: list[tuple[str, str]] = []
     held = source.expressions()
+    read: set[str] = set()
 
     def over_mapping(text: str) -> str:
         compiled: Compiled = compile_condition(text, kinds, TEXTUAL)
         thresholds.extend(compiled.thresholds)
+        read.update(compiled.names)
         return compiled.source
 
     def over_locals(text: str) -> str:
@@ -637,7 +639,12 @@ def _compile(
     body = ["def classify(f):", "    out = {}"]
     body += _chains(dimensions, over_mapping, [f"out[{dim.name!r}]" for dim in dimensions])
     body.append("    return out")
+    # The lifetime features the conditions read, each into a local once: most chains test
+    # orders_total, and a local costs less than a lookup in the mapping.
+    lifetime = sorted(n for n in read if kinds.get(n) is FeatureKind.INVARIANT)
+    held.update({name: f"_i_{name}" for name in lifetime})
     body += ["def classes_at(facts, day):", "    f = facts.invariant", *source.lines]
+    body += [f"    _i_{name} = f[{name!r}]" for name in lifetime]
     body += _chains(dimensions, over_locals, [f"_c{i}" for i in range(len(dimensions))])
     pairs = [f"{dim.name!r}: _c{i}" for i, dim in enumerate(dimensions)]
     body.append("    return {" + ", ".join(pairs) + "}")
