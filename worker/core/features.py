@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -144,41 +144,61 @@ def day_source(
     scores: tuple[Score, ...],
     model: Callable[[Facts, int], Features] | None = None,
     model_names: tuple[str, ...] = (),
+    wanted: Collection[str] | None = None,
 ) -> DaySource:
     """One rules file's day-dependent features as source, generated once at load: feature
     names, windows and cuts become constants, so that the hot path (one evaluation per
     classified event, one per candidate day of the due-day search) runs with no loops,
-    formatting or calls per feature. ``model_names``: the features ``model`` returns."""
+    formatting or calls per feature. ``model_names``: the features ``model`` returns.
+    ``wanted``: only these features (and what their scores read), None for all: the
+    classifier computes what its conditions read, a snapshot everything."""
+    if wanted is not None:
+        score_of = {f"{s.name}_score": s.feature for s in scores}
+        wanted = {*wanted, *(score_of[n] for n in wanted if n in score_of)}
+
+    def want(name: str) -> bool:
+        return wanted is None or name in wanted
+
     held: list[str] = []
-    body = ["    a = facts.anchors"]
-    for name in DAYS_SINCE:
+    body = ["    a = facts.anchors"] if any(want(n) for n in DAYS_SINCE) else []
+    for name in filter(want, DAYS_SINCE):
         held.append(name)
         body.append(f"    x = a[{name!r}]")
         body.append(f"    _x_{name} = None if x is None else day - x")
-    body += [
-        "    index = facts.index",
-        "    days, counts, amounts = index.days, index.day_counts, index.day_amounts",
-        "    day_hi = _br(days, day)",
-        "    keys = facts.key_days",
-        "    key_hi = _br(keys, day)",
-    ]
-    for n in windows:  # by day, not by instant: an order's day is its local date
-        held += [f"orders_{n}d", f"spend_{n}d", f"key_actions_{n}d"]
-        body.append(f"    window = days[_bl(days, day - {n - 1}, 0, day_hi) : day_hi]")
-        body.append(f"    _x_orders_{n}d = sum([counts[d] for d in window])")
-        body.append(f"    _x_spend_{n}d = sum([amounts[d] for d in window]) / 100")
-        body.append(f"    _x_key_actions_{n}d = key_hi - _bl(keys, day - {n - 1}, 0, key_hi)")
+    by_window = [(n, f"orders_{n}d", f"spend_{n}d", f"key_actions_{n}d") for n in windows]
+    if any(want(o) or want(s) for _, o, s, _k in by_window):
+        body.append("    index = facts.index")
+        body.append("    days, counts, amounts = index.days, index.day_counts, index.day_amounts")
+        body.append("    day_hi = _br(days, day)")
+    if any(want(k) for *_, k in by_window):
+        body.append("    keys = facts.key_days")
+        body.append("    key_hi = _br(keys, day)")
+    for n, orders, spend, keys in by_window:  # by day, not by instant: an order's day is its date
+        if want(orders) or want(spend):
+            body.append(f"    window = days[_bl(days, day - {n - 1}, 0, day_hi) : day_hi]")
+        if want(orders):
+            held.append(orders)
+            body.append(f"    _x_{orders} = sum([counts[d] for d in window])")
+        if want(spend):
+            held.append(spend)
+            body.append(f"    _x_{spend} = sum([amounts[d] for d in window]) / 100")
+        if want(keys):
+            held.append(keys)
+            body.append(f"    _x_{keys} = key_hi - _bl(keys, day - {n - 1}, 0, key_hi)")
     namespace: dict[str, object] = {
         "_bl": bisect_left,
         "_br": bisect_right,
         "_NUMBER": _NUMBER,
         "sum": sum,  # the rules' classifier runs with no builtins
     }
-    if model is not None:  # the predictive features of a fitted [model]
+    model_held = tuple(filter(want, model_names)) if model is not None else ()
+    if model_held:  # the predictive features of a fitted [model]
         namespace["_model"] = model
         body.append("    _m = _model(facts, day)")
     scored = []
     for i, score in enumerate(scores):
+        if not want(f"{score.name}_score"):
+            continue
         namespace[f"_cuts{i}"] = score.cuts
         if score.higher_is_better:
             value = f"1 + _br(_cuts{i}, v)"
@@ -188,7 +208,6 @@ def day_source(
         scored.append(f"{score.name}_score")
         body.append(f"    v = {feature}")
         body.append(f"    _x_{scored[-1]} = {value} if v.__class__ in _NUMBER else None")
-    model_held = model_names if model is not None else ()
     return DaySource(tuple(body), tuple(held), model_held, tuple(scored), namespace)
 
 

@@ -319,9 +319,15 @@ def _build(doc: dict[str, Any], source: str, problems: _Problems) -> Rules | Non
         consent = _consent(_table(doc, "consent", ""), seen)
     if problems.found:
         return None
-    reader, model_names = _model_reader(model, dimensions, kinds)
-    by_day = day_source(tuple(windows), tuple(scores), reader, model_names)
-    classify, classes_at, thresholds, fixed = _compile(dimensions, kinds, by_day)
+    read = _read_by(dimensions, kinds)
+    reader, model_names = _model_reader(model, read, kinds)
+    by_day = day_source(tuple(windows), tuple(scores), reader, model_names)  # snapshots: all
+    classify, classes_at, thresholds, fixed = _compile(
+        dimensions,
+        kinds,
+        day_source(tuple(windows), tuple(scores), reader, model_names, wanted=read),
+        read,
+    )
     return Rules(
         version=_version(doc),
         source=source,
@@ -329,7 +335,7 @@ def _build(doc: dict[str, Any], source: str, problems: _Problems) -> Rules | Non
         windows=tuple(windows),
         calendar=calendar,
         activity=activity,
-        counts_key_actions=_reads_key_counts(dimensions, scores, kinds),
+        counts_key_actions=_reads_key_counts(read, scores),
         base_currency=base,
         rates=rates,
         scores=tuple(scores),
@@ -395,23 +401,26 @@ def _model(spec: Any) -> Model:
     )
 
 
+def _read_by(dimensions: list[Dimension], kinds: Mapping[str, FeatureKind]) -> set[str]:
+    """The features (and traits) the conditions read."""
+    return {
+        name
+        for dim in dimensions
+        for text in (dim.applies, *(c.when for c in dim.classes))
+        if text is not None
+        for name in compile_condition(text, kinds, TEXTUAL).names
+    }
+
+
 def _model_reader(
-    model: Model | None, dimensions: list[Dimension], kinds: Mapping[str, FeatureKind]
+    model: Model | None, read: set[str], kinds: Mapping[str, FeatureKind]
 ) -> tuple[Callable[[Facts, int], Features] | None, tuple[str, ...]]:
     """The model features the conditions read (each costs up to a 2F1 evaluation per day
     classified; snapshots compute all of them, and only on a change): their reader (None if
     none) and names."""
     if model is None:
         return None, ()
-    used = {
-        name
-        for dim in dimensions
-        for text in (dim.applies, *(c.when for c in dim.classes))
-        if text is not None
-        for name in compile_condition(text, kinds, TEXTUAL).names
-        if kinds.get(name) is FeatureKind.MODEL
-    }
-    names = tuple(n for n in model.feature_names if n in used)
+    names = tuple(n for n in model.feature_names if n in read)
     return ((lambda facts, day: model.values(facts, day, names)) if names else None), names
 
 
@@ -478,15 +487,10 @@ def _consent(table: dict[str, Any], dimensions: set[str]) -> Consent:
     return Consent(trait, frozenset(suppress))
 
 
-def _reads_key_counts(
-    dimensions: list[Dimension], scores: list[Score], kinds: Mapping[str, FeatureKind]
-) -> bool:
+def _reads_key_counts(read: set[str], scores: list[Score]) -> bool:
     """Without key_actions_<N>d only the latest key action's day is read, so the engine can
     skip re-classifying on a key action dated like the latest."""
-    texts = [t for d in dimensions for t in (d.applies, *(c.when for c in d.classes)) if t]
-    names = {s.feature for s in scores}
-    for text in texts:
-        names |= compile_condition(text, kinds, TEXTUAL).names
+    names = read | {s.feature for s in scores}
     return any(name.startswith("key_actions_") for name in names)
 
 
@@ -614,7 +618,10 @@ def _segment(
 
 
 def _compile(
-    dimensions: list[Dimension], kinds: Mapping[str, FeatureKind], source: DaySource
+    dimensions: list[Dimension],
+    kinds: Mapping[str, FeatureKind],
+    source: DaySource,
+    read: set[str],
 ) -> tuple[
     Callable[[Features], Classes],
     Callable[[Facts, int], Classes],
@@ -622,15 +629,14 @@ def _compile(
     list[tuple[str, object]] | None,
 ]:
     """Generate, from validated conditions, the classifier over a feature mapping, the same
-    over ``(facts, day)`` with the features in locals, and one threshold function."""
+    over ``(facts, day)`` with the features in locals (``source``: those the conditions
+    ``read``), and one threshold function."""
     thresholds: list[tuple[str, str]] = []
     held = source.expressions()
-    read: set[str] = set()
 
     def over_mapping(text: str) -> str:
         compiled: Compiled = compile_condition(text, kinds, TEXTUAL)
         thresholds.extend(compiled.thresholds)
-        read.update(compiled.names)
         return compiled.source
 
     def over_locals(text: str) -> str:
