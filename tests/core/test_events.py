@@ -4,11 +4,11 @@ from decimal import ROUND_HALF_EVEN, Decimal
 
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from worker.core.events import Order, ParseLimits, Reason, Rejection, Visit, parse_event
-from worker.core.timeutil import format_ms, parse_rfc3339
+from worker.core.timeutil import _parse_general, format_ms, parse_rfc3339
 
 NOW = parse_rfc3339("2026-06-01T00:00:00Z")
 LIMITS = ParseLimits()
@@ -156,6 +156,36 @@ def test_rfc3339_common_shape_agrees_with_datetime(fields: tuple[int, ...]) -> N
         return
     epoch = datetime(1970, 1, 1, tzinfo=UTC)
     assert parse_rfc3339(text) == (expected - epoch) // timedelta(milliseconds=1)
+
+
+def _swapped(fields: tuple[int, ...], swap: tuple[int, str] | None) -> str:
+    text = "{:04d}-{:02d}-{:02d}T{:02d}:{:02d}:{:02d}.{:03d}Z".format(*fields)
+    return text if swap is None else text[: swap[0]] + swap[1] + text[swap[0] + 1 :]
+
+
+# The common shape from fields in and out of range, sometimes with one character swapped for
+# another separator, a letter or a digit of another script.
+_NEAR_COMMON = st.builds(
+    _swapped,
+    _FIELDS,
+    st.none() | st.tuples(st.integers(0, 23), st.sampled_from("0123456789:-.TtZz x\u0663")),
+)
+
+
+@settings(max_examples=1000)  # about 1% of draws reach each edge
+@given(_NEAR_COMMON)
+def test_rfc3339_common_shape_path_reads_as_the_general_parse(text: str) -> None:
+    """The position-by-position path accepts exactly what the general parse accepts, with the
+    same instant, and leaves every refusal (and its message) to it."""
+    try:
+        expected: int | str = _parse_general(text)
+    except ValueError as exc:
+        expected = str(exc)
+    try:
+        got: int | str = parse_rfc3339(text)
+    except ValueError as exc:
+        got = str(exc)
+    assert got == expected
 
 
 _AMOUNTS = (
