@@ -297,3 +297,25 @@ def test_a_second_key_action_on_a_day_counts_where_the_rules_count_them() -> Non
     assert state.key_actions == [first.occurred_ms, second.occurred_ms]
     _, changes = run([first, second], engaged, at("2026-04-20T00:00:00Z"))
     assert moves(changes, "engaged")[-1] == ("2026-04-15T00:00:00.000Z", None)  # 90 days on
+
+
+def test_a_timer_enters_and_leaves_a_list_of_days() -> None:
+    """`days_since_last_order in (7, 8)` flips on day 7 and day 9 with no event; its list's
+    days were once left out of the due-day search, so no timer ever fired for it."""
+    rules = parse_rules(
+        default_rules_text()
+        + b'\n[[segments]]\nname = "week_after"\nwhen = "days_since_last_order in (7, 8)"\n',
+        "x",
+    )
+    state = CustomerState("c1")
+    process_event(state, Order("e1", "c1", T0, 5000, "USD", "paid", "A", None), rules, T0, T0)
+    moves = []
+    while state.due_day is not None and state.due_day <= day_of(T0) + 10:
+        due = state.due_day
+        changes = fire_timer(state, rules, due, due * DAY_MS)
+        moves += [
+            (due - day_of(T0), c.from_class, c.to_class)
+            for c in changes
+            if c.dimension == "week_after"
+        ]
+    assert moves == [(7, None, "in"), (9, "in", None)]

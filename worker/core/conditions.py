@@ -42,6 +42,16 @@ class FeatureKind(Enum):
     MODEL = "model"  # a fitted model's prediction: falls (weakly) as days pass with no order
 
 
+# Where a comparison of a days-since feature d (a whole number, one more each day) with a
+# limit L can flip: the first day d exceeds L (<=, >), the first day it reaches L (<, >=), or
+# both (==, !=, in, not in; L a list there). Recorded with each threshold, so that the
+# due-day search looks only at days on which a class can change.
+ABOVE: Final = "above"
+REACHES: Final = "reaches"
+EQUALS: Final = "equals"
+Threshold = tuple[str, object, str]  # (timed feature, limit, where it flips)
+
+
 class ConditionError(SegmentWorkerError, ValueError):
     """Raised when a condition is not valid in the condition language."""
 
@@ -58,8 +68,9 @@ class Compiled:
     """A condition translated to Python source over the feature mapping ``f``."""
 
     source: str
-    # (days-since feature, source of the time-invariant expression it is compared with)
-    thresholds: tuple[tuple[str, str], ...]
+    # (timed feature, source of the time-invariant expression it is compared with, where
+    # the comparison flips)
+    thresholds: tuple[tuple[str, str, str], ...]
     names: frozenset[str]
 
 
@@ -74,6 +85,17 @@ _INLINE: Final[dict[type[ast.cmpop], str]] = {
     ast.LtE: "<=",
     ast.Gt: ">",
     ast.GtE: ">=",
+}
+# Where each comparison flips (see ABOVE), with the feature on its left, and on its right.
+_FLIPS: Final[dict[type[ast.cmpop], tuple[str, str]]] = {
+    ast.Lt: (REACHES, ABOVE),
+    ast.LtE: (ABOVE, REACHES),
+    ast.Gt: (ABOVE, REACHES),
+    ast.GtE: (REACHES, ABOVE),
+    ast.Eq: (EQUALS, EQUALS),
+    ast.NotEq: (EQUALS, EQUALS),
+    ast.In: (EQUALS, EQUALS),
+    ast.NotIn: (EQUALS, EQUALS),
 }
 # Comparisons that cannot raise, written as Python writes them: no helper call.
 _PLAIN: Final[dict[type[ast.cmpop], str]] = {
@@ -121,7 +143,7 @@ class _Translator:
         self.textual = textual
         self.held = held
         self.temps = 0
-        self.thresholds: list[tuple[str, str]] = []
+        self.thresholds: list[tuple[str, str, str]] = []
         self.names: set[str] = set()
 
     def expr(self, node: ast.expr, *, compared: bool = False) -> str:
@@ -222,7 +244,8 @@ class _Translator:
             inline = _INLINE.get(type(op))
             if inline is not None:
                 self._check_ordering(left, right)
-            a, b = self.operand(left, right), self.operand(right, left)
+            on_left, on_right = _FLIPS[type(op)]
+            a, b = self.operand(left, right, on_left), self.operand(right, left, on_right)
             if isinstance(op, ast.Eq | ast.NotEq):
                 parts.append(f"({a} {plain} {b})")  # plain equality: a missing value is None
             elif plain is not None:  # in, not in: a missing value is in no list
@@ -252,7 +275,7 @@ class _Translator:
             ):
                 raise ConditionError(f"{other.id!r} is a number; compare it with a number")
 
-    def operand(self, node: ast.expr, other: ast.expr) -> str:
+    def operand(self, node: ast.expr, other: ast.expr, flips: str) -> str:
         if isinstance(node, ast.Name) and self.features.get(node.id) in _TIMED:
             moving = self._time_dependent(other)
             if moving:
@@ -261,7 +284,7 @@ class _Translator:
                     f"time passes; {moving!r} does"
                 )
             source = self.name(node.id, compared=True)
-            self.thresholds.append((node.id, self.expr(other)))
+            self.thresholds.append((node.id, self.expr(other), flips))
             return source
         return self.expr(node)
 

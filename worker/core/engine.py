@@ -202,7 +202,7 @@ def next_change_day(
     if offsets is None:
         limits = rules.thresholds(at_day)
         offsets = day_offsets(limits + score_limits(rules.scores))
-        model_limits = tuple(limits)  # crossings() skips what is no model feature
+        model_limits = tuple((n, v) for n, v, _ in limits)  # crossings() skips the rest
     anchors = facts.anchors
     for name, deltas in offsets.items():
         anchor = anchors.get(name)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Final
 
-from worker.core.conditions import FeatureKind
+from worker.core.conditions import ABOVE, REACHES, FeatureKind, Threshold
 from worker.core.state import CustomerState, OrderIndex
 from worker.core.timeutil import Calendar
 
@@ -226,22 +226,35 @@ def compile_features(source: DaySource) -> Callable[[Facts, int], Features]:
     return features_at
 
 
-def day_offsets(limits: Iterable[tuple[str, object]]) -> dict[str, tuple[int, ...]]:
+def day_offsets(limits: Iterable[Threshold]) -> dict[str, tuple[int, ...]]:
     """Per days-since feature, the offsets from its anchor day at which a comparison with one
-    of ``limits`` can flip (both sides of each limit, so that any operator is covered)."""
+    of ``limits`` flips (see :data:`~worker.core.conditions.ABOVE`)."""
     out: dict[str, set[int]] = {}
-    for name, limit in limits:
-        if name not in DAYS_SINCE or not isinstance(limit, int | float) or isinstance(limit, bool):
+    for name, limit, flips in limits:
+        if name not in DAYS_SINCE:
             continue
-        if not math.isfinite(limit) or abs(limit) > 1_000_000:
-            continue
-        base = math.floor(limit)
-        out.setdefault(name, set()).update((base, base + 1))
+        for value in limit if isinstance(limit, tuple) else (limit,):  # `in`: each of its list
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                continue
+            if not math.isfinite(value) or abs(value) > 1_000_000:
+                continue
+            base = math.floor(value)
+            if flips == ABOVE:
+                offsets = [base + 1]
+            elif flips == REACHES:
+                offsets = [math.ceil(value)]
+            else:
+                offsets = [base, base + 1]
+            out.setdefault(name, set()).update(offsets)
     return {name: tuple(sorted(offsets)) for name, offsets in out.items()}
 
 
-def score_limits(scores: Iterable[Score]) -> list[tuple[str, object]]:
-    return [(s.feature, cut) for s in scores for cut in s.cuts]
+def score_limits(scores: Iterable[Score]) -> list[Threshold]:
+    """A score is 1 + the cuts its feature has reached (higher is better), or 1 + those it has
+    not exceeded (lower is better)."""
+    return [
+        (s.feature, cut, REACHES if s.higher_is_better else ABOVE) for s in scores for cut in s.cuts
+    ]
 
 
 def window_edges(facts: Facts, day: int, windows: tuple[int, ...], first: int) -> set[int]:

@@ -28,6 +28,7 @@ from worker.core.conditions import (
     Compiled,
     ConditionError,
     FeatureKind,
+    Threshold,
     compile_condition,
 )
 from worker.core.events import valid_trait_name
@@ -115,8 +116,8 @@ class Rules:
     # classify(features_at(facts, day)) in one generated function, features kept in locals:
     # what the engine runs per evaluation and per candidate day of the due-day search
     classes_at: Callable[[Facts, int], Classes]
-    # Per days-since feature: functions giving the values it is compared with.
-    thresholds: Callable[[Features], list[tuple[str, object]]]
+    # The timed features' comparisons: feature, the value it is compared with, where it flips.
+    thresholds: Callable[[Features], list[Threshold]]
     # When every such value is a constant (the usual case): the day offsets from each
     # feature's anchor at which a class can flip, score cuts included, precomputed.
     fixed_offsets: Mapping[str, tuple[int, ...]] | None
@@ -347,7 +348,7 @@ def _build(doc: dict[str, Any], source: str, problems: _Problems) -> Rules | Non
         fixed_offsets=None if fixed is None else day_offsets(fixed + score_limits(scores)),
         model=model,
         model_limits=tuple(
-            (name, limit) for name, limit in fixed or () if kinds.get(name) is FeatureKind.MODEL
+            (name, limit) for name, limit, _ in fixed or () if kinds.get(name) is FeatureKind.MODEL
         ),
         consent=consent,
     )
@@ -625,13 +626,13 @@ def _compile(
 ) -> tuple[
     Callable[[Features], Classes],
     Callable[[Facts, int], Classes],
-    Callable[[Features], list[tuple[str, object]]],
-    list[tuple[str, object]] | None,
+    Callable[[Features], list[Threshold]],
+    list[Threshold] | None,
 ]:
     """Generate, from validated conditions, the classifier over a feature mapping, the same
     over ``(facts, day)`` with the features in locals (``source``: those the conditions
     ``read``), and one threshold function."""
-    thresholds: list[tuple[str, str]] = []
+    thresholds: list[tuple[str, str, str]] = []
     held = source.expressions()
 
     def over_mapping(text: str) -> str:
@@ -656,13 +657,13 @@ def _compile(
     body.append("    return {" + ", ".join(pairs) + "}")
     unique = sorted(set(thresholds))
     body.append("def thresholds(f):")
-    body.append("    return [" + ", ".join(f"({n!r}, {src})" for n, src in unique) + "]")
+    body.append("    return [" + ", ".join(f"({n!r}, {src}, {f!r})" for n, src, f in unique) + "]")
     namespace: dict[str, Any] = {**HELPERS, **source.namespace}
     # Safe: every condition went through the whitelist in conditions.py; names are repr()-quoted.
     exec(compile("\n".join(body), "<rules>", "exec"), namespace)
     try:
-        fixed: list[tuple[str, object]] | None = [
-            (name, ast.literal_eval(src)) for name, src in unique
+        fixed: list[Threshold] | None = [
+            (name, ast.literal_eval(src), flips) for name, src, flips in unique
         ]
     except ValueError:  # some threshold depends on the customer
         fixed = None
