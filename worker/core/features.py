@@ -80,11 +80,11 @@ class Facts:
 def facts_of(state: CustomerState, counting: int, calendar: Calendar) -> Facts:
     index = state.index(counting, calendar)
     counted = index.counted
-    day_of = calendar.day_of
+    days = index.days  # the counted orders' days, each once
     n = len(counted)
-    first_day = day_of(counted[0][0]) if n else None
-    last_day = day_of(counted[-1][0]) if n else None
-    visit_day = None if state.last_visit_ms is None else day_of(state.last_visit_ms)
+    first_day = days[0] if n else None
+    last_day = days[-1] if n else None
+    visit_day = None if state.last_visit_ms is None else calendar.day_of(state.last_visit_ms)
     key_days = calendar.days_of(state.key_actions)
     activity = max((d for d in (last_day, visit_day) if d is not None), default=None)
     span = None if first_day is None or last_day is None else last_day - first_day
@@ -93,7 +93,7 @@ def facts_of(state: CustomerState, counting: int, calendar: Calendar) -> Facts:
         "monetary_total": index.total / 100,
         "has_order": n > 0,
         "has_visit": state.last_visit_ms is not None,
-        "last_order_gap_days": last_day - day_of(counted[-2][0])
+        "last_order_gap_days": (0 if index.day_counts[last_day] > 1 else last_day - days[-2])
         if n >= 2 and last_day is not None
         else None,
         "avg_interval_days": span / (n - 1) if n >= 2 and span is not None else None,

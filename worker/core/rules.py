@@ -121,21 +121,16 @@ class Rules:
     # When every such value is a constant (the usual case): the day offsets from each
     # feature's anchor at which a class can flip, score cuts included, precomputed.
     fixed_offsets: Mapping[str, tuple[int, ...]] | None
+    # Read per evaluation, so fields set at load rather than properties.
+    dimension_names: tuple[str, ...]
+    # Whether the due-day search reads the day's features as a mapping (thresholds that
+    # depend on the customer, or timed model crossings); the engine then classifies from
+    # that mapping too, so that a model is evaluated once, not twice.
+    search_reads_features: bool
     model: Model | None = None
     # With fixed_offsets: the (model feature, constant) comparisons, whose flips are timed.
     model_limits: tuple[tuple[str, object], ...] = ()
     consent: Consent = Consent()
-
-    @property
-    def dimension_names(self) -> tuple[str, ...]:
-        return tuple(d.name for d in self.dimensions)
-
-    @property
-    def search_reads_features(self) -> bool:
-        """Whether the due-day search reads the day's features as a mapping (thresholds that
-        depend on the customer, or timed model crossings); the engine then classifies from
-        that mapping too, so that a model is evaluated once, not twice."""
-        return self.fixed_offsets is None or (self.model is not None and bool(self.model_limits))
 
 
 def default_rules_text() -> bytes:
@@ -329,6 +324,9 @@ def _build(doc: dict[str, Any], source: str, problems: _Problems) -> Rules | Non
         day_source(tuple(windows), tuple(scores), reader, model_names, wanted=read),
         read,
     )
+    model_limits = tuple(
+        (name, limit) for name, limit, _ in fixed or () if kinds.get(name) is FeatureKind.MODEL
+    )
     return Rules(
         version=_version(doc),
         source=source,
@@ -346,10 +344,10 @@ def _build(doc: dict[str, Any], source: str, problems: _Problems) -> Rules | Non
         classes_at=classes_at,
         thresholds=thresholds,
         fixed_offsets=None if fixed is None else day_offsets(fixed + score_limits(scores)),
+        dimension_names=tuple(d.name for d in dimensions),
+        search_reads_features=fixed is None or (model is not None and bool(model_limits)),
         model=model,
-        model_limits=tuple(
-            (name, limit) for name, limit, _ in fixed or () if kinds.get(name) is FeatureKind.MODEL
-        ),
+        model_limits=model_limits,
         consent=consent,
     )
 
