@@ -173,16 +173,16 @@ def test_an_uncounted_status_changes_neither_classes_nor_due_day() -> None:
 
 
 @settings(max_examples=200)
-@given(histories, days, st.integers(1, 4))
+@given(histories, days, st.integers(1, 4), st.booleans(), st.booleans())
 def test_window_edges_holds_the_earliest_edges_of_every_window(
-    events: list, day: int, first: int
+    events: list, day: int, first: int, orders: bool, keys: bool
 ) -> None:
     windows = (7, 30, 90)
     facts = facts_of(state_of(events), RULES.counting, RULES.calendar)
-    dated = set(facts.index.days) | set(facts.key_days)  # orders and key actions
+    dated = (set(facts.index.days) if orders else set()) | (set(facts.key_days) if keys else set())
     every = {d for d in dated if d > day}
     every |= {d + n for d in dated for n in windows if d + n > day}
-    edges = window_edges(facts, day, windows, first)
+    edges = window_edges(facts, day, windows, first, orders=orders, keys=keys)
     assert edges <= every
     assert sorted(every)[:first] == sorted(edges)[:first]
 

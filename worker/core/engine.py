@@ -193,7 +193,14 @@ def next_change_day(
     features at ``day`` (None: computed here if needed).
     """
     first = exact_checks + 1  # every source is sorted: its first few are all we can need
-    candidates = window_edges(facts, day, rules.windows, first)
+    candidates = window_edges(
+        facts,
+        day,
+        rules.windows,
+        first,
+        orders=rules.counts_order_windows,
+        keys=rules.counts_key_actions,
+    )
     offsets = rules.fixed_offsets
     model_limits = rules.model_limits
     at_day: Features = {}  # what thresholds and model crossings read, if any are used

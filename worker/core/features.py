@@ -257,21 +257,27 @@ def score_limits(scores: Iterable[Score]) -> list[Threshold]:
     ]
 
 
-def window_edges(facts: Facts, day: int, windows: tuple[int, ...], first: int) -> set[int]:
-    """Days after ``day`` on which some order or key action enters or leaves a rolling
-    window; of each window's edges only the ``first`` earliest, which is all that a search for
-    the ``first`` earliest candidates overall needs."""
+def window_edges(
+    facts: Facts, day: int, windows: tuple[int, ...], first: int, *, orders: bool, keys: bool
+) -> set[int]:
+    """Days after ``day`` on which some order (if ``orders``: the rules read an order window)
+    or key action (if ``keys``) enters or leaves a rolling window; of each window's edges
+    only the ``first`` earliest, which is all that a search for the ``first`` earliest
+    candidates overall needs. Unread windows cannot move a class: their edges would only be
+    days classified for nothing."""
+    edges: set[int] = set()
     days = facts.index.days  # one entry a day
-    start = bisect_right(days, day)
-    edges = set(days[start : start + first])  # dated after ``day``: enter on their day
-    for n in windows:
-        start = bisect_right(days, day - n)  # leaves the n-day window on d + n
-        edges.update([d + n for d in days[start : start + first]])
-    keys = facts.key_days  # possibly several a day
-    if keys:
-        edges.update(_distinct_after(keys, day, first))
+    if orders and days:
+        start = bisect_right(days, day)
+        edges.update(days[start : start + first])  # dated after ``day``: enter on their day
         for n in windows:
-            edges.update([d + n for d in _distinct_after(keys, day - n, first)])
+            start = bisect_right(days, day - n)  # leaves the n-day window on d + n
+            edges.update([d + n for d in days[start : start + first]])
+    key_days = facts.key_days  # possibly several a day
+    if keys and key_days:
+        edges.update(_distinct_after(key_days, day, first))
+        for n in windows:
+            edges.update([d + n for d in _distinct_after(key_days, day - n, first)])
     return edges
 
 

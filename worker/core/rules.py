@@ -107,6 +107,7 @@ class Rules:
     calendar: Calendar  # the shop's dates: every day, window and due day is one of them
     activity: Activity  # which visits are key actions
     counts_key_actions: bool  # whether any condition or score reads a key_actions_<N>d
+    counts_order_windows: bool  # whether any condition or score reads orders_ or spend_<N>d
     base_currency: str
     rates: Mapping[str, Decimal]
     scores: tuple[Score, ...]
@@ -335,6 +336,7 @@ def _build(doc: dict[str, Any], source: str, problems: _Problems) -> Rules | Non
         calendar=calendar,
         activity=activity,
         counts_key_actions=_reads_key_counts(read, scores),
+        counts_order_windows=_reads_order_windows(read, scores, kinds),
         base_currency=base,
         rates=rates,
         scores=tuple(scores),
@@ -491,6 +493,18 @@ def _reads_key_counts(read: set[str], scores: list[Score]) -> bool:
     skip re-classifying on a key action dated like the latest."""
     names = read | {s.feature for s in scores}
     return any(name.startswith("key_actions_") for name in names)
+
+
+def _reads_order_windows(
+    read: set[str], scores: list[Score], kinds: Mapping[str, FeatureKind]
+) -> bool:
+    """Without orders_<N>d and spend_<N>d, an order entering or leaving a window moves no
+    class: the due-day search can leave those days out."""
+    names = read | {s.feature for s in scores}
+    return any(
+        kinds.get(name) is FeatureKind.WINDOW and not name.startswith("key_actions_")
+        for name in names
+    )
 
 
 def _list(doc: Mapping[str, Any], key: str) -> list[Any]:
