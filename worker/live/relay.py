@@ -125,7 +125,11 @@ class Relay:
             records = [OutRecord.decode(b) for b in stored]
             fresh = [r for r in records if change_id(r, self.topics.changes) not in in_kafka]
             relayed = await self._produce(claim.partition, fresh)
-            await self.storage.ack(claim, len(stored), relayed)
+            if not await self.storage.ack(claim, len(stored), relayed):
+                # Fenced: the trim did not happen, and reading on would relay the same records
+                # again and again (a chaos run spun here for minutes, stalling the rebalance
+                # the take runs in). The new owner drains the outbox.
+                return
         state = self.partitions.get(claim.partition)
         if state is not None:
             state.backlog = False

@@ -129,14 +129,17 @@ class Storage:
         except ServerChanged as exc:
             raise RedisReset(exc.current) from None
 
-    async def ack(self, claim: Claim, count: int, relayed: int | None = None) -> None:
-        """Trim relayed records from the outbox (a fenced trim leaves them to the new owner)."""
+    async def ack(self, claim: Claim, count: int, relayed: int | None = None) -> bool:
+        """Trim relayed records from the outbox; False if fenced (a fenced trim leaves them
+        to the new owner)."""
         try:
             await self.health.timed("ack", self.store.ack_outbox(claim, count, relayed))
         except Fenced:
             self.fenced(claim.partition)
+            return False
         except ServerChanged as exc:
             raise RedisReset(exc.current) from None
+        return True
 
     async def trim(self, partitions: Iterable[int] | None = None) -> None:
         """Trim what the relays had acknowledged and no commit trimmed yet (of
