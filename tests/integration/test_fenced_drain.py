@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import redis.asyncio as aioredis
 
 from tests.integration.live_support import read_all
 from worker import kafka
@@ -19,9 +20,8 @@ from worker.live.relay import Relay
 from worker.live.retry import Health
 from worker.live.storage import Storage
 from worker.metrics import Metrics
-from worker.redis.client import connect
 from worker.settings import Settings
-from worker.store import store_for
+from worker.store import Store
 
 pytestmark = pytest.mark.integration
 
@@ -31,8 +31,8 @@ RULES = load_rules(None)
 async def test_a_fenced_drain_stops_instead_of_relaying_the_outbox_again(
     settings: Settings,
 ) -> None:
-    client = connect(settings)
-    store = store_for(settings, client)
+    client = aioredis.from_url(settings.redis_url)
+    store = Store(client, settings.redis_prefix)
     await store.ensure_library()
     partitions, metrics = Partitions(), Metrics()
     health = Health(metrics)
@@ -64,11 +64,11 @@ async def test_a_fenced_drain_stops_instead_of_relaying_the_outbox_again(
             ),
         )
         await asyncio.wait_for(relay.drain(claim), 30)
+        assert len(await store.outbox(0, 10)) == 3  # left to the new owner's drain
     finally:
         await producer.stop()
         await consumer.stop()
         await client.aclose()
     assert partitions.running() == {}  # dropped, for the new owner
-    assert len(await store.outbox(0, 10)) == 3  # left to the new owner's drain
     relayed = await read_all(settings, settings.topic_classes)
     assert [r.value for r in relayed] == [b"r0", b"r1", b"r2"]  # once, not again and again
