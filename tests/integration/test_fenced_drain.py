@@ -12,11 +12,11 @@ import redis.asyncio as aioredis
 
 from tests.integration.live_support import read_all
 from worker import kafka
-from worker.core.batch import Outcome, Topics
+from worker.core.batch import Outcome
 from worker.core.codec import OutRecord
 from worker.core.rules import load_rules
 from worker.live.partitions import Partitions
-from worker.live.relay import Relay
+from worker.live.relay import Relay, topics_of
 from worker.live.retry import Health
 from worker.live.storage import Storage
 from worker.metrics import Metrics
@@ -54,14 +54,7 @@ async def test_a_fenced_drain_stops_instead_of_relaying_the_outbox_again(
             partitions=partitions,
             health=health,
             metrics=metrics,
-            topics=Topics(
-                settings.topic_orders,
-                settings.topic_visits,
-                settings.topic_changes,
-                settings.topic_dlq,
-                settings.topic_classes,
-                settings.topic_profiles,
-            ),
+            topics=topics_of(settings),
         )
         await asyncio.wait_for(relay.drain(claim), 30)
         assert len(await store.outbox(0, 10)) == 3  # left to the new owner's drain

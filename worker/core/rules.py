@@ -328,6 +328,7 @@ def _build(doc: dict[str, Any], source: str, problems: _Problems) -> Rules | Non
     model_limits = tuple(
         (name, limit) for name, limit, _ in fixed or () if kinds.get(name) is FeatureKind.MODEL
     )
+    order_windows, key_windows = _windows_read(read, scores, kinds)
     return Rules(
         version=_version(doc),
         source=source,
@@ -335,8 +336,8 @@ def _build(doc: dict[str, Any], source: str, problems: _Problems) -> Rules | Non
         windows=tuple(windows),
         calendar=calendar,
         activity=activity,
-        counts_key_actions=_reads_key_counts(read, scores),
-        counts_order_windows=_reads_order_windows(read, scores, kinds),
+        counts_key_actions=key_windows,
+        counts_order_windows=order_windows,
         base_currency=base,
         rates=rates,
         scores=tuple(scores),
@@ -488,23 +489,17 @@ def _consent(table: dict[str, Any], dimensions: set[str]) -> Consent:
     return Consent(trait, frozenset(suppress))
 
 
-def _reads_key_counts(read: set[str], scores: list[Score]) -> bool:
-    """Without key_actions_<N>d only the latest key action's day is read, so the engine can
-    skip re-classifying on a key action dated like the latest."""
-    names = read | {s.feature for s in scores}
-    return any(name.startswith("key_actions_") for name in names)
-
-
-def _reads_order_windows(
+def _windows_read(
     read: set[str], scores: list[Score], kinds: Mapping[str, FeatureKind]
-) -> bool:
-    """Without orders_<N>d and spend_<N>d, an order entering or leaving a window moves no
-    class: the due-day search can leave those days out."""
-    names = read | {s.feature for s in scores}
-    return any(
-        kinds.get(name) is FeatureKind.WINDOW and not name.startswith("key_actions_")
-        for name in names
-    )
+) -> tuple[bool, bool]:
+    """Whether the conditions or scores read an order window (orders_ or spend_<N>d) and a
+    key-action window (key_actions_<N>d). Without an order window, an order entering or
+    leaving one moves no class: the due-day search leaves those days out; without a
+    key-action window, only the latest key action's day is read, so the engine can also
+    skip re-classifying on a key action dated like the latest."""
+    windows = [n for n in read | {s.feature for s in scores} if kinds.get(n) is FeatureKind.WINDOW]
+    keys = [n for n in windows if n.startswith("key_actions_")]
+    return len(windows) > len(keys), bool(keys)
 
 
 def _list(doc: Mapping[str, Any], key: str) -> list[Any]:

@@ -25,7 +25,6 @@ from worker.clock import Clock
 from worker.core.batch import (
     InRecord,
     Outcome,
-    Topics,
     accept_erasures,
     apply_batch,
     customers_of,
@@ -40,7 +39,7 @@ from worker.core.timeutil import DAY_MS
 from worker.live.fetch import Batch, fetch
 from worker.live.ownership import Listener, Ownership
 from worker.live.partitions import Partitions
-from worker.live.relay import Relay, observe_emits
+from worker.live.relay import Relay, observe_emits, topics_of
 from worker.live.retry import Health, crash_point
 from worker.live.storage import RedisReset, Storage
 from worker.live.timers import Timers
@@ -71,14 +70,7 @@ class Pipeline:
     ) -> None:
         self._settings, self._consumer = settings, consumer
         self._metrics, self._clock = metrics, clock
-        self._topics = Topics(
-            settings.topic_orders,
-            settings.topic_visits,
-            settings.topic_changes,
-            settings.topic_dlq,
-            settings.topic_classes,
-            settings.topic_profiles,
-        )
+        self._topics = topics_of(settings)
         self._limits = ParseLimits(settings.max_event_bytes, settings.future_skew_ms)
         self._partitions = Partitions()
         self._health = Health(metrics)

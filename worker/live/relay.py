@@ -27,10 +27,23 @@ from worker.live.partitions import Partitions
 from worker.live.retry import Health
 from worker.live.storage import Storage
 from worker.metrics import Metrics
+from worker.settings import Settings
 from worker.store import Claim
 
 OFFSET_COMMIT_INTERVAL_S: Final = 1.0
 log = logging.getLogger("segment_worker")
+
+
+def topics_of(settings: Settings) -> Topics:
+    """The topics a deployment's worker reads and writes, as the core names them."""
+    return Topics(
+        settings.topic_orders,
+        settings.topic_visits,
+        settings.topic_changes,
+        settings.topic_dlq,
+        settings.topic_classes,
+        settings.topic_profiles,
+    )
 
 
 def observe_emits(
