@@ -504,7 +504,7 @@ def test_redis_acl_allows_the_worker_and_nothing_more(
             assert (await store.read_checked(3, ["a", "b"])).states == [b"state-a", None]
             assert (await store.read_checked(3, ["a"]))[1] == [b"state-a"]
             assert await store.get(3, "a") == b"state-a"
-            assert await store.due(3, 2000, 10) == ["a"]
+            assert list(await store.due(3, 2000, 10)) == ["a"]
             assert len(await store.due(3, 2000, 10_000)) == 1
             assert await store.outbox(3, 10) == [b"change-1", b"change-2"]
             await store.ack_outbox(claim, 1)

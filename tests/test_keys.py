@@ -86,6 +86,8 @@ def test_layout_spells_each_key_of_the_spec() -> None:
     layout = Layout("sw")
     spelled = {
         keys.META: layout.meta(3),
+        keys.AT: layout.at(3),
+        f"{keys.BUCKET}<instant>": layout.base(3) + keys.BUCKET + "<instant>",
         keys.DUE: layout.due(3),
         keys.OUTBOX: layout.outbox(3),
         f"{keys.CUSTOMER}<name>": layout.customer(3, "<name>"),

@@ -12,8 +12,13 @@ digits, never an id: the pseudonym with a pseudonym key, else SHA-256(id). docs/
 says what a pseudonym key hides and what it does not):
 
 - ``<base>meta`` (hash): the partition's bookkeeping, one field each below.
-- ``<base>due`` (zset): member ``<name>``, score the instant (epoch ms) at which one of the
-  customer's classes may change; the timer pops what is due.
+- ``<base>at`` (zset): the due index's instants (epoch ms) at which some customer's class may
+  change, each its own score; the timer reads what is due from the earliest.
+- ``<base>at:<instant>`` (hash): the bucket of an instant: a field ``<name>`` (value empty)
+  per customer due then. A name in a bucket costs ~42 bytes where a zset entry per customer
+  costs ~112 (docs/benchmarks.md).
+- ``<base>due`` (zset): the due index of releases before library version 9 (member
+  ``<name>``, score its instant); the timer's read moves it into the buckets, earliest first.
 - ``<base>outbox`` (list): output records (the core codec's frames) waiting for the relay,
   oldest first; trimmed once the broker has acknowledged them.
 - ``<base>c:<name>`` (string): the customer's state, the core codec's bytes (with a pseudonym
@@ -45,7 +50,9 @@ from dataclasses import dataclass
 from typing import Final
 
 META: Final = "meta"
-DUE: Final = "due"
+AT: Final = "at"
+BUCKET: Final = "at:"
+DUE: Final = "due"  # the due index before library version 9, moved into the buckets
 OUTBOX: Final = "outbox"
 CUSTOMER: Final = "c:"
 ERASED: Final = "x:"
@@ -60,6 +67,8 @@ RELAYED: Final = "relayed"
 # The layout as data, for checks: key (after <base>) -> Redis type; the meta hash's fields.
 KEY_TYPES: Final = {
     META: "hash",
+    AT: "zset",
+    f"{BUCKET}<instant>": "hash",
     DUE: "zset",
     OUTBOX: "list",
     f"{CUSTOMER}<name>": "string",
@@ -93,7 +102,15 @@ class Layout:
     def meta(self, partition: int) -> str:
         return self.base(partition) + META
 
+    def at(self, partition: int) -> str:
+        return self.base(partition) + AT
+
+    def bucket(self, partition: int, instant: int) -> str:
+        """The due bucket of customers whose class may change at ``instant`` (epoch ms)."""
+        return f"{self.base(partition)}{BUCKET}{instant}"
+
     def due(self, partition: int) -> str:
+        """The due index of releases before library version 9 (a zset of names)."""
         return self.base(partition) + DUE
 
     def outbox(self, partition: int) -> str:

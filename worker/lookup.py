@@ -52,7 +52,7 @@ async def print_customers(
 
 
 async def forget(store: Store, customer_ids: Sequence[str], partitions: int) -> int:
-    """Delete damaged states (and their due entries); 1 if any customer was left as it was,
+    """Delete damaged states (their due entries go when due); 1 if any customer was left as it was,
     with the reason on stderr."""
     status = 0
     for customer_id in customer_ids:

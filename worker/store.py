@@ -340,14 +340,11 @@ class Store:
         return cast(bytes | None, value)
 
     async def forget(self, partition: int, customer_id: str, stored: bytes) -> bool:
-        """Delete the customer's state and due entry, if the value is still ``stored``; False
-        if it changed meanwhile. For a damaged state that stops its partition: no epoch (its
-        owner is stopped on it) and no population change (its classes cannot be read)."""
-        names = [
-            self.keys.meta(partition),
-            self.keys.due(partition),
-            self.customer_key(partition, customer_id),
-        ]
+        """Delete the customer's state, if the value is still ``stored``; False if it changed
+        meanwhile. For a damaged state that stops its partition: no epoch (its owner is
+        stopped on it) and no population change (its classes cannot be read). Its due entry
+        goes when its instant comes (the timer's read drops names with no state)."""
+        names = [self.keys.meta(partition), self.customer_key(partition, customer_id)]
         args: list[str | bytes | int] = [stored, self.name(customer_id)]
         return bool(await self._fcall("segment_worker_forget", names, args))
 
@@ -371,20 +368,23 @@ class Store:
         *,
         states: Mapping[str, bytes | None],
         due: Mapping[str, int | None],
+        indexed: Mapping[str, int] | None = None,
         outbox: Sequence[bytes],
         offsets: Mapping[str, int],
         populations: Mapping[tuple[str, str], int] | None = None,
         acked: int = 0,
         relayed: int | None = None,
     ) -> None:
-        """One atomic call (one round trip): states (None deletes), due index (None removes),
-        outbox records appended in order, input offsets (``off:<topic>`` = max(stored, given):
-        never backwards) and class population deltas; first, as :meth:`ack_outbox` would, the
-        trim of the ``acked`` records at the outbox's head and the ``relayed`` mark (the ack of
-        the previous batch's relay, folded into this call: one round trip less per batch).
-        Raises :class:`Fenced`, having written nothing, if another worker claimed the
-        partition since ``claim``, and :class:`ServerChanged` if the claim was made on another
-        server process."""
+        """One atomic call (one round trip): states (None deletes); the due index (each
+        customer put under its ``due`` instant, None for none, and taken from under the one
+        ``indexed`` says it is indexed under now, if any); outbox records appended in order;
+        input offsets (``off:<topic>`` = max(stored, given): never backwards) and class
+        population deltas; first, as :meth:`ack_outbox` would, the trim of the ``acked``
+        records at the outbox's head and the ``relayed`` mark (the ack of the previous
+        batch's relay, folded into this call: one round trip less per batch). Raises
+        :class:`Fenced`, having written nothing, if another worker claimed the partition since
+        ``claim``, and :class:`ServerChanged` if the claim was made on another server
+        process."""
         if acked < 0:
             raise ValueError(f"acked must be >= 0, got {acked}")
         p = claim.partition
@@ -397,13 +397,10 @@ class Store:
             else:
                 set_keys.append(self.customer_key(p, customer_id))
                 blobs.append(self._wrap(customer_id, blob))
-        zadd: list[str | int] = []
-        zrem: list[str] = []
+        was = indexed or {}
+        moves: list[str | int] = []
         for customer_id, at in due.items():
-            if at is None:
-                zrem.append(self.name(customer_id))
-            else:
-                zadd += (at, self.name(customer_id))
+            moves += (self.name(customer_id), was.get(customer_id, ""), "" if at is None else at)
         pops: list[str | int] = []
         for (dimension, class_name), delta in (populations or {}).items():
             field = population_name(dimension, class_name)
@@ -412,11 +409,11 @@ class Store:
         flat_offsets: list[str | int] = []
         for topic, offset in offsets.items():
             flat_offsets += (topic, offset)
-        names = [self.keys.meta(p), self.keys.due(p), self.keys.outbox(p), *set_keys, *del_keys]
-        counts = [len(set_keys), len(del_keys), len(zadd) // 2, len(zrem)]
+        names = [self.keys.meta(p), self.keys.at(p), self.keys.outbox(p), *set_keys, *del_keys]
+        counts = [len(set_keys), len(del_keys), len(moves) // 3]
         counts += [len(outbox), len(offsets), len(pops) // 2]
         args: list[str | bytes | int] = [claim.epoch, claim.server, *counts]
-        args += [*blobs, *zadd, *zrem, *outbox]
+        args += [*blobs, *moves, *outbox]
         args += flat_offsets
         args += pops
         if acked == 0 and relayed is None:
@@ -444,39 +441,47 @@ class Store:
         value = await self.client.hget(self.keys.meta(partition), RELAYED)
         return 0 if value is None else int(cast(bytes, value))
 
-    async def erase(self, claim: Claim, customer_id: str, marker_ttl_ms: int | None) -> bool:
-        """GDPR erasure: delete the customer's state and due entry; with a TTL, leave an
-        erasure marker for that long. True if there was a state. Fenced like
-        :meth:`commit`. (The tombstone event and the population deltas are the caller's.)"""
+    async def erase(
+        self,
+        claim: Claim,
+        customer_id: str,
+        marker_ttl_ms: int | None,
+        indexed: int | None = None,
+    ) -> bool:
+        """GDPR erasure: delete the customer's state and its due entry (under ``indexed``,
+        the instant it is indexed under); with a TTL, leave an erasure marker for that long.
+        True if there was a state. Fenced like :meth:`commit`. (The tombstone event and the
+        population deltas are the caller's.)"""
         if marker_ttl_ms is not None and marker_ttl_ms < 1:
             raise ValueError(f"marker_ttl_ms must be >= 1 or None, got {marker_ttl_ms}")
         p = claim.partition
         names = [
             self.keys.meta(p),
-            self.keys.due(p),
+            self.keys.at(p),
             self.customer_key(p, customer_id),
             self.erased_key(p, customer_id),
         ]
         ttl: str | int = "" if marker_ttl_ms is None else marker_ttl_ms
+        at: str | int = "" if indexed is None else indexed
         reply = await self._fenced_call(
             "segment_worker_erase",
             claim,
             names,
-            [claim.epoch, claim.server, self.name(customer_id), ttl],
+            [claim.epoch, claim.server, self.name(customer_id), ttl, at],
         )
         return bool(reply)
 
-    async def due(self, partition: int, now_ms: int, limit: int) -> list[str]:
-        """Customers whose next class change is due at or before ``now_ms``, earliest first."""
+    async def due(self, partition: int, now_ms: int, limit: int) -> dict[str, int]:
+        """Customers whose next class change is due at or before ``now_ms``, earliest first,
+        each with the instant it is indexed under (pass it to :meth:`commit` as ``indexed``).
+        The call also moves a chunk of an older release's due index into the buckets."""
         if limit <= 0:
-            return []
-        members = cast(
-            list[bytes],
-            await self.client.zrangebyscore(
-                self.keys.due(partition), "-inf", now_ms, start=0, num=limit
-            ),
-        )
-        return await self._ids(partition, [_text(m) for m in members])
+            return {}
+        keys = [self.keys.at(partition), self.keys.due(partition)]
+        flat = cast(list[bytes], await self._fcall("segment_worker_due", keys, [now_ms, limit]))
+        found = {_text(flat[i + 1]): int(flat[i]) for i in range(0, len(flat), 2)}
+        ids = await self._ids(partition, list(found))
+        return {cid: found[self.name(cid)] for cid in ids}
 
     async def outbox(self, partition: int, limit: int) -> list[bytes]:
         """The oldest ``limit`` records waiting for the relay, oldest first."""

@@ -507,7 +507,7 @@ async def test_chaos(broker: ApacheKafka | Broker, tmp_path: Path) -> None:
 
         async def timers_done() -> bool:
             for p in range(PARTITIONS):
-                if await client.zcount(layout.due(p), "-inf", later) or await client.llen(
+                if await client.zcount(layout.at(p), "-inf", later) or await client.llen(
                     layout.outbox(p)
                 ):
                     return False

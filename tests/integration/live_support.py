@@ -267,6 +267,30 @@ async def assert_state_matches(
         if not exact:
             del a["since"], b["since"]
         assert a == b, cid
+    await assert_due_index(settings, stored)
+
+
+async def assert_due_index(settings: Settings, states: dict[str, CustomerState | None]) -> None:
+    """The due index holds each customer under its due day's start and nothing else: no
+    customer a timer would miss, and no stale name that the commits failed to take out."""
+    expected: dict[str, set[str]] = {}
+    layout = Layout(settings.redis_prefix)
+    client = connect(settings)
+    store = store_for(settings, client)
+    for cid, state in states.items():
+        if state is not None and state.due_day is not None:
+            at = RULES.calendar.start_ms(state.due_day)
+            key = layout.bucket(partition_of(cid, PARTITIONS), at)
+            expected.setdefault(key, set()).add(store.name(cid))
+    try:
+        found: dict[str, set[str]] = {}
+        for p in range(PARTITIONS):
+            for instant in await client.zrangebyscore(layout.at(p), "-inf", "+inf"):
+                key = layout.bucket(p, int(instant))
+                found[key] = {name.decode() for name in await client.hgetall(key)}
+    finally:
+        await client.aclose()
+    assert found == expected
 
 
 async def assert_matches_replay(

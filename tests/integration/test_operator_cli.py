@@ -39,27 +39,23 @@ def _state(customer_id: str) -> CustomerState:
     return state
 
 
-def _keys(customer_id: str) -> tuple[str, str]:
-    """The customer's state key and its partition's due index."""
-    partition = partition_of(customer_id, PARTITIONS)
-    return LAYOUT.customer(partition, customer_id), LAYOUT.due(partition)
-
-
 def _store(server: RedisServer, customer_id: str, blob: bytes) -> None:
+    """The customer's state and due entry, as a commit writes them."""
     client = redis.Redis.from_url(server.url)
-    state, due = _keys(customer_id)
+    partition = partition_of(customer_id, PARTITIONS)
+    due = ORDERED + 30 * DAY_MS
     try:
-        client.set(state, blob)
-        client.zadd(due, {customer_id: ORDERED + 30 * DAY_MS})
+        client.set(LAYOUT.customer(partition, customer_id), blob)
+        client.hset(LAYOUT.bucket(partition, due), customer_id, "")
+        client.zadd(LAYOUT.at(partition), {str(due): due})
     finally:
         client.close()
 
 
-def _held(server: RedisServer, customer_id: str) -> tuple[bytes | None, float | None]:
+def _held(server: RedisServer, customer_id: str) -> bytes | None:
     client = redis.Redis.from_url(server.url)
-    state, due = _keys(customer_id)
     try:
-        return client.get(state), client.zscore(due, customer_id)
+        return client.get(LAYOUT.customer(partition_of(customer_id, PARTITIONS), customer_id))
     finally:
         client.close()
 
@@ -151,11 +147,11 @@ def test_forget_deletes_a_damaged_state_and_leaves_every_other_alone(
     out, err = capsys.readouterr()
     assert code == 1
     assert "forgot 'cus_damaged'" in out
-    assert _held(redis_server, "cus_damaged") == (None, None)
+    assert _held(redis_server, "cus_damaged") is None  # its due entry: dropped when due
     assert "'cus_ok': its state reads fine; `segment-worker erase`" in err
-    assert _held(redis_server, "cus_ok")[0] == readable
+    assert _held(redis_server, "cus_ok") == readable
     assert "'cus_newer': its state is in format 99, which a newer release writes" in err
-    assert _held(redis_server, "cus_newer")[0] == b"[99]"
+    assert _held(redis_server, "cus_newer") == b"[99]"
     assert "'nobody': unknown customer" in err
 
     assert main(["forget", "cus_damaged", "--partitions", "4"]) == 1  # nothing left to forget
@@ -176,7 +172,7 @@ def test_forget_deletes_nothing_if_the_state_changed_since_it_was_read(
             await client.aclose()
 
     assert asyncio.run(attempt()) is False
-    assert _held(redis_server, "cus_a")[0] == b"damaged"
+    assert _held(redis_server, "cus_a") == b"damaged"
 
 
 def test_forget_under_a_pseudonym_key(

@@ -77,12 +77,12 @@ async def test_store_names_customers_by_keyed_hash(redis_server: RedisServer) ->
         None,
     ]
     assert (await store.read_checked(1, ["{bob}:1 x"]))[1] == [b"state-b"]
-    assert await store.due(1, 100, 10) == ["alice@example.com", "{bob}:1 x"]
+    assert list(await store.due(1, 100, 10)) == ["alice@example.com", "{bob}:1 x"]
     assert sorted((await store.scan_customers(1, 0, 100))[1]) == ["alice@example.com", "{bob}:1 x"]
     assert await store.erase(claim, "alice@example.com", 60_000)
     seen = await store.read_checked(1, ["alice@example.com", "{bob}:1 x"])
     assert seen.erased == {"alice@example.com"}
-    assert await store.due(1, 100, 10) == ["{bob}:1 x"]
+    assert list(await store.due(1, 100, 10)) == ["{bob}:1 x"]
     assert b"alice" not in await everything_in(redis_server.url)
     await client.aclose()
 

@@ -180,7 +180,7 @@ async def test_every_store_operation_works_with_least_privilege(locked_redis: Re
     assert (await store.read_checked(2, ["c1"])).states == [b"state"]
     seen = await store.read_checked(2, ["c1"])
     assert seen.run_id and seen.states == [b"state"] and not seen.erased
-    assert await store.due(2, 10, 10) == ["c1"]
+    assert await store.due(2, 10, 10) == {"c1": 5}
     assert await store.outbox(2, 10) == [b"r"]
     await store.ack_outbox(claim, 1)
     assert await store.populations(2) == {("lifecycle", "new"): 1}

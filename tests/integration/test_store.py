@@ -86,10 +86,10 @@ async def test_round_trip_of_states_due_outbox_and_offsets(
     ]
     assert await store.get(3, "alice") == b"\x00state-a\xff"
     assert await store.get(4, "alice") is None  # another partition, other keys
-    assert await store.due(3, 1_999, 10) == ["bob"]
-    assert await store.due(3, 2_000, 10) == ["bob", "alice"]
-    assert await store.due(3, 2_000, 1) == ["bob"]
-    assert len(await store.due(3, 2_000, 10_000)) == 2
+    assert list(await store.due(3, 1_999, 10)) == ["bob"]
+    assert list(await store.due(3, 2_000, 10)) == ["bob", "alice"]
+    assert list(await store.due(3, 2_000, 1)) == ["bob"]
+    assert len(list(await store.due(3, 2_000, 10_000))) == 2
     assert await store.outbox(3, 10) == [b"out-1", b"out-2"]
 
     # None deletes the state and removes the due entry; records append after the old ones.
@@ -97,17 +97,24 @@ async def test_round_trip_of_states_due_outbox_and_offsets(
         claim,
         states={"alice": None, "bob": b"state-b2"},
         due={"alice": None, "bob": 5_000},
+        indexed={"alice": 2_000, "bob": 1_000},
         outbox=[b"out-3"],
         offsets={"orders": 12},
     )
     assert (await store.read_checked(3, ["alice", "bob"])).states == [None, b"state-b2"]
-    assert await store.due(3, 10_000, 10) == ["bob"]
+    assert list(await store.due(3, 10_000, 10)) == ["bob"]
     assert await store.outbox(3, 10) == [b"out-1", b"out-2", b"out-3"]
     assert (await store.claim(3)).offsets == {"orders": 12, "visits": 7}
 
     # The key layout the store documents, all in one slot.
     keys = {k.decode() for k in await client.keys("*")}
-    assert keys == {LAYOUT.meta(3), LAYOUT.due(3), LAYOUT.outbox(3), LAYOUT.customer(3, "bob")}
+    assert keys == {
+        LAYOUT.meta(3),
+        LAYOUT.at(3),
+        LAYOUT.bucket(3, 5_000),
+        LAYOUT.outbox(3),
+        LAYOUT.customer(3, "bob"),
+    }
     assert {key_slot(k.encode()) for k in keys} == {key_slot(b"{p3}")}
 
 
@@ -311,17 +318,22 @@ async def test_large_commit_in_one_call(store: Store, client: CountingRedis) -> 
     )
     assert client.sent == ["FCALL"]
     assert (await store.read_checked(7, ids)).states == list(states.values())
-    assert len(await store.due(7, 2**52, 10_000)) == 2_000
-    assert await store.due(7, 1_700_000_000_001, 5) == ids[:2]
+    assert len(list(await store.due(7, 2**52, 10_000))) == 2_000
+    assert list(await store.due(7, 1_700_000_000_001, 5)) == ids[:2]
     outbox = await store.outbox(7, 5_000)
     assert outbox == [f"record-{i}".encode() for i in range(2_000)]
 
     # And delete them all in one call again.
     await store.commit(
-        claim, states=dict.fromkeys(ids), due=dict.fromkeys(ids), outbox=[], offsets={}
+        claim,
+        states=dict.fromkeys(ids),
+        due=dict.fromkeys(ids),
+        indexed={c: 1_700_000_000_000 + i for i, c in enumerate(ids)},
+        outbox=[],
+        offsets={},
     )
     assert (await store.read_checked(7, ids)).states == [None] * 2_000
-    assert len(await store.due(7, 2**52, 10_000)) == 0
+    assert len(list(await store.due(7, 2**52, 10_000))) == 0
 
 
 ODD_IDS = [
@@ -354,9 +366,9 @@ async def test_customer_ids_with_any_characters(store: Store, client: CountingRe
     assert (await store.read_checked(4, ODD_IDS)).states == list(states.values())
     for c in ODD_IDS:
         assert await store.get(4, c) == states[c]
-    assert await store.due(4, 10**6, 100) == ODD_IDS
+    assert list(await store.due(4, 10**6, 100)) == ODD_IDS
     keys = await client.keys("*")
-    assert len(keys) == 2 + len(ODD_IDS)  # meta, due and one key per customer
+    assert len(keys) == 2 + 2 * len(ODD_IDS)  # meta, at, a bucket and a key per customer
     assert {key_slot(k) for k in keys} == {key_slot(b"{p4}")}  # the first {...} is ours
     assert (await store.read_checked(9, ODD_IDS)).states == [None] * len(
         ODD_IDS
@@ -367,11 +379,12 @@ async def test_customer_ids_with_any_characters(store: Store, client: CountingRe
         claim,
         states=dict.fromkeys(removed),
         due=dict.fromkeys(removed),
+        indexed={c: i for i, c in enumerate(removed)},
         outbox=[],
         offsets={},
     )
     assert (await store.read_checked(4, removed)).states == [None] * len(removed)
-    assert await store.due(4, 10**6, 100) == ODD_IDS[6:]
+    assert list(await store.due(4, 10**6, 100)) == ODD_IDS[6:]
 
 
 async def test_erase_deletes_state_and_due_and_leaves_a_marker(store: Store) -> None:
@@ -383,10 +396,101 @@ async def test_erase_deletes_state_and_due_and_leaves_a_marker(store: Store) -> 
     assert await store.erase(claim, "a", None) is False
     assert await store.erase(claim, "b", None) is True
     assert (await store.read_checked(6, ["a", "b"])).states == [None, None]
-    assert await store.due(6, 100, 10) == []
+    assert list(await store.due(6, 100, 10)) == []
     assert (await store.read_checked(6, ["a", "b"])).erased == {"a"}
     with pytest.raises(ValueError, match="marker_ttl_ms"):
         await store.erase(claim, "a", 0)
+
+
+async def test_due_index_keeps_a_bucket_per_instant(store: Store, client: CountingRedis) -> None:
+    claim = await store.claim(5)
+    states = {c: c.encode() for c in ("a", "b", "c")}
+    await store.commit(
+        claim, states=states, due={"a": 100, "b": 100, "c": 300}, outbox=[], offsets={}
+    )
+    assert await client.zrange(LAYOUT.at(5), 0, -1, withscores=True) == [
+        (b"100", 100.0),
+        (b"300", 300.0),
+    ]
+    assert await client.hgetall(LAYOUT.bucket(5, 100)) == {b"a": b"", b"b": b""}
+    assert await store.due(5, 300, 10) == {"a": 100, "b": 100, "c": 300}
+    # a moves on, b leaves the index: the emptied bucket goes, with its instant.
+    await store.commit(
+        claim,
+        states={"a": b"a2", "b": b"b2"},
+        due={"a": 300, "b": None},
+        indexed={"a": 100, "b": 100},
+        outbox=[],
+        offsets={},
+    )
+    assert not await client.exists(LAYOUT.bucket(5, 100))
+    assert await client.zrange(LAYOUT.at(5), 0, -1) == [b"300"]
+    assert await store.due(5, 300, 10) == {"a": 300, "c": 300}
+
+
+async def test_a_name_left_under_a_wrong_instant_is_found_and_taken_out(
+    store: Store, client: CountingRedis
+) -> None:
+    """A commit told a wrong ``indexed`` (a state read under another shop calendar) leaves
+    the name in its old bucket; the timer finds it there, with that instant, and its commit
+    (``indexed`` = the instant found) takes it out."""
+    claim = await store.claim(5)
+    await store.commit(claim, states={"a": b"1"}, due={"a": 100}, outbox=[], offsets={})
+    await store.commit(
+        claim, states={"a": b"2"}, due={"a": 500}, indexed={"a": 90}, outbox=[], offsets={}
+    )
+    assert await store.due(5, 200, 10) == {"a": 100}
+    await store.commit(
+        claim, states={"a": b"2"}, due={"a": 500}, indexed={"a": 100}, outbox=[], offsets={}
+    )
+    assert await store.due(5, 200, 10) == {}
+    assert await store.due(5, 500, 10) == {"a": 500}
+    assert await client.zrange(LAYOUT.at(5), 0, -1) == [b"500"]
+
+
+async def test_due_reads_a_large_bucket_in_limited_steps(store: Store) -> None:
+    claim = await store.claim(2)
+    ids = [f"c{i}" for i in range(1_200)]
+    await store.commit(
+        claim, states=dict.fromkeys(ids, b"s"), due=dict.fromkeys(ids, 7), outbox=[], offsets={}
+    )
+    seen: list[str] = []
+    while found := await store.due(2, 10, 500):
+        assert len(found) <= 500 and not set(found) & set(seen)
+        seen += found
+        await store.commit(
+            claim, states={}, due=dict.fromkeys(found, 50), indexed=found, outbox=[], offsets={}
+        )
+    assert sorted(seen) == sorted(ids)
+    assert len(await store.due(2, 50, 5_000)) == 1_200
+
+
+async def test_the_due_index_of_older_releases_is_moved_into_buckets(
+    store: Store, client: CountingRedis
+) -> None:
+    """Library versions before 9 kept a zset of names; the timer's read moves it, earliest
+    first and a chunk per call, and drops the names that have no state."""
+    claim = await store.claim(6)
+    ids = [f"c{i}" for i in range(30)]
+    await client.mset({LAYOUT.customer(6, c): b"s" for c in ids})
+    await client.zadd(LAYOUT.due(6), {c: 1_000 + i for i, c in enumerate(ids)})
+    await client.zadd(LAYOUT.due(6), {"gone": 1_005})
+    # ten moved, the earliest: nine customers and "gone", dropped as it has no state
+    assert await store.due(6, 1_009, 10) == {c: 1_000 + i for i, c in enumerate(ids[:9])}
+    assert await client.zcard(LAYOUT.due(6)) == 21
+    assert await store.due(6, 1_009, 10) == {c: 1_000 + i for i, c in enumerate(ids[:10])}
+    while await client.exists(LAYOUT.due(6)):
+        await store.due(6, 0, 10)
+    assert len(await store.due(6, 5_000, 100)) == 30
+    await store.commit(
+        claim,
+        states={"c0": b"t"},
+        due={"c0": 9_000},
+        indexed={"c0": 1_000},
+        outbox=[],
+        offsets={},
+    )
+    assert list(await store.due(6, 1_001, 100)) == ["c1"]
 
 
 async def test_populations_are_kept_by_commits(store: Store) -> None:
@@ -412,7 +516,7 @@ async def test_populations_are_kept_by_commits(store: Store) -> None:
 # Malformed calls straight to the Functions: every one is refused with a clear message and
 # writes nothing, although valid states, due entries and records come before the bad part.
 
-META, DUE, OUT = LAYOUT.meta(3), LAYOUT.due(3), LAYOUT.outbox(3)
+META, AT, OUT = LAYOUT.meta(3), LAYOUT.at(3), LAYOUT.outbox(3)
 CA, CB = LAYOUT.customer(3, "a"), LAYOUT.customer(3, "b")
 SERVER = "0" * 40  # a well-formed run id; these calls are refused before it is compared
 XA = LAYOUT.erased(3, hashlib.sha256(b"a").hexdigest())
@@ -423,16 +527,15 @@ def commit_call(
     keys: list[str] | None = None,
     epoch: object = 1,
     server: object = SERVER,
-    counts: tuple[object, ...] = (2, 0, 1, 0, 1, 1, 0),
+    counts: tuple[object, ...] = (2, 0, 1, 1, 1, 0),
     blobs: tuple[object, ...] = ("A", "B"),
-    zadd: tuple[object, ...] = (5, "a"),
-    zrem: tuple[object, ...] = (),
+    due: tuple[object, ...] = ("a", "", 5),
     out: tuple[object, ...] = ("record",),
     offsets: tuple[object, ...] = ("orders", 9),
     pops: tuple[object, ...] = (),
 ) -> tuple[object, ...]:
-    keys = [META, DUE, OUT, CA, CB] if keys is None else keys
-    args = (epoch, server, *counts, *blobs, *zadd, *zrem, *out, *offsets, *pops)
+    keys = [META, AT, OUT, CA, CB] if keys is None else keys
+    args = (epoch, server, *counts, *blobs, *due, *out, *offsets, *pops)
     return ("segment_worker_commit", len(keys), *keys, *args)
 
 
@@ -450,14 +553,14 @@ BAD_CALLS: dict[str, tuple[tuple[object, ...], str]] = {
         "segment_worker_ack: expected 4 arguments",
     ),
     "count with exponent": (
-        commit_call(counts=("2e0", 0, 1, 0, 1, 1, 0)),
+        commit_call(counts=("2e0", 0, 1, 1, 1, 0)),
         "n_set must be a non-negative integer",
     ),
     "count missing": (
-        ("segment_worker_commit", 5, META, DUE, OUT, CA, CB, 1, SERVER, 2, 0),
-        "n_zadd must be a non-negative integer, got nothing",
+        ("segment_worker_commit", 5, META, AT, OUT, CA, CB, 1, SERVER, 2, 0),
+        "n_due must be a non-negative integer, got nothing",
     ),
-    "too few keys": (commit_call(keys=[META, DUE, OUT, CA]), "expected 5 keys, got 4"),
+    "too few keys": (commit_call(keys=[META, AT, OUT, CA]), "expected 5 keys, got 4"),
     "too many arguments": (
         commit_call(pops=("lifecycle\x1fnew",)),
         "expected 16 arguments (from the counts given), got 17",
@@ -466,46 +569,46 @@ BAD_CALLS: dict[str, tuple[tuple[object, ...], str]] = {
         commit_call(offsets=("orders",)),
         "expected 16 arguments (from the counts given), got 15",
     ),
-    "due time fractional": (commit_call(zadd=("5.5", "a")), 'due time of "a"'),
-    "due time negative": (commit_call(zadd=(-5, "a")), 'due time of "a"'),
-    "due time hex": (commit_call(zadd=("0x10", "a")), 'due time of "a"'),
-    "due time leading zero": (commit_call(zadd=("05", "a")), 'due time of "a"'),
-    "due time beyond 2^53": (commit_call(zadd=(2**53, "a")), "at most 2^53 - 1"),
+    "due time fractional": (commit_call(due=("a", "", "5.5")), 'due instant of "a"'),
+    "due time negative": (commit_call(due=("a", "", -5)), 'due instant of "a"'),
+    "due time hex": (commit_call(due=("a", "", "0x10")), 'due instant of "a"'),
+    "due time leading zero": (commit_call(due=("a", "05", 5)), 'indexed instant of "a"'),
+    "due time beyond 2^53": (commit_call(due=("a", "", 2**53)), "at most 2^53 - 1"),
     "offset not a number": (commit_call(offsets=("orders", "nine")), 'offset of "orders"'),
     "offset with spaces": (commit_call(offsets=("orders", " 9")), 'offset of "orders"'),
     "offset huge": (commit_call(offsets=("orders", "1" * 30)), 'offset of "orders"'),
     "topic empty": (commit_call(offsets=("", 9)), "topic must be a Kafka topic name"),
     "topic with colon": (commit_call(offsets=("a:b", 9)), "topic must be a Kafka topic name"),
     "population delta fractional": (
-        commit_call(counts=(2, 0, 1, 0, 1, 1, 1), pops=("lifecycle\x1fnew", "0.5")),
+        commit_call(counts=(2, 0, 1, 1, 1, 1), pops=("lifecycle\x1fnew", "0.5")),
         "population delta",
     ),
     "population field empty": (
-        commit_call(counts=(2, 0, 1, 0, 1, 1, 1), pops=("", 1)),
+        commit_call(counts=(2, 0, 1, 1, 1, 1), pops=("", 1)),
         "population field must not be empty",
     ),
     "meta key of another layout": (
-        commit_call(keys=["sw:meta", DUE, OUT, CA, CB]),
+        commit_call(keys=["sw:meta", AT, OUT, CA, CB]),
         "KEYS[1] must be <prefix>:{p<N>}:meta",
     ),
     "braces in the prefix": (
-        commit_call(keys=["{x}:{p3}:meta", DUE, OUT, CA, CB]),
+        commit_call(keys=["{x}:{p3}:meta", AT, OUT, CA, CB]),
         "KEYS[1] must be <prefix>:{p<N>}:meta",
     ),
     "due key of another partition": (
-        commit_call(keys=[META, LAYOUT.due(4), OUT, CA, CB]),
-        'KEYS[2] must be "sw:{p3}:due"',
+        commit_call(keys=[META, LAYOUT.at(4), OUT, CA, CB]),
+        'KEYS[2] must be "sw:{p3}:at"',
     ),
     "outbox key wrong": (
-        commit_call(keys=[META, DUE, "sw:{p3}:out", CA, CB]),
+        commit_call(keys=[META, AT, "sw:{p3}:out", CA, CB]),
         'KEYS[3] must be "sw:{p3}:outbox"',
     ),
     "state key of another partition": (
-        commit_call(keys=[META, DUE, OUT, CA, LAYOUT.customer(4, "b")]),
+        commit_call(keys=[META, AT, OUT, CA, LAYOUT.customer(4, "b")]),
         'KEYS[5] must start with "sw:{p3}:c:"',
     ),
     "state key not a customer": (
-        commit_call(keys=[META, DUE, OUT, CA, META]),
+        commit_call(keys=[META, AT, OUT, CA, META]),
         'KEYS[5] must start with "sw:{p3}:c:"',
     ),
     "claim with arguments": (
@@ -514,7 +617,7 @@ BAD_CALLS: dict[str, tuple[tuple[object, ...], str]] = {
     ),
     "claim without key": (("segment_worker_claim", 0), "segment_worker_claim: expected 1 keys"),
     "claim of a bad key": (
-        ("segment_worker_claim", 1, DUE),
+        ("segment_worker_claim", 1, AT),
         "segment_worker_claim: KEYS[1] must be",
     ),
     "ack count negative": (
@@ -526,7 +629,7 @@ BAD_CALLS: dict[str, tuple[tuple[object, ...], str]] = {
         "segment_worker_ack: expected 4 arguments",
     ),
     "ack of another list": (
-        ("segment_worker_ack", 2, META, DUE, 1, SERVER, 1, ""),
+        ("segment_worker_ack", 2, META, AT, 1, SERVER, 1, ""),
         'segment_worker_ack: KEYS[2] must be "sw:{p3}:outbox"',
     ),
     "ack relayed not an offset": (
@@ -534,19 +637,19 @@ BAD_CALLS: dict[str, tuple[tuple[object, ...], str]] = {
         "segment_worker_ack: relayed must be a non-negative integer",
     ),
     "ack_commit count negative": (
-        ("segment_worker_ack_commit", 5, META, DUE, OUT, CA, CB, -1, "", *commit_call()[7:]),
+        ("segment_worker_ack_commit", 5, META, AT, OUT, CA, CB, -1, "", *commit_call()[7:]),
         "segment_worker_ack_commit: count must be a non-negative integer",
     ),
     "ack_commit relayed not an offset": (
-        ("segment_worker_ack_commit", 5, META, DUE, OUT, CA, CB, 1, "x", *commit_call()[7:]),
+        ("segment_worker_ack_commit", 5, META, AT, OUT, CA, CB, 1, "x", *commit_call()[7:]),
         "segment_worker_ack_commit: relayed must be a non-negative integer",
     ),
     "ack_commit with a bad commit part": (
-        ("segment_worker_ack_commit", 5, META, DUE, OUT, CA, CB, 1, "", *commit_call(epoch=0)[7:]),
+        ("segment_worker_ack_commit", 5, META, AT, OUT, CA, CB, 1, "", *commit_call(epoch=0)[7:]),
         "segment_worker_ack_commit: epoch must be >= 1",
     ),
     "erase key of another customer": (
-        ("segment_worker_erase", 4, META, DUE, CB, XA, 1, SERVER, "a", ""),
+        ("segment_worker_erase", 4, META, AT, CB, XA, 1, SERVER, "a", "", ""),
         'segment_worker_erase: KEYS[3] must be "sw:{p3}:c:a"',
     ),
     "erase key with a line break in the message": (
@@ -554,12 +657,13 @@ BAD_CALLS: dict[str, tuple[tuple[object, ...], str]] = {
             "segment_worker_erase",
             4,
             META,
-            DUE,
+            AT,
             LAYOUT.customer(3, "a\r\nb"),
             XA,
             1,
             SERVER,
             "a",
+            "",
             "",
         ),
         'segment_worker_erase: KEYS[3] must be "sw:{p3}:c:a", got "sw:{p3}:c:a',
@@ -569,12 +673,24 @@ BAD_CALLS: dict[str, tuple[tuple[object, ...], str]] = {
         'segment_worker_read: KEYS[3] must be "sw:{p3}:x:<64 hex digits>"',
     ),
     "erase with a marker key that names the customer": (
-        ("segment_worker_erase", 4, META, DUE, CA, LAYOUT.erased(3, "a"), 1, SERVER, "a", 60_000),
+        (
+            "segment_worker_erase",
+            4,
+            META,
+            AT,
+            CA,
+            LAYOUT.erased(3, "a"),
+            1,
+            SERVER,
+            "a",
+            60_000,
+            "",
+        ),
         'segment_worker_erase: KEYS[4] must be "sw:{p3}:x:<64 hex digits>"',
     ),
     "forget of another customer's key": (
-        ("segment_worker_forget", 3, META, DUE, CB, "stored", "a"),
-        'segment_worker_forget: KEYS[3] must be "sw:{p3}:c:a"',
+        ("segment_worker_forget", 2, META, CB, "stored", "a"),
+        'segment_worker_forget: KEYS[2] must be "sw:{p3}:c:a"',
     ),
     "read without marker keys": (
         ("segment_worker_read", 2, META, CA),
@@ -585,7 +701,7 @@ BAD_CALLS: dict[str, tuple[tuple[object, ...], str]] = {
         'segment_worker_read: KEYS[2] must be "sw:{p3}:c:<id>"',
     ),
     "erase ttl zero": (
-        ("segment_worker_erase", 4, META, DUE, CA, XA, 1, SERVER, "a", 0),
+        ("segment_worker_erase", 4, META, AT, CA, XA, 1, SERVER, "a", 0, ""),
         "marker_ttl_ms must be >= 1",
     ),
     "mark_rules with an empty version": (
@@ -629,7 +745,7 @@ async def test_keys_of_the_wrong_type_are_refused_before_any_write(
     store: Store, client: CountingRedis, kind: str
 ) -> None:
     claim = await store.claim(3)
-    key = {"due": DUE, "outbox": OUT, "meta": META}[kind]
+    key = {"due": AT, "outbox": OUT, "meta": META}[kind]
     await client.delete(key)
     await client.set(key, "not mine")
     before = await snapshot(client)
@@ -657,7 +773,8 @@ async def test_forget_deletes_only_the_value_it_was_given(
     assert not await store.forget(3, "a", b"read earlier")
     assert await store.get(3, "a") == b"damaged"
     assert await store.forget(3, "a", b"damaged")
-    assert await store.get(3, "a") is None and await store.due(3, 10, 10) == []
+    assert await store.get(3, "a") is None and list(await store.due(3, 10, 10)) == []
+    assert await client.keys("*:at*") == []  # its due entry dropped, since it has no state
 
 
 async def test_store_refuses_a_prefix_with_braces_and_a_decoding_client(redis_url: str) -> None:
@@ -677,7 +794,7 @@ async def test_store_refuses_a_prefix_with_braces_and_a_decoding_client(redis_ur
 async def test_load_library_is_idempotent_and_replaces_other_code(
     store: Store, client: CountingRedis
 ) -> None:
-    assert await client.fcall_ro("segment_worker_version", 0) == b"8"
+    assert await client.fcall_ro("segment_worker_version", 0) == b"9"
     client.sent.clear()
     await store.load_library()  # the same code is loaded: nothing written
     assert client.sent == ["FUNCTION LIST"]
@@ -711,7 +828,7 @@ async def test_committed_data_survives_kill_9_with_aof(aof_store: AofStore) -> N
     assert (await store.read_checked(2, ids)).states == [c.encode() for c in ids]
     assert await store.outbox(2, 10) == [b"r2", b"r3"]
     # Functions were persisted with the data; loading again is harmless.
-    assert await client.fcall_ro("segment_worker_version", 0) == b"8"
+    assert await client.fcall_ro("segment_worker_version", 0) == b"9"
     await store.load_library()
     # The epoch survived too, but a claim made before the restart writes nothing: this
     # server cannot know what it lost. A new claim (the next epoch) writes.

@@ -57,11 +57,11 @@ def register(sub: Subparsers) -> None:
         help="delete a damaged stored state that stops its partition",
         description="A stored state the worker cannot read stops its partition (the log names "
         "the customer; segment_worker_stuck_partitions counts such partitions). This deletes "
-        "that state and the customer's due-index entry, so the partition carries on when it "
-        "is next retried (SEGMENT_WORKER_STUCK_RETRY_MS); the customer's later events start a "
-        "new history, and the class populations still count their old classes. It refuses a "
-        "state that reads (use `erase`) and one in a newer release's format (finish that "
-        "rollout instead). Settings as for `customer`.",
+        "that state (its due-index entry goes when it falls due), so the partition carries "
+        "on when it is next retried (SEGMENT_WORKER_STUCK_RETRY_MS); the customer's later "
+        "events start a new history, and the class populations still count their old "
+        "classes. It refuses a state that reads (use `erase`) and one in a newer release's "
+        "format (finish that rollout instead). Settings as for `customer`.",
     )
     forget_.add_argument("customer_ids", nargs="+", metavar="CUSTOMER_ID")
     store_arguments(forget_)

@@ -39,6 +39,9 @@ class Storage:
     ) -> None:
         self.store, self.partitions, self.health, self.metrics = store, partitions, health, metrics
         self.calendar = calendar  # the shop calendar of the rules in force: due days -> instants
+        # Per partition, the due instants of the customers last read or committed there: the
+        # bucket each is indexed under, which the next commit takes them out of.
+        self._indexed: dict[int, dict[str, int]] = {}
 
     async def guard(self) -> None:
         """After a Redis failure, before writing again: if Redis came back as a different
@@ -75,19 +78,31 @@ class Storage:
             cid: None if blob is None else decode_state(cid, blob)
             for cid, blob in zip(customer_ids, seen.states, strict=True)
         }
+        start = self.calendar().start_ms
+        self._indexed[partition] = {
+            cid: start(s.due_day) for cid, s in states.items() if s and s.due_day is not None
+        }
         return states, seen.erased
 
-    async def commit(self, claim: Claim, outcome: Outcome) -> bool:
-        """The one atomic write; False if another worker now owns the partition."""
+    async def commit(
+        self, claim: Claim, outcome: Outcome, found: dict[str, int] | None = None
+    ) -> bool:
+        """The one atomic write; False if another worker now owns the partition. ``found``:
+        the instants the timer found customers under, where they differ from their states'."""
         await self.partitions.settled([claim.partition])  # the outbox is relayed in commit order
         acked, relayed = self.partitions.take_acked(claim.partition)
+        indexed = self._indexed.setdefault(claim.partition, {})
+        if found:
+            indexed.update(found)
+        due = outcome.due_ms(self.calendar())
         try:
             await self.health.timed(
                 "commit",
                 self.store.commit(
                     claim,
                     states={cid: encode_state(s) for cid, s in outcome.states.items()},
-                    due=outcome.due_ms(self.calendar()),
+                    due=due,
+                    indexed=indexed,
                     outbox=[r.encode() for r in outcome.out],
                     offsets=outcome.offsets,
                     populations=outcome.population_deltas() + outcome.population,
@@ -106,12 +121,18 @@ class Storage:
             raise
         for topic, offset in outcome.offsets.items():
             claim.offsets[topic] = max(claim.offsets.get(topic, 0), offset)
+        for cid, at in due.items():
+            if at is None:
+                indexed.pop(cid, None)
+            else:
+                indexed[cid] = at
         return True
 
     async def erase(self, claim: Claim, customer_id: str, ttl_ms: int) -> bool:
         """Delete a customer's state and due entry, leaving a marker; False if fenced."""
+        indexed = self._indexed.get(claim.partition, {}).pop(customer_id, None)
         try:
-            await self.health.timed("erase", self.store.erase(claim, customer_id, ttl_ms))
+            await self.health.timed("erase", self.store.erase(claim, customer_id, ttl_ms, indexed))
         except Fenced:
             self.fenced(claim.partition)
             return False

@@ -178,7 +178,7 @@ class Timers:
             if not due:
                 continue
             try:
-                states = await self.storage.load(partition, due)
+                states = await self.storage.load(partition, list(due))
             except CorruptRecord as exc:
                 self.ownership.stop(partition, exc)
                 continue
@@ -188,7 +188,7 @@ class Timers:
                     self.metrics.timer_delay.observe(max(0, now - due_ms) / 1000)
             outcome = sweep_due(states, self.rules, self.topics, now)
             self.relay.stamp(outcome, claim)
-            if not await self.storage.commit(claim, outcome):
+            if not await self.storage.commit(claim, outcome, found=due):
                 continue
             self._relay_later(claim, outcome)
             self.metrics.timers.inc(outcome.timers)

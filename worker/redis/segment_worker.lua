@@ -8,7 +8,9 @@ hence its Redis Cluster hash tag, so all keys of one call live in one slot. <nam
 customer id, or with a pseudonym key its HMAC in hex; <digest> is 64 lowercase hex digits,
 never an id: the pseudonym with a pseudonym key, else the id's SHA-256.
   <base>meta       hash    the partition's bookkeeping, the fields below
-  <base>due        zset    member <name>, score = instant (epoch ms) a class may change
+  <base>at         zset    the due instants (epoch ms) that have a bucket: member = score
+  <base>at:<instant> hash  bucket: field <name> (value "") for each customer due then
+  <base>due        zset    library version < 9's due index: member <name>, score instant
   <base>outbox     list    output records waiting for the relay, oldest first
   <base>c:<name>   string  the customer's state (opaque bytes of the core's codec)
   <base>x:<digest> string  erasure marker (value "1", with a TTL)
@@ -46,14 +48,20 @@ segment_worker_claim
   off:<topic> fields). The fenced writes below take the epoch and that run id.
 
 segment_worker_commit
-  KEYS  meta, due, outbox, c:<name> x n_set (states to set), c:<name> x n_del (to delete)
-  ARGV  epoch, server, n_set, n_del, n_zadd, n_zrem, n_out, n_off, n_pop,
+  KEYS  meta, at, outbox, c:<name> x n_set (states to set), c:<name> x n_del (to delete)
+  ARGV  epoch, server, n_set, n_del, n_due, n_out, n_off, n_pop,
         blob x n_set                       (value of the i-th state key to set)
-        (due_ms, name) x n_zadd            (add to / move in the due index)
-        name x n_zrem                      (remove from the due index)
+        (name, indexed, due) x n_due       (due index: indexed = the instant the customer
+                                           is indexed under or "", due = its new one or "")
         record x n_out                     (RPUSH to the outbox, in order)
         (topic, offset) x n_off            (off:<topic> = max(stored, offset))
         (field, delta) x n_pop             (HINCRBY pop:<field> by delta; delta may be < 0)
+  The due index keeps a bucket (hash) per due instant rather than a zset entry per customer:
+  a name in a large hash costs ~42 bytes, a zset entry ~112. A customer is added to the
+  bucket of `due` and, when `indexed` differs, removed from that of `indexed`; an emptied
+  bucket leaves `at`. An `indexed` that is wrong (a state read under another shop calendar)
+  leaves a stale name behind, which segment_worker_due hands to the sweep when its instant
+  comes; the sweep's commit then removes it (it passes the instant it found it under).
   Returns the outbox length after the append.
 
 segment_worker_ack_commit
@@ -74,17 +82,30 @@ segment_worker_ack
   Returns the outbox length after the trim.
 
 segment_worker_erase
-  KEYS  meta, due, c:<name>, x:<digest>
-  ARGV  epoch, server, name, marker_ttl_ms ("" = no marker)
+  KEYS  meta, at, c:<name>, x:<digest>
+  ARGV  epoch, server, name, marker_ttl_ms ("" = no marker), indexed ("" or the instant the
+        customer is indexed under)
   Deletes the state and the due entry; with a TTL, sets the marker x:<digest> = "1" for that
   long. Returns 1 if a state was deleted, else 0.
 
 segment_worker_forget
-  KEYS  meta, due, c:<name>
+  KEYS  meta, c:<name>
   ARGV  stored value, name
-  An operator's compare-and-delete of a damaged state: deletes the state and the due entry if
-  the state still is `stored value`. Not fenced (the partition's owner is stopped on that
-  state) and no population change (its classes cannot be read). Returns 1 if deleted, else 0.
+  An operator's compare-and-delete of a damaged state: deletes the state if it still is
+  `stored value`. Not fenced (the partition's owner is stopped on that state) and no
+  population change (its classes cannot be read). Its due entry, at an instant nobody can
+  read any more, is dropped by segment_worker_due when that instant comes. Returns 1 if
+  deleted, else 0.
+
+segment_worker_due
+  KEYS  at, due (the index of library versions before 9)
+  ARGV  now (epoch ms), limit (>= 1)
+  Returns {instant_1, name_1, instant_2, name_2, ...}: at most `limit` customers whose
+  bucket's instant is <= now, earliest instant first. First moves up to `limit` entries of
+  the old index (earliest first, so what is due moves first) into the buckets, and on the
+  way drops names that have no state (forgotten or erased while on the old index). Not
+  fenced: it moves entries without changing what they say, and drops only what no commit
+  can have written, as every commit writes a state with its due entry.
 
 segment_worker_mark_rules
   KEYS  meta
@@ -105,10 +126,10 @@ segment_worker_version (read-only)
   Returns LIBRARY_VERSION.
 ]]
 
-local LIBRARY_VERSION = '8'
+local LIBRARY_VERSION = '9'
 local CHUNK = 512 -- values per multi-argument command; even, so that pairs never split
 local MAX_INT = 9007199254740991 -- 2^53 - 1
-local HEADER = 9 -- commit: epoch, server and the seven counts
+local HEADER = 8 -- commit: epoch, server and the six counts
 
 -- Validation. `fail` raises a plain message (level 0: no source position); each function runs
 -- its checks under pcall and turns a failure into an error reply before anything is written.
@@ -333,21 +354,91 @@ local function claim(keys, args)
   return out
 end
 
+-- the due index
+
+local function instant_arg(value, what, whose)
+  if value ~= '' then
+    uint(value, what, whose)
+  end
+  return value
+end
+
+-- The bucket moves of the (name, indexed, due) triples in ARGV[first..last], checked:
+-- { adds = {instant -> {name, '', ...}}, dels = {instant -> {name, ...}} }.
+local function due_plan(args, first, last)
+  local adds, dels = {}, {}
+  for i = first, last, 3 do
+    local name = args[i]
+    local old = instant_arg(args[i + 1], 'indexed instant', name)
+    local new = instant_arg(args[i + 2], 'due instant', name)
+    if old ~= '' and old ~= new then
+      local names = dels[old]
+      if names == nil then
+        names = {}
+        dels[old] = names
+      end
+      names[#names + 1] = name
+    end
+    if new ~= '' then
+      local fields = adds[new]
+      if fields == nil then
+        fields = {}
+        adds[new] = fields
+      end
+      fields[#fields + 1] = name
+      fields[#fields + 1] = ''
+    end
+  end
+  return { adds = adds, dels = dels }
+end
+
+local function bucket_types(base, buckets)
+  for instant in pairs(buckets.adds) do
+    key_type(base .. 'at:' .. instant, 'hash', 'due bucket')
+  end
+  for instant in pairs(buckets.dels) do
+    key_type(base .. 'at:' .. instant, 'hash', 'due bucket')
+  end
+end
+
+-- Removes names from a bucket; an emptied bucket (Redis deletes an empty hash) leaves `at`.
+local function bucket_del(base, at, instant, names)
+  local bucket = base .. 'at:' .. instant
+  call_values('HDEL', bucket, names, 1, #names)
+  if redis.call('EXISTS', bucket) == 0 then
+    redis.call('ZREM', at, instant)
+  end
+end
+
+local function write_due(base, at, buckets)
+  for instant, names in pairs(buckets.dels) do
+    bucket_del(base, at, instant, names) -- before the adds, which may refill the bucket
+  end
+  local scores = {}
+  for instant, fields in pairs(buckets.adds) do
+    call_values('HSET', base .. 'at:' .. instant, fields, 1, #fields)
+    scores[#scores + 1] = instant
+    scores[#scores + 1] = instant
+  end
+  call_values('ZADD', at, scores, 1, #scores)
+end
+
 -- commit
 
 -- `first`: where the commit's ARGV starts (segment_worker_ack_commit puts the ack's before it).
 local function check_commit_at(keys, args, first)
   local plan = { epoch = claimed_epoch(args[first]), server = server_arg(args[first + 1]) }
-  local names = { 'n_set', 'n_del', 'n_zadd', 'n_zrem', 'n_out', 'n_off', 'n_pop' }
+  local names = { 'n_set', 'n_del', 'n_due', 'n_out', 'n_off', 'n_pop' }
   for i, name in ipairs(names) do
     plan[name] = uint(args[first + 1 + i], name)
   end
   key_count(keys, 3 + plan.n_set + plan.n_del)
-  arg_count(args, first - 1 + HEADER + plan.n_set + 2 * plan.n_zadd + plan.n_zrem + plan.n_out
+  arg_count(args, first - 1 + HEADER + plan.n_set + 3 * plan.n_due + plan.n_out
     + 2 * plan.n_off + 2 * plan.n_pop)
 
   local base = base_of(keys[1])
-  same_key(keys[2], base .. 'due', 'KEYS[2]')
+  plan.base = base
+  same_key(keys[2], base .. 'at', 'KEYS[2]')
   same_key(keys[3], base .. 'outbox', 'KEYS[3]')
   local customer = base .. 'c:'
   for i = 4, 3 + plan.n_set + plan.n_del do
@@ -358,14 +449,11 @@ local function check_commit_at(keys, args, first)
 
   -- Offsets of each section in ARGV.
   plan.blobs = first + HEADER
-  plan.zadd = plan.blobs + plan.n_set
-  plan.zrem = plan.zadd + 2 * plan.n_zadd
-  plan.out = plan.zrem + plan.n_zrem
+  plan.due = plan.blobs + plan.n_set
+  plan.out = plan.due + 3 * plan.n_due
   plan.off = plan.out + plan.n_out
   plan.pop = plan.off + 2 * plan.n_off
-  for i = plan.zadd, plan.zrem - 1, 2 do
-    uint(args[i], 'due time', args[i + 1])
-  end
+  plan.buckets = due_plan(args, plan.due, plan.out - 1)
   plan.offsets = {}
   for i = plan.off, plan.pop - 1, 2 do
     topic_name(args[i], 'topic')
@@ -381,6 +469,7 @@ local function check_commit_at(keys, args, first)
 
   plan.current = stored_epoch(keys[1])
   key_type(keys[2], 'zset', 'due key')
+  bucket_types(base, plan.buckets)
   key_type(keys[3], 'list', 'outbox key')
   return plan
 end
@@ -393,8 +482,7 @@ end
 local function write_commit(keys, args, plan)
   mset(keys, 4, args, plan.blobs, plan.n_set)
   del_keys(keys, 4 + plan.n_set, 3 + plan.n_set + plan.n_del)
-  call_values('ZADD', keys[2], args, plan.zadd, plan.zrem - 1)
-  call_values('ZREM', keys[2], args, plan.zrem, plan.out - 1)
+  write_due(plan.base, keys[2], plan.buckets)
   call_values('RPUSH', keys[3], args, plan.out, plan.off - 1)
   for _, offset in ipairs(plan.offsets) do
     local field, given, text = offset[1], offset[2], offset[3]
@@ -482,17 +570,21 @@ end
 
 local function check_erase(keys, args)
   key_count(keys, 4)
-  arg_count(args, 4)
+  arg_count(args, 5)
   local base = base_of(keys[1])
-  local plan = { epoch = uint(args[1], 'epoch'), server = server_arg(args[2]) }
-  same_key(keys[2], base .. 'due', 'KEYS[2]')
+  local plan = { epoch = uint(args[1], 'epoch'), server = server_arg(args[2]), base = base }
+  same_key(keys[2], base .. 'at', 'KEYS[2]')
   same_key(keys[3], base .. 'c:' .. args[3], 'KEYS[3]')
   marker_key(keys[4], base, 'KEYS[4]')
   if args[4] ~= '' and uint(args[4], 'marker_ttl_ms') < 1 then
     fail('marker_ttl_ms must be >= 1 or empty (no marker), got ' .. show(args[4]))
   end
+  plan.indexed = instant_arg(args[5], 'indexed instant', args[3])
   plan.current = stored_epoch(keys[1])
   key_type(keys[2], 'zset', 'due key')
+  if plan.indexed ~= '' then
+    key_type(base .. 'at:' .. plan.indexed, 'hash', 'due bucket')
+  end
   return plan
 end
 
@@ -502,7 +594,9 @@ local function erase(keys, args)
     return err
   end
   local deleted = redis.call('DEL', keys[3])
-  redis.call('ZREM', keys[2], args[3])
+  if plan.indexed ~= '' then
+    bucket_del(plan.base, keys[2], plan.indexed, { args[3] })
+  end
   if args[4] ~= '' then
     redis.call('SET', keys[4], '1', 'PX', args[4])
   end
@@ -512,12 +606,10 @@ end
 -- forget
 
 local function check_forget(keys, args)
-  key_count(keys, 3)
+  key_count(keys, 2)
   arg_count(args, 2)
   local base = base_of(keys[1])
-  same_key(keys[2], base .. 'due', 'KEYS[2]')
-  same_key(keys[3], base .. 'c:' .. args[2], 'KEYS[3]')
-  key_type(keys[2], 'zset', 'due key')
+  same_key(keys[2], base .. 'c:' .. args[2], 'KEYS[2]')
   return true
 end
 
@@ -526,11 +618,10 @@ local function forget(keys, args)
   if err then
     return err
   end
-  if redis.call('GET', keys[3]) ~= args[1] then
+  if redis.call('GET', keys[2]) ~= args[1] then
     return 0
   end
-  redis.call('DEL', keys[3])
-  redis.call('ZREM', keys[2], args[2])
+  redis.call('DEL', keys[2])
   return 1
 end
 
@@ -589,6 +680,77 @@ local function read(keys, args)
   return out
 end
 
+-- due
+
+local function check_due(keys, args)
+  key_count(keys, 2)
+  arg_count(args, 2)
+  local base = keys[1] and string.match(keys[1], '^([^{}]*{p%d+}:)at$')
+  if base == nil then
+    fail('KEYS[1] must be <prefix>:{p<N>}:at (no braces in the prefix), got ' .. show(keys[1]))
+  end
+  same_key(keys[2], base .. 'due', 'KEYS[2]')
+  local plan = { base = base, now = uint(args[1], 'now'), limit = uint(args[2], 'limit') }
+  if plan.limit < 1 then
+    fail('limit must be >= 1, got ' .. show(args[2]))
+  end
+  key_type(keys[1], 'zset', 'due key')
+  key_type(keys[2], 'zset', 'old due key')
+  return plan
+end
+
+-- Moves up to `limit` entries of the old index, earliest first, into the buckets.
+local function migrate(base, at, old, limit)
+  local entries = redis.call('ZRANGE', old, 0, limit - 1, 'WITHSCORES')
+  local moved = {}
+  for i = 1, #entries, 2 do
+    local name, instant = entries[i], string.format('%.0f', tonumber(entries[i + 1]))
+    if redis.call('EXISTS', base .. 'c:' .. name) == 1 then
+      redis.call('HSET', base .. 'at:' .. instant, name, '')
+      redis.call('ZADD', at, instant, instant)
+    end
+    moved[#moved + 1] = name
+  end
+  call_values('ZREM', old, moved, 1, #moved)
+end
+
+local function due(keys, args)
+  local plan, err = checked('segment_worker_due', check_due, keys, args)
+  if err then
+    return err
+  end
+  local base, at, limit = plan.base, keys[1], plan.limit
+  migrate(base, at, keys[2], limit)
+  local out, seen = {}, {}
+  local instants = redis.call('ZRANGEBYSCORE', at, '-inf', plan.now, 'LIMIT', 0, limit)
+  for _, instant in ipairs(instants) do
+    local bucket = base .. 'at:' .. instant
+    local cursor = '0'
+    repeat
+      local reply = redis.call('HSCAN', bucket, cursor, 'COUNT', limit)
+      cursor = reply[1]
+      local fields = reply[2]
+      for i = 1, #fields, 2 do
+        local name = fields[i]
+        if redis.call('EXISTS', base .. 'c:' .. name) == 0 then
+          redis.call('HDEL', bucket, name) -- forgotten: no state, nothing to fire
+        elseif not seen[name] and #out < 2 * limit then -- SCAN may return a name twice
+          seen[name] = true
+          out[#out + 1] = instant
+          out[#out + 1] = name
+        end
+      end
+    until cursor == '0' or #out >= 2 * limit
+    if redis.call('EXISTS', bucket) == 0 then
+      redis.call('ZREM', at, instant)
+    end
+    if #out >= 2 * limit then
+      break
+    end
+  end
+  return out
+end
+
 local function version(keys, args)
   return LIBRARY_VERSION
 end
@@ -600,6 +762,7 @@ redis.register_function('segment_worker_ack_commit', ack_commit)
 redis.register_function('segment_worker_erase', erase)
 redis.register_function('segment_worker_mark_rules', mark_rules)
 redis.register_function('segment_worker_forget', forget)
+redis.register_function('segment_worker_due', due)
 redis.register_function{
   function_name = 'segment_worker_read', callback = read, flags = { 'no-writes' },
 }
