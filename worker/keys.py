@@ -15,7 +15,7 @@ says what a pseudonym key hides and what it does not):
 - ``<base>at`` (zset): the due index's instants (epoch ms) at which some customer's class may
   change, each its own score; the timer reads what is due from the earliest.
 - ``<base>at:<instant>`` (hash): the bucket of an instant: a field ``<name>`` (value empty)
-  per customer due then. A name in a bucket costs ~42 bytes where a zset entry per customer
+  per customer due then. A name in a bucket costs ~30 bytes where a zset entry per customer
   costs ~112 (docs/benchmarks.md).
 - ``<base>due`` (zset): the due index of releases before library version 9 (member
   ``<name>``, score its instant); the timer's read moves it into the buckets, earliest first.
@@ -104,10 +104,6 @@ class Layout:
 
     def at(self, partition: int) -> str:
         return self.base(partition) + AT
-
-    def bucket(self, partition: int, instant: int) -> str:
-        """The due bucket of customers whose class may change at ``instant`` (epoch ms)."""
-        return f"{self.base(partition)}{BUCKET}{instant}"
 
     def due(self, partition: int) -> str:
         """The due index of releases before library version 9 (a zset of names)."""

@@ -388,19 +388,28 @@ class Store:
         if acked < 0:
             raise ValueError(f"acked must be >= 0, got {acked}")
         p = claim.partition
+        if not due.keys() <= states.keys():
+            raise ValueError("due instants for customers whose state this commit does not write")
         set_keys: list[str] = []
         blobs: list[bytes] = []
         del_keys: list[str] = []
+        # The due index, per customer in key order: (instant indexed under, new instant).
+        set_due: list[str | int] = []
+        del_due: list[str | int] = []
+        was = indexed or {}
         for customer_id, blob in states.items():
+            if customer_id in due:
+                at = due[customer_id]
+                moved = (was.get(customer_id, ""), "" if at is None else at)
+            else:
+                moved = ("", "")
             if blob is None:
                 del_keys.append(self.customer_key(p, customer_id))
+                del_due += moved
             else:
                 set_keys.append(self.customer_key(p, customer_id))
                 blobs.append(self._wrap(customer_id, blob))
-        was = indexed or {}
-        moves: list[str | int] = []
-        for customer_id, at in due.items():
-            moves += (self.name(customer_id), was.get(customer_id, ""), "" if at is None else at)
+                set_due += moved
         pops: list[str | int] = []
         for (dimension, class_name), delta in (populations or {}).items():
             field = population_name(dimension, class_name)
@@ -410,10 +419,9 @@ class Store:
         for topic, offset in offsets.items():
             flat_offsets += (topic, offset)
         names = [self.keys.meta(p), self.keys.at(p), self.keys.outbox(p), *set_keys, *del_keys]
-        counts = [len(set_keys), len(del_keys), len(moves) // 3]
-        counts += [len(outbox), len(offsets), len(pops) // 2]
+        counts = [len(set_keys), len(del_keys), len(outbox), len(offsets), len(pops) // 2]
         args: list[str | bytes | int] = [claim.epoch, claim.server, *counts]
-        args += [*blobs, *moves, *outbox]
+        args += [*blobs, *set_due, *del_due, *outbox]
         args += flat_offsets
         args += pops
         if acked == 0 and relayed is None:

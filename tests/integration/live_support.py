@@ -27,8 +27,8 @@ from worker.core.state import CustomerState
 from worker.core.timeutil import DAY_MS, format_ms, parse_rfc3339
 from worker.core.views import describe
 from worker.kafka import ensure_topics, partition_of
-from worker.keys import Layout, offset_field
-from worker.redis.client import connect
+from worker.keys import Layout, glob_escape, offset_field
+from worker.redis.client import Client, connect
 from worker.replay import Replayer
 from worker.service import Worker
 from worker.settings import Settings
@@ -270,24 +270,36 @@ async def assert_state_matches(
     await assert_due_index(settings, stored)
 
 
+async def due_index(client: Client, layout: Layout, partition: int) -> dict[int, set[str]]:
+    """The partition's due index as instant -> names, read key by key (with commands the
+    worker's ACL user has); checks that ``at`` lists exactly the buckets there are."""
+    out: dict[int, set[str]] = {}
+    for member in await client.zrangebyscore(layout.at(partition), "-inf", "+inf"):
+        bucket = member.decode()
+        names = {n.decode() for n in await client.hgetall(f"{layout.at(partition)}:{bucket}")}
+        assert names, f"an empty bucket {bucket}"
+        out.setdefault(int(bucket.split(":")[0]), set()).update(names)
+    pattern = glob_escape(layout.at(partition)) + ":*"
+    buckets = [k async for k in client.scan_iter(match=pattern)]
+    listed = await client.zcount(layout.at(partition), "-inf", "+inf")
+    assert len(buckets) == listed, "a bucket not in at"
+    return out
+
+
 async def assert_due_index(settings: Settings, states: dict[str, CustomerState | None]) -> None:
     """The due index holds each customer under its due day's start and nothing else: no
     customer a timer would miss, and no stale name that the commits failed to take out."""
-    expected: dict[str, set[str]] = {}
-    layout = Layout(settings.redis_prefix)
+    expected: dict[int, dict[int, set[str]]] = {p: {} for p in range(PARTITIONS)}
     client = connect(settings)
     store = store_for(settings, client)
     for cid, state in states.items():
         if state is not None and state.due_day is not None:
             at = RULES.calendar.start_ms(state.due_day)
-            key = layout.bucket(partition_of(cid, PARTITIONS), at)
-            expected.setdefault(key, set()).add(store.name(cid))
+            bucket = expected[partition_of(cid, PARTITIONS)].setdefault(at, set())
+            bucket.add(store.name(cid))
     try:
-        found: dict[str, set[str]] = {}
-        for p in range(PARTITIONS):
-            for instant in await client.zrangebyscore(layout.at(p), "-inf", "+inf"):
-                key = layout.bucket(p, int(instant))
-                found[key] = {name.decode() for name in await client.hgetall(key)}
+        layout = Layout(settings.redis_prefix)
+        found = {p: await due_index(client, layout, p) for p in range(PARTITIONS)}
     finally:
         await client.aclose()
     assert found == expected

@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.integration.live_support import due_index
 from worker.keys import Layout
 from worker.store import Store
 
@@ -41,18 +42,6 @@ steps = st.builds(
     st.booleans(),
     st.booleans(),
 )
-
-
-async def _index(client: aioredis.Redis) -> dict[int, set[str]]:
-    """The buckets as the index holds them, checked against ``at``'s instants."""
-    out: dict[int, set[str]] = {}
-    async for key in client.scan_iter(match=LAYOUT.base(P) + "at:*"):
-        instant = int(key.decode().rsplit(":", 1)[1])
-        out[instant] = {name.decode() for name in await client.hkeys(key)}
-    instants = {int(m) for m in await client.zrange(LAYOUT.at(P), 0, -1)}
-    assert instants == set(out), (instants, out)
-    assert all(out.values()), "an empty bucket"
-    return out
 
 
 async def _run(url: str, script: list[Step], only_right: bool) -> None:
@@ -94,7 +83,7 @@ async def _run(url: str, script: list[Step], only_right: bool) -> None:
             indexed.pop(cid, None)
             if due is not None:
                 indexed[cid] = due
-            index = await _index(client)
+            index = await due_index(client, LAYOUT, P)
             for name, at in truth.items():  # never a missed timer
                 if at is not None:
                     assert name in index.get(at, set()), (name, at, index)
@@ -120,7 +109,7 @@ async def _run(url: str, script: list[Step], only_right: bool) -> None:
                 truth.update(moved)
             assert not await store.due(P, now, 100)
         live = {c for c, at in truth.items() if at is not None}
-        assert await _index(client) == ({BEYOND: live} if live else {})
+        assert await due_index(client, LAYOUT, P) == ({BEYOND: live} if live else {})
     finally:
         await client.aclose()
 

@@ -40,14 +40,9 @@ def _state(customer_id: str) -> CustomerState:
 
 
 def _store(server: RedisServer, customer_id: str, blob: bytes) -> None:
-    """The customer's state and due entry, as a commit writes them."""
     client = redis.Redis.from_url(server.url)
-    partition = partition_of(customer_id, PARTITIONS)
-    due = ORDERED + 30 * DAY_MS
     try:
-        client.set(LAYOUT.customer(partition, customer_id), blob)
-        client.hset(LAYOUT.bucket(partition, due), customer_id, "")
-        client.zadd(LAYOUT.at(partition), {str(due): due})
+        client.set(LAYOUT.customer(partition_of(customer_id, PARTITIONS), customer_id), blob)
     finally:
         client.close()
 

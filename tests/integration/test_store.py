@@ -14,6 +14,7 @@ from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
 from tests.integration.conftest import AofStore
+from tests.integration.live_support import due_index
 from worker.keys import Layout
 from worker.store import Claim, Fenced, ServerChanged, Store, library_code
 
@@ -111,10 +112,11 @@ async def test_round_trip_of_states_due_outbox_and_offsets(
     assert keys == {
         LAYOUT.meta(3),
         LAYOUT.at(3),
-        LAYOUT.bucket(3, 5_000),
+        LAYOUT.at(3) + ":5000",
         LAYOUT.outbox(3),
         LAYOUT.customer(3, "bob"),
     }
+    assert await due_index(client, LAYOUT, 3) == {5_000: {"bob"}}
     assert {key_slot(k.encode()) for k in keys} == {key_slot(b"{p3}")}
 
 
@@ -368,7 +370,7 @@ async def test_customer_ids_with_any_characters(store: Store, client: CountingRe
         assert await store.get(4, c) == states[c]
     assert list(await store.due(4, 10**6, 100)) == ODD_IDS
     keys = await client.keys("*")
-    assert len(keys) == 2 + 2 * len(ODD_IDS)  # meta, at, a bucket and a key per customer
+    assert await due_index(client, LAYOUT, 4) == {i: {c} for i, c in enumerate(ODD_IDS)}
     assert {key_slot(k) for k in keys} == {key_slot(b"{p4}")}  # the first {...} is ours
     assert (await store.read_checked(9, ODD_IDS)).states == [None] * len(
         ODD_IDS
@@ -408,11 +410,7 @@ async def test_due_index_keeps_a_bucket_per_instant(store: Store, client: Counti
     await store.commit(
         claim, states=states, due={"a": 100, "b": 100, "c": 300}, outbox=[], offsets={}
     )
-    assert await client.zrange(LAYOUT.at(5), 0, -1, withscores=True) == [
-        (b"100", 100.0),
-        (b"300", 300.0),
-    ]
-    assert await client.hgetall(LAYOUT.bucket(5, 100)) == {b"a": b"", b"b": b""}
+    assert await due_index(client, LAYOUT, 5) == {100: {"a", "b"}, 300: {"c"}}
     assert await store.due(5, 300, 10) == {"a": 100, "b": 100, "c": 300}
     # a moves on, b leaves the index: the emptied bucket goes, with its instant.
     await store.commit(
@@ -423,9 +421,13 @@ async def test_due_index_keeps_a_bucket_per_instant(store: Store, client: Counti
         outbox=[],
         offsets={},
     )
-    assert not await client.exists(LAYOUT.bucket(5, 100))
-    assert await client.zrange(LAYOUT.at(5), 0, -1) == [b"300"]
+    assert await due_index(client, LAYOUT, 5) == {300: {"a", "c"}}  # no bucket of 100 left
     assert await store.due(5, 300, 10) == {"a": 300, "c": 300}
+    # A state written with no due instant given leaves its customer's index as it is.
+    await store.commit(claim, states={"c": b"c2"}, due={}, outbox=[], offsets={})
+    assert await store.due(5, 300, 10) == {"a": 300, "c": 300}
+    with pytest.raises(ValueError, match="does not write"):
+        await store.commit(claim, states={}, due={"a": 5}, outbox=[], offsets={})
 
 
 async def test_a_name_left_under_a_wrong_instant_is_found_and_taken_out(
@@ -445,7 +447,7 @@ async def test_a_name_left_under_a_wrong_instant_is_found_and_taken_out(
     )
     assert await store.due(5, 200, 10) == {}
     assert await store.due(5, 500, 10) == {"a": 500}
-    assert await client.zrange(LAYOUT.at(5), 0, -1) == [b"500"]
+    assert await due_index(client, LAYOUT, 5) == {500: {"a"}}
 
 
 async def test_due_reads_a_large_bucket_in_limited_steps(store: Store) -> None:
@@ -459,7 +461,12 @@ async def test_due_reads_a_large_bucket_in_limited_steps(store: Store) -> None:
         assert len(found) <= 500 and not set(found) & set(seen)
         seen += found
         await store.commit(
-            claim, states={}, due=dict.fromkeys(found, 50), indexed=found, outbox=[], offsets={}
+            claim,
+            states=dict.fromkeys(found, b"s"),
+            due=dict.fromkeys(found, 50),
+            indexed=found,
+            outbox=[],
+            offsets={},
         )
     assert sorted(seen) == sorted(ids)
     assert len(await store.due(2, 50, 5_000)) == 1_200
@@ -527,9 +534,9 @@ def commit_call(
     keys: list[str] | None = None,
     epoch: object = 1,
     server: object = SERVER,
-    counts: tuple[object, ...] = (2, 0, 1, 1, 1, 0),
+    counts: tuple[object, ...] = (2, 0, 1, 1, 0),
     blobs: tuple[object, ...] = ("A", "B"),
-    due: tuple[object, ...] = ("a", "", 5),
+    due: tuple[object, ...] = ("", 5, "", ""),
     out: tuple[object, ...] = ("record",),
     offsets: tuple[object, ...] = ("orders", 9),
     pops: tuple[object, ...] = (),
@@ -553,12 +560,12 @@ BAD_CALLS: dict[str, tuple[tuple[object, ...], str]] = {
         "segment_worker_ack: expected 4 arguments",
     ),
     "count with exponent": (
-        commit_call(counts=("2e0", 0, 1, 1, 1, 0)),
+        commit_call(counts=("2e0", 0, 1, 1, 0)),
         "n_set must be a non-negative integer",
     ),
     "count missing": (
         ("segment_worker_commit", 5, META, AT, OUT, CA, CB, 1, SERVER, 2, 0),
-        "n_due must be a non-negative integer, got nothing",
+        "n_out must be a non-negative integer, got nothing",
     ),
     "too few keys": (commit_call(keys=[META, AT, OUT, CA]), "expected 5 keys, got 4"),
     "too many arguments": (
@@ -569,22 +576,22 @@ BAD_CALLS: dict[str, tuple[tuple[object, ...], str]] = {
         commit_call(offsets=("orders",)),
         "expected 16 arguments (from the counts given), got 15",
     ),
-    "due time fractional": (commit_call(due=("a", "", "5.5")), 'due instant of "a"'),
-    "due time negative": (commit_call(due=("a", "", -5)), 'due instant of "a"'),
-    "due time hex": (commit_call(due=("a", "", "0x10")), 'due instant of "a"'),
-    "due time leading zero": (commit_call(due=("a", "05", 5)), 'indexed instant of "a"'),
-    "due time beyond 2^53": (commit_call(due=("a", "", 2**53)), "at most 2^53 - 1"),
+    "due time fractional": (commit_call(due=("", "5.5", "", "")), f'due instant of "{CA}"'),
+    "due time negative": (commit_call(due=("", 5, "", -5)), f'due instant of "{CB}"'),
+    "due time hex": (commit_call(due=("", "0x10", "", "")), f'due instant of "{CA}"'),
+    "due time leading zero": (commit_call(due=("05", 5, "", "")), f'indexed instant of "{CA}"'),
+    "due time beyond 2^53": (commit_call(due=("", 2**53, "", "")), "at most 2^53 - 1"),
     "offset not a number": (commit_call(offsets=("orders", "nine")), 'offset of "orders"'),
     "offset with spaces": (commit_call(offsets=("orders", " 9")), 'offset of "orders"'),
     "offset huge": (commit_call(offsets=("orders", "1" * 30)), 'offset of "orders"'),
     "topic empty": (commit_call(offsets=("", 9)), "topic must be a Kafka topic name"),
     "topic with colon": (commit_call(offsets=("a:b", 9)), "topic must be a Kafka topic name"),
     "population delta fractional": (
-        commit_call(counts=(2, 0, 1, 1, 1, 1), pops=("lifecycle\x1fnew", "0.5")),
+        commit_call(counts=(2, 0, 1, 1, 1), pops=("lifecycle\x1fnew", "0.5")),
         "population delta",
     ),
     "population field empty": (
-        commit_call(counts=(2, 0, 1, 1, 1, 1), pops=("", 1)),
+        commit_call(counts=(2, 0, 1, 1, 1), pops=("", 1)),
         "population field must not be empty",
     ),
     "meta key of another layout": (

@@ -49,16 +49,18 @@ segment_worker_claim
 
 segment_worker_commit
   KEYS  meta, at, outbox, c:<name> x n_set (states to set), c:<name> x n_del (to delete)
-  ARGV  epoch, server, n_set, n_del, n_due, n_out, n_off, n_pop,
+  ARGV  epoch, server, n_set, n_del, n_out, n_off, n_pop,
         blob x n_set                       (value of the i-th state key to set)
-        (name, indexed, due) x n_due       (due index: indexed = the instant the customer
-                                           is indexed under or "", due = its new one or "")
+        (indexed, due) x (n_set + n_del)   (the due index, for the customer of the i-th
+                                           c: key: the instant it is indexed under or "",
+                                           and its new one or "")
         record x n_out                     (RPUSH to the outbox, in order)
         (topic, offset) x n_off            (off:<topic> = max(stored, offset))
         (field, delta) x n_pop             (HINCRBY pop:<field> by delta; delta may be < 0)
   The due index keeps a bucket (hash) per due instant rather than a zset entry per customer:
-  a name in a large hash costs ~42 bytes, a zset entry ~112. A customer is added to the
-  bucket of `due` and, when `indexed` differs, removed from that of `indexed`; an emptied
+  a name in a bucket costs ~30 bytes, a zset entry ~112. A customer is added to the
+  bucket of `due` and, when `indexed` differs, removed from that of `indexed` (both "":
+  the index is left as it is for that customer); an emptied
   bucket leaves `at`. An `indexed` that is wrong (a state read under another shop calendar)
   leaves a stale name behind, which segment_worker_due hands to the sweep when its instant
   comes; the sweep's commit then removes it (it passes the instant it found it under).
@@ -129,7 +131,7 @@ segment_worker_version (read-only)
 local LIBRARY_VERSION = '9'
 local CHUNK = 512 -- values per multi-argument command; even, so that pairs never split
 local MAX_INT = 9007199254740991 -- 2^53 - 1
-local HEADER = 8 -- commit: epoch, server and the six counts
+local HEADER = 7 -- commit: epoch, server and the five counts
 
 -- Validation. `fail` raises a plain message (level 0: no source position); each function runs
 -- its checks under pcall and turns a failure into an error reply before anything is written.
@@ -363,31 +365,42 @@ local function instant_arg(value, what, whose)
   return value
 end
 
--- The bucket moves of the (name, indexed, due) triples in ARGV[first..last], checked:
--- { adds = {instant -> {name, '', ...}}, dels = {instant -> {name, ...}} }.
-local function due_plan(args, first, last)
-  local adds, dels = {}, {}
-  for i = first, last, 3 do
-    local name = args[i]
-    local old = instant_arg(args[i + 1], 'indexed instant', name)
-    local new = instant_arg(args[i + 2], 'due instant', name)
+-- The bucket moves of the (indexed, due) pairs in ARGV[first..last], one per c: key from
+-- KEYS[key_first] on, checked: { adds = {instant -> {name, '', ...}},
+-- dels = {instant -> {name, ...}} }.
+local function due_plan(keys, key_first, args, first, last)
+  local adds, dels, checked = {}, {}, { [''] = true }
+  local skip = #keys[1] - 1 -- where a c: key's name starts (<base>c: is <base>meta less 2)
+  local k = key_first
+  for i = first, last, 2 do
+    local old, new = args[i], args[i + 1]
+    if not checked[old] then -- the few instants of a batch, each parsed once
+      checked[old] = uint(old, 'indexed instant', keys[k])
+    end
+    if not checked[new] then
+      checked[new] = uint(new, 'due instant', keys[k])
+    end
+    local name = (new ~= '' or old ~= '') and string.sub(keys[k], skip)
     if old ~= '' and old ~= new then
       local names = dels[old]
       if names == nil then
-        names = {}
+        names = { n = 0 }
         dels[old] = names
       end
-      names[#names + 1] = name
+      names.n = names.n + 1
+      names[names.n] = name
     end
-    if new ~= '' then
+    if new ~= '' then -- even where it is indexed already: a wrong `indexed` must not lose it
       local fields = adds[new]
       if fields == nil then
-        fields = {}
+        fields = { n = 0 }
         adds[new] = fields
       end
-      fields[#fields + 1] = name
-      fields[#fields + 1] = ''
+      fields[fields.n + 1] = name
+      fields[fields.n + 2] = ''
+      fields.n = fields.n + 2
     end
+    k = k + 1
   end
   return { adds = adds, dels = dels }
 end
@@ -404,7 +417,7 @@ end
 -- Removes names from a bucket; an emptied bucket (Redis deletes an empty hash) leaves `at`.
 local function bucket_del(base, at, instant, names)
   local bucket = base .. 'at:' .. instant
-  call_values('HDEL', bucket, names, 1, #names)
+  call_values('HDEL', bucket, names, 1, names.n or #names)
   if redis.call('EXISTS', bucket) == 0 then
     redis.call('ZREM', at, instant)
   end
@@ -416,7 +429,7 @@ local function write_due(base, at, buckets)
   end
   local scores = {}
   for instant, fields in pairs(buckets.adds) do
-    call_values('HSET', base .. 'at:' .. instant, fields, 1, #fields)
+    call_values('HSET', base .. 'at:' .. instant, fields, 1, fields.n)
     scores[#scores + 1] = instant
     scores[#scores + 1] = instant
   end
@@ -428,12 +441,12 @@ end
 -- `first`: where the commit's ARGV starts (segment_worker_ack_commit puts the ack's before it).
 local function check_commit_at(keys, args, first)
   local plan = { epoch = claimed_epoch(args[first]), server = server_arg(args[first + 1]) }
-  local names = { 'n_set', 'n_del', 'n_due', 'n_out', 'n_off', 'n_pop' }
+  local names = { 'n_set', 'n_del', 'n_out', 'n_off', 'n_pop' }
   for i, name in ipairs(names) do
     plan[name] = uint(args[first + 1 + i], name)
   end
   key_count(keys, 3 + plan.n_set + plan.n_del)
-  arg_count(args, first - 1 + HEADER + plan.n_set + 3 * plan.n_due + plan.n_out
+  arg_count(args, first - 1 + HEADER + plan.n_set + 2 * (plan.n_set + plan.n_del) + plan.n_out
     + 2 * plan.n_off + 2 * plan.n_pop)
 
   local base = base_of(keys[1])
@@ -450,10 +463,10 @@ local function check_commit_at(keys, args, first)
   -- Offsets of each section in ARGV.
   plan.blobs = first + HEADER
   plan.due = plan.blobs + plan.n_set
-  plan.out = plan.due + 3 * plan.n_due
+  plan.out = plan.due + 2 * (plan.n_set + plan.n_del)
   plan.off = plan.out + plan.n_out
   plan.pop = plan.off + 2 * plan.n_off
-  plan.buckets = due_plan(args, plan.due, plan.out - 1)
+  plan.buckets = due_plan(keys, 4, args, plan.due, plan.out - 1)
   plan.offsets = {}
   for i = plan.off, plan.pop - 1, 2 do
     topic_name(args[i], 'topic')
