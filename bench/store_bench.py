@@ -1,15 +1,20 @@
 """Throughput of the Redis adapter's commit against plain pipelined writes on the same server.
 
     python bench/store_bench.py [--url redis://...] [--customers 1000] [--blob 200]
-                                [--seconds 3] [--concurrency 1]
+                                [--days 180] [--seconds 3] [--concurrency 1]
 
 Without --url it starts its own redis-server (no persistence) on a free port. Every variant
-writes the same number of customers per call with blobs of the same size:
+writes the same number of customers per call with blobs of the same size, eight batches of
+distinct customers in turn, each customer due at the start of one of ``--days`` days and
+moved to another day by each write, as a live partition's customers are:
 
-- ``Store.commit``: one FCALL that checks the epoch, sets the states, indexes the due times and
-  moves two input offsets, atomically;
+- ``Store.commit``: one FCALL that checks the epoch, sets the states, moves the customers in
+  the due index and moves two input offsets, atomically;
 - pipelined MSET: the states only, in one round trip (the floor for moving these bytes);
-- pipelined MSET+ZADD+HSET: the same writes as the commit, neither atomic nor fenced.
+- pipelined MSET+HSET: the states and the due buckets' new names, neither atomic nor fenced.
+
+Beside the client's view (calls/s, latency) it prints what each call cost the Redis server
+(INFO commandstats), the figure that says how many events/s one Redis core carries.
 
 With --concurrency N, N tasks (one partition and connection each) write at once.
 
@@ -36,6 +41,7 @@ import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection
 
+from worker.core.timeutil import DAY_MS
 from worker.store import Store
 
 Writer = Callable[[int, int], Awaitable[None]]  # (partition, round) -> one call
@@ -80,7 +86,9 @@ def redis_server() -> Iterator[str]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-async def measure(name: str, write: Writer, seconds: float, concurrency: int, n: int) -> None:
+async def measure(
+    client: aioredis.Redis, name: str, write: Writer, *, seconds: float, concurrency: int, n: int
+) -> None:
     latencies: list[float] = []
 
     async def run(partition: int, deadline: float) -> None:
@@ -94,19 +102,25 @@ async def measure(name: str, write: Writer, seconds: float, concurrency: int, n:
     warmup = time.perf_counter() + min(0.5, seconds / 4)
     await asyncio.gather(*(run(p, warmup) for p in range(concurrency)))
     latencies.clear()
+    await client.config_resetstat()
     started = time.perf_counter()
     await asyncio.gather(*(run(p, started + seconds) for p in range(concurrency)))
     elapsed = time.perf_counter() - started
     calls = len(latencies)
     ms = sorted(x * 1000 for x in latencies)
     p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
+    stats = await client.info("commandstats")
+    server_us = sum(s["usec"] for k, s in stats.items() if k != "cmdstat_config") / max(calls, 1)
     print(
         f"{name:<44} {calls / elapsed:>9,.0f} calls/s {calls * n / elapsed:>12,.0f} customers/s"
         f"   p50 {statistics.median(ms):6.2f} ms   p99 {p99:6.2f} ms"
+        f"   Redis {server_us / n:5.2f} us/customer"
     )
 
 
-async def bench(url: str, customers: int, blob_size: int, seconds: float, concurrency: int) -> None:
+async def bench(
+    url: str, *, customers: int, blob_size: int, days: int, seconds: float, concurrency: int
+) -> None:
     client = aioredis.from_url(url, max_connections=concurrency + 2)
     packed = aioredis.Redis(
         connection_pool=aioredis.ConnectionPool.from_url(
@@ -119,7 +133,12 @@ async def bench(url: str, customers: int, blob_size: int, seconds: float, concur
     batches = 8  # rotate over distinct customers, as a live partition would
     ids = [[f"customer-{b}-{i:06d}" for i in range(customers)] for b in range(batches)]
     blob = os.urandom(blob_size)
-    now = 1_760_000_000_000
+    today = 1_760_000_000_000 // DAY_MS * DAY_MS
+
+    def due(round_: int) -> dict[str, int]:
+        """Round ``round_``'s due instants: day starts, each customer on another day."""
+        batch = ids[round_ % batches]
+        return {c: today + DAY_MS * ((7 * i + round_) % days) for i, c in enumerate(batch)}
 
     def committer(store: Store) -> Writer:
         async def commit(partition: int, round_: int) -> None:
@@ -127,7 +146,8 @@ async def bench(url: str, customers: int, blob_size: int, seconds: float, concur
             await store.commit(
                 claims[partition],
                 states=dict.fromkeys(batch, blob),
-                due={c: now + i for i, c in enumerate(batch)},
+                due=due(round_),
+                indexed=due(round_ - batches) if round_ >= batches else {},
                 outbox=[],
                 offsets={"orders": round_ * customers, "visits": round_ * customers},
             )
@@ -140,13 +160,17 @@ async def bench(url: str, customers: int, blob_size: int, seconds: float, concur
         pipe.mset({store.customer_key(partition, c): blob for c in batch})
         await pipe.execute()
 
-    async def mset_zadd_hset(partition: int, round_: int) -> None:
+    async def mset_hset(partition: int, round_: int) -> None:
         batch = ids[round_ % batches]
         pipe = client.pipeline(transaction=False)
         pipe.mset({store.customer_key(partition, c): blob for c in batch})
-        pipe.zadd(store.key(partition, "due"), {c: now + i for i, c in enumerate(batch)})
+        buckets: dict[int, dict[str, str]] = {}
+        for c, at in due(round_).items():
+            buckets.setdefault(at, {})[store.name(c)] = ""
+        for at, names in buckets.items():
+            pipe.hset(f"{store.keys.at(partition)}:{at}", mapping=names)
         pipe.hset(
-            store.key(partition, "meta"),
+            store.keys.meta(partition),
             mapping={"off:orders": round_ * customers, "off:visits": round_ * customers},
         )
         await pipe.execute()
@@ -154,17 +178,20 @@ async def bench(url: str, customers: int, blob_size: int, seconds: float, concur
     info = await client.info("server")
     print(
         f"redis-server {info['redis_version']} at {url}: {customers:,} customers x "
-        f"{blob_size} B per call, {concurrency} concurrent writer(s), {seconds:g} s each"
+        f"{blob_size} B per call, due over {days} days, {concurrency} concurrent writer(s), "
+        f"{seconds:g} s each"
     )
     variants: list[tuple[str, Writer]] = [
         ("Store.commit (1 FCALL, fenced, atomic)", committer(store)),
         ("pipelined MSET (states only)", mset),
-        ("pipelined MSET+ZADD+HSET (not atomic/fenced)", mset_zadd_hset),
+        ("pipelined MSET+HSET (not atomic/fenced)", mset_hset),
         ("Store.commit, hiredis-packed connection", committer(packed_store)),
     ]
     try:
         for name, write in variants:
-            await measure(name, write, seconds, concurrency, customers)
+            await measure(
+                client, name, write, seconds=seconds, concurrency=concurrency, n=customers
+            )
     finally:
         async for key in client.scan_iter(match=f"{PREFIX}:*", count=1000):
             await client.delete(key)
@@ -179,15 +206,22 @@ def main() -> None:
     )
     parser.add_argument("--customers", type=int, default=1000)
     parser.add_argument("--blob", type=int, default=200, help="state size in bytes")
+    parser.add_argument("--days", type=int, default=180, help="day starts the customers are due at")
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--concurrency", type=int, default=1)
     args = parser.parse_args()
-    run = (args.customers, args.blob, args.seconds, args.concurrency)
+    run = {
+        "customers": args.customers,
+        "blob_size": args.blob,
+        "days": args.days,
+        "seconds": args.seconds,
+        "concurrency": args.concurrency,
+    }
     if args.url:
-        asyncio.run(bench(args.url, *run))
+        asyncio.run(bench(args.url, **run))
     else:
         with redis_server() as url:
-            asyncio.run(bench(url, *run))
+            asyncio.run(bench(url, **run))
 
 
 if __name__ == "__main__":
