@@ -1,11 +1,11 @@
 """Throughput of the Redis adapter's commit against plain pipelined writes on the same server.
 
     python bench/store_bench.py [--url redis://...] [--customers 1000] [--blob 200]
-                                [--days 180] [--seconds 3] [--concurrency 1]
+                                [--days 180] [--batches 8] [--seconds 3] [--concurrency 1]
 
 Without --url it starts its own redis-server (no persistence) on a free port. Every variant
-writes the same number of customers per call with blobs of the same size, eight batches of
-distinct customers in turn, each customer due at the start of one of ``--days`` days and
+writes the same number of customers per call with blobs of the same size, ``--batches``
+batches of distinct customers in turn, each customer due at the start of one of ``--days`` days and
 moved to another day by each write, as a live partition's customers are:
 
 - ``Store.commit``: one FCALL that checks the epoch, sets the states, moves the customers in
@@ -119,7 +119,14 @@ async def measure(
 
 
 async def bench(
-    url: str, *, customers: int, blob_size: int, days: int, seconds: float, concurrency: int
+    url: str,
+    *,
+    customers: int,
+    blob_size: int,
+    days: int,
+    batches: int,
+    seconds: float,
+    concurrency: int,
 ) -> None:
     client = aioredis.from_url(url, max_connections=concurrency + 2)
     packed = aioredis.Redis(
@@ -130,7 +137,6 @@ async def bench(
     store, packed_store = Store(client, PREFIX), Store(packed, PREFIX)
     await store.load_library()
     claims = {p: await store.claim(p) for p in range(concurrency)}
-    batches = 8  # rotate over distinct customers, as a live partition would
     ids = [[f"customer-{b}-{i:06d}" for i in range(customers)] for b in range(batches)]
     blob = os.urandom(blob_size)
     today = 1_760_000_000_000 // DAY_MS * DAY_MS
@@ -207,6 +213,9 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=1000)
     parser.add_argument("--blob", type=int, default=200, help="state size in bytes")
     parser.add_argument("--days", type=int, default=180, help="day starts the customers are due at")
+    parser.add_argument(
+        "--batches", type=int, default=8, help="batches of distinct customers written in turn"
+    )
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--concurrency", type=int, default=1)
     args = parser.parse_args()
@@ -214,6 +223,7 @@ def main() -> None:
         "customers": args.customers,
         "blob_size": args.blob,
         "days": args.days,
+        "batches": args.batches,
         "seconds": args.seconds,
         "concurrency": args.concurrency,
     }

@@ -29,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ("tests/core", "tests/test_replay_cli.py", "tests/test_oracle.py")
 STORE = ("tests/integration/test_store.py",)
+DUE_INDEX = ("tests/integration/test_due_index.py", "tests/integration/test_store.py")
 RULES = "worker/core/default_rules.toml"
 
 
@@ -139,6 +140,28 @@ MUTATIONS: tuple[Mutation, ...] = (
         "if stored == false or given > (tonumber(stored) or -1) then",
         "if true then",
         STORE,
+    ),
+    Mutation(
+        "lua_due_index_keeps_the_old_bucket",
+        "worker/redis/segment_worker.lua",
+        "    bucket_del(base, at, instant, names) -- before the adds, which may refill the bucket",
+        "",
+        DUE_INDEX,
+    ),
+    Mutation(
+        "lua_due_read_hands_out_names_without_a_state",
+        "worker/redis/segment_worker.lua",
+        "        if redis.call('EXISTS', base .. 'c:' .. name) == 0 then",
+        "        if false then",
+        DUE_INDEX,
+    ),
+    Mutation(
+        "lua_due_index_keeps_emptied_buckets_listed",
+        "worker/redis/segment_worker.lua",
+        "  if redis.call('EXISTS', bucket) == 0 then\n"
+        "    redis.call('ZREM', at, instant)\n  end\nend",
+        "end",
+        DUE_INDEX,
     ),
     Mutation(
         "lua_epoch_fence_off",

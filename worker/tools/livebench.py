@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path
-from typing import cast
+from typing import Final, cast
 
 import orjson
 import redis.asyncio as aioredis
@@ -357,6 +357,12 @@ async def _processes(
     return Row(f"segment-worker, {count} processes", sum(ends.values()) - first, seconds)
 
 
+# Children run `python -m ...` from the directory holding this `worker` package: `-m` puts the
+# working directory first on sys.path, so from inside another checkout a child would import
+# that checkout's code, not the code under test (old/new comparisons with PYTHONPATH).
+_SOURCE: Final = Path(__file__).resolve().parents[2]
+
+
 def _inherited_env() -> dict[str, str]:
     """This process's environment for a child, without the settings it may carry: each
     child's settings are its own."""
@@ -375,7 +381,7 @@ def worker_process(settings: Settings, clock_ms: int) -> subprocess.Popen[bytes]
         }
     )
     command = [sys.executable, "-m", "worker", "run", "--log-level", "WARNING"]
-    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, cwd=_SOURCE)
 
 
 async def _faust(servers: Servers, topics: Topics, ends: dict[TopicPartition, int]) -> Row:
@@ -394,6 +400,7 @@ async def _faust(servers: Servers, topics: Topics, ends: dict[TopicPartition, in
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        cwd=_SOURCE,
     )
     try:
         started = 0.0
@@ -440,7 +447,9 @@ async def _latency(servers: Servers, plan: Plan, rate: float, pace: str) -> None
                 topics.orders,
                 topics.visits,
             ]
-            proc = subprocess.Popen(command, env=_inherited_env(), stdout=subprocess.PIPE)
+            proc = subprocess.Popen(
+                command, env=_inherited_env(), stdout=subprocess.PIPE, cwd=_SOURCE
+            )
         try:
             if is_worker:
                 await until_ready(settings.http_port, proc)
