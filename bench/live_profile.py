@@ -1,7 +1,10 @@
 """Where a live worker's CPU per event goes, end to end, from a sampling profile.
 
     python bench/live_profile.py [--events 60000] [--customers 10000] [--broker kafka]
-    PYTHONPATH=/tmp/old python bench/live_profile.py      # an old commit, same traffic
+    cd /tmp/old && PYTHONPATH=. python bench/live_profile.py   # an old commit, same traffic
+
+(From the old tree's directory: before `bench live` ran its children from the package's own
+directory, a worker child started inside another checkout imported that checkout's code.)
 
 Produces simulated traffic to a fresh broker (as `segment-worker bench live` does), starts one
 `segment-worker run` process once it owns its partitions, and samples it with py-spy (`pip

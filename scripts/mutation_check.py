@@ -164,6 +164,13 @@ MUTATIONS: tuple[Mutation, ...] = (
         DUE_INDEX,
     ),
     Mutation(
+        "storage_forgets_where_it_read_customers_due",
+        "worker/live/storage.py",
+        "cid: start(s.due_day) for cid, s in states.items() if s and s.due_day is not None",
+        "cid: start(s.due_day) for cid, s in states.items() if False",
+        ("tests/integration/test_storage_due.py",),
+    ),
+    Mutation(
         "lua_epoch_fence_off",
         "worker/redis/segment_worker.lua",
         "  if plan.current ~= plan.epoch then\n",
