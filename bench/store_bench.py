@@ -174,7 +174,7 @@ async def bench(
         for c, at in due(round_).items():
             buckets.setdefault(at, {})[store.name(c)] = ""
         for at, names in buckets.items():
-            pipe.hset(f"{store.keys.at(partition)}:{at}", mapping=names)
+            pipe.hset(store.keys.bucket(partition, at), mapping=names)
         pipe.hset(
             store.keys.meta(partition),
             mapping={"off:orders": round_ * customers, "off:visits": round_ * customers},

@@ -87,7 +87,7 @@ def test_layout_spells_each_key_of_the_spec() -> None:
     spelled = {
         keys.META: layout.meta(3),
         keys.AT: layout.at(3),
-        f"{keys.BUCKET}<instant>": layout.base(3) + keys.BUCKET + "<instant>",
+        f"{keys.BUCKET}<instant>": layout.bucket(3, "<instant>"),
         keys.DUE: layout.due(3),
         keys.OUTBOX: layout.outbox(3),
         f"{keys.CUSTOMER}<name>": layout.customer(3, "<name>"),

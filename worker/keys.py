@@ -105,6 +105,10 @@ class Layout:
     def at(self, partition: int) -> str:
         return self.base(partition) + AT
 
+    def bucket(self, partition: int, instant: int) -> str:
+        """The due bucket of the customers whose class may change at ``instant`` (epoch ms)."""
+        return f"{self.base(partition)}{BUCKET}{instant}"
+
     def due(self, partition: int) -> str:
         """The due index of releases before library version 9 (a zset of names)."""
         return self.base(partition) + DUE

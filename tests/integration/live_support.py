@@ -27,7 +27,7 @@ from worker.core.state import CustomerState
 from worker.core.timeutil import DAY_MS, format_ms, parse_rfc3339
 from worker.core.views import describe
 from worker.kafka import ensure_topics, partition_of
-from worker.keys import Layout, glob_escape, offset_field
+from worker.keys import BUCKET, Layout, glob_escape, offset_field
 from worker.redis.client import Client, connect
 from worker.replay import Replayer
 from worker.service import Worker
@@ -275,11 +275,11 @@ async def due_index(client: Client, layout: Layout, partition: int) -> dict[int,
     worker's ACL user has); checks that ``at`` lists exactly the buckets there are."""
     out: dict[int, set[str]] = {}
     for member in await client.zrangebyscore(layout.at(partition), "-inf", "+inf"):
-        bucket = member.decode()
-        names = {n.decode() for n in await client.hgetall(f"{layout.at(partition)}:{bucket}")}
-        assert names, f"an empty bucket {bucket}"
-        out.setdefault(int(bucket.split(":")[0]), set()).update(names)
-    pattern = glob_escape(layout.at(partition)) + ":*"
+        instant = int(member)
+        names = {n.decode() for n in await client.hgetall(layout.bucket(partition, instant))}
+        assert names, f"an empty bucket at {instant}"
+        out[instant] = names
+    pattern = glob_escape(layout.base(partition) + BUCKET) + "*"
     buckets = [k async for k in client.scan_iter(match=pattern)]
     listed = await client.zcount(layout.at(partition), "-inf", "+inf")
     assert len(buckets) == listed, "a bucket not in at"

@@ -112,7 +112,7 @@ async def test_round_trip_of_states_due_outbox_and_offsets(
     assert keys == {
         LAYOUT.meta(3),
         LAYOUT.at(3),
-        LAYOUT.at(3) + ":5000",
+        LAYOUT.bucket(3, 5_000),
         LAYOUT.outbox(3),
         LAYOUT.customer(3, "bob"),
     }

@@ -365,6 +365,22 @@ local function instant_arg(value, what, whose)
   return value
 end
 
+local function bucket_key(base, instant)
+  return base .. 'at:' .. instant
+end
+
+-- Adds `name` to the fields to set in the bucket of `instant` (value '').
+local function add_to(adds, instant, name)
+  local fields = adds[instant]
+  if fields == nil then
+    fields = { n = 0 }
+    adds[instant] = fields
+  end
+  fields[fields.n + 1] = name
+  fields[fields.n + 2] = ''
+  fields.n = fields.n + 2
+end
+
 -- The bucket moves of the (indexed, due) pairs in ARGV[first..last], one per c: key from
 -- KEYS[key_first] on, checked: { adds = {instant -> {name, '', ...}},
 -- dels = {instant -> {name, ...}} }.
@@ -391,14 +407,7 @@ local function due_plan(keys, key_first, args, first, last)
       names[names.n] = name
     end
     if new ~= '' then -- even where it is indexed already: a wrong `indexed` must not lose it
-      local fields = adds[new]
-      if fields == nil then
-        fields = { n = 0 }
-        adds[new] = fields
-      end
-      fields[fields.n + 1] = name
-      fields[fields.n + 2] = ''
-      fields.n = fields.n + 2
+      add_to(adds, new, name)
     end
     k = k + 1
   end
@@ -407,20 +416,24 @@ end
 
 local function bucket_types(base, buckets)
   for instant in pairs(buckets.adds) do
-    key_type(base .. 'at:' .. instant, 'hash', 'due bucket')
+    key_type(bucket_key(base, instant), 'hash', 'due bucket')
   end
   for instant in pairs(buckets.dels) do
-    key_type(base .. 'at:' .. instant, 'hash', 'due bucket')
+    key_type(bucket_key(base, instant), 'hash', 'due bucket')
   end
 end
 
--- Removes names from a bucket; an emptied bucket (Redis deletes an empty hash) leaves `at`.
-local function bucket_del(base, at, instant, names)
-  local bucket = base .. 'at:' .. instant
-  call_values('HDEL', bucket, names, 1, names.n or #names)
+-- An emptied bucket (Redis deletes an empty hash) leaves `at`.
+local function unlist_if_empty(at, bucket, instant)
   if redis.call('EXISTS', bucket) == 0 then
     redis.call('ZREM', at, instant)
   end
+end
+
+local function bucket_del(base, at, instant, names)
+  local bucket = bucket_key(base, instant)
+  call_values('HDEL', bucket, names, 1, names.n or #names)
+  unlist_if_empty(at, bucket, instant)
 end
 
 local function write_due(base, at, buckets)
@@ -429,7 +442,7 @@ local function write_due(base, at, buckets)
   end
   local scores = {}
   for instant, fields in pairs(buckets.adds) do
-    call_values('HSET', base .. 'at:' .. instant, fields, 1, fields.n)
+    call_values('HSET', bucket_key(base, instant), fields, 1, fields.n)
     scores[#scores + 1] = instant
     scores[#scores + 1] = instant
   end
@@ -596,7 +609,7 @@ local function check_erase(keys, args)
   plan.current = stored_epoch(keys[1])
   key_type(keys[2], 'zset', 'due key')
   if plan.indexed ~= '' then
-    key_type(base .. 'at:' .. plan.indexed, 'hash', 'due bucket')
+    key_type(bucket_key(base, plan.indexed), 'hash', 'due bucket')
   end
   return plan
 end
@@ -715,15 +728,15 @@ end
 -- Moves up to `limit` entries of the old index, earliest first, into the buckets.
 local function migrate(base, at, old, limit)
   local entries = redis.call('ZRANGE', old, 0, limit - 1, 'WITHSCORES')
-  local moved = {}
+  local adds, moved = {}, {}
   for i = 1, #entries, 2 do
     local name, instant = entries[i], string.format('%.0f', tonumber(entries[i + 1]))
     if redis.call('EXISTS', base .. 'c:' .. name) == 1 then
-      redis.call('HSET', base .. 'at:' .. instant, name, '')
-      redis.call('ZADD', at, instant, instant)
+      add_to(adds, instant, name)
     end
     moved[#moved + 1] = name
   end
+  write_due(base, at, { adds = adds, dels = {} })
   call_values('ZREM', old, moved, 1, #moved)
 end
 
@@ -737,7 +750,7 @@ local function due(keys, args)
   local out, seen = {}, {}
   local instants = redis.call('ZRANGEBYSCORE', at, '-inf', plan.now, 'LIMIT', 0, limit)
   for _, instant in ipairs(instants) do
-    local bucket = base .. 'at:' .. instant
+    local bucket = bucket_key(base, instant)
     local cursor = '0'
     repeat
       local reply = redis.call('HSCAN', bucket, cursor, 'COUNT', limit)
@@ -754,9 +767,7 @@ local function due(keys, args)
         end
       end
     until cursor == '0' or #out >= 2 * limit
-    if redis.call('EXISTS', bucket) == 0 then
-      redis.call('ZREM', at, instant)
-    end
+    unlist_if_empty(at, bucket, instant)
     if #out >= 2 * limit then
       break
     end
