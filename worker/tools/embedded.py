@@ -46,6 +46,7 @@ from worker import kafka
 
 HOST = "127.0.0.1"
 TOPIC_ALREADY_EXISTS = 36  # Kafka error code
+TOPIC_READY_S = 30  # how long created topics may take to show leaders in the metadata
 
 _T = TypeVar("_T")
 _LIVE: set[ServerProcess] = set()
@@ -262,7 +263,10 @@ async def create_topics(
     config: Mapping[str, str] | None = None,
     exist_ok: bool = True,
 ) -> None:
-    """Create ``{name: partitions}``; existing ones are fine if ``exist_ok``."""
+    """Create ``{name: partitions}``; existing ones are fine if ``exist_ok``. Returns once the
+    broker's metadata lists every partition with a leader: Kafka answers CreateTopics when its
+    controller has the topic, and a broker that has not applied that yet describes the topic
+    as unknown (a test asking right after got no partitions)."""
     if not topics:
         return
     admin = kafka.admin(bootstrap)
@@ -274,11 +278,24 @@ async def create_topics(
                 for n, p in topics.items()
             ]
         )
+        for name, code, *_ in response.topic_errors:
+            if code and not (exist_ok and code == TOPIC_ALREADY_EXISTS):
+                raise for_code(code)(f"create topic {name!r}")
+        deadline = time.monotonic() + TOPIC_READY_S
+        while not _led(await admin.describe_topics(list(topics))):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topics {sorted(topics)}: no leaders after {TOPIC_READY_S} s")
+            await asyncio.sleep(0.05)
     finally:
         await admin.close()
-    for name, code, *_ in response.topic_errors:
-        if code and not (exist_ok and code == TOPIC_ALREADY_EXISTS):
-            raise for_code(code)(f"create topic {name!r}")
+
+
+def _led(described: list[dict[str, Any]]) -> bool:
+    """Whether every described topic is known and each of its partitions has a leader."""
+    return all(
+        not t["error_code"] and t["partitions"] and all(p["leader"] >= 0 for p in t["partitions"])
+        for t in described
+    )
 
 
 class KafkaServer(Server):
