@@ -4,13 +4,19 @@
     PYTHONPATH=/tmp/old python bench/codec.py --states /tmp/states.pkl
 
 Builds the `segment-worker bench live` memory population (replay of simulated traffic until
-``--customers`` customers have a state) the first time and pickles it to ``--states``; later
-runs load it, so that two commits (the second line: an old commit unpacked with ``git
-archive``) encode the very same states. Prints encode and decode CPU per state (best of
-``--rounds``, garbage collector off, as `bench live` does), the blob sizes, and Redis bytes
-per customer with the states and due index loaded through ``Store.commit`` into a fresh
-redis-server, as `bench live` does. Every state must decode back to itself. The pickle
-holds pure-Python states: a compiled core (mypyc) needs one of its own.
+``--customers`` customers have a state) the first time and pickles it to ``--states`` as
+(customer id, format 7 state) pairs; later runs load it, so that two commits (the second
+line: an old commit unpacked with ``git archive``, format 7 and on) see the very same states.
+Prints, per state, best of ``--rounds`` with the garbage collector off, as `bench live` does:
+
+- encode: a state whose every part is built (as after an order event);
+- decode: the stored bytes into a state;
+- read+write: what the worker pays for a state that a visit or a timer touches: decode,
+  count its orders (the index classification reads), encode;
+
+then the blob sizes, and Redis bytes per customer with the states and due index loaded
+through ``Store.commit`` into a fresh redis-server, as `bench live` does. Every state must
+decode back to itself and encode back to its bytes, built or as decoded.
 
 ``--breakdown`` loads two more Redis servers to split that figure: the states without their
 due index entries, and 1-byte states without them (what a state key costs before its value).
@@ -24,6 +30,7 @@ import gc
 import pickle
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import worker
@@ -51,28 +58,48 @@ def population(customers: int, seed: int) -> list[CustomerState]:
     return list(replayer.states.values())
 
 
-def cpu(states: list[CustomerState], rounds: int) -> tuple[float, float, list[bytes]]:
-    """Best encode and decode seconds per state over ``rounds``, and the blobs."""
-    best_encode = best_decode = float("inf")
-    blobs: list[bytes] = []
+def built(stored: list[tuple[str, bytes]]) -> list[CustomerState]:
+    """The states with every part built, as the core leaves them after an order event."""
+    states = [decode_state(cid, blob) for cid, blob in stored]
+    for state in states:
+        assert state.orders is not None  # builds the order records where they are lazy
+    return states
+
+
+def best(rounds: int, run: Callable[[], object]) -> float:
+    """The least process CPU seconds of ``rounds`` calls, the garbage collector off."""
+    least = float("inf")
     gc.disable()
     try:
         for _ in range(rounds):
             started = time.process_time()
-            blobs = [encode_state(s) for s in states]
-            encoded = time.process_time()
-            for state, blob in zip(states, blobs, strict=True):
-                decode_state(state.customer_id, blob)
-            decoded = time.process_time()
-            best_encode = min(best_encode, encoded - started)
-            best_decode = min(best_decode, decoded - encoded)
+            run()
+            least = min(least, time.process_time() - started)
     finally:
         gc.enable()
-    for state, blob in zip(states, blobs, strict=True):
-        back = decode_state(state.customer_id, blob)
-        if back != state or encode_state(back) != blob:
-            raise SystemExit(f"{state.customer_id}: the state does not survive its round trip")
-    return best_encode / len(states), best_decode / len(states), blobs
+    return least
+
+
+def cpu(stored: list[tuple[str, bytes]], rounds: int) -> tuple[float, float, float]:
+    """Encode, decode and read+write (see the module) seconds per state."""
+    states = built(stored)
+    counting, calendar = RULES.counting, RULES.calendar
+
+    def read_write() -> None:
+        for cid, blob in stored:
+            state = decode_state(cid, blob)
+            state.index(counting, calendar)
+            encode_state(state)
+
+    encode = best(rounds, lambda: [encode_state(s) for s in states])
+    decode = best(rounds, lambda: [decode_state(cid, blob) for cid, blob in stored])
+    both = best(rounds, read_write)
+    for state, (cid, blob) in zip(states, stored, strict=True):
+        back = decode_state(cid, blob)
+        if back != state or encode_state(back) != blob or encode_state(state) != blob:
+            raise SystemExit(f"{cid}: the state does not survive its round trip")
+    n = len(stored)
+    return encode / n, decode / n, both / n
 
 
 def main() -> None:
@@ -84,27 +111,25 @@ def main() -> None:
     parser.add_argument("--breakdown", action="store_true", help="split the Redis figure")
     args = parser.parse_args()
     if args.states.exists():
-        states = pickle.loads(args.states.read_bytes())  # our own file
+        stored = pickle.loads(args.states.read_bytes())  # our own file
     else:
-        states = population(args.customers, args.seed)
-        for state in states:
-            state._index = None  # derived, rebuilt on use
-        args.states.write_bytes(pickle.dumps(states))
-    encode, decode, blobs = cpu(states, args.rounds)
-    sizes = [len(b) for b in blobs]
-    due = {
-        s.customer_id: None if s.due_day is None else RULES.calendar.start_ms(s.due_day)
-        for s in states
-    }
-    per_customer = asyncio.run(redis_bytes(dict(zip(due, blobs, strict=True)), due))
+        stored = [(s.customer_id, encode_state(s)) for s in population(args.customers, args.seed)]
+        args.states.write_bytes(pickle.dumps(stored))
+    encode, decode, read_write = cpu(stored, args.rounds)
+    sizes = [len(blob) for _, blob in stored]
+    due_days = {cid: decode_state(cid, blob).due_day for cid, blob in stored}
+    due = {cid: None if d is None else RULES.calendar.start_ms(d) for cid, d in due_days.items()}
+    blobs = dict(stored)
+    per_customer = asyncio.run(redis_bytes(blobs, due))
     print(
-        f"{worker.__file__}: {len(states):,} states; encode {encode * 1e6:.2f} us, decode "
-        f"{decode * 1e6:.2f} us per state; blob mean {statistics.mean(sizes):,.0f} B, p99 "
-        f"{statistics.quantiles(sizes, n=100)[98]:,.0f} B; Redis {per_customer:,.0f} B per customer"
+        f"{worker.__file__}: {len(stored):,} states; per state: encode {encode * 1e6:.2f} us, "
+        f"decode {decode * 1e6:.2f} us, read+write {read_write * 1e6:.2f} us; blob mean "
+        f"{statistics.mean(sizes):,.0f} B, p99 {statistics.quantiles(sizes, n=100)[98]:,.0f} B; "
+        f"Redis {per_customer:,.0f} B per customer"
     )
     if args.breakdown:
         no_due = dict.fromkeys(due)
-        states_only = asyncio.run(redis_bytes(dict(zip(due, blobs, strict=True)), no_due))
+        states_only = asyncio.run(redis_bytes(blobs, no_due))
         keys_only = asyncio.run(redis_bytes(dict.fromkeys(due, b"\x01"), no_due))
         print(
             f"  of which: state key without its value {keys_only:,.0f} B, value "

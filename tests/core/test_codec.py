@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.core.strategies import T0, histories, state_of
+from tests.core.strategies import ACTIVITY, T0, histories, orders, state_of, visits
 from worker.core.changes import Cause
 from worker.core.codec import (
     FORMAT,
@@ -20,8 +20,8 @@ from worker.core.codec import (
 )
 from worker.core.engine import evaluate
 from worker.core.rules import load_rules
-from worker.core.state import NO_TIME, CustomerState, OrderRecord
-from worker.core.timeutil import UTC_CALENDAR
+from worker.core.state import NO_TIME, PAID, PLACED, CustomerState, OrderRecord
+from worker.core.timeutil import UTC_CALENDAR, Calendar
 
 RULES = load_rules(None)
 DAY = 86_400_000
@@ -234,6 +234,36 @@ def test_any_state_round_trips(state: CustomerState) -> None:
     packed = encode_state(state)
     assert decode_state("c1", packed) == state
     assert encode_state(decode_state("c1", packed)) == packed
+
+
+@given(
+    any_states(),
+    st.lists(st.one_of(orders(), visits()), max_size=3),
+    st.sampled_from([PAID, PLACED | PAID]),
+    st.sampled_from([UTC_CALENDAR, Calendar("Asia/Shanghai")]),
+)
+def test_a_state_left_as_decoded_acts_as_one_built(
+    state: CustomerState, events: list, counting: int, calendar: Calendar
+) -> None:
+    """A decoded state keeps its orders as stored until an order event needs them: its
+    index is counted from them, and it encodes as the state with every record built, after
+    any events (a visit earlier than every instant moves the base the orders step from)."""
+    packed = encode_state(state)
+    lazy, built = decode_state("c1", packed), decode_state("c1", packed)
+    assert built.orders == state.orders  # builds the records
+    for s in (lazy, built):
+        s.index(counting, calendar)
+    assert lazy.counted(counting, calendar) == built.counted(counting, calendar)
+    assert (lazy.packed_orders is None) == (not state.orders or any_refunds(state))
+    for event in events:
+        assert lazy.apply(event, ACTIVITY) == built.apply(event, ACTIVITY)
+        assert encode_state(lazy) == encode_state(built)
+    assert lazy.counted(counting, calendar) == built.counted(counting, calendar)
+    assert lazy == built
+
+
+def any_refunds(state: CustomerState) -> bool:
+    return any(r.refunds for r in state.orders.values())
 
 
 def test_partial_refunds_and_key_actions_round_trip() -> None:

@@ -3,7 +3,7 @@ from hypothesis import strategies as st
 
 from tests.core.strategies import ACTIVITY, histories, state_of
 from worker.core.events import Order, Visit
-from worker.core.state import PAID, PLACED, CustomerState, OrderIndex
+from worker.core.state import PAID, PLACED, CustomerState, OrderIndex, contributions
 from worker.core.timeutil import UTC_CALENDAR
 
 
@@ -71,7 +71,7 @@ def test_incremental_order_index_equals_a_rebuild(events: list, counting: int) -
         state.index(counting, UTC_CALENDAR)  # keep the derived index live while events arrive
         state.apply(event, ACTIVITY)
     live = state.index(counting, UTC_CALENDAR)
-    fresh = OrderIndex(state.orders, counting, UTC_CALENDAR)
+    fresh = OrderIndex(contributions(state.orders, counting), counting, UTC_CALENDAR)
     assert (live.counted, live.total, live.day_counts, live.day_amounts, live.days) == (
         fresh.counted,
         fresh.total,

@@ -12,14 +12,14 @@ import struct
 import zlib
 from collections.abc import Iterable
 from functools import lru_cache
-from itertools import accumulate, repeat
+from itertools import accumulate, compress, repeat
 from operator import add, sub
 from typing import Any, Final, NamedTuple
 
 import msgspec
 import orjson
 
-from worker.core.state import NO_TIME, CustomerState, OrderRecord
+from worker.core.state import NO_TIME, VOIDED, CustomerState, OrderRecord
 from worker.errors import SegmentWorkerError
 
 FORMAT: Final = 7
@@ -71,7 +71,10 @@ def encode_state(state: CustomerState) -> bytes:
     dimensions, which classes have a since instant and the class names through one cached
     lookup per class combination; the rules version's hash as its bytes; the withheld
     classes, while there are any, last. Field by field: docs/state-format.md."""
-    orders = state.orders
+    stored = state.packed_orders
+    if not isinstance(stored, StoredOrders):  # read as they were stored, or built since
+        stored = None
+    orders = state.orders if stored is None else {}
     since_ms = state.since_ms
     keys = state.key_actions  # sorted: the first is the earliest
     first_visit, last_visit, region_ms = state.first_visit_ms, state.last_visit_ms, state.region_ms
@@ -85,7 +88,10 @@ def encode_state(state: CustomerState) -> bytes:
         instants.append(region_ms)
     if traits:
         instants += [ms for ms, _ in traits.values()]
-    if orders and (first := next(iter(orders.values())).ms) != NO_TIME:
+    if stored is not None:
+        if (first := stored.first_ms()) != NO_TIME:
+            instants.append(first)
+    elif orders and (first := next(iter(orders.values())).ms) != NO_TIME:
         instants.append(first)  # the other orders' are steps from it
     base = min(instants) if instants else 0
     dims, classes, since, since_order = _class_layout(
@@ -94,7 +100,9 @@ def encode_state(state: CustomerState) -> bytes:
     flat: list[object] = []
     refunds: list[object] = []  # (position of the order, event id, amount) triples
     prefix = ""
-    if orders:
+    if stored is not None:  # as read: written back as they were, the first step from the base
+        prefix, flat, refunds = stored.fields(base)
+    elif orders:
         if len(orders) > 1:
             prefix = _shared_prefix(orders)
         cut, prev = len(prefix), base
@@ -305,19 +313,6 @@ def _decode_format_7(customer_id: str, doc: list[Any]) -> CustomerState:
         _, base, prefix, flat, refunds, first_visit, last_visit, region, region_ms, dims,
         classes, since_dims, since, version, due, keys, traits, *withheld,
     ) = doc  # fmt: skip
-    orders: dict[str, OrderRecord] = {}
-    if flat:
-        steps = flat[2::4]
-        steps[0] += base
-        times = list(accumulate(steps))
-        orders = {
-            prefix + flat[i]: OrderRecord(
-                flat[i + 1] & 15, flat[i + 1] > 15, times[i >> 2], flat[i + 3]
-            )
-            for i in range(0, len(flat), 4)
-        }
-        if refunds:
-            _add_refunds(orders, refunds)
     if keys:
         if keys.__class__ is bytes:
             keys = list(_uint32s(len(keys) // 4).unpack(keys))
@@ -340,7 +335,7 @@ def _decode_format_7(customer_id: str, doc: list[Any]) -> CustomerState:
     )
     return CustomerState(
         customer_id,
-        orders,
+        None,
         None if first_visit is None else first_visit + base,
         last_visit,
         keys,
@@ -354,7 +349,65 @@ def _decode_format_7(customer_id: str, doc: list[Any]) -> CustomerState:
         dict(_unpacked_classes(tuple(withheld[0]))) if withheld else {},
         _unpacked_version(version),
         due,
+        StoredOrders(prefix, flat, refunds, base) if flat else None,
     )
+
+
+class StoredOrders:
+    """Format 7's orders as read: (id after the shared prefix, flags with 16 for paid, step
+    from the order before (the first's from ``base``), cents) quadruples, and (position of
+    the order, event id, amount) refund triples. The order records are built only when an
+    order event needs them; until then the index is counted straight from the quadruples,
+    and the encoder writes them back as they were."""
+
+    __slots__ = ("base", "flat", "prefix", "refunds")
+
+    def __init__(self, prefix: str, flat: list[Any], refunds: list[Any], base: int) -> None:
+        self.prefix, self.flat, self.refunds, self.base = prefix, flat, refunds, base
+
+    def _times(self) -> list[int]:
+        steps = self.flat[2::4]
+        steps[0] += self.base
+        return list(accumulate(steps))
+
+    def first_ms(self) -> int:
+        return int(self.flat[2] + self.base)
+
+    def fields(self, base: int) -> tuple[str, list[Any], list[Any]]:
+        """Prefix, quadruples and refunds as a state with ``base`` stores them."""
+        flat = self.flat
+        if base != self.base:
+            flat = flat.copy()
+            flat[2] += self.base - base
+        return self.prefix, flat, self.refunds
+
+    def records(self) -> dict[str, OrderRecord]:
+        flat, prefix, times = self.flat, self.prefix, self._times()
+        orders = {
+            prefix + flat[i]: OrderRecord(
+                flat[i + 1] & 15, flat[i + 1] > 15, times[i >> 2], flat[i + 3]
+            )
+            for i in range(0, len(flat), 4)
+        }
+        if self.refunds:
+            _add_refunds(orders, self.refunds)
+        return orders
+
+    def counted(self, counting: int) -> list[tuple[int, int]] | None:
+        if self.refunds:
+            return None
+        flat = self.flat
+        counts = _counts(counting)
+        amounts = flat[3::4]
+        return list(
+            compress(zip(self._times(), amounts, strict=True), map(counts.__getitem__, flat[1::4]))
+        )
+
+
+@lru_cache(maxsize=8)
+def _counts(counting: int) -> tuple[bool, ...]:
+    """Per stored flags value (16 for paid, see StoredOrders), whether the order counts."""
+    return tuple(bool(f & counting) and not f & VOIDED for f in range(32))
 
 
 def _decode_format_6(customer_id: str, doc: list[Any]) -> CustomerState:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Protocol
 
 from worker.core.events import Event, Order, Profile, TraitValue
 from worker.core.timeutil import Calendar
@@ -87,13 +87,14 @@ class OrderIndex:
         "calendar", "counted", "counting", "day_amounts", "day_counts", "days", "total", "version"
     )  # fmt: skip
 
-    def __init__(self, records: dict[str, OrderRecord], counting: int, calendar: Calendar) -> None:
+    def __init__(self, counted: list[tuple[int, int]], counting: int, calendar: Calendar) -> None:
+        """``counted``: (ms, amount) of every order that counts under ``counting``, any order."""
         self.counting = counting
         self.calendar = calendar  # orders are counted on the shop's local dates
         self.version = 0  # bumped on every move: "did anything counted change?" in O(1)
         # Built for every state decoded from Redis: plain loops, no generators or helpers.
-        contributions = [r.contribution(counting) for r in records.values()]
-        self.counted = counted = sorted([c for c in contributions if c is not None])
+        counted.sort()
+        self.counted = counted
         counts: dict[int, int] = {}
         amounts: dict[int, int] = {}
         day_of = calendar.day_of
@@ -133,6 +134,24 @@ class OrderIndex:
                 insort(self.days, day)
 
 
+def contributions(records: dict[str, OrderRecord], counting: int) -> list[tuple[int, int]]:
+    """(ms, amount) of the records that count under ``counting``, in the records' order."""
+    every = [r.contribution(counting) for r in records.values()]
+    return [c for c in every if c is not None]
+
+
+class PackedOrders(Protocol):
+    """A stored state's orders, left as the codec read them: a state read for a visit or a
+    timer (most of them) is classified and written back without building an order record."""
+
+    def records(self) -> dict[str, OrderRecord]:
+        """The order records, built (once: the state keeps them from then on)."""
+
+    def counted(self, counting: int) -> list[tuple[int, int]] | None:
+        """What :func:`contributions` gives for the records, or None where the packed form
+        cannot tell it cheaply (partial refunds)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Activity:
     """Which visits are key actions (activity, as a purchase is), and for how long their
@@ -142,35 +161,95 @@ class Activity:
     keep_ms: int
 
 
-@dataclass(slots=True)
-class CustomerState:
+@dataclass(slots=True, eq=False, init=False)
+class CustomerState:  # noqa: PLW1641  # mutable: compared, never hashed
     customer_id: str
-    orders: dict[str, OrderRecord] = field(default_factory=dict)
-    first_visit_ms: int | None = None
-    last_visit_ms: int | None = None
+    # Read through ``orders``. None: none yet, or still in ``_packed`` (a state as decoded).
+    _orders: dict[str, OrderRecord] | None
+    first_visit_ms: int | None
+    last_visit_ms: int | None
     # Instants of distinct key actions, sorted: the latest, and those within keep_ms of it.
-    key_actions: list[int] = field(default_factory=list)
-    region: str | None = None
-    region_ms: int = -1
+    key_actions: list[int]
+    region: str | None
+    region_ms: int
     # Per trait, its latest statement: (occurred_ms, value); value None: removed then.
-    traits: dict[str, tuple[int, TraitValue]] = field(default_factory=dict)
+    traits: dict[str, tuple[int, TraitValue]]
     # Derived, not part of the statistics: what was last emitted, and when it was entered.
-    classes: dict[str, str | None] = field(default_factory=dict)
-    since_ms: dict[str, int] = field(default_factory=dict)
+    classes: dict[str, str | None]
+    since_ms: dict[str, int]
     # Per dimension whose change consent withholds: the class the customer is in now, while
     # ``classes`` keeps the one last emitted (what subscribers, audiences and counts know).
-    withheld: dict[str, str | None] = field(default_factory=dict)
-    rules_version: str = ""
-    due_day: int | None = None
-    _index: OrderIndex | None = field(default=None, compare=False, repr=False)
+    withheld: dict[str, str | None]
+    rules_version: str
+    due_day: int | None
+    _packed: PackedOrders | None = field(repr=False)
+    _index: OrderIndex | None = field(repr=False)
+
+    def __init__(  # noqa: PLR0917  # positional: the codec builds one per customer read
+        self,
+        customer_id: str,
+        orders: dict[str, OrderRecord] | None = None,
+        first_visit_ms: int | None = None,
+        last_visit_ms: int | None = None,
+        key_actions: list[int] | None = None,
+        region: str | None = None,
+        region_ms: int = -1,
+        traits: dict[str, tuple[int, TraitValue]] | None = None,
+        classes: dict[str, str | None] | None = None,
+        since_ms: dict[str, int] | None = None,
+        withheld: dict[str, str | None] | None = None,
+        rules_version: str = "",
+        due_day: int | None = None,
+        packed: PackedOrders | None = None,
+    ) -> None:
+        """``packed``: the orders as a codec read them, in place of ``orders``."""
+        self.customer_id = customer_id
+        self._orders = orders
+        self.first_visit_ms, self.last_visit_ms = first_visit_ms, last_visit_ms
+        self.key_actions = [] if key_actions is None else key_actions
+        self.region, self.region_ms = region, region_ms
+        self.traits = {} if traits is None else traits
+        self.classes = {} if classes is None else classes
+        self.since_ms = {} if since_ms is None else since_ms
+        self.withheld = {} if withheld is None else withheld
+        self.rules_version, self.due_day = rules_version, due_day
+        self._packed, self._index = packed, None
+
+    @property
+    def orders(self) -> dict[str, OrderRecord]:
+        orders = self._orders
+        if orders is None:
+            packed = self._packed
+            orders = self._orders = {} if packed is None else packed.records()
+            self._packed = None
+        return orders
+
+    @property
+    def packed_orders(self) -> PackedOrders | None:
+        """The orders as decoded, while nothing has read them: the codec writes them back
+        as they were read."""
+        return self._packed
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CustomerState):
+            return NotImplemented
+        return self._compared() == other._compared()
+
+    def _compared(self) -> tuple[object, ...]:
+        return (
+            self.customer_id, self.orders, self.first_visit_ms, self.last_visit_ms,
+            self.key_actions, self.region, self.region_ms, self.traits, self.classes,
+            self.since_ms, self.withheld, self.rules_version, self.due_day,
+        )  # fmt: skip
 
     def apply(self, event: Event, activity: Activity) -> bool:
         """Fold one event in; returns whether the statistics changed."""
         changed = self._absorb_region(event.region, event.occurred_ms)
         if isinstance(event, Order):
-            record = self.orders.get(event.order_id)
+            orders = self.orders
+            record = orders.get(event.order_id)
             if record is None:
-                record = self.orders[event.order_id] = OrderRecord()
+                record = orders[event.order_id] = OrderRecord()
             index = self._index
             before = None if index is None else record.contribution(index.counting)
             flag = STATUS_FLAG[event.status]
@@ -239,7 +318,11 @@ class CustomerState:
             or index.counting != counting
             or (index.calendar is not calendar and index.calendar != calendar)  # `is`: cheap
         ):
-            index = self._index = OrderIndex(self.orders, counting, calendar)
+            packed = self._packed
+            counted = None if packed is None else packed.counted(counting)
+            if counted is None:
+                counted = contributions(self.orders, counting)
+            index = self._index = OrderIndex(counted, counting, calendar)
         return index
 
     def counted(self, counting: int, calendar: Calendar) -> list[tuple[int, int]]:
