@@ -4,7 +4,7 @@ import zlib
 
 import msgspec
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from tests.core.strategies import ACTIVITY, T0, histories, orders, state_of, visits
@@ -248,6 +248,7 @@ def test_a_state_left_as_decoded_acts_as_one_built(
     """A decoded state keeps its orders as stored until an order event needs them: its
     index is counted from them, and it encodes as the state with every record built, after
     any events (a visit earlier than every instant moves the base the orders step from)."""
+    assume(all(r.ms != NO_TIME for r in state.orders.values() if r.flags & counting))
     packed = encode_state(state)
     lazy, built = decode_state("c1", packed), decode_state("c1", packed)
     assert built.orders == state.orders  # builds the records
