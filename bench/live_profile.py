@@ -99,6 +99,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=60_000)
     parser.add_argument("--customers", type=int, default=10_000)
     parser.add_argument("--broker", choices=BROKERS, default="kafka")
+    parser.add_argument("--samples", type=Path, help="keep py-spy's raw samples here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="segment-worker-profile-") as tmp:
         out = Path(tmp) / "samples.txt"
@@ -108,6 +109,8 @@ def main() -> None:
         for line in out.read_text().splitlines():
             stack, _, count = line.rpartition(" ")
             samples[category(stack)] += int(count)
+        if args.samples:
+            args.samples.write_bytes(out.read_bytes())
     total = sum(samples.values()) or 1
     per_event = spent / events * 1e6
     took = time.perf_counter() - started

@@ -9,6 +9,7 @@ partition.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from struct import unpack_from
 from typing import Final
 
@@ -37,6 +38,7 @@ def murmur2(data: bytes) -> int:
     return h ^ (h >> 15)
 
 
+@lru_cache(maxsize=1 << 16)  # checked for every input record: ~2 us a hash, ~0.1 a hit
 def partition_of(customer_id: str, partitions: int) -> int:
     """The partition Kafka's default partitioner picks for the key ``customer_id``."""
     if partitions < 1:
