@@ -171,6 +171,20 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/integration/test_storage_due.py",),
     ),
     Mutation(
+        "stored_orders_keep_their_first_step_when_the_base_moves",
+        "worker/core/codec.py",
+        "        if base != self.base:",
+        "        if False:",
+        ("tests/core/test_codec.py",),
+    ),
+    Mutation(
+        "stored_orders_count_voided_orders",
+        "worker/core/codec.py",
+        "bool(f & counting) and not f & VOIDED",
+        "bool(f & counting)",
+        ("tests/core/test_codec.py",),
+    ),
+    Mutation(
         "lua_epoch_fence_off",
         "worker/redis/segment_worker.lua",
         "  if plan.current ~= plan.epoch then\n",

@@ -37,6 +37,7 @@ from worker.settings import PREFIX, Settings, SettingsError
 partition_of = partitioner.partition_of
 """Kafka's default partitioner; in the core, which refuses a record that came on another one."""
 
+TOPIC_READY_S: Final = 30.0  # how long created topics may take to show leaders everywhere
 METADATA_TIMEOUT_MS: Final = 15_000  # one-off metadata questions of the CLI
 PROBE_TIMEOUT_S: Final = 10.0  # one diagnostic connection
 NOT_AUTHORIZED: Final = (
@@ -191,8 +192,30 @@ async def ensure_topics(settings: Settings, partitions: int) -> None:
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):
                 await client.create_topics(missing)
+            await await_leaders(client, [t.name for t in missing])
     finally:
         await client.close()
+
+
+async def await_leaders(
+    client: AIOKafkaAdminClient, names: Sequence[str], timeout_s: float = TOPIC_READY_S
+) -> None:
+    """Return once the metadata lists every partition of the topics ``names`` with a leader.
+    Kafka answers CreateTopics when its controller has a topic, and a broker that has not
+    applied it yet describes the topic as unknown, with no partitions."""
+    deadline = time.monotonic() + timeout_s
+    while not _led(await client.describe_topics(list(names))):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topics {sorted(names)}: no leaders after {timeout_s:g} s")
+        await asyncio.sleep(0.05)
+
+
+def _led(described: list[dict[str, Any]]) -> bool:
+    """Whether every described topic is known and each of its partitions has a leader."""
+    return all(
+        not t["error_code"] and t["partitions"] and all(p["leader"] >= 0 for p in t["partitions"])
+        for t in described
+    )
 
 
 async def send_erasures(settings: Settings, customer_ids: Sequence[str]) -> None:

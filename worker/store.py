@@ -23,7 +23,7 @@ import re
 import struct
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from typing import Any, Final, NamedTuple, cast
 
@@ -114,6 +114,11 @@ class Snapshot(NamedTuple):
     erased: set[str]  # unknown customers that have an erasure marker
 
 
+@lru_cache(maxsize=1 << 16)
+def _sha256_hex(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 @cache
 def library_code() -> str:
     """The Functions library source, shipped as package data."""
@@ -135,6 +140,8 @@ class Store:
         self._calls = None if isinstance(client, RedisCluster) else Coalescer(client)
         self.keys = Layout(prefix)
         self.pseudonym_key = pseudonym_key or None
+        # Every read and commit names its customers: a digest costs ~1 us, customers recur.
+        self._pseudonym = lru_cache(maxsize=1 << 16)(self._hmac)
 
     def name(self, customer_id: str) -> str:
         """How Redis names the customer in keys and due-index members: the id, or with a
@@ -144,6 +151,10 @@ class Store:
         (docs/security.md)."""
         if self.pseudonym_key is None:
             return customer_id
+        return self._pseudonym(customer_id)
+
+    def _hmac(self, customer_id: str) -> str:
+        assert self.pseudonym_key is not None  # only called with one
         return hmac.new(self.pseudonym_key, customer_id.encode(), hashlib.sha256).hexdigest()
 
     def marker(self, customer_id: str) -> str:
@@ -152,7 +163,7 @@ class Store:
         only from someone who cannot guess it and hash the guess.)"""
         if self.pseudonym_key is not None:
             return self.name(customer_id)
-        return hashlib.sha256(customer_id.encode()).hexdigest()
+        return _sha256_hex(customer_id)
 
     def _wrap(self, customer_id: str, blob: bytes) -> bytes:
         """Under a pseudonym the value carries the id (sweeps must emit it): length-prefixed."""
@@ -320,9 +331,10 @@ class Store:
         """The run id of the server holding the partition, the states, and which unknown
         customers were erased, in one round trip: a caller about to write can tell that Redis
         restarted (and may have lost writes) since it last looked."""
+        customers, erased = self.keys.customers(partition), self.keys.erased(partition, "")
         names = [self.keys.meta(partition)]
-        names += [self.customer_key(partition, c) for c in customer_ids]
-        names += [self.erased_key(partition, c) for c in customer_ids]
+        names += [customers + self.name(c) for c in customer_ids]
+        names += [erased + self.marker(c) for c in customer_ids]
         reply = cast(list[Any], await self._fcall("segment_worker_read", names, ro=True))
         n = len(customer_ids)
         return Snapshot(
@@ -397,6 +409,7 @@ class Store:
         set_due: list[str | int] = []
         del_due: list[str | int] = []
         was = indexed or {}
+        customers = self.keys.customers(p)
         for customer_id, blob in states.items():
             if customer_id in due:
                 at = due[customer_id]
@@ -404,10 +417,10 @@ class Store:
             else:
                 moved = ("", "")
             if blob is None:
-                del_keys.append(self.customer_key(p, customer_id))
+                del_keys.append(customers + self.name(customer_id))
                 del_due += moved
             else:
-                set_keys.append(self.customer_key(p, customer_id))
+                set_keys.append(customers + self.name(customer_id))
                 blobs.append(self._wrap(customer_id, blob))
                 set_due += moved
         pops: list[str | int] = []

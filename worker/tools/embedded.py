@@ -46,7 +46,6 @@ from worker import kafka
 
 HOST = "127.0.0.1"
 TOPIC_ALREADY_EXISTS = 36  # Kafka error code
-TOPIC_READY_S = 30  # how long created topics may take to show leaders in the metadata
 
 _T = TypeVar("_T")
 _LIVE: set[ServerProcess] = set()
@@ -281,21 +280,9 @@ async def create_topics(
         for name, code, *_ in response.topic_errors:
             if code and not (exist_ok and code == TOPIC_ALREADY_EXISTS):
                 raise for_code(code)(f"create topic {name!r}")
-        deadline = time.monotonic() + TOPIC_READY_S
-        while not _led(await admin.describe_topics(list(topics))):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"topics {sorted(topics)}: no leaders after {TOPIC_READY_S} s")
-            await asyncio.sleep(0.05)
+        await kafka.await_leaders(admin, list(topics))
     finally:
         await admin.close()
-
-
-def _led(described: list[dict[str, Any]]) -> bool:
-    """Whether every described topic is known and each of its partitions has a leader."""
-    return all(
-        not t["error_code"] and t["partitions"] and all(p["leader"] >= 0 for p in t["partitions"])
-        for t in described
-    )
 
 
 class KafkaServer(Server):
