@@ -19,6 +19,7 @@ from worker.core.codec import (
     encode_state,
 )
 from worker.core.engine import evaluate
+from worker.core.events import Visit
 from worker.core.rules import load_rules
 from worker.core.state import NO_TIME, PAID, PLACED, CustomerState, OrderRecord
 from worker.core.timeutil import UTC_CALENDAR, Calendar
@@ -261,6 +262,43 @@ def test_a_state_left_as_decoded_acts_as_one_built(
         assert encode_state(lazy) == encode_state(built)
     assert lazy.counted(counting, calendar) == built.counted(counting, calendar)
     assert lazy == built
+
+
+def test_orders_left_as_decoded_step_from_a_base_that_moved() -> None:
+    """A visit before every instant the state holds moves its base: the stored orders' first
+    step is re-based, so the bytes are those of the state with its records built."""
+    state = CustomerState(
+        "c1",
+        orders={"A1": OrderRecord(2, True, T0 + 5 * DAY, 1_000)},
+        first_visit_ms=T0 + DAY,
+        last_visit_ms=T0 + 5 * DAY,
+    )
+    lazy = decode_state("c1", encode_state(state))
+    early = Visit("v1", "c1", T0 - 30 * DAY, "page_view", None)
+    assert lazy.apply(early, ACTIVITY) and state.apply(early, ACTIVITY)
+    assert lazy.packed_orders is not None  # a visit leaves the orders as stored
+    assert encode_state(lazy) == encode_state(state)
+    assert decode_state("c1", encode_state(lazy)) == state
+
+
+def test_orders_left_as_decoded_count_as_their_records_do() -> None:
+    """Straight from the stored form: voided orders (cancelled or refunded in full) and
+    orders not in a counting status do not count; paid ones do, placed ones where placing
+    counts."""
+    state = CustomerState(
+        "c1",
+        orders={
+            "A1": OrderRecord(PAID, True, T0 + DAY, 1_000),
+            "A2": OrderRecord(PAID | 4, True, T0 + 2 * DAY, 2_000),  # paid, then cancelled
+            "A3": OrderRecord(PAID | 8, True, T0 + 3 * DAY, 3_000),  # paid, then refunded
+            "A4": OrderRecord(PLACED, False, T0 + 4 * DAY, 4_000),
+        },
+    )
+    for counting, counted in ((PAID, [1_000]), (PLACED | PAID, [1_000, 4_000])):
+        lazy = decode_state("c1", encode_state(state))
+        assert [amount for _, amount in lazy.counted(counting, UTC_CALENDAR)] == counted
+        assert lazy.packed_orders is not None  # counted without building the records
+        assert lazy.counted(counting, UTC_CALENDAR) == state.counted(counting, UTC_CALENDAR)
 
 
 def any_refunds(state: CustomerState) -> bool:
