@@ -38,7 +38,7 @@ START = parse_rfc3339("2025-01-01T00:00:00Z")  # `bench live`'s default shop ope
 # Innermost match wins; the order settles frames that match twice (worker/core/codec.py).
 CATEGORIES = (
     ("parse", ("worker/core/events.py", "worker/core/documents.py", "orjson", "msgspec")),
-    ("codec", ("worker/core/codec.py",)),
+    ("codec", ("worker/core/codec.py", "worker/core/packing.py", "worker/core/old_formats.py")),
     ("core", ("worker/core/",)),
     ("Redis", ("redis/", "hiredis", "worker/store.py", "worker/redis/")),
     ("Kafka", ("aiokafka",)),

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from worker.core.codec import CorruptRecord
 from worker.core.conditions import ConditionError
+from worker.core.packing import CorruptRecord
 from worker.core.rules import RulesError
 from worker.errors import SegmentWorkerError
 from worker.service import WorkerCrashed

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from worker.core.codec import CorruptRecord, decode_state
+from worker.core.codec import decode_state
+from worker.core.packing import CorruptRecord
 from worker.core.rules import Rules
 from worker.core.timeutil import format_ms
 from worker.core.views import describe

@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 
 from worker.audience import populations
 from worker.clock import Clock
-from worker.core.codec import CorruptRecord
+from worker.core.packing import CorruptRecord
 from worker.live import Pipeline
 from worker.lookup import look_up
 from worker.metrics import Metrics

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 
 import orjson
 
-from worker.core.codec import FORMAT, CorruptRecord, declared_format, decode_state
+from worker.core.codec import FORMAT, declared_format, decode_state
+from worker.core.packing import CorruptRecord
 from worker.core.rules import Rules
 from worker.core.views import describe
 from worker.kafka import partition_of

@@ -1,9 +1,9 @@
 """Byte encodings of what the live worker keeps in Redis: customer states and outbox records.
 
 States are positional MessagePack arrays led by a format number, so that a format change can
-be read side by side with the old one (formats 3-5 were positional JSON, a large one
-zlib-compressed; they are still read). Outbox records carry arbitrary bytes (a dead-lettered
-payload may not even be UTF-8), so they use a length-prefixed binary frame instead.
+be read side by side with the old one (formats 3-6, worker/core/old_formats.py, are still
+read). Outbox records carry arbitrary bytes (a dead-lettered payload may not even be UTF-8),
+so they use a length-prefixed binary frame instead.
 """
 
 from __future__ import annotations
@@ -19,14 +19,22 @@ from typing import Any, Final, NamedTuple
 import msgspec
 import orjson
 
+from worker.core.old_formats import FORMAT_3, FORMAT_4, FORMAT_5, FORMAT_6, read_format_6, read_json
+from worker.core.packing import (
+    VOCABULARY,
+    CorruptRecord,
+    add_refunds,
+    code,
+    name_code,
+    packed_classes,
+    packed_version,
+    text,
+    unpacked_classes,
+    unpacked_version,
+)
 from worker.core.state import NO_TIME, VOIDED, CustomerState, OrderRecord
-from worker.errors import SegmentWorkerError
 
 FORMAT: Final = 7
-_FORMAT_6: Final = 6  # still read: MessagePack; instants from one base, classes as pairs
-_FORMAT_5: Final = 5  # still read: JSON; classes as nested lists, key actions as offsets
-_FORMAT_4: Final = 4  # still read: format 5 less the partial refunds and key actions
-_FORMAT_3: Final = 3  # still read: states written before format 4
 # Formats 4 and 5 stored JSON of 256 bytes or more zlib-compressed. A compressed state
 # starts with zlib's 0x78, JSON with "[", MessagePack (format 6 on) with an array header
 # (0x90-0x9f, 0xdc, 0xdd).
@@ -34,32 +42,12 @@ _ZLIB: Final = b"\x78"
 _JSON: Final = b"["
 _PACK: Final = msgspec.msgpack.Encoder()
 _UNPACK: Final = msgspec.msgpack.Decoder()
-_VERSION_PREFIX: Final = "sha256:"  # of every rules version (Rules.version)
 _LEN: Final = struct.Struct(">I")
 _EMPTY: Final[list[object]] = []  # encoded as it is, never changed
 # An instant equal to its neighbour's, typed as an object: a compiled core (mypyc) would turn
 # a True in an `int | None` expression into the integer 1.
 _SAME: Final[object] = True
-# Dimension and class names stored as small integers (the default rules' names); any other
-# name is stored as text. Append only: stored states refer to positions.
-VOCABULARY: Final = (
-    "lifecycle", "value_tier", "rfm", "membership", "tenure", "old_customer",
-    "potential", "returning", "new", "active", "churned", "churn_risk",
-    "high", "medium", "low",
-    "champions", "loyal", "promising", "potential_loyalist", "need_attention",
-    "about_to_sleep", "cant_lose", "at_risk", "hibernating",
-    "super_member", "member", "ordinary", "long", "mid", "short", "in",
-)  # fmt: skip
-_CODE: Final = {name: i for i, name in enumerate(VOCABULARY)}
-_TEXT: Final = dict(enumerate(VOCABULARY))
-
-
-_READ: Final = frozenset((FORMAT, _FORMAT_6, _FORMAT_5, _FORMAT_4, _FORMAT_3))
-
-
-class CorruptRecord(SegmentWorkerError, ValueError):
-    """Raised when stored bytes (a state, an outbox record) are not something this version can
-    read: damaged, or written by a newer release."""
+_READ: Final = frozenset((FORMAT, FORMAT_6, FORMAT_5, FORMAT_4, FORMAT_3))
 
 
 def encode_state(state: CustomerState) -> bytes:
@@ -130,7 +118,7 @@ def encode_state(state: CustomerState) -> bytes:
             list(map(sub, map(since_ms.__getitem__, since_order), repeat(base)))
             if since_ms
             else _EMPTY,
-            _packed_version(state.rules_version),
+            packed_version(state.rules_version),
             state.due_day,
             _steps(keys, base) if keys else b"",
             [x for name, (ms, v) in sorted(traits.items()) for x in (name, ms - base, v)]
@@ -172,14 +160,6 @@ def _shared_prefix(ids: Iterable[str]) -> str:
     return low[:n]
 
 
-def _code(name: str | None) -> int | str | None:
-    return name if name is None else _CODE.get(name, name)
-
-
-def _name_code(name: str) -> int | str:
-    return _CODE.get(name, name)
-
-
 @lru_cache(maxsize=4096)  # the class combinations customers are in: few
 def _class_layout(
     dims: tuple[str, ...], classes: tuple[str | None, ...], since: tuple[str, ...]
@@ -188,13 +168,13 @@ def _class_layout(
     default rules' are), their classes, and which dimensions have a since instant (a bit
     mask over the dimensions; their names if one is not a dimension); then the order in
     which field 12 lists the since instants."""
-    packed = [_name_code(d) for d in dims]
+    packed = [name_code(d) for d in dims]
     implied = None if packed == list(range(len(dims))) else packed
     if set(since) <= set(dims) and len(dims) < 64:  # a mask MessagePack can hold
         order = tuple(d for d in dims if d in since)
         mask = sum(1 << i for i, d in enumerate(dims) if d in since)
-        return implied, [_code(c) for c in classes], mask, order
-    return implied, [_code(c) for c in classes], [_name_code(d) for d in since], since
+        return implied, [code(c) for c in classes], mask, order
+    return implied, [code(c) for c in classes], [name_code(d) for d in since], since
 
 
 @lru_cache(maxsize=4096)
@@ -203,51 +183,13 @@ def _class_names(
 ) -> tuple[dict[str, str | None], tuple[str, ...]]:
     """The inverse of _class_layout: the classes (callers take a copy) and the dimensions
     that have a since instant."""
-    names = VOCABULARY[: len(classes)] if dims is None else tuple(map(_text, dims))
+    names = VOCABULARY[: len(classes)] if dims is None else tuple(map(text, dims))
     if len(names) != len(classes):
         raise CorruptRecord("classes and dimensions do not pair up")
-    mapping = {d: None if c is None else _text(c) for d, c in zip(names, classes, strict=True)}
+    mapping = {d: None if c is None else text(c) for d, c in zip(names, classes, strict=True)}
     if isinstance(since, int):
         return mapping, tuple(d for i, d in enumerate(names) if since >> i & 1)
-    return mapping, tuple(map(_text, since))
-
-
-@lru_cache(maxsize=4096)
-def _packed_classes(classes: tuple[tuple[str, str | None], ...]) -> list[int | str | None]:
-    """(dimension, class or None) pairs, flat, names from the vocabulary as integers."""
-    return [_code(n) for pair in classes for n in pair]
-
-
-@lru_cache(maxsize=4096)
-def _unpacked_classes(packed: tuple[object, ...]) -> dict[str, str | None]:
-    """The inverse of _packed_classes; callers get a copy."""
-    return {
-        _text(packed[i]): None if packed[i + 1] is None else _text(packed[i + 1])
-        for i in range(0, len(packed), 2)
-    }
-
-
-@lru_cache(maxsize=64)  # a handful of versions live at a time
-def _packed_version(version: str) -> bytes | str:
-    """A rules version (``sha256:`` and lowercase hex, see Rules.version) as the hash's
-    bytes; any other as text led by "=" (stored as it is)."""
-    if version.startswith(_VERSION_PREFIX):
-        digits = version[len(_VERSION_PREFIX) :]
-        try:
-            raw = bytes.fromhex(digits)
-        except ValueError:
-            raw = None
-        if raw is not None and raw.hex() == digits:
-            return raw
-    return "=" + version
-
-
-@lru_cache(maxsize=64)
-def _unpacked_version(stored: bytes | str) -> str:
-    """The inverse of _packed_version, and of the JSON formats' text (the hash as hex)."""
-    if isinstance(stored, bytes):
-        return _VERSION_PREFIX + stored.hex()
-    return stored[1:] if stored.startswith("=") else _VERSION_PREFIX + stored
+    return mapping, tuple(map(text, since))
 
 
 def _withheld(state: CustomerState) -> list[list[int | str | None]]:
@@ -255,7 +197,7 @@ def _withheld(state: CustomerState) -> list[list[int | str | None]]:
     pairs, packed as the classes are."""
     if not state.withheld:
         return []
-    return [_packed_classes(tuple(state.withheld.items()))]
+    return [packed_classes(tuple(state.withheld.items()))]
 
 
 def declared_format(data: bytes) -> int | None:
@@ -281,23 +223,19 @@ def _document(data: bytes) -> Any:
     return _UNPACK.decode(data)
 
 
-def _plus(offset: int | None, base: int) -> int | None:
-    return None if offset is None else offset + base
-
-
 def decode_state(customer_id: str, data: bytes) -> CustomerState:
     try:
         if data[:1] not in (_ZLIB, _JSON):  # MessagePack: format 6 on
             doc = _UNPACK.decode(data)
             if doc.__class__ is list and len(doc) >= 17 and doc[0] == FORMAT:
                 return _decode_format_7(customer_id, doc)
-            if doc.__class__ is list and len(doc) >= 15 and doc[0] == _FORMAT_6:
-                return _decode_format_6(customer_id, doc)
+            if doc.__class__ is list and len(doc) >= 15 and doc[0] == FORMAT_6:
+                return read_format_6(customer_id, doc)
         else:
             doc = _document(data)
-        if not isinstance(doc, list) or not doc or doc[0] not in _READ or doc[0] >= _FORMAT_6:
+        if not isinstance(doc, list) or not doc or doc[0] not in _READ or doc[0] >= FORMAT_6:
             raise CorruptRecord(f"unknown state format for {customer_id!r}")
-        return _decode_json(customer_id, doc)
+        return read_json(customer_id, doc)
     except CorruptRecord:
         raise
     except (
@@ -346,8 +284,8 @@ def _decode_format_7(customer_id: str, doc: list[Any]) -> CustomerState:
         else {},
         dict(mapping),
         dict(zip(since_names, map(add, since, repeat(base)), strict=True)),
-        dict(_unpacked_classes(tuple(withheld[0]))) if withheld else {},
-        _unpacked_version(version),
+        dict(unpacked_classes(tuple(withheld[0]))) if withheld else {},
+        unpacked_version(version),
         due,
         StoredOrders(prefix, flat, refunds, base) if flat else None,
     )
@@ -390,7 +328,7 @@ class StoredOrders:
             for i in range(0, len(flat), 4)
         }
         if self.refunds:
-            _add_refunds(orders, self.refunds)
+            add_refunds(orders, self.refunds)
         return orders
 
     def counted(self, counting: int) -> list[tuple[int, int]] | None:
@@ -408,120 +346,6 @@ class StoredOrders:
 def _counts(counting: int) -> tuple[bool, ...]:
     """Per stored flags value (16 for paid, see StoredOrders), whether the order counts."""
     return tuple(bool(f & counting) and not f & VOIDED for f in range(32))
-
-
-def _decode_format_6(customer_id: str, doc: list[Any]) -> CustomerState:
-    """Format 6, every field unpacked at once (the hot path: one per customer per batch)."""
-    (
-        _, base, prefix, flat, first_visit, last_visit, region, region_ms, classes,
-        version, due, refunds, keys, traits, since, *withheld,
-    ) = doc  # fmt: skip
-    orders = _orders(prefix, flat, base)
-    if refunds:
-        _add_refunds(orders, refunds)
-    if keys:  # steps from the base, each from the one before
-        keys[0] += base
-    dims = _unpacked_classes(tuple(classes))
-    return CustomerState(
-        customer_id,
-        orders,
-        None if first_visit is None else first_visit + base,
-        None if last_visit is None else last_visit + base,
-        list(accumulate(keys)),
-        region,
-        -1 if region_ms is None else region_ms + base,
-        {traits[i]: (traits[i + 1] + base, traits[i + 2]) for i in range(0, len(traits), 3)},
-        dict(dims),
-        {dim: at + base for dim, at in zip(dims, since, strict=True) if at is not None},
-        dict(_unpacked_classes(tuple(withheld[0]))) if withheld else {},
-        _unpacked_version(version),
-        due,
-    )
-
-
-def _orders(prefix: str, flat: list[Any], base: int) -> dict[str, OrderRecord]:
-    """(id after the shared prefix, flags, placed offset or null, cents) quadruples, as every
-    format since 3 stores them, into order records."""
-    return {
-        prefix + flat[i]: OrderRecord(
-            flat[i + 1] & 15,
-            bool(flat[i + 1] & 16),
-            NO_TIME if flat[i + 2] is None else flat[i + 2] + base,
-            flat[i + 3],
-        )
-        for i in range(0, len(flat), 4)
-    }
-
-
-def _add_refunds(orders: dict[str, OrderRecord], refunds: list[Any]) -> None:
-    """(position of the order, event id, amount) triples into their orders."""
-    records = list(orders.values())
-    for i in range(0, len(refunds), 3):
-        record = records[refunds[i]]
-        if record.refunds is None:
-            record.refunds = {}
-        record.refunds[refunds[i + 1]] = refunds[i + 2]
-
-
-def _decode_json(customer_id: str, doc: list[Any]) -> CustomerState:
-    """Formats 3-5 (positional JSON): instants as offsets from the state's earliest."""
-    form = doc[0]
-    if form == _FORMAT_3:
-        _, base, flat, *rest = doc
-        prefix = ""
-    else:
-        _, base, prefix, flat, *rest = doc
-    orders = _orders(prefix, flat, base)
-    state = _state(customer_id, orders, base, rest[:7])
-    classes, since_ms, entries = state.classes, state.since_ms, rest[4]
-    if form == _FORMAT_3:  # (dimension, class or null, since or null) triples
-        for i in range(0, len(entries), 3):
-            dim, cls, since = _text(entries[i]), entries[i + 1], entries[i + 2]
-            classes[dim] = None if cls is None else _text(cls)
-            if since is not None:
-                since_ms[dim] = since + base
-    else:  # formats 4 and 5: [dimension], [dimension, class] or [dimension, class, since]
-        for entry in entries:
-            dim = _text(entry[0])
-            classes[dim] = None if len(entry) == 1 else _text(entry[1])
-            if len(entry) == 3:
-                since_ms[dim] = entry[2] + base
-    if form == _FORMAT_5:
-        refunds, keys, traits, *withheld = rest[7:]
-        _add_refunds(orders, refunds)
-        state.key_actions = [offset + base for offset in keys]
-        for i in range(0, len(traits), 3):
-            state.traits[traits[i]] = (traits[i + 1] + base, traits[i + 2])
-        for entry in withheld[0] if withheld else ():  # [dimension] or [dimension, class]
-            state.withheld[_text(entry[0])] = None if len(entry) == 1 else _text(entry[1])
-    return state
-
-
-def _state(
-    customer_id: str, orders: dict[str, OrderRecord], base: int, rest: list[Any]
-) -> CustomerState:
-    """The fields every format ends with: visits, region, classes (read by the caller),
-    rules version, due day."""
-    first_visit, last_visit, region, region_ms, _classes, version, due = rest
-    return CustomerState(
-        customer_id,
-        orders=orders,
-        first_visit_ms=_plus(first_visit, base),
-        last_visit_ms=_plus(last_visit, base),
-        region=region,
-        region_ms=-1 if region_ms is None else region_ms + base,
-        rules_version=_unpacked_version(version),
-        due_day=due,
-    )
-
-
-def _text(value: object) -> str:
-    if value.__class__ is str:
-        return value
-    name = _TEXT.get(value) if value.__class__ is int else None
-    if name is None:
-        raise CorruptRecord(f"not a name: {value!r}")
-    return name
 
 
 class OutRecord(NamedTuple):  # immutable and cheap to build: one per output record

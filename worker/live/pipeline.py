@@ -30,9 +30,9 @@ from worker.core.batch import (
     customers_of,
     parse_batch,
 )
-from worker.core.codec import CorruptRecord
 from worker.core.erasure import erasure, suppress_erased
 from worker.core.events import ParseLimits
+from worker.core.packing import CorruptRecord
 from worker.core.rules import Rules
 from worker.core.state import CustomerState
 from worker.core.timeutil import DAY_MS

@@ -13,7 +13,7 @@ from pathlib import Path
 from worker.clock import Clock
 from worker.core.batch import Outcome, Topics, reevaluate_batch
 from worker.core.batch import sweep as sweep_due
-from worker.core.codec import CorruptRecord
+from worker.core.packing import CorruptRecord
 from worker.core.rules import Rules, RulesError, load_rules
 from worker.live.ownership import Ownership
 from worker.live.partitions import Partitions
