@@ -26,6 +26,7 @@ from worker.core.packing import (
     add_refunds,
     code,
     name_code,
+    order_records,
     packed_classes,
     packed_version,
     text,
@@ -246,7 +247,8 @@ def decode_state(customer_id: str, data: bytes) -> CustomerState:
 
 
 def _decode_format_7(customer_id: str, doc: list[Any]) -> CustomerState:
-    """Format 7, every field unpacked at once (the hot path: one per customer per batch)."""
+    """Format 7, every field unpacked at once but the orders, left as stored (StoredOrders):
+    the hot path, one per customer per batch."""
     (
         _, base, prefix, flat, refunds, first_visit, last_visit, region, region_ms, dims,
         classes, since_dims, since, version, due, keys, traits, *withheld,
@@ -320,13 +322,7 @@ class StoredOrders:
         return self.prefix, flat, self.refunds
 
     def records(self) -> dict[str, OrderRecord]:
-        flat, prefix, times = self.flat, self.prefix, self._times()
-        orders = {
-            prefix + flat[i]: OrderRecord(
-                flat[i + 1] & 15, flat[i + 1] > 15, times[i >> 2], flat[i + 3]
-            )
-            for i in range(0, len(flat), 4)
-        }
+        orders = order_records(self.prefix, self.flat, self._times())
         if self.refunds:
             add_refunds(orders, self.refunds)
         return orders

@@ -6,7 +6,13 @@ from __future__ import annotations
 from itertools import accumulate
 from typing import Any, Final
 
-from worker.core.packing import add_refunds, text, unpacked_classes, unpacked_version
+from worker.core.packing import (
+    add_refunds,
+    order_records,
+    text,
+    unpacked_classes,
+    unpacked_version,
+)
 from worker.core.state import NO_TIME, CustomerState, OrderRecord
 
 FORMAT_6: Final = 6  # MessagePack; instants from one base, classes as pairs
@@ -45,17 +51,10 @@ def read_format_6(customer_id: str, doc: list[Any]) -> CustomerState:
 
 
 def _orders(prefix: str, flat: list[Any], base: int) -> dict[str, OrderRecord]:
-    """(id after the shared prefix, flags, placed offset or null, cents) quadruples, as every
-    format since 3 stores them, into order records."""
-    return {
-        prefix + flat[i]: OrderRecord(
-            flat[i + 1] & 15,
-            bool(flat[i + 1] & 16),
-            NO_TIME if flat[i + 2] is None else flat[i + 2] + base,
-            flat[i + 3],
-        )
-        for i in range(0, len(flat), 4)
-    }
+    """Formats 3-6 store each order's instant as an offset from ``base`` (null: known only
+    from a cancellation)."""
+    times = [NO_TIME if at is None else at + base for at in flat[2::4]]
+    return order_records(prefix, flat, times)
 
 
 def read_json(customer_id: str, doc: list[Any]) -> CustomerState:

@@ -86,6 +86,18 @@ def unpacked_version(stored: bytes | str) -> str:
     return stored[1:] if stored.startswith("=") else VERSION_PREFIX + stored
 
 
+def order_records(prefix: str, flat: list[Any], times: list[int]) -> dict[str, OrderRecord]:
+    """(id after the shared prefix, flags with 16 for paid, instant, cents) quadruples, as every
+    format since 3 stores them, into order records; ``times``: each order's instant, absolute
+    (the formats store them differently)."""
+    return {
+        prefix + flat[i]: OrderRecord(
+            flat[i + 1] & 15, flat[i + 1] & 16 != 0, times[i >> 2], flat[i + 3]
+        )
+        for i in range(0, len(flat), 4)
+    }
+
+
 def add_refunds(orders: dict[str, OrderRecord], refunds: list[Any]) -> None:
     """(position of the order, event id, amount) triples into their orders."""
     records = list(orders.values())
