@@ -1,13 +1,14 @@
 """Event-to-change latency at fixed rates, beside the broker-only relay (issue 16, goal 2).
 
-    python bench/latency.py --rate 1500 --rate 7000 [--seconds 15] [--broker kafka]
+    python bench/latency.py --rate 1500 --rate 7000 [--seconds 15] [--warmup 3] [--broker kafka]
     cd /tmp/old && PYTHONPATH=. python /path/to/bench/latency.py --rate 1500   # an old commit
 
 `segment-worker bench live` measures the latency at half and at a tenth of the capacity it
 has just measured, and that capacity moves from run to run on a shared machine, so two
 commits are never paced alike. This runs only bench live's paced latency runs, at the rates
 given, on one fresh broker and Redis. Each run times, for every event that causes a change,
-its send to the arrival of the change, for the worker and for the broker-only relay baseline.
+its send to the arrival of the change, for the worker and for the broker-only relay baseline;
+events sent in the first ``--warmup`` seconds are timed apart (the p99 with them is shown).
 """
 
 from __future__ import annotations
@@ -23,13 +24,16 @@ from worker.tools.embedded import RedisServer
 START = parse_rfc3339("2025-01-01T00:00:00Z")  # `bench live`'s default shop opening
 
 
-async def measure(rates: list[float], seconds: float, customers: int, broker_name: str) -> None:
+async def measure(
+    rates: list[float], seconds: float, warmup: float, customers: int, broker_name: str
+) -> None:
     plan = livebench.Plan(
         events=0,
         customers=customers,
         memory_customers=0,
         seed=1,
         latency_seconds=seconds,
+        latency_warmup=warmup,
         start_ms=START,
         rules=None,
         broker=broker_name,
@@ -44,10 +48,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--rate", type=float, action="append", required=True, help="events/s")
     parser.add_argument("--seconds", type=float, default=15, help="how long each run sends")
+    parser.add_argument(
+        "--warmup", type=float, default=3, help="seconds sent before the timed part"
+    )
     parser.add_argument("--customers", type=int, default=10_000)
     parser.add_argument("--broker", choices=BROKERS, default="kafka")
     args = parser.parse_args()
-    asyncio.run(measure(args.rate, args.seconds, args.customers, args.broker))
+    asyncio.run(measure(args.rate, args.seconds, args.warmup, args.customers, args.broker))
 
 
 if __name__ == "__main__":

@@ -157,6 +157,7 @@ def test_a_pseudonym_key_needs_32_bytes() -> None:
         ({"SEGMENT_WORKER_KAFKA_BOOTSTRAP": "kafka"}, ["HOST:PORT"]),
         ({"SEGMENT_WORKER_KAFKA_SECURITY_PROTOCOL": "TLS"}, ["SASL_SSL", "'TLS'"]),
         ({"SEGMENT_WORKER_BATCH_SIZE": "0"}, ["1..100000", "got 0"]),
+        ({"SEGMENT_WORKER_BATCH_LINGER_MS": "5000"}, ["0..1000", "got 5000"]),
     ],
 )
 def test_a_bad_value_is_told_what_is_expected(env: dict[str, str], expected: list[str]) -> None:

@@ -135,6 +135,13 @@ class Settings:
     group_id: str = "segment-worker"
     batch_size: int = field(default=1000, metadata=_doc("max records per partition batch"))
     batch_wait_ms: int = field(default=50, metadata=_doc("max wait for a batch to fill"))
+    batch_linger_ms: int = field(
+        default=10,
+        metadata=_doc(
+            "while input trickles in, min time between fetches: fewer, fuller batches, "
+            "less CPU per event, up to this much more latency; 0: fetch at once"
+        ),
+    )
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 3_000
     rebalance_timeout_ms: int = 30_000
@@ -164,6 +171,7 @@ class Settings:
             "http_port": (lambda v: 1 <= v <= 65535, "a port 1..65535"),
             "batch_size": (lambda v: 1 <= v <= 100_000, "1..100000"),
             "batch_wait_ms": (lambda v: 0 <= v <= 60_000, "0..60000"),
+            "batch_linger_ms": (lambda v: 0 <= v <= 1000, "0..1000"),
             "session_timeout_ms": (lambda v: v >= 1000, ">= 1000"),
             "heartbeat_interval_ms": (
                 lambda v: 100 <= v < self.session_timeout_ms,

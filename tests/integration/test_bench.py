@@ -66,6 +66,8 @@ def test_live_bench_prints_throughput_latency_and_memory(
         "150",
         "--latency-seconds",
         "4",
+        "--latency-warmup",
+        "1",
         *pacing,
         timeout=400,
     )
@@ -79,10 +81,15 @@ def test_live_bench_prints_throughput_latency_and_memory(
     assert re.search(r"segment-worker vs plain Faust agent: [0-9.]+x", out)
     latency = out.split("event-to-change latency", 1)[1]
     assert paced in latency.splitlines()[0]
+    assert "after a 1 s warm-up" in latency.splitlines()[0]
     for row in ("broker only (relay baseline)", "segment-worker "):
         line = next(line for line in latency.splitlines() if line.startswith(row))
-        count, p50, p99 = line[len(row) :].split()
+        count, p50, p99, with_warmup = line[len(row) :].split()
         assert int(count.replace(",", "")) > 0 and 0 < float(p50) <= float(p99), line
+        assert float(with_warmup) > 0, line
+    assert re.search(
+        r"p99 - broker-only p99: [-+][0-9.]+ ms \(with the warm-up: [-+][0-9.]+ ms\)", out
+    )
     assert re.search(r"Redis memory: [0-9,]+ bytes per customer at 150 customers", out)
 
 

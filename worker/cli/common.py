@@ -42,6 +42,14 @@ def positive(text: str) -> int:
     return value
 
 
+def non_negative(text: str) -> int:
+    """A count that may be 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def traffic_arguments(
     parser: argparse.ArgumentParser, *, events: int | None, customers: int | None
 ) -> None:

@@ -36,7 +36,7 @@ from worker.core.packing import CorruptRecord
 from worker.core.rules import Rules
 from worker.core.state import CustomerState
 from worker.core.timeutil import DAY_MS
-from worker.live.fetch import Batch, fetch
+from worker.live.fetch import Batch, Pacing
 from worker.live.ownership import Listener, Ownership
 from worker.live.partitions import Partitions
 from worker.live.relay import Relay, observe_emits, topics_of
@@ -113,6 +113,7 @@ class Pipeline:
         )
         self._listener = Listener(self._ownership)
         self._stopping = asyncio.Event()
+        self._pacing = Pacing(settings.batch_linger_ms, settings.batch_size)
 
     @property
     def rules(self) -> Rules:
@@ -173,7 +174,9 @@ class Pipeline:
         while not self._stopping.is_set():
             most = self._settings.batch_size * max(1, len(self.owned_partitions()))
             try:
-                batch = await fetch(self._consumer, self._listener, self._settings, most)
+                batch = await self._pacing.fetch(
+                    self._consumer, self._listener, self._settings, most
+                )
             except KafkaError as exc:
                 await self._health.trouble("kafka", "getmany", exc)
                 continue
