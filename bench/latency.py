@@ -25,7 +25,13 @@ START = parse_rfc3339("2025-01-01T00:00:00Z")  # `bench live`'s default shop ope
 
 
 async def measure(
-    rates: list[float], seconds: float, warmup: float, customers: int, broker_name: str
+    rates: list[float],
+    *,
+    seconds: float,
+    warmup: float,
+    customers: int,
+    broker_name: str,
+    linger_ms: int | None,
 ) -> None:
     plan = livebench.Plan(
         events=0,
@@ -34,6 +40,7 @@ async def measure(
         seed=1,
         latency_seconds=seconds,
         latency_warmup=warmup,
+        batch_linger_ms=linger_ms,
         start_ms=START,
         rules=None,
         broker=broker_name,
@@ -52,9 +59,21 @@ def main() -> None:
         "--warmup", type=float, default=3, help="seconds sent before the timed part"
     )
     parser.add_argument("--customers", type=int, default=10_000)
+    parser.add_argument(
+        "--linger", type=int, help="the worker's SEGMENT_WORKER_BATCH_LINGER_MS (its default)"
+    )
     parser.add_argument("--broker", choices=BROKERS, default="kafka")
     args = parser.parse_args()
-    asyncio.run(measure(args.rate, args.seconds, args.warmup, args.customers, args.broker))
+    asyncio.run(
+        measure(
+            args.rate,
+            seconds=args.seconds,
+            warmup=args.warmup,
+            customers=args.customers,
+            broker_name=args.broker,
+            linger_ms=args.linger,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import subprocess
 import tempfile
 import time
@@ -59,8 +58,10 @@ def category(stack: str) -> str:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    spent = livebench.process_cpu_seconds(pid)
+    if spent is None:
+        raise SystemExit("live_profile: needs Linux's /proc to read the worker's CPU time")
+    return spent
 
 
 async def profile(events: int, customers: int, broker_name: str, out: Path) -> tuple[int, float]:

@@ -84,9 +84,9 @@ def test_live_bench_prints_throughput_latency_and_memory(
     assert "after a 1 s warm-up" in latency.splitlines()[0]
     for row in ("broker only (relay baseline)", "segment-worker "):
         line = next(line for line in latency.splitlines() if line.startswith(row))
-        count, p50, p99, with_warmup = line[len(row) :].split()
+        count, p50, p99, with_warmup, cpu = line[len(row) :].split()
         assert int(count.replace(",", "")) > 0 and 0 < float(p50) <= float(p99), line
-        assert float(with_warmup) > 0, line
+        assert float(with_warmup) > 0 and int(cpu) > 0, line
     assert re.search(
         r"p99 - broker-only p99: [-+][0-9.]+ ms \(with the warm-up: [-+][0-9.]+ ms\)", out
     )

@@ -85,6 +85,7 @@ class Plan:
     # Sent at the rate before the timed part: the first seconds bring every customer's first
     # event (a change in each dimension) to cold caches and are not the steady state.
     latency_warmup: float = 3.0
+    batch_linger_ms: int | None = None  # None: the worker's default
 
 
 @dataclass(frozen=True)
@@ -435,6 +436,8 @@ async def _latency(servers: Servers, plan: Plan, rate: float, pace: str) -> None
         topics = await topics_for(servers)
         group = f"lat-{uuid.uuid4().hex[:6]}"
         settings = settings_for(servers, topics, group, plan.rules)
+        if plan.batch_linger_ms is not None:
+            settings = replace(settings, batch_linger_ms=plan.batch_linger_ms)
         # Each gets a process (and a core) of its own, as in production: sharing this event
         # loop with the paced producer and the watcher would time their queueing too.
         if is_worker:
@@ -460,21 +463,34 @@ async def _latency(servers: Servers, plan: Plan, rate: float, pace: str) -> None
                 await until_ready(settings.http_port, proc)
             elif proc.stdout is None or await asyncio.to_thread(proc.stdout.readline) != b"ready\n":
                 raise RuntimeError("the relay baseline did not start")
-            timed = await _paced(servers.bootstrap, topics, traffic, rate)
+            timed, cpu = await _paced(
+                servers.bootstrap, topics, traffic, rate, warmup=plan.latency_warmup, pid=proc.pid
+            )
         finally:
             proc.terminate()
             proc.wait(30)
         steady = [ms for sent_s, ms in timed if sent_s >= plan.latency_warmup]
+        per_event = "-" if cpu is None else f"{cpu / (plan.latency_seconds * rate) * 1e6:.0f}"
         rows.append(
-            (name, len(steady), _p(steady, 50), _p(steady, 99), _p([ms for _, ms in timed], 99))
+            (
+                name,
+                len(steady),
+                _p(steady, 50),
+                _p(steady, 99),
+                _p([ms for _, ms in timed], 99),
+                per_event,
+            )
         )
     print(
         f"\nevent-to-change latency at {rate:,.0f} events/s ({pace}), "
         f"events sent after a {plan.latency_warmup:g} s warm-up:"
     )
-    print(f"{'path':<34} {'changes':>9} {'p50 ms':>8} {'p99 ms':>8} {'p99 with warm-up':>17}")
-    for name, count, p50, p99, cold in rows:
-        print(f"{name:<34} {count:>9,} {p50:>8.1f} {p99:>8.1f} {cold:>17.1f}")
+    print(
+        f"{'path':<34} {'changes':>9} {'p50 ms':>8} {'p99 ms':>8} {'p99 with warm-up':>17} "
+        f"{'CPU us/event':>12}"
+    )
+    for name, count, p50, p99, cold, per_event in rows:
+        print(f"{name:<34} {count:>9,} {p50:>8.1f} {p99:>8.1f} {cold:>17.1f} {per_event:>12}")
     print(
         f"segment-worker p99 - broker-only p99: {rows[1][3] - rows[0][3]:+.1f} ms "
         f"(with the warm-up: {rows[1][4] - rows[0][4]:+.1f} ms)"
@@ -488,10 +504,17 @@ def _p(latencies: list[float], percentile: int) -> float:
 
 
 async def _paced(
-    bootstrap: str, topics: Topics, traffic: Sequence[SimEvent], rate: float
-) -> list[tuple[float, float]]:
+    bootstrap: str,
+    topics: Topics,
+    traffic: Sequence[SimEvent],
+    rate: float,
+    *,
+    warmup: float,
+    pid: int,
+) -> tuple[list[tuple[float, float]], float | None]:
     """Send ``traffic`` at ``rate`` and time each change back to the event that caused it:
-    (seconds into the run the event was sent, milliseconds until its change arrived)."""
+    (seconds into the run the event was sent, milliseconds until its change arrived); and
+    the CPU seconds process ``pid`` spent while the events after the warm-up were sent."""
     sent: dict[str, float] = {}
     timed: list[tuple[float, float]] = []
     watcher = kafka.consumer(
@@ -520,7 +543,11 @@ async def _paced(
     try:
         await asyncio.sleep(2.0)  # the consumer group settles
         begin = time.perf_counter()
+        warm = int(warmup * rate)
+        cpu: float | None = None
         for n, e in enumerate(traffic):
+            if n == warm:
+                cpu = process_cpu_seconds(pid)
             due = begin + n / rate
             delay = due - time.perf_counter()
             if delay > 0:
@@ -530,6 +557,8 @@ async def _paced(
             await producer.send(
                 topic, e.value, key=e.key, partition=partition_of(e.key.decode(), PARTITIONS)
             )
+        end = process_cpu_seconds(pid)
+        cpu = None if cpu is None or end is None else end - cpu
         await asyncio.sleep(3.0)
     finally:
         watching.cancel()
@@ -537,7 +566,16 @@ async def _paced(
             await watching
         await producer.stop()
         await watcher.stop()
-    return timed
+    return timed, cpu
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU a process has spent so far (None where /proc does not tell)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def until_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
