@@ -40,7 +40,7 @@ from worker.core.rules import load_rules
 from worker.core.state import CustomerState
 from worker.core.timeutil import parse_rfc3339
 from worker.replay import Replayer
-from worker.tools.livebench import redis_bytes
+from worker.tools.memorybench import redis_bytes
 from worker.tools.simulate import Simulator
 
 RULES = load_rules(None)

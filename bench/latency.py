@@ -17,9 +17,10 @@ import argparse
 import asyncio
 
 from worker.core.timeutil import parse_rfc3339
-from worker.tools import livebench
 from worker.tools.apache_kafka import BROKERS, chosen_broker
 from worker.tools.embedded import RedisServer
+from worker.tools.livesetup import Plan, Servers
+from worker.tools.pacedbench import latency
 
 START = parse_rfc3339("2025-01-01T00:00:00Z")  # `bench live`'s default shop opening
 
@@ -33,7 +34,7 @@ async def measure(
     broker_name: str,
     linger_ms: int | None,
 ) -> None:
-    plan = livebench.Plan(
+    plan = Plan(
         events=0,
         customers=customers,
         memory_customers=0,
@@ -46,9 +47,9 @@ async def measure(
         broker=broker_name,
     )
     with chosen_broker(broker_name) as broker, RedisServer() as redis_server:
-        servers = livebench.Servers(broker.bootstrap, redis_server.url, broker.idempotent)
+        servers = Servers(broker.bootstrap, redis_server.url, broker.idempotent)
         for rate in rates:
-            await livebench._latency(servers, plan, rate, "as asked")
+            await latency(servers, plan, rate, "as asked")
 
 
 def main() -> None:

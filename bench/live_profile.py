@@ -27,7 +27,7 @@ from itertools import islice
 from pathlib import Path
 
 from worker.core.timeutil import parse_rfc3339
-from worker.tools import livebench
+from worker.tools import livesetup
 from worker.tools.apache_kafka import BROKERS, chosen_broker
 from worker.tools.embedded import RedisServer
 from worker.tools.simulate import Simulator
@@ -58,7 +58,7 @@ def category(stack: str) -> str:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of a process so far."""
-    spent = livebench.process_cpu_seconds(pid)
+    spent = livesetup.process_cpu_seconds(pid)
     if spent is None:
         raise SystemExit("live_profile: needs Linux's /proc to read the worker's CPU time")
     return spent
@@ -69,14 +69,14 @@ async def profile(events: int, customers: int, broker_name: str, out: Path) -> t
     traffic = list(islice(Simulator(1, customers, START), events))
     clock_ms = max(e.delivered_ms for e in traffic) + 60_000
     with chosen_broker(broker_name) as broker, RedisServer() as redis_server:
-        servers = livebench.Servers(broker.bootstrap, redis_server.url, broker.idempotent)
-        topics = await livebench.topics_for(servers)
-        ends = await livebench.produce(servers.bootstrap, topics, traffic)
-        settings = livebench.settings_for(servers, topics, "profiled", None)
-        worker = livebench.worker_process(settings, clock_ms)
+        servers = livesetup.Servers(broker.bootstrap, redis_server.url, broker.idempotent)
+        topics = await livesetup.topics_for(servers)
+        ends = await livesetup.produce(servers.bootstrap, topics, traffic)
+        settings = livesetup.settings_for(servers, topics, "profiled", None)
+        worker = livesetup.worker_process(settings, clock_ms)
         spy: subprocess.Popen[bytes] | None = None
         try:
-            await livebench.until_ready(settings.http_port, worker)
+            await livesetup.until_ready(settings.http_port, worker)
             command = ["py-spy", "record", "--nonblocking", "-r", "250", "--format", "raw"]
             spy = subprocess.Popen(
                 [*command, "-o", str(out), "--pid", str(worker.pid)],
@@ -84,7 +84,7 @@ async def profile(events: int, customers: int, broker_name: str, out: Path) -> t
                 stderr=subprocess.DEVNULL,
             )
             before = cpu_seconds(worker.pid)
-            await livebench.until_committed(servers.bootstrap, "profiled", ends)
+            await livesetup.until_committed(servers.bootstrap, "profiled", ends)
             spent = cpu_seconds(worker.pid) - before
         finally:
             if spy is not None:

@@ -12,8 +12,8 @@ from worker.cli.common import Subparsers, non_negative, positive, traffic_argume
 from worker.core.rules import load_rules
 from worker.tools.apache_kafka import BROKERS
 from worker.tools.bench import bench_core, print_table, write_events
-from worker.tools.livebench import Plan
 from worker.tools.livebench import run as run_live_bench
+from worker.tools.livesetup import Plan
 
 
 def register(sub: Subparsers) -> None:
