@@ -18,6 +18,8 @@ from pathlib import Path
 
 import orjson
 from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from worker import kafka
 from worker.core.codec import decode_state
@@ -396,3 +398,25 @@ async def worker_process(
 
 def worker_log(proc: subprocess.Popen[bytes]) -> str:
     return LOGS[proc.pid].read_text(errors="replace")[-3000:]
+
+
+async def topic_configs(
+    admin: AIOKafkaAdminClient, topics: list[str], names: list[str], timeout: float = 30
+) -> dict[str, dict[str, str]]:
+    """The configs ``names`` of each of ``topics`` as the cluster reports them. The broker
+    that answers may not know a topic created a moment ago yet (a KRaft cluster spreads its
+    metadata to the brokers one by one), and then reports no entries: ask until every one is
+    there, or the timeout passes."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    resources = [
+        ConfigResource(ConfigResourceType.TOPIC, topic, dict.fromkeys(names)) for topic in topics
+    ]
+    while True:
+        configs: dict[str, dict[str, str]] = {}
+        for response in await admin.describe_configs(resources):
+            for *_, topic, entries in response.resources:
+                configs[topic] = {e[0]: e[1] for e in entries}
+        known = all(set(names) <= configs.get(t, {}).keys() for t in topics)
+        if known or asyncio.get_running_loop().time() > deadline:
+            return configs
+        await asyncio.sleep(0.2)

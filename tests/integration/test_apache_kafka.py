@@ -10,8 +10,8 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from tests.integration.live_support import topic_configs
 from worker import kafka as clients
 from worker.tools.apache_kafka import (
     SERVER_PROPERTIES,
@@ -91,11 +91,8 @@ async def test_three_nodes_replicate_and_survive_a_killed_leader() -> None:
         described = await admin.describe_topics(["replicated"])
         partitions = described[0]["partitions"]
         assert [len(p["replicas"]) for p in partitions] == [3, 3, 3]
-        configs = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, "replicated", {"min.insync.replicas": None})]
-        )
-        *_, entries = configs[0].resources[0]
-        assert {e[0]: e[1] for e in entries}["min.insync.replicas"] == "2"
+        configs = await topic_configs(admin, ["replicated"], ["min.insync.replicas"])
+        assert configs["replicated"]["min.insync.replicas"] == "2"
 
         before = [f"a{n}".encode() for n in range(30)]
         await produce(kafka, "replicated", before)

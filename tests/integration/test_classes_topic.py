@@ -20,6 +20,7 @@ from tests.integration.live_support import (
     read_all,
     replay,
     running,
+    topic_configs,
     wait_until,
 )
 from worker import kafka
@@ -65,11 +66,8 @@ async def topic_setup(settings: Settings) -> tuple[str, int, int]:
     admin = kafka.admin(settings)
     await admin.start()
     try:
-        resource = ConfigResource(
-            ConfigResourceType.TOPIC, settings.topic_classes, {"cleanup.policy": None}
-        )
-        *_, entries = (await admin.describe_configs([resource]))[0].resources[0]
-        policy = {e[0]: e[1] for e in entries}["cleanup.policy"]
+        configs = await topic_configs(admin, [settings.topic_classes], ["cleanup.policy"])
+        policy = configs[settings.topic_classes]["cleanup.policy"]
         partitions = (await admin.describe_topics([settings.topic_classes]))[0]["partitions"]
         return policy, len(partitions[0]["replicas"]), len(partitions)
     finally:

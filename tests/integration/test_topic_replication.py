@@ -6,8 +6,8 @@ import asyncio
 from dataclasses import replace
 
 import pytest
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from tests.integration.live_support import topic_configs
 from worker import kafka
 from worker.kafka import ensure_topics
 from worker.settings import Settings
@@ -34,15 +34,7 @@ async def test_every_topic_gets_the_configured_replication_on_a_cluster() -> Non
         await admin.start()
         try:
             described = {t["topic"]: t["partitions"] for t in await admin.describe_topics(names)}
-            wanted = ["cleanup.policy", "min.insync.replicas"]
-            resources = [
-                ConfigResource(ConfigResourceType.TOPIC, name, dict.fromkeys(wanted))
-                for name in names
-            ]
-            configs = {}
-            for response in await admin.describe_configs(resources):
-                for *_, name, entries in response.resources:
-                    configs[name] = {e[0]: e[1] for e in entries}
+            configs = await topic_configs(admin, names, ["cleanup.policy", "min.insync.replicas"])
         finally:
             await admin.close()
         assert {name: len(parts) for name, parts in described.items()} == {
