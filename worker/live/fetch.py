@@ -39,8 +39,8 @@ async def fetch(
 class Pacing:
     """While input trickles in, a fetch at most every ``linger_ms``. Each partition batch
     costs CPU beyond its events (a Redis round trip to read, one to commit, a produce, asyncio
-    tasks): fetching again as soon as one record has arrived spent 0.7 of a core on 1,500
-    events/s in batches of a few events, where 20 ms between fetches spent 0.3
+    tasks): fetching again as soon as one record had arrived spent ~0.7 of a core on 1,500
+    events/s in batches of a few events; 10 ms between fetches spent ~0.47, 20 ms ~0.37
     (docs/benchmarks.md, "Seventh pass"). A fetch that brought a partition batch's worth or
     more is a backlog: the next one goes at once."""
 
