@@ -10,8 +10,9 @@ import orjson
 
 from worker.core.batch import InRecord, Topics, apply_batch, customers_of, parse_batch, sweep
 from worker.core.changes import SegmentChange
-from worker.core.codec import OutRecord, decode_state, encode_state
+from worker.core.codec import decode_state, encode_state
 from worker.core.events import Event, ParseLimits, Rejection
+from worker.core.outbox import OutRecord
 from worker.core.rules import default_rules_text, load_rules, parse_rules
 from worker.core.state import CustomerState
 from worker.core.timeutil import parse_rfc3339

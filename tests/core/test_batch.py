@@ -26,8 +26,9 @@ from worker.core.batch import (
     reevaluate_batch,
     sweep,
 )
-from worker.core.codec import OutRecord, decode_state, encode_state
+from worker.core.codec import decode_state, encode_state
 from worker.core.events import Reason, Rejection
+from worker.core.outbox import OutRecord
 from worker.core.state import CustomerState
 from worker.core.timeutil import DAY_MS, parse_rfc3339
 from worker.core.views import describe

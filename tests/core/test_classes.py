@@ -26,7 +26,7 @@ from worker.core.classes import (
     classes_record,
     classes_tombstone,
 )
-from worker.core.codec import OutRecord
+from worker.core.outbox import OutRecord
 from worker.core.state import CustomerState
 from worker.core.timeutil import format_ms, parse_rfc3339
 

@@ -9,9 +9,10 @@ from hypothesis import strategies as st
 
 from tests.core.strategies import ACTIVITY, T0, histories, orders, state_of, visits
 from worker.core.changes import Cause
-from worker.core.codec import FORMAT, OutRecord, declared_format, decode_state, encode_state
+from worker.core.codec import FORMAT, declared_format, decode_state, encode_state
 from worker.core.engine import evaluate
 from worker.core.events import Visit
+from worker.core.outbox import OutRecord
 from worker.core.packing import VOCABULARY, CorruptRecord
 from worker.core.rules import load_rules
 from worker.core.state import NO_TIME, PAID, PLACED, CustomerState, OrderRecord

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from worker.core.changes import Cause
 from worker.core.changes import change_id as compute_change_id
 from worker.core.classes import classes_record
-from worker.core.codec import OutRecord
+from worker.core.outbox import OutRecord
 from worker.core.reconcile import (
     INPUT_HEADER,
     MAC_HEADER,

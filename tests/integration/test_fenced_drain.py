@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from tests.integration.live_support import read_all
 from worker import kafka
 from worker.core.batch import Outcome
-from worker.core.codec import OutRecord
+from worker.core.outbox import OutRecord
 from worker.core.rules import load_rules
 from worker.live.partitions import Partitions
 from worker.live.relay import Relay, topics_of

@@ -11,7 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from worker.core.batch import Outcome
-from worker.core.codec import OutRecord
+from worker.core.outbox import OutRecord
 from worker.core.rules import load_rules
 from worker.live.partitions import Partitions, PartitionState
 from worker.live.retry import Health

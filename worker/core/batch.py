@@ -15,7 +15,6 @@ from typing import Final, NamedTuple
 
 from worker.core.changes import SegmentChange
 from worker.core.classes import snapshots
-from worker.core.codec import OutRecord
 from worker.core.deadletter import Stage
 from worker.core.engine import Changes, absorb, fire_timer, process_event, reevaluate
 from worker.core.events import (
@@ -27,6 +26,7 @@ from worker.core.events import (
     parse_event,
     valid_id,
 )
+from worker.core.outbox import OutRecord
 from worker.core.partitioner import partition_of
 from worker.core.rules import Rules
 from worker.core.state import CustomerState

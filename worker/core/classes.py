@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 import orjson
 
-from worker.core.codec import OutRecord
+from worker.core.outbox import OutRecord
 from worker.core.state import CustomerState
 from worker.core.timeutil import format_ms
 

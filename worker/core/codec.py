@@ -1,9 +1,8 @@
-"""Byte encodings of what the live worker keeps in Redis: customer states and outbox records.
+"""The bytes of a customer's state in Redis (outbox records: worker/core/outbox.py).
 
 States are positional MessagePack arrays led by a format number, so that a format change can
 be read side by side with the old one (formats 3-6, worker/core/old_formats.py, are still
-read). Outbox records carry arbitrary bytes (a dead-lettered payload may not even be UTF-8),
-so they use a length-prefixed binary frame instead.
+read).
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from collections.abc import Iterable
 from functools import lru_cache
 from itertools import accumulate, compress, repeat
 from operator import add, sub
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 import msgspec
 import orjson
@@ -43,7 +42,6 @@ _ZLIB: Final = b"\x78"
 _JSON: Final = b"["
 _PACK: Final = msgspec.msgpack.Encoder()
 _UNPACK: Final = msgspec.msgpack.Decoder()
-_LEN: Final = struct.Struct(">I")
 _EMPTY: Final[list[object]] = []  # encoded as it is, never changed
 # An instant equal to its neighbour's, typed as an object: a compiled core (mypyc) would turn
 # a True in an `int | None` expression into the integer 1.
@@ -342,49 +340,3 @@ class StoredOrders:
 def _counts(counting: int) -> tuple[bool, ...]:
     """Per stored flags value (16 for paid, see StoredOrders), whether the order counts."""
     return tuple(bool(f & counting) and not f & VOIDED for f in range(32))
-
-
-class OutRecord(NamedTuple):  # immutable and cheap to build: one per output record
-    """A message waiting in the outbox for the relay: where it goes and its exact bytes."""
-
-    topic: str
-    key: bytes | None
-    value: bytes | None
-    headers: tuple[tuple[str, bytes], ...] = ()
-
-    def encode(self) -> bytes:
-        parts = [self.topic.encode(), self.key, self.value]
-        for name, value in self.headers:
-            parts += [name.encode(), value]
-        out = bytearray(_LEN.pack(len(parts)))
-        for part in parts:
-            if part is None:
-                out += b"\xff\xff\xff\xff"
-            else:
-                out += _LEN.pack(len(part)) + part
-        return bytes(out)
-
-    @classmethod
-    def decode(cls, data: bytes) -> OutRecord:
-        try:
-            (count,) = _LEN.unpack_from(data, 0)
-            pos, parts = 4, list[bytes | None]()
-            for _ in range(count):
-                (size,) = _LEN.unpack_from(data, pos)
-                pos += 4
-                if size == 0xFFFFFFFF:
-                    parts.append(None)
-                    continue
-                if pos + size > len(data):
-                    raise CorruptRecord("outbox record shorter than its frame")
-                parts.append(data[pos : pos + size])
-                pos += size
-            if pos != len(data) or count < 3 or count % 2 != 1 or parts[0] is None:
-                raise CorruptRecord("outbox record frame does not add up")
-            names, values = parts[3::2], parts[4::2]
-            headers = tuple(
-                ((n or b"").decode(), v or b"") for n, v in zip(names, values, strict=True)
-            )
-            return cls(parts[0].decode(), parts[1], parts[2], headers)
-        except (struct.error, UnicodeDecodeError) as exc:
-            raise CorruptRecord(f"unreadable outbox record: {exc}") from None

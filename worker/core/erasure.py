@@ -13,8 +13,8 @@ from typing import NamedTuple
 
 from worker.core.batch import InRecord, Outcome
 from worker.core.classes import ERASED_HEADER, classes_tombstone
-from worker.core.codec import OutRecord
 from worker.core.events import Event, Rejection
+from worker.core.outbox import OutRecord
 from worker.core.state import CustomerState
 
 

@@ -27,7 +27,7 @@ from worker.core.batch import Outcome
 from worker.core.changes import Cause
 from worker.core.changes import change_id as compute_change_id
 from worker.core.classes import snapshots
-from worker.core.codec import OutRecord
+from worker.core.outbox import OutRecord
 from worker.core.state import CustomerState
 from worker.core.timeutil import parse_rfc3339
 

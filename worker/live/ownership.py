@@ -19,7 +19,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaTimeoutError
 
 from worker.core.batch import Topics
-from worker.core.codec import OutRecord
+from worker.core.outbox import OutRecord
 from worker.core.packing import CorruptRecord
 from worker.core.reconcile import Trust, lost_window, read_back, reconcile
 from worker.kafka import end_offsets, partition_of

@@ -20,7 +20,7 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import RecordMetadata
 
 from worker.core.batch import Outcome, Topics
-from worker.core.codec import OutRecord
+from worker.core.outbox import OutRecord
 from worker.core.partitioner import murmur2
 from worker.core.reconcile import INPUT_HEADER, MAC_HEADER, change_id, sign
 from worker.live.partitions import Partitions
