@@ -111,20 +111,25 @@ class Ownership:
                 self.stop(partition, exc)
                 continue
             await retry("drain", partial(self.relay.drain, claim, in_kafka))
-            tps = [tp for tp in assigned if tp.partition == partition]
-            resume = {tp: claim.offsets[tp.topic] for tp in tps if tp.topic in claim.offsets}
-            for tp, offset in resume.items():
-                self.consumer.seek(tp, offset)
-            unseen = [tp for tp in tps if tp not in resume]
-            if unseen:
-                # Redis holds nothing applied from these (new, or lost with a Redis that went
-                # back in time): start from the beginning, not from the group's committed offset.
-                await self.consumer.seek_to_beginning(*unseen)
+            resume = await self.rewind(claim, [tp for tp in assigned if tp.partition == partition])
             taken.committable.update((tp.topic, o) for tp, o in resume.items())
         # What Redis holds is durable: a crash between the Redis commit and the offset commit
         # must not leave the group's offsets behind forever.
         await self.relay.commit_offsets(partitions)
         self.metrics.partitions.set(len(self.partitions.owned()))
+
+    async def rewind(self, claim: Claim, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """Move the consumer to where Redis says the partition's input is applied to; returns
+        those offsets (topics Redis holds none of start from the beginning)."""
+        resume = {tp: claim.offsets[tp.topic] for tp in tps if tp.topic in claim.offsets}
+        for tp, offset in resume.items():
+            self.consumer.seek(tp, offset)
+        unseen = [tp for tp in tps if tp not in resume]
+        if unseen:
+            # Redis holds nothing applied from these (new, or lost with a Redis that went
+            # back in time): start from the beginning, not from the group's committed offset.
+            await self.consumer.seek_to_beginning(*unseen)
+        return resume
 
     async def release(self, revoked: list[TopicPartition]) -> None:
         """Let revoked partitions go once their relays are out and their offsets committed."""

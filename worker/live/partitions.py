@@ -36,6 +36,7 @@ class PartitionState:
     # Input offsets (per topic) that changes already in Kafka had reached when Redis lost the
     # writes behind them: input is absorbed, unclassified, until there.
     recovering: dict[str, int] | None = None
+    taken: int = 0  # Partitions.takes as of its last take
 
 
 class Partitions:
@@ -44,6 +45,9 @@ class Partitions:
     def __init__(self) -> None:
         self._states: dict[int, PartitionState] = {}
         self.lock = asyncio.Lock()
+        # Takes so far: a fetch notes the count as it begins, so that the records of a
+        # partition taken while it ran can be told apart (see Pipeline.run).
+        self.takes = 0
 
     def __iter__(self) -> Iterator[PartitionState]:
         return iter(sorted(self._states.values(), key=lambda s: s.partition))
@@ -75,7 +79,13 @@ class Partitions:
         state.claim, state.redis_id, state.backlog = claim, claim.server, True
         state.acked, state.relayed = 0, None  # the take's read-back and drain see to them
         state.recovering = None  # the read-back decides afresh
+        self.takes += 1
+        state.taken = self.takes
         return state
+
+    def taken_since(self, takes: int) -> set[int]:
+        """The partitions taken after :attr:`takes` was ``takes``."""
+        return {s.partition for s in self._states.values() if s.taken > takes}
 
     def drop(self, partition: int) -> None:
         """Forget a revoked partition; the next owner meets its state afresh."""

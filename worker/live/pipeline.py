@@ -173,6 +173,7 @@ class Pipeline:
         """Consume until :meth:`stop`; transient Redis/Kafka failures back off and retry."""
         while not self._stopping.is_set():
             most = self._settings.batch_size * max(1, len(self.owned_partitions()))
+            takes = self._partitions.takes
             try:
                 batch = await self._pacing.fetch(
                     self._consumer, self._listener, self._settings, most
@@ -188,7 +189,7 @@ class Pipeline:
                 await self._ownership.take_stopped()
             async with self._partitions.lock:
                 try:
-                    await self._process(batch)
+                    await self._process(batch, takes)
                     if not batch and self._partitions.any_acked():
                         await self._health.retry("ack", self._storage.trim)  # idle: trim now
                     if self._timers.due():
@@ -203,10 +204,14 @@ class Pipeline:
             await self._ownership.trim_quietly()
             await self._relay.commit_offsets()
 
-    async def _process(self, batch: Batch) -> None:
+    async def _process(self, batch: Batch, takes: int) -> None:
+        """``takes``: :attr:`Partitions.takes` when the fetch began."""
+        if taken := self._partitions.taken_since(takes):
+            await self._refetch([tp for tp in batch if tp.partition in taken])
         by_partition: dict[int, list[ConsumerRecord[bytes, bytes]]] = defaultdict(list)
         for tp, messages in batch.items():
-            by_partition[tp.partition].extend(messages)
+            if tp.partition not in taken:
+                by_partition[tp.partition].extend(messages)
         running = self._partitions.running()
         # Partitions are independent (own keys, own claim, own outbox): overlap their Redis
         # and Kafka round trips instead of waiting for each in turn.
@@ -221,6 +226,17 @@ class Pipeline:
         for result in results:
             if isinstance(result, BaseException):
                 raise result
+
+    async def _refetch(self, tps: list[TopicPartition]) -> None:
+        """Drop the records of partitions taken while the fetch ran: aiokafka fetches a newly
+        assigned partition from the group's committed offset while the take still runs, and
+        the group's offset may be ahead of Redis's (Redis lost writes). Applied, such records
+        would skip the input between; instead the consumer goes back to Redis's offsets (the
+        take's seek may have come before the records were handed over, and they were)."""
+        for partition in sorted({tp.partition for tp in tps}):
+            claim = self._partitions.running().get(partition)
+            if claim is not None:
+                await self._ownership.rewind(claim, [tp for tp in tps if tp.partition == partition])
 
     async def _partition_batch(self, claim: Claim, messages: Messages) -> None:
         started = time.perf_counter()
