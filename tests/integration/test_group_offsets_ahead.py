@@ -5,7 +5,7 @@ aiokafka starts fetching a newly assigned partition from the group's committed o
 the rebalance listener still runs, so a fetch can hand the loop records from there before the
 take has moved the consumer to Redis's offsets. Such records must not be applied: the input
 between Redis's offsets and the group's would be jumped over, and its offsets committed past
-it (the chaos run's "two visits lost", docs/chaos.md)."""
+it (docs/chaos.md, "Two visits lost in one CI run")."""
 
 from __future__ import annotations
 
