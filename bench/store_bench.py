@@ -135,7 +135,7 @@ async def bench(
         )
     )
     store, packed_store = Store(client, PREFIX), Store(packed, PREFIX)
-    await store.load_library()
+    await store.library.load()
     claims = {p: await store.claim(p) for p in range(concurrency)}
     ids = [[f"customer-{b}-{i:06d}" for i in range(customers)] for b in range(batches)]
     blob = os.urandom(blob_size)

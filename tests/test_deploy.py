@@ -31,8 +31,9 @@ from redis.exceptions import RedisError
 
 from worker.core.rules import parse_rules
 from worker.metrics import Metrics
+from worker.redis.library import LibraryNotLoaded, library_code
 from worker.settings import PREFIX, Settings
-from worker.store import Claim, LibraryNotLoaded, Store, library_code
+from worker.store import Claim, Store
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -482,15 +483,15 @@ def test_redis_acl_allows_the_worker_and_nothing_more(
             # nothing else, and the worker's user may not load code.
             store = Store(worker)
             with pytest.raises(LibraryNotLoaded):
-                await store.ensure_library()
-            assert await Store(install).load_library()
-            assert not await Store(install).load_library()
+                await store.library.ensure()
+            assert await Store(install).library.load()
+            assert not await Store(install).library.load()
             with pytest.raises(RedisError, match="permission"):
                 await install.get("sw:{p3}:meta")
             with pytest.raises(RedisError, match="permission"):
                 await worker.function_load(library_code(), replace=True)
             # Everything the worker does, through the worker's own adapter.
-            await store.ensure_library()
+            await store.library.ensure()
             assert await store.server_id(3)
             claim = await store.claim(3)
             await store.commit(

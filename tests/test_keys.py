@@ -10,7 +10,7 @@ from redis.crc import key_slot
 
 from worker import keys
 from worker.keys import Layout
-from worker.store import library_code
+from worker.redis.library import library_code
 
 
 def _header() -> str:

@@ -218,7 +218,7 @@ class Worker:
 
     async def _start_clients(self) -> None:
         steps = start_steps(
-            self.settings, self.store.ensure_library, self._start_producer, self.consumer.start
+            self.settings, self.store.library.ensure, self._start_producer, self.consumer.start
         )
         await wait_for_servers(
             steps, self.pipeline.stop_requested, lambda: self.metrics.ready.set(0)

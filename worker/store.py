@@ -9,7 +9,7 @@ refuse, writing nothing, when another worker has claimed the partition since the
 Functions are loaded with FUNCTION LOAD: unlike the EVAL script cache they survive restarts
 (AOF/RDB) and reach replicas. Loading them is an administrator's step (``segment-worker redis
 install``): the worker's ACL user may not load code, so a worker only checks at start that the
-library of its release is there (:meth:`Store.ensure_library`).
+library of its release is there (:meth:`worker.redis.library.Library.ensure`).
 
 The client is built by :mod:`worker.redis.client`; Function calls issued in one turn of the
 event loop share a round trip (:mod:`worker.redis.coalescer`).
@@ -23,16 +23,14 @@ import re
 import struct
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache, lru_cache
-from importlib import resources
+from functools import lru_cache
 from typing import Any, Final, NamedTuple, cast
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.exceptions import NoPermissionError, ResponseError
+from redis.exceptions import ResponseError
 
 from worker.errors import SegmentWorkerError
 from worker.keys import (
-    ERASED,
     RELAYED,
     RULES,
     Layout,
@@ -43,13 +41,12 @@ from worker.keys import (
 )
 from worker.redis.client import Client
 from worker.redis.coalescer import Coalescer
+from worker.redis.library import Library, text
 from worker.settings import Settings
 
-LIBRARY: Final = "segment_worker"
 _FENCED: Final = re.compile(r"FENCED current=(\d+)")
 _RESET: Final = re.compile(r"RESET current=([0-9a-f]+)")
 _ID_LEN: Final = struct.Struct(">I")
-_DIGEST: Final = re.compile(r"[0-9a-f]{64}")
 
 
 def store_for(settings: Settings, client: Client | None) -> Store:
@@ -57,19 +54,6 @@ def store_for(settings: Settings, client: Client | None) -> Store:
     unwrap values read by other means)."""
     key = settings.pseudonym_key.encode() if settings.pseudonym_key else None
     return Store(cast(Client, client), settings.redis_prefix, pseudonym_key=key)
-
-
-class LibraryNotLoaded(SegmentWorkerError):
-    """Raised when Redis does not hold this release's Functions library and our Redis user may
-    not load it (the deployment's ACL): an administrator must run ``segment-worker redis
-    install`` first (the Kubernetes init container and the compose service do)."""
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(
-            f"Redis does not hold the Functions library {LIBRARY!r} of this release ({detail}), "
-            "and this Redis user may not load it: run `segment-worker redis install` with an "
-            "admin's URL (--redis-url, or SEGMENT_WORKER_REDIS_URL[_FILE]) first"
-        )
 
 
 class Fenced(SegmentWorkerError):
@@ -119,12 +103,6 @@ def _sha256_hex(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-@cache
-def library_code() -> str:
-    """The Functions library source, shipped as package data."""
-    return resources.files("worker.redis").joinpath("segment_worker.lua").read_text("utf-8")
-
-
 class Store:
     """Async adapter over a ``redis.asyncio`` client, plain or cluster (``decode_responses``
     off: states and outbox records are bytes). All keys of a partition share its hash tag, so
@@ -139,6 +117,7 @@ class Store:
         self.client = client
         self._calls = None if isinstance(client, RedisCluster) else Coalescer(client)
         self.keys = Layout(prefix)
+        self.library = Library(client, self.keys)
         self.pseudonym_key = pseudonym_key or None
         # Every read and commit names its customers: a digest costs ~1 us, customers recur.
         self._pseudonym = lru_cache(maxsize=1 << 16)(self._hmac)
@@ -186,74 +165,6 @@ class Store:
     def erased_key(self, partition: int, customer_id: str) -> str:
         return self.keys.erased(partition, self.marker(customer_id))
 
-    async def load_library(self) -> bool:
-        """Load the Functions library unless exactly this code is loaded already (then nothing
-        is written); True if it loaded. An administrator's step (``segment-worker redis
-        install``): it needs FUNCTION LOAD, which the worker's ACL user does not have. Functions
-        are persisted with the data, but a Redis that lost its files has none."""
-        if await self.library_loaded():
-            return False
-        await self.client.function_load(library_code(), replace=True)
-        return True
-
-    async def ensure_library(self) -> None:
-        """At start: go on if this release's library is loaded; else load it if our user may
-        (tests, the demo, a Redis without ACLs); raise :class:`LibraryNotLoaded` if it may not.
-        Checked by its code, not only its version number, on every master of a cluster."""
-        if await self.library_loaded():
-            return
-        try:
-            await self.client.function_load(library_code(), replace=True)
-        except NoPermissionError as exc:
-            raise LibraryNotLoaded(f"FUNCTION LOAD refused: {exc}") from None
-
-    async def library_loaded(self) -> bool:
-        """Whether every server that may hold partitions has exactly this release's library."""
-        for server in await self._servers():
-            reply = await server.execute_command(
-                "FUNCTION LIST", "LIBRARYNAME", LIBRARY, "WITHCODE"
-            )
-            if _library_code(reply) != library_code():
-                return False
-        return True
-
-    async def migrate_markers(self) -> int:
-        """Rename the erasure markers an older release named by the raw id (it did without a
-        pseudonym key) to their digest, keeping their TTL; how many. Part of ``redis install``:
-        workers look for digests only, and an unmigrated marker would no longer keep an erased
-        customer's late events out. Idempotent: a rerun finishes an interrupted one."""
-        moved = 0
-        for server in await self._servers():
-            cursor = 0
-            while True:
-                reply = await server.execute_command(
-                    "SCAN", cursor, "MATCH", self.keys.markers(), "COUNT", 500
-                )
-                cursor = int(reply[0])
-                for key in cast(list[bytes], reply[1]):
-                    old = key.decode()
-                    name = old.partition("}:")[2].removeprefix(ERASED)
-                    if _DIGEST.fullmatch(name):
-                        continue
-                    new = old.removesuffix(name) + hashlib.sha256(name.encode()).hexdigest()
-                    ttl = int(await server.execute_command("PTTL", old))
-                    if ttl != -2:  # -2: expired meanwhile
-                        await server.execute_command(
-                            "SET", new, "1", *(("PX", ttl) if ttl > 0 else ())
-                        )
-                        await server.execute_command("DEL", old)
-                        moved += 1
-                if cursor == 0:
-                    break
-        return moved
-
-    async def _servers(self) -> list[Any]:
-        """The servers that hold partitions: the client's, or every master of a cluster."""
-        if isinstance(self.client, RedisCluster):
-            await self.client.initialize()
-            return list(self.client.get_primaries())
-        return [self.client]
-
     async def server_id(self, partition: int) -> str:
         """The run id of the server holding the partition: it changes when that Redis restarts
         (and may have lost writes)."""
@@ -267,8 +178,8 @@ class Store:
             list[bytes | int],
             await self._fcall("segment_worker_claim", [self.keys.meta(partition)]),
         )
-        offsets = {_text(cast(bytes, reply[i])): int(reply[i + 1]) for i in range(2, len(reply), 2)}
-        return Claim(partition, int(reply[0]), offsets, _text(cast(bytes, reply[1])))
+        offsets = {text(cast(bytes, reply[i])): int(reply[i + 1]) for i in range(2, len(reply), 2)}
+        return Claim(partition, int(reply[0]), offsets, text(cast(bytes, reply[1])))
 
     async def scan_customers(
         self, partition: int, cursor: int, count: int
@@ -316,7 +227,7 @@ class Store:
     async def rules_version(self, partition: int) -> str | None:
         """The rules version every customer of the partition was last re-evaluated under."""
         value = await self.client.hget(self.keys.meta(partition), RULES)
-        return None if value is None else _text(cast(bytes, value))
+        return None if value is None else text(cast(bytes, value))
 
     async def mark_rules(self, claim: Claim, version: str) -> None:
         """Record that every customer of the partition is classified under ``version``. Fenced
@@ -338,7 +249,7 @@ class Store:
         reply = cast(list[Any], await self._fcall("segment_worker_read", names, ro=True))
         n = len(customer_ids)
         return Snapshot(
-            _text(reply[0]),
+            text(reply[0]),
             [self._state(v) for v in reply[1 : n + 1]],
             {c for c, flag in zip(customer_ids, reply[n + 1 :], strict=True) if flag},
         )
@@ -500,7 +411,7 @@ class Store:
             return {}
         keys = [self.keys.at(partition), self.keys.due(partition)]
         flat = cast(list[bytes], await self._fcall("segment_worker_due", keys, [now_ms, limit]))
-        found = {_text(flat[i + 1]): int(flat[i]) for i in range(0, len(flat), 2)}
+        found = {text(flat[i + 1]): int(flat[i]) for i in range(0, len(flat), 2)}
         ids = await self._ids(partition, list(found))
         return {cid: found[self.name(cid)] for cid in ids}
 
@@ -553,22 +464,3 @@ class Store:
         return await client.execute_command(
             command, function, len(keys), *keys, *args, target_nodes=node
         )
-
-
-def _library_code(reply: Any) -> str | None:
-    """The code of our library in a FUNCTION LIST reply; None if it is not loaded."""
-    for entry in reply:
-        # RESP2: a flat list of names and values; RESP3: a map.
-        fields = entry if isinstance(entry, dict) else _pairs(entry)
-        info = {_text(k): v for k, v in fields.items()}
-        if _text(info.get("library_name", b"")) == LIBRARY:
-            return _text(info.get("library_code", b""))
-    return None
-
-
-def _pairs(flat: list[Any]) -> dict[Any, Any]:
-    return dict(zip(flat[::2], flat[1::2], strict=True))
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -201,7 +201,7 @@ async def aof_store(redis_proc: Callable[..., RedisProcess]) -> AsyncIterator[Ao
     client = aioredis.from_url(server.url)
     try:
         store = Store(client)
-        await store.load_library()
+        await store.library.load()
         yield AofStore(server, client, store)
     finally:
         await client.aclose()

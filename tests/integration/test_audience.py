@@ -58,7 +58,7 @@ def shop() -> tuple[dict[str, CustomerState], int]:
 
 async def commit_all(store: Store, states: dict[str, CustomerState]) -> None:
     """Write every state, and its classes into the population counts, as the worker does."""
-    await store.load_library()
+    await store.library.load()
     by_partition: dict[int, list[CustomerState]] = defaultdict(list)
     for state in states.values():
         by_partition[partition_of(state.customer_id, PARTITIONS)].append(state)

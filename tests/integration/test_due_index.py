@@ -49,7 +49,7 @@ async def _run(url: str, script: list[Step], only_right: bool) -> None:
     try:
         await client.flushall()
         store = Store(client)
-        await store.load_library()
+        await store.library.load()
         claim = await store.claim(P)
         truth: dict[str, int | None] = {}  # customers with a state -> their due instant
         indexed: dict[str, int] = {}  # what the worker would have read: the right instant

@@ -33,7 +33,7 @@ async def test_a_fenced_drain_stops_instead_of_relaying_the_outbox_again(
 ) -> None:
     client = aioredis.from_url(settings.redis_url)
     store = Store(client, settings.redis_prefix)
-    await store.ensure_library()
+    await store.library.ensure()
     partitions, metrics = Partitions(), Metrics()
     health = Health(metrics)
     storage = Storage(store, partitions, health, metrics, lambda: RULES.calendar)

@@ -22,7 +22,7 @@ async def seed(url: str) -> None:
     """Every CDNOW purchase, through mid 1998: the fit must leave out what follows --as-of."""
     client = aioredis.from_url(url)
     store = Store(client)
-    await store.load_library()
+    await store.library.load()
     by_partition: dict[int, dict[str, bytes]] = {}
     for cid, state in cdnow_states().items():
         by_partition.setdefault(partition_of(cid, PARTITIONS), {})[cid] = encode_state(state)

@@ -161,7 +161,7 @@ def test_forget_deletes_nothing_if_the_state_changed_since_it_was_read(
         client = aioredis.from_url(redis_server.url)
         try:
             store = Store(client)
-            await store.load_library()
+            await store.library.load()
             return await store.forget(partition_of("cus_a", 4), "cus_a", b"read earlier")
         finally:
             await client.aclose()

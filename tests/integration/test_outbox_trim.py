@@ -26,7 +26,7 @@ RULES = load_rules(None)
 async def store(redis_url: str) -> AsyncIterator[Store]:
     client = aioredis.from_url(redis_url)
     store = Store(client)
-    await store.ensure_library()
+    await store.library.ensure()
     yield store
     await client.aclose()
 
@@ -84,7 +84,7 @@ async def test_a_failed_commit_leaves_the_outbox_to_a_drain(store: Store) -> Non
     await store.client.function_delete("segment_worker")  # the next call fails in Redis
     with pytest.raises(aioredis.ResponseError):
         await storage.commit(claim, records("r2"))
-    await store.ensure_library()
+    await store.library.ensure()
     # The trim may or may not have happened: never again by count; the relay drains instead.
     assert left(partitions) == (0, None, True)
     assert len(await store.outbox(0, 10)) == 2

@@ -60,7 +60,7 @@ async def test_store_names_customers_by_keyed_hash(redis_server: RedisServer) ->
     assert store.name("alice@example.com") != other.name("alice@example.com")
     mac = hmac.new(KEY.encode(), b"alice@example.com", hashlib.sha256).hexdigest()
     assert store.name("alice@example.com") == mac
-    await store.load_library()
+    await store.library.load()
     claim = await store.claim(1)
     await store.commit(
         claim,

@@ -26,8 +26,9 @@ from tests.integration.live_support import (
 )
 from worker.core.timeutil import DAY_MS
 from worker.keys import Layout
+from worker.redis.library import LibraryNotLoaded
 from worker.service import Worker, WorkerCrashed
-from worker.store import LibraryNotLoaded, Store
+from worker.store import Store
 from worker.tools.embedded import Broker, RedisServer
 
 pytestmark = pytest.mark.integration
@@ -90,9 +91,9 @@ async def test_only_the_admin_loads_code_and_the_worker_checks_it_is_there(
             )
         with pytest.raises(NoPermissionError):
             await client.eval("return 1", 0)
-        assert not await store.library_loaded()
+        assert not await store.library.loaded()
         with pytest.raises(LibraryNotLoaded, match="segment-worker redis install"):
-            await store.ensure_library()
+            await store.library.ensure()
         refused = install_command(bare_redis, "segment-worker")
         assert refused.returncode == 2
         assert "may not load Functions" in refused.stderr
@@ -101,15 +102,15 @@ async def test_only_the_admin_loads_code_and_the_worker_checks_it_is_there(
         assert installed.returncode == 0, installed.stderr
         assert "loaded" in installed.stdout and "already" not in installed.stdout
         assert "already loaded" in install_command(bare_redis).stdout
-        assert await store.library_loaded()
-        await store.ensure_library()
+        assert await store.library.loaded()
+        await store.library.ensure()
         # Another release's library (or someone else's code under its name) is not this one.
         admin = aioredis.from_url(url(bare_redis, "segment-worker-admin"))
         old = "#!lua name=segment_worker\nredis.register_function('segment_worker_old', function() return 1 end)"
         await admin.function_load(old, replace=True)
         await admin.aclose()
         with pytest.raises(LibraryNotLoaded):
-            await store.ensure_library()
+            await store.library.ensure()
     finally:
         await client.aclose()
 
@@ -167,7 +168,7 @@ async def test_default_user_is_off_and_other_keys_are_out_of_reach(
 async def test_every_store_operation_works_with_least_privilege(locked_redis: RedisServer) -> None:
     client = aioredis.from_url(url(locked_redis))
     store = Store(client)
-    await store.ensure_library()
+    await store.library.ensure()
     claim = await store.claim(2)
     await store.commit(
         claim,

@@ -64,7 +64,7 @@ async def reply_dropping_proxy(redis_url: str, marker: bytes) -> AsyncIterator[s
 async def test_a_trim_whose_reply_was_lost_is_not_sent_again(redis_url: str) -> None:
     direct = aioredis.from_url(redis_url)
     store = Store(direct)
-    await store.load_library()
+    await store.library.load()
     claim = await store.claim(0)
     await store.commit(
         claim,

@@ -68,7 +68,7 @@ async def install(server: RedisServer, pki: Pki) -> None:
     """What `segment-worker redis install` does, as the Redis admin, over TLS."""
     client = connect(tls_settings(Settings(), server, pki, "segment-worker-admin"))
     try:
-        assert await Store(client).load_library()
+        assert await Store(client).library.load()
     finally:
         await client.aclose()
 
@@ -80,7 +80,7 @@ async def test_only_verified_tls_clients_with_a_certificate_get_in(
     good = tls_settings(Settings(), tls_redis, pki)
     client = connect(good)
     store = Store(client)
-    await store.ensure_library()
+    await store.library.ensure()
     claim = await store.claim(0)
     assert claim == Claim(0, 1, {}, await store.server_id(0))  # a fresh server: the first owner
     await client.aclose()

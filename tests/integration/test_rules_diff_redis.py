@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 async def seed(url: str) -> None:
     client = aioredis.from_url(url)
     store = Store(client)
-    await store.load_library()
+    await store.library.load()
     for partition, (cid, orders) in enumerate([("a", 1), ("b", 2), ("c{x}:y", 2), ("d", 3)]):
         state = CustomerState(cid)
         for n in range(orders):

@@ -46,7 +46,7 @@ async def test_commits_move_customers_between_buckets_and_leave_nothing_behind(
     client: aioredis.Redis,
 ) -> None:
     store = Store(client)
-    await store.ensure_library()
+    await store.library.ensure()
     metrics = Metrics()
     partitions = Partitions()
     storage = Storage(store, partitions, Health(metrics), metrics, lambda: RULES.calendar)

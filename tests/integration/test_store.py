@@ -17,7 +17,8 @@ from redis.exceptions import ResponseError
 from tests.integration.conftest import AofStore
 from tests.integration.live_support import due_index
 from worker.keys import Layout
-from worker.store import Claim, Fenced, ServerChanged, Store, library_code
+from worker.redis.library import library_code
+from worker.store import Claim, Fenced, ServerChanged, Store
 
 pytestmark = pytest.mark.integration
 LAYOUT = Layout("sw")
@@ -76,7 +77,7 @@ async def client(redis_url: str) -> AsyncIterator[CountingRedis]:
 @pytest.fixture
 async def store(client: CountingRedis) -> Store:
     store = Store(client)
-    await store.load_library()
+    await store.library.load()
     client.sent.clear()
     return store
 
@@ -836,11 +837,11 @@ async def test_load_library_is_idempotent_and_replaces_other_code(
 ) -> None:
     assert await client.fcall_ro("segment_worker_version", 0) == b"9"
     client.sent.clear()
-    await store.load_library()  # the same code is loaded: nothing written
+    await store.library.load()  # the same code is loaded: nothing written
     assert client.sent == ["FUNCTION LIST"]
     old = "#!lua name=segment_worker\nredis.register_function('segment_worker_old', function() return 1 end)"
     await client.function_load(old, replace=True)
-    await store.load_library()
+    await store.library.load()
     libraries = await client.function_list("segment_worker", withcode=True)
     assert len(libraries) == 1
     assert dict(zip(libraries[0][::2], libraries[0][1::2], strict=True))[
@@ -869,7 +870,7 @@ async def test_committed_data_survives_kill_9_with_aof(aof_store: AofStore) -> N
     assert await store.outbox(2, 10) == [b"r2", b"r3"]
     # Functions were persisted with the data; loading again is harmless.
     assert await client.fcall_ro("segment_worker_version", 0) == b"9"
-    await store.load_library()
+    await store.library.load()
     # The epoch survived too, but a claim made before the restart writes nothing: this
     # server cannot know what it lost. A new claim (the next epoch) writes.
     with pytest.raises(ServerChanged):
@@ -884,7 +885,7 @@ async def test_committed_data_survives_kill_9_with_aof(aof_store: AofStore) -> N
 
     server.restart()
     await client.connection_pool.disconnect()
-    await store.load_library()
+    await store.library.load()
     assert await store.get(2, "c0") == b"after"
     assert (await store.claim(2)).epoch == fresh.epoch + 1
 

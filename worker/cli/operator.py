@@ -18,8 +18,9 @@ from worker.core.rules import load_rules
 from worker.kafka import input_partitions, send_erasures
 from worker.lookup import forget, print_customers
 from worker.redis.client import connect
+from worker.redis.library import LibraryNotLoaded
 from worker.settings import Settings
-from worker.store import LibraryNotLoaded, Store, store_for
+from worker.store import Store, store_for
 
 
 def register(sub: Subparsers) -> None:
@@ -94,7 +95,7 @@ def _customer(args: argparse.Namespace) -> int:
 
 def _forget(args: argparse.Namespace) -> int:
     async def work(_: Settings, store: Store, partitions: int) -> int:
-        await store.ensure_library()  # forget is one of its Functions
+        await store.library.ensure()  # forget is one of its Functions
         return await forget(store, args.customer_ids, partitions)
 
     return against_redis(args.partitions, work)

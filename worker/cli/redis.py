@@ -16,7 +16,8 @@ from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
 from worker.cli.common import Subparsers, redis_settings
 from worker.redis.client import connect
-from worker.store import LIBRARY, store_for
+from worker.redis.library import LIBRARY
+from worker.store import store_for
 
 
 def register(sub: Subparsers) -> None:
@@ -49,7 +50,7 @@ def _install(args: argparse.Namespace) -> int:
         client = connect(settings)
         try:
             store = store_for(settings, client)
-            return await store.load_library(), await store.migrate_markers()
+            return await store.library.load(), await store.library.migrate_markers()
         finally:
             await client.aclose()
 

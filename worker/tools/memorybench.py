@@ -77,7 +77,7 @@ async def redis_bytes(blobs: dict[str, bytes], due_ms: dict[str, int | None]) ->
         client = aioredis.from_url(server.url)
         try:
             store = Store(client)
-            await store.load_library()
+            await store.library.load()
             before = int((await client.info("memory"))["used_memory"])
             for partition, ids in batch.items():
                 claim = await store.claim(partition)
