@@ -1,6 +1,7 @@
 """Event-to-change latency at fixed rates, beside the broker-only relay (issue 16, goal 2).
 
     python bench/latency.py --rate 1500 --rate 7000 [--seconds 15] [--warmup 3] [--broker kafka]
+        [--path-cpu 1]
     cd /tmp/old && PYTHONPATH=. python /path/to/bench/latency.py --rate 1500   # an old commit
 
 `segment-worker bench live` measures the latency at half and at a tenth of the capacity it
@@ -9,6 +10,8 @@ commits are never paced alike. This runs only bench live's paced latency runs, a
 given, on one fresh broker and Redis. Each run times, for every event that causes a change,
 its send to the arrival of the change, for the worker and for the broker-only relay baseline;
 events sent in the first ``--warmup`` seconds are timed apart (the p99 with them is shown).
+``--path-cpu N`` runs the timed path (worker, then relay baseline) alone on CPU N and all
+else (this process, the broker, Redis) on the other CPUs, as separate machines would.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import asyncio
 from worker.core.timeutil import parse_rfc3339
 from worker.tools.apache_kafka import BROKERS, chosen_broker
 from worker.tools.embedded import RedisServer
-from worker.tools.livesetup import Plan, Servers
+from worker.tools.livesetup import Plan, Servers, keep_off
 from worker.tools.pacedbench import latency
 
 START = parse_rfc3339("2025-01-01T00:00:00Z")  # `bench live`'s default shop opening
@@ -33,7 +36,13 @@ async def measure(
     customers: int,
     broker_name: str,
     linger_ms: int | None,
+    path_cpu: int | None,
 ) -> None:
+    if path_cpu is not None:
+        try:
+            keep_off(path_cpu)  # before the broker and Redis start: they inherit it
+        except ValueError as exc:
+            raise SystemExit(f"--path-cpu: {exc}") from None
     plan = Plan(
         events=0,
         customers=customers,
@@ -45,6 +54,7 @@ async def measure(
         start_ms=START,
         rules=None,
         broker=broker_name,
+        path_cpu=path_cpu,
     )
     with chosen_broker(broker_name) as broker, RedisServer() as redis_server:
         servers = Servers(broker.bootstrap, redis_server.url, broker.idempotent)
@@ -64,6 +74,11 @@ def main() -> None:
         "--linger", type=int, help="the worker's SEGMENT_WORKER_BATCH_LINGER_MS (its default)"
     )
     parser.add_argument("--broker", choices=BROKERS, default="kafka")
+    parser.add_argument(
+        "--path-cpu",
+        type=int,
+        help="run the worker and the relay baseline alone on this CPU (default: shared)",
+    )
     args = parser.parse_args()
     asyncio.run(
         measure(
@@ -73,6 +88,7 @@ def main() -> None:
             customers=args.customers,
             broker_name=args.broker,
             linger_ms=args.linger,
+            path_cpu=args.path_cpu,
         )
     )
 

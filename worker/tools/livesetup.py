@@ -47,6 +47,9 @@ class Plan:
     # event (a change in each dimension) to cold caches and are not the steady state.
     latency_warmup: float = 3.0
     batch_linger_ms: int | None = None  # None: the worker's default
+    # The CPU the timed path (the worker, or the relay baseline) runs on alone, as it would on
+    # a machine of its own; the caller keeps everything else off it (keep_off). None: shared.
+    path_cpu: int | None = None
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,21 @@ async def until_ready(port: int, proc: subprocess.Popen[bytes], timeout: float =
             if time.monotonic() > deadline:
                 raise RuntimeError("the worker did not become ready")
             await asyncio.sleep(0.1)
+
+
+def keep_off(cpu: int) -> None:
+    """Keep this process, and the children it starts from now on (broker, Redis, the
+    traffic's producer), off ``cpu``: on a machine of two cores, the timed path and the rest
+    of the run otherwise take turns on both, and its latency times that contention too."""
+    cpus = os.sched_getaffinity(0)
+    if cpu not in cpus or len(cpus) < 2:
+        raise ValueError(f"CPU {cpu} is not one of this process's {sorted(cpus)}, or the only one")
+    os.sched_setaffinity(0, cpus - {cpu})
+
+
+def pin(pid: int, cpu: int) -> None:
+    """Run process ``pid`` on ``cpu`` only (before it starts threads: they inherit it)."""
+    os.sched_setaffinity(pid, {cpu})
 
 
 def process_cpu_seconds(pid: int) -> float | None:

@@ -26,6 +26,7 @@ from worker.tools.livesetup import (
     Servers,
     Topics,
     inherited_env,
+    pin,
     process_cpu_seconds,
     settings_for,
     topics_for,
@@ -70,6 +71,8 @@ async def latency(servers: Servers, plan: Plan, rate: float, pace: str) -> None:
             proc = subprocess.Popen(
                 command, env=inherited_env(), stdout=subprocess.PIPE, cwd=SOURCE
             )
+        if plan.path_cpu is not None:
+            pin(proc.pid, plan.path_cpu)
         try:
             if is_worker:
                 await until_ready(settings.http_port, proc)
