@@ -39,9 +39,9 @@ from worker.keys import (
     population_name,
     population_of,
 )
-from worker.redis.client import Client
+from worker.redis.client import Client, text
 from worker.redis.coalescer import Coalescer
-from worker.redis.library import Library, text
+from worker.redis.library import Library
 from worker.settings import Settings
 
 _FENCED: Final = re.compile(r"FENCED current=(\d+)")

@@ -233,10 +233,11 @@ class Pipeline:
         the group's offset may be ahead of Redis's (Redis lost writes). Applied, such records
         would skip the input between; instead the consumer goes back to Redis's offsets (the
         take's seek may have come before the records were handed over, and they were)."""
-        for partition in sorted({tp.partition for tp in tps}):
-            claim = self._partitions.running().get(partition)
-            if claim is not None:
-                await self._ownership.rewind(claim, [tp for tp in tps if tp.partition == partition])
+        running = self._partitions.running()
+        for partition in sorted({tp.partition for tp in tps} & running.keys()):
+            await self._ownership.rewind(
+                running[partition], [tp for tp in tps if tp.partition == partition]
+            )
 
     async def _partition_batch(self, claim: Claim, messages: Messages) -> None:
         started = time.perf_counter()

@@ -15,6 +15,11 @@ from worker.settings import Settings
 Client = aioredis.Redis | RedisCluster
 
 
+def text(value: bytes | str) -> str:
+    """A reply's text: this client does not decode responses (states are bytes)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def connect(settings: Settings) -> Client:
     """The worker's Redis client: the URL's credentials, TLS (verified against
     SEGMENT_WORKER_REDIS_TLS_CAFILE, with a client certificate if given) for rediss://, and a

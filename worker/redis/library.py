@@ -16,7 +16,7 @@ from redis.exceptions import NoPermissionError
 
 from worker.errors import SegmentWorkerError
 from worker.keys import ERASED, Layout
-from worker.redis.client import Client
+from worker.redis.client import Client, text
 
 LIBRARY: Final = "segment_worker"
 _DIGEST: Final = re.compile(r"[0-9a-f]{64}")
@@ -129,7 +129,3 @@ def _library_code(reply: Any) -> str | None:
 
 def _pairs(flat: list[Any]) -> dict[Any, Any]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
-
-
-def text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
