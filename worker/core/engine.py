@@ -15,6 +15,7 @@ from typing import Final
 from mypy_extensions import mypyc_attr
 
 from worker.core.changes import Cause, CauseType, SegmentChange, change_id, snapshot
+from worker.core.dimensions import Classes
 from worker.core.events import MAX_AMOUNT, Event, Order, Profile, Reason, Rejection, Visit
 from worker.core.features import (
     Facts,
@@ -25,7 +26,7 @@ from worker.core.features import (
     window_edges,
 )
 from worker.core.predict import CROSSING_DAYS
-from worker.core.rules import Classes, Rules
+from worker.core.rules import Rules
 from worker.core.state import MAX_TRAITS, CustomerState, OrderIndex
 
 EXACT_CHECKS = 2

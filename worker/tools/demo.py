@@ -27,7 +27,8 @@ import orjson
 
 from worker import kafka
 from worker.clock import SimulatedClock
-from worker.core.rules import SEGMENT_CLASS, Rules
+from worker.core.dimensions import SEGMENT_CLASS
+from worker.core.rules import Rules
 from worker.core.timeutil import DAY_MS, format_ms, parse_rfc3339
 from worker.kafka import ensure_topics
 from worker.service import Worker
