@@ -172,7 +172,7 @@ async def bench(
         pipe.mset({store.customer_key(partition, c): blob for c in batch})
         buckets: dict[int, dict[str, str]] = {}
         for c, at in due(round_).items():
-            buckets.setdefault(at, {})[store.name(c)] = ""
+            buckets.setdefault(at, {})[store.names.name(c)] = ""
         for at, names in buckets.items():
             pipe.hset(store.keys.bucket(partition, at), mapping=names)
         pipe.hset(

@@ -89,7 +89,7 @@ def register_routes(
     @app.page("/customers/{customer_id}")
     async def customer(view: Any, request: Any, customer_id: str) -> Any:
         # The id stays out of logs; a pseudonym (with SEGMENT_WORKER_PSEUDONYM_KEY) may go in.
-        who = store.name(customer_id) if store.pseudonym_key else "<id>"
+        who = store.names.name(customer_id) if store.names.key else "<id>"
         denied = refused(view, request, f"/customers/{who}")
         if denied is not None:
             return denied

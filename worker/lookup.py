@@ -77,7 +77,7 @@ def _refusal(store: Store, customer_id: str, stored: bytes | None) -> str | None
     if stored is None:
         return "unknown customer"
     try:
-        blob = store.unwrap(stored)[1]
+        blob = store.names.unwrap(stored)[1]
     except (struct.error, UnicodeDecodeError):
         return None  # damaged before the state even starts
     try:

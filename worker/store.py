@@ -17,13 +17,9 @@ event loop share a round trip (:mod:`worker.redis.coalescer`).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import re
-import struct
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, Final, NamedTuple, cast
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -42,11 +38,11 @@ from worker.keys import (
 from worker.redis.client import Client, text
 from worker.redis.coalescer import Coalescer
 from worker.redis.library import Library
+from worker.redis.pseudonyms import Pseudonyms
 from worker.settings import Settings
 
 _FENCED: Final = re.compile(r"FENCED current=(\d+)")
 _RESET: Final = re.compile(r"RESET current=([0-9a-f]+)")
-_ID_LEN: Final = struct.Struct(">I")
 
 
 def store_for(settings: Settings, client: Client | None) -> Store:
@@ -98,11 +94,6 @@ class Snapshot(NamedTuple):
     erased: set[str]  # unknown customers that have an erasure marker
 
 
-@lru_cache(maxsize=1 << 16)
-def _sha256_hex(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 class Store:
     """Async adapter over a ``redis.asyncio`` client, plain or cluster (``decode_responses``
     off: states and outbox records are bytes). All keys of a partition share its hash tag, so
@@ -118,52 +109,13 @@ class Store:
         self._calls = None if isinstance(client, RedisCluster) else Coalescer(client)
         self.keys = Layout(prefix)
         self.library = Library(client, self.keys)
-        self.pseudonym_key = pseudonym_key or None
-        # Every read and commit names its customers: a digest costs ~1 us, customers recur.
-        self._pseudonym = lru_cache(maxsize=1 << 16)(self._hmac)
-
-    def name(self, customer_id: str) -> str:
-        """How Redis names the customer in keys and due-index members: the id, or with a
-        pseudonym key its HMAC-SHA256 (hex). That keeps the id out of key names (SCAN, KEYS,
-        keyspace events, key listings of backups) only: the state value still holds it, and so
-        do outbox records and the arguments of a commit, which MONITOR and SLOWLOG show
-        (docs/security.md)."""
-        if self.pseudonym_key is None:
-            return customer_id
-        return self._pseudonym(customer_id)
-
-    def _hmac(self, customer_id: str) -> str:
-        assert self.pseudonym_key is not None  # only called with one
-        return hmac.new(self.pseudonym_key, customer_id.encode(), hashlib.sha256).hexdigest()
-
-    def marker(self, customer_id: str) -> str:
-        """The erasure marker's digest: the pseudonym, or without a pseudonym key SHA-256 of
-        the id, so that an erasure never leaves the id in a key name. (Unkeyed, it hides the id
-        only from someone who cannot guess it and hash the guess.)"""
-        if self.pseudonym_key is not None:
-            return self.name(customer_id)
-        return _sha256_hex(customer_id)
-
-    def _wrap(self, customer_id: str, blob: bytes) -> bytes:
-        """Under a pseudonym the value carries the id (sweeps must emit it): length-prefixed."""
-        if self.pseudonym_key is None:
-            return blob
-        raw = customer_id.encode()
-        return _ID_LEN.pack(len(raw)) + raw + blob
-
-    def unwrap(self, stored: bytes) -> tuple[str | None, bytes]:
-        """(the customer id if the value carries it, the state blob)."""
-        if self.pseudonym_key is None:
-            return None, stored
-        (n,) = _ID_LEN.unpack_from(stored)
-        end = _ID_LEN.size + n
-        return stored[_ID_LEN.size : end].decode(), stored[end:]
+        self.names = Pseudonyms(pseudonym_key)
 
     def customer_key(self, partition: int, customer_id: str) -> str:
-        return self.keys.customer(partition, self.name(customer_id))
+        return self.keys.customer(partition, self.names.name(customer_id))
 
     def erased_key(self, partition: int, customer_id: str) -> str:
-        return self.keys.erased(partition, self.marker(customer_id))
+        return self.keys.erased(partition, self.names.marker(customer_id))
 
     async def server_id(self, partition: int) -> str:
         """The run id of the server holding the partition: it changes when that Redis restarts
@@ -220,7 +172,7 @@ class Store:
         out = []
         for key, stored in zip(keys, cast(list[bytes | None], values), strict=True):
             if stored is not None:
-                customer_id, blob = self.unwrap(stored)
+                customer_id, blob = self.names.unwrap(stored)
                 out.append((customer_id or name_in(key.decode()), blob))
         return out
 
@@ -244,8 +196,8 @@ class Store:
         restarted (and may have lost writes) since it last looked."""
         customers, erased = self.keys.customers(partition), self.keys.erased(partition, "")
         names = [self.keys.meta(partition)]
-        names += [customers + self.name(c) for c in customer_ids]
-        names += [erased + self.marker(c) for c in customer_ids]
+        names += [customers + self.names.name(c) for c in customer_ids]
+        names += [erased + self.names.marker(c) for c in customer_ids]
         reply = cast(list[Any], await self._fcall("segment_worker_read", names, ro=True))
         n = len(customer_ids)
         return Snapshot(
@@ -268,22 +220,22 @@ class Store:
         stopped on it) and no population change (its classes cannot be read). Its due entry
         goes when its instant comes (the timer's read drops names with no state)."""
         names = [self.keys.meta(partition), self.customer_key(partition, customer_id)]
-        args: list[str | bytes | int] = [stored, self.name(customer_id)]
+        args: list[str | bytes | int] = [stored, self.names.name(customer_id)]
         return bool(await self._fcall("segment_worker_forget", names, args))
 
     def _state(self, stored: bytes | None) -> bytes | None:
-        return None if stored is None else self.unwrap(stored)[1]
+        return None if stored is None else self.names.unwrap(stored)[1]
 
     async def _ids(self, partition: int, names: list[str]) -> list[str]:
         """Customer ids of Redis names: the same without a pseudonym key; else read from the
         values (one MGET), skipping customers erased meanwhile."""
-        if self.pseudonym_key is None or not names:
+        if self.names.key is None or not names:
             return names
         values = cast(
             list[bytes | None],
             await self.client.mget([self.keys.customer(partition, n) for n in names]),
         )
-        return [cast(str, self.unwrap(v)[0]) for v in values if v is not None]
+        return [cast(str, self.names.unwrap(v)[0]) for v in values if v is not None]
 
     async def commit(
         self,
@@ -328,11 +280,11 @@ class Store:
             else:
                 moved = ("", "")
             if blob is None:
-                del_keys.append(customers + self.name(customer_id))
+                del_keys.append(customers + self.names.name(customer_id))
                 del_due += moved
             else:
-                set_keys.append(customers + self.name(customer_id))
-                blobs.append(self._wrap(customer_id, blob))
+                set_keys.append(customers + self.names.name(customer_id))
+                blobs.append(self.names.wrap(customer_id, blob))
                 set_due += moved
         pops: list[str | int] = []
         for (dimension, class_name), delta in (populations or {}).items():
@@ -399,7 +351,7 @@ class Store:
             "segment_worker_erase",
             claim,
             names,
-            [claim.epoch, claim.server, self.name(customer_id), ttl, at],
+            [claim.epoch, claim.server, self.names.name(customer_id), ttl, at],
         )
         return bool(reply)
 
@@ -413,7 +365,7 @@ class Store:
         flat = cast(list[bytes], await self._fcall("segment_worker_due", keys, [now_ms, limit]))
         found = {text(flat[i + 1]): int(flat[i]) for i in range(0, len(flat), 2)}
         ids = await self._ids(partition, list(found))
-        return {cid: found[self.name(cid)] for cid in ids}
+        return {cid: found[self.names.name(cid)] for cid in ids}
 
     async def outbox(self, partition: int, limit: int) -> list[bytes]:
         """The oldest ``limit`` records waiting for the relay, oldest first."""

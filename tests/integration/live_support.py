@@ -298,7 +298,7 @@ async def assert_due_index(settings: Settings, states: dict[str, CustomerState |
         if state is not None and state.due_day is not None:
             at = RULES.calendar.start_ms(state.due_day)
             bucket = expected[partition_of(cid, PARTITIONS)].setdefault(at, set())
-            bucket.add(store.name(cid))
+            bucket.add(store.names.name(cid))
     try:
         layout = Layout(settings.redis_prefix)
         found = {p: await due_index(client, layout, p) for p in range(PARTITIONS)}

@@ -57,9 +57,9 @@ async def test_store_names_customers_by_keyed_hash(redis_server: RedisServer) ->
     client = aioredis.from_url(redis_server.url)
     store = Store(client, pseudonym_key=KEY.encode())
     other = Store(client, pseudonym_key=b"another key")
-    assert store.name("alice@example.com") != other.name("alice@example.com")
+    assert store.names.name("alice@example.com") != other.names.name("alice@example.com")
     mac = hmac.new(KEY.encode(), b"alice@example.com", hashlib.sha256).hexdigest()
-    assert store.name("alice@example.com") == mac
+    assert store.names.name("alice@example.com") == mac
     await store.library.load()
     claim = await store.claim(1)
     await store.commit(
@@ -123,7 +123,7 @@ async def test_the_worker_keeps_ids_out_of_redis_and_still_serves_timers_lookups
             assert (await resp.json())["customer_id"] == ids[0]
         # The lookup is logged by the customer's pseudonym, not by their id.
         logged = [r.getMessage() for r in caplog.records if r.name == "segment_worker.http"]
-        assert f"GET /customers/{store_for(settings, None).name(ids[0])}" in logged
+        assert f"GET /customers/{store_for(settings, None).names.name(ids[0])}" in logged
         assert not [line for line in logged if ids[0] in line]
 
         # The timer finds due customers by pseudonym and emits their real ids.

@@ -138,7 +138,7 @@ def redis_states(settings: Settings) -> Iterator[CustomerState]:
         for key in client.scan_iter(match=store.keys.every_customer(), count=1000):
             stored = cast(bytes | None, client.get(key))
             if stored is not None:
-                customer_id, blob = store.unwrap(stored)
+                customer_id, blob = store.names.unwrap(stored)
                 yield decode_state(customer_id or name_in(key.decode()), blob)
     finally:
         client.close()
