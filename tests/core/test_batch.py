@@ -225,3 +225,27 @@ def test_withhold_keeps_only_the_erased_customers_changes_out_of_the_outbox() ->
         ("dlq", b"gone"),
         ("classes", b"kept"),
     ]
+
+
+def test_population_deltas_keep_the_customers_who_left_a_class() -> None:
+    from worker.core.changes import Cause, SegmentChange
+
+    def change(old: str | None, new: str | None) -> SegmentChange:
+        return SegmentChange("id", "c", "lifecycle", old, new, Cause("timer", None, 0), 0, {}, "v")
+
+    outcome = Outcome()
+    outcome.changes += [
+        change("new", "active"),
+        change("active", "churn_risk"),
+        change(None, "new"),
+    ]
+    outcome.population[("tenure", "short")] -= 2  # an erasure's decrement
+    assert outcome.population_deltas() == {
+        ("lifecycle", "new"): 0,
+        ("lifecycle", "active"): 0,
+        ("lifecycle", "churn_risk"): 1,
+        ("tenure", "short"): -2,
+    }
+    outcome.changes.append(change("churn_risk", "churned"))
+    assert outcome.population_deltas()[("lifecycle", "churn_risk")] == 0
+    assert outcome.population_deltas()[("lifecycle", "churned")] == 1

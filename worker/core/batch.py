@@ -78,8 +78,11 @@ class Outcome:
     )  # changes consent withheld, by dimension
 
     def population_deltas(self) -> Counter[tuple[str, str]]:
-        """How many customers entered (+) and left (-) each (dimension, class)."""
+        """How many customers entered (+) and left (-) each (dimension, class), the extra
+        deltas included. Summed with ``update``: ``Counter + Counter`` drops the negative
+        counts, and with them every customer who left a class."""
         deltas: Counter[tuple[str, str]] = Counter()
+        deltas.update(self.population)
         for change in self.changes:
             if change.from_class is not None:
                 deltas[(change.dimension, change.from_class)] -= 1

@@ -105,7 +105,7 @@ class Storage:
                     indexed=indexed,
                     outbox=[r.encode() for r in outcome.out],
                     offsets=outcome.offsets,
-                    populations=outcome.population_deltas() + outcome.population,
+                    populations=outcome.population_deltas(),
                     acked=acked,
                     relayed=relayed,
                 ),
