@@ -291,3 +291,7 @@ def test_simulated_run_output_matches_the_output_contracts() -> None:
     assert rejected > 50
     for state in states.values():
         published.validate(classes_document(state))
+
+
+def test_the_dead_letter_schema_names_every_reason_code_the_worker_sends() -> None:
+    assert schema("dead_letter")["properties"]["reason"]["enum"] == [r.value for r in Reason]
