@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 
 from aiokafka.errors import KafkaError
+from redis.exceptions import AuthenticationError, AuthorizationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -25,6 +26,9 @@ Step = tuple[str, Callable[[], Awaitable[None]], tuple[type[BaseException], ...]
 # What an unreachable server raises; anything else (a refused ACL, a bad TLS file) is a
 # configuration error that waiting will not fix, and is left to stop the start.
 REDIS_DOWN: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
+# Raised as connection errors by redis-py, but a refused password or ACL user is not a
+# server that is down: waiting cannot fix it.
+REFUSED: tuple[type[BaseException], ...] = (AuthenticationError, AuthorizationError)
 KAFKA_DOWN: tuple[type[BaseException], ...] = (KafkaError, OSError)
 
 
@@ -55,6 +59,8 @@ async def wait_for_servers(
                 await step()
                 break
             except down as exc:
+                if isinstance(exc, REFUSED):
+                    raise
                 not_ready()
                 log.warning(
                     "waiting for %s: unreachable (%s); attempt %d, next in %.1f s",

@@ -62,3 +62,19 @@ async def test_a_redis_host_that_does_not_resolve_is_named_and_waited_for(broker
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.to_thread(proc.wait, 30)
     assert code == 0, worker_log(proc)
+
+
+async def test_a_refused_password_stops_the_start_instead_of_waiting(broker: Broker) -> None:
+    """redis-py raises a refused password as a connection error; waiting cannot fix it."""
+    server = RedisServer(free_port(), config=["requirepass right-password"])
+    await asyncio.to_thread(server.start)
+    try:
+        settings = await make_settings(broker, f"redis://:wrong-password@127.0.0.1:{server.port}/0")
+        proc = start_worker(settings, NOW)
+        code = await asyncio.to_thread(proc.wait, 60)
+    finally:
+        server.stop()
+    log = worker_log(proc)
+    assert code != 0, log
+    assert "waiting for Redis" not in log
+    assert "wrong-password" not in log
