@@ -215,3 +215,51 @@ def test_amount_reads_as_decimal_rounded_half_even(amount: object) -> None:
         assert isinstance(result, Order)
         cents = number.quantize(Decimal("0.01"), rounding=ROUND_HALF_EVEN) * 100
         assert result.amount_minor == int(cents)
+
+
+@pytest.mark.parametrize(
+    "occurred_at",
+    [
+        "0001-01-01T00:30:00+01:00",
+        "0001-01-01T03:00:00Z",
+        "1899-12-31T23:59:59Z",
+        "9999-12-31T23:00:00-05:00",
+    ],
+)
+def test_a_timestamp_without_a_local_date_in_every_zone_is_rejected_not_a_crash(
+    occurred_at: str,
+) -> None:
+    from worker.core.engine import process_event
+    from worker.core.rules import load_rules
+    from worker.core.state import CustomerState
+
+    raw = orjson.dumps(
+        {
+            "type": "visit",
+            "event_id": "e",
+            "customer_id": "c",
+            "occurred_at": occurred_at,
+            "action": "login",
+        }
+    )
+    now = parse_rfc3339("9999-12-31T23:59:59Z")  # the future check out of the way
+    result = parse_event(raw, None, now_ms=now, limits=ParseLimits())
+    assert isinstance(result, Rejection)
+    assert (result.reason, result.field) == (Reason.INVALID_TIMESTAMP, "occurred_at")
+    edge = parse_event(
+        orjson.dumps(
+            {
+                "type": "visit",
+                "event_id": "e",
+                "customer_id": "c",
+                "occurred_at": "1900-01-01T00:00:00Z",
+                "action": "login",
+            }
+        ),
+        None,
+        now_ms=now,
+        limits=ParseLimits(),
+    )
+    assert isinstance(edge, Visit)
+    rules = load_rules(None)
+    assert not isinstance(process_event(CustomerState("c"), edge, rules, 0, 0), Rejection)

@@ -48,6 +48,12 @@ _TRAIT_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
 _CURRENCY_TEXT: Final = re.compile(CURRENCY)
 
 
+# The instants an event may carry: any shop's local date of one exists (a date before year 1
+# or after 9999 does not, and the classification of such an event would fail, not reject).
+EARLIEST_MS: Final = -2_208_988_800_000  # 1900-01-01T00:00:00Z
+LATEST_MS: Final = 253_370_764_800_000  # 9999-01-01T00:00:00Z
+
+
 class Reason(StrEnum):
     """Why an input was rejected; the codes are part of the dead-letter contract."""
 
@@ -359,6 +365,12 @@ def _checked_time(text: str, now_ms: int, limits: ParseLimits) -> int:
         ms = parse_rfc3339(text)
     except (ValueError, OverflowError) as exc:
         raise _Bad(Reason.INVALID_TIMESTAMP, "occurred_at", str(exc)) from None
+    if not EARLIEST_MS <= ms < LATEST_MS:  # else a local date of the shop may not exist
+        raise _Bad(
+            Reason.INVALID_TIMESTAMP,
+            "occurred_at",
+            f"occurred_at {text!r} is outside 1900-01-01 to 9999-01-01",
+        )
     if ms > now_ms + limits.max_future_ms:
         raise _Bad(
             Reason.FUTURE_TIMESTAMP,
