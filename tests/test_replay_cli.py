@@ -250,6 +250,13 @@ def test_rules_diff_from_an_events_file(tmp_path: Path, capsys: pytest.CaptureFi
     assert all(not moves for dim, moves in out.items() if dim != "membership")
 
 
+@pytest.mark.parametrize("events", ["missing.jsonl", "."])
+def test_rules_diff_names_an_events_file_it_cannot_read(tmp_path: Path, events: str) -> None:
+    rules = str(Path(__file__).parent.parent / "worker/core/default_rules.toml")
+    with pytest.raises(SystemExit, match="cannot read"):
+        main(["rules", "diff", rules, "--events", str(tmp_path / events)])
+
+
 @pytest.mark.parametrize("name", sorted(CRASHING))
 def test_rules_that_would_crash_are_refused_by_check_and_replay(
     name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]

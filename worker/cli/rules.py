@@ -111,7 +111,11 @@ def _diff(args: argparse.Namespace) -> int:
             limits=ParseLimits(),
             future_reference_ms=int(time.time() * 1000),
         )
-        with args.events.open("rb") as handle:
+        try:
+            handle = args.events.open("rb")
+        except OSError as exc:
+            raise SystemExit(f"segment-worker: cannot read {args.events}: {exc.strerror}") from None
+        with handle:
             feed(replayer, handle)
         if args.as_of is not None:
             replayer.advance(args.as_of)
