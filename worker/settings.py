@@ -185,6 +185,13 @@ class Settings:
             "stuck_retry_ms": (lambda v: v >= 100, ">= 100"),
             "max_event_bytes": (lambda v: v >= 256, ">= 256"),
             "future_skew_ms": (lambda v: v >= 0, ">= 0"),
+            "erasure_marker_days": (lambda v: 1 <= v <= 36_500, "1..36500"),
+            "rules_reevaluation_rate": (lambda v: v >= 1, ">= 1"),
+            "redis_prefix": (
+                lambda v: bool(v) and not set(v) & set("{}*?[] "),
+                "a non-empty key prefix without braces, glob characters or spaces",
+            ),
+            "group_id": (bool, "a non-empty consumer group id"),
             "clock_speed": (lambda v: 0 < v <= 1e7, "above 0 and at most 1e7"),
             "kafka_security_protocol": (
                 lambda v: v in SECURITY_PROTOCOLS,
@@ -199,7 +206,9 @@ class Settings:
                 "redis://[USER:PASSWORD@]HOST:PORT/DB, rediss://... (TLS) or unix:///PATH",
             ),
             "kafka_bootstrap": (
-                lambda v: all(":" in h for h in v.split(",")),
+                lambda v: all(
+                    h.rpartition(":")[0] and h.rpartition(":")[2].isdigit() for h in v.split(",")
+                ),
                 "HOST:PORT[,HOST:PORT...]",
             ),
         }
