@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -133,8 +135,13 @@ def against_redis(
             f"deploy/redis/users.acl says what it may do): {exc}",
             file=sys.stderr,
         )
-    except (RedisError, OSError) as exc:
+    except BrokenPipeError:  # the reader stopped early (`| head`): nothing left to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except (RedisError, ConnectionError, TimeoutError, socket.gaierror) as exc:
         print(
             f"segment-worker: cannot reach Redis (SEGMENT_WORKER_REDIS_URL): {exc}", file=sys.stderr
         )
+    except OSError as exc:  # an output file that cannot be written, and the like
+        print(f"segment-worker: {exc}", file=sys.stderr)
     return 2
