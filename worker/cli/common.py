@@ -104,6 +104,14 @@ def redis_settings(url: str | None, prefix: str | None = None) -> Settings:
     return settings
 
 
+def open_input(path: Path) -> BinaryIO:
+    """``path`` opened for reading; one that cannot be opened ends the command naming it."""
+    try:
+        return path.open("rb")
+    except OSError as exc:
+        raise SystemExit(f"segment-worker: cannot read {path}: {exc.strerror}") from None
+
+
 @contextlib.contextmanager
 def output(path: Path | None, default: BinaryIO | None) -> Iterator[BinaryIO | None]:
     """``path`` opened for writing, or ``default`` (left open) when no path was given."""

@@ -12,7 +12,7 @@ from typing import BinaryIO
 
 import orjson
 
-from worker.cli.common import Subparsers, instant, output
+from worker.cli.common import Subparsers, instant, open_input, output
 from worker.core.changes import SegmentChange
 from worker.core.deadletter import Stage, dead_letter
 from worker.core.events import ParseLimits, Reason, Rejection
@@ -88,10 +88,7 @@ def _open_events(args: argparse.Namespace) -> tuple[BinaryIO, int | None, str]:
         return sys.stdin.buffer, None, "<stdin>"
     else:
         path = args.events
-    try:
-        handle = path.open("rb")
-    except OSError as exc:
-        raise SystemExit(f"segment-worker: cannot read {path}: {exc.strerror}") from None
+    handle = open_input(path)
     return handle, path.stat().st_size, str(path)
 
 

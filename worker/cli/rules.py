@@ -13,7 +13,13 @@ from typing import cast
 import orjson
 import redis
 
-from worker.cli.common import Subparsers, instant, prefix_argument, redis_settings
+from worker.cli.common import (
+    Subparsers,
+    instant,
+    open_input,
+    prefix_argument,
+    redis_settings,
+)
 from worker.cli.replay import feed
 from worker.core.codec import decode_state
 from worker.core.events import ParseLimits
@@ -111,11 +117,7 @@ def _diff(args: argparse.Namespace) -> int:
             limits=ParseLimits(),
             future_reference_ms=int(time.time() * 1000),
         )
-        try:
-            handle = args.events.open("rb")
-        except OSError as exc:
-            raise SystemExit(f"segment-worker: cannot read {args.events}: {exc.strerror}") from None
-        with handle:
+        with open_input(args.events) as handle:
             feed(replayer, handle)
         if args.as_of is not None:
             replayer.advance(args.as_of)
