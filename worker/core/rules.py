@@ -44,6 +44,7 @@ from worker.core.rules_tables import (
     read_array,
     read_calendar,
     read_consent,
+    read_days,
     read_dimension,
     read_model,
     read_rate,
@@ -166,16 +167,7 @@ def _build(doc: dict[str, Any], source: str, problems: Problems) -> Rules | None
     with problems.field():
         if count_status not in _COUNTING:
             raise FieldError("orders.count_status", "must be 'paid' or 'placed'")
-    windows = orders.get("windows", [90])
-    if (
-        not isinstance(windows, list)
-        or not windows
-        or not all(
-            isinstance(w, int) and not isinstance(w, bool) and 1 <= w <= 3660 for w in windows
-        )
-        or len(set(windows)) != len(windows)
-    ):
-        raise FieldError("orders.windows", "must be a non-empty list of distinct days (1..3660)")
+    windows = read_days(orders.get("windows", [90]), "orders.windows")
 
     calendar, activity = UTC_CALENDAR, Activity(frozenset(), 0)  # used only if both are valid
     with problems.field():

@@ -107,16 +107,7 @@ def read_model(spec: Any) -> Model:
             params[table].append(float(value))
     if params["gamma_gamma"][1] <= 1:
         raise FieldError("model.gamma_gamma.q", "must be above 1 (else mean spend is unbounded)")
-    horizons = spec.get("horizons", list(DEFAULT_HORIZONS))
-    if (
-        not isinstance(horizons, list)
-        or not horizons
-        or not all(
-            isinstance(h, int) and not isinstance(h, bool) and 1 <= h <= 3660 for h in horizons
-        )
-        or len(set(horizons)) != len(horizons)
-    ):
-        raise FieldError("model.horizons", "must be a non-empty list of distinct days (1..3660)")
+    horizons = read_days(spec.get("horizons", list(DEFAULT_HORIZONS)), "model.horizons")
     rate = spec.get("annual_discount_rate", 0.0)
     if not isinstance(rate, int | float) or isinstance(rate, bool) or not 0 <= rate <= 1:
         raise FieldError("model.annual_discount_rate", "must be a number from 0 to 1")
@@ -189,6 +180,18 @@ def read_consent(table: dict[str, Any], dimensions: set[str]) -> Consent:
             f"unknown dimension or segment {unknown[0]!r}{did_you_mean(unknown[0], dimensions)}",
         )
     return Consent(trait, frozenset(suppress))
+
+
+def read_days(value: object, path: str) -> list[int]:
+    """A list of day counts (windows, horizons): non-empty, distinct, each 1..3660."""
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= 3660 for d in value)
+        or len(set(value)) != len(value)
+    ):
+        raise FieldError(path, "must be a non-empty list of distinct days (1..3660)")
+    return value
 
 
 def read_array(doc: Mapping[str, Any], key: str) -> list[Any]:
