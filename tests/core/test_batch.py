@@ -26,6 +26,7 @@ from worker.core.batch import (
     reevaluate_batch,
     sweep,
 )
+from worker.core.changes import Cause, SegmentChange
 from worker.core.codec import decode_state, encode_state
 from worker.core.events import Reason, Rejection
 from worker.core.outbox import OutRecord
@@ -228,8 +229,6 @@ def test_withhold_keeps_only_the_erased_customers_changes_out_of_the_outbox() ->
 
 
 def test_population_deltas_keep_the_customers_who_left_a_class() -> None:
-    from worker.core.changes import Cause, SegmentChange
-
     def change(old: str | None, new: str | None) -> SegmentChange:
         return SegmentChange("id", "c", "lifecycle", old, new, Cause("timer", None, 0), 0, {}, "v")
 

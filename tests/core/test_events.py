@@ -7,7 +7,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from worker.core.engine import process_event
 from worker.core.events import Order, ParseLimits, Reason, Rejection, Visit, parse_event
+from worker.core.rules import load_rules
+from worker.core.state import CustomerState
 from worker.core.timeutil import _parse_general, format_ms, parse_rfc3339
 
 NOW = parse_rfc3339("2026-06-01T00:00:00Z")
@@ -229,10 +232,6 @@ def test_amount_reads_as_decimal_rounded_half_even(amount: object) -> None:
 def test_a_timestamp_without_a_local_date_in_every_zone_is_rejected_not_a_crash(
     occurred_at: str,
 ) -> None:
-    from worker.core.engine import process_event
-    from worker.core.rules import load_rules
-    from worker.core.state import CustomerState
-
     raw = orjson.dumps(
         {
             "type": "visit",
