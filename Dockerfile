@@ -25,6 +25,7 @@ COPY worker ./worker
 # The project's wheel with its pure core compiled by mypyc (setup.py: about 20% more events/s
 # per process), then wheels for all of its dependencies, resolved once, here.
 RUN pip install setuptools==84.2.1 wheel==0.48.0 mypy==2.4.1 orjson==3.13.0 msgspec==0.23.0 \
+        pyyaml==6.0.4 types-pyyaml==6.0.12.20261122 \
     && SW_BUILD_MYPYC=1 pip wheel --no-build-isolation --no-deps --wheel-dir /project . \
     && pip wheel --wheel-dir /wheels /project/segment_worker-*.whl
 

@@ -1,7 +1,7 @@
 """Optional compiled build: with SW_BUILD_MYPYC=1 the pure core (worker/core) is compiled
 with mypyc, about 20% more events/s per worker process (docs/benchmarks.md, "Compiled core");
 without it the package is pure Python. Needs mypy, setuptools>=77 and a C compiler in the build
-environment: ``pip install mypy orjson msgspec 'setuptools>=77' wheel`` then
+environment: ``pip install mypy orjson msgspec pyyaml types-pyyaml 'setuptools>=77' wheel`` then
 ``SW_BUILD_MYPYC=1 pip install --no-build-isolation .``. Everything else is in
 pyproject.toml."""
 

@@ -1,6 +1,8 @@
+import tomllib
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.core.strategies import T0
 from worker.core.engine import process_event
@@ -141,6 +143,46 @@ def test_toml_syntax_errors_carry_the_line(tmp_path: Path) -> None:
     path.write_text("[orders]\nwindows = [90,\ncount_status = 1\n")
     with pytest.raises(RulesError, match=r"bad\.toml: .*line 3"):
         load_rules(path)
+
+
+def default_rules_yaml() -> str:
+    return yaml.safe_dump(tomllib.loads(default_rules_text().decode()), sort_keys=False)
+
+
+def test_a_yaml_file_is_the_same_rules_as_its_toml(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(default_rules_yaml())
+    rules = load_rules(path)
+    assert rules.version == load_rules().version
+    assert rules.dimension_names == load_rules().dimension_names
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("orders: {windows: [90,\n", r"rules\.yml: not valid YAML: .*line 2"),
+        ("orders:\n  windows: [90]\n  windows: [30]\n", r"duplicate key 'windows' \(line 3"),
+        ("orders:\n  1: x\n", r"keys must be strings \(line 2"),
+        ("orders: &o {windows: [90]}\nmoney: *o\n", "aliases"),
+        ("- a\n- b\n", "top level must be a mapping"),
+        ("orders: {}\n---\nmoney: {}\n", "expected a single document"),
+        ("orders: {windowz: [90]}\n", r"orders\.windowz: unknown key"),
+    ],
+)
+def test_yaml_is_held_to_what_toml_can_say(text: str, message: str) -> None:
+    with pytest.raises(RulesError, match=message):
+        parse_rules(text.encode(), "rules.yml")
+
+
+def test_a_yaml_file_reports_field_errors_like_toml() -> None:
+    text = default_rules_yaml().replace("spend_90d > 200", "spend_90d >", 1)
+    with pytest.raises(RulesError, match=r"rules\.yaml: dimensions\[1\]\.classes\[0\]\.when"):
+        parse_rules(text.encode(), "rules.yaml")
+
+
+def test_an_empty_yaml_file_reads_as_an_empty_toml_file() -> None:
+    empty = parse_rules(b"", "empty.toml")
+    assert parse_rules(b"# nothing\n", "empty.yaml").version == empty.version
 
 
 def test_missing_file_is_a_rules_error(tmp_path: Path) -> None:

@@ -1,17 +1,17 @@
 """The rules file: dimensions, classes and thresholds, validated and compiled at load.
 
-A rules file is TOML (see ``default_rules.toml``). Loading validates every field and
-condition and reports every problem with its path (``dimensions[2].classes[0].when``; the
-tables are read in rules_tables.py), hashes the parsed file into a version that is stamped
-on every change event, and compiles all dimensions into one Python function
-(classifier.py) so that classifying a customer costs a few µs.
+A rules file is TOML (see ``default_rules.toml``) or YAML (rules_syntax.py). Loading
+validates every field and condition and reports every problem with its path
+(``dimensions[2].classes[0].when``; the tables are read in rules_tables.py), hashes the
+parsed file into a version that is stamped on every change event, and compiles all
+dimensions into one Python function (classifier.py) so that classifying a customer costs a
+few µs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -34,6 +34,7 @@ from worker.core.features import (
     score_limits,
 )
 from worker.core.predict import Model
+from worker.core.rules_syntax import SyntaxProblem, read_document
 from worker.core.rules_tables import (
     MAX_CLASSES,
     FieldError,
@@ -126,13 +127,11 @@ def parse_rules(data: bytes, source: str) -> Rules:
     if len(data) > MAX_RULES_BYTES:
         raise RulesError(f"{source}: larger than {MAX_RULES_BYTES} bytes")
     try:
-        doc = tomllib.loads(data.decode("utf-8"))
+        doc = read_document(data.decode("utf-8"), source)
     except UnicodeDecodeError as exc:
         raise RulesError(f"{source}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
-    except ValueError as exc:  # TOMLDecodeError, or an integer of thousands of digits
+    except SyntaxProblem as exc:
         raise RulesError(f"{source}: {exc}") from None
-    except RecursionError:
-        raise RulesError(f"{source}: arrays or tables nested too deeply") from None
     problems = Problems()
     rules: Rules | None = None
     with problems.field():
