@@ -221,3 +221,49 @@ def test_change_signing_keys_from_files_long_enough_and_never_shown(tmp_path: Pa
     assert short not in str(err.value)
     with pytest.raises(SettingsError, match="set CHANGE_SIGNING_KEY too"):
         Settings.from_env({"SEGMENT_WORKER_CHANGE_SIGNING_PREVIOUS_KEY": old})
+
+
+def test_a_settings_file_gives_what_the_environment_does_not(tmp_path: Path) -> None:
+    secret = tmp_path / "redis-url"
+    secret.write_text("redis://worker:pw@redis:6379/0\n")
+    path = tmp_path / "worker.env"
+    path.write_text(
+        "# segment-worker\n\n"
+        "SEGMENT_WORKER_BATCH_SIZE=250\n"
+        "export SEGMENT_WORKER_GROUP_ID = 'shop-a'\n"
+        'SEGMENT_WORKER_KAFKA_BOOTSTRAP="kafka-1:9092,kafka-2:9092"\n'
+        f"SEGMENT_WORKER_REDIS_URL_FILE={secret}\n"
+        "SEGMENT_WORKER_HTTP_PORT=9100\n"
+    )
+    s = Settings.from_env(
+        {"SEGMENT_WORKER_SETTINGS_FILE": str(path), "SEGMENT_WORKER_HTTP_PORT": "9200"}
+    )
+    assert (s.batch_size, s.group_id, s.http_port) == (250, "shop-a", 9200)  # the env wins
+    assert s.kafka_bootstrap == "kafka-1:9092,kafka-2:9092"
+    assert s.redis_url == "redis://worker:pw@redis:6379/0"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("SEGMENT_WORKER_BATCH_SIZE\n", r"worker\.env:1: expected SEGMENT_WORKER_NAME=value"),
+        ("\nSEGMENT_WORKER_BACH_SIZE=5\n", r"worker\.env:2: SEGMENT_WORKER_BACH_SIZE: unknown"),
+        ("REDIS_URL=redis://x:6379/0\n", r"worker\.env:1: REDIS_URL: unknown setting"),
+        ("SEGMENT_WORKER_GROUP_ID=a\nSEGMENT_WORKER_GROUP_ID=b\n", r"worker\.env:2: .* twice"),
+        ("SEGMENT_WORKER_BATCH_SIZE=lots\n", "SEGMENT_WORKER_BATCH_SIZE: expected int"),
+    ],
+)
+def test_a_bad_settings_file_names_its_line(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "worker.env"
+    path.write_text(text)
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env({"SEGMENT_WORKER_SETTINGS_FILE": str(path)})
+
+
+def test_an_unreadable_settings_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="SEGMENT_WORKER_SETTINGS_FILE: cannot read .*nope"):
+        Settings.from_env({"SEGMENT_WORKER_SETTINGS_FILE": str(tmp_path / "nope")})
+    latin = tmp_path / "latin.env"
+    latin.write_bytes(b"SEGMENT_WORKER_GROUP_ID=caf\xe9\n")
+    with pytest.raises(SettingsError, match="not UTF-8"):
+        Settings.from_env({"SEGMENT_WORKER_SETTINGS_FILE": str(latin)})

@@ -1,4 +1,5 @@
-"""Settings of the live worker, from ``SEGMENT_WORKER_*`` environment variables.
+"""Settings of the live worker, from ``SEGMENT_WORKER_*`` environment variables and an
+optional file of them (``SEGMENT_WORKER_SETTINGS_FILE``).
 
 Every setting is checked at start and a bad one fails with a message naming the variable,
 not with a stack trace an hour later. Secrets can come from files (``<NAME>_FILE``, as
@@ -21,6 +22,8 @@ SECURITY_PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS: Final = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 PSEUDONYM_KEY_MIN: Final = 32  # bytes, SHA-256's size: a short key is guessed, then every id
 MIN_SIGNING_KEY_BYTES: Final = 32
+# Names a file of settings (NAME=value lines); the environment's own values win over it.
+SETTINGS_FILE: Final = f"{PREFIX}SETTINGS_FILE"
 
 
 class SettingsError(SegmentWorkerError, ValueError):
@@ -283,9 +286,14 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """The settings the environment gives, over those of the file ``SETTINGS_FILE``
+        names, if it names one."""
         env = os.environ if env is None else env
         known = {f"{PREFIX}{f.name.upper()}" for f in fields(cls)}
         known |= {f"{name}_FILE" for name in known}
+        if SETTINGS_FILE in env:
+            env = {**read_settings_file(env[SETTINGS_FILE], known), **env}
+        known.add(SETTINGS_FILE)
         unknown = sorted(k for k in env if k.startswith(PREFIX) and k not in known)
         if unknown:
             raise SettingsError(f"{unknown[0]}: unknown setting (typo?)")
@@ -324,6 +332,36 @@ def redact_url(url: str) -> str:
     user = f"{parts.username}:" if parts.username else ":"
     host = parts.netloc.rsplit("@", 1)[1]
     return urlunsplit(parts._replace(netloc=f"{user}***@{host}"))
+
+
+def read_settings_file(path: str, known: set[str]) -> dict[str, str]:
+    """``NAME=value`` lines, as Docker's and Compose's ``env_file`` and systemd's
+    ``EnvironmentFile`` hold them (``#`` comments, blank lines, an optional ``export``, a
+    value in matching quotes unquoted), so that one file serves all of them; every name
+    must be one of ours, at most once."""
+    try:
+        text = Path(path).read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
+        raise SettingsError(f"{SETTINGS_FILE}: cannot read {path}: {reason}") from None
+    out: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, equals, value = line.removeprefix("export ").partition("=")
+        name, value = name.strip(), value.strip()
+        where = f"{path}:{number}"
+        if not equals:
+            raise SettingsError(f"{where}: expected {PREFIX}NAME=value")
+        if name not in known:
+            raise SettingsError(f"{where}: {name}: unknown setting (typo?)")
+        if name in out:
+            raise SettingsError(f"{where}: {name} is set twice in the file")
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        out[name] = value
+    return out
 
 
 def _read_secret(name: str, path: str) -> str:

@@ -21,7 +21,9 @@ def register(sub: Subparsers) -> None:
         description="Consume the orders and visits topics, keep per-customer state in Redis, "
         "emit segment changes (and dead letters) to Kafka, fire time-driven changes, and serve "
         "/metrics, /healthz, /readyz and /customers/{id} on the HTTP port. Configured by "
-        "environment variables (a <NAME>_FILE variant reads a secret from a file):\n\n"
+        "environment variables (a <NAME>_FILE variant reads a secret from a file), or by a "
+        "file of NAME=value lines that SEGMENT_WORKER_SETTINGS_FILE names (Compose's and "
+        "systemd's env-file format; the environment wins over it):\n\n"
         + _settings_help(),
     )
     run.add_argument("--log-level", default="INFO", help="logging level (%(default)s)")
