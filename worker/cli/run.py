@@ -23,8 +23,7 @@ def register(sub: Subparsers) -> None:
         "/metrics, /healthz, /readyz and /customers/{id} on the HTTP port. Configured by "
         "environment variables (a <NAME>_FILE variant reads a secret from a file), or by a "
         "file of NAME=value lines that SEGMENT_WORKER_SETTINGS_FILE names (Compose's and "
-        "systemd's env-file format; the environment wins over it):\n\n"
-        + _settings_help(),
+        "systemd's env-file format; the environment wins over it):\n\n" + _settings_help(),
     )
     run.add_argument("--log-level", default="INFO", help="logging level (%(default)s)")
     run.set_defaults(func=_run)
