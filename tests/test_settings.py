@@ -261,7 +261,7 @@ def test_a_bad_settings_file_names_its_line(tmp_path: Path, text: str, message: 
 
 
 def test_an_unreadable_settings_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(SettingsError, match="SEGMENT_WORKER_SETTINGS_FILE: cannot read .*nope"):
+    with pytest.raises(SettingsError, match=r"SEGMENT_WORKER_SETTINGS_FILE: cannot read .*nope"):
         Settings.from_env({"SEGMENT_WORKER_SETTINGS_FILE": str(tmp_path / "nope")})
     latin = tmp_path / "latin.env"
     latin.write_bytes(b"SEGMENT_WORKER_GROUP_ID=caf\xe9\n")

@@ -16,6 +16,7 @@ from worker.cli import (
     demo,
     fit,
     operator,
+    produce,
     redis,
     replay,
     rules,
@@ -52,7 +53,20 @@ def _parser() -> argparse.ArgumentParser:
         "RFM state, classes along several dimensions, and segment-change events out.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    groups = (replay, run, operator, audience, changes, demo, simulate, bench, rules, redis, fit)
+    groups = (
+        replay,
+        produce,
+        run,
+        operator,
+        audience,
+        changes,
+        demo,
+        simulate,
+        bench,
+        rules,
+        redis,
+        fit,
+    )
     for group in groups:
         group.register(sub)
     return parser
