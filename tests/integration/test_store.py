@@ -835,7 +835,7 @@ async def test_store_refuses_a_prefix_with_braces_and_a_decoding_client(redis_ur
 async def test_load_library_is_idempotent_and_replaces_other_code(
     store: Store, client: CountingRedis
 ) -> None:
-    assert await client.fcall_ro("segment_worker_version", 0) == b"9"
+    assert await client.fcall_ro("segment_worker_version", 0) == b"10"
     client.sent.clear()
     await store.library.load()  # the same code is loaded: nothing written
     assert client.sent == ["FUNCTION LIST"]
@@ -869,7 +869,7 @@ async def test_committed_data_survives_kill_9_with_aof(aof_store: AofStore) -> N
     assert (await store.read_checked(2, ids)).states == [c.encode() for c in ids]
     assert await store.outbox(2, 10) == [b"r2", b"r3"]
     # Functions were persisted with the data; loading again is harmless.
-    assert await client.fcall_ro("segment_worker_version", 0) == b"9"
+    assert await client.fcall_ro("segment_worker_version", 0) == b"10"
     await store.library.load()
     # The epoch survived too, but a claim made before the restart writes nothing: this
     # server cannot know what it lost. A new claim (the next epoch) writes.
