@@ -45,7 +45,7 @@ from worker.settings import Settings
 
 _FENCED: Final = re.compile(r"FENCED current=(\d+)")
 _RESET: Final = re.compile(r"RESET current=([0-9a-f]+)")
-_CHANGED: Final = re.compile(r"CHANGED current=(\d+)")
+_CHANGED: Final = re.compile(r"CHANGED current=\d+")
 
 
 def store_for(settings: Settings, client: Client | None) -> Store:

@@ -757,6 +757,22 @@ BAD_CALLS: dict[str, tuple[tuple[object, ...], str]] = {
         ("segment_worker_mark_rules", 1, META, SERVER, "v1"),
         "segment_worker_mark_rules: expected 3 arguments",
     ),
+    "recount with a negative count": (
+        ("segment_worker_recount", 1, META, SERVER, 1, "tier", -1),
+        'segment_worker_recount: population count of "tier" must be a non-negative integer',
+    ),
+    "recount with a field and no count": (
+        ("segment_worker_recount", 1, META, SERVER, 1, "tier"),
+        "segment_worker_recount: expected server, writes and (field, count) pairs",
+    ),
+    "recount of a bad key": (
+        ("segment_worker_recount", 1, OUT, SERVER, 1),
+        "segment_worker_recount: KEYS[1] must be",
+    ),
+    "recount without a run id": (
+        ("segment_worker_recount", 1, META, "", 1),
+        "segment_worker_recount: server must be the run id",
+    ),
 }
 
 

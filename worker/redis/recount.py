@@ -7,7 +7,9 @@ its ``writes`` counter (bumped by every commit and erasure) and the server's run
 states are scanned and counted, and the rewrite is one Function call that replaces the counts
 only if neither changed meanwhile: no state changed while they were counted, and every commit
 since adds its delta to the true count. A partition written meanwhile is left as it was and
-named; the recount is run again (at a quiet time, or with the workers stopped).
+named; the recount is run again (at a quiet time, or with the workers stopped). The one
+thing it cannot see is an erasure half done: its state deleted, its classes not yet subtracted
+(the next call); docs/operations-and-guarantees.md ("Recounting the class populations").
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class Recount:
 
 
 def _by_dimension(counts: dict[int, Populations]) -> Counter[str]:
+    """Customers in a class of each dimension, over the partitions."""
     out: Counter[str] = Counter()
     for populations in counts.values():
         for (dimension, _), n in populations.items():
