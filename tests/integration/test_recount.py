@@ -4,6 +4,9 @@ left them), rebuilt from the states; a partition written while it is counted is 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -13,8 +16,10 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from worker.core.codec import encode_state
+from worker.core.codec import decode_state, encode_state
 from worker.core.state import CustomerState
+from worker.progress import Progress
+from worker.redis.recount import recount
 from worker.store import Store
 
 pytestmark = pytest.mark.integration
@@ -144,3 +149,46 @@ async def test_a_recount_read_from_another_server_process_writes_nothing(
     before = await pop_fields(store, 3)
     assert not await store.rewrite_populations(3, seen, {})
     assert await pop_fields(store, 3) == before
+
+
+async def test_a_worker_committing_throughout_keeps_its_partition_out_until_it_stops(
+    store: Store,
+) -> None:
+    await write(store)
+    claim = await store.claim(0)
+    moves = 0
+
+    async def worker() -> None:
+        """Moves "c" between two classes, with the right deltas, as a live worker would."""
+        nonlocal moves
+        while True:
+            old, new = ("new", "active") if moves % 2 == 0 else ("active", "new")
+            state = encode_state(CustomerState("c", classes={"lifecycle": new}))
+            deltas = {("lifecycle", old): -1 if moves else 0, ("lifecycle", new): 1}
+            await store.commit(
+                claim, states={"c": state}, due={}, outbox=[], offsets={}, populations=deltas
+            )
+            moves += 1
+
+    quiet = Progress(None, "recount", stream=io.StringIO())
+    running = asyncio.create_task(worker())
+    try:
+        report = await recount(store, quiet)
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+    assert moves > 1
+    assert report.changed == [0]  # written while counted: left alone
+    assert list(report.after) == [3]
+    assert await pop_fields(store, 3) == true_counts(3)
+    assert await pop_fields(store, 0) != true_counts(0)
+    # Quiet now: the next recount takes it, and "c" counts in the class it was left in.
+    report = await recount(store, quiet)
+    assert report.changed == []
+    stored = await store.get(0, "c")  # the last commit may have landed as it was cancelled
+    assert stored is not None
+    c_in = decode_state("c", stored).classes["lifecycle"]
+    want = Counter({k.decode(): int(v) for k, v in true_counts(0).items()})
+    want[f"pop:lifecycle\x1f{c_in}"] += 1
+    assert await pop_fields(store, 0) == {k.encode(): str(n).encode() for k, n in want.items()}
