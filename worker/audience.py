@@ -74,7 +74,7 @@ async def members(
     seen: set[str] = set()  # members only: SCAN repeats are rare and only members are output
     async for batch in store.every_state():
         found = []
-        for customer_id, blob in batch:
+        for _, customer_id, blob in batch:
             tally.scanned += 1
             try:
                 state = decode_state(customer_id, blob)

@@ -39,6 +39,9 @@ Fields of the meta hash:
   re-evaluated under; a new owner finishes a re-evaluation its predecessor left undone.
 - ``relayed``: the relay mark, the change topic's offset after the last change relayed (never
   moves backwards); after Redis loses writes, the changes from there on are read back.
+- ``writes``: how many commits and erasures the partition has had (library version 10 on):
+  ``redis recount`` rewrites the ``pop:`` fields only if it is unchanged since it began
+  counting, i.e. no state changed while it read them.
 
 The Functions library ``worker/redis/segment_worker.lua`` mirrors this layout in its header
 (tests/test_keys.py holds the two together).
@@ -63,6 +66,7 @@ POPULATION: Final = "pop:"
 POP_SEPARATOR: Final = "\x1f"
 RULES: Final = "rules"
 RELAYED: Final = "relayed"
+WRITES: Final = "writes"
 
 # The layout as data, for checks: key (after <base>) -> Redis type; the meta hash's fields.
 KEY_TYPES: Final = {
@@ -80,6 +84,7 @@ META_FIELDS: Final = (
     f"{POPULATION}<dimension>\\x1f<class>",
     RULES,
     RELAYED,
+    WRITES,
 )
 
 
@@ -135,6 +140,18 @@ class Layout:
     def every_customer(self) -> str:
         """A SCAN MATCH pattern for the state keys of every partition."""
         return f"{glob_escape(self.prefix)}:{{p*}}:{CUSTOMER}*"
+
+    def every_meta(self) -> str:
+        """A SCAN MATCH pattern for the meta hashes: one per partition ever claimed."""
+        return f"{glob_escape(self.prefix)}:{{p*}}:{META}"
+
+
+def partition_in(key: str) -> int:
+    """The input partition a key belongs to: the N of its hash tag ``{p<N>}``."""
+    tag = key.partition("{p")[2].partition("}")[0]
+    if not tag.isdigit():
+        raise ValueError(f"not a key of a partition: {key!r}")
+    return int(tag)
 
 
 def name_in(customer_key: str) -> str:

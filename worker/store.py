@@ -29,9 +29,11 @@ from worker.errors import SegmentWorkerError
 from worker.keys import (
     RELAYED,
     RULES,
+    WRITES,
     Layout,
     glob_escape,
     name_in,
+    partition_in,
     population_name,
     population_of,
 )
@@ -43,6 +45,7 @@ from worker.settings import Settings
 
 _FENCED: Final = re.compile(r"FENCED current=(\d+)")
 _RESET: Final = re.compile(r"RESET current=([0-9a-f]+)")
+_CHANGED: Final = re.compile(r"CHANGED current=\d+")
 
 
 def store_for(settings: Settings, client: Client | None) -> Store:
@@ -84,6 +87,15 @@ class Claim:
     epoch: int
     offsets: dict[str, int]
     server: str
+
+
+class Counts(NamedTuple):
+    """A partition's population counts as stored, with what :meth:`Store.rewrite_populations`
+    must find unchanged: the server they were read from and the partition's ``writes``."""
+
+    server: str
+    writes: int
+    populations: dict[tuple[str, str], int]
 
 
 class Snapshot(NamedTuple):
@@ -148,11 +160,12 @@ class Store:
         names = [key[len(prefix.encode()) :].decode() for key in found]
         return int(reply[0]), await self._ids(partition, names)
 
-    async def every_state(self, count: int = 1000) -> AsyncIterator[list[tuple[str, bytes]]]:
-        """Every stored customer's (id, state), a batch of up to ``count`` at a time: one SCAN
-        over the whole keyspace (every master of a cluster, so every partition), and one read
-        of the values per batch. SCAN's promise holds: a customer stored for the whole scan
-        comes at least once (possibly twice); one stored or deleted meanwhile may or may not."""
+    async def every_state(self, count: int = 1000) -> AsyncIterator[list[tuple[int, str, bytes]]]:
+        """Every stored customer's (partition, id, state), a batch of up to ``count`` at a
+        time: one SCAN over the whole keyspace (every master of a cluster, so every
+        partition), and one read of the values per batch. SCAN's promise holds: a customer
+        stored for the whole scan comes at least once (possibly twice); one stored or deleted
+        meanwhile may or may not."""
         batch: list[bytes] = []
         async for key in self.client.scan_iter(match=self.keys.every_customer(), count=count):
             batch.append(cast(bytes, key))
@@ -162,9 +175,9 @@ class Store:
         if batch:
             yield await self._states_of(batch)
 
-    async def _states_of(self, keys: list[bytes]) -> list[tuple[str, bytes]]:
-        """(id, state) of the customers whose state keys these are; those deleted since the
-        scan saw their key are left out."""
+    async def _states_of(self, keys: list[bytes]) -> list[tuple[int, str, bytes]]:
+        """(partition, id, state) of the customers whose state keys these are; those deleted
+        since the scan saw their key are left out."""
         if isinstance(self.client, RedisCluster):  # one MGET per slot, i.e. per partition
             values = await self.client.mget_nonatomic(keys)
         else:
@@ -173,8 +186,19 @@ class Store:
         for key, stored in zip(keys, cast(list[bytes | None], values), strict=True):
             if stored is not None:
                 customer_id, blob = self.names.unwrap(stored)
-                out.append((customer_id or name_in(key.decode()), blob))
+                name = key.decode()
+                out.append((partition_in(name), customer_id or name_in(name), blob))
         return out
+
+    async def claimed_partitions(self) -> list[int]:
+        """The partitions some worker has claimed (they have a meta hash), in order."""
+        found = set()
+        async for key in self.client.scan_iter(match=self.keys.every_meta(), count=1000):
+            name = cast(bytes, key).decode()
+            partition = partition_in(name)
+            if name == self.keys.meta(partition):  # not a state key that happens to match
+                found.add(partition)
+        return sorted(found)
 
     async def rules_version(self, partition: int) -> str | None:
         """The rules version every customer of the partition was last re-evaluated under."""
@@ -286,11 +310,7 @@ class Store:
                 set_keys.append(customers + self.names.name(customer_id))
                 blobs.append(self.names.wrap(customer_id, blob))
                 set_due += moved
-        pops: list[str | int] = []
-        for (dimension, class_name), delta in (populations or {}).items():
-            field = population_name(dimension, class_name)
-            if delta:
-                pops += (field, delta)
+        pops = _population_args(populations or {})
         flat_offsets: list[str | int] = []
         for topic, offset in offsets.items():
             flat_offsets += (topic, offset)
@@ -376,13 +396,40 @@ class Store:
 
     async def populations(self, partition: int) -> dict[tuple[str, str], int]:
         """Customers per (dimension, class) in the partition, kept by every commit."""
+        return (await self._meta_counts(partition))[0]
+
+    async def counts(self, partition: int) -> Counts:
+        """The partition's population counts, for :meth:`rewrite_populations`: read the
+        server's run id first, so that a restart before the counts are read is noticed."""
+        server = await self.server_id(partition)
+        populations, writes = await self._meta_counts(partition)
+        return Counts(server, writes, populations)
+
+    async def _meta_counts(self, partition: int) -> tuple[dict[tuple[str, str], int], int]:
+        """The meta hash's population counts and ``writes``, in one read."""
         fields = cast(dict[bytes, bytes], await self.client.hgetall(self.keys.meta(partition)))
         out: dict[tuple[str, str], int] = {}
         for name, value in fields.items():
             population = population_of(name)
             if population is not None:
                 out[population] = int(value)
-        return out
+        return out, int(fields.get(WRITES.encode(), 0))
+
+    async def rewrite_populations(
+        self, partition: int, seen: Counts, populations: Mapping[tuple[str, str], int]
+    ) -> bool:
+        """Replace the partition's population counts with ``populations`` (an operator's
+        recount), unless a commit or an erasure ran there since ``seen`` was read, or the
+        server is another one: then nothing is written and this returns False."""
+        names = [self.keys.meta(partition)]
+        args = [seen.server, seen.writes, *_population_args(populations)]
+        try:
+            await self._fcall("segment_worker_recount", names, args)
+        except ResponseError as exc:
+            if _CHANGED.match(str(exc)) or _RESET.match(str(exc)):
+                return False
+            raise
+        return True
 
     async def _fenced_call(
         self, function: str, claim: Claim, keys: list[str], args: list[str | bytes | int]
@@ -416,3 +463,13 @@ class Store:
         return await client.execute_command(
             command, function, len(keys), *keys, *args, target_nodes=node
         )
+
+
+def _population_args(populations: Mapping[tuple[str, str], int]) -> list[str | int]:
+    """(field, count) pairs of the Functions' ARGV; zero counts are left out."""
+    out: list[str | int] = []
+    for (dimension, class_name), count in populations.items():
+        field = population_name(dimension, class_name)
+        if count:
+            out += (field, count)
+    return out

@@ -24,6 +24,8 @@ from tests.integration.live_support import (
     running,
     wait_until,
 )
+from worker.core.codec import encode_state
+from worker.core.state import CustomerState
 from worker.core.timeutil import DAY_MS
 from worker.keys import Layout
 from worker.redis.library import LibraryNotLoaded
@@ -69,8 +71,13 @@ def url(server: RedisServer, user: str = "segment-worker") -> str:
 def install_command(
     server: RedisServer, user: str = "segment-worker-admin"
 ) -> subprocess.CompletedProcess[str]:
+    return redis_command(server, "install", user)
+
+
+def redis_command(server: RedisServer, command: str, user: str) -> subprocess.CompletedProcess[str]:
+    """``segment-worker redis <command>`` as ``user``."""
     return subprocess.run(
-        [sys.executable, "-m", "worker", "redis", "install", "--redis-url", url(server, user)],
+        [sys.executable, "-m", "worker", "redis", command, "--redis-url", url(server, user)],
         check=False,
         capture_output=True,
         text=True,
@@ -111,6 +118,30 @@ async def test_only_the_admin_loads_code_and_the_worker_checks_it_is_there(
         await admin.aclose()
         with pytest.raises(LibraryNotLoaded):
             await store.library.ensure()
+    finally:
+        await client.aclose()
+
+
+async def test_the_worker_user_recounts_populations_and_the_admin_may_not(
+    bare_redis: RedisServer,
+) -> None:
+    early = redis_command(bare_redis, "recount", "segment-worker")
+    assert early.returncode == 2 and "run `segment-worker redis install` first" in early.stderr
+    assert install_command(bare_redis).returncode == 0
+    client = aioredis.from_url(url(bare_redis))
+    store = Store(client)
+    try:
+        claim = await store.claim(1)
+        state = encode_state(CustomerState("a", classes={"lifecycle": "active"}))
+        too_many = {("lifecycle", "active"): 3, ("lifecycle", "new"): 1}
+        await store.commit(
+            claim, states={"a": state}, due={}, outbox=[], offsets={}, populations=too_many
+        )
+        done = redis_command(bare_redis, "recount", "segment-worker")
+        assert done.returncode == 0, done.stderr
+        assert await store.populations(1) == {("lifecycle", "active"): 1}
+        admin = redis_command(bare_redis, "recount", "segment-worker-admin")
+        assert admin.returncode == 2 and "use the worker's URL" in admin.stderr
     finally:
         await client.aclose()
 

@@ -3,13 +3,17 @@ one group spread the partitions, each partition's keys live in its hash-tag slot
 no call crosses slots, and the result equals replay (which a single worker also equals)."""
 
 import asyncio
+import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
 import redis
+from redis.asyncio.cluster import RedisCluster
 
 from tests.integration.live_support import (
     NOW,
@@ -23,7 +27,10 @@ from tests.integration.live_support import (
     wait_until,
     worker_log,
 )
+from worker.core.codec import encode_state
+from worker.core.state import CustomerState
 from worker.keys import Layout, glob_escape
+from worker.store import Store
 from worker.tools.embedded import Broker, RedisServer, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -108,3 +115,44 @@ async def test_two_workers_on_a_three_master_cluster_equal_replay(
                 )
             )
             assert bool(keys) == (i == owner), (p, i, owner)
+
+
+async def test_recount_rewrites_the_counts_of_partitions_on_every_master(
+    cluster: list[RedisServer],
+) -> None:
+    url = f"redis://127.0.0.1:{cluster[0].port}/0"
+    client = RedisCluster.from_url(url)
+    store = Store(client)
+    try:
+        await store.library.load()
+        partitions = range(6)
+        assert len({owner_of(cluster, Layout().meta(p)) for p in partitions}) > 1
+        for p in partitions:
+            claim = await store.claim(p)
+            states = {
+                f"c{p}-{i}": encode_state(CustomerState(f"c{p}-{i}", classes={"tier": "gold"}))
+                for i in range(p + 1)
+            }
+            await store.commit(
+                claim,
+                states=states,
+                due={},
+                outbox=[],
+                offsets={},
+                populations={("tier", "gold"): 9},
+            )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SEGMENT_WORKER_")}
+        done = subprocess.run(
+            [sys.executable, "-m", "worker", "redis", "recount", "--redis-url", url],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env | {"SEGMENT_WORKER_REDIS_CLUSTER": "1"},
+        )
+        assert done.returncode == 0, done.stderr
+        assert "tier: 54 -> 21 customers in a class" in done.stdout
+        for p in partitions:
+            assert await store.populations(p) == {("tier", "gold"): p + 1}
+    finally:
+        await client.aclose()

@@ -757,6 +757,22 @@ BAD_CALLS: dict[str, tuple[tuple[object, ...], str]] = {
         ("segment_worker_mark_rules", 1, META, SERVER, "v1"),
         "segment_worker_mark_rules: expected 3 arguments",
     ),
+    "recount with a negative count": (
+        ("segment_worker_recount", 1, META, SERVER, 1, "tier", -1),
+        'segment_worker_recount: population count of "tier" must be a non-negative integer',
+    ),
+    "recount with a field and no count": (
+        ("segment_worker_recount", 1, META, SERVER, 1, "tier"),
+        "segment_worker_recount: expected server, writes and (field, count) pairs",
+    ),
+    "recount of a bad key": (
+        ("segment_worker_recount", 1, OUT, SERVER, 1),
+        "segment_worker_recount: KEYS[1] must be",
+    ),
+    "recount without a run id": (
+        ("segment_worker_recount", 1, META, "", 1),
+        "segment_worker_recount: server must be the run id",
+    ),
 }
 
 
@@ -835,7 +851,7 @@ async def test_store_refuses_a_prefix_with_braces_and_a_decoding_client(redis_ur
 async def test_load_library_is_idempotent_and_replaces_other_code(
     store: Store, client: CountingRedis
 ) -> None:
-    assert await client.fcall_ro("segment_worker_version", 0) == b"9"
+    assert await client.fcall_ro("segment_worker_version", 0) == b"10"
     client.sent.clear()
     await store.library.load()  # the same code is loaded: nothing written
     assert client.sent == ["FUNCTION LIST"]
@@ -869,7 +885,7 @@ async def test_committed_data_survives_kill_9_with_aof(aof_store: AofStore) -> N
     assert (await store.read_checked(2, ids)).states == [c.encode() for c in ids]
     assert await store.outbox(2, 10) == [b"r2", b"r3"]
     # Functions were persisted with the data; loading again is harmless.
-    assert await client.fcall_ro("segment_worker_version", 0) == b"9"
+    assert await client.fcall_ro("segment_worker_version", 0) == b"10"
     await store.library.load()
     # The epoch survived too, but a claim made before the restart writes nothing: this
     # server cannot know what it lost. A new claim (the next epoch) writes.

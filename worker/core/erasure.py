@@ -15,6 +15,7 @@ from worker.core.batch import InRecord, Outcome
 from worker.core.classes import ERASED_HEADER, classes_tombstone
 from worker.core.events import Event, Rejection
 from worker.core.outbox import OutRecord
+from worker.core.populations import counted_in
 from worker.core.state import CustomerState
 
 
@@ -58,9 +59,7 @@ def erasure(
     outcome = Outcome() if into is None else into
     for key, previous in erased:
         if previous is not None:
-            for dim, cls in previous.classes.items():
-                if cls is not None:
-                    outcome.population[(dim, cls)] -= 1
+            outcome.population.subtract(counted_in(previous))
         outcome.out.append(OutRecord(changes_topic, key, None, (ERASED_HEADER,)))
         outcome.out.append(classes_tombstone(classes_topic, key))
     outcome.offsets[erasures_topic] = next_offset

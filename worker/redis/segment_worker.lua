@@ -21,6 +21,7 @@ Fields of the meta hash:
   pop:<dimension>\x1f<class>   customers per class (kept by commit's deltas)
   rules                        rules mark: version all customers were last re-evaluated under
   relayed                      relay mark: change topic's offset after the last change relayed
+  writes                       commits and erasures so far (a recount's check that none ran)
 
 Every function:
 - touches only keys passed in KEYS, and checks that they follow the layout and share <base>;
@@ -64,7 +65,7 @@ segment_worker_commit
   bucket leaves `at`. An `indexed` that is wrong (a state read under another shop calendar)
   leaves a stale name behind, which segment_worker_due hands to the sweep when its instant
   comes; the sweep's commit then removes it (it passes the instant it found it under).
-  Returns the outbox length after the append.
+  Counts itself in `writes`. Returns the outbox length after the append.
 
 segment_worker_ack_commit
   KEYS  as segment_worker_commit
@@ -88,7 +89,7 @@ segment_worker_erase
   ARGV  epoch, server, name, marker_ttl_ms ("" = no marker), indexed ("" or the instant the
         customer is indexed under)
   Deletes the state and the due entry; with a TTL, sets the marker x:<digest> = "1" for that
-  long. Returns 1 if a state was deleted, else 0.
+  long. Counts itself in `writes`. Returns 1 if a state was deleted, else 0.
 
 segment_worker_forget
   KEYS  meta, c:<name>
@@ -115,6 +116,16 @@ segment_worker_mark_rules
   Sets the rules mark: every customer of the partition is classified under this version.
   Returns 1.
 
+segment_worker_recount
+  KEYS  meta
+  ARGV  server, writes, (field, count) x n   (the partition's true population per field)
+  An operator's rewrite of the population counts (`segment-worker redis recount`): replaces
+  every pop:<field> with the counts given (a field not given is deleted). Not fenced by the
+  epoch (the recount owns no partition): instead refused, writing nothing, with
+  "CHANGED current=<stored writes> given=<writes>" if any commit or erasure ran since the
+  caller read `writes` (the counts may miss it), and with "RESET ..." as above if the server
+  is not the one (run id `server`) the caller read the states from. Returns 1.
+
 segment_worker_read (read-only)
   KEYS  meta, c:<name> x n, x:<digest> x n (the same customers in the same order)
   ARGV  (none)
@@ -128,7 +139,7 @@ segment_worker_version (read-only)
   Returns LIBRARY_VERSION.
 ]]
 
-local LIBRARY_VERSION = '9'
+local LIBRARY_VERSION = '10'
 local CHUNK = 512 -- values per multi-argument command; even, so that pairs never split
 local MAX_INT = 9007199254740991 -- 2^53 - 1
 local HEADER = 7 -- commit: epoch, server and the five counts
@@ -520,6 +531,7 @@ local function write_commit(keys, args, plan)
   for i = plan.pop, #args - 1, 2 do
     redis.call('HINCRBY', keys[1], 'pop:' .. args[i], args[i + 1])
   end
+  redis.call('HINCRBY', keys[1], 'writes', 1)
   return redis.call('LLEN', keys[3])
 end
 
@@ -626,6 +638,7 @@ local function erase(keys, args)
   if args[4] ~= '' then
     redis.call('SET', keys[4], '1', 'PX', args[4])
   end
+  redis.call('HINCRBY', keys[1], 'writes', 1)
   return deleted
 end
 
@@ -671,6 +684,51 @@ local function mark_rules(keys, args)
     return err
   end
   redis.call('HSET', keys[1], 'rules', args[3])
+  return 1
+end
+
+-- recount
+
+local function check_recount(keys, args)
+  key_count(keys, 1)
+  base_of(keys[1])
+  if #args < 2 or #args % 2 ~= 0 then
+    fail('expected server, writes and (field, count) pairs, got ' .. #args .. ' arguments')
+  end
+  local plan = { server = server_arg(args[1]), writes = uint(args[2], 'writes') }
+  for i = 3, #args - 1, 2 do
+    if #args[i] == 0 then
+      fail('population field must not be empty')
+    end
+    uint(args[i + 1], 'population count', args[i])
+  end
+  key_type(keys[1], 'hash', 'meta key')
+  plan.current = uint(redis.call('HGET', keys[1], 'writes') or '0', 'stored writes')
+  return plan
+end
+
+local function recount(keys, args)
+  local plan, err = checked('segment_worker_recount', check_recount, keys, args)
+  if err then
+    return err
+  end
+  local here = run_id()
+  if plan.server ~= here then
+    return redis.error_reply('RESET current=' .. here .. ' given=' .. plan.server)
+  end
+  if plan.current ~= plan.writes then
+    return redis.error_reply('CHANGED current=' .. plan.current .. ' given=' .. plan.writes)
+  end
+  local fields, stale = redis.call('HGETALL', keys[1]), {}
+  for i = 1, #fields, 2 do
+    if string.sub(fields[i], 1, 4) == 'pop:' then
+      stale[#stale + 1] = fields[i]
+    end
+  end
+  call_values('HDEL', keys[1], stale, 1, #stale)
+  for i = 3, #args - 1, 2 do
+    redis.call('HSET', keys[1], 'pop:' .. args[i], args[i + 1])
+  end
   return 1
 end
 
@@ -787,6 +845,7 @@ redis.register_function('segment_worker_erase', erase)
 redis.register_function('segment_worker_mark_rules', mark_rules)
 redis.register_function('segment_worker_forget', forget)
 redis.register_function('segment_worker_due', due)
+redis.register_function('segment_worker_recount', recount)
 redis.register_function{
   function_name = 'segment_worker_read', callback = read, flags = { 'no-writes' },
 }
