@@ -315,7 +315,7 @@ def test_rules_configmap_is_the_default_rules_file() -> None:
     configmap = k8s_objects()[("ConfigMap", "segment-worker-rules")]
     text = configmap["data"]["rules.toml"]
     assert text == DEFAULT_RULES.read_text()
-    rules = parse_rules(text.encode(), "configmap-rules.yaml")
+    rules = parse_rules(text.encode(), "configmap-rules.yaml: rules.toml")
     assert rules.dimensions
 
 
