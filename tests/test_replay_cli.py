@@ -196,6 +196,24 @@ def test_an_unreadable_events_file_fails_clearly() -> None:
         main(["replay", "/nonexistent/events.jsonl"])
 
 
+@pytest.mark.parametrize("option", ["--out", "--state-out", "--rejects"])
+@pytest.mark.parametrize("where", ["missing/x.jsonl", "."])
+def test_an_output_it_cannot_write_is_named_before_replaying(
+    tmp_path: Path, option: str, where: str
+) -> None:
+    changes = tmp_path / "changes.jsonl"
+    args = ["replay", "--sample", "--quiet", "--out", str(changes), option, str(tmp_path / where)]
+    with pytest.raises(SystemExit, match=f"cannot write {tmp_path / where}"):
+        main(args)
+    assert not changes.exists() or changes.read_bytes() == b""  # nothing was replayed
+
+
+@pytest.mark.parametrize("where", ["missing/x.jsonl", "."])
+def test_simulate_names_an_output_it_cannot_write(tmp_path: Path, where: str) -> None:
+    with pytest.raises(SystemExit, match=f"cannot write {tmp_path / where}"):
+        main(["simulate", "--events", "10", "--out", str(tmp_path / where)])
+
+
 @pytest.mark.parametrize(
     "args",
     [

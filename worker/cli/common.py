@@ -114,9 +114,14 @@ def open_input(path: Path) -> BinaryIO:
 
 @contextlib.contextmanager
 def output(path: Path | None, default: BinaryIO | None) -> Iterator[BinaryIO | None]:
-    """``path`` opened for writing, or ``default`` (left open) when no path was given."""
+    """``path`` opened for writing, or ``default`` (left open) when no path was given; one that
+    cannot be opened ends the command naming it (open every output before the work starts)."""
     if path is None:
         yield default
         return
-    with path.open("wb") as handle:
+    try:
+        handle = path.open("wb")
+    except OSError as exc:
+        raise SystemExit(f"segment-worker: cannot write {path}: {exc.strerror}") from None
+    with handle:
         yield handle

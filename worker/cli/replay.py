@@ -100,6 +100,7 @@ def _replay(args: argparse.Namespace) -> int:
         events,
         output(args.out, sys.stdout.buffer) as out,
         output(args.rejects, None) as rejects,
+        output(args.state_out, None) as state_out,
     ):
         assert out is not None
 
@@ -127,8 +128,8 @@ def _replay(args: argparse.Namespace) -> int:
             replayer.advance(args.as_of)
         if progress is not None:
             progress.close()
-        if args.state_out is not None:
-            _write_states(replayer, rules, args.state_out)
+        if state_out is not None:
+            _write_states(replayer, rules, state_out)
     summary = replayer.summary
     if not args.quiet:
         reasons = ", ".join(f"{r}={n}" for r, n in sorted(summary.rejected.items()))
@@ -147,9 +148,8 @@ def _replay(args: argparse.Namespace) -> int:
     return 1 if args.strict and summary.rejected_total else 0
 
 
-def _write_states(replayer: Replayer, rules: Rules, path: Path) -> None:
+def _write_states(replayer: Replayer, rules: Rules, handle: BinaryIO) -> None:
     day = rules.calendar.day_of(replayer.clock_ms) if replayer.clock_ms is not None else 0
-    with path.open("wb") as handle:
-        for customer_id in sorted(replayer.states):
-            record = describe(replayer.states[customer_id], rules, day)
-            handle.write(orjson.dumps(record) + b"\n")
+    for customer_id in sorted(replayer.states):
+        record = describe(replayer.states[customer_id], rules, day)
+        handle.write(orjson.dumps(record) + b"\n")
