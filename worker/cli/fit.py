@@ -15,7 +15,14 @@ from typing import Any
 
 import orjson
 
-from worker.cli.common import Subparsers, instant, prefix_argument, redis_settings
+from worker.cli.common import (
+    Subparsers,
+    instant,
+    open_input,
+    output,
+    prefix_argument,
+    redis_settings,
+)
 from worker.cli.rules import redis_states
 from worker.core.features import facts_of
 from worker.core.predict import DEFAULT_HORIZONS, History, history
@@ -70,6 +77,7 @@ def _run(args: argparse.Namespace) -> int:
     day = rules.calendar.day_of(as_of)
     if args.quantile_scores and not args.write_rules:
         raise SystemExit("segment-worker: --quantile-scores needs --write-rules")
+    template = _template(args.write_rules[0]) if args.write_rules else None
     if args.redis:
         try:
             settings = redis_settings(args.redis, args.prefix)
@@ -83,19 +91,26 @@ def _run(args: argparse.Namespace) -> int:
     except FitError as exc:
         print(f"segment-worker: fit: {exc}", file=sys.stderr)
         return 1
-    if args.write_rules:
-        source, target = args.write_rules
-        try:
-            text = source.read_text("utf-8")
-        except OSError as exc:
-            raise SystemExit(f"segment-worker: cannot read {source}: {exc.strerror}") from None
-        text = with_model(text, report)
+    if template is not None:
+        target = args.write_rules[1]
+        text = with_model(template, report)
         if args.quantile_scores:
             text = with_cuts(text, report["quantiles"])
         parse_rules(text.encode(), str(target))  # never write a file the worker would refuse
-        target.write_text(text, "utf-8")
+        with output(target, None) as out:
+            assert out is not None
+            out.write(text.encode())
     sys.stdout.buffer.write(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
     return 0
+
+
+def _template(path: Path) -> str:
+    """The text of --write-rules' IN, refused before the fit (which can take minutes) if it
+    cannot be read or the worker would refuse it."""
+    with open_input(path) as handle:
+        data = handle.read()
+    parse_rules(data, str(path))
+    return data.decode("utf-8")
 
 
 def _from_states(states: Iterable[CustomerState], rules: Rules, day: int) -> Population:
