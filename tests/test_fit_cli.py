@@ -168,3 +168,10 @@ def test_write_rules_names_an_output_it_cannot_write(
     args = ["fit", "--state", str(state_file), "--as-of", AS_OF]
     with pytest.raises(SystemExit, match=f"cannot write {tmp_path / where}"):
         main([*args, "--write-rules", str(default), str(tmp_path / where)])
+
+
+def test_quantile_scores_without_write_rules_is_a_usage_error(
+    state_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["fit", "--state", str(state_file), "--quantile-scores"]) == 2
+    assert "--quantile-scores needs --write-rules" in capsys.readouterr().err

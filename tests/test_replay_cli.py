@@ -231,6 +231,25 @@ def test_a_bad_as_of_is_refused_by_the_parser(
     assert "--as-of" in err and "RFC 3339" in err
 
 
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["replay", "--sample", "--max-bytes", "-1"], "--max-bytes"),
+        (["replay", "--sample", "--max-bytes", "0"], "--max-bytes"),
+        (["replay", "--sample", "--future-skew", "-5"], "--future-skew"),
+        (["replay", "--sample", "--future-skew", "nan"], "--future-skew"),
+        (["demo", "--duration", "-1"], "--duration"),
+    ],
+)
+def test_a_negative_limit_is_a_usage_error(
+    args: list[str], option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2
+    assert f"argument {option}:" in capsys.readouterr().err
+
+
 def test_bad_rules_file_exit_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rules = tmp_path / "rules.toml"
     rules.write_text('[orders]\ncount_status = "shipped"\n')

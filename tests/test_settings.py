@@ -144,6 +144,7 @@ def test_run_refuses_an_unknown_log_level(capsys: pytest.CaptureFixture[str]) ->
         ["customer", "cus_a", "--partitions", "4"],
         ["forget", "cus_a", "--partitions", "4"],
         ["rules", "diff", str(DEFAULT_RULES), "--redis", "redis://127.0.0.1:1/0"],
+        ["fit", "--redis", "redis://127.0.0.1:1/0"],
     ],
 )
 def test_every_command_with_the_settings_of_run_refuses_a_bad_one(

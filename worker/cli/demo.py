@@ -8,7 +8,7 @@ import contextlib
 import logging
 import sys
 
-from worker.cli.common import Subparsers, port, positive
+from worker.cli.common import Subparsers, port, positive, seconds
 from worker.tools.demo import DemoOptions, free_http_port, run_demo
 
 
@@ -37,7 +37,7 @@ def register(sub: Subparsers) -> None:
     demo.add_argument(
         "--rate", type=positive, default=3000, help="max events per real second (%(default)s)"
     )
-    demo.add_argument("--duration", type=float, help="stop after this many seconds")
+    demo.add_argument("--duration", type=seconds, help="stop after this many seconds")
     demo.add_argument("--kafka", metavar="BOOTSTRAP", help="use this Kafka instead")
     demo.add_argument("--redis", metavar="URL", help="use this Redis instead")
     demo.add_argument("--http-port", type=port, default=8080, help="(%(default)s, or a free one)")

@@ -31,7 +31,6 @@ from worker.core.state import CustomerState
 from worker.core.timeutil import parse_rfc3339
 from worker.fit import FitError, Population, fit_report
 from worker.progress import Progress
-from worker.settings import SettingsError
 
 
 def register(sub: Subparsers) -> None:
@@ -76,13 +75,11 @@ def _run(args: argparse.Namespace) -> int:
     as_of = args.as_of if args.as_of is not None else int(time.time() * 1000)
     day = rules.calendar.day_of(as_of)
     if args.quantile_scores and not args.write_rules:
-        raise SystemExit("segment-worker: --quantile-scores needs --write-rules")
+        print("segment-worker: --quantile-scores needs --write-rules", file=sys.stderr)
+        return 2
     template = _template(args.write_rules[0]) if args.write_rules else None
     if args.redis:
-        try:
-            settings = redis_settings(args.redis, args.prefix)
-        except SettingsError as exc:
-            raise SystemExit(f"segment-worker: bad setting: {exc}") from None
+        settings = redis_settings(args.redis, args.prefix)
         population = _from_states(_with_progress(redis_states(settings)), rules, day)
     else:
         population = _from_file(args.state, rules, day)

@@ -12,7 +12,7 @@ from typing import BinaryIO
 
 import orjson
 
-from worker.cli.common import Subparsers, instant, open_input, output
+from worker.cli.common import Subparsers, instant, open_input, output, positive, seconds
 from worker.core.changes import SegmentChange
 from worker.core.deadletter import Stage, dead_letter
 from worker.core.events import ParseLimits, Reason, Rejection
@@ -53,11 +53,14 @@ def register(sub: Subparsers) -> None:
     replay.add_argument("--state-out", type=Path, help="final per-customer state, JSON lines")
     replay.add_argument("--rejects", type=Path, help="rejected lines with reasons, JSON lines")
     replay.add_argument(
-        "--max-bytes", type=int, default=DEFAULT_LIMITS.max_bytes, help="payload size limit (bytes)"
+        "--max-bytes",
+        type=positive,
+        default=DEFAULT_LIMITS.max_bytes,
+        help="payload size limit (bytes)",
     )
     replay.add_argument(
         "--future-skew",
-        type=float,
+        type=seconds,
         default=DEFAULT_LIMITS.max_future_ms / 1000,
         metavar="SECONDS",
         help="reject events stamped more than this far after the wall clock",
