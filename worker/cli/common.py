@@ -6,13 +6,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import socket
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import BinaryIO, TypeAlias
 
+from redis.exceptions import NoPermissionError, RedisClusterException, RedisError
+
 from worker.core.timeutil import parse_rfc3339
-from worker.settings import Settings
+from worker.settings import Settings, redact_url
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 """What ``add_subparsers`` returns: each command group's ``register`` adds its commands to it."""
@@ -97,9 +100,23 @@ def store_arguments(parser: argparse.ArgumentParser, *, computed: str | None = N
         )
 
 
-def prefix_argument(parser: argparse.ArgumentParser) -> None:
-    """``--prefix``, for a command given a Redis URL (see :func:`redis_settings`)."""
-    parser.add_argument("--prefix", default="sw", help="Redis key prefix (%(default)s)")
+def redis_arguments(parser: argparse.ArgumentParser, source: argparse._ActionsContainer) -> None:
+    """``--redis [URL]`` (in ``source``, the group of the command's other sources) and
+    ``--prefix``, for a command that reads the worker's state (see :func:`redis_settings`).
+    Without a URL it is the worker's own setting, which keeps a password off the command line
+    (argv is visible to every user of the machine)."""
+    source.add_argument(
+        "--redis",
+        nargs="?",
+        const="",
+        metavar="URL",
+        help="read the worker's state from Redis: this URL, or without one "
+        "SEGMENT_WORKER_REDIS_URL (or SEGMENT_WORKER_REDIS_URL_FILE) as `run` reads it; TLS "
+        "and cluster settings as for `run`",
+    )
+    parser.add_argument(
+        "--prefix", help="Redis key prefix (default: SEGMENT_WORKER_REDIS_PREFIX, or sw)"
+    )
 
 
 def redis_settings(url: str | None, prefix: str | None = None) -> Settings:
@@ -111,6 +128,23 @@ def redis_settings(url: str | None, prefix: str | None = None) -> Settings:
     if prefix is not None:
         settings = replace(settings, redis_prefix=prefix)
     return settings
+
+
+REDIS_ERRORS = (RedisError, RedisClusterException, ConnectionError, TimeoutError, socket.gaierror)
+"""What a Redis that cannot answer raises (a cluster that cannot be reached at all raises the
+one that is not a RedisError)."""
+
+
+def redis_failure(exc: Exception, settings: Settings) -> str:
+    """The one line that says why the Redis of ``settings`` did not answer, naming its URL
+    without the password (exit status 2 with it, as for a server Kafka cannot reach)."""
+    where = f"Redis at {redact_url(settings.redis_url)}"
+    if isinstance(exc, NoPermissionError):
+        return (
+            f"segment-worker: {where} refused a command to this user (deploy/redis/users.acl "
+            f"says what it may do): {exc}"
+        )
+    return f"segment-worker: cannot reach {where}: {exc}"
 
 
 def open_input(path: Path) -> BinaryIO:

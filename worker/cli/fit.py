@@ -20,7 +20,7 @@ from worker.cli.common import (
     instant,
     open_input,
     output,
-    prefix_argument,
+    redis_arguments,
     redis_settings,
 )
 from worker.cli.rules import redis_states
@@ -46,8 +46,7 @@ def register(sub: Subparsers) -> None:
     )
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--state", type=Path, help="a replay --state-out file (JSON lines)")
-    where.add_argument("--redis", metavar="URL", help="scan the worker's state in this Redis")
-    prefix_argument(parser)
+    redis_arguments(parser, where)
     parser.add_argument("--rules", type=Path, help="rules in force (built-in defaults if unset)")
     parser.add_argument(
         "--as-of",
@@ -78,7 +77,7 @@ def _run(args: argparse.Namespace) -> int:
         print("segment-worker: --quantile-scores needs --write-rules", file=sys.stderr)
         return 2
     template = _template(args.write_rules[0]) if args.write_rules else None
-    if args.redis:
+    if args.redis is not None:
         settings = redis_settings(args.redis, args.prefix)
         population = _from_states(_with_progress(redis_states(settings)), rules, day)
     else:

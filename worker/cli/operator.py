@@ -6,15 +6,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
 
 from aiokafka.errors import KafkaError
-from redis.exceptions import NoPermissionError, RedisError
 
-from worker.cli.common import Subparsers, store_arguments
+from worker.cli.common import REDIS_ERRORS, Subparsers, redis_failure, store_arguments
 from worker.core.events import ParseLimits, valid_id
 from worker.core.rules import load_rules
 from worker.kafka import input_partitions, send_erasures
@@ -129,19 +127,11 @@ def against_redis(
         )
     except LibraryNotLoaded as exc:
         print(f"segment-worker: {exc}", file=sys.stderr)
-    except NoPermissionError as exc:
-        print(
-            f"segment-worker: Redis refused a command to this user (SEGMENT_WORKER_REDIS_URL; "
-            f"deploy/redis/users.acl says what it may do): {exc}",
-            file=sys.stderr,
-        )
     except BrokenPipeError:  # the reader stopped early (`| head`): nothing left to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except (RedisError, ConnectionError, TimeoutError, socket.gaierror) as exc:
-        print(
-            f"segment-worker: cannot reach Redis (SEGMENT_WORKER_REDIS_URL): {exc}", file=sys.stderr
-        )
+    except REDIS_ERRORS as exc:
+        print(redis_failure(exc, settings), file=sys.stderr)
     except OSError as exc:  # an output file that cannot be written, and the like
         print(f"segment-worker: {exc}", file=sys.stderr)
     return 2
