@@ -20,6 +20,7 @@ from worker.lookup import forget, print_customers
 from worker.redis.client import connect
 from worker.redis.library import LibraryNotLoaded
 from worker.settings import Settings
+from worker.startup import KAFKA_DOWN
 from worker.store import Store, store_for
 
 
@@ -79,7 +80,17 @@ def _erase(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    asyncio.run(send_erasures(Settings.from_env(), args.customer_ids))
+    settings = Settings.from_env()
+    try:
+        asyncio.run(send_erasures(settings, args.customer_ids))
+    except KAFKA_DOWN as exc:
+        print(
+            f"segment-worker: cannot reach Kafka at {settings.kafka_bootstrap} "
+            f"(SEGMENT_WORKER_KAFKA_BOOTSTRAP): {exc}; run it again once it is up (an erasure "
+            "requested twice is erased once)",
+            file=sys.stderr,
+        )
+        return 2
     print(f"erasure requested for {len(args.customer_ids)} customer(s)", file=sys.stderr)
     return 0
 
