@@ -145,3 +145,33 @@ def test_a_bad_as_of_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> Non
         main(["fit", "--state", "unread.jsonl", "--as-of", "yesterday"])
     assert exited.value.code == 2
     assert "argument --as-of: not an RFC 3339 timestamp" in capsys.readouterr().err
+
+
+def test_write_rules_refuses_a_rules_file_that_is_not_toml_before_fitting(
+    state_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "rules.toml"
+    broken.write_text("[orders\n")
+    args = ["fit", "--state", str(state_file), "--as-of", AS_OF]
+    assert main([*args, "--write-rules", str(broken), str(tmp_path / "out.toml")]) == 2
+    captured = capsys.readouterr()
+    assert f"segment-worker: invalid rules: {broken}: " in captured.err
+    assert captured.out == ""  # refused before the fit
+
+
+@pytest.mark.parametrize("where", ["missing/out.toml", "."])
+def test_write_rules_names_an_output_it_cannot_write(
+    state_file: Path, tmp_path: Path, where: str
+) -> None:
+    default = tmp_path / "rules.toml"
+    default.write_bytes(default_rules_text())
+    args = ["fit", "--state", str(state_file), "--as-of", AS_OF]
+    with pytest.raises(SystemExit, match=f"cannot write {tmp_path / where}"):
+        main([*args, "--write-rules", str(default), str(tmp_path / where)])
+
+
+def test_quantile_scores_without_write_rules_is_a_usage_error(
+    state_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["fit", "--state", str(state_file), "--quantile-scores"]) == 2
+    assert "--quantile-scores needs --write-rules" in capsys.readouterr().err

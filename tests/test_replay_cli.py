@@ -196,6 +196,24 @@ def test_an_unreadable_events_file_fails_clearly() -> None:
         main(["replay", "/nonexistent/events.jsonl"])
 
 
+@pytest.mark.parametrize("option", ["--out", "--state-out", "--rejects"])
+@pytest.mark.parametrize("where", ["missing/x.jsonl", "."])
+def test_an_output_it_cannot_write_is_named_before_replaying(
+    tmp_path: Path, option: str, where: str
+) -> None:
+    changes = tmp_path / "changes.jsonl"
+    args = ["replay", "--sample", "--quiet", "--out", str(changes), option, str(tmp_path / where)]
+    with pytest.raises(SystemExit, match=f"cannot write {tmp_path / where}"):
+        main(args)
+    assert not changes.exists() or changes.read_bytes() == b""  # nothing was replayed
+
+
+@pytest.mark.parametrize("where", ["missing/x.jsonl", "."])
+def test_simulate_names_an_output_it_cannot_write(tmp_path: Path, where: str) -> None:
+    with pytest.raises(SystemExit, match=f"cannot write {tmp_path / where}"):
+        main(["simulate", "--events", "10", "--out", str(tmp_path / where)])
+
+
 @pytest.mark.parametrize(
     "args",
     [
@@ -211,6 +229,25 @@ def test_a_bad_as_of_is_refused_by_the_parser(
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "--as-of" in err and "RFC 3339" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["replay", "--sample", "--max-bytes", "-1"], "--max-bytes"),
+        (["replay", "--sample", "--max-bytes", "0"], "--max-bytes"),
+        (["replay", "--sample", "--future-skew", "-5"], "--future-skew"),
+        (["replay", "--sample", "--future-skew", "nan"], "--future-skew"),
+        (["demo", "--duration", "-1"], "--duration"),
+    ],
+)
+def test_a_negative_limit_is_a_usage_error(
+    args: list[str], option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2
+    assert f"argument {option}:" in capsys.readouterr().err
 
 
 def test_bad_rules_file_exit_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

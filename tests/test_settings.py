@@ -76,6 +76,20 @@ def test_bad_settings_fail_naming_the_variable(env: dict[str, str], named: str) 
         Settings.from_env(env)
 
 
+@pytest.mark.parametrize("url", ["redis://u:pw@[::1", "redis://u:pw@host:port/0"])
+def test_a_redis_url_that_does_not_parse_is_named_without_its_password(url: str) -> None:
+    with pytest.raises(SettingsError, match="SEGMENT_WORKER_REDIS_URL") as raised:
+        Settings.from_env({"SEGMENT_WORKER_REDIS_URL": url})
+    assert "pw" not in str(raised.value)
+
+
+def test_a_secret_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    secret = tmp_path / "key"
+    secret.write_bytes(b"\xff\xfe binary")
+    with pytest.raises(SettingsError, match=r"SEGMENT_WORKER_PSEUDONYM_KEY_FILE: .*UTF-8"):
+        Settings.from_env({"SEGMENT_WORKER_PSEUDONYM_KEY_FILE": str(secret)})
+
+
 def test_secrets_from_files_never_shown(tmp_path: Path) -> None:
     secret = tmp_path / "password"
     secret.write_text("hunter2\n")
@@ -114,6 +128,15 @@ def test_run_refuses_to_start_on_a_bad_setting(
     assert "SEGMENT_WORKER_BATCH_SIZE" in capsys.readouterr().err
 
 
+def test_run_refuses_an_unknown_log_level(capsys: pytest.CaptureFixture[str]) -> None:
+    from worker.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["run", "--log-level", "BOGUS"])
+    assert exited.value.code == 2
+    assert "--log-level" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "args",
     [
@@ -121,6 +144,7 @@ def test_run_refuses_to_start_on_a_bad_setting(
         ["customer", "cus_a", "--partitions", "4"],
         ["forget", "cus_a", "--partitions", "4"],
         ["rules", "diff", str(DEFAULT_RULES), "--redis", "redis://127.0.0.1:1/0"],
+        ["fit", "--redis", "redis://127.0.0.1:1/0"],
     ],
 )
 def test_every_command_with_the_settings_of_run_refuses_a_bad_one(

@@ -28,8 +28,9 @@ class UnknownClass(SegmentWorkerError):
     lists the ones they do have."""
 
 
-def check_class(rules: Rules, dimension: str, class_name: str) -> None:
-    """Refuse a dimension or class the rules do not define, naming the valid ones."""
+def check_class(rules: Rules, dimension: str, class_name: str | None = None) -> None:
+    """Refuse a dimension (or one of its classes) the rules do not define, naming the valid
+    ones."""
     dimensions = {d.name: d for d in rules.dimensions}
     found = dimensions.get(dimension)
     if found is None:
@@ -37,7 +38,7 @@ def check_class(rules: Rules, dimension: str, class_name: str) -> None:
             f"unknown dimension {dimension!r}; the rules have: {', '.join(dimensions)}"
         )
     classes = [c.name for c in found.classes]
-    if class_name not in classes:
+    if class_name is not None and class_name not in classes:
         raise UnknownClass(
             f"dimension {dimension!r} has no class {class_name!r}; its classes: "
             + ", ".join(classes)

@@ -221,8 +221,8 @@ def _led(described: list[dict[str, Any]]) -> bool:
 async def send_erasures(settings: Settings, customer_ids: Sequence[str]) -> None:
     """Erasure requests, keyed by customer id so they reach the partition owning the customer."""
     client = producer(settings)
-    await client.start()
     try:
+        await start_checked(settings, client.start)
         for customer_id in customer_ids:
             value = orjson.dumps({"customer_id": customer_id})
             await client.send_and_wait(settings.topic_erasures, value, key=customer_id.encode())

@@ -4,6 +4,7 @@ the batched pipeline (our aiokafka consumer and producer, Redis) and the HTTP ro
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import logging
 import signal
@@ -33,6 +34,17 @@ from worker.store import store_for
 log = logging.getLogger("segment_worker")
 METADATA_MAX_AGE_MS: Final = 30_000
 YOUNG_GENERATION: Final = 20_000  # allocations between young collections (Python: 700)
+
+
+def _unbindable(settings: Settings, exc: OSError) -> SettingsError:
+    """A bind failure as the setting to change: the port when it is taken or privileged, the
+    host otherwise (it does not resolve, or is not an address of this machine)."""
+    port_at_fault = exc.errno in (errno.EADDRINUSE, errno.EACCES)
+    name = "HTTP_PORT" if port_at_fault else "HTTP_HOST"
+    return SettingsError(
+        f"{PREFIX}{name}: cannot listen on {settings.http_host}:{settings.http_port}: "
+        f"{exc.strerror or exc}"
+    )
 
 
 def _settle_garbage_collector() -> None:
@@ -176,7 +188,13 @@ class Worker:
     async def run(self) -> None:
         """Serve until :meth:`stop` (or SIGTERM/SIGINT when installed), then shut down
         gracefully: finish the batch in flight, relay, commit, leave the group."""
-        await self.app.start()
+        try:
+            await self.app.start()
+        except OSError as exc:  # Faust binds the HTTP port first, before any server is asked
+            await self.app.stop()
+            await self._shutdown()
+            self._datadir.cleanup()
+            raise _unbindable(self.settings, exc) from None
         _settle_garbage_collector()
         log.info("HTTP on %s:%d", self.settings.http_host, self.settings.http_port)
         try:

@@ -13,7 +13,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlsplit, urlunsplit
+
+from redis.connection import ConnectionPool
 
 from worker.errors import SegmentWorkerError
 
@@ -205,7 +206,7 @@ class Settings:
                 "one of " + ", ".join(SASL_MECHANISMS),
             ),
             "redis_url": (
-                lambda v: v.startswith(("redis://", "rediss://", "unix://")),
+                _redis_url_parses,
                 "redis://[USER:PASSWORD@]HOST:PORT/DB, rediss://... (TLS) or unix:///PATH",
             ),
             "kafka_bootstrap": (
@@ -325,13 +326,25 @@ class Settings:
 
 
 def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (the user name and the rest are kept)."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    """``url`` with its password replaced by ``***`` (the user name and the rest are kept).
+    Split by hand, not by urlsplit, so that a URL too broken to parse is still masked."""
+    scheme, sep, rest = url.partition("://")
+    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    userinfo, at, host = rest[:end].rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    if not colon:
         return url
-    user = f"{parts.username}:" if parts.username else ":"
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{user}***@{host}"))
+    return f"{scheme}{sep}{user}:***{at}{host}{rest[end:]}"
+
+
+def _redis_url_parses(url: str) -> bool:
+    """Whether redis-py can connect to ``url`` as given (it raises at the first connection
+    otherwise, with a traceback and no variable named)."""
+    try:
+        ConnectionPool.from_url(url)
+    except ValueError:
+        return False
+    return True
 
 
 def read_settings_file(path: str, known: set[str]) -> dict[str, str]:
@@ -366,9 +379,11 @@ def read_settings_file(path: str, known: set[str]) -> dict[str, str]:
 
 def _read_secret(name: str, path: str) -> str:
     try:
-        return Path(path).read_text().strip()
+        return Path(path).read_text("utf-8").strip()
     except OSError as exc:
         raise SettingsError(f"{name}: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise SettingsError(f"{name}: {path} is not UTF-8 text") from None
 
 
 def _convert(name: str, raw: str, typ: object) -> object:

@@ -13,6 +13,7 @@ import pytest
 
 from worker.core.rules import default_rules_text, load_rules
 from worker.tools.apache_kafka import kafka_version
+from worker.tools.embedded import free_port
 
 
 def bench(*args: str, timeout: float) -> str:
@@ -105,3 +106,18 @@ def test_live_bench_refuses_a_bad_rules_file_before_starting_anything(tmp_path: 
     )
     assert proc.returncode == 2
     assert "orders.windows" in proc.stderr
+
+
+def test_the_faust_baseline_removes_its_data_directory(tmp_path: Path) -> None:
+    """bench live runs it once a run; it used to leave a /tmp/sw-faust-* behind every time.
+    No broker listens here, so it ends at once, on an error: the directory goes all the same."""
+    nowhere = f"127.0.0.1:{free_port()}"
+    agent = [sys.executable, "-m", "worker.tools.baselines.faust_agent"]
+    subprocess.run(
+        [*agent, nowhere, f"redis://{nowhere}/0", "g", "orders"],
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert list(tmp_path.glob("sw-faust-*")) == []

@@ -153,3 +153,25 @@ def test_a_broker_it_cannot_reach_gives_status_2_and_says_which() -> None:
     assert proc.returncode == 2
     assert "segment-worker: Kafka at 127.0.0.1:1:" in proc.stderr
     assert "Unclosed" not in proc.stderr
+
+
+def test_a_dimension_the_rules_do_not_have_is_a_usage_error() -> None:
+    """Else a typo prints nothing and exits 0, as if no customer had changed."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "worker",
+            "changes",
+            "--kafka",
+            "127.0.0.1:1",
+            "--dimension",
+            "tier",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "segment-worker: unknown dimension 'tier'; the rules have: lifecycle" in proc.stderr

@@ -1,6 +1,7 @@
 """`segment-worker demo` runs the whole product and leaves nothing behind when stopped."""
 
 import json
+import os
 import shlex
 import signal
 import subprocess
@@ -8,18 +9,22 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import psutil
 import pytest
 
-from worker.tools.embedded import free_port
+from worker.tools.apache_kafka import ApacheKafka
+from worker.tools.embedded import Broker, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 
 def demo(
-    *args: str, http_port: int | None = None, prefix: Sequence[str] = ()
+    *args: str,
+    http_port: int | None = None,
+    prefix: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [
@@ -40,6 +45,7 @@ def demo(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -134,3 +140,26 @@ def test_it_prints_where_it_listens_and_a_customer_that_exists() -> None:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=60)
     assert proc.returncode == 0
+
+
+def test_a_kafka_given_is_used_with_the_environments_kafka_settings() -> None:
+    """--kafka is the user's broker: SEGMENT_WORKER_KAFKA_* apply to it, as they do for run
+    (here a SASL protocol without a user name, refused before anything starts)."""
+    env = {"SEGMENT_WORKER_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT"}
+    proc = demo("--kafka", f"127.0.0.1:{free_port()}", "--duration", "5", env=env)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err
+    assert "bad setting: SEGMENT_WORKER_KAFKA_SASL_USERNAME" in err
+
+
+def test_a_demo_whose_worker_failed_exits_non_zero(broker: ApacheKafka | Broker) -> None:
+    if not isinstance(broker, Broker):
+        pytest.skip("only Tansu refuses an idempotent producer (SW_TEST_BROKER=tansu)")
+    proc = demo("--kafka", broker.bootstrap, "--duration", "10")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    assert "SEGMENT_WORKER_KAFKA_IDEMPOTENCE" in err
+    env = {"SEGMENT_WORKER_KAFKA_IDEMPOTENCE": "false"}  # as that message advises
+    proc = demo("--kafka", broker.bootstrap, "--duration", "10", env=env)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err

@@ -45,3 +45,12 @@ def test_fit_reads_the_live_state_as_of_a_day(
     assert {k: fitted[k] for k in published} == pytest.approx(published, rel=0.01)
     spend = report["gamma_gamma"]
     assert (spend["p"], spend["q"], spend["v"]) == pytest.approx((6.25, 3.74, 15.44), rel=0.01)
+
+
+def test_fit_without_a_url_reads_the_worker_setting(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    asyncio.run(seed(redis_server.url))
+    monkeypatch.setenv("SEGMENT_WORKER_REDIS_URL", redis_server.url)
+    assert main(["fit", "--redis", "--as-of", "1997-09-30T23:00:00Z"]) == 0
+    assert orjson.loads(capsys.readouterr().out)["customers"] == 2357

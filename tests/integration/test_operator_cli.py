@@ -195,3 +195,16 @@ def test_erase_refuses_an_id_no_event_can_carry(capsys: pytest.CaptureFixture[st
     assert main(["erase", "cus_ok", "x" * 201]) == 2
     assert "not a customer id (1 to 200 characters" in capsys.readouterr().err
     assert main(["erase", ""]) == 2
+
+
+def test_erase_names_a_kafka_it_cannot_reach(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nowhere = f"127.0.0.1:{free_port()}"
+    monkeypatch.setenv("SEGMENT_WORKER_KAFKA_BOOTSTRAP", nowhere)
+    assert main(["erase", "cus_a"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"segment-worker: cannot reach Kafka at {nowhere} (SEGMENT_WORKER_KAFKA_BOOTSTRAP): " in err
+    )
+    assert "erasure requested for" not in err and "Unclosed" not in err

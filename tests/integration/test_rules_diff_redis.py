@@ -14,7 +14,7 @@ from worker.core.rules import load_rules
 from worker.core.state import CustomerState
 from worker.core.timeutil import DAY_MS, format_ms
 from worker.store import Store
-from worker.tools.embedded import RedisServer
+from worker.tools.embedded import RedisServer, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -51,3 +51,35 @@ def test_rules_diff_reads_the_live_state(
     )
     out = orjson.loads(capsys.readouterr().out)
     assert out["membership"] == [{"from": "ordinary", "to": "member", "customers": 2}]
+
+
+def test_rules_diff_without_a_url_reads_the_worker_setting(
+    redis_server: RedisServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The URL (with its password) need not be in argv: --redis alone reads the setting."""
+    asyncio.run(seed(redis_server.url))
+    secret = tmp_path / "redis-url"
+    secret.write_text(redis_server.url + "\n")
+    monkeypatch.setenv("SEGMENT_WORKER_REDIS_URL_FILE", str(secret))
+    rules = str(Path(__file__).parents[2] / "worker/core/default_rules.toml")
+    assert main(["rules", "diff", rules, "--redis", "--as-of", format_ms(20_500 * DAY_MS)]) == 0
+    assert capsys.readouterr().out.startswith("4 customers; ")
+
+
+@pytest.mark.parametrize("command", [["rules", "diff", "rules.toml"], ["fit"]])
+def test_a_redis_it_cannot_reach_is_named_without_its_password(
+    command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rules = Path(__file__).parents[2] / "worker/core/default_rules.toml"
+    (tmp_path / "rules.toml").write_bytes(rules.read_bytes())
+    command = [str(tmp_path / arg) if arg.endswith(".toml") else arg for arg in command]
+    url = f"redis://user:s3cret@127.0.0.1:{free_port()}/0"
+    with pytest.raises(SystemExit) as exited:
+        main([*command, "--redis", url])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "segment-worker: cannot reach Redis at redis://user:***@127.0.0.1:" in err
+    assert "s3cret" not in err and "Traceback" not in err

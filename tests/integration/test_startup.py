@@ -3,11 +3,13 @@ reports not ready and says what it waits for, instead of crashing."""
 
 import asyncio
 import signal
+import socket
 
 import pytest
 from aiohttp import ClientSession
 
 from tests.integration.live_support import NOW, make_settings, start_worker, wait_until, worker_log
+from worker.settings import Settings
 from worker.tools.embedded import Broker, RedisServer, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -78,3 +80,24 @@ async def test_a_refused_password_stops_the_start_instead_of_waiting(broker: Bro
     assert code != 0, log
     assert "waiting for Redis" not in log
     assert "wrong-password" not in log
+
+
+@pytest.mark.parametrize("variable", ["SEGMENT_WORKER_HTTP_HOST", "SEGMENT_WORKER_HTTP_PORT"])
+async def test_an_http_address_it_cannot_listen_on_is_named(variable: str) -> None:
+    """Faust binds the HTTP port first, before any server is asked: none is needed here."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        nowhere = f"127.0.0.1:{free_port()}"
+        settings = Settings(
+            kafka_bootstrap=nowhere,
+            redis_url=f"redis://{nowhere}/0",
+            http_port=taken.getsockname()[1],
+            http_host="no-such-host.invalid" if variable.endswith("HOST") else "127.0.0.1",
+        )
+        proc = start_worker(settings, NOW)
+        code = await asyncio.to_thread(proc.wait, 60)
+    log = worker_log(proc)
+    assert code == 2, log
+    assert f"segment-worker: bad setting: {variable}: cannot listen on" in log
+    assert "Traceback" not in log and "Unclosed" not in log

@@ -17,7 +17,9 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
 from worker import kafka
+from worker.audience import UnknownClass, check_class
 from worker.cli.common import Subparsers
+from worker.core.rules import load_rules
 from worker.settings import Settings
 
 IDLE_MS = 1000  # without --follow: stop once the end is reached and nothing came for this long
@@ -43,7 +45,11 @@ def register(sub: Subparsers) -> None:
         action="store_true",
         help="with --follow: start at the oldest change, not the newest",
     )
-    changes.add_argument("--dimension", action="append", help="only this dimension (repeatable)")
+    changes.add_argument(
+        "--dimension",
+        action="append",
+        help="only this dimension (repeatable; one the rules in force do not have is refused)",
+    )
     changes.add_argument("--to", action="append", metavar="CLASS", help="only changes into CLASS")
     changes.add_argument("--customer", action="append", metavar="ID", help="only this customer")
     changes.add_argument(
@@ -159,6 +165,13 @@ def _changes(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     if args.kafka:
         settings = replace(settings, kafka_bootstrap=args.kafka)
+    rules = load_rules(settings.rules)
+    try:
+        for dimension in args.dimension or ():
+            check_class(rules, dimension)  # else a typo looks like no change at all
+    except UnknownClass as exc:
+        print(f"segment-worker: {exc}", file=sys.stderr)
+        return 2
     wanted = Wanted(_set(args.dimension), _set(args.to), _set(args.customer))
     run = watch(
         settings,

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
+import socket
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import BinaryIO, TypeAlias
 
+from redis.exceptions import NoPermissionError, RedisClusterException, RedisError
+
 from worker.core.timeutil import parse_rfc3339
-from worker.settings import Settings
+from worker.settings import Settings, redact_url
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 """What ``add_subparsers`` returns: each command group's ``register`` adds its commands to it."""
@@ -47,6 +51,14 @@ def non_negative(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def seconds(text: str) -> float:
+    """A span of time in seconds, 0 or more (a negative one or NaN is a usage error)."""
+    value = float(text)
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text}")
     return value
 
 
@@ -88,9 +100,23 @@ def store_arguments(parser: argparse.ArgumentParser, *, computed: str | None = N
         )
 
 
-def prefix_argument(parser: argparse.ArgumentParser) -> None:
-    """``--prefix``, for a command given a Redis URL (see :func:`redis_settings`)."""
-    parser.add_argument("--prefix", default="sw", help="Redis key prefix (%(default)s)")
+def redis_arguments(parser: argparse.ArgumentParser, source: argparse._ActionsContainer) -> None:
+    """``--redis [URL]`` (in ``source``, the group of the command's other sources) and
+    ``--prefix``, for a command that reads the worker's state (see :func:`redis_settings`).
+    Without a URL it is the worker's own setting, which keeps a password off the command line
+    (argv is visible to every user of the machine)."""
+    source.add_argument(
+        "--redis",
+        nargs="?",
+        const="",
+        metavar="URL",
+        help="read the worker's state from Redis: this URL, or without one "
+        "SEGMENT_WORKER_REDIS_URL (or SEGMENT_WORKER_REDIS_URL_FILE) as `run` reads it; TLS "
+        "and cluster settings as for `run`",
+    )
+    parser.add_argument(
+        "--prefix", help="Redis key prefix (default: SEGMENT_WORKER_REDIS_PREFIX, or sw)"
+    )
 
 
 def redis_settings(url: str | None, prefix: str | None = None) -> Settings:
@@ -104,6 +130,23 @@ def redis_settings(url: str | None, prefix: str | None = None) -> Settings:
     return settings
 
 
+REDIS_ERRORS = (RedisError, RedisClusterException, ConnectionError, TimeoutError, socket.gaierror)
+"""What a Redis that cannot answer raises (a cluster that cannot be reached at all raises the
+one that is not a RedisError)."""
+
+
+def redis_failure(exc: Exception, settings: Settings) -> str:
+    """The one line that says why the Redis of ``settings`` did not answer, naming its URL
+    without the password (exit status 2 with it, as for a server Kafka cannot reach)."""
+    where = f"Redis at {redact_url(settings.redis_url)}"
+    if isinstance(exc, NoPermissionError):
+        return (
+            f"segment-worker: {where} refused a command to this user (deploy/redis/users.acl "
+            f"says what it may do): {exc}"
+        )
+    return f"segment-worker: cannot reach {where}: {exc}"
+
+
 def open_input(path: Path) -> BinaryIO:
     """``path`` opened for reading; one that cannot be opened ends the command naming it."""
     try:
@@ -114,9 +157,14 @@ def open_input(path: Path) -> BinaryIO:
 
 @contextlib.contextmanager
 def output(path: Path | None, default: BinaryIO | None) -> Iterator[BinaryIO | None]:
-    """``path`` opened for writing, or ``default`` (left open) when no path was given."""
+    """``path`` opened for writing, or ``default`` (left open) when no path was given; one that
+    cannot be opened ends the command naming it (open every output before the work starts)."""
     if path is None:
         yield default
         return
-    with path.open("wb") as handle:
+    try:
+        handle = path.open("wb")
+    except OSError as exc:
+        raise SystemExit(f"segment-worker: cannot write {path}: {exc.strerror}") from None
+    with handle:
         yield handle

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
+import os
 import sys
 
-from worker.cli.common import Subparsers, port, positive
+from aiokafka.errors import KafkaError
+
+from worker.cli.common import Subparsers, port, positive, seconds
 from worker.tools.demo import DemoOptions, free_http_port, run_demo
 
 
@@ -24,7 +26,8 @@ def register(sub: Subparsers) -> None:
         "letters live. Ctrl-C (or SIGTERM, or closing the terminal) stops everything it "
         "started. To try it against your own services instead, pass --kafka HOST:PORT "
         "and/or --redis redis://HOST:PORT/0 (the topics are created if missing; use a "
-        "scratch Redis database).",
+        "scratch Redis database); their other settings (TLS, SASL, "
+        "SEGMENT_WORKER_KAFKA_IDEMPOTENCE) come from the environment as for `run`.",
     )
     demo.add_argument("--customers", type=positive, default=2000, help="(%(default)s)")
     demo.add_argument("--seed", type=int, default=1, help="traffic seed (%(default)s)")
@@ -37,7 +40,7 @@ def register(sub: Subparsers) -> None:
     demo.add_argument(
         "--rate", type=positive, default=3000, help="max events per real second (%(default)s)"
     )
-    demo.add_argument("--duration", type=float, help="stop after this many seconds")
+    demo.add_argument("--duration", type=seconds, help="stop after this many seconds")
     demo.add_argument("--kafka", metavar="BOOTSTRAP", help="use this Kafka instead")
     demo.add_argument("--redis", metavar="URL", help="use this Redis instead")
     demo.add_argument("--http-port", type=port, default=8080, help="(%(default)s, or a free one)")
@@ -57,12 +60,21 @@ def _demo(args: argparse.Namespace) -> int:
         redis=args.redis,
         http_port=free_http_port(args.http_port),
         view=not args.no_view,
+        env=os.environ,
     )
-    with contextlib.suppress(KeyboardInterrupt):
+    try:
         view = asyncio.run(run_demo(options))
+    except KeyboardInterrupt:
+        return 0
+    except KafkaError as exc:  # creating the topics, before the worker (which would wait)
         print(
-            f"demo: {view.produced:,} events produced, {view.changes:,} segment changes, "
-            f"{view.dead_letters:,} dead letters",
+            f"segment-worker: Kafka at {args.kafka or 'the embedded broker'}: {exc}",
             file=sys.stderr,
         )
-    return 0
+        return 2
+    print(
+        f"demo: {view.produced:,} events produced, {view.changes:,} segment changes, "
+        f"{view.dead_letters:,} dead letters",
+        file=sys.stderr,
+    )
+    return 1 if view.failed else 0

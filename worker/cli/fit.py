@@ -15,7 +15,14 @@ from typing import Any
 
 import orjson
 
-from worker.cli.common import Subparsers, instant, prefix_argument, redis_settings
+from worker.cli.common import (
+    Subparsers,
+    instant,
+    open_input,
+    output,
+    redis_arguments,
+    redis_settings,
+)
 from worker.cli.rules import redis_states
 from worker.core.features import facts_of
 from worker.core.predict import DEFAULT_HORIZONS, History, history
@@ -24,7 +31,6 @@ from worker.core.state import CustomerState
 from worker.core.timeutil import parse_rfc3339
 from worker.fit import FitError, Population, fit_report
 from worker.progress import Progress
-from worker.settings import SettingsError
 
 
 def register(sub: Subparsers) -> None:
@@ -40,8 +46,7 @@ def register(sub: Subparsers) -> None:
     )
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--state", type=Path, help="a replay --state-out file (JSON lines)")
-    where.add_argument("--redis", metavar="URL", help="scan the worker's state in this Redis")
-    prefix_argument(parser)
+    redis_arguments(parser, where)
     parser.add_argument("--rules", type=Path, help="rules in force (built-in defaults if unset)")
     parser.add_argument(
         "--as-of",
@@ -69,12 +74,11 @@ def _run(args: argparse.Namespace) -> int:
     as_of = args.as_of if args.as_of is not None else int(time.time() * 1000)
     day = rules.calendar.day_of(as_of)
     if args.quantile_scores and not args.write_rules:
-        raise SystemExit("segment-worker: --quantile-scores needs --write-rules")
-    if args.redis:
-        try:
-            settings = redis_settings(args.redis, args.prefix)
-        except SettingsError as exc:
-            raise SystemExit(f"segment-worker: bad setting: {exc}") from None
+        print("segment-worker: --quantile-scores needs --write-rules", file=sys.stderr)
+        return 2
+    template = _template(args.write_rules[0]) if args.write_rules else None
+    if args.redis is not None:
+        settings = redis_settings(args.redis, args.prefix)
         population = _from_states(_with_progress(redis_states(settings)), rules, day)
     else:
         population = _from_file(args.state, rules, day)
@@ -83,19 +87,26 @@ def _run(args: argparse.Namespace) -> int:
     except FitError as exc:
         print(f"segment-worker: fit: {exc}", file=sys.stderr)
         return 1
-    if args.write_rules:
-        source, target = args.write_rules
-        try:
-            text = source.read_text("utf-8")
-        except OSError as exc:
-            raise SystemExit(f"segment-worker: cannot read {source}: {exc.strerror}") from None
-        text = with_model(text, report)
+    if template is not None:
+        target = args.write_rules[1]
+        text = with_model(template, report)
         if args.quantile_scores:
             text = with_cuts(text, report["quantiles"])
         parse_rules(text.encode(), str(target))  # never write a file the worker would refuse
-        target.write_text(text, "utf-8")
+        with output(target, None) as out:
+            assert out is not None
+            out.write(text.encode())
     sys.stdout.buffer.write(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
     return 0
+
+
+def _template(path: Path) -> str:
+    """The text of --write-rules' IN, refused before the fit (which can take minutes) if it
+    cannot be read or the worker would refuse it."""
+    with open_input(path) as handle:
+        data = handle.read()
+    parse_rules(data, str(path))
+    return data.decode("utf-8")
 
 
 def _from_states(states: Iterable[CustomerState], rules: Rules, day: int) -> Population:

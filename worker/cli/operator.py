@@ -6,15 +6,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
 
 from aiokafka.errors import KafkaError
-from redis.exceptions import NoPermissionError, RedisError
 
-from worker.cli.common import Subparsers, store_arguments
+from worker.cli.common import REDIS_ERRORS, Subparsers, redis_failure, store_arguments
 from worker.core.events import ParseLimits, valid_id
 from worker.core.rules import load_rules
 from worker.kafka import input_partitions, send_erasures
@@ -22,6 +20,7 @@ from worker.lookup import forget, print_customers
 from worker.redis.client import connect
 from worker.redis.library import LibraryNotLoaded
 from worker.settings import Settings
+from worker.startup import KAFKA_DOWN
 from worker.store import Store, store_for
 
 
@@ -81,7 +80,17 @@ def _erase(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    asyncio.run(send_erasures(Settings.from_env(), args.customer_ids))
+    settings = Settings.from_env()
+    try:
+        asyncio.run(send_erasures(settings, args.customer_ids))
+    except KAFKA_DOWN as exc:
+        print(
+            f"segment-worker: cannot reach Kafka at {settings.kafka_bootstrap} "
+            f"(SEGMENT_WORKER_KAFKA_BOOTSTRAP): {exc}; run it again once it is up (an erasure "
+            "requested twice is erased once)",
+            file=sys.stderr,
+        )
+        return 2
     print(f"erasure requested for {len(args.customer_ids)} customer(s)", file=sys.stderr)
     return 0
 
@@ -129,19 +138,11 @@ def against_redis(
         )
     except LibraryNotLoaded as exc:
         print(f"segment-worker: {exc}", file=sys.stderr)
-    except NoPermissionError as exc:
-        print(
-            f"segment-worker: Redis refused a command to this user (SEGMENT_WORKER_REDIS_URL; "
-            f"deploy/redis/users.acl says what it may do): {exc}",
-            file=sys.stderr,
-        )
     except BrokenPipeError:  # the reader stopped early (`| head`): nothing left to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except (RedisError, ConnectionError, TimeoutError, socket.gaierror) as exc:
-        print(
-            f"segment-worker: cannot reach Redis (SEGMENT_WORKER_REDIS_URL): {exc}", file=sys.stderr
-        )
+    except REDIS_ERRORS as exc:
+        print(redis_failure(exc, settings), file=sys.stderr)
     except OSError as exc:  # an output file that cannot be written, and the like
         print(f"segment-worker: {exc}", file=sys.stderr)
     return 2

@@ -12,7 +12,7 @@ from typing import BinaryIO
 
 import orjson
 
-from worker.cli.common import Subparsers, instant, open_input, output
+from worker.cli.common import Subparsers, instant, open_input, output, positive, seconds
 from worker.core.changes import SegmentChange
 from worker.core.deadletter import Stage, dead_letter
 from worker.core.events import ParseLimits, Reason, Rejection
@@ -53,11 +53,14 @@ def register(sub: Subparsers) -> None:
     replay.add_argument("--state-out", type=Path, help="final per-customer state, JSON lines")
     replay.add_argument("--rejects", type=Path, help="rejected lines with reasons, JSON lines")
     replay.add_argument(
-        "--max-bytes", type=int, default=DEFAULT_LIMITS.max_bytes, help="payload size limit (bytes)"
+        "--max-bytes",
+        type=positive,
+        default=DEFAULT_LIMITS.max_bytes,
+        help="payload size limit (bytes)",
     )
     replay.add_argument(
         "--future-skew",
-        type=float,
+        type=seconds,
         default=DEFAULT_LIMITS.max_future_ms / 1000,
         metavar="SECONDS",
         help="reject events stamped more than this far after the wall clock",
@@ -100,6 +103,7 @@ def _replay(args: argparse.Namespace) -> int:
         events,
         output(args.out, sys.stdout.buffer) as out,
         output(args.rejects, None) as rejects,
+        output(args.state_out, None) as state_out,
     ):
         assert out is not None
 
@@ -127,8 +131,8 @@ def _replay(args: argparse.Namespace) -> int:
             replayer.advance(args.as_of)
         if progress is not None:
             progress.close()
-        if args.state_out is not None:
-            _write_states(replayer, rules, args.state_out)
+        if state_out is not None:
+            _write_states(replayer, rules, state_out)
     summary = replayer.summary
     if not args.quiet:
         reasons = ", ".join(f"{r}={n}" for r, n in sorted(summary.rejected.items()))
@@ -147,9 +151,8 @@ def _replay(args: argparse.Namespace) -> int:
     return 1 if args.strict and summary.rejected_total else 0
 
 
-def _write_states(replayer: Replayer, rules: Rules, path: Path) -> None:
+def _write_states(replayer: Replayer, rules: Rules, handle: BinaryIO) -> None:
     day = rules.calendar.day_of(replayer.clock_ms) if replayer.clock_ms is not None else 0
-    with path.open("wb") as handle:
-        for customer_id in sorted(replayer.states):
-            record = describe(replayer.states[customer_id], rules, day)
-            handle.write(orjson.dumps(record) + b"\n")
+    for customer_id in sorted(replayer.states):
+        record = describe(replayer.states[customer_id], rules, day)
+        handle.write(orjson.dumps(record) + b"\n")

@@ -14,10 +14,12 @@ import orjson
 import redis
 
 from worker.cli.common import (
+    REDIS_ERRORS,
     Subparsers,
     instant,
     open_input,
-    prefix_argument,
+    redis_arguments,
+    redis_failure,
     redis_settings,
 )
 from worker.cli.replay import feed
@@ -59,9 +61,8 @@ def register(sub: Subparsers) -> None:
     diff.add_argument("new", type=Path, help="the candidate rules file")
     diff.add_argument("--rules", type=Path, help="the current rules (built-in defaults if unset)")
     where = diff.add_mutually_exclusive_group(required=True)
-    where.add_argument("--redis", metavar="URL", help="read the worker's state from this Redis")
+    redis_arguments(diff, where)
     where.add_argument("--events", type=Path, help="replay this events file (JSON lines)")
-    prefix_argument(diff)
     diff.add_argument(
         "--as-of",
         type=instant,
@@ -104,8 +105,7 @@ def _check(args: argparse.Namespace) -> int:
 
 def _diff(args: argparse.Namespace) -> int:
     old, new = load_rules(args.rules), load_rules(args.new)
-    if args.redis:
-        # TLS files and the like still come from SEGMENT_WORKER_REDIS_TLS_*
+    if args.redis is not None:
         settings = redis_settings(args.redis, args.prefix)
         states = list(redis_states(settings))
         at_ms = args.as_of if args.as_of is not None else int(time.time() * 1000)
@@ -137,14 +137,20 @@ def _diff(args: argparse.Namespace) -> int:
 
 
 def redis_states(settings: Settings) -> Iterator[CustomerState]:
-    kind = redis.RedisCluster if settings.redis_cluster else redis.Redis
-    client = kind.from_url(settings.redis_url, **tls_options(settings))
+    """Every customer's state in the worker's Redis; one that cannot answer ends the command
+    (exit status 2) saying so."""
     store = store_for(settings, None)
+    kind = redis.RedisCluster if settings.redis_cluster else redis.Redis
     try:
-        for key in client.scan_iter(match=store.keys.every_customer(), count=1000):
-            stored = cast(bytes | None, client.get(key))
-            if stored is not None:
-                customer_id, blob = store.names.unwrap(stored)
-                yield decode_state(customer_id or name_in(key.decode()), blob)
-    finally:
-        client.close()
+        client = kind.from_url(settings.redis_url, **tls_options(settings))  # a cluster connects
+        try:
+            for key in client.scan_iter(match=store.keys.every_customer(), count=1000):
+                stored = cast(bytes | None, client.get(key))
+                if stored is not None:
+                    customer_id, blob = store.names.unwrap(stored)
+                    yield decode_state(customer_id or name_in(key.decode()), blob)
+        finally:
+            client.close()
+    except REDIS_ERRORS as exc:
+        print(redis_failure(exc, settings), file=sys.stderr)
+        raise SystemExit(2) from None

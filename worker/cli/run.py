@@ -25,8 +25,21 @@ def register(sub: Subparsers) -> None:
         "file of NAME=value lines that SEGMENT_WORKER_SETTINGS_FILE names (Compose's and "
         "systemd's env-file format; the environment wins over it):\n\n" + _settings_help(),
     )
-    run.add_argument("--log-level", default="INFO", help="logging level (%(default)s)")
+    run.add_argument(
+        "--log-level",
+        type=_level,
+        default="INFO",
+        help="DEBUG, INFO, WARNING or ERROR (%(default)s)",
+    )
     run.set_defaults(func=_run)
+
+
+def _level(text: str) -> str:
+    """A logging level's name, in any case; another is a usage error, not a traceback."""
+    name = text.upper()
+    if name not in logging.getLevelNamesMapping():
+        raise argparse.ArgumentTypeError(f"not a logging level: {text!r}")
+    return name
 
 
 def _settings_help() -> str:
@@ -39,7 +52,7 @@ def _settings_help() -> str:
 
 def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
 
     async def serve() -> None:

@@ -19,8 +19,8 @@ import socket
 import sys
 import time
 from collections import Counter, defaultdict, deque
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field, replace
 from typing import TextIO
 
 import orjson
@@ -32,7 +32,7 @@ from worker.core.rules import Rules
 from worker.core.timeutil import DAY_MS, format_ms, parse_rfc3339
 from worker.kafka import ensure_topics
 from worker.service import Worker
-from worker.settings import Settings, redact_url
+from worker.settings import PREFIX, Settings, redact_url
 from worker.tools.embedded import Broker, RedisServer, free_port
 from worker.tools.simulate import FeedFaults, Simulator
 
@@ -52,6 +52,7 @@ class DemoOptions:
     redis: str | None = None
     http_port: int = 8080
     view: bool = True
+    env: Mapping[str, str] = field(default_factory=dict)  # SEGMENT_WORKER_* (see _settings)
 
 
 @contextlib.asynccontextmanager
@@ -85,6 +86,7 @@ class View:
         self.changes = 0
         self.dead_letters = 0
         self.produced = 0
+        self.failed = False  # the worker, the traffic or the feed stopped on an error
         self.last_customer: str | None = None  # one the lookup is known to find
         self._samples: deque[tuple[float, int]] = deque()
 
@@ -201,7 +203,7 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> View:
 
 async def _run(options: DemoOptions, out: TextIO, stop: asyncio.Event) -> View:
     async with services(options) as (bootstrap, redis_url, embedded):
-        base = Settings.from_env({})
+        base = _settings(options)
         token = secrets.token_urlsafe(24)  # customer data only for whoever reads it here
         settings = replace(
             base,
@@ -209,7 +211,8 @@ async def _run(options: DemoOptions, out: TextIO, stop: asyncio.Event) -> View:
             redis_url=redis_url,
             http_host="127.0.0.1",  # what the printed addresses say
             http_port=options.http_port,
-            kafka_idempotence=not embedded,  # the embedded broker has no idempotent producer
+            # the embedded broker has no idempotent producer
+            kafka_idempotence=base.kafka_idempotence and not embedded,
             session_timeout_ms=6000,
             heartbeat_interval_ms=500,
             rebalance_timeout_ms=5000,
@@ -258,8 +261,21 @@ async def _run(options: DemoOptions, out: TextIO, stop: asyncio.Event) -> View:
             for task, result in zip(tasks, results, strict=True):
                 if isinstance(result, Exception):
                     log.error("%s failed: %r", task.get_name(), result)
+                    view.failed = True
         view.dead_letters = int(_metric(worker, "segment_worker_dead_letters_total"))
         return view
+
+
+def _settings(options: DemoOptions) -> Settings:
+    """The environment's settings of the servers the demo was given (TLS, SASL and idempotence
+    of --kafka; TLS, cluster and prefix of --redis), which they may need as `run` would;
+    the ones it starts itself are plain, and the rest is the demo's own."""
+    given = [
+        f"{PREFIX}{name}_"
+        for name, server in (("KAFKA", options.kafka), ("REDIS", options.redis))
+        if server is not None
+    ]
+    return Settings.from_env({k: v for k, v in options.env.items() if k.startswith(tuple(given))})
 
 
 def _live(opts: DemoOptions, out: TextIO) -> bool:

@@ -12,10 +12,10 @@ import orjson
 import redis.asyncio as aioredis
 
 
-def build(bootstrap: str, redis_url: str, group: str, topics: list[str]) -> faust.App:
+def build(bootstrap: str, redis_url: str, group: str, topics: list[str], datadir: str) -> faust.App:
     app = faust.App(
         group,
-        datadir=tempfile.mkdtemp(prefix="sw-faust-"),
+        datadir=datadir,
         broker=f"kafka://{bootstrap}",
         store="memory://",
         web_enabled=False,
@@ -48,4 +48,7 @@ def build(bootstrap: str, redis_url: str, group: str, topics: list[str]) -> faus
 if __name__ == "__main__":
     bootstrap, redis_url, group, *names = sys.argv[1:]
     sys.argv = [sys.argv[0], "worker", "--loglevel", "warn", "--without-web"]
-    build(bootstrap, redis_url, group, names).main()
+    # Faust wants a data directory even with memory stores; removed however the worker ends
+    # (the bench stops it with SIGTERM, which Faust turns into SystemExit).
+    with tempfile.TemporaryDirectory(prefix="sw-faust-") as datadir:
+        build(bootstrap, redis_url, group, names, datadir).main()
