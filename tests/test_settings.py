@@ -207,6 +207,15 @@ def test_a_bad_redis_url_is_echoed_without_its_password() -> None:
     assert "worker:***@redis:6379" in str(caught.value)
 
 
+def test_a_password_in_the_query_string_is_masked_too() -> None:
+    url = "unix:///run/redis.sock?db=1&password=s3cret"
+    shown = {name: value for name, value, _ in Settings(redis_url=url).describe()}
+    assert shown["SEGMENT_WORKER_REDIS_URL"] == "unix:///run/redis.sock?db=1&password=***"
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({"SEGMENT_WORKER_REDIS_URL": "http://redis:6379/0?password=s3cret"})
+    assert "s3cret" not in str(caught.value)
+
+
 def test_describe_shows_defaults_and_marks_only_secrets_that_are_set() -> None:
     shown = {name: value for name, value, _ in Settings().describe()}
     assert shown["SEGMENT_WORKER_REDIS_URL"] == "redis://localhost:6379/0"

@@ -9,6 +9,7 @@ Kubernetes and Docker mount them) and never appear in reprs or logs.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -326,15 +327,18 @@ class Settings:
 
 
 def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (the user name and the rest are kept).
-    Split by hand, not by urlsplit, so that a URL too broken to parse is still masked."""
+    """``url`` with its password replaced by ``***``, in the user part and in a
+    ``password=`` query parameter, which redis-py reads too (the rest is kept). Split by
+    hand, not by urlsplit, so that a URL too broken to parse is still masked."""
     scheme, sep, rest = url.partition("://")
     end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
     userinfo, at, host = rest[:end].rpartition("@")
     user, colon, _ = userinfo.partition(":")
-    if not colon:
-        return url
-    return f"{scheme}{sep}{user}:***{at}{host}{rest[end:]}"
+    masked = f"{scheme}{sep}{user}:***{at}{host}" if colon else f"{scheme}{sep}{rest[:end]}"
+    return masked + _QUERY_PASSWORD.sub(r"\1***", rest[end:])
+
+
+_QUERY_PASSWORD: Final = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
 
 
 def _redis_url_parses(url: str) -> bool:
