@@ -175,3 +175,14 @@ def test_quantile_scores_without_write_rules_is_a_usage_error(
 ) -> None:
     assert main(["fit", "--state", str(state_file), "--quantile-scores"]) == 2
     assert "--quantile-scores needs --write-rules" in capsys.readouterr().err
+
+
+def test_write_rules_refuses_yaml_files_it_cannot_edit(
+    state_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("orders: {windows: [90]}\n")
+    out = tmp_path / "fitted.yaml"
+    assert main(["fit", "--state", str(state_file), "--write-rules", str(rules), str(out)]) == 2
+    assert "edits TOML rules files" in capsys.readouterr().err
+    assert not out.exists()

@@ -38,7 +38,11 @@ def register(sub: Subparsers) -> None:
         "customer (--events 100000 --customers 20000)",
     )
     traffic_arguments(bench, events=None, customers=None)
-    bench.add_argument("--rules", type=Path, help="rules file (TOML); built-in defaults if unset")
+    bench.add_argument(
+        "--rules",
+        type=Path,
+        help="rules file (TOML, or YAML if named *.yaml); built-in defaults if unset",
+    )
     bench.add_argument(
         "--memory-customers",
         type=positive,

@@ -27,6 +27,7 @@ from worker.cli.rules import redis_states
 from worker.core.features import facts_of
 from worker.core.predict import DEFAULT_HORIZONS, History, history
 from worker.core.rules import Rules, load_rules, parse_rules
+from worker.core.rules_syntax import is_yaml
 from worker.core.state import CustomerState
 from worker.core.timeutil import parse_rfc3339
 from worker.fit import FitError, Population, fit_report
@@ -59,7 +60,7 @@ def register(sub: Subparsers) -> None:
         nargs=2,
         type=Path,
         metavar=("IN", "OUT"),
-        help="copy rules file IN to OUT with the fitted [model] table",
+        help="copy rules file IN to OUT with the fitted [model] table (TOML files)",
     )
     parser.add_argument(
         "--quantile-scores",
@@ -75,6 +76,13 @@ def _run(args: argparse.Namespace) -> int:
     day = rules.calendar.day_of(as_of)
     if args.quantile_scores and not args.write_rules:
         print("segment-worker: --quantile-scores needs --write-rules", file=sys.stderr)
+        return 2
+    if args.write_rules and any(is_yaml(str(path)) for path in args.write_rules):
+        print(
+            "segment-worker: --write-rules edits TOML rules files; for a YAML one, copy the "
+            "printed bgnbd and gamma_gamma parameters into its model table",
+            file=sys.stderr,
+        )
         return 2
     template = _template(args.write_rules[0]) if args.write_rules else None
     if args.redis is not None:
