@@ -182,6 +182,16 @@ def test_the_summary_names_rejects_when_lines_were_rejected(
     assert "--rejects FILE" not in capsys.readouterr().err  # given: nothing to point at
 
 
+def test_an_as_of_before_the_input_end_is_said_not_silently_ignored(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    args = ["replay", str(GOLDEN / "scenario.jsonl"), "--out", str(tmp_path / "c")]
+    assert main([*args, "--as-of", "2000-01-01T00:00:00Z"]) == 0
+    assert "--as-of is before the input's last event" in capsys.readouterr().err
+    assert main([*args, "--as-of", "2099-01-01T00:00:00Z"]) == 0
+    assert "--as-of is before" not in capsys.readouterr().err
+
+
 def test_strict_fails_on_any_rejected_line(tmp_path: Path) -> None:
     out = ["--out", str(tmp_path / "c"), "--quiet", "--strict"]
     assert main(["replay", str(GOLDEN / "scenario.jsonl"), *out]) == 1

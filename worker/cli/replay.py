@@ -17,6 +17,7 @@ from worker.core.changes import SegmentChange
 from worker.core.deadletter import Stage, dead_letter
 from worker.core.events import ParseLimits, Reason, Rejection
 from worker.core.rules import Rules, load_rules
+from worker.core.timeutil import format_ms
 from worker.core.views import describe
 from worker.progress import Progress
 from worker.replay import Replayer
@@ -42,7 +43,11 @@ def register(sub: Subparsers) -> None:
         "events", nargs="?", type=Path, help="events file (JSON lines); - for stdin"
     )
     source.add_argument("--sample", action="store_true", help="replay the bundled sample file")
-    replay.add_argument("--rules", type=Path, help="rules file (TOML); built-in defaults if unset")
+    replay.add_argument(
+        "--rules",
+        type=Path,
+        help="rules file (TOML, or YAML if named *.yaml); built-in defaults if unset",
+    )
     replay.add_argument(
         "--as-of",
         type=instant,
@@ -128,6 +133,12 @@ def _replay(args: argparse.Namespace) -> int:
         progress = None if args.quiet else Progress(size, "replay")
         feed(replayer, events, progress)
         if args.as_of is not None:
+            if not args.quiet and replayer.clock_ms is not None and args.as_of < replayer.clock_ms:
+                print(
+                    f"replay: --as-of is before the input's last event "
+                    f"({format_ms(replayer.clock_ms)}); the clock stays there",
+                    file=sys.stderr,
+                )
             replayer.advance(args.as_of)
         if progress is not None:
             progress.close()
