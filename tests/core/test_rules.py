@@ -180,9 +180,18 @@ def test_a_yaml_file_reports_field_errors_like_toml() -> None:
         parse_rules(text.encode(), "rules.yaml")
 
 
-def test_an_empty_yaml_file_reads_as_an_empty_toml_file() -> None:
-    empty = parse_rules(b"", "empty.toml")
-    assert parse_rules(b"# nothing\n", "empty.yaml").version == empty.version
+@pytest.mark.parametrize(
+    ("text", "source"),
+    [
+        (b"", "empty.toml"),
+        (b"# nothing\n", "empty.yaml"),
+        (b"[orders]\nwindows = [90]\n", "cut.toml"),
+    ],
+)
+def test_a_file_with_nothing_to_classify_is_refused(text: bytes, source: str) -> None:
+    # A file caught half-written by a hot reload must not drop every customer's classes.
+    with pytest.raises(RulesError, match="no dimension and no segment"):
+        parse_rules(text, source)
 
 
 def test_missing_file_is_a_rules_error(tmp_path: Path) -> None:

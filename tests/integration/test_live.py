@@ -46,7 +46,7 @@ from tests.integration.live_support import (
 from worker.core.codec import FORMAT, declared_format, decode_state
 from worker.core.engine import process_event
 from worker.core.events import Order, ParseLimits, parse_event
-from worker.core.rules import load_rules
+from worker.core.rules import load_rules, parse_rules
 from worker.core.rulesdiff import class_moves
 from worker.core.timeutil import DAY_MS, format_ms
 from worker.core.views import describe
@@ -291,7 +291,15 @@ async def test_hot_reload_reevaluates_everyone_and_refuses_a_bad_file(
         )
         assert worker.pipeline.rules.version == load_rules(None).version
 
-        rules_file.write_text(default.replace('orders_total >= 3" }', 'orders_total >= 1" }'))
+        # Written in two steps, as an editor or `cat >` may: the first, cut off after the
+        # lifecycle dimension, is a valid file; it must not be loaded (it would drop every
+        # other dimension's class of every customer).
+        new_text = default.replace('orders_total >= 3" }', 'orders_total >= 1" }')
+        cut = new_text.index("[[dimensions]]", new_text.index('name = "lifecycle"'))
+        assert "value_tier" not in parse_rules(new_text[:cut].encode(), "cut.toml").dimension_names
+        rules_file.write_text(new_text[:cut])
+        await asyncio.sleep(0.4)  # a few ticks
+        rules_file.write_text(new_text)
         new_rules = load_rules(rules_file)
         new_version = new_rules.version
 
@@ -315,6 +323,8 @@ async def test_hot_reload_reevaluates_everyone_and_refuses_a_bad_file(
             for c in moved
         )
         assert len(after) == len(before) + len(moved)
+        assert all(c["to"] is not None for c in moved)  # the cut-off file was never applied
+        assert worker.metrics.rules_reloads.labels("applied")._value.get() == 1
 
 
 async def test_erasure_removes_the_customer_and_keeps_them_out(settings: Settings) -> None:

@@ -209,6 +209,12 @@ def _build(doc: dict[str, Any], source: str, problems: Problems) -> Rules | None
     with problems.field():
         if len(dimensions) > MAX_CLASSES:
             raise FieldError("dimensions", f"more than {MAX_CLASSES} dimensions and segments")
+        if not (read_array(doc, "dimensions") or read_array(doc, "segments")):
+            # Refused so that a file caught half-written by a hot reload cannot drop every
+            # customer's classes.
+            raise FieldError(
+                "dimensions", "no dimension and no segment: nothing to classify (a cut-off file?)"
+            )
     if model is None and "model" not in doc:
         with problems.field():
             refuse_model_features(dimensions, kinds)

@@ -9,6 +9,7 @@ import time
 from collections import defaultdict
 from functools import partial
 from pathlib import Path
+from typing import Final
 
 from worker.clock import Clock
 from worker.core.batch import Outcome, Topics, reevaluate_batch
@@ -27,11 +28,23 @@ from worker.store import Claim
 log = logging.getLogger("segment_worker")
 
 
-def _mtime(path: Path | None) -> float | None:
+# A changed rules file is read once it has stayed as it is this long: an editor or `cat >`
+# writing it in place must not have a half-written file loaded (which a reload would apply).
+SETTLE_S: Final = 1.0
+
+Signature = tuple[int, int, int] | None
+"""What tells a rules file changed: modification time, size and inode (a file renamed into
+place is a new inode even within the same second); None: no file."""
+
+
+def _signature(path: Path | None) -> Signature:
     try:
-        return None if path is None else path.stat().st_mtime
+        if path is None:
+            return None
+        stat = path.stat()
     except OSError:
         return None
+    return stat.st_mtime_ns, stat.st_size, stat.st_ino
 
 
 class Timers:
@@ -58,7 +71,8 @@ class Timers:
         self.metrics, self.clock, self.topics = metrics, clock, topics
         self._next_tick = 0.0
         self._reload_requested = False
-        self._rules_mtime = _mtime(settings.rules)
+        self._rules_seen = _signature(settings.rules)  # the file as last acted on
+        self._changed: tuple[Signature, float] | None = None  # a change, and since when
         metrics.rules_info.labels(rules.version).set(1)
 
     def due(self) -> bool:
@@ -80,10 +94,18 @@ class Timers:
 
     async def _check_rules_file(self) -> None:
         path = self.settings.rules
-        mtime = _mtime(path)
-        if not self._reload_requested and mtime == self._rules_mtime:
-            return
-        self._reload_requested, self._rules_mtime = False, mtime
+        seen = _signature(path)
+        if not self._reload_requested:
+            if seen == self._rules_seen:
+                self._changed = None
+                return
+            now = time.monotonic()
+            if self._changed is None or self._changed[0] != seen:
+                self._changed = (seen, now)  # still being written, perhaps: wait
+                return
+            if now - self._changed[1] < SETTLE_S:
+                return
+        self._reload_requested, self._rules_seen, self._changed = False, seen, None
         if path is None:
             return
         try:  # off the event loop: a large file must not hold up batches and heartbeats
