@@ -300,3 +300,31 @@ def test_an_unreadable_settings_file_is_named(tmp_path: Path) -> None:
     latin.write_bytes(b"SEGMENT_WORKER_GROUP_ID=caf\xe9\n")
     with pytest.raises(SettingsError, match="not UTF-8"):
         Settings.from_env({"SEGMENT_WORKER_SETTINGS_FILE": str(latin)})
+
+
+def test_the_environments_secret_file_wins_over_the_settings_files_value(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("from-the-secret\n")
+    path = tmp_path / "worker.env"
+    path.write_text("SEGMENT_WORKER_HTTP_TOKEN=dev-token\n")
+    env = {"SEGMENT_WORKER_SETTINGS_FILE": str(path), "SEGMENT_WORKER_HTTP_TOKEN_FILE": str(token)}
+    assert Settings.from_env(env).http_token == "from-the-secret"
+
+
+def test_a_setting_and_its_file_variant_together_are_refused(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("t")
+    env = {"SEGMENT_WORKER_HTTP_TOKEN": "t2", "SEGMENT_WORKER_HTTP_TOKEN_FILE": str(token)}
+    with pytest.raises(
+        SettingsError, match=r"SEGMENT_WORKER_HTTP_TOKEN: set it or .*_FILE, not both"
+    ):
+        Settings.from_env(env)
+
+
+def test_a_settings_file_may_start_with_a_byte_order_mark_and_use_tabs(tmp_path: Path) -> None:
+    path = tmp_path / "worker.env"
+    path.write_bytes(
+        b"\xef\xbb\xbfSEGMENT_WORKER_GROUP_ID=a\r\nexport\tSEGMENT_WORKER_BATCH_SIZE=9\r\n"
+    )
+    s = Settings.from_env({"SEGMENT_WORKER_SETTINGS_FILE": str(path)})
+    assert (s.group_id, s.batch_size) == ("a", 9)

@@ -294,7 +294,12 @@ class Settings:
         known = {f"{PREFIX}{f.name.upper()}" for f in fields(cls)}
         known |= {f"{name}_FILE" for name in known}
         if SETTINGS_FILE in env:
-            env = {**read_settings_file(env[SETTINGS_FILE], known), **env}
+            # The environment wins over the file, a NAME_FILE there over the file's NAME too.
+            from_file = read_settings_file(env[SETTINGS_FILE], known)
+            env = {
+                **{k: v for k, v in from_file.items() if k not in env and _twin(k) not in env},
+                **env,
+            }
         known.add(SETTINGS_FILE)
         unknown = sorted(k for k in env if k.startswith(PREFIX) and k not in known)
         if unknown:
@@ -303,6 +308,8 @@ class Settings:
         for f in fields(cls):
             name = f"{PREFIX}{f.name.upper()}"
             raw = env.get(name)
+            if raw is not None and f"{name}_FILE" in env:
+                raise SettingsError(f"{name}: set it or {name}_FILE, not both")
             if raw is None and f"{name}_FILE" in env:
                 raw = _read_secret(f"{name}_FILE", env[f"{name}_FILE"])
             if raw is None:
@@ -338,6 +345,7 @@ def redact_url(url: str) -> str:
     return masked + _QUERY_PASSWORD.sub(r"\1***", rest[end:])
 
 
+_EXPORT: Final = re.compile(r"^export\s+")
 _QUERY_PASSWORD: Final = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
 
 
@@ -351,13 +359,18 @@ def _redis_url_parses(url: str) -> bool:
     return True
 
 
+def _twin(name: str) -> str:
+    """NAME_FILE for NAME and NAME for NAME_FILE: two ways to give one setting."""
+    return name.removesuffix("_FILE") if name.endswith("_FILE") else f"{name}_FILE"
+
+
 def read_settings_file(path: str, known: set[str]) -> dict[str, str]:
     """``NAME=value`` lines, as Docker's and Compose's ``env_file`` and systemd's
     ``EnvironmentFile`` hold them (``#`` comments, blank lines, an optional ``export``, a
     value in matching quotes unquoted), so that one file serves all of them; every name
     must be one of ours, at most once."""
     try:
-        text = Path(path).read_text("utf-8")
+        text = Path(path).read_text("utf-8-sig")  # a byte order mark, as Notepad writes
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
         raise SettingsError(f"{SETTINGS_FILE}: cannot read {path}: {reason}") from None
@@ -366,7 +379,7 @@ def read_settings_file(path: str, known: set[str]) -> dict[str, str]:
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        name, equals, value = line.removeprefix("export ").partition("=")
+        name, equals, value = _EXPORT.sub("", line).partition("=")
         name, value = name.strip(), value.strip()
         where = f"{path}:{number}"
         if not equals:
