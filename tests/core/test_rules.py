@@ -174,6 +174,41 @@ def test_yaml_is_held_to_what_toml_can_say(text: str, message: str) -> None:
         parse_rules(text.encode(), "rules.yml")
 
 
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("count_status: yes", r'reads yes as a boolean; quote it \("yes"\) .*line 2, column 17'),
+        ("key_actions: [login, on]", "reads on as a boolean"),
+        ("windows: [014]", "reads 014 as an octal number; write it without the leading 0"),
+        ("windows: [1:30]", "reads 1:30 as a base-60 number"),
+        ("label: 2026-11-27", "reads 2026-11-27 as a date"),
+    ],
+)
+def test_yaml_values_that_are_not_what_they_look_are_refused(line: str, message: str) -> None:
+    text = f"orders:\n  {line}\n"
+    with pytest.raises(RulesError, match=message):
+        parse_rules(text.encode(), "rules.yaml")
+
+
+def test_a_yaml_syntax_error_is_one_line_with_a_hint() -> None:
+    text = "segments:\n  - name: eu\n    when: region == 'eu: north'\n"
+    with pytest.raises(RulesError) as caught:
+        parse_rules(text.encode(), "shop.yaml")
+    (message,) = caught.value.problems
+    assert "\n" not in message and "unicode string" not in message
+    assert message == (
+        "shop.yaml: not valid YAML: mapping values are not allowed here; a value containing "
+        "': ' or ' #' needs quotes (line 3, column 24)"
+    )
+
+
+def test_quoted_yaml_values_are_taken_as_written() -> None:
+    text = default_rules_yaml().replace("name: new", 'name: "no"', 1)
+    assert '"no"' in text
+    lifecycle = parse_rules(text.encode(), "rules.yaml").dimensions[0]
+    assert "no" in [c.name for c in lifecycle.classes]
+
+
 def test_a_yaml_file_reports_field_errors_like_toml() -> None:
     text = default_rules_yaml().replace("spend_90d > 200", "spend_90d >", 1)
     with pytest.raises(RulesError, match=r"rules\.yaml: dimensions\[1\]\.classes\[0\]\.when"):

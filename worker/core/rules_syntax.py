@@ -3,17 +3,26 @@ named ``*.yaml``/``*.yml``.
 
 Both give the same document for the same rules, so a file keeps its version when converted.
 YAML is held to what TOML can say: string keys, no duplicate keys, no aliases (an alias can
-expand a small file into a huge document), one document.
+expand a small file into a huge document), one document; and an unquoted value that YAML 1.1
+reads as other than it looks (``no`` a boolean, ``014`` octal, ``1:20`` base 60, a date) is
+refused with the fix, not silently taken.
 """
 
 from __future__ import annotations
 
+import re
 import tomllib
 from typing import Any, Final, Protocol
 
 import yaml
 
 YAML_SUFFIXES: Final = (".yaml", ".yml")
+_STR: Final = "tag:yaml.org,2002:str"
+_BOOL: Final = "tag:yaml.org,2002:bool"
+_INT: Final = "tag:yaml.org,2002:int"
+_FLOAT: Final = "tag:yaml.org,2002:float"
+_TIMESTAMP: Final = "tag:yaml.org,2002:timestamp"
+_OCTAL: Final = re.compile(r"[-+]?0[0-7_]+")
 
 
 class SyntaxProblem(ValueError):
@@ -30,6 +39,8 @@ def read_document(text: str, source: str) -> dict[str, Any]:
         return _read_yaml(text) if is_yaml(source) else tomllib.loads(text)
     except ValueError as exc:  # TOMLDecodeError, or an integer of thousands of digits
         raise SyntaxProblem(str(exc)) from None
+    except yaml.MarkedYAMLError as exc:
+        raise SyntaxProblem(_yaml_error(exc)) from None
     except yaml.YAMLError as exc:
         raise SyntaxProblem(f"not valid YAML: {exc}".replace("\n", " ")) from None
     except RecursionError:
@@ -45,26 +56,56 @@ def _read_yaml(text: str) -> dict[str, Any]:
         return {}
     if not isinstance(root, yaml.MappingNode):
         raise SyntaxProblem("the top level must be a mapping of tables")
-    _check_keys(root)
+    _check_nodes(root)
     doc: dict[str, Any] = yaml.safe_load(text)
     return doc
 
 
-def _check_keys(node: yaml.Node) -> None:
+def _check_nodes(node: yaml.Node) -> None:
     """String keys only, each once per mapping: as in TOML, where a repeated key is an
-    error rather than the last one silently winning."""
+    error rather than the last one silently winning. And no unquoted value that YAML 1.1
+    (PyYAML's) reads as something other than it looks (:func:`_surprise`)."""
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key, value in node.value:
-            if key.tag != "tag:yaml.org,2002:str":
+            if key.tag != _STR:
                 raise SyntaxProblem(f"keys must be strings{_where(key.start_mark)}")
             if key.value in seen:
                 raise SyntaxProblem(f"duplicate key {key.value!r}{_where(key.start_mark)}")
             seen.add(key.value)
-            _check_keys(value)
+            _check_nodes(value)
     elif isinstance(node, yaml.SequenceNode):
         for item in node.value:
-            _check_keys(item)
+            _check_nodes(item)
+    elif isinstance(node, yaml.ScalarNode) and node.style is None:
+        surprise = _surprise(node.tag, node.value)
+        if surprise:
+            raise SyntaxProblem(f"{surprise}{_where(node.start_mark)}")
+
+
+def _surprise(tag: str, text: str) -> str | None:
+    """Why an unquoted ``text`` that YAML 1.1 read as ``tag`` is not what its writer meant
+    (None: it is): ``no``/``on`` as booleans, ``014`` as octal, ``1:20`` as base 60, a date."""
+    quote = f'quote it ("{text}")'
+    if tag == _BOOL and text.lower() not in ("true", "false"):
+        return f"YAML reads {text} as a boolean; {quote} or write true or false"
+    if tag in (_INT, _FLOAT) and ":" in text:
+        return f"YAML reads {text} as a base-60 number; {quote} or write the number"
+    if tag == _INT and _OCTAL.fullmatch(text):
+        return f"YAML reads {text} as an octal number; write it without the leading 0"
+    if tag == _TIMESTAMP:
+        return f"YAML reads {text} as a date; {quote}"
+    return None
+
+
+def _yaml_error(exc: yaml.MarkedYAMLError) -> str:
+    """PyYAML's multi-line message as one line, with a hint for the commonest mistake."""
+    what = exc.problem or exc.context or "unreadable"
+    if exc.problem and exc.context:
+        what = f"{exc.problem} ({exc.context})"
+    if "mapping values are not allowed" in what:
+        what += "; a value containing ': ' or ' #' needs quotes"
+    return f"not valid YAML: {what}{_where(exc.problem_mark or exc.context_mark)}"
 
 
 class _Mark(Protocol):
