@@ -297,3 +297,22 @@ def test_a_class_label_defaults_to_its_name() -> None:
     assert load_rules().dimensions[-1].classes[0].label == "in"
     with pytest.raises(RulesError, match=r"classes\[0\]\.label: must be a non-empty text"):
         parse_rules(text.replace('label = "High value"', "label = 3").encode(), "x")
+
+
+def test_a_condition_may_be_written_over_several_lines() -> None:
+    one_line = with_segment("orders_total >= 2 and monetary_total > 40")
+    toml = default_rules_text().decode() + (
+        '\n[[segments]]\nname = "probe"\nwhen = """orders_total >= 2\n  and monetary_total > 40"""\n'
+    )
+    yaml_text = default_rules_yaml() + (
+        "segments:\n- name: probe\n  when: |\n    orders_total >= 2\n    and monetary_total > 40\n"
+    ).replace("segments:\n", "", 1)
+    single = parse_rules(one_line.encode(), "one.toml")
+    for text, source in ((toml, "multi.toml"), (yaml_text, "multi.yaml")):
+        rules = parse_rules(text.encode(), source)
+        assert rules.dimension_names == single.dimension_names
+        state = CustomerState("c")
+        for n, amount in enumerate((30_00, 20_00), start=1):
+            order = Order(f"e{n}", "c", T0 + n * DAY_MS, amount, "USD", "paid", f"o{n}", None)
+            process_event(state, order, rules, T0 + n * DAY_MS, T0 + n * DAY_MS)
+        assert state.classes["probe"] == "in"

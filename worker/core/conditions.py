@@ -124,7 +124,9 @@ def compile_condition(
     if len(text) > MAX_CONDITION_CHARS:
         raise ConditionError(f"longer than {MAX_CONDITION_CHARS} characters")
     try:
-        tree = ast.parse(text.strip(), mode="eval")
+        # A long condition may be written over several lines (TOML's triple quotes, YAML's
+        # `|`): a line end is a space. (No string literal can hold one: nothing else moves.)
+        tree = ast.parse(text.replace("\r", " ").replace("\n", " ").strip(), mode="eval")
     except SyntaxError as exc:
         raise ConditionError(f"syntax error at column {exc.offset}: {exc.msg}") from None
     if _depth(tree) > MAX_DEPTH:
