@@ -271,7 +271,10 @@ def test_rules_check_prints_every_error_on_its_own_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     rules = tmp_path / "rules.toml"
-    rules.write_text('[orders]\ncount_status = "shipped"\n[money]\nbase_currency = "usd"\n')
+    rules.write_text(
+        '[orders]\ncount_status = "shipped"\n[money]\nbase_currency = "usd"\n'
+        '[[segments]]\nname = "any"\nwhen = "has_order"\n'
+    )
     assert main(["rules", "check", str(rules)]) == 2
     lines = capsys.readouterr().err.splitlines()
     assert [line.split(": ")[3] for line in lines] == ["orders.count_status", "money.base_currency"]
@@ -334,6 +337,8 @@ def test_rules_check_refuses_an_unknown_time_zone(
     rules.write_text('[calendar]\ntimezone = "Asia/Beijing"\n')
     assert main(["rules", "check", str(rules)]) == 2
     assert "calendar.timezone: unknown time zone 'Asia/Beijing'" in capsys.readouterr().err
-    rules.write_text('[calendar]\ntimezone = "Asia/Shanghai"\n')
+    rules.write_text(
+        '[calendar]\ntimezone = "Asia/Shanghai"\n[[segments]]\nname = "any"\nwhen = "has_order"\n'
+    )
     assert main(["rules", "check", str(rules)]) == 0
     assert "calendar: Asia/Shanghai; key actions: add_to_cart, app_open" in capsys.readouterr().out
