@@ -69,6 +69,24 @@ def test_rules_diff_without_a_url_reads_the_worker_setting(
     assert capsys.readouterr().out.startswith("4 customers; ")
 
 
+def test_rules_diff_against_redis_starts_from_the_workers_own_rules(
+    redis_server: RedisServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The state was classified under SEGMENT_WORKER_RULES: diffing that file against itself
+    moves nobody, though it differs from the built-in defaults."""
+    asyncio.run(seed(redis_server.url))
+    text = (Path(__file__).parents[2] / "worker/core/default_rules.toml").read_text()
+    current = tmp_path / "current.toml"
+    current.write_text(text.replace('orders_total >= 3" }', 'orders_total >= 2" }'))
+    monkeypatch.setenv("SEGMENT_WORKER_RULES", str(current))
+    args = ["--redis", redis_server.url, "--as-of", format_ms(20_500 * DAY_MS), "--json"]
+    assert main(["rules", "diff", str(current), *args]) == 0
+    assert all(not moves for moves in orjson.loads(capsys.readouterr().out).values())
+
+
 @pytest.mark.parametrize("command", [["rules", "diff", "rules.toml"], ["fit"]])
 def test_a_redis_it_cannot_reach_is_named_without_its_password(
     command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -59,7 +59,12 @@ def register(sub: Subparsers) -> None:
         "(--events).",
     )
     diff.add_argument("new", type=Path, help="the candidate rules file")
-    diff.add_argument("--rules", type=Path, help="the current rules (built-in defaults if unset)")
+    diff.add_argument(
+        "--rules",
+        type=Path,
+        help="the current rules (default: with --redis, SEGMENT_WORKER_RULES, the worker's; "
+        "else the built-in defaults)",
+    )
     where = diff.add_mutually_exclusive_group(required=True)
     redis_arguments(diff, where)
     where.add_argument("--events", type=Path, help="replay this events file (JSON lines)")
@@ -104,12 +109,15 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _diff(args: argparse.Namespace) -> int:
-    old, new = load_rules(args.rules), load_rules(args.new)
+    new = load_rules(args.new)
     if args.redis is not None:
         settings = redis_settings(args.redis, args.prefix)
+        # The worker's state was classified under its own rules, not the built-in ones.
+        old = load_rules(args.rules or settings.rules)
         states = list(redis_states(settings))
         at_ms = args.as_of if args.as_of is not None else int(time.time() * 1000)
     else:
+        old = load_rules(args.rules)
         replayer = Replayer(
             old,
             lambda _: None,
