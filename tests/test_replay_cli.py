@@ -192,6 +192,18 @@ def test_an_as_of_before_the_input_end_is_said_not_silently_ignored(
     assert "--as-of is before" not in capsys.readouterr().err
 
 
+def test_an_events_file_may_start_with_a_byte_order_mark(tmp_path: Path) -> None:
+    plain = (GOLDEN / "scenario.jsonl").read_bytes()
+    marked = tmp_path / "bom.jsonl"
+    marked.write_bytes(b"\xef\xbb\xbf" + plain)
+    outs = []
+    for path in (GOLDEN / "scenario.jsonl", marked):
+        out = tmp_path / f"{path.stem}.out"
+        assert main(["replay", str(path), "--out", str(out), "--quiet"]) == 0
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
+
+
 def test_strict_fails_on_any_rejected_line(tmp_path: Path) -> None:
     out = ["--out", str(tmp_path / "c"), "--quiet", "--strict"]
     assert main(["replay", str(GOLDEN / "scenario.jsonl"), *out]) == 1

@@ -4,10 +4,11 @@ command on the worker's Redis runs with, output files."""
 from __future__ import annotations
 
 import argparse
+import codecs
 import contextlib
 import math
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import BinaryIO, TypeAlias
@@ -145,6 +146,18 @@ def redis_failure(exc: Exception, settings: Settings) -> str:
             f"says what it may do): {exc}"
         )
     return f"segment-worker: cannot reach {where}: {exc}"
+
+
+def event_lines(lines: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
+    """The non-blank lines of an events file without their line ends, numbered from 1 as
+    rejects name them; a byte order mark before the first (as Windows tools write UTF-8) is
+    not part of it."""
+    for line_no, line in enumerate(lines, start=1):
+        raw = line.rstrip(b"\r\n")
+        if line_no == 1:
+            raw = raw.removeprefix(codecs.BOM_UTF8)
+        if raw.strip():
+            yield line_no, raw
 
 
 def open_input(path: Path) -> BinaryIO:

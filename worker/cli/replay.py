@@ -12,7 +12,15 @@ from typing import BinaryIO
 
 import orjson
 
-from worker.cli.common import Subparsers, instant, open_input, output, positive, seconds
+from worker.cli.common import (
+    Subparsers,
+    event_lines,
+    instant,
+    open_input,
+    output,
+    positive,
+    seconds,
+)
 from worker.core.changes import SegmentChange
 from worker.core.deadletter import Stage, dead_letter
 from worker.core.events import ParseLimits, Reason, Rejection
@@ -80,11 +88,9 @@ def register(sub: Subparsers) -> None:
 def feed(replayer: Replayer, lines: Iterable[bytes], progress: Progress | None = None) -> None:
     """Feed every non-blank line, numbered from 1 as the rejects name them."""
     done = 0
-    for line_no, line in enumerate(lines, start=1):
-        done += len(line)
-        raw = line.rstrip(b"\r\n")
-        if raw.strip():
-            replayer.feed(raw, line_no)
+    for line_no, raw in event_lines(lines):
+        done += len(raw) + 1
+        replayer.feed(raw, line_no)
         if progress is not None and line_no % 4096 == 0:
             progress.update(done, line_no)
 
