@@ -36,7 +36,12 @@ Fields of the meta hash:
 - ``pop:<dimension>\\x1f<class>``: how many customers of the partition are in that class (the
   population gauges); kept by every commit, ``\\x1f`` separates dimension and class.
 - ``rules``: the rules mark, the version of the rules every customer of the partition was last
-  re-evaluated under; a new owner finishes a re-evaluation its predecessor left undone.
+  re-evaluated under.
+- ``rules_pass``: the rules version of a re-evaluation begun and not finished (library version
+  11 on): written before the first customer is classified under new rules, deleted with the
+  rules mark at the end. While it is there some customers may be on other rules than the
+  mark's, so an owner re-evaluates the partition under whatever rules are in force, even
+  the mark's (a revert after a pass cut short).
 - ``relayed``: the relay mark, the change topic's offset after the last change relayed (never
   moves backwards); after Redis loses writes, the changes from there on are read back.
 - ``writes``: how many commits and erasures the partition has had (library version 10 on):
@@ -65,6 +70,7 @@ OFFSET: Final = "off:"
 POPULATION: Final = "pop:"
 POP_SEPARATOR: Final = "\x1f"
 RULES: Final = "rules"
+RULES_PASS: Final = "rules_pass"
 RELAYED: Final = "relayed"
 WRITES: Final = "writes"
 
@@ -83,6 +89,7 @@ META_FIELDS: Final = (
     f"{OFFSET}<topic>",
     f"{POPULATION}<dimension>\\x1f<class>",
     RULES,
+    RULES_PASS,
     RELAYED,
     WRITES,
 )

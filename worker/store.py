@@ -29,6 +29,7 @@ from worker.errors import SegmentWorkerError
 from worker.keys import (
     RELAYED,
     RULES,
+    RULES_PASS,
     WRITES,
     Layout,
     glob_escape,
@@ -205,14 +206,30 @@ class Store:
         value = await self.client.hget(self.keys.meta(partition), RULES)
         return None if value is None else text(cast(bytes, value))
 
+    async def rules_pass(self, partition: int) -> str | None:
+        """The rules version of a re-evaluation begun on the partition and not finished: while
+        there is one, customers may be classified under other rules than the mark's."""
+        value = await self.client.hget(self.keys.meta(partition), RULES_PASS)
+        return None if value is None else text(cast(bytes, value))
+
+    async def begin_rules(self, claim: Claim, version: str) -> None:
+        """Record, before any customer is classified under ``version``, that a re-evaluation
+        under it begins: if it does not finish, the next owner re-evaluates whatever rules are
+        in force then. Fenced like :meth:`commit`."""
+        await self._rules_call("segment_worker_begin_rules", claim, version)
+
     async def mark_rules(self, claim: Claim, version: str) -> None:
-        """Record that every customer of the partition is classified under ``version``. Fenced
-        like :meth:`commit`: a stale owner's re-evaluation must not mark the new owner's."""
+        """Record that every customer of the partition is classified under ``version`` (the
+        re-evaluation ended). Fenced like :meth:`commit`: a stale owner's re-evaluation must
+        not mark the new owner's."""
+        await self._rules_call("segment_worker_mark_rules", claim, version)
+
+    async def _rules_call(self, function: str, claim: Claim, version: str) -> None:
         if not version:
             raise ValueError("the rules version must not be empty")
         meta = [self.keys.meta(claim.partition)]
         args: list[str | bytes | int] = [claim.epoch, claim.server, version]
-        await self._fenced_call("segment_worker_mark_rules", claim, meta, args)
+        await self._fenced_call(function, claim, meta, args)
 
     async def read_checked(self, partition: int, customer_ids: Sequence[str]) -> Snapshot:
         """The run id of the server holding the partition, the states, and which unknown

@@ -217,8 +217,10 @@ async def test_every_store_operation_works_with_least_privilege(locked_redis: Re
     await store.ack_outbox(claim, 1)
     assert await store.populations(2) == {("lifecycle", "new"): 1}
     assert (await store.scan_customers(2, 0, 100))[1] == ["c1"]
+    await store.begin_rules(claim, "v1")
+    assert await store.rules_pass(2) == "v1"
     await store.mark_rules(claim, "v1")
-    assert await store.rules_version(2) == "v1"
+    assert (await store.rules_version(2), await store.rules_pass(2)) == ("v1", None)
     await store.commit(claim, states={"c2": b"damaged"}, due={"c2": 5}, outbox=[], offsets={})
     assert await store.forget(2, "c2", b"damaged")  # a Function: the user has no EVAL
     assert await store.get(2, "c2") is None

@@ -229,6 +229,28 @@ async def test_rules_mark_is_fenced_like_every_write(store: Store, client: Count
     assert await store.rules_version(1) is None
 
 
+async def test_a_re_evaluation_begun_is_marked_until_it_ends(
+    store: Store, client: CountingRedis
+) -> None:
+    """The pass mark says customers may be off the rules mark: it stays until the mark."""
+    old = await store.claim(7)
+    await store.mark_rules(old, "v1")
+    assert await store.rules_pass(7) is None
+    await store.begin_rules(old, "v2")
+    assert (await store.rules_version(7), await store.rules_pass(7)) == ("v1", "v2")
+    new = await store.claim(7)
+    before = await snapshot(client)
+    with pytest.raises(Fenced):  # a stale owner beginning a re-evaluation
+        await store.begin_rules(old, "v3")
+    assert await snapshot(client) == before
+    await store.begin_rules(new, "v1")  # the file reverted
+    assert (await store.rules_version(7), await store.rules_pass(7)) == ("v1", "v1")
+    await store.mark_rules(new, "v1")
+    assert (await store.rules_version(7), await store.rules_pass(7)) == ("v1", None)
+    with pytest.raises(ValueError, match="empty"):
+        await store.begin_rules(new, "")
+
+
 async def test_commit_before_any_claim_is_refused(store: Store, client: CountingRedis) -> None:
     here = await store.server_id(1)
     with pytest.raises(ResponseError, match="epoch must be >= 1"):
@@ -757,6 +779,14 @@ BAD_CALLS: dict[str, tuple[tuple[object, ...], str]] = {
         ("segment_worker_mark_rules", 1, META, SERVER, "v1"),
         "segment_worker_mark_rules: expected 3 arguments",
     ),
+    "begin_rules with an empty version": (
+        ("segment_worker_begin_rules", 1, META, 1, SERVER, ""),
+        "segment_worker_begin_rules: rules version must not be empty",
+    ),
+    "begin_rules of a bad key": (
+        ("segment_worker_begin_rules", 1, OUT, 1, SERVER, "v1"),
+        "segment_worker_begin_rules: KEYS[1] must be",
+    ),
     "recount with a negative count": (
         ("segment_worker_recount", 1, META, SERVER, 1, "tier", -1),
         'segment_worker_recount: population count of "tier" must be a non-negative integer',
@@ -851,7 +881,7 @@ async def test_store_refuses_a_prefix_with_braces_and_a_decoding_client(redis_ur
 async def test_load_library_is_idempotent_and_replaces_other_code(
     store: Store, client: CountingRedis
 ) -> None:
-    assert await client.fcall_ro("segment_worker_version", 0) == b"10"
+    assert await client.fcall_ro("segment_worker_version", 0) == b"11"
     client.sent.clear()
     await store.library.load()  # the same code is loaded: nothing written
     assert client.sent == ["FUNCTION LIST"]
@@ -885,7 +915,7 @@ async def test_committed_data_survives_kill_9_with_aof(aof_store: AofStore) -> N
     assert (await store.read_checked(2, ids)).states == [c.encode() for c in ids]
     assert await store.outbox(2, 10) == [b"r2", b"r3"]
     # Functions were persisted with the data; loading again is harmless.
-    assert await client.fcall_ro("segment_worker_version", 0) == b"10"
+    assert await client.fcall_ro("segment_worker_version", 0) == b"11"
     await store.library.load()
     # The epoch survived too, but a claim made before the restart writes nothing: this
     # server cannot know what it lost. A new claim (the next epoch) writes.
@@ -931,6 +961,8 @@ async def test_an_epoch_handed_out_again_after_a_rollback_does_not_admit_the_old
         await store.erase(stale, "a", 60_000)
     with pytest.raises(ServerChanged):
         await store.mark_rules(stale, "v2")
+    with pytest.raises(ServerChanged):
+        await store.begin_rules(stale, "v2")
     assert await snapshot(client) == before
     await store.commit(new, states={"a": b"3"}, due={}, outbox=[], offsets={"v": 11})
     assert await store.get(4, "a") == b"3"

@@ -82,10 +82,15 @@ class Ownership:
         for partition in partitions:
             fence = await retry("take", partial(store.claim, partition))
             state = self.partitions.took(partition, fence)
+            current = self.rules_version()
             done = await retry("rules", partial(store.rules_version, partition))
-            if done != self.rules_version() and state.reevaluate_from is None:
-                state.reevaluate_from = 0  # e.g. the previous owner died mid-way
-            versions[partition] = frozenset({self.rules_version(), done or ""})
+            begun = await retry("rules", partial(store.rules_pass, partition))
+            if done != current or begun is not None:  # e.g. the last owner died mid-way
+                if begun != current:  # before any customer is classified under it
+                    await retry("rules", partial(self.storage.begin_rules, fence, current))
+                if state.reevaluate_from is None:
+                    state.reevaluate_from = 0
+            versions[partition] = frozenset({current, done or "", begun or ""})
         starts = {p: await retry("relayed", partial(store.relayed, p)) for p in partitions}
         emitted, ends = await retry("read back", partial(self._emitted_since, starts, assigned))
         count = len(await retry("partitions", partial(self._input_partitions)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from worker.core.batch import Outcome
 from worker.core.codec import decode_state, encode_state
@@ -140,11 +140,19 @@ class Storage:
             raise RedisReset(exc.current) from None
         return True
 
+    async def begin_rules(self, claim: Claim, version: str) -> None:
+        """Record that a re-evaluation under ``version`` begins, before any customer of the
+        partition is classified under it (a fenced one leaves the partition to the new owner)."""
+        await self._rules_mark(claim, self.store.begin_rules(claim, version))
+
     async def mark_rules(self, claim: Claim, version: str) -> None:
         """Record that the partition's customers were classified by ``version`` (a fenced mark
         leaves it to the new owner, which re-evaluates)."""
+        await self._rules_mark(claim, self.store.mark_rules(claim, version))
+
+    async def _rules_mark(self, claim: Claim, call: Awaitable[None]) -> None:
         try:
-            await self.health.timed("mark", self.store.mark_rules(claim, version))
+            await self.health.timed("mark", call)
         except Fenced:
             self.fenced(claim.partition)
         except ServerChanged as exc:

@@ -124,6 +124,12 @@ class Timers:
         for state in self.partitions:
             state.reevaluate_from = None if state.claim is None else 0
         self.metrics.reevaluation_pending.set(len(self.partitions.reevaluating()))
+        for state in self.partitions:
+            # Before the sweep or a batch classifies anyone under them: should the pass not
+            # finish, the next take re-evaluates under whatever rules are then in force.
+            if state.claim is not None:
+                begin = partial(self.storage.begin_rules, state.claim, rules.version)
+                await self.health.retry("rules", begin)
 
     async def reevaluate_step(self) -> None:
         """Re-classify customers under new rules at a bounded rate (a share of

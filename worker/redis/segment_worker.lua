@@ -20,6 +20,7 @@ Fields of the meta hash:
   off:<topic>                  next offset to read of input topic <topic> (never backwards)
   pop:<dimension>\x1f<class>   customers per class (kept by commit's deltas)
   rules                        rules mark: version all customers were last re-evaluated under
+  rules_pass                   rules version of a re-evaluation begun and not finished
   relayed                      relay mark: change topic's offset after the last change relayed
   writes                       commits and erasures so far (a recount's check that none ran)
 
@@ -110,11 +111,18 @@ segment_worker_due
   fenced: it moves entries without changing what they say, and drops only what no commit
   can have written, as every commit writes a state with its due entry.
 
+segment_worker_begin_rules
+  KEYS  meta
+  ARGV  epoch, server, rules version (not empty)
+  Sets rules_pass: a re-evaluation under this version begins, and until it ends customers
+  may be classified under it, under the rules mark, or under the rules of an earlier pass
+  that did not end. Returns 1.
+
 segment_worker_mark_rules
   KEYS  meta
   ARGV  epoch, server, rules version (not empty)
-  Sets the rules mark: every customer of the partition is classified under this version.
-  Returns 1.
+  Sets the rules mark: every customer of the partition is classified under this version;
+  deletes rules_pass (that re-evaluation ended). Returns 1.
 
 segment_worker_recount
   KEYS  meta
@@ -139,7 +147,7 @@ segment_worker_version (read-only)
   Returns LIBRARY_VERSION.
 ]]
 
-local LIBRARY_VERSION = '10'
+local LIBRARY_VERSION = '11'
 local CHUNK = 512 -- values per multi-argument command; even, so that pairs never split
 local MAX_INT = 9007199254740991 -- 2^53 - 1
 local HEADER = 7 -- commit: epoch, server and the five counts
@@ -664,7 +672,7 @@ local function forget(keys, args)
   return 1
 end
 
--- mark_rules
+-- begin_rules, mark_rules
 
 local function check_mark_rules(keys, args)
   key_count(keys, 1)
@@ -678,12 +686,22 @@ local function check_mark_rules(keys, args)
   return plan
 end
 
+local function begin_rules(keys, args)
+  local _, err = admitted('segment_worker_begin_rules', check_mark_rules, keys, args)
+  if err then
+    return err
+  end
+  redis.call('HSET', keys[1], 'rules_pass', args[3])
+  return 1
+end
+
 local function mark_rules(keys, args)
   local _, err = admitted('segment_worker_mark_rules', check_mark_rules, keys, args)
   if err then
     return err
   end
   redis.call('HSET', keys[1], 'rules', args[3])
+  redis.call('HDEL', keys[1], 'rules_pass')
   return 1
 end
 
@@ -842,6 +860,7 @@ redis.register_function('segment_worker_commit', commit)
 redis.register_function('segment_worker_ack', ack)
 redis.register_function('segment_worker_ack_commit', ack_commit)
 redis.register_function('segment_worker_erase', erase)
+redis.register_function('segment_worker_begin_rules', begin_rules)
 redis.register_function('segment_worker_mark_rules', mark_rules)
 redis.register_function('segment_worker_forget', forget)
 redis.register_function('segment_worker_due', due)
