@@ -185,6 +185,27 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/core/test_codec.py",),
     ),
     Mutation(
+        "since_instants_written_back_keep_their_base",
+        "worker/core/codec.py",
+        "if base != layout.base and since:",
+        "if False:",
+        ("tests/core/test_codec.py",),
+    ),
+    Mutation(
+        "key_actions_written_back_though_changed",
+        "worker/core/codec.py",
+        "elif parts is not None and base == parts.base and keys == parts.keys:",
+        "elif parts is not None and base == parts.base:",
+        ("tests/core/test_codec.py",),
+    ),
+    Mutation(
+        "stored_orders_ignore_partial_refunds",
+        "worker/core/codec.py",
+        "        if self.refunds:\n            selected = list(selected)",
+        "        if False:\n            selected = list(selected)",
+        ("tests/core/test_codec.py",),
+    ),
+    Mutation(
         "lua_epoch_fence_off",
         "worker/redis/segment_worker.lua",
         "  if plan.current ~= plan.epoch then\n",

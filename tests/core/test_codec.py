@@ -241,7 +241,7 @@ def test_a_state_left_as_decoded_acts_as_one_built(
     state: CustomerState, events: list, counting: int, calendar: Calendar
 ) -> None:
     """A decoded state keeps its orders as stored until an order event needs them: its
-    index is counted from them, and it encodes as the state with every record built, after
+    index is counted from them (partial refunds off their amounts), and it encodes as the state with every record built, after
     any events (a visit earlier than every instant moves the base the orders step from)."""
     assume(all(r.ms != NO_TIME for r in state.orders.values() if r.flags & counting))
     packed = encode_state(state)
@@ -250,12 +250,61 @@ def test_a_state_left_as_decoded_acts_as_one_built(
     for s in (lazy, built):
         s.index(counting, calendar)
     assert lazy.counted(counting, calendar) == built.counted(counting, calendar)
-    assert (lazy.packed_orders is None) == (not state.orders or any_refunds(state))
+    assert (lazy.packed_orders is None) == (not state.orders)  # partial refunds too
     for event in events:
         assert lazy.apply(event, ACTIVITY) == built.apply(event, ACTIVITY)
         assert encode_state(lazy) == encode_state(built)
     assert lazy.counted(counting, calendar) == built.counted(counting, calendar)
     assert lazy == built
+
+
+@given(
+    any_states(),
+    st.lists(st.one_of(orders(), visits()), max_size=3),
+    st.integers(20_454, 21_500),
+)
+def test_what_a_decoded_state_writes_back_as_read_is_what_its_values_give(
+    state: CustomerState, events: list, day: int
+) -> None:
+    """The encoder writes the class layout, the since instants and the key actions back as
+    they were read while unchanged: the bytes are those of a state built from the same
+    values, after events that move the base, the key actions and the classes."""
+    assume(all(r.ms != NO_TIME for r in state.orders.values() if r.flags & RULES.counting))
+    lazy, twin = decode_state("c1", encode_state(state)), decode_state("c1", encode_state(state))
+    for event in [*events, None]:
+        if event is None:  # classified last: classes and since instants may move
+            for s in (lazy, twin):
+                evaluate(s, RULES, day, Cause("timer", None, day * DAY), 0)
+        else:
+            assert lazy.apply(event, ACTIVITY) == twin.apply(event, ACTIVITY)
+        assert encode_state(lazy) == encode_state(built_anew(twin))
+
+
+def built_anew(state: CustomerState) -> CustomerState:
+    """A state holding the same values as ``state`` and nothing as read."""
+    return CustomerState(
+        state.customer_id, dict(state.orders), state.first_visit_ms, state.last_visit_ms,
+        list(state.key_actions), state.region, state.region_ms, dict(state.traits),
+        dict(state.classes), dict(state.since_ms), dict(state.withheld), state.rules_version,
+        state.due_day,
+    )  # fmt: skip
+
+
+def test_since_instants_never_read_step_from_a_base_that_moved() -> None:
+    """A visit before every instant the state holds moves its base: the since instants
+    written back as read are re-based, and the key actions' field is written anew."""
+    state = CustomerState(
+        "c1",
+        key_actions=[T0 + 2 * DAY, T0 + 3 * DAY],
+        classes={"lifecycle": "active"},
+        since_ms={"lifecycle": T0 + DAY},
+    )
+    lazy = decode_state("c1", encode_state(state))
+    early = Visit("v1", "c1", T0 - 30 * DAY, "page_view", None)
+    assert lazy.apply(early, ACTIVITY) and state.apply(early, ACTIVITY)
+    assert lazy.since_unread  # the visit did not read them
+    assert encode_state(lazy) == encode_state(state)
+    assert decode_state("c1", encode_state(lazy)) == state
 
 
 def test_orders_left_as_decoded_step_from_a_base_that_moved() -> None:
@@ -295,8 +344,21 @@ def test_orders_left_as_decoded_count_as_their_records_do() -> None:
         assert lazy.counted(counting, UTC_CALENDAR) == state.counted(counting, UTC_CALENDAR)
 
 
-def any_refunds(state: CustomerState) -> bool:
-    return any(r.refunds for r in state.orders.values())
+def test_orders_left_as_decoded_count_partial_refunds() -> None:
+    """Partial refunds come off their order's amount straight from the stored form; refunds
+    that add up to the amount void the order, as they do its record."""
+    state = CustomerState(
+        "c1",
+        orders={
+            "A1": OrderRecord(PAID, True, T0 + DAY, 1_000, {"r1": 300}),
+            "A2": OrderRecord(PAID, True, T0 + 2 * DAY, 2_000, {"r1": 1_500, "r2": 500}),
+            "A3": OrderRecord(PAID, True, T0 + 3 * DAY, 3_000),
+        },
+    )
+    lazy = decode_state("c1", encode_state(state))
+    assert lazy.counted(PAID, UTC_CALENDAR) == [(T0 + DAY, 700), (T0 + 3 * DAY, 3_000)]
+    assert lazy.packed_orders is not None  # counted without building the records
+    assert lazy.counted(PAID, UTC_CALENDAR) == state.counted(PAID, UTC_CALENDAR)
 
 
 def test_partial_refunds_and_key_actions_round_trip() -> None:

@@ -57,16 +57,29 @@ def encode_state(state: CustomerState) -> bytes:
     visit to the last key action, the region's to the last visit) as ``true``; the
     dimensions, which classes have a since instant and the class names through one cached
     lookup per class combination; the rules version's hash as its bytes; the withheld
-    classes, while there are any, last. Field by field: docs/state-format.md."""
+    classes, while there are any, last. What a decoded state still holds as it was read
+    (orders and since instants never read, the same classes, the same key actions) goes out
+    as it was read, the instants re-based if the base moved. Field by field:
+    docs/state-format.md."""
     stored = state.packed_orders
-    if not isinstance(stored, StoredOrders):  # read as they were stored, or built since
+    if not isinstance(stored, StoredState):  # read as they were stored, or built since
         stored = None
     orders = state.orders if stored is None else {}
-    since_ms = state.since_ms
+    parts = state.stored
+    if not isinstance(parts, StoredState):
+        parts = None
+    classes = state.classes
     keys = state.key_actions  # sorted: the first is the earliest
     first_visit, last_visit, region_ms = state.first_visit_ms, state.last_visit_ms, state.region_ms
     traits = state.traits
-    instants = list(since_ms.values())
+    since_ms: dict[str, int] = {}
+    if parts is not None and state.since_unread and tuple(classes.items()) == parts.class_items:
+        layout = parts  # fields 9-12 as read: the same classes, the since instants never read
+        instants = [] if parts.since_min is None else [parts.since_min]
+    else:
+        layout = None
+        since_ms = state.since_ms
+        instants = list(since_ms.values())
     if keys:
         instants.append(keys[0])
     if first_visit is not None:
@@ -81,9 +94,26 @@ def encode_state(state: CustomerState) -> bytes:
     elif orders and (first := next(iter(orders.values())).ms) != NO_TIME:
         instants.append(first)  # the other orders' are steps from it
     base = min(instants) if instants else 0
-    dims, classes, since, since_order = _class_layout(
-        tuple(state.classes), tuple(state.classes.values()), tuple(since_ms)
-    )
+    if layout is not None:
+        dims, packed, since_dims = layout.doc[9:12]
+        since = layout.doc[12]
+        if base != layout.base and since:
+            since = list(map(add, since, repeat(layout.base - base)))
+    else:
+        dims, packed, since_dims, since_order = _class_layout(
+            tuple(classes), tuple(classes.values()), tuple(since_ms)
+        )
+        since = (
+            list(map(sub, map(since_ms.__getitem__, since_order), repeat(base)))
+            if since_ms
+            else _EMPTY
+        )
+    if not keys:
+        steps: bytes | list[int] = b""
+    elif parts is not None and base == parts.base and keys == parts.keys:
+        steps = parts.doc[15]
+    else:
+        steps = _steps(keys, base)
     flat: list[object] = []
     refunds: list[object] = []  # (position of the order, event id, amount) triples
     prefix = ""
@@ -112,14 +142,12 @@ def encode_state(state: CustomerState) -> bytes:
             state.region,
             None if region_ms < 0 else _SAME if region_ms == last_visit else region_ms - base,
             dims,
-            classes,
+            packed,
+            since_dims,
             since,
-            list(map(sub, map(since_ms.__getitem__, since_order), repeat(base)))
-            if since_ms
-            else _EMPTY,
             packed_version(state.rules_version),
             state.due_day,
-            _steps(keys, base) if keys else b"",
+            steps,
             [x for name, (ms, v) in sorted(traits.items()) for x in (name, ms - base, v)]
             if traits
             else _EMPTY,
@@ -179,16 +207,18 @@ def _class_layout(
 @lru_cache(maxsize=4096)
 def _class_names(
     dims: tuple[object, ...] | None, classes: tuple[object, ...], since: int | tuple[object, ...]
-) -> tuple[dict[str, str | None], tuple[str, ...]]:
-    """The inverse of _class_layout: the classes (callers take a copy) and the dimensions
-    that have a since instant."""
+) -> tuple[dict[str, str | None], tuple[tuple[str, str | None], ...], tuple[str, ...]]:
+    """The inverse of _class_layout: the classes (callers take a copy), the same as pairs
+    (what the encoder compares a state's classes with), and the dimensions that have a
+    since instant."""
     names = VOCABULARY[: len(classes)] if dims is None else tuple(map(text, dims))
     if len(names) != len(classes):
         raise CorruptRecord("classes and dimensions do not pair up")
     mapping = {d: None if c is None else text(c) for d, c in zip(names, classes, strict=True)}
+    items = tuple(mapping.items())
     if isinstance(since, int):
-        return mapping, tuple(d for i, d in enumerate(names) if since >> i & 1)
-    return mapping, tuple(map(text, since))
+        return mapping, items, tuple(d for i, d in enumerate(names) if since >> i & 1)
+    return mapping, items, tuple(map(text, since))
 
 
 def _withheld(state: CustomerState) -> list[list[int | str | None]]:
@@ -245,17 +275,17 @@ def decode_state(customer_id: str, data: bytes) -> CustomerState:
 
 
 def _decode_format_7(customer_id: str, doc: list[Any]) -> CustomerState:
-    """Format 7, every field unpacked at once but the orders, left as stored (StoredOrders):
-    the hot path, one per customer per batch."""
+    """Format 7, every field unpacked at once but the orders and the since instants, left as
+    stored (StoredState): the hot path, one per customer per batch."""
     (
-        _, base, prefix, flat, refunds, first_visit, last_visit, region, region_ms, dims,
+        _, base, _, flat, _, first_visit, last_visit, region, region_ms, dims,
         classes, since_dims, since, version, due, keys, traits, *withheld,
     ) = doc  # fmt: skip
-    if keys:
+    if keys:  # steps, the first from the base; the field itself is kept as read
         if keys.__class__ is bytes:
-            keys = list(_uint32s(len(keys) // 4).unpack(keys))
-        keys[0] += base
-        keys = list(accumulate(keys))
+            keys = _uint32s(len(keys) // 4).unpack(keys)
+        keys = list(accumulate(keys, initial=base))
+        del keys[0]
     else:
         keys = []
     if last_visit is True:
@@ -266,11 +296,15 @@ def _decode_format_7(customer_id: str, doc: list[Any]) -> CustomerState:
         region_ms = last_visit
     elif region_ms is not None:
         region_ms += base
-    mapping, since_names = _class_names(
+    mapping, items, since_names = _class_names(
         None if dims is None else tuple(dims),
         tuple(classes),
         since_dims if since_dims.__class__ is int else tuple(since_dims),
     )
+    if len(since) != len(since_names):
+        raise CorruptRecord("since instants and their dimensions do not pair up")
+    earliest = min(since) + base if since else None  # checks them too: integers
+    stored = StoredState(doc, base, keys.copy(), items, since_names, earliest)
     return CustomerState(
         customer_id,
         None,
@@ -283,25 +317,52 @@ def _decode_format_7(customer_id: str, doc: list[Any]) -> CustomerState:
         if traits
         else {},
         dict(mapping),
-        dict(zip(since_names, map(add, since, repeat(base)), strict=True)),
+        None,
         dict(unpacked_classes(tuple(withheld[0]))) if withheld else {},
         unpacked_version(version),
         due,
-        StoredOrders(prefix, flat, refunds, base) if flat else None,
+        stored if flat else None,
+        stored,
     )
 
 
-class StoredOrders:
-    """Format 7's orders as read: (id after the shared prefix, flags with 16 for paid, step
-    from the order before (the first's from ``base``), cents) quadruples, and (position of
-    the order, event id, amount) refund triples. The order records are built only when an
-    order event needs them; until then the index is counted straight from the quadruples,
-    and the encoder writes them back as they were."""
+class StoredState:
+    """Format 7's fields as read, for the parts a batch seldom reads or changes: built only
+    when read, written back as they were read while unchanged, re-based if the base moved.
 
-    __slots__ = ("base", "flat", "prefix", "refunds")
+    The orders (fields 2-4: id after the shared prefix, flags with 16 for paid, step from the
+    order before (the first's from ``base``), cents quadruples, and (position of the order,
+    event id, amount) refund triples): the order records are built only when an order event
+    needs them; until then the index is counted straight from the quadruples. The class
+    layout and since instants (fields 9-12): written back while the classes are the same and
+    the since instants were never read (``since_min``, the earliest, is what they weigh in
+    the base). The key actions' field (15): written back while they are the same."""
 
-    def __init__(self, prefix: str, flat: list[Any], refunds: list[Any], base: int) -> None:
-        self.prefix, self.flat, self.refunds, self.base = prefix, flat, refunds, base
+    __slots__ = (
+        "base",
+        "class_items",
+        "doc",
+        "flat",
+        "keys",
+        "refunds",
+        "since_min",
+        "since_names",
+    )
+
+    def __init__(  # noqa: PLR0917  # positional: one per customer read
+        self,
+        doc: list[Any],
+        base: int,
+        keys: list[int],
+        class_items: tuple[tuple[str, str | None], ...],
+        since_names: tuple[str, ...],
+        since_min: int | None,
+    ) -> None:
+        self.doc, self.base, self.keys, self.flat, self.refunds = doc, base, keys, doc[3], doc[4]
+        self.class_items, self.since_names, self.since_min = class_items, since_names, since_min
+
+    def since_ms(self) -> dict[str, int]:
+        return dict(zip(self.since_names, map(add, self.doc[12], repeat(self.base)), strict=True))
 
     def _times(self) -> list[int]:
         steps = self.flat[2::4]
@@ -317,26 +378,44 @@ class StoredOrders:
         if base != self.base:
             flat = flat.copy()
             flat[2] += self.base - base
-        return self.prefix, flat, self.refunds
+        return self.doc[2], flat, self.refunds
 
     def records(self) -> dict[str, OrderRecord]:
-        orders = order_records(self.prefix, self.flat, self._times())
+        orders = order_records(self.doc[2], self.flat, self._times())
         if self.refunds:
             add_refunds(orders, self.refunds)
         return orders
 
-    def counted(self, counting: int) -> list[tuple[int, int]] | None:
-        if self.refunds:
-            return None
+    def counted(self, counting: int) -> list[tuple[int, int]]:
         flat = self.flat
-        counts = _counts(counting)
         amounts = flat[3::4]
-        return list(
-            compress(zip(self._times(), amounts, strict=True), map(counts.__getitem__, flat[1::4]))
-        )
+        selected: Iterable[bool] = map(_counts(counting).__getitem__, flat[1::4])
+        if self.refunds:
+            selected = list(selected)
+            _less_refunds(amounts, selected, self.refunds)
+        return list(compress(zip(self._times(), amounts, strict=True), selected))
+
+
+def _less_refunds(amounts: list[Any], selected: list[bool], refunds: list[Any]) -> None:
+    """Partial refunds off their orders' amounts, as OrderRecord.contribution weighs them:
+    per order the latest amount per refund event, and an order refunded in full counts no
+    more."""
+    held: list[dict[Any, Any] | None] = [None] * len(amounts)
+    for i in range(0, len(refunds), 3):
+        by_event = held[refunds[i]]
+        if by_event is None:
+            by_event = held[refunds[i]] = {}
+        by_event[refunds[i + 1]] = refunds[i + 2]
+    for position, by_event in enumerate(held):
+        if by_event is not None:
+            left = amounts[position] - sum(by_event.values())
+            if left > 0:
+                amounts[position] = left
+            else:
+                selected[position] = False
 
 
 @lru_cache(maxsize=8)
 def _counts(counting: int) -> tuple[bool, ...]:
-    """Per stored flags value (16 for paid, see StoredOrders), whether the order counts."""
+    """Per stored flags value (16 for paid, see StoredState), whether the order counts."""
     return tuple(bool(f & counting) and not f & VOIDED for f in range(32))

@@ -101,8 +101,12 @@ class OrderIndex:
         total = 0
         for ms, amount in counted:
             day = day_of(ms)
-            counts[day] = counts.get(day, 0) + 1
-            amounts[day] = amounts.get(day, 0) + amount
+            if day in counts:  # a test and in-place adds: no method call per order
+                counts[day] += 1
+                amounts[day] += amount
+            else:
+                counts[day] = 1
+                amounts[day] = amount
             total += amount
         self.day_counts, self.day_amounts, self.total = counts, amounts, total
         self.days = sorted(counts)
@@ -147,9 +151,16 @@ class PackedOrders(Protocol):
     def records(self) -> dict[str, OrderRecord]:
         """The order records, built (once: the state keeps them from then on)."""
 
-    def counted(self, counting: int) -> list[tuple[int, int]] | None:
-        """What :func:`contributions` gives for the records, or None where the packed form
-        cannot tell it cheaply (partial refunds)."""
+    def counted(self, counting: int) -> list[tuple[int, int]]:
+        """What :func:`contributions` gives for the records."""
+
+
+class StoredParts(Protocol):
+    """What a codec read of a stored state and may write back as it was: the since instants
+    are built only when something reads them (a class change; a batch seldom does)."""
+
+    def since_ms(self) -> dict[str, int]:
+        """The since instants as stored."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,13 +187,15 @@ class CustomerState:  # noqa: PLW1641  # mutable: compared, never hashed
     traits: dict[str, tuple[int, TraitValue]]
     # Derived, not part of the statistics: what was last emitted, and when it was entered.
     classes: dict[str, str | None]
-    since_ms: dict[str, int]
+    # Read through ``since_ms``. None: still in ``_stored`` (a state as decoded).
+    _since: dict[str, int] | None
     # Per dimension whose change consent withholds: the class the customer is in now, while
     # ``classes`` keeps the one last emitted (what subscribers, audiences and counts know).
     withheld: dict[str, str | None]
     rules_version: str
     due_day: int | None
     _packed: PackedOrders | None = field(repr=False)
+    _stored: StoredParts | None = field(repr=False)
     _index: OrderIndex | None = field(repr=False)
 
     def __init__(  # noqa: PLR0917  # positional: the codec builds one per customer read
@@ -201,8 +214,10 @@ class CustomerState:  # noqa: PLW1641  # mutable: compared, never hashed
         rules_version: str = "",
         due_day: int | None = None,
         packed: PackedOrders | None = None,
+        stored: StoredParts | None = None,
     ) -> None:
-        """``packed``: the orders as a codec read them, in place of ``orders``."""
+        """``packed``: the orders as a codec read them, in place of ``orders``; ``stored``:
+        the rest as it read it, in place of ``since_ms``."""
         self.customer_id = customer_id
         self._orders = orders
         self.first_visit_ms, self.last_visit_ms = first_visit_ms, last_visit_ms
@@ -210,10 +225,10 @@ class CustomerState:  # noqa: PLW1641  # mutable: compared, never hashed
         self.region, self.region_ms = region, region_ms
         self.traits = {} if traits is None else traits
         self.classes = {} if classes is None else classes
-        self.since_ms = {} if since_ms is None else since_ms
+        self._since = {} if since_ms is None and stored is None else since_ms
         self.withheld = {} if withheld is None else withheld
         self.rules_version, self.due_day = rules_version, due_day
-        self._packed, self._index = packed, None
+        self._packed, self._stored, self._index = packed, stored, None
 
     @property
     def orders(self) -> dict[str, OrderRecord]:
@@ -223,6 +238,28 @@ class CustomerState:  # noqa: PLW1641  # mutable: compared, never hashed
             orders = self._orders = {} if packed is None else packed.records()
             self._packed = None
         return orders
+
+    @property
+    def since_ms(self) -> dict[str, int]:
+        since = self._since
+        if since is None:
+            stored = self._stored
+            since = self._since = {} if stored is None else stored.since_ms()
+        return since
+
+    @since_ms.setter
+    def since_ms(self, since: dict[str, int]) -> None:
+        self._since = since
+
+    @property
+    def stored(self) -> StoredParts | None:
+        """What the codec read: it writes back what is unchanged as it was read."""
+        return self._stored
+
+    @property
+    def since_unread(self) -> bool:
+        """Whether the since instants are still as stored, never read."""
+        return self._since is None
 
     @property
     def packed_orders(self) -> PackedOrders | None:
@@ -319,9 +356,9 @@ class CustomerState:  # noqa: PLW1641  # mutable: compared, never hashed
             or (index.calendar is not calendar and index.calendar != calendar)  # `is`: cheap
         ):
             packed = self._packed
-            counted = None if packed is None else packed.counted(counting)
-            if counted is None:
-                counted = contributions(self.orders, counting)
+            counted = (
+                contributions(self.orders, counting) if packed is None else packed.counted(counting)
+            )
             index = self._index = OrderIndex(counted, counting, calendar)
         return index
 
