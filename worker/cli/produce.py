@@ -14,7 +14,7 @@ from typing import BinaryIO
 import orjson
 from aiokafka.errors import KafkaError
 
-from worker.cli.common import Subparsers, open_input, output
+from worker.cli.common import Subparsers, kafka_failure, open_input, output
 from worker.core.deadletter import dead_letter
 from worker.core.events import Rejection
 from worker.produce import MissingTopic, Sent, produce
@@ -82,11 +82,8 @@ def _produce(args: argparse.Namespace) -> int:
             print(f"segment-worker: {exc}", file=sys.stderr)
             return 2
         except KafkaError as exc:
-            print(
-                f"segment-worker: Kafka at {settings.kafka_bootstrap}: {exc!r}; lines already "
-                "acknowledged stay sent, and sending the file again is harmless",
-                file=sys.stderr,
-            )
+            then = "lines already acknowledged stay sent, and sending the file again is harmless"
+            print(kafka_failure(exc, settings, then, given=bool(args.kafka)), file=sys.stderr)
             return 2
         finally:
             if progress is not None:
