@@ -147,10 +147,10 @@ class _Held(logging.Handler):
 @contextlib.contextmanager
 def _held_logs() -> Iterator[list[str]]:
     """Hold aiokafka's warnings and errors for the block when nothing is configured to handle
-    them (a CLI command; `run` and `demo` log them as they come): Python's last-resort
-    handler would print them raw before the one line that explains a failed start. A failure
-    that line explains (EXPLAINED) drops them, giving their messages to the block to say;
-    otherwise they are passed on when the block ends."""
+    them (a CLI command; `run`, and `demo` once its topics exist, log them as they come):
+    Python's last-resort handler would print them raw before the one line that explains a
+    failed start. A failure that line explains (EXPLAINED) drops them, giving their messages
+    to the block to say; otherwise they are passed on when the block ends."""
     library = logging.getLogger("aiokafka")
     said: list[str] = []
     if library.hasHandlers():
@@ -255,7 +255,7 @@ async def ensure_topics(settings: Settings, partitions: int) -> None:
     with ``partitions`` each (co-partitioned), the dead-letter topic with one. The classes
     topic is compacted: the newest record per customer is the customer's current classes."""
     client = admin(settings)
-    await client.start()
+    await start_checked(settings, client.start)
     replicas = settings.topic_replication
     try:
         wanted = [
