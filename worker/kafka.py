@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, Final
 
 import orjson
@@ -28,6 +29,8 @@ from aiokafka.errors import (
     SaslAuthenticationFailed,
     TopicAlreadyExistsError,
     TopicAuthorizationFailedError,
+    UnknownError,
+    UnsupportedVersionError,
 )
 from aiokafka.helpers import create_ssl_context
 
@@ -45,6 +48,18 @@ NOT_AUTHORIZED: Final = (
     GroupAuthorizationFailedError,
     TopicAuthorizationFailedError,
 )
+# What InitProducerId raises at a producer's start on a broker without idempotent producers.
+NO_PRODUCER_ID: Final = (UnknownError, UnsupportedVersionError)
+# Failures of a client's start that our one-line messages explain (start_checked,
+# start_producer), whatever aiokafka logged on the way.
+EXPLAINED: Final = (KafkaConnectionError, *NOT_AUTHORIZED, *NO_PRODUCER_ID)
+
+
+class NotCoPartitioned(SettingsError):
+    """Topics that must have one partition count have several: the worker keeps a customer's
+    state under the input partition, so a customer's records on a topic with another count
+    land on a partition that is not theirs (dead-lettered as wrong_partition)."""
+
 
 Connection = Settings | str
 """Where a client connects: the deployment's settings (bootstrap servers, SASL and TLS), or,
@@ -99,19 +114,89 @@ async def start_checked(settings: Settings, start: Callable[[], Awaitable[None]]
     plain requests to a TLS listener, a missing ACL) becomes a SettingsError that names it,
     since waiting will not fix it. aiokafka reports them all as "Unable to bootstrap", so a
     failed bootstrap is followed by one diagnostic connection; an unreachable broker stays a
-    KafkaError to wait out."""
+    KafkaError to wait out. aiokafka's log records of a start that fails are the caller's
+    message to say (see :func:`_held_logs`)."""
     try:
-        await start()
-    except KafkaConnectionError:
+        with _held_logs() as said:
+            await start()
+    except KafkaConnectionError as exc:
         problem = await refusal(settings)
-        if problem is None:
-            raise
-        raise SettingsError(problem) from None
+        if problem is not None:
+            raise SettingsError(problem) from None
+        if said:  # what each bootstrap server said (refused, no such host), not only "Unable"
+            raise KafkaConnectionError("; ".join(said)) from exc
+        raise
     except NOT_AUTHORIZED as exc:
         raise SettingsError(
             f"Kafka at {settings.kafka_bootstrap} refused {_principal(settings)}: {exc}; "
             "grant the ACLs docs/security.md lists"
         ) from None
+
+
+class _Held(logging.Handler):
+    """Keeps the records it is given."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def _held_logs() -> Iterator[list[str]]:
+    """Hold aiokafka's warnings and errors for the block when nothing is configured to handle
+    them (a CLI command; `run`, and `demo` once its topics exist, log them as they come):
+    Python's last-resort handler would print them raw before the one line that explains a
+    failed start. A failure that line explains (EXPLAINED) drops them, giving their messages
+    to the block to say; otherwise they are passed on when the block ends."""
+    library = logging.getLogger("aiokafka")
+    said: list[str] = []
+    if library.hasHandlers():
+        yield said
+        return
+    held = _Held()
+    library.addHandler(held)
+    try:
+        yield said
+    except EXPLAINED:
+        said.extend(record.getMessage() for record in held.records)
+        held.records.clear()
+        raise
+    finally:
+        library.removeHandler(held)
+        for record in held.records:
+            logging.getLogger(record.name).handle(record)
+
+
+async def start_producer(settings: Settings, client: AIOKafkaProducer) -> None:
+    """Start a producer built by :func:`producer` with ``settings``, checked as
+    :func:`start_checked` does; a broker that refuses an idempotent producer outright is a
+    SettingsError naming SEGMENT_WORKER_KAFKA_IDEMPOTENCE, since aiokafka's error (UnknownError)
+    does not say what to change and retrying cannot fix it."""
+    try:
+        await start_checked(settings, client.start)
+    except NO_PRODUCER_ID as exc:
+        if not settings.kafka_idempotence:
+            raise
+        raise SettingsError(
+            f"{PREFIX}KAFKA_IDEMPOTENCE: the broker at {settings.kafka_bootstrap} refused an "
+            f"idempotent producer (InitProducerId: {type(exc).__name__}); for a broker "
+            f"without idempotent producers (Tansu), set {PREFIX}KAFKA_IDEMPOTENCE=false"
+        ) from None
+
+
+@contextlib.asynccontextmanager
+async def started_producer(settings: Settings, **overrides: Any) -> AsyncIterator[AIOKafkaProducer]:
+    """A producer of ``settings`` started by :func:`start_producer`, for the block; stopped on
+    leaving, also when its start failed (aiokafka warns of an unclosed producer otherwise)."""
+    client = producer(settings, **overrides)
+    try:
+        await start_producer(settings, client)
+        yield client
+    finally:
+        await client.stop()
 
 
 async def refusal(settings: Settings) -> str | None:
@@ -170,7 +255,7 @@ async def ensure_topics(settings: Settings, partitions: int) -> None:
     with ``partitions`` each (co-partitioned), the dead-letter topic with one. The classes
     topic is compacted: the newest record per customer is the customer's current classes."""
     client = admin(settings)
-    await client.start()
+    await start_checked(settings, client.start)
     replicas = settings.topic_replication
     try:
         wanted = [
@@ -220,14 +305,10 @@ def _led(described: list[dict[str, Any]]) -> bool:
 
 async def send_erasures(settings: Settings, customer_ids: Sequence[str]) -> None:
     """Erasure requests, keyed by customer id so they reach the partition owning the customer."""
-    client = producer(settings)
-    try:
-        await start_checked(settings, client.start)
+    async with started_producer(settings) as client:
         for customer_id in customer_ids:
             value = orjson.dumps({"customer_id": customer_id})
             await client.send_and_wait(settings.topic_erasures, value, key=customer_id.encode())
-    finally:
-        await client.stop()
 
 
 async def end_offsets(
@@ -256,6 +337,35 @@ async def input_partitions(settings: Settings) -> int:
     """The orders topic's partition count, which places a customer; KafkaError if Kafka
     cannot tell."""
     return await partition_count(settings, settings.topic_orders)
+
+
+def co_partitioned_topics(settings: Settings) -> tuple[str, ...]:
+    """The topics a customer's records reach the worker on: each must have one partition
+    count (docs/contracts.md)."""
+    return (
+        settings.topic_orders,
+        settings.topic_visits,
+        settings.topic_profiles,
+        settings.topic_erasures,
+    )
+
+
+async def partition_counts(client: AIOKafkaProducer, settings: Settings) -> dict[str, int]:
+    """The partition count of each co-partitioned topic that exists, asked through the
+    started ``client``; NotCoPartitioned, naming every count, if they differ."""
+    metadata = await client.client.fetch_all_metadata()
+    counts = {
+        name: len(found)
+        for name in co_partitioned_topics(settings)
+        if (found := metadata.partitions_for_topic(name))
+    }
+    if len(set(counts.values())) > 1:
+        listed = ", ".join(f"{name!r} has {count}" for name, count in counts.items())
+        raise NotCoPartitioned(
+            f"{PREFIX}TOPIC_*: the input and erasure topics must have the same partition count "
+            f"(co-partitioned, docs/contracts.md), but {listed}; create them with one count"
+        )
+    return counts
 
 
 async def partition_count(settings: Settings, topic: str) -> int:

@@ -64,9 +64,7 @@ async def produce(
     once all are acknowledged. A line refused by the parser goes to ``on_reject``."""
     limits = ParseLimits(settings.max_event_bytes, settings.future_skew_ms)
     sent = Sent()
-    client = kafka.producer(settings, **PRODUCER_BATCHING)
-    await kafka.start_checked(settings, client.start)
-    try:
+    async with kafka.started_producer(settings, **PRODUCER_BATCHING) as client:
         partitions = await _partitions(client, settings)
         pending: list[asyncio.Future[object]] = []
         for line_no, raw in lines:
@@ -91,25 +89,20 @@ async def produce(
                 await _acknowledged(pending)
                 on_progress(sent)
         await _acknowledged(pending)
-    finally:
-        await client.stop()
     return sent
 
 
 async def _partitions(client: AIOKafkaProducer, settings: Settings) -> dict[str, int]:
-    """Each input topic's partition count; MissingTopic if one does not exist."""
-    names = (settings.topic_orders, settings.topic_visits, settings.topic_profiles)
-    existing = await client.client.fetch_all_metadata()
-    out = {}
-    for name in names:
-        found = existing.partitions_for_topic(name)
-        if not found:
+    """Each topic's partition count; MissingTopic if an input topic does not exist,
+    NotCoPartitioned if the counts differ."""
+    counts = await kafka.partition_counts(client, settings)
+    for name in (settings.topic_orders, settings.topic_visits, settings.topic_profiles):
+        if name not in counts:
             raise MissingTopic(
                 f"topic {name!r} does not exist on {settings.kafka_bootstrap}: create the "
                 "input topics first, each with the same partition count (docs/contracts.md)"
             )
-        out[name] = len(found)
-    return out
+    return counts
 
 
 async def _acknowledged(pending: list[asyncio.Future[object]]) -> None:

@@ -15,7 +15,6 @@ from typing import Final
 import faust
 import mode
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import UnknownError, UnsupportedVersionError
 from faust.app.base import BootStrategy
 
 from worker import kafka
@@ -235,26 +234,18 @@ class Worker:
         loop.add_signal_handler(signal.SIGHUP, self.pipeline.request_reload)
 
     async def _start_clients(self) -> None:
+        """Start Redis and the Kafka clients, waiting for servers that are down; topics that
+        are not co-partitioned stop the start before anything is consumed."""
         steps = start_steps(
-            self.settings, self.store.library.ensure, self._start_producer, self.consumer.start
+            self.settings,
+            self.store.library.ensure,
+            partial(kafka.start_producer, self.settings, self.producer),
+            partial(kafka.partition_counts, self.producer, self.settings),
+            partial(kafka.start_checked, self.settings, self.consumer.start),
         )
         await wait_for_servers(
             steps, self.pipeline.stop_requested, lambda: self.metrics.ready.set(0)
         )
-
-    async def _start_producer(self) -> None:
-        """Start the producer; a broker that refuses idempotence outright is a settings
-        problem, not an outage to wait out (aiokafka raises, and retrying loops forever)."""
-        try:
-            await self.producer.start()
-        except (UnknownError, UnsupportedVersionError) as exc:
-            if not self.settings.kafka_idempotence:
-                raise
-            raise SettingsError(
-                f"{PREFIX}KAFKA_IDEMPOTENCE: the broker at {self.settings.kafka_bootstrap} "
-                f"refused an idempotent producer (InitProducerId: {type(exc).__name__}); "
-                "set it to false only for a broker without idempotent producers (Tansu)"
-            ) from exc
 
     async def _shutdown(self) -> None:
         await self.pipeline.shut_down()  # no batch in flight past this point, its output out

@@ -8,21 +8,19 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from functools import partial
 
 from aiokafka.errors import KafkaError
 from redis.exceptions import AuthenticationError, AuthorizationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from worker.kafka import start_checked
 from worker.settings import Settings, redact_url
 
 log = logging.getLogger("segment_worker")
 FIRST_DELAY = 0.2  # seconds; doubled after every failed attempt
 MAX_DELAY = 5.0
 
-Step = tuple[str, Callable[[], Awaitable[None]], tuple[type[BaseException], ...]]
+Step = tuple[str, Callable[[], Awaitable[object]], tuple[type[BaseException], ...]]
 # What an unreachable server raises; anything else (a refused ACL, a bad TLS file) is a
 # configuration error that waiting will not fix, and is left to stop the start.
 REDIS_DOWN: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -35,16 +33,14 @@ KAFKA_DOWN: tuple[type[BaseException], ...] = (KafkaError, OSError)
 def start_steps(
     settings: Settings,
     load_library: Callable[[], Awaitable[None]],
-    *kafka_clients: Callable[[], Awaitable[None]],
+    *kafka_steps: Callable[[], Awaitable[object]],
 ) -> list[Step]:
-    """Redis first (its Functions library), then each Kafka client, named for the log; a
-    Kafka refusal that settings cause (TLS, SASL, ACLs) stops the start (start_checked)."""
+    """Redis first (its Functions library), then each Kafka step (a client's checked start,
+    a question about topics), named for the log; a SettingsError they raise (a refusal that
+    settings cause, see start_checked) stops the start."""
     redis = f"Redis at {redact_url(settings.redis_url)}"
     kafka = f"Kafka at {settings.kafka_bootstrap}"
-    return [
-        (redis, load_library, REDIS_DOWN),
-        *((kafka, partial(start_checked, settings, c), KAFKA_DOWN) for c in kafka_clients),
-    ]
+    return [(redis, load_library, REDIS_DOWN), *((kafka, s, KAFKA_DOWN) for s in kafka_steps)]
 
 
 async def wait_for_servers(

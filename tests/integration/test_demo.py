@@ -152,6 +152,18 @@ def test_a_kafka_given_is_used_with_the_environments_kafka_settings() -> None:
     assert "bad setting: SEGMENT_WORKER_KAFKA_SASL_USERNAME" in err
 
 
+def test_a_kafka_it_cannot_reach_is_said_in_one_line() -> None:
+    """aiokafka's own error is said in that line, not printed before it."""
+    nowhere = f"127.0.0.1:{free_port()}"
+    proc = demo("--kafka", nowhere, "--duration", "5")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err
+    [line] = err.splitlines()
+    assert line.startswith(
+        f'segment-worker: Kafka at {nowhere}: KafkaConnectionError: Unable connect to "{nowhere}"'
+    )
+
+
 def test_a_demo_whose_worker_failed_exits_non_zero(broker: ApacheKafka | Broker) -> None:
     if not isinstance(broker, Broker):
         pytest.skip("only Tansu refuses an idempotent producer (SW_TEST_BROKER=tansu)")

@@ -1,12 +1,14 @@
 """`segment-worker produce` puts an events file where the worker reads it: each valid line, as
 it is, on the topic of its type, keyed and partitioned by its customer id, in file order per
-partition; bad lines stay out and are reported; missing topics stop it before anything is sent."""
+partition; bad lines stay out and are reported; missing topics, or topics of different partition
+counts, stop it before anything is sent."""
 
 import asyncio
 import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import replace
 from itertools import islice
 from pathlib import Path
@@ -19,7 +21,7 @@ from tests.integration.live_support import DAY0, PARTITIONS, env_of, make_settin
 from worker.core.events import ParseLimits, Rejection, parse_event
 from worker.kafka import partition_of
 from worker.settings import Settings
-from worker.tools.embedded import KafkaServer
+from worker.tools.embedded import KafkaServer, free_port
 from worker.tools.simulate import FeedFaults, Simulator
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -30,6 +32,10 @@ BAD = [
     b"not json",
     b'{"type":"click","event_id":"x2","customer_id":"cus_bad","occurred_at":"2026-03-02T00:00:00Z"}',
 ]
+VISIT = (
+    b'{"type":"visit","event_id":"v1","customer_id":"c1",'
+    b'"occurred_at":"2026-03-02T00:00:00Z","action":"login"}\n'
+)
 
 
 def run_produce(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
@@ -104,10 +110,7 @@ def test_missing_topics_stop_it_before_anything_is_sent(
 ) -> None:
     settings = asyncio.run(make_settings(broker, UNUSED_REDIS))
     path = tmp_path / "one.jsonl"
-    path.write_bytes(
-        b'{"type":"visit","event_id":"v1","customer_id":"c1",'
-        b'"occurred_at":"2026-03-02T00:00:00Z","action":"login"}\n'
-    )
+    path.write_bytes(VISIT)
     missing = replace(settings, topic_profiles=settings.topic_profiles + "-nope")
 
     done = run_produce(missing, str(path))
@@ -116,3 +119,40 @@ def test_missing_topics_stop_it_before_anything_is_sent(
     assert f"topic '{missing.topic_profiles}' does not exist" in done.stderr
     assert "Traceback" not in done.stderr
     assert all(not records for records in topics_of(settings).values())
+
+
+def test_topics_of_different_partition_counts_stop_it_before_anything_is_sent(
+    broker: KafkaServer, topics: Callable[..., dict[str, str]], tmp_path: Path
+) -> None:
+    """The worker would dead-letter every visit as wrong_partition: they must be co-partitioned."""
+    settings = asyncio.run(make_settings(broker, UNUSED_REDIS))
+    odd = replace(settings, topic_visits=topics(visits=2)["visits"])
+    n = PARTITIONS
+    path = tmp_path / "one.jsonl"
+    path.write_bytes(VISIT)
+
+    done = run_produce(odd, str(path))
+
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [
+        "segment-worker: bad setting: SEGMENT_WORKER_TOPIC_*: the input and erasure topics must "
+        "have the same partition count (co-partitioned, docs/contracts.md), but "
+        f"'{odd.topic_orders}' has {n}, '{odd.topic_visits}' has 2, '{odd.topic_profiles}' has {n}, "
+        f"'{odd.topic_erasures}' has {n}; create them with one count"
+    ]
+    assert all(not records for records in topics_of(odd).values())
+
+
+def test_a_kafka_it_cannot_reach_is_named_in_one_line(tmp_path: Path) -> None:
+    nowhere = f"127.0.0.1:{free_port()}"
+    path = tmp_path / "one.jsonl"
+    path.write_bytes(VISIT)
+
+    done = run_produce(Settings(kafka_bootstrap=nowhere), str(path))
+
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.splitlines()  # aiokafka's own log lines said in it, not before it
+    assert line.startswith(
+        f"segment-worker: cannot reach Kafka at {nowhere} (SEGMENT_WORKER_KAFKA_BOOTSTRAP): "
+        f'KafkaConnectionError: Unable connect to "{nowhere}": [Errno 111]'
+    )

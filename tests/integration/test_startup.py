@@ -1,14 +1,25 @@
 """A worker started before its Redis (or with a host that does not resolve) waits for it,
-reports not ready and says what it waits for, instead of crashing."""
+reports not ready and says what it waits for, instead of crashing; what waiting cannot fix
+(a refused password, an address it cannot listen on, topics that are not co-partitioned)
+stops the start with one line."""
 
 import asyncio
 import signal
 import socket
+from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 from aiohttp import ClientSession
 
-from tests.integration.live_support import NOW, make_settings, start_worker, wait_until, worker_log
+from tests.integration.live_support import (
+    NOW,
+    PARTITIONS,
+    make_settings,
+    start_worker,
+    wait_until,
+    worker_log,
+)
 from worker.settings import Settings
 from worker.tools.embedded import Broker, RedisServer, free_port
 
@@ -100,4 +111,28 @@ async def test_an_http_address_it_cannot_listen_on_is_named(variable: str) -> No
     log = worker_log(proc)
     assert code == 2, log
     assert f"segment-worker: bad setting: {variable}: cannot listen on" in log
+    assert "Traceback" not in log and "Unclosed" not in log
+
+
+@pytest.mark.parametrize("topic", ["topic_visits", "topic_erasures"])
+async def test_topics_of_different_partition_counts_stop_the_start(
+    settings: Settings, topics: Callable[..., dict[str, str]], topic: str
+) -> None:
+    """Co-partitioned topics (docs/contracts.md) with another count would have their records
+    dead-lettered as wrong_partition: the worker refuses to start, naming every count."""
+    odd = replace(settings, **{topic: topics(odd=2)["odd"]})
+    proc = start_worker(odd, NOW)
+    code = await asyncio.to_thread(proc.wait, 60)
+    log = worker_log(proc)
+    assert code == 2, log
+    counts = {
+        name: 2 if name == getattr(odd, topic) else PARTITIONS
+        for name in (odd.topic_orders, odd.topic_visits, odd.topic_profiles, odd.topic_erasures)
+    }
+    listed = ", ".join(f"'{name}' has {count}" for name, count in counts.items())
+    assert (
+        "segment-worker: bad setting: SEGMENT_WORKER_TOPIC_*: the input and erasure topics must "
+        f"have the same partition count (co-partitioned, docs/contracts.md), but {listed}; "
+        "create them with one count"
+    ) in log.splitlines()
     assert "Traceback" not in log and "Unclosed" not in log

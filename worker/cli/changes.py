@@ -18,7 +18,7 @@ from aiokafka.errors import KafkaError
 
 from worker import kafka
 from worker.audience import UnknownClass, check_class
-from worker.cli.common import Subparsers
+from worker.cli.common import Subparsers, kafka_failure
 from worker.core.rules import load_rules
 from worker.settings import Settings
 
@@ -120,7 +120,7 @@ async def watch(
     """Print the wanted changes; without ``follow``, return once the end is reached."""
     consumer = kafka.consumer(settings, enable_auto_commit=False, fetch_max_wait_ms=200)
     try:
-        await consumer.start()
+        await kafka.start_checked(settings, consumer.start)
         topic = settings.topic_changes
         if topic not in await consumer.topics():
             raise KafkaError(f"no topic {topic!r} (SEGMENT_WORKER_TOPIC_CHANGES)")
@@ -185,6 +185,6 @@ def _changes(args: argparse.Namespace) -> int:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(run)
     except KafkaError as exc:
-        print(f"segment-worker: Kafka at {settings.kafka_bootstrap}: {exc}", file=sys.stderr)
+        print(kafka_failure(exc, settings, given=bool(args.kafka)), file=sys.stderr)
         return 2
     return 0

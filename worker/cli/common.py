@@ -13,10 +13,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import BinaryIO, TypeAlias
 
+from aiokafka.errors import KafkaConnectionError
 from redis.exceptions import NoPermissionError, RedisClusterException, RedisError
 
 from worker.core.timeutil import parse_rfc3339
-from worker.settings import Settings, redact_url
+from worker.settings import PREFIX, Settings, redact_url
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 """What ``add_subparsers`` returns: each command group's ``register`` adds its commands to it."""
@@ -158,6 +159,23 @@ def event_lines(lines: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
             raw = raw.removeprefix(codecs.BOM_UTF8)
         if raw.strip():
             yield line_no, raw
+
+
+def kafka_failure(
+    exc: BaseException, settings: Settings, then: str = "", *, given: bool = False
+) -> str:
+    """The one line that says why the Kafka of ``settings`` did not answer, and ``then`` what
+    to do about it: a broker it cannot connect to is named with where its address came from
+    (``given``: the command's --kafka), any other error by its message (aiokafka's repr says
+    no more)."""
+    if isinstance(exc, KafkaConnectionError | OSError):
+        source = "--kafka" if given else f"{PREFIX}KAFKA_BOOTSTRAP"
+        where = f"cannot reach Kafka at {settings.kafka_bootstrap} ({source})"
+    else:
+        where = f"Kafka at {settings.kafka_bootstrap}"
+    return f"segment-worker: {where}: {str(exc) or type(exc).__name__}" + (
+        f"; {then}" if then else ""
+    )
 
 
 def open_input(path: Path) -> BinaryIO:

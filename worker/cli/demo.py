@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 
@@ -49,7 +48,6 @@ def register(sub: Subparsers) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    logging.basicConfig(level="WARNING", format="%(levelname)s %(name)s: %(message)s")
     options = DemoOptions(
         customers=args.customers,
         seed=args.seed,

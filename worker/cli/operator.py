@@ -12,7 +12,13 @@ from collections.abc import Awaitable, Callable
 
 from aiokafka.errors import KafkaError
 
-from worker.cli.common import REDIS_ERRORS, Subparsers, redis_failure, store_arguments
+from worker.cli.common import (
+    REDIS_ERRORS,
+    Subparsers,
+    kafka_failure,
+    redis_failure,
+    store_arguments,
+)
 from worker.core.events import ParseLimits, valid_id
 from worker.core.rules import load_rules
 from worker.kafka import input_partitions, send_erasures
@@ -84,12 +90,8 @@ def _erase(args: argparse.Namespace) -> int:
     try:
         asyncio.run(send_erasures(settings, args.customer_ids))
     except KAFKA_DOWN as exc:
-        print(
-            f"segment-worker: cannot reach Kafka at {settings.kafka_bootstrap} "
-            f"(SEGMENT_WORKER_KAFKA_BOOTSTRAP): {exc}; run it again once it is up (an erasure "
-            "requested twice is erased once)",
-            file=sys.stderr,
-        )
+        then = "run it again once it is up (an erasure requested twice is erased once)"
+        print(kafka_failure(exc, settings, then), file=sys.stderr)
         return 2
     print(f"erasure requested for {len(args.customer_ids)} customer(s)", file=sys.stderr)
     return 0

@@ -6,15 +6,13 @@ import argparse
 import asyncio
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import BinaryIO
 
 import orjson
 from aiokafka.errors import KafkaError
 
-from worker.cli.common import Subparsers, open_input, output
+from worker.cli.common import Subparsers, event_lines, kafka_failure, open_input, output
 from worker.core.deadletter import dead_letter
 from worker.core.events import Rejection
 from worker.produce import MissingTopic, Sent, produce
@@ -72,7 +70,7 @@ def _produce(args: argparse.Namespace) -> int:
             sent = asyncio.run(
                 produce(
                     settings,
-                    _numbered(events),
+                    event_lines(events),
                     on_reject,
                     now_ms=int(time.time() * 1000),
                     on_progress=on_progress,
@@ -82,11 +80,8 @@ def _produce(args: argparse.Namespace) -> int:
             print(f"segment-worker: {exc}", file=sys.stderr)
             return 2
         except KafkaError as exc:
-            print(
-                f"segment-worker: Kafka at {settings.kafka_bootstrap}: {exc!r}; lines already "
-                "acknowledged stay sent, and sending the file again is harmless",
-                file=sys.stderr,
-            )
+            then = "lines already acknowledged stay sent, and sending the file again is harmless"
+            print(kafka_failure(exc, settings, then, given=bool(args.kafka)), file=sys.stderr)
             return 2
         finally:
             if progress is not None:
@@ -94,14 +89,6 @@ def _produce(args: argparse.Namespace) -> int:
     if not args.quiet:
         _summary(sent, args.rejects is None)
     return 1 if args.strict and sent.rejected else 0
-
-
-def _numbered(lines: BinaryIO) -> Iterator[tuple[int, bytes]]:
-    """The non-blank lines without their line ends, numbered from 1 as the rejects name them."""
-    for line_no, line in enumerate(lines, start=1):
-        raw = line.rstrip(b"\r\n")
-        if raw.strip():
-            yield line_no, raw
 
 
 def _summary(sent: Sent, no_rejects_file: bool) -> None:

@@ -222,6 +222,9 @@ async def _run(options: DemoOptions, out: TextIO, stop: asyncio.Event) -> View:
             http_token=token,
         )
         await ensure_topics(settings, PARTITIONS)
+        # Logs from here on: a Kafka that failed before is the CLI's one line, which says
+        # what aiokafka logged (kafka.start_checked).
+        logging.basicConfig(level="WARNING", format="%(levelname)s %(name)s: %(message)s")
         clock = SimulatedClock(parse_rfc3339(options.start), settings.clock_speed)
         worker = Worker(settings, clock)
         view = View(worker.rules, token)
