@@ -328,3 +328,10 @@ def test_a_settings_file_may_start_with_a_byte_order_mark_and_use_tabs(tmp_path:
     )
     s = Settings.from_env({"SEGMENT_WORKER_SETTINGS_FILE": str(path)})
     assert (s.group_id, s.batch_size) == ("a", 9)
+
+
+def test_a_secret_file_may_start_with_a_byte_order_mark(tmp_path: Path) -> None:
+    secret = tmp_path / "url"
+    secret.write_bytes(b"\xef\xbb\xbfredis://redis:6379/2\r\n")
+    env = {"SEGMENT_WORKER_REDIS_URL_FILE": str(secret)}
+    assert Settings.from_env(env).redis_url == "redis://redis:6379/2"

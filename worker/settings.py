@@ -396,7 +396,7 @@ def read_settings_file(path: str, known: set[str]) -> dict[str, str]:
 
 def _read_secret(name: str, path: str) -> str:
     try:
-        return Path(path).read_text("utf-8").strip()
+        return Path(path).read_text("utf-8-sig").strip()
     except OSError as exc:
         raise SettingsError(f"{name}: cannot read {path}: {exc.strerror}") from None
     except UnicodeDecodeError:

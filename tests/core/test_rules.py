@@ -316,3 +316,11 @@ def test_a_condition_may_be_written_over_several_lines() -> None:
             order = Order(f"e{n}", "c", T0 + n * DAY_MS, amount, "USD", "paid", f"o{n}", None)
             process_event(state, order, rules, T0 + n * DAY_MS, T0 + n * DAY_MS)
         assert state.classes["probe"] == "in"
+
+
+def test_a_rules_file_may_start_with_a_byte_order_mark(tmp_path: Path) -> None:
+    for name in ("rules.toml", "rules.yaml"):
+        path = tmp_path / name
+        text = default_rules_yaml() if name.endswith("yaml") else default_rules_text().decode()
+        path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+        assert load_rules(path).version == load_rules().version

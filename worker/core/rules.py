@@ -127,7 +127,7 @@ def parse_rules(data: bytes, source: str) -> Rules:
     if len(data) > MAX_RULES_BYTES:
         raise RulesError(f"{source}: larger than {MAX_RULES_BYTES} bytes")
     try:
-        doc = read_document(data.decode("utf-8"), source)
+        doc = read_document(data.decode("utf-8-sig"), source)
     except UnicodeDecodeError as exc:
         raise RulesError(f"{source}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
     except SyntaxProblem as exc:
