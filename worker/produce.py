@@ -19,7 +19,9 @@ from typing import Final
 from aiokafka import AIOKafkaProducer
 
 from worker import kafka
+from worker.core.engine import convert
 from worker.core.events import Event, Order, ParseLimits, Rejection, Visit, parse_event
+from worker.core.rules import Rules
 from worker.errors import SegmentWorkerError
 from worker.settings import PRODUCER_BATCHING, Settings
 
@@ -54,6 +56,7 @@ def topic_of(event: Event, settings: Settings) -> str:
 
 async def produce(
     settings: Settings,
+    rules: Rules,
     lines: Iterable[tuple[int, bytes]],
     on_reject: RejectSink,
     *,
@@ -61,7 +64,8 @@ async def produce(
     on_progress: Callable[[Sent], None] = lambda _: None,
 ) -> Sent:
     """Send every valid line of ``lines`` (numbered lines without their line ends); return
-    once all are acknowledged. A line refused by the parser goes to ``on_reject``."""
+    once all are acknowledged. A line the worker would refuse (the parser's checks, and an
+    order in a currency ``rules`` cannot convert) goes to ``on_reject``."""
     limits = ParseLimits(settings.max_event_bytes, settings.future_skew_ms)
     sent = Sent()
     async with kafka.started_producer(settings, **PRODUCER_BATCHING) as client:
@@ -70,6 +74,9 @@ async def produce(
         for line_no, raw in lines:
             sent.lines += 1
             event = parse_event(raw, None, now_ms=now_ms, limits=limits)
+            if isinstance(event, Order) and event.currency != rules.base_currency:
+                converted = convert(event, rules)
+                event = converted if isinstance(converted, Rejection) else event
             if isinstance(event, Rejection):
                 sent.rejected[event.reason.value] += 1
                 on_reject(line_no, event, raw)

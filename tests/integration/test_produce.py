@@ -31,6 +31,10 @@ BAD = [
     b'{"type":"order","event_id":"x1","customer_id":"cus_bad"}',  # no amount, currency, ...
     b"not json",
     b'{"type":"click","event_id":"x2","customer_id":"cus_bad","occurred_at":"2026-03-02T00:00:00Z"}',
+    # Valid against the contract, but the default rules have no rate for EUR: the worker
+    # would dead-letter it (unsupported_currency), so it is not sent.
+    b'{"type":"order","event_id":"x3","customer_id":"cus_bad","occurred_at":"2026-03-02T00:00:00Z",'
+    b'"amount":"10.00","currency":"EUR","status":"paid","order_id":"x3"}',
 ]
 VISIT = (
     b'{"type":"visit","event_id":"v1","customer_id":"c1",'
@@ -84,7 +88,7 @@ def test_a_file_lands_on_the_partitions_the_worker_reads(
         if not raw:
             continue
         event = parse_event(raw, None, now_ms=int(time.time() * 1000), limits=limits)
-        if isinstance(event, Rejection):
+        if isinstance(event, Rejection) or getattr(event, "currency", "USD") != "USD":
             refused.append(number)
             continue
         topic = topic_of[type(event).__name__]
@@ -99,6 +103,7 @@ def test_a_file_lands_on_the_partitions_the_worker_reads(
     assert got == expected  # every valid line once, as it was, in file order per partition
     reported = [orjson.loads(line) for line in rejects.read_bytes().splitlines()]
     assert [r["source"]["line"] for r in reported] == refused
+    assert [r["stage"] for r in reported if r["reason"] == "unsupported_currency"] == ["apply"]
     assert "not sent" in done.stderr and f"{len(refused)} not sent" in done.stderr
 
     strict = run_produce(settings, "--strict", "--quiet", str(path))

@@ -8,14 +8,17 @@ import codecs
 import contextlib
 import math
 import socket
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import BinaryIO, TypeAlias
 
+import orjson
 from aiokafka.errors import KafkaConnectionError
 from redis.exceptions import NoPermissionError, RedisClusterException, RedisError
 
+from worker.core.deadletter import Stage, dead_letter
+from worker.core.events import Reason, Rejection
 from worker.core.timeutil import parse_rfc3339
 from worker.settings import PREFIX, Settings, redact_url
 
@@ -176,6 +179,19 @@ def kafka_failure(
     return f"segment-worker: {where}: {str(exc) or type(exc).__name__}" + (
         f"; {then}" if then else ""
     )
+
+
+def reject_writer(out: BinaryIO | None, name: str) -> Callable[[int, Rejection, bytes], None]:
+    """What replay and produce do with a line they refuse: write it to --rejects (if given) as
+    a dead-letter record naming the file and line, at the stage the worker would refuse it."""
+
+    def write(line_no: int, rejection: Rejection, raw: bytes) -> None:
+        if out is not None:
+            stage: Stage = "apply" if rejection.reason is Reason.UNSUPPORTED_CURRENCY else "parse"
+            record = dead_letter(rejection, raw, {"file": name, "line": line_no}, stage)
+            out.write(orjson.dumps(record) + b"\n")
+
+    return write
 
 
 def open_input(path: Path) -> BinaryIO:

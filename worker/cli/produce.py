@@ -9,12 +9,17 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import orjson
 from aiokafka.errors import KafkaError
 
-from worker.cli.common import Subparsers, event_lines, kafka_failure, open_input, output
-from worker.core.deadletter import dead_letter
-from worker.core.events import Rejection
+from worker.cli.common import (
+    Subparsers,
+    event_lines,
+    kafka_failure,
+    open_input,
+    output,
+    reject_writer,
+)
+from worker.core.rules import load_rules
 from worker.produce import MissingTopic, Sent, produce
 from worker.progress import Progress
 from worker.settings import Settings
@@ -30,7 +35,8 @@ def register(sub: Subparsers) -> None:
         "the topic of its type, keyed by its customer_id, on the partition Kafka's default "
         "partitioner (murmur2) gives that key, as the worker requires. Use it to load a "
         "shop's history before or while the worker runs. Each line is first checked as the "
-        "worker checks it; a bad line is not sent, but counted on stderr and written with "
+        "worker checks it (and an order's currency against the worker's rules, "
+        "SEGMENT_WORKER_RULES); a bad line is not sent, but counted on stderr and written with "
         "its reason to --rejects (--strict: exit status 1 if any was). Sending a file twice "
         "changes no state (orders count once per order_id; visits and profiles are "
         "idempotent). Kafka settings, topic names and the event limits as for `run` "
@@ -48,6 +54,7 @@ def register(sub: Subparsers) -> None:
 
 def _produce(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
+    rules = load_rules(settings.rules)  # the worker's: what it would refuse, refused here
     if args.kafka:
         settings = replace(settings, kafka_bootstrap=args.kafka)
     if str(args.events) == "-":
@@ -57,11 +64,6 @@ def _produce(args: argparse.Namespace) -> int:
     progress = None if args.quiet else Progress(size, "produce")
     with events, output(args.rejects, None) as rejects:
 
-        def on_reject(line_no: int, rejection: Rejection, raw: bytes) -> None:
-            if rejects is not None:
-                record = dead_letter(rejection, raw, {"file": name, "line": line_no}, "parse")
-                rejects.write(orjson.dumps(record) + b"\n")
-
         def on_progress(sent: Sent) -> None:
             if progress is not None:
                 progress.update(events.tell() if size else 0, sent.lines)
@@ -70,8 +72,9 @@ def _produce(args: argparse.Namespace) -> int:
             sent = asyncio.run(
                 produce(
                     settings,
+                    rules,
                     event_lines(events),
-                    on_reject,
+                    reject_writer(rejects, name),
                     now_ms=int(time.time() * 1000),
                     on_progress=on_progress,
                 )

@@ -19,11 +19,11 @@ from worker.cli.common import (
     open_input,
     output,
     positive,
+    reject_writer,
     seconds,
 )
 from worker.core.changes import SegmentChange
-from worker.core.deadletter import Stage, dead_letter
-from worker.core.events import ParseLimits, Reason, Rejection
+from worker.core.events import ParseLimits
 from worker.core.rules import Rules, load_rules
 from worker.core.timeutil import format_ms
 from worker.core.views import describe
@@ -121,18 +121,10 @@ def _replay(args: argparse.Namespace) -> int:
         def on_change(change: SegmentChange) -> None:
             out.write(change.to_json() + b"\n")
 
-        def on_reject(line_no: int, rejection: Rejection, raw: bytes) -> None:
-            if rejects is not None:
-                stage: Stage = (
-                    "apply" if rejection.reason is Reason.UNSUPPORTED_CURRENCY else "parse"
-                )
-                record = dead_letter(rejection, raw, {"file": name, "line": line_no}, stage)
-                rejects.write(orjson.dumps(record) + b"\n")
-
         replayer = Replayer(
             rules,
             on_change,
-            on_reject,
+            reject_writer(rejects, name),
             limits=limits,
             future_reference_ms=int(time.time() * 1000),
         )

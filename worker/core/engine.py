@@ -87,7 +87,7 @@ def absorb(state: CustomerState, event: Event, rules: Rules) -> Rejection | None
 def _admit(state: CustomerState, event: Event, rules: Rules) -> Event | Rejection:
     """The event as the state takes it (an order in the base currency), or why not."""
     if isinstance(event, Order) and event.currency != rules.base_currency:
-        return _convert(event, rules)
+        return convert(event, rules)
     if isinstance(event, Profile) and (held := state.traits_held_after(event)) > MAX_TRAITS:
         return Rejection(
             Reason.TRAIT_LIMIT,
@@ -249,7 +249,9 @@ def _classified_inputs(
     return (index.version, None if last is None else day_of(last), state.region, key_part)
 
 
-def _convert(order: Order, rules: Rules) -> Order | Rejection:
+def convert(order: Order, rules: Rules) -> Order | Rejection:
+    """``order`` in the base currency, or why it cannot be (no rate, or out of bounds
+    after the rate): also what `produce` checks before it sends an order."""
     rate = rules.rates.get(order.currency)
     if rate is None:
         return Rejection(
