@@ -221,7 +221,7 @@ class Settings:
             value = getattr(self, name)
             if not ok(value):
                 # None of these is a secret; a Redis URL may hold a password.
-                shown = redact_url(value) if name == "redis_url" else repr(value)[:60]
+                shown = repr(redact_url(value) if name == "redis_url" else value)[:60]
                 raise SettingsError(f"{PREFIX}{name.upper()}: expected {expected}, got {shown}")
         names = [
             self.topic_orders,
