@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import orjson
 import pytest
@@ -176,3 +177,23 @@ def test_a_dimension_the_rules_do_not_have_is_a_usage_error() -> None:
     )
     assert proc.returncode == 2
     assert "segment-worker: unknown dimension 'tier'; the rules have: lifecycle" in proc.stderr
+
+
+CHANGES_CMD = [sys.executable, "-m", "worker", "changes"]
+
+
+def test_a_refused_rules_file_does_not_stop_the_watch(tmp_path: Path) -> None:
+    """During a rules incident (the worker refused the file and runs its old rules) the
+    change topic is what an operator watches: --dimension is then taken unchecked."""
+    broken = tmp_path / "rules.toml"
+    broken.write_text("[orders\n")
+    proc = subprocess.run(
+        [*CHANGES_CMD, "--kafka", "127.0.0.1:1", "--dimension", "value_tier"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "SEGMENT_WORKER_RULES": str(broken)},
+    )
+    assert "--dimension not checked, the rules file is refused" in proc.stderr
+    assert "cannot reach Kafka" in proc.stderr  # it went on to watch

@@ -19,7 +19,7 @@ from aiokafka.errors import KafkaError
 from worker import kafka
 from worker.audience import UnknownClass, check_class
 from worker.cli.common import Subparsers, kafka_failure
-from worker.core.rules import load_rules
+from worker.core.rules import RulesError, load_rules
 from worker.settings import Settings
 
 IDLE_MS = 1000  # without --follow: stop once the end is reached and nothing came for this long
@@ -165,13 +165,20 @@ def _changes(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     if args.kafka:
         settings = replace(settings, kafka_bootstrap=args.kafka)
-    rules = load_rules(settings.rules)
     try:
-        for dimension in args.dimension or ():
-            check_class(rules, dimension)  # else a typo looks like no change at all
+        if args.dimension:
+            rules = load_rules(settings.rules)
+            for dimension in args.dimension:
+                check_class(rules, dimension)  # else a typo looks like no change at all
     except UnknownClass as exc:
         print(f"segment-worker: {exc}", file=sys.stderr)
         return 2
+    except RulesError as exc:  # the worker runs on its old rules: watching is what is needed
+        print(
+            "segment-worker: --dimension not checked, the rules file is refused: "
+            + exc.problems[0],
+            file=sys.stderr,
+        )
     wanted = Wanted(_set(args.dimension), _set(args.to), _set(args.customer))
     run = watch(
         settings,
