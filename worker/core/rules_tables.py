@@ -197,7 +197,7 @@ def read_days(value: object, path: str) -> list[int]:
 def read_array(doc: Mapping[str, Any], key: str) -> list[Any]:
     value = doc.get(key, [])
     if not isinstance(value, list):
-        raise FieldError(key, "must be an array of tables ([[" + key + "]])")
+        raise FieldError(key, f"must be an array of tables ([[{key}]]; YAML: a list of mappings)")
     return value
 
 
