@@ -48,23 +48,34 @@ def read_document(text: str, source: str) -> dict[str, Any]:
 
 
 def _read_yaml(text: str) -> dict[str, Any]:
-    for event in yaml.parse(text, Loader=yaml.SafeLoader):
-        if isinstance(event, yaml.AliasEvent):
-            raise SyntaxProblem(f"aliases (*name) are not allowed{_where(event.start_mark)}")
-    root = yaml.compose(text, Loader=yaml.SafeLoader)  # one document, or an error
-    if root is None:
-        return {}
-    if not isinstance(root, yaml.MappingNode):
-        raise SyntaxProblem("the top level must be a mapping of tables")
-    _check_nodes(root)
-    doc: dict[str, Any] = yaml.safe_load(text)
-    return doc
+    """One pass of PyYAML's safe loader, checked between its node tree and the document."""
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()  # one document, or an error
+        if root is None:
+            return {}
+        if not isinstance(root, yaml.MappingNode):
+            raise SyntaxProblem("the top level must be a mapping of tables")
+        _check_nodes(root, set())
+        doc: dict[str, Any] = loader.construct_document(root)
+        return doc
+    finally:
+        loader.dispose()
 
 
-def _check_nodes(node: yaml.Node) -> None:
+def _check_nodes(node: yaml.Node, met: set[int]) -> None:
     """String keys only, each once per mapping: as in TOML, where a repeated key is an
-    error rather than the last one silently winning. And no unquoted value that YAML 1.1
+    error rather than the last one silently winning. No alias: the node tree shares the
+    anchored node where one stands (``met``), and building the document would copy it out,
+    so a small file could become a huge document. And no unquoted value that YAML 1.1
     (PyYAML's) reads as something other than it looks (:func:`_surprise`)."""
+    if id(node) in met:
+        at = node.start_mark
+        raise SyntaxProblem(
+            "aliases (*name) are not allowed (one repeats the value anchored at line "
+            f"{at.line + 1}, column {at.column + 1})"
+        )
+    met.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key, value in node.value:
@@ -73,10 +84,10 @@ def _check_nodes(node: yaml.Node) -> None:
             if key.value in seen:
                 raise SyntaxProblem(f"duplicate key {key.value!r}{_where(key.start_mark)}")
             seen.add(key.value)
-            _check_nodes(value)
+            _check_nodes(value, met)
     elif isinstance(node, yaml.SequenceNode):
         for item in node.value:
-            _check_nodes(item)
+            _check_nodes(item, met)
     elif isinstance(node, yaml.ScalarNode) and node.style is None:
         surprise = _surprise(node.tag, node.value)
         if surprise:
