@@ -203,13 +203,15 @@ class Store:
 
     async def rules_version(self, partition: int) -> str | None:
         """The rules version every customer of the partition was last re-evaluated under."""
-        value = await self.client.hget(self.keys.meta(partition), RULES)
-        return None if value is None else text(cast(bytes, value))
+        return await self._meta_text(partition, RULES)
 
     async def rules_pass(self, partition: int) -> str | None:
         """The rules version of a re-evaluation begun on the partition and not finished: while
         there is one, customers may be classified under other rules than the mark's."""
-        value = await self.client.hget(self.keys.meta(partition), RULES_PASS)
+        return await self._meta_text(partition, RULES_PASS)
+
+    async def _meta_text(self, partition: int, name: str) -> str | None:
+        value = await self.client.hget(self.keys.meta(partition), name)
         return None if value is None else text(cast(bytes, value))
 
     async def begin_rules(self, claim: Claim, version: str) -> None:
