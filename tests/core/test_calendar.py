@@ -31,6 +31,18 @@ def test_a_day_starts_at_its_first_instant(day: int, zone: str) -> None:
     assert calendar.day_of(start - 1) == day - 1
 
 
+@given(st.lists(instants, min_size=1, max_size=12), st.sampled_from(ZONES), st.data())
+def test_the_last_day_of_instants_is_the_latest_of_their_dates(
+    found: list[int], zone: str, data: st.DataObject
+) -> None:
+    """Also where several instants crowd the last two days, around a clock change or not."""
+    last = max(found)
+    found += data.draw(st.lists(st.integers(last - 2 * DAY_MS, last), max_size=6))
+    found.sort()
+    calendar = Calendar(zone)
+    assert calendar.last_day_of(found) == calendar.days_of(found)[-1]
+
+
 def test_days_around_clock_changes_are_23_and_25_hours_long() -> None:
     new_york = Calendar("America/New_York")
     spring = new_york.day_of(parse_rfc3339("2026-03-08T12:00:00-04:00"))

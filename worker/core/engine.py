@@ -239,14 +239,15 @@ def _classified_inputs(
     moves its earliest), else the latest's day."""
     last = state.last_visit_ms
     keys = state.key_actions
-    day_of = index.calendar.day_of
+    calendar = index.calendar
     if not keys:
         key_part: tuple[int, int] | int | None = None
     elif key_counts:
         key_part = (len(keys), keys[0])
     else:
-        key_part = day_of(keys[-1])
-    return (index.version, None if last is None else day_of(last), state.region, key_part)
+        key_part = calendar.last_day_of(keys)
+    visit_day = None if last is None else calendar.day_of(last)
+    return (index.version, visit_day, state.region, key_part)
 
 
 def convert(order: Order, rules: Rules) -> Order | Rejection:

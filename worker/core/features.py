@@ -72,9 +72,19 @@ class Facts:
     first_order_ms: int | None
     last_order_ms: int | None
     last_visit_ms: int | None
-    key_days: list[int]  # the day of each kept key action, sorted
+    key_actions: list[int]  # the kept key actions' instants, sorted; read only
+    calendar: Calendar
     anchors: dict[str, int | None]  # days-since feature -> the day it counts from
     invariant: Features
+    _key_days: list[int] | None = None
+
+    @property
+    def key_days(self) -> list[int]:
+        """The day of each kept key action, sorted: built when first read, because only rules
+        with a key-action window read more than the last one (~2 us for a typical list)."""
+        if self._key_days is None:
+            self._key_days = self.calendar.days_of(self.key_actions)
+        return self._key_days
 
 
 def facts_of(state: CustomerState, counting: int, calendar: Calendar) -> Facts:
@@ -85,7 +95,7 @@ def facts_of(state: CustomerState, counting: int, calendar: Calendar) -> Facts:
     first_day = days[0] if n else None
     last_day = days[-1] if n else None
     visit_day = None if state.last_visit_ms is None else calendar.day_of(state.last_visit_ms)
-    key_days = calendar.days_of(state.key_actions)
+    keys = state.key_actions
     activity = max((d for d in (last_day, visit_day) if d is not None), default=None)
     span = None if first_day is None or last_day is None else last_day - first_day
     invariant: Features = {
@@ -108,13 +118,14 @@ def facts_of(state: CustomerState, counting: int, calendar: Calendar) -> Facts:
         first_order_ms=counted[0][0] if n else None,
         last_order_ms=counted[-1][0] if n else None,
         last_visit_ms=state.last_visit_ms,
-        key_days=key_days,
+        key_actions=keys,
+        calendar=calendar,
         anchors={
             "days_since_first_order": first_day,
             "days_since_last_order": last_day,
             "days_since_last_visit": visit_day,
             "days_since_last_activity": activity,
-            "days_since_last_key_action": key_days[-1] if key_days else None,
+            "days_since_last_key_action": calendar.last_day_of(keys) if keys else None,
         },
         invariant=invariant,
     )

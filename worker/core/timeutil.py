@@ -8,6 +8,7 @@ edges. A *day* is the number of dates between 1970-01-01 and a date of that cale
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
@@ -132,9 +133,10 @@ class Calendar:
     shop has one.
     """
 
-    __slots__ = ("_hour_offset", "_zone", "day_of", "days_of", "name", "start_ms")
+    __slots__ = ("_hour_offset", "_zone", "day_of", "days_of", "last_day_of", "name", "start_ms")
     day_of: Callable[[int], int]  # the local date holding an instant
     days_of: Callable[[list[int]], list[int]]  # the local dates of instants, sorted
+    last_day_of: Callable[[list[int]], int]  # the latest local date of sorted instants
     start_ms: Callable[[int], int]  # the first instant of a local date
 
     def __init__(self, name: str = "UTC") -> None:
@@ -143,6 +145,7 @@ class Calendar:
         if name == "UTC":
             self.day_of = _utc_day
             self.days_of = _utc_days
+            self.last_day_of = _utc_last_day
             self.start_ms = _utc_start
             return
         try:
@@ -154,6 +157,7 @@ class Calendar:
         self._hour_offset = lru_cache(maxsize=1 << 16)(self._offset_over_hour)
         self.day_of = self._day_of
         self.days_of = self._days_of
+        self.last_day_of = self._last_day_of
         self.start_ms = lru_cache(maxsize=1 << 14)(self._start_ms)
 
     def __repr__(self) -> str:
@@ -185,6 +189,12 @@ class Calendar:
     def _days_of(self, instants: list[int]) -> list[int]:
         return sorted([self._day_of(ms) for ms in instants])
 
+    def _last_day_of(self, instants: list[int]) -> int:
+        # A clock set back across midnight can date a later instant a day earlier; offsets
+        # differ by less than two days, so only the last two days' instants can hold the max.
+        recent = instants[bisect_left(instants, instants[-1] - 2 * DAY_MS) :]
+        return max([self._day_of(ms) for ms in recent])
+
     def _start_ms(self, day: int) -> int:
         """The first instant of local date ``day``: its midnight, or, where a clock change
         skips midnight, the instant the date begins (found between the two readings of
@@ -209,6 +219,10 @@ def _utc_day(ms: int) -> int:
 
 def _utc_days(instants: list[int]) -> list[int]:
     return sorted([ms // DAY_MS for ms in instants])  # already in order: a linear check
+
+
+def _utc_last_day(instants: list[int]) -> int:
+    return instants[-1] // DAY_MS
 
 
 def _utc_start(day: int) -> int:
