@@ -284,6 +284,11 @@ def test_a_settings_file_gives_what_the_environment_does_not(tmp_path: Path) -> 
         ("REDIS_URL=redis://x:6379/0\n", r"worker\.env:1: REDIS_URL: unknown setting"),
         ("SEGMENT_WORKER_GROUP_ID=a\nSEGMENT_WORKER_GROUP_ID=b\n", r"worker\.env:2: .* twice"),
         ("SEGMENT_WORKER_BATCH_SIZE=lots\n", "SEGMENT_WORKER_BATCH_SIZE: expected int"),
+        ('SEGMENT_WORKER_GROUP_ID="a\n', r"worker\.env:1: SEGMENT_WORKER_GROUP_ID: .*not closed"),
+        ("\nSEGMENT_WORKER_GROUP_ID='a\n", r"worker\.env:2: .*' quote is not closed"),
+        ('SEGMENT_WORKER_GROUP_ID="a\\"\n', r"worker\.env:1: .*\" quote is not closed"),
+        ('SEGMENT_WORKER_GROUP_ID="a" # b\n', r"worker\.env:1: .*text after .* closing quote"),
+        ('SEGMENT_WORKER_GROUP_ID="a\\nb"\n', r"worker\.env:1: .*backslash escapes only"),
     ],
 )
 def test_a_bad_settings_file_names_its_line(tmp_path: Path, text: str, message: str) -> None:
@@ -291,6 +296,20 @@ def test_a_bad_settings_file_names_its_line(tmp_path: Path, text: str, message: 
     path.write_text(text)
     with pytest.raises(SettingsError, match=message):
         Settings.from_env({"SEGMENT_WORKER_SETTINGS_FILE": str(path)})
+
+
+def test_a_settings_files_quotes_are_read_as_compose_and_systemd_read_them(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "worker.env"
+    lines = [
+        r'SEGMENT_WORKER_GROUP_ID="a\"b\\c\$d\`e"',
+        r"SEGMENT_WORKER_TOPIC_DLQ='x\\\"y $z'",  # single quotes: as written
+    ]
+    path.write_text("\n".join(lines))
+    s = Settings.from_env({"SEGMENT_WORKER_SETTINGS_FILE": str(path)})
+    assert s.group_id == 'a"b\\c$d`e'
+    assert s.topic_dlq == r"x\\\"y $z"
 
 
 def test_an_unreadable_settings_file_is_named(tmp_path: Path) -> None:

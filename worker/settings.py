@@ -346,6 +346,12 @@ def redact_url(url: str) -> str:
 
 
 _EXPORT: Final = re.compile(r"^export\s+")
+# A quoted value: single quotes literal; in double quotes a backslash escapes one character.
+_QUOTED: Final = {"'": re.compile(r"'([^']*)'"), '"': re.compile(r'"((?:[^"\\]|\\.)*)"')}
+_ESCAPE: Final = re.compile(r"\\(.)")
+# What a backslash escapes in double quotes for Compose and systemd alike (they read
+# others, ``\n`` among them, differently: such a value is refused).
+_ESCAPED: Final = '"\\$`'
 _QUERY_PASSWORD: Final = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
 
 
@@ -367,8 +373,8 @@ def _twin(name: str) -> str:
 def read_settings_file(path: str, known: set[str]) -> dict[str, str]:
     """``NAME=value`` lines, as Docker's and Compose's ``env_file`` and systemd's
     ``EnvironmentFile`` hold them (``#`` comments, blank lines, an optional ``export``, a
-    value in matching quotes unquoted), so that one file serves all of them; every name
-    must be one of ours, at most once."""
+    quoted value unquoted), so that one file serves all of them; every name must be one of
+    ours, at most once."""
     try:
         text = Path(path).read_text("utf-8-sig")  # a byte order mark, as Notepad writes
     except (OSError, UnicodeDecodeError) as exc:
@@ -388,10 +394,34 @@ def read_settings_file(path: str, known: set[str]) -> dict[str, str]:
             raise SettingsError(f"{where}: {name}: unknown setting (typo?)")
         if name in out:
             raise SettingsError(f"{where}: {name} is set twice in the file")
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        out[name] = value
+        out[name] = _unquoted(value, f"{where}: {name}")
     return out
+
+
+def _unquoted(value: str, where: str) -> str:
+    r"""``value`` without its quotes, if quoted, as Compose's ``env_file`` and systemd's
+    ``EnvironmentFile`` both read it: ``'...'`` as written; in ``"..."``, ``\"``, ``\\``,
+    ``\$`` and ``\``` are the character. What they read differently is refused."""
+    pattern = _QUOTED.get(value[:1])
+    if pattern is None:
+        return value
+    quoted = pattern.match(value)
+    if quoted is None:
+        raise SettingsError(f"{where}: the value's {value[0]} quote is not closed on its line")
+    if quoted.end() < len(value):
+        raise SettingsError(f"{where}: text after the value's closing quote")
+    if value[0] == "'":
+        return quoted[1]
+    return _ESCAPE.sub(lambda m: _escaped(m[1], where), quoted[1])
+
+
+def _escaped(char: str, where: str) -> str:
+    if char not in _ESCAPED:  # not named in the message: the value may be a secret
+        raise SettingsError(
+            rf"{where}: in double quotes a backslash escapes only \" \\ \$ \` (Compose and "
+            r"systemd read others differently): write \\ for a backslash, or single-quote it"
+        )
+    return char
 
 
 def _read_secret(name: str, path: str) -> str:
