@@ -20,10 +20,10 @@ from worker import kafka
 from worker.audience import UnknownClass, check_class
 from worker.cli.common import Subparsers, kafka_failure
 from worker.core.rules import RulesError, load_rules
+from worker.display import pad
 from worker.settings import Settings
 
 IDLE_MS = 1000  # without --follow: stop once the end is reached and nothing came for this long
-TABLE = "{:<24} {:<16} {:<14} {:>20} -> {:<20} {}"
 
 
 def register(sub: Subparsers) -> None:
@@ -92,19 +92,30 @@ def render(record: ConsumerRecord[bytes, bytes], table: bool) -> str:
     key = (record.key or b"").decode()
     if record.value is None:
         if table:
-            return TABLE.format("", key, "", "", "(erased)", "erasure")
+            return row("", key, "", "", "(erased)", "erasure")
         return orjson.dumps({"customer_id": key, "erased": True}).decode()
     if not table:
         return bytes(record.value).decode()
     change = orjson.loads(record.value)
     cause = change.get("cause") or {}
-    return TABLE.format(
+    return row(
         change["occurred_at"],
         change["customer_id"],
         change["dimension"],
         change["from"] or "-",
         change["to"] or "-",
         cause.get("type", "?"),
+    )
+
+
+def row(  # noqa: PLR0917  # the columns, in order
+    occurred_at: str, customer: str, dimension: str, before: str, after: str, cause: str
+) -> str:
+    """One line of the table, its columns padded to the width a terminal shows (a Chinese
+    customer id takes two columns a character)."""
+    return (
+        f"{pad(occurred_at, 24)} {pad(customer, 16)} {pad(dimension, 14)} "
+        f"{pad(before, 20, right=True)} -> {pad(after, 20)} {cause}"
     )
 
 
@@ -137,9 +148,7 @@ async def watch(
                 await consumer.position(tp)  # resolves the seek: nothing later is missed
             print(f"changes: following {topic} (Ctrl-C stops)", file=sys.stderr, flush=True)
         if table:
-            out.write(
-                TABLE.format("occurred_at", "customer", "dimension", "from", "to", "cause") + "\n"
-            )
+            out.write(row("occurred_at", "customer", "dimension", "from", "to", "cause") + "\n")
         while True:
             batch = await consumer.getmany(timeout_ms=IDLE_MS)
             for records in batch.values():
