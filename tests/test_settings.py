@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.settings import Settings, SettingsError
+from worker.settings import OptionError, Settings, SettingsError
 
 DEFAULT_RULES = Path(__file__).parent.parent / "worker/core/default_rules.toml"
 
@@ -156,6 +156,42 @@ def test_every_command_with_the_settings_of_run_refuses_a_bad_one(
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("segment-worker: bad setting:") and "SEGMENT_WORKER_BATCH_SIZE" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["redis", "recount", "--redis-url", "BAD"], "--redis-url"),
+        (["redis", "install", "--redis-url", "BAD"], "--redis-url"),
+        (["rules", "diff", str(DEFAULT_RULES), "--redis", "BAD"], "--redis"),
+        (["fit", "--redis", "BAD"], "--redis"),
+        (["fit", "--redis", "redis://127.0.0.1:1/0", "--prefix", "a b"], "--prefix"),
+        (["demo", "--redis", "BAD", "--kafka", "127.0.0.1:1"], "--redis"),  # nothing started
+    ],
+)
+def test_a_bad_option_for_a_setting_is_named_as_typed(
+    args: list[str], option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from worker.cli import main
+
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"segment-worker: {option}: expected ") and "SEGMENT_WORKER" not in err
+
+
+def test_an_option_for_a_setting_is_checked_with_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the environment's own URL (here the default redis://) is not the one used
+    from worker.cli.common import redis_settings
+
+    ca = tmp_path / "ca.pem"
+    ca.write_text("a CA")
+    monkeypatch.setenv("SEGMENT_WORKER_REDIS_TLS_CAFILE", str(ca))
+    url = "rediss://redis:6380/0"
+    assert redis_settings(url, option="--redis-url").redis_url == url
+    with pytest.raises(OptionError, match=r"^--redis-url: TLS files are set, so use rediss://$"):
+        redis_settings("redis://redis:6379/0", option="--redis-url")
 
 
 def test_run_help_lists_every_setting(capsys: pytest.CaptureFixture[str]) -> None:

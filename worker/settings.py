@@ -32,6 +32,11 @@ class SettingsError(SegmentWorkerError, ValueError):
     """Raised when a setting is missing or malformed; the message names the variable."""
 
 
+class OptionError(SettingsError):
+    """Raised when a command's option that stands in for a setting (``--redis-url`` for
+    SEGMENT_WORKER_REDIS_URL) is malformed; the message names the option, as typed."""
+
+
 def _secret() -> Any:
     return field(default=None, repr=False, metadata={"secret": True})
 
@@ -287,9 +292,16 @@ class Settings:
         return env
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+    def from_env(
+        cls,
+        env: Mapping[str, str] | None = None,
+        given: Mapping[str, tuple[str, object]] | None = None,
+    ) -> Settings:
         """The settings the environment gives, over those of the file ``SETTINGS_FILE``
-        names, if it names one."""
+        names, if it names one; and over both, those a command was given as options:
+        ``given`` maps a field to (option, value), a value None not given. A bad one of those
+        raises OptionError, naming what the user typed, not the variable it stands in for."""
+        options = {name: pair for name, pair in (given or {}).items() if pair[1] is not None}
         env = os.environ if env is None else env
         known = {f"{PREFIX}{f.name.upper()}" for f in fields(cls)}
         known |= {f"{name}_FILE" for name in known}
@@ -304,9 +316,11 @@ class Settings:
         unknown = sorted(k for k in env if k.startswith(PREFIX) and k not in known)
         if unknown:
             raise SettingsError(f"{unknown[0]}: unknown setting (typo?)")
-        values: dict[str, Any] = {}
+        values: dict[str, Any] = {name: value for name, (_, value) in options.items()}
         for f in fields(cls):
             name = f"{PREFIX}{f.name.upper()}"
+            if f.name in options:
+                continue
             raw = env.get(name)
             if raw is not None and f"{name}_FILE" in env:
                 raise SettingsError(f"{name}: set it or {name}_FILE, not both")
@@ -315,7 +329,10 @@ class Settings:
             if raw is None:
                 continue
             values[f.name] = _convert(name, raw, f.type)
-        return cls(**values)
+        try:
+            return cls(**values)
+        except SettingsError as exc:
+            raise _as_option(exc, options) from None
 
     def describe(self) -> list[tuple[str, str, str]]:
         """(variable, current value, what it is) for --help and the start-up log; secrets
@@ -331,6 +348,15 @@ class Settings:
                 shown = str(value)
             out.append((f"{PREFIX}{f.name.upper()}", shown, f.metadata.get("doc", "")))
         return out
+
+
+def _as_option(exc: SettingsError, options: Mapping[str, tuple[str, object]]) -> SettingsError:
+    """``exc`` naming the option instead, if it is about a setting given as one."""
+    for name, (option, _) in options.items():
+        variable = f"{PREFIX}{name.upper()}: "
+        if str(exc).startswith(variable):
+            return OptionError(f"{option}: {str(exc).removeprefix(variable)}")
+    return exc
 
 
 def redact_url(url: str) -> str:

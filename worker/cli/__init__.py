@@ -24,7 +24,7 @@ from worker.cli import (
     simulate,
 )
 from worker.core.rules import RulesError
-from worker.settings import SettingsError
+from worker.settings import OptionError, SettingsError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -35,6 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RulesError as exc:
         for problem in exc.problems:
             print(f"segment-worker: invalid rules: {problem}", file=sys.stderr)
+        return 2
+    except OptionError as exc:  # a usage error
+        print(f"segment-worker: {exc}", file=sys.stderr)
         return 2
     except SettingsError as exc:
         print(f"segment-worker: bad setting: {exc}", file=sys.stderr)

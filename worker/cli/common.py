@@ -9,7 +9,6 @@ import contextlib
 import math
 import socket
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import BinaryIO, TypeAlias
 
@@ -124,15 +123,15 @@ def redis_arguments(parser: argparse.ArgumentParser, source: argparse._ActionsCo
     )
 
 
-def redis_settings(url: str | None, prefix: str | None = None) -> Settings:
+def redis_settings(
+    url: str | None, prefix: str | None = None, *, option: str = "--redis"
+) -> Settings:
     """The settings of `run` (SEGMENT_WORKER_*: TLS files, cluster, ...) with the Redis URL and
-    key prefix a command was given, where it was given them."""
-    settings = Settings.from_env()
-    if url:
-        settings = replace(settings, redis_url=url)
-    if prefix is not None:
-        settings = replace(settings, redis_prefix=prefix)
-    return settings
+    key prefix a command was given, where it was given them (the URL as ``option``): a bad
+    one is a usage error that names the option."""
+    return Settings.from_env(
+        given={"redis_url": (option, url or None), "redis_prefix": ("--prefix", prefix)}
+    )
 
 
 REDIS_ERRORS = (RedisError, RedisClusterException, ConnectionError, TimeoutError, socket.gaierror)
