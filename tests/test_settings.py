@@ -167,6 +167,9 @@ def test_every_command_with_the_settings_of_run_refuses_a_bad_one(
         (["fit", "--redis", "BAD"], "--redis"),
         (["fit", "--redis", "redis://127.0.0.1:1/0", "--prefix", "a b"], "--prefix"),
         (["demo", "--redis", "BAD", "--kafka", "127.0.0.1:1"], "--redis"),  # nothing started
+        (["demo", "--kafka", "BAD", "--redis", "redis://127.0.0.1:1/0"], "--kafka"),
+        (["changes", "--kafka", "BAD"], "--kafka"),
+        (["produce", "--kafka", "BAD", "events.jsonl"], "--kafka"),
     ],
 )
 def test_a_bad_option_for_a_setting_is_named_as_typed(

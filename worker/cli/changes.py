@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TextIO
 
 import orjson
@@ -171,9 +171,7 @@ async def _at_end(consumer: AIOKafkaConsumer, partitions: list[TopicPartition]) 
 
 
 def _changes(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
-    if args.kafka:
-        settings = replace(settings, kafka_bootstrap=args.kafka)
+    settings = Settings.from_env(given={"kafka_bootstrap": ("--kafka", args.kafka)})
     try:
         if args.dimension:
             rules = load_rules(settings.rules)

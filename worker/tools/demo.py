@@ -202,7 +202,7 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> View:
 
 
 async def _run(options: DemoOptions, out: TextIO, stop: asyncio.Event) -> View:
-    base = _settings(options)  # before any server starts: a bad --redis is a usage error
+    base = _settings(options)  # before a server starts: a bad --redis or --kafka is refused
     async with services(options) as (bootstrap, redis_url, embedded):
         token = secrets.token_urlsafe(24)  # customer data only for whoever reads it here
         settings = replace(
@@ -279,7 +279,8 @@ def _settings(options: DemoOptions) -> Settings:
         if server is not None
     ]
     env = {k: v for k, v in options.env.items() if k.startswith(tuple(given))}
-    return Settings.from_env(env, given={"redis_url": ("--redis", options.redis)})
+    urls = {"redis_url": ("--redis", options.redis), "kafka_bootstrap": ("--kafka", options.kafka)}
+    return Settings.from_env(env, given=urls)
 
 
 def _live(opts: DemoOptions, out: TextIO) -> bool:
