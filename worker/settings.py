@@ -17,7 +17,7 @@ from typing import Any, Final
 
 from redis.connection import ConnectionPool
 
-from worker.errors import SegmentWorkerError
+from worker.errors import SegmentWorkerError, UsageError
 
 PREFIX: Final = "SEGMENT_WORKER_"
 SECURITY_PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -32,7 +32,7 @@ class SettingsError(SegmentWorkerError, ValueError):
     """Raised when a setting is missing or malformed; the message names the variable."""
 
 
-class OptionError(SettingsError):
+class OptionError(SettingsError, UsageError):
     """Raised when a command's option that stands in for a setting (``--redis-url`` for
     SEGMENT_WORKER_REDIS_URL) is malformed; the message names the option, as typed."""
 

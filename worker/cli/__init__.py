@@ -24,7 +24,8 @@ from worker.cli import (
     simulate,
 )
 from worker.core.rules import RulesError
-from worker.settings import OptionError, SettingsError
+from worker.errors import UsageError
+from worker.settings import SettingsError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -36,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"segment-worker: invalid rules: {problem}", file=sys.stderr)
         return 2
-    except OptionError as exc:  # a usage error
+    except UsageError as exc:
         print(f"segment-worker: {exc}", file=sys.stderr)
         return 2
     except SettingsError as exc:

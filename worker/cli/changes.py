@@ -18,8 +18,7 @@ from aiokafka.errors import KafkaError
 
 from worker import kafka
 from worker.audience import UnknownClass, check_class
-from worker.cli.common import Subparsers, kafka_failure
-from worker.core.rules import RulesError, load_rules
+from worker.cli.common import Subparsers, kafka_failure, rules_unless_refused
 from worker.display import pad
 from worker.settings import Settings
 
@@ -172,20 +171,16 @@ async def _at_end(consumer: AIOKafkaConsumer, partitions: list[TopicPartition]) 
 
 def _changes(args: argparse.Namespace) -> int:
     settings = Settings.from_env(given={"kafka_bootstrap": ("--kafka", args.kafka)})
+    # The rules only check --dimension: a file the worker refused must not stop the watch.
+    without = "--dimension not checked"
+    rules = rules_unless_refused(settings.rules, without=without) if args.dimension else None
     try:
-        if args.dimension:
-            rules = load_rules(settings.rules)
-            for dimension in args.dimension:
+        for dimension in args.dimension or ():
+            if rules is not None:
                 check_class(rules, dimension)  # else a typo looks like no change at all
     except UnknownClass as exc:
         print(f"segment-worker: {exc}", file=sys.stderr)
         return 2
-    except RulesError as exc:  # the worker runs on its old rules: watching is what is needed
-        print(
-            "segment-worker: --dimension not checked, the rules file is refused: "
-            + exc.problems[0],
-            file=sys.stderr,
-        )
     wanted = Wanted(_set(args.dimension), _set(args.to), _set(args.customer))
     run = watch(
         settings,
