@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.settings import Settings, SettingsError
+from worker.settings import OptionError, Settings, SettingsError
 
 DEFAULT_RULES = Path(__file__).parent.parent / "worker/core/default_rules.toml"
 
@@ -158,6 +158,45 @@ def test_every_command_with_the_settings_of_run_refuses_a_bad_one(
     assert err.startswith("segment-worker: bad setting:") and "SEGMENT_WORKER_BATCH_SIZE" in err
 
 
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["redis", "recount", "--redis-url", "BAD"], "--redis-url"),
+        (["redis", "install", "--redis-url", "BAD"], "--redis-url"),
+        (["rules", "diff", str(DEFAULT_RULES), "--redis", "BAD"], "--redis"),
+        (["fit", "--redis", "BAD"], "--redis"),
+        (["fit", "--redis", "redis://127.0.0.1:1/0", "--prefix", "a b"], "--prefix"),
+        (["demo", "--redis", "BAD", "--kafka", "127.0.0.1:1"], "--redis"),  # nothing started
+        (["demo", "--kafka", "BAD", "--redis", "redis://127.0.0.1:1/0"], "--kafka"),
+        (["changes", "--kafka", "BAD"], "--kafka"),
+        (["produce", "--kafka", "BAD", "events.jsonl"], "--kafka"),
+    ],
+)
+def test_a_bad_option_for_a_setting_is_named_as_typed(
+    args: list[str], option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from worker.cli import main
+
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"segment-worker: {option}: expected ") and "SEGMENT_WORKER" not in err
+
+
+def test_an_option_for_a_setting_is_checked_with_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the environment's own URL (here the default redis://) is not the one used
+    from worker.cli.common import redis_settings
+
+    ca = tmp_path / "ca.pem"
+    ca.write_text("a CA")
+    monkeypatch.setenv("SEGMENT_WORKER_REDIS_TLS_CAFILE", str(ca))
+    url = "rediss://redis:6380/0"
+    assert redis_settings(url, option="--redis-url").redis_url == url
+    with pytest.raises(OptionError, match=r"^--redis-url: TLS files are set, so use rediss://$"):
+        redis_settings("redis://redis:6379/0", option="--redis-url")
+
+
 def test_run_help_lists_every_setting(capsys: pytest.CaptureFixture[str]) -> None:
     from worker.cli import main
 
@@ -284,6 +323,11 @@ def test_a_settings_file_gives_what_the_environment_does_not(tmp_path: Path) -> 
         ("REDIS_URL=redis://x:6379/0\n", r"worker\.env:1: REDIS_URL: unknown setting"),
         ("SEGMENT_WORKER_GROUP_ID=a\nSEGMENT_WORKER_GROUP_ID=b\n", r"worker\.env:2: .* twice"),
         ("SEGMENT_WORKER_BATCH_SIZE=lots\n", "SEGMENT_WORKER_BATCH_SIZE: expected int"),
+        ('SEGMENT_WORKER_GROUP_ID="a\n', r"worker\.env:1: SEGMENT_WORKER_GROUP_ID: .*not closed"),
+        ("\nSEGMENT_WORKER_GROUP_ID='a\n", r"worker\.env:2: .*' quote is not closed"),
+        ('SEGMENT_WORKER_GROUP_ID="a\\"\n', r"worker\.env:1: .*\" quote is not closed"),
+        ('SEGMENT_WORKER_GROUP_ID="a" # b\n', r"worker\.env:1: .*text after .* closing quote"),
+        ('SEGMENT_WORKER_GROUP_ID="a\\nb"\n', r"worker\.env:1: .*backslash escapes only"),
     ],
 )
 def test_a_bad_settings_file_names_its_line(tmp_path: Path, text: str, message: str) -> None:
@@ -291,6 +335,20 @@ def test_a_bad_settings_file_names_its_line(tmp_path: Path, text: str, message: 
     path.write_text(text)
     with pytest.raises(SettingsError, match=message):
         Settings.from_env({"SEGMENT_WORKER_SETTINGS_FILE": str(path)})
+
+
+def test_a_settings_files_quotes_are_read_as_compose_and_systemd_read_them(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "worker.env"
+    lines = [
+        r'SEGMENT_WORKER_GROUP_ID="a\"b\\c\$d\`e"',
+        r"SEGMENT_WORKER_TOPIC_DLQ='x\\\"y $z'",  # single quotes: as written
+    ]
+    path.write_text("\n".join(lines))
+    s = Settings.from_env({"SEGMENT_WORKER_SETTINGS_FILE": str(path)})
+    assert s.group_id == 'a"b\\c$d`e'
+    assert s.topic_dlq == r"x\\\"y $z"
 
 
 def test_an_unreadable_settings_file_is_named(tmp_path: Path) -> None:

@@ -8,14 +8,14 @@ a subscriber has seen and with the class populations.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from worker.core.codec import decode_state
 from worker.core.packing import CorruptRecord
 from worker.core.rules import Rules
 from worker.core.timeutil import format_ms
-from worker.core.views import describe
+from worker.core.views import Show
 from worker.errors import SegmentWorkerError
 from worker.store import Store
 
@@ -45,10 +45,14 @@ def check_class(rules: Rules, dimension: str, class_name: str | None = None) -> 
         )
 
 
-def columns(rules: Rules) -> list[str]:
+def columns(rules: Rules | None) -> list[str]:
     """The fields of a member, in output order: who, since when, and their RFM figures
-    (recency as the last order, frequency and monetary as totals and per window, scores)."""
-    out = ["customer_id", "class", "since", "last_order_at", "orders_total", "monetary_total"]
+    (recency as the last order, frequency and monetary as totals and per window, scores),
+    which the rules compute (None: no rules, no figures)."""
+    out = ["customer_id", "class", "since"]
+    if rules is None:
+        return out
+    out += ["last_order_at", "orders_total", "monetary_total"]
     for n in rules.windows:
         out += [f"orders_{n}d", f"spend_{n}d"]
     out += [f"{score.name}_score" for score in rules.scores]
@@ -65,13 +69,17 @@ class Tally:
 
 
 async def members(
-    store: Store, rules: Rules, dimension: str, class_name: str, *, day: int, tally: Tally
+    store: Store,
+    dimension: str,
+    class_name: str,
+    *,
+    show: Show,
+    fields: Sequence[str],
+    tally: Tally,
 ) -> AsyncIterator[list[Member]]:
     """The customers currently in ``class_name`` of ``dimension``, a scan batch at a time
-    (possibly empty), with window and score figures at ``day``. Each customer at most once
-    (SCAN may return a key twice); ``tally`` counts as it goes."""
-    check_class(rules, dimension, class_name)
-    fields = columns(rules)
+    (possibly empty): the ``fields`` (:func:`columns`) of each as ``show`` shows it (views.py).
+    Each customer at most once (SCAN may return a key twice); ``tally`` counts as it goes."""
     seen: set[str] = set()  # members only: SCAN repeats are rare and only members are output
     async for batch in store.every_state():
         found = []
@@ -85,7 +93,7 @@ async def members(
             if state.classes.get(dimension) != class_name or customer_id in seen:
                 continue
             seen.add(customer_id)
-            body = describe(state, rules, day)
+            body = show(state)
             body["class"] = class_name
             body["since"] = format_ms(state.since_ms[dimension])
             found.append({name: body[name] for name in fields})
@@ -93,17 +101,20 @@ async def members(
         yield found
 
 
-async def populations(store: Store, rules: Rules, partitions: int) -> dict[str, dict[str, int]]:
+async def populations(
+    store: Store, rules: Rules | None, partitions: int
+) -> dict[str, dict[str, int]]:
     """Customers per class of every dimension, summed over the input partitions (the counts
     every commit keeps in the partitions' meta hashes): each class of the rules, zero
     included, in the rules' order; a class the rules no longer have while customers remain
-    in it, after them."""
-    out = {d.name: dict.fromkeys((c.name for c in d.classes), 0) for d in rules.dimensions}
+    in it, after them (without rules: the classes that hold customers)."""
+    dimensions = () if rules is None else rules.dimensions
+    out = {d.name: dict.fromkeys((c.name for c in d.classes), 0) for d in dimensions}
     for partition in range(partitions):
         for (dimension, class_name), count in (await store.populations(partition)).items():
             classes = out.setdefault(dimension, {})
             classes[class_name] = classes.get(class_name, 0) + count
-    known = {d.name: {c.name for c in d.classes} for d in rules.dimensions}
+    known = {d.name: {c.name for c in d.classes} for d in dimensions}
     kept = {
         dimension: {name: n for name, n in classes.items() if n or name in known.get(dimension, ())}
         for dimension, classes in out.items()

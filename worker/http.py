@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 from worker.audience import populations
 from worker.clock import Clock
 from worker.core.packing import CorruptRecord
+from worker.core.views import showing
 from worker.live import Pipeline
 from worker.lookup import look_up
 from worker.metrics import Metrics
@@ -97,13 +98,8 @@ def register_routes(
         if partitions is None:
             return view.json({"error": "topic metadata not available yet"}, status=503)
         try:
-            body = await look_up(
-                store,
-                pipeline.rules,
-                partitions,
-                customer_id,
-                pipeline.rules.calendar.day_of(clock.now_ms()),
-            )
+            show = showing(pipeline.rules, clock.now_ms())
+            body = await look_up(store, partitions, customer_id, show)
         except (RedisError, OSError) as exc:  # redis-py's connection errors are RedisErrors
             return view.json({"error": f"redis unavailable: {exc}"}, status=503)
         except CorruptRecord as exc:

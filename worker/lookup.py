@@ -12,34 +12,33 @@ import orjson
 
 from worker.core.codec import FORMAT, declared_format, decode_state
 from worker.core.packing import CorruptRecord
-from worker.core.rules import Rules
-from worker.core.views import describe
+from worker.core.views import Show
 from worker.kafka import partition_of
 from worker.store import Store
 
 
 async def look_up(
-    store: Store, rules: Rules, partitions: int, customer_id: str, day: int
+    store: Store, partitions: int, customer_id: str, show: Show
 ) -> dict[str, object] | None:
-    """The customer's statistics, classes and next change, with features at ``day``; None for
-    a customer Redis does not hold. Raises CorruptRecord for a state that cannot be read."""
+    """The customer's state as ``show`` shows it (views.py), with its partition; None for a
+    customer Redis does not hold. Raises CorruptRecord for a state that cannot be read."""
     partition = partition_of(customer_id, partitions)
     blob = await store.get(partition, customer_id)
     if blob is None:
         return None
-    body = describe(decode_state(customer_id, blob), rules, day)
+    body = show(decode_state(customer_id, blob))
     body["partition"] = partition
     return body
 
 
 async def print_customers(
-    store: Store, rules: Rules, customer_ids: Sequence[str], partitions: int, day: int
+    store: Store, customer_ids: Sequence[str], partitions: int, show: Show
 ) -> int:
     """One JSON line per known customer; 1 if any is unknown or unreadable (said on stderr)."""
     status = 0
     for customer_id in customer_ids:
         try:
-            body = await look_up(store, rules, partitions, customer_id, day)
+            body = await look_up(store, partitions, customer_id, show)
         except CorruptRecord as exc:
             print(f"segment-worker: {exc}", file=sys.stderr)
             status = 1

@@ -17,7 +17,7 @@ from typing import Any, Final
 
 from redis.connection import ConnectionPool
 
-from worker.errors import SegmentWorkerError
+from worker.errors import SegmentWorkerError, UsageError
 
 PREFIX: Final = "SEGMENT_WORKER_"
 SECURITY_PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -30,6 +30,11 @@ SETTINGS_FILE: Final = f"{PREFIX}SETTINGS_FILE"
 
 class SettingsError(SegmentWorkerError, ValueError):
     """Raised when a setting is missing or malformed; the message names the variable."""
+
+
+class OptionError(SettingsError, UsageError):
+    """Raised when a command's option that stands in for a setting (``--redis-url`` for
+    SEGMENT_WORKER_REDIS_URL) is malformed; the message names the option, as typed."""
 
 
 def _secret() -> Any:
@@ -287,9 +292,16 @@ class Settings:
         return env
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+    def from_env(
+        cls,
+        env: Mapping[str, str] | None = None,
+        given: Mapping[str, tuple[str, object]] | None = None,
+    ) -> Settings:
         """The settings the environment gives, over those of the file ``SETTINGS_FILE``
-        names, if it names one."""
+        names, if it names one; and over both, those a command was given as options:
+        ``given`` maps a field to (option, value), a value None not given. A bad one of those
+        raises OptionError, naming what the user typed, not the variable it stands in for."""
+        options = {name: pair for name, pair in (given or {}).items() if pair[1] is not None}
         env = os.environ if env is None else env
         known = {f"{PREFIX}{f.name.upper()}" for f in fields(cls)}
         known |= {f"{name}_FILE" for name in known}
@@ -304,9 +316,11 @@ class Settings:
         unknown = sorted(k for k in env if k.startswith(PREFIX) and k not in known)
         if unknown:
             raise SettingsError(f"{unknown[0]}: unknown setting (typo?)")
-        values: dict[str, Any] = {}
+        values: dict[str, Any] = {name: value for name, (_, value) in options.items()}
         for f in fields(cls):
             name = f"{PREFIX}{f.name.upper()}"
+            if f.name in options:
+                continue
             raw = env.get(name)
             if raw is not None and f"{name}_FILE" in env:
                 raise SettingsError(f"{name}: set it or {name}_FILE, not both")
@@ -315,7 +329,10 @@ class Settings:
             if raw is None:
                 continue
             values[f.name] = _convert(name, raw, f.type)
-        return cls(**values)
+        try:
+            return cls(**values)
+        except SettingsError as exc:
+            raise _as_option(exc, options) from None
 
     def describe(self) -> list[tuple[str, str, str]]:
         """(variable, current value, what it is) for --help and the start-up log; secrets
@@ -333,6 +350,15 @@ class Settings:
         return out
 
 
+def _as_option(exc: SettingsError, options: Mapping[str, tuple[str, object]]) -> SettingsError:
+    """``exc`` naming the option instead, if it is about a setting given as one."""
+    for name, (option, _) in options.items():
+        variable = f"{PREFIX}{name.upper()}: "
+        if str(exc).startswith(variable):
+            return OptionError(f"{option}: {str(exc).removeprefix(variable)}")
+    return exc
+
+
 def redact_url(url: str) -> str:
     """``url`` with its password replaced by ``***``, in the user part and in a
     ``password=`` query parameter, which redis-py reads too (the rest is kept). Split by
@@ -346,6 +372,12 @@ def redact_url(url: str) -> str:
 
 
 _EXPORT: Final = re.compile(r"^export\s+")
+# A quoted value: single quotes literal; in double quotes a backslash escapes one character.
+_QUOTED: Final = {"'": re.compile(r"'([^']*)'"), '"': re.compile(r'"((?:[^"\\]|\\.)*)"')}
+_ESCAPE: Final = re.compile(r"\\(.)")
+# What a backslash escapes in double quotes for Compose and systemd alike (they read
+# others, ``\n`` among them, differently: such a value is refused).
+_ESCAPED: Final = '"\\$`'
 _QUERY_PASSWORD: Final = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
 
 
@@ -367,8 +399,8 @@ def _twin(name: str) -> str:
 def read_settings_file(path: str, known: set[str]) -> dict[str, str]:
     """``NAME=value`` lines, as Docker's and Compose's ``env_file`` and systemd's
     ``EnvironmentFile`` hold them (``#`` comments, blank lines, an optional ``export``, a
-    value in matching quotes unquoted), so that one file serves all of them; every name
-    must be one of ours, at most once."""
+    quoted value unquoted), so that one file serves all of them; every name must be one of
+    ours, at most once."""
     try:
         text = Path(path).read_text("utf-8-sig")  # a byte order mark, as Notepad writes
     except (OSError, UnicodeDecodeError) as exc:
@@ -388,10 +420,34 @@ def read_settings_file(path: str, known: set[str]) -> dict[str, str]:
             raise SettingsError(f"{where}: {name}: unknown setting (typo?)")
         if name in out:
             raise SettingsError(f"{where}: {name} is set twice in the file")
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        out[name] = value
+        out[name] = _unquoted(value, f"{where}: {name}")
     return out
+
+
+def _unquoted(value: str, where: str) -> str:
+    r"""``value`` without its quotes, if quoted, as Compose's ``env_file`` and systemd's
+    ``EnvironmentFile`` both read it: ``'...'`` as written; in ``"..."``, ``\"``, ``\\``,
+    ``\$`` and ``\``` are the character. What they read differently is refused."""
+    pattern = _QUOTED.get(value[:1])
+    if pattern is None:
+        return value
+    quoted = pattern.match(value)
+    if quoted is None:
+        raise SettingsError(f"{where}: the value's {value[0]} quote is not closed on its line")
+    if quoted.end() < len(value):
+        raise SettingsError(f"{where}: text after the value's closing quote")
+    if value[0] == "'":
+        return quoted[1]
+    return _ESCAPE.sub(lambda m: _escaped(m[1], where), quoted[1])
+
+
+def _escaped(char: str, where: str) -> str:
+    if char not in _ESCAPED:  # not named in the message: the value may be a secret
+        raise SettingsError(
+            rf"{where}: in double quotes a backslash escapes only \" \\ \$ \` (Compose and "
+            r"systemd read others differently): write \\ for a backslash, or single-quote it"
+        )
+    return char
 
 
 def _read_secret(name: str, path: str) -> str:

@@ -15,6 +15,7 @@ from worker.core.rules import (
     load_rules,
     parse_rules,
 )
+from worker.core.rules_syntax import read_document
 from worker.core.state import CustomerState
 from worker.core.timeutil import DAY_MS
 
@@ -155,6 +156,35 @@ def test_a_yaml_file_is_the_same_rules_as_its_toml(tmp_path: Path) -> None:
     rules = load_rules(path)
     assert rules.version == load_rules().version
     assert rules.dimension_names == load_rules().dimension_names
+
+
+def test_a_yaml_twin_with_exponent_numbers_has_the_toml_version() -> None:
+    # YAML 1.1 reads 9e-1 and 1e3 as strings; YAML 1.2 and TOML as floats.
+    toml = (
+        default_rules_text()
+        .decode()
+        .replace("rates = {}", "rates = { EUR = 9e-1 }")
+        .replace("cuts = [50, 150, 400, 1000]", "cuts = [50, 150, 400, 1e3]")
+    )
+    yaml_text = (
+        default_rules_yaml()
+        .replace("rates: {}", "rates: {EUR: 9e-1}")
+        .replace("- 400\n    - 1000", "- 400\n    - 1e3")
+    )
+    assert "9e-1" in toml and "1e3" in toml and "9e-1" in yaml_text and "1e3" in yaml_text
+    from_toml = parse_rules(toml.encode(), "rules.toml")
+    from_yaml = parse_rules(yaml_text.encode(), "rules.yaml")
+    assert from_yaml.version == from_toml.version
+    assert from_yaml.scores[2].cuts[3] == 1000.0
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("9e-1", 0.9), ("+1.5e3", 1500.0), ("-.5", -0.5), (".5", 0.5), ("1.5E+3", 1500.0)],
+)
+def test_yaml_reads_the_floats_yaml_1_2_reads(text: str, value: object) -> None:
+    assert read_document(f"x: {text}\n", "rules.yaml") == {"x": value}
+    assert read_document(f"x: '{text}'\n", "rules.yaml") == {"x": text}
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ import asyncio
 import csv
 import io
 from collections import Counter, defaultdict
+from pathlib import Path
 
 import orjson
 import pytest
@@ -28,7 +29,7 @@ from worker.core.events import ParseLimits
 from worker.core.rules import load_rules
 from worker.core.state import CustomerState
 from worker.core.timeutil import DAY_MS, format_ms
-from worker.core.views import describe
+from worker.core.views import describe, showing
 from worker.kafka import partition_of
 from worker.redis.client import Client
 from worker.replay import Replayer
@@ -176,6 +177,46 @@ def test_csv_has_a_header_and_the_same_members(
     assert {r[1] for r in rows[1:]} == {"high"}
 
 
+def test_a_refused_rules_file_still_lists_the_stored_members(
+    shop: tuple[dict[str, CustomerState], int],
+    redis_server: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsysbinary: pytest.CaptureFixture[bytes],
+    tmp_path: Path,
+) -> None:
+    """During a rules incident the worker runs on its old rules, and an audience is still
+    what was last emitted: only the figures the rules compute are left out."""
+    states, _ = shop
+
+    async def seed() -> None:
+        client = aioredis.from_url(redis_server.url)
+        await commit_all(Store(client), states)
+        await client.aclose()
+
+    asyncio.run(seed())
+    broken = tmp_path / "rules.toml"
+    broken.write_text("[orders\n")
+    cli_env(monkeypatch, redis_server.url, RULES=str(broken))
+    code, out, err = run_audience(capsysbinary, "value_tier", "high", "--format", "csv")
+    assert code == 0, err
+    assert err.startswith(
+        "segment-worker: DIMENSION and CLASS not checked, only customer_id, class and since "
+        f"listed, the rules file is refused: {broken}: "
+    )
+    rows = list(csv.reader(io.StringIO(out.decode())))
+    assert rows[0] == ["customer_id", "class", "since"]
+    shown = {r[0]: r[2] for r in rows[1:]}
+    want = replay_members(states, "value_tier", "high")
+    assert want and sorted(shown) == sorted(want)
+    some = next(iter(want))
+    assert shown[some] == format_ms(states[some].since_ms["value_tier"])
+    code, out, err = run_audience(
+        capsysbinary, "value_tier", "high", "--at", "2026-01-01T00:00:00Z"
+    )
+    assert (code, out) == (2, b"")
+    assert err.startswith("segment-worker: --at needs the rules, and the rules file is refused: ")
+
+
 def test_an_unknown_dimension_or_class_is_refused_naming_the_valid_ones(
     capsysbinary: pytest.CaptureFixture[bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -209,7 +250,8 @@ async def test_a_scan_over_a_changing_keyspace_keeps_its_promise(
     arrived: set[str] = set()
     batches = 0
     tally = Tally()
-    async for found in members(store, RULES, "lifecycle", "new", day=20_500, tally=tally):
+    show, fields = showing(RULES, 20_500 * DAY_MS), columns(RULES)
+    async for found in members(store, "lifecycle", "new", show=show, fields=fields, tally=tally):
         listed += [str(m["customer_id"]) for m in found]
         batches += 1
         for n in range(batches * 100 - 100, min(batches * 100, len(leaving))):
@@ -249,9 +291,8 @@ async def test_an_audience_on_a_redis_cluster_reaches_every_master(
     await commit_all(store, states)
     tally = Tally()
     listed: list[str] = []
-    async for found in members(
-        store, RULES, "lifecycle", "active", day=as_of // DAY_MS, tally=tally
-    ):
+    show, fields = showing(RULES, as_of), columns(RULES)
+    async for found in members(store, "lifecycle", "active", show=show, fields=fields, tally=tally):
         listed += [str(m["customer_id"]) for m in found]
     assert sorted(listed) == sorted(replay_members(states, "lifecycle", "active"))
     assert tally.scanned == len(states)

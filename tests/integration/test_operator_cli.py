@@ -6,6 +6,7 @@ cannot be reached. (Asking Kafka for the partition count is covered in test_live
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import orjson
 import pytest
@@ -19,7 +20,7 @@ from worker.core.events import Order
 from worker.core.rules import load_rules
 from worker.core.state import CustomerState
 from worker.core.timeutil import DAY_MS, format_ms, parse_rfc3339
-from worker.core.views import describe
+from worker.core.views import describe, stored
 from worker.kafka import partition_of
 from worker.keys import Layout
 from worker.store import Store
@@ -86,6 +87,39 @@ def test_prints_the_stored_state_and_names_the_unknown(
     want = describe(state, load_rules(), at // DAY_MS) | {"partition": partition_of("cus_a", 4)}
     assert orjson.loads(line) == orjson.loads(orjson.dumps(want))
     assert orjson.loads(line)["classes"]["lifecycle"] == "new"
+
+
+def test_a_refused_rules_file_still_shows_what_the_state_stores(
+    redis_server: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsysbinary: pytest.CaptureFixture[bytes],
+    tmp_path: Path,
+) -> None:
+    """During a rules incident the worker runs on its old rules: its stored classes are what
+    an operator needs to see; only what the rules compute is left out."""
+    state = _state("cus_a")
+    _store(redis_server, "cus_a", encode_state(state))
+    _env(monkeypatch, redis_server.url)
+    broken = tmp_path / "rules.yaml"
+    broken.write_text("orders: [\n")
+    monkeypatch.setenv("SEGMENT_WORKER_RULES", str(broken))
+
+    assert main(["customer", "cus_a", "--partitions", "4"]) == 0
+
+    out, err = capsysbinary.readouterr()
+    assert err.decode().startswith(
+        "segment-worker: order figures, windows, scores and next_change_at not shown, the rules "
+        f"file is refused: {broken}: "
+    )
+    assert len(err.splitlines()) == 1
+    want = stored(state) | {"partition": partition_of("cus_a", 4)}
+    assert orjson.loads(out) == orjson.loads(orjson.dumps(want))
+    assert orjson.loads(out)["classes"]["lifecycle"] == "new"
+
+    assert main(["customer", "cus_a", "--partitions", "4", "--at", format_ms(ORDERED)]) == 2
+    out, err = capsysbinary.readouterr()
+    assert out == b""
+    assert err.decode().startswith("segment-worker: --at needs the rules, and the rules file")
 
 
 def test_a_damaged_state_is_reported_and_the_others_still_printed(

@@ -24,6 +24,7 @@ from worker.cli import (
     simulate,
 )
 from worker.core.rules import RulesError
+from worker.errors import UsageError
 from worker.settings import SettingsError
 
 
@@ -35,6 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RulesError as exc:
         for problem in exc.problems:
             print(f"segment-worker: invalid rules: {problem}", file=sys.stderr)
+        return 2
+    except UsageError as exc:
+        print(f"segment-worker: {exc}", file=sys.stderr)
         return 2
     except SettingsError as exc:
         print(f"segment-worker: bad setting: {exc}", file=sys.stderr)

@@ -6,7 +6,6 @@ import argparse
 import csv
 import io
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -14,9 +13,8 @@ from typing import BinaryIO
 import orjson
 
 from worker.audience import Member, Tally, UnknownClass, check_class, columns, members, populations
-from worker.cli.common import Subparsers, output, store_arguments
+from worker.cli.common import Subparsers, computed_at, output, store_arguments
 from worker.cli.operator import against_redis
-from worker.core.rules import Rules, load_rules
 from worker.progress import Progress
 from worker.settings import Settings
 from worker.store import Store
@@ -42,7 +40,10 @@ def register(sub: Subparsers) -> None:
         "same environment variables as `run`; Kafka is asked only for the partition count "
         "(give it with --partitions to skip Kafka). Exit status 2 for a dimension or class "
         "the rules do not have (the message lists those they do), 1 if a stored state could "
-        "not be read (named on stderr; the others are still listed).",
+        "not be read (named on stderr; the others are still listed). While the rules file is "
+        "refused (the worker then runs on its old rules), DIMENSION and CLASS are taken "
+        "unchecked and only customer_id, class and since are listed, as stored (said on "
+        "stderr); --at, which needs the rules, is refused.",
     )
     audience.add_argument("dimension", metavar="DIMENSION")
     audience.add_argument("class_name", metavar="CLASS")
@@ -56,25 +57,28 @@ def register(sub: Subparsers) -> None:
 
 
 def _audience(args: argparse.Namespace) -> int:
-    rules = load_rules(Settings.from_env().rules)
-    try:
-        check_class(rules, args.dimension, args.class_name)
-    except UnknownClass as exc:
-        print(f"segment-worker: {exc}", file=sys.stderr)
-        return 2
-    day = rules.calendar.day_of(time.time_ns() // 1_000_000 if args.at is None else args.at)
+    without = "DIMENSION and CLASS not checked, only customer_id, class and since listed"
+    rules, show = computed_at(args.at, without=without)
+    if rules is not None:
+        try:
+            check_class(rules, args.dimension, args.class_name)
+        except UnknownClass as exc:
+            print(f"segment-worker: {exc}", file=sys.stderr)
+            return 2
+    fields = columns(rules)
 
     async def work(_: Settings, store: Store, partitions: int) -> int:
-        expected = (await populations(store, rules, partitions))[args.dimension][args.class_name]
+        counts = await populations(store, rules, partitions)
+        expected = counts.get(args.dimension, {}).get(args.class_name, 0)
         label = f"audience {args.dimension}={args.class_name}"
         progress = None if args.quiet else Progress(expected, label, unit="customers scanned")
         tally = Tally()
         try:
             with output(args.out, sys.stdout.buffer) as out:
                 assert out is not None
-                write = _writer(args.format, rules, out)
+                write = _writer(args.format, fields, out)
                 async for found in members(
-                    store, rules, args.dimension, args.class_name, day=day, tally=tally
+                    store, args.dimension, args.class_name, show=show, fields=fields, tally=tally
                 ):
                     write(found)
                     out.flush()
@@ -95,12 +99,11 @@ def _audience(args: argparse.Namespace) -> int:
     return against_redis(args.partitions, work)
 
 
-def _writer(kind: str, rules: Rules, out: BinaryIO) -> Callable[[list[Member]], object]:
+def _writer(kind: str, fields: list[str], out: BinaryIO) -> Callable[[list[Member]], object]:
     """Writes a batch of members as JSON lines, or as CSV rows after a header (written now,
     so that an empty audience still says what its columns are)."""
     if kind == "jsonl":
         return lambda found: out.write(b"".join(orjson.dumps(m) + b"\n" for m in found))
-    fields = columns(rules)
     out.write(_csv([fields]))
     return lambda found: out.write(_csv([[m[f] for f in fields] for m in found]))
 

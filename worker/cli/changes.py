@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TextIO
 
 import orjson
@@ -18,12 +18,11 @@ from aiokafka.errors import KafkaError
 
 from worker import kafka
 from worker.audience import UnknownClass, check_class
-from worker.cli.common import Subparsers, kafka_failure
-from worker.core.rules import RulesError, load_rules
+from worker.cli.common import Subparsers, kafka_failure, rules_unless_refused
+from worker.display import pad
 from worker.settings import Settings
 
 IDLE_MS = 1000  # without --follow: stop once the end is reached and nothing came for this long
-TABLE = "{:<24} {:<16} {:<14} {:>20} -> {:<20} {}"
 
 
 def register(sub: Subparsers) -> None:
@@ -92,19 +91,30 @@ def render(record: ConsumerRecord[bytes, bytes], table: bool) -> str:
     key = (record.key or b"").decode()
     if record.value is None:
         if table:
-            return TABLE.format("", key, "", "", "(erased)", "erasure")
+            return row("", key, "", "", "(erased)", "erasure")
         return orjson.dumps({"customer_id": key, "erased": True}).decode()
     if not table:
         return bytes(record.value).decode()
     change = orjson.loads(record.value)
     cause = change.get("cause") or {}
-    return TABLE.format(
+    return row(
         change["occurred_at"],
         change["customer_id"],
         change["dimension"],
         change["from"] or "-",
         change["to"] or "-",
         cause.get("type", "?"),
+    )
+
+
+def row(  # noqa: PLR0917  # the columns, in order
+    occurred_at: str, customer: str, dimension: str, before: str, after: str, cause: str
+) -> str:
+    """One line of the table, its columns padded to the width a terminal shows (a Chinese
+    customer id takes two columns a character)."""
+    return (
+        f"{pad(occurred_at, 24)} {pad(customer, 16)} {pad(dimension, 14)} "
+        f"{pad(before, 20, right=True)} -> {pad(after, 20)} {cause}"
     )
 
 
@@ -137,9 +147,7 @@ async def watch(
                 await consumer.position(tp)  # resolves the seek: nothing later is missed
             print(f"changes: following {topic} (Ctrl-C stops)", file=sys.stderr, flush=True)
         if table:
-            out.write(
-                TABLE.format("occurred_at", "customer", "dimension", "from", "to", "cause") + "\n"
-            )
+            out.write(row("occurred_at", "customer", "dimension", "from", "to", "cause") + "\n")
         while True:
             batch = await consumer.getmany(timeout_ms=IDLE_MS)
             for records in batch.values():
@@ -162,23 +170,17 @@ async def _at_end(consumer: AIOKafkaConsumer, partitions: list[TopicPartition]) 
 
 
 def _changes(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
-    if args.kafka:
-        settings = replace(settings, kafka_bootstrap=args.kafka)
+    settings = Settings.from_env(given={"kafka_bootstrap": ("--kafka", args.kafka)})
+    # The rules only check --dimension: a file the worker refused must not stop the watch.
+    without = "--dimension not checked"
+    rules = rules_unless_refused(settings.rules, without=without) if args.dimension else None
     try:
-        if args.dimension:
-            rules = load_rules(settings.rules)
-            for dimension in args.dimension:
+        for dimension in args.dimension or ():
+            if rules is not None:
                 check_class(rules, dimension)  # else a typo looks like no change at all
     except UnknownClass as exc:
         print(f"segment-worker: {exc}", file=sys.stderr)
         return 2
-    except RulesError as exc:  # the worker runs on its old rules: watching is what is needed
-        print(
-            "segment-worker: --dimension not checked, the rules file is refused: "
-            + exc.problems[0],
-            file=sys.stderr,
-        )
     wanted = Wanted(_set(args.dimension), _set(args.to), _set(args.customer))
     run = watch(
         settings,

@@ -8,8 +8,9 @@ import codecs
 import contextlib
 import math
 import socket
+import sys
+import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import BinaryIO, TypeAlias
 
@@ -19,7 +20,10 @@ from redis.exceptions import NoPermissionError, RedisClusterException, RedisErro
 
 from worker.core.deadletter import Stage, dead_letter
 from worker.core.events import Reason, Rejection
+from worker.core.rules import Rules, RulesError, load_rules
 from worker.core.timeutil import parse_rfc3339
+from worker.core.views import Show, showing
+from worker.errors import UsageError
 from worker.settings import PREFIX, Settings, redact_url
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -105,6 +109,33 @@ def store_arguments(parser: argparse.ArgumentParser, *, computed: str | None = N
         )
 
 
+def computed_at(at: int | None, *, without: str) -> tuple[Rules | None, Show]:
+    """For a command of :func:`store_arguments` with --at (``at``): the worker's rules (None
+    when its file is refused: see :func:`rules_unless_refused`, ``without`` and --at), and
+    how it shows a state: with figures at --at (default now), or as stored without rules."""
+    path = Settings.from_env().rules
+    rules = rules_unless_refused(path, without=without, needed_by=None if at is None else "--at")
+    return rules, showing(rules, time.time_ns() // 1_000_000 if at is None else at)
+
+
+def rules_unless_refused(
+    path: Path | None, *, without: str, needed_by: str | None = None
+) -> Rules | None:
+    """The rules at ``path`` for a command that reads what the worker stored: while the
+    worker refuses a rules file it runs on its old rules, and what it stored is what an
+    operator needs then. A refused file is said on stderr in one line, with ``without``,
+    what the command does without the rules; or, if ``needed_by`` names an option given
+    that cannot do without them, raises UsageError naming it."""
+    try:
+        return load_rules(path)
+    except RulesError as exc:
+        refused = f"the rules file is refused: {exc.problems[0]}"
+        if needed_by:
+            raise UsageError(f"{needed_by} needs the rules, and {refused}") from None
+        print(f"segment-worker: {without}, {refused}", file=sys.stderr)
+        return None
+
+
 def redis_arguments(parser: argparse.ArgumentParser, source: argparse._ActionsContainer) -> None:
     """``--redis [URL]`` (in ``source``, the group of the command's other sources) and
     ``--prefix``, for a command that reads the worker's state (see :func:`redis_settings`).
@@ -124,15 +155,15 @@ def redis_arguments(parser: argparse.ArgumentParser, source: argparse._ActionsCo
     )
 
 
-def redis_settings(url: str | None, prefix: str | None = None) -> Settings:
+def redis_settings(
+    url: str | None, prefix: str | None = None, *, option: str = "--redis"
+) -> Settings:
     """The settings of `run` (SEGMENT_WORKER_*: TLS files, cluster, ...) with the Redis URL and
-    key prefix a command was given, where it was given them."""
-    settings = Settings.from_env()
-    if url:
-        settings = replace(settings, redis_url=url)
-    if prefix is not None:
-        settings = replace(settings, redis_prefix=prefix)
-    return settings
+    key prefix a command was given, where it was given them (the URL as ``option``): a bad
+    one is a usage error that names the option."""
+    return Settings.from_env(
+        given={"redis_url": (option, url or None), "redis_prefix": ("--prefix", prefix)}
+    )
 
 
 REDIS_ERRORS = (RedisError, RedisClusterException, ConnectionError, TimeoutError, socket.gaierror)

@@ -7,7 +7,6 @@ import argparse
 import asyncio
 import os
 import sys
-import time
 from collections.abc import Awaitable, Callable
 
 from aiokafka.errors import KafkaError
@@ -15,12 +14,12 @@ from aiokafka.errors import KafkaError
 from worker.cli.common import (
     REDIS_ERRORS,
     Subparsers,
+    computed_at,
     kafka_failure,
     redis_failure,
     store_arguments,
 )
 from worker.core.events import ParseLimits, valid_id
-from worker.core.rules import load_rules
 from worker.kafka import input_partitions, send_erasures
 from worker.lookup import forget, print_customers
 from worker.redis.client import connect
@@ -54,7 +53,11 @@ def register(sub: Subparsers) -> None:
         "last emitted and since when, and the next instant a class may change with no event. "
         "Redis and Kafka settings come from the same environment variables as `run`; Kafka is "
         "asked only for the orders topic's partition count, which places a customer (give it "
-        "with --partitions to skip Kafka). Exit status 1 if any customer is unknown.",
+        "with --partitions to skip Kafka). Exit status 1 if any customer is unknown. While the "
+        "rules file is refused (the worker then runs on its old rules), what the state stores "
+        "is shown (classes and since, visits, region, traits, rules_version), not what the "
+        "rules compute (order figures, windows, scores, next_change_at; said on stderr); "
+        "--at, which needs the rules, is refused.",
     )
     customer.add_argument("customer_ids", nargs="+", metavar="CUSTOMER_ID")
     store_arguments(customer, computed="window and score features")
@@ -98,10 +101,11 @@ def _erase(args: argparse.Namespace) -> int:
 
 
 def _customer(args: argparse.Namespace) -> int:
-    def work(settings: Settings, store: Store, partitions: int) -> Awaitable[int]:
-        rules = load_rules(settings.rules)
-        day = rules.calendar.day_of(time.time_ns() // 1_000_000 if args.at is None else args.at)
-        return print_customers(store, rules, args.customer_ids, partitions, day)
+    without = "order figures, windows, scores and next_change_at not shown"
+    _, show = computed_at(args.at, without=without)
+
+    def work(_: Settings, store: Store, partitions: int) -> Awaitable[int]:
+        return print_customers(store, args.customer_ids, partitions, show)
 
     return against_redis(args.partitions, work)
 

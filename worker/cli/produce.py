@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from aiokafka.errors import KafkaError
@@ -53,10 +52,8 @@ def register(sub: Subparsers) -> None:
 
 
 def _produce(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
+    settings = Settings.from_env(given={"kafka_bootstrap": ("--kafka", args.kafka)})
     rules = load_rules(settings.rules)  # the worker's: what it would refuse, refused here
-    if args.kafka:
-        settings = replace(settings, kafka_bootstrap=args.kafka)
     if str(args.events) == "-":
         events, size, name = sys.stdin.buffer, None, "<stdin>"
     else:

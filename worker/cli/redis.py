@@ -146,7 +146,7 @@ def _recount(args: argparse.Namespace) -> int:
 
 def _against(url: str | None, main: Callable[[Store], Coroutine[Any, Any, T]]) -> T:
     """Run ``main`` on a store of the settings' Redis (``url`` if given), closed after."""
-    settings = redis_settings(url)
+    settings = redis_settings(url, option="--redis-url")
 
     async def run() -> T:
         client = connect(settings)

@@ -3,9 +3,10 @@ named ``*.yaml``/``*.yml``.
 
 Both give the same document for the same rules, so a file keeps its version when converted.
 YAML is held to what TOML can say: string keys, no duplicate keys, no aliases (an alias can
-expand a small file into a huge document), one document; and an unquoted value that YAML 1.1
+expand a small file into a huge document), one document; an unquoted value that YAML 1.1
 reads as other than it looks (``no`` a boolean, ``014`` octal, ``1:20`` base 60, a date) is
-refused with the fix, not silently taken.
+refused with the fix, not silently taken; and a number that YAML 1.1 takes for a string
+(``9e-1``, ``1e3``) is read as YAML 1.2 and TOML read it, a float.
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ _INT: Final = "tag:yaml.org,2002:int"
 _FLOAT: Final = "tag:yaml.org,2002:float"
 _TIMESTAMP: Final = "tag:yaml.org,2002:timestamp"
 _OCTAL: Final = re.compile(r"[-+]?0[0-7_]+")
+# The floats of YAML 1.2's core schema that are not its integers (a dot or an exponent);
+# unlike YAML 1.1, the exponent needs no sign nor the dot a digit before it. Whole: the
+# resolver matches at the start only.
+_FLOAT_1_2: Final = re.compile(
+    r"[-+]?(?:(?:\.[0-9]+|[0-9]+\.[0-9]*)(?:[eE][-+]?[0-9]+)?|[0-9]+[eE][-+]?[0-9]+)\Z"
+)
 
 
 class SyntaxProblem(ValueError):
@@ -47,9 +54,18 @@ def read_document(text: str, source: str) -> dict[str, Any]:
         raise SyntaxProblem("arrays or tables nested too deeply") from None
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader (YAML 1.1), which also reads YAML 1.2's floats as floats: else
+    ``9e-1`` is a string, a threshold that is no number and a version unlike the TOML twin's."""
+
+
+# Tried after YAML 1.1's own resolvers, so its integers (``12``) stay integers.
+_Loader.add_implicit_resolver(_FLOAT, _FLOAT_1_2, list("-+.0123456789"))
+
+
 def _read_yaml(text: str) -> dict[str, Any]:
-    """One pass of PyYAML's safe loader, checked between its node tree and the document."""
-    loader = yaml.SafeLoader(text)
+    """One pass of the safe loader, checked between its node tree and the document."""
+    loader = _Loader(text)
     try:
         root = loader.get_single_node()  # one document, or an error
         if root is None:

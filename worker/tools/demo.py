@@ -202,8 +202,8 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> View:
 
 
 async def _run(options: DemoOptions, out: TextIO, stop: asyncio.Event) -> View:
+    base = _settings(options)  # before a server starts: a bad --redis or --kafka is refused
     async with services(options) as (bootstrap, redis_url, embedded):
-        base = _settings(options)
         token = secrets.token_urlsafe(24)  # customer data only for whoever reads it here
         settings = replace(
             base,
@@ -271,14 +271,16 @@ async def _run(options: DemoOptions, out: TextIO, stop: asyncio.Event) -> View:
 
 def _settings(options: DemoOptions) -> Settings:
     """The environment's settings of the servers the demo was given (TLS, SASL and idempotence
-    of --kafka; TLS, cluster and prefix of --redis), which they may need as `run` would;
-    the ones it starts itself are plain, and the rest is the demo's own."""
+    of --kafka; TLS, cluster and prefix of --redis, and its URL), which they may need as `run`
+    would; the ones it starts itself are plain, and the rest is the demo's own."""
     given = [
         f"{PREFIX}{name}_"
         for name, server in (("KAFKA", options.kafka), ("REDIS", options.redis))
         if server is not None
     ]
-    return Settings.from_env({k: v for k, v in options.env.items() if k.startswith(tuple(given))})
+    env = {k: v for k, v in options.env.items() if k.startswith(tuple(given))}
+    urls = {"redis_url": ("--redis", options.redis), "kafka_bootstrap": ("--kafka", options.kafka)}
+    return Settings.from_env(env, given=urls)
 
 
 def _live(opts: DemoOptions, out: TextIO) -> bool:
