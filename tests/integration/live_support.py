@@ -28,7 +28,8 @@ from worker.core.rules import Rules, load_rules
 from worker.core.state import CustomerState
 from worker.core.timeutil import DAY_MS, format_ms, parse_rfc3339
 from worker.core.views import describe
-from worker.kafka import ensure_topics, partition_of
+from worker.kafka import partition_of
+from worker.kafka_topics import ensure_topics
 from worker.keys import BUCKET, Layout, glob_escape, offset_field
 from worker.redis.client import Client, connect
 from worker.replay import Replayer

