@@ -44,8 +44,9 @@ from worker.live.retry import Health, crash_point
 from worker.live.storage import RedisReset, Storage
 from worker.live.timers import Timers
 from worker.metrics import Metrics
+from worker.redis.claims import Claim
 from worker.settings import Settings
-from worker.store import Claim, Store
+from worker.store import Store
 
 log = logging.getLogger("segment_worker")
 Messages = Sequence[ConsumerRecord[bytes, bytes]]
