@@ -36,7 +36,7 @@ from worker.replay import Replayer
 from worker.service import Worker
 from worker.settings import Settings
 from worker.store import store_for
-from worker.tools.embedded import KafkaServer, free_port
+from worker.tools.servers import KafkaServer, free_port
 from worker.tools.simulate import FeedFaults, SimEvent, Simulator
 
 PARTITIONS = 4

@@ -13,7 +13,7 @@ import pytest
 
 from worker.core.rules import default_rules_text, load_rules
 from worker.tools.apache_kafka import kafka_version
-from worker.tools.embedded import free_port
+from worker.tools.servers import free_port
 
 
 def bench(*args: str, timeout: float) -> str:

@@ -41,15 +41,9 @@ from aiokafka.errors import KafkaError
 
 from worker import kafka
 from worker.errors import SegmentWorkerError
-from worker.tools.embedded import (
-    HOST,
-    Broker,
-    KafkaServer,
-    ServerProcess,
-    free_port,
-    run_blocking,
-)
+from worker.tools.embedded import Broker
 from worker.tools.kafka_security import KafkaSecurity
+from worker.tools.servers import HOST, KafkaServer, ServerProcess, free_port, run_blocking
 
 KAFKA_DIR: Final = Path(__file__).resolve().parents[2] / "deploy" / "kafka"
 POM: Final = KAFKA_DIR / "pom.xml"
@@ -290,7 +284,7 @@ class KafkaNode(ServerProcess):
 class ApacheKafka(KafkaServer):
     """``nodes`` combined broker+controller nodes (1 or 3); see the module docstring.
 
-    A :class:`~worker.tools.embedded.KafkaServer` like Tansu's ``Broker``: ``with ApacheKafka()
+    A :class:`~worker.tools.servers.KafkaServer` like Tansu's ``Broker``: ``with ApacheKafka()
     as kafka:``, ``kafka.bootstrap``, ``create_topics``; plus ``pause``/``resume``, and
     :attr:`nodes` (each with its ``pid``, ``kill()``, ``start()``, ``pause()``) for faults on a
     single node.
