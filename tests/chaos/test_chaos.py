@@ -60,8 +60,9 @@ from worker.keys import Layout, offset_field
 from worker.redis.client import connect
 from worker.replay import Replayer
 from worker.settings import Settings
-from worker.tools.apache_kafka import ApacheKafka, KafkaNode
+from worker.tools.apache_kafka import ApacheKafka
 from worker.tools.embedded import Broker, RedisServer
+from worker.tools.kafka_node import KafkaNode
 from worker.tools.servers import free_port
 from worker.tools.simulate import FeedFaults, SimEvent, Simulator
 

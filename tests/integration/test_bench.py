@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from worker.core.rules import default_rules_text, load_rules
-from worker.tools.apache_kafka import kafka_version
+from worker.tools.kafka_jars import kafka_version
 from worker.tools.servers import free_port
 
 
