@@ -31,9 +31,10 @@ from redis.exceptions import RedisError
 
 from worker.core.rules import parse_rules
 from worker.metrics import Metrics
+from worker.redis.claims import Claim
 from worker.redis.library import LibraryNotLoaded, library_code
 from worker.settings import PREFIX, Settings
-from worker.store import Claim, Store
+from worker.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

@@ -9,9 +9,9 @@ from worker.core.conditions import ConditionError
 from worker.core.packing import CorruptRecord
 from worker.core.rules import RulesError
 from worker.errors import SegmentWorkerError
+from worker.redis.claims import Fenced
 from worker.service import WorkerCrashed
 from worker.settings import SettingsError
-from worker.store import Fenced
 
 TREE: list[tuple[type[Exception], type[Exception]]] = [
     (SettingsError, ValueError),

@@ -14,7 +14,7 @@ from tests.pki import make_pki
 from worker import kafka
 from worker.kafka import kafka_security, refusal
 from worker.settings import Settings, SettingsError
-from worker.tools.embedded import free_port
+from worker.tools.servers import free_port
 
 PASSWORD = "kafka-test-password"
 

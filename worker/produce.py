@@ -18,7 +18,7 @@ from typing import Final
 
 from aiokafka import AIOKafkaProducer
 
-from worker import kafka
+from worker import kafka, kafka_topics
 from worker.core.engine import convert
 from worker.core.events import Event, Order, ParseLimits, Rejection, Visit, parse_event
 from worker.core.rules import Rules
@@ -102,7 +102,7 @@ async def produce(
 async def _partitions(client: AIOKafkaProducer, settings: Settings) -> dict[str, int]:
     """Each topic's partition count; MissingTopic if an input topic does not exist,
     NotCoPartitioned if the counts differ."""
-    counts = await kafka.partition_counts(client, settings)
+    counts = await kafka_topics.partition_counts(client, settings)
     for name in (settings.topic_orders, settings.topic_visits, settings.topic_profiles):
         if name not in counts:
             raise MissingTopic(

@@ -17,7 +17,7 @@ import mode
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from faust.app.base import BootStrategy
 
-from worker import kafka
+from worker import kafka, kafka_topics
 from worker.clock import Clock, SimulatedClock, WallClock
 from worker.core.rules import load_rules
 from worker.core.timeutil import parse_rfc3339
@@ -240,7 +240,7 @@ class Worker:
             self.settings,
             self.store.library.ensure,
             partial(kafka.start_producer, self.settings, self.producer),
-            partial(kafka.partition_counts, self.producer, self.settings),
+            partial(kafka_topics.partition_counts, self.producer, self.settings),
             partial(kafka.start_checked, self.settings, self.consumer.start),
         )
         await wait_for_servers(

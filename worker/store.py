@@ -11,21 +11,19 @@ Functions are loaded with FUNCTION LOAD: unlike the EVAL script cache they survi
 install``): the worker's ACL user may not load code, so a worker only checks at start that the
 library of its release is there (:meth:`worker.redis.library.Library.ensure`).
 
-The client is built by :mod:`worker.redis.client`; Function calls issued in one turn of the
-event loop share a round trip (:mod:`worker.redis.coalescer`).
+The client is built by :mod:`worker.redis.client`; Function calls go through
+:mod:`worker.redis.functions` (those issued in one turn of the event loop share a round trip),
+and the claim they carry, with its refusals, is :mod:`worker.redis.claims`.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Final, NamedTuple, cast
+from typing import Any, NamedTuple, cast
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import ResponseError
 
-from worker.errors import SegmentWorkerError
 from worker.keys import (
     RELAYED,
     RULES,
@@ -38,15 +36,12 @@ from worker.keys import (
     population_name,
     population_of,
 )
+from worker.redis.claims import Claim
 from worker.redis.client import Client, text
-from worker.redis.coalescer import Coalescer
+from worker.redis.functions import CHANGED, RESET, Functions
 from worker.redis.library import Library
 from worker.redis.pseudonyms import Pseudonyms
 from worker.settings import Settings
-
-_FENCED: Final = re.compile(r"FENCED current=(\d+)")
-_RESET: Final = re.compile(r"RESET current=([0-9a-f]+)")
-_CHANGED: Final = re.compile(r"CHANGED current=\d+")
 
 
 def store_for(settings: Settings, client: Client | None) -> Store:
@@ -54,40 +49,6 @@ def store_for(settings: Settings, client: Client | None) -> Store:
     unwrap values read by other means)."""
     key = settings.pseudonym_key.encode() if settings.pseudonym_key else None
     return Store(cast(Client, client), settings.redis_prefix, pseudonym_key=key)
-
-
-class Fenced(SegmentWorkerError):
-    """Raised when another worker claimed the partition after us: our write was refused and
-    nothing was written. Carries the partition, our epoch and the current one."""
-
-    def __init__(self, partition: int, epoch: int, current: int) -> None:
-        super().__init__(f"partition {partition}: epoch {epoch} fenced by epoch {current}")
-        self.partition, self.epoch, self.current = partition, epoch, current
-
-
-class ServerChanged(SegmentWorkerError):
-    """Raised when a write carries a claim made on another Redis server process than the one
-    that answers: Redis restarted, was restored from a copy or failed over since the claim,
-    and may have lost writes (even the epoch the claim holds may have been handed out
-    again). Nothing was written; the partition must be claimed again, on this server."""
-
-    def __init__(self, partition: int, current: str) -> None:
-        super().__init__(f"partition {partition}: claimed on another Redis server than {current}")
-        self.partition, self.current = partition, current
-
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """Ownership of one partition: the epoch our writes carry, the run id of the Redis server
-    process that handed it out (writes are admitted there only: a connection that silently
-    reconnects to a restarted or restored Redis must not write what was read from the old
-    one), and the offsets (next offset to read, per input topic) up to which its input is
-    already applied."""
-
-    partition: int
-    epoch: int
-    offsets: dict[str, int]
-    server: str
 
 
 class Counts(NamedTuple):
@@ -119,7 +80,7 @@ class Store:
         if pool is not None and pool.connection_kwargs.get("decode_responses"):
             raise ValueError("the Redis client must not decode responses: states are bytes")
         self.client = client
-        self._calls = None if isinstance(client, RedisCluster) else Coalescer(client)
+        self._functions = Functions(client)
         self.keys = Layout(prefix)
         self.library = Library(client, self.keys)
         self.names = Pseudonyms(pseudonym_key)
@@ -141,7 +102,7 @@ class Store:
         server's run id, in one call."""
         reply = cast(
             list[bytes | int],
-            await self._fcall("segment_worker_claim", [self.keys.meta(partition)]),
+            await self._functions.call("segment_worker_claim", [self.keys.meta(partition)]),
         )
         offsets = {text(cast(bytes, reply[i])): int(reply[i + 1]) for i in range(2, len(reply), 2)}
         return Claim(partition, int(reply[0]), offsets, text(cast(bytes, reply[1])))
@@ -231,7 +192,7 @@ class Store:
             raise ValueError("the rules version must not be empty")
         meta = [self.keys.meta(claim.partition)]
         args: list[str | bytes | int] = [claim.epoch, claim.server, version]
-        await self._fenced_call(function, claim, meta, args)
+        await self._functions.fenced(function, claim, meta, args)
 
     async def read_checked(self, partition: int, customer_ids: Sequence[str]) -> Snapshot:
         """The run id of the server holding the partition, the states, and which unknown
@@ -241,7 +202,7 @@ class Store:
         names = [self.keys.meta(partition)]
         names += [customers + self.names.name(c) for c in customer_ids]
         names += [erased + self.names.marker(c) for c in customer_ids]
-        reply = cast(list[Any], await self._fcall("segment_worker_read", names, ro=True))
+        reply = cast(list[Any], await self._functions.call("segment_worker_read", names, ro=True))
         n = len(customer_ids)
         return Snapshot(
             text(reply[0]),
@@ -264,7 +225,7 @@ class Store:
         goes when its instant comes (the timer's read drops names with no state)."""
         names = [self.keys.meta(partition), self.customer_key(partition, customer_id)]
         args: list[str | bytes | int] = [stored, self.names.name(customer_id)]
-        return bool(await self._fcall("segment_worker_forget", names, args))
+        return bool(await self._functions.call("segment_worker_forget", names, args))
 
     def _state(self, stored: bytes | None) -> bytes | None:
         return None if stored is None else self.names.unwrap(stored)[1]
@@ -340,10 +301,10 @@ class Store:
         args += flat_offsets
         args += pops
         if acked == 0 and relayed is None:
-            await self._fenced_call("segment_worker_commit", claim, names, args)
+            await self._functions.fenced("segment_worker_commit", claim, names, args)
             return
         ack: list[str | bytes | int] = [acked, "" if relayed is None else relayed]
-        await self._fenced_call("segment_worker_ack_commit", claim, names, ack + args)
+        await self._functions.fenced("segment_worker_ack_commit", claim, names, ack + args)
 
     async def ack_outbox(self, claim: Claim, count: int, relayed: int | None = None) -> None:
         """Trim the first ``count`` records, which the relay has had acknowledged by the broker,
@@ -357,7 +318,7 @@ class Store:
         names = [self.keys.meta(p), self.keys.outbox(p)]
         offset: str | int = "" if relayed is None else relayed
         args: list[str | bytes | int] = [claim.epoch, claim.server, count, offset]
-        await self._fenced_call("segment_worker_ack", claim, names, args)
+        await self._functions.fenced("segment_worker_ack", claim, names, args)
 
     async def relayed(self, partition: int) -> int:
         """The change topic's offset after the last change this Redis knows was relayed."""
@@ -386,7 +347,7 @@ class Store:
         ]
         ttl: str | int = "" if marker_ttl_ms is None else marker_ttl_ms
         at: str | int = "" if indexed is None else indexed
-        reply = await self._fenced_call(
+        reply = await self._functions.fenced(
             "segment_worker_erase",
             claim,
             names,
@@ -401,7 +362,9 @@ class Store:
         if limit <= 0:
             return {}
         keys = [self.keys.at(partition), self.keys.due(partition)]
-        flat = cast(list[bytes], await self._fcall("segment_worker_due", keys, [now_ms, limit]))
+        flat = cast(
+            list[bytes], await self._functions.call("segment_worker_due", keys, [now_ms, limit])
+        )
         found = {text(flat[i + 1]): int(flat[i]) for i in range(0, len(flat), 2)}
         ids = await self._ids(partition, list(found))
         return {cid: found[self.names.name(cid)] for cid in ids}
@@ -443,45 +406,12 @@ class Store:
         names = [self.keys.meta(partition)]
         args = [seen.server, seen.writes, *_population_args(populations)]
         try:
-            await self._fcall("segment_worker_recount", names, args)
+            await self._functions.call("segment_worker_recount", names, args)
         except ResponseError as exc:
-            if _CHANGED.match(str(exc)) or _RESET.match(str(exc)):
+            if CHANGED.match(str(exc)) or RESET.match(str(exc)):
                 return False
             raise
         return True
-
-    async def _fenced_call(
-        self, function: str, claim: Claim, keys: list[str], args: list[str | bytes | int]
-    ) -> Any:
-        try:
-            return await self._fcall(function, keys, args)
-        except ResponseError as exc:
-            match = _FENCED.match(str(exc))
-            if match:
-                raise Fenced(claim.partition, claim.epoch, int(match[1])) from None
-            match = _RESET.match(str(exc))
-            if match:
-                raise ServerChanged(claim.partition, match[1]) from None
-            raise
-
-    async def _fcall(
-        self,
-        function: str,
-        keys: list[str],
-        args: Sequence[str | bytes | int] = (),
-        *,
-        ro: bool = False,
-    ) -> Any:
-        command = "FCALL_RO" if ro else "FCALL"
-        if self._calls is not None:
-            return await self._calls.call(command, function, len(keys), *keys, *args)
-        # A cluster: straight to the slot's master. FCALL's keys are "movable", and redis-py
-        # would otherwise ask a server for them (COMMAND GETKEYS) on every call.
-        client = cast(RedisCluster, self.client)
-        node = client.get_node_from_key(keys[0])
-        return await client.execute_command(
-            command, function, len(keys), *keys, *args, target_nodes=node
-        )
 
 
 def _population_args(populations: Mapping[tuple[str, str], int]) -> list[str | int]:

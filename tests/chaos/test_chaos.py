@@ -60,8 +60,10 @@ from worker.keys import Layout, offset_field
 from worker.redis.client import connect
 from worker.replay import Replayer
 from worker.settings import Settings
-from worker.tools.apache_kafka import ApacheKafka, KafkaNode
-from worker.tools.embedded import Broker, RedisServer, free_port
+from worker.tools.apache_kafka import ApacheKafka
+from worker.tools.embedded import Broker, RedisServer
+from worker.tools.kafka_node import KafkaNode
+from worker.tools.servers import free_port
 from worker.tools.simulate import FeedFaults, SimEvent, Simulator
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]

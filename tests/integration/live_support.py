@@ -28,14 +28,15 @@ from worker.core.rules import Rules, load_rules
 from worker.core.state import CustomerState
 from worker.core.timeutil import DAY_MS, format_ms, parse_rfc3339
 from worker.core.views import describe
-from worker.kafka import ensure_topics, partition_of
+from worker.kafka import partition_of
+from worker.kafka_topics import ensure_topics
 from worker.keys import BUCKET, Layout, glob_escape, offset_field
 from worker.redis.client import Client, connect
 from worker.replay import Replayer
 from worker.service import Worker
 from worker.settings import Settings
 from worker.store import store_for
-from worker.tools.embedded import KafkaServer, free_port
+from worker.tools.servers import KafkaServer, free_port
 from worker.tools.simulate import FeedFaults, SimEvent, Simulator
 
 PARTITIONS = 4

@@ -13,15 +13,10 @@ import yaml
 
 from tests.integration.live_support import topic_configs
 from worker import kafka as clients
-from worker.tools.apache_kafka import (
-    SERVER_PROPERTIES,
-    ApacheKafka,
-    BrokerUnavailable,
-    broker_jars,
-    chosen_broker,
-    kafka_version,
-)
+from worker.tools.apache_kafka import ApacheKafka, chosen_broker
 from worker.tools.embedded import Broker
+from worker.tools.kafka_jars import BrokerUnavailable, broker_jars, kafka_version
+from worker.tools.kafka_node import SERVER_PROPERTIES
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -34,7 +34,8 @@ from worker.kafka import partition_of
 from worker.redis.client import Client
 from worker.replay import Replayer
 from worker.store import Store
-from worker.tools.embedded import RedisServer, free_port
+from worker.tools.embedded import RedisServer
+from worker.tools.servers import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from worker.core.rules import default_rules_text, load_rules
-from worker.tools.apache_kafka import kafka_version
-from worker.tools.embedded import free_port
+from worker.tools.kafka_jars import kafka_version
+from worker.tools.servers import free_port
 
 
 def bench(*args: str, timeout: float) -> str:

@@ -15,7 +15,8 @@ import psutil
 import pytest
 
 from worker.tools.apache_kafka import ApacheKafka
-from worker.tools.embedded import Broker, free_port
+from worker.tools.embedded import Broker
+from worker.tools.servers import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

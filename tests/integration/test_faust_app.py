@@ -36,7 +36,8 @@ from faust.app.base import BootStrategy
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
 from worker import kafka
-from worker.tools.embedded import Broker, free_port
+from worker.tools.embedded import Broker
+from worker.tools.servers import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.broker_only, pytest.mark.timeout(90)]
 

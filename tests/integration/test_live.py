@@ -55,7 +55,8 @@ from worker.keys import RELAYED, Layout
 from worker.redis.client import connect
 from worker.service import Worker
 from worker.settings import Settings
-from worker.tools.embedded import Broker, free_port
+from worker.tools.embedded import Broker
+from worker.tools.servers import free_port
 from worker.tools.simulate import SimEvent
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]

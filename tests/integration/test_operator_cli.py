@@ -24,7 +24,8 @@ from worker.core.views import describe, stored
 from worker.kafka import partition_of
 from worker.keys import Layout
 from worker.store import Store
-from worker.tools.embedded import RedisServer, free_port
+from worker.tools.embedded import RedisServer
+from worker.tools.servers import free_port
 
 pytestmark = pytest.mark.integration
 

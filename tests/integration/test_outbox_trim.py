@@ -17,7 +17,8 @@ from worker.live.partitions import Partitions, PartitionState
 from worker.live.retry import Health
 from worker.live.storage import Storage
 from worker.metrics import Metrics
-from worker.store import Claim, Store
+from worker.redis.claims import Claim
+from worker.store import Store
 
 RULES = load_rules(None)
 

@@ -21,7 +21,7 @@ from tests.integration.live_support import DAY0, PARTITIONS, env_of, make_settin
 from worker.core.events import ParseLimits, Rejection, parse_event
 from worker.kafka import partition_of
 from worker.settings import Settings
-from worker.tools.embedded import KafkaServer, free_port
+from worker.tools.servers import KafkaServer, free_port
 from worker.tools.simulate import FeedFaults, Simulator
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]

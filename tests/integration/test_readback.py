@@ -38,7 +38,7 @@ from worker.kafka import partition_of
 from worker.keys import RELAYED, Layout
 from worker.redis.client import connect
 from worker.settings import Settings
-from worker.tools.embedded import KafkaServer
+from worker.tools.servers import KafkaServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 

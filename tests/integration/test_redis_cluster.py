@@ -31,7 +31,8 @@ from worker.core.codec import encode_state
 from worker.core.state import CustomerState
 from worker.keys import Layout, glob_escape
 from worker.store import Store
-from worker.tools.embedded import Broker, RedisServer, free_port
+from worker.tools.embedded import Broker, RedisServer
+from worker.tools.servers import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 

@@ -24,10 +24,11 @@ from tests.integration.live_support import (
 from tests.integration.test_redis_acl import PASSWORD, acl_lines
 from tests.pki import Pki, make_pki
 from worker.core.timeutil import DAY_MS
+from worker.redis.claims import Claim
 from worker.redis.client import connect
 from worker.service import Worker
 from worker.settings import Settings, SettingsError
-from worker.store import Claim, Store
+from worker.store import Store
 from worker.tools.embedded import Broker, RedisServer
 
 pytestmark = pytest.mark.integration

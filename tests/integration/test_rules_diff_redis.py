@@ -14,7 +14,8 @@ from worker.core.rules import load_rules
 from worker.core.state import CustomerState
 from worker.core.timeutil import DAY_MS, format_ms
 from worker.store import Store
-from worker.tools.embedded import RedisServer, free_port
+from worker.tools.embedded import RedisServer
+from worker.tools.servers import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,8 @@ from tests.integration.live_support import (
     worker_log,
 )
 from worker.settings import Settings
-from worker.tools.embedded import Broker, RedisServer, free_port
+from worker.tools.embedded import Broker, RedisServer
+from worker.tools.servers import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

@@ -17,8 +17,9 @@ from redis.exceptions import ResponseError
 from tests.integration.conftest import AofStore
 from tests.integration.live_support import due_index
 from worker.keys import Layout
+from worker.redis.claims import Claim, Fenced, ServerChanged
 from worker.redis.library import library_code
-from worker.store import Claim, Fenced, ServerChanged, Store
+from worker.store import Store
 
 pytestmark = pytest.mark.integration
 LAYOUT = Layout("sw")

@@ -9,7 +9,7 @@ import pytest
 
 from tests.integration.live_support import topic_configs
 from worker import kafka
-from worker.kafka import ensure_topics
+from worker.kafka_topics import ensure_topics
 from worker.settings import Settings
 from worker.tools.apache_kafka import ApacheKafka
 

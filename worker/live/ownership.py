@@ -28,8 +28,8 @@ from worker.live.relay import Relay
 from worker.live.retry import TRANSIENT, Health
 from worker.live.storage import RedisReset, Storage
 from worker.metrics import Metrics
+from worker.redis.claims import Claim
 from worker.settings import Settings
-from worker.store import Claim
 
 READ_BACK_SECONDS: Final = 60.0
 log = logging.getLogger("segment_worker")

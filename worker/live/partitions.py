@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from aiokafka import TopicPartition
 
-from worker.store import Claim
+from worker.redis.claims import Claim
 
 log = logging.getLogger("segment_worker")
 

@@ -27,8 +27,8 @@ from worker.live.partitions import Partitions
 from worker.live.retry import Health
 from worker.live.storage import Storage
 from worker.metrics import Metrics
+from worker.redis.claims import Claim
 from worker.settings import Settings
-from worker.store import Claim
 
 OFFSET_COMMIT_INTERVAL_S: Final = 1.0
 log = logging.getLogger("segment_worker")

@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker.metrics import Metrics
-from worker.store import Fenced
+from worker.redis.claims import Fenced
 
 log = logging.getLogger("segment_worker")
 T = TypeVar("T")

@@ -15,7 +15,8 @@ from worker.errors import SegmentWorkerError
 from worker.live.partitions import Partitions
 from worker.live.retry import Health
 from worker.metrics import Metrics
-from worker.store import Claim, Fenced, ServerChanged, Store
+from worker.redis.claims import Claim, Fenced, ServerChanged
+from worker.store import Store
 
 log = logging.getLogger("segment_worker")
 

@@ -22,8 +22,8 @@ from worker.live.relay import Relay, observe_emits
 from worker.live.retry import Health
 from worker.live.storage import Storage
 from worker.metrics import Metrics
+from worker.redis.claims import Claim
 from worker.settings import Settings
-from worker.store import Claim
 
 log = logging.getLogger("segment_worker")
 

@@ -2,13 +2,14 @@
 of ``deploy/kafka/pom.xml``, started from its jars in KRaft mode with the settings of
 ``deploy/kafka/server.properties`` (the file docker-compose.yml ships too).
 
-* :func:`broker_jars` resolves the jars once with Maven into a cache folder
-  (``$SW_KAFKA_CACHE``, else ``~/.cache/segment-worker``); later runs reuse it.
+* :func:`~worker.tools.kafka_jars.broker_jars` resolves the jars once with Maven into a cache
+  folder (``$SW_KAFKA_CACHE``, else ``~/.cache/segment-worker``); later runs reuse it.
 * :class:`ApacheKafka` starts one node, or a cluster of combined broker+controller nodes
   (three: replication factor 3, ``min.insync.replicas=2``), each a JVM with a bounded heap on
   free loopback ports, in a private directory holding its data and its ``server.log``. It is
   ready only once a record has really been produced (idempotent, ``acks=all``) and consumed
-  back through a consumer group. ``stop()`` ends every node (SIGTERM, then SIGKILL).
+  back through a consumer group. ``stop()`` ends every node (SIGTERM, then SIGKILL). A node
+  is a :class:`~worker.tools.kafka_node.KafkaNode`.
 * ``ApacheKafka(security=KafkaSecurity(...))`` adds a SASL_SSL listener (SCRAM-SHA-512 users,
   TLS with the caller's certificate) with ACLs enforced (worker/tools/kafka_security.py).
 * :func:`chosen_broker` reads ``SW_TEST_BROKER`` (``kafka``, the default, or ``tansu``): the one
@@ -23,16 +24,12 @@ import argparse
 import asyncio
 import base64
 import contextlib
-import hashlib
 import os
-import re
 import shutil
 import signal
-import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final, Self
@@ -40,21 +37,12 @@ from typing import Final, Self
 from aiokafka.errors import KafkaError
 
 from worker import kafka
-from worker.errors import SegmentWorkerError
-from worker.tools.embedded import (
-    HOST,
-    Broker,
-    KafkaServer,
-    ServerProcess,
-    free_port,
-    run_blocking,
-)
+from worker.tools.embedded import Broker
+from worker.tools.kafka_jars import BrokerUnavailable, broker_jars
+from worker.tools.kafka_node import KafkaNode
 from worker.tools.kafka_security import KafkaSecurity
+from worker.tools.servers import KafkaServer, run_blocking
 
-KAFKA_DIR: Final = Path(__file__).resolve().parents[2] / "deploy" / "kafka"
-POM: Final = KAFKA_DIR / "pom.xml"
-SERVER_PROPERTIES: Final = KAFKA_DIR / "server.properties"
-LOG4J: Final = KAFKA_DIR / "log4j2.properties"
 HEAP: Final = "512m"
 READINESS_TOPIC: Final = "segment-worker-readiness"
 BROKERS: Final = ("kafka", "tansu")
@@ -75,81 +63,7 @@ def cluster_replication(nodes: int) -> dict[str, str]:
     }
 
 
-class BrokerUnavailable(SegmentWorkerError, RuntimeError):
-    """Raised when the Apache Kafka broker cannot be fetched or started (no Java, no Maven,
-    a failed download, a node that exits or never serves)."""
-
-
-# -- the jars ---------------------------------------------------------------------------------
-
-
-def kafka_version() -> str:
-    """The broker version pinned in deploy/kafka/pom.xml."""
-    if not POM.is_file():
-        raise BrokerUnavailable(f"{POM} not found: Apache Kafka runs from a source checkout")
-    found = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", POM.read_text())
-    if found is None:
-        raise BrokerUnavailable(f"{POM}: no <kafka.version>")
-    return found.group(1).strip()
-
-
-def cache_root() -> Path:
-    """Where fetched brokers are kept: ``$SW_KAFKA_CACHE``, else the user's cache folder."""
-    if os.environ.get("SW_KAFKA_CACHE"):
-        return Path(os.environ["SW_KAFKA_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "segment-worker"
-
-
-def _require(program: str, why: str) -> str:
-    found = shutil.which(program)
-    if found is None:
-        raise BrokerUnavailable(f"{program} not found on PATH: {why} (or SW_TEST_BROKER=tansu)")
-    return found
-
-
-def broker_jars(root: Path | None = None) -> Path:
-    """The folder of the pinned broker's jars, resolved with Maven on first use.
-
-    The folder's name carries the version and a hash of the pom, so editing the pom fetches
-    again; it appears complete or not at all (built aside, then renamed), so concurrent
-    test runs cannot see half of it.
-    """
-    root = root or cache_root()
-    digest = hashlib.sha256(POM.read_bytes()).hexdigest()[:10]
-    target = root / f"kafka-{kafka_version()}-{digest}"
-    if target.is_dir():
-        return target
-    mvn = _require("mvn", "Maven fetches the Apache Kafka broker")
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
-    argv = [mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies"]
-    result = subprocess.run(
-        [*argv, f"-DoutputDirectory={staging}"], capture_output=True, text=True, check=False
-    )
-    if result.returncode != 0 or not any(staging.glob("kafka_2.13-*.jar")):
-        shutil.rmtree(staging, ignore_errors=True)
-        raise BrokerUnavailable(
-            f"{' '.join(argv)} failed:\n{(result.stdout + result.stderr)[-3000:]}"
-        )
-    try:
-        staging.rename(target)
-    except OSError:  # another process got there first
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
-
-
-def _java() -> str:
-    """``$JAVA_HOME/bin/java``, else ``java`` from PATH."""
-    if os.environ.get("JAVA_HOME"):
-        java = Path(os.environ["JAVA_HOME"]) / "bin" / "java"
-        if not os.access(java, os.X_OK):
-            raise BrokerUnavailable(f"JAVA_HOME={os.environ['JAVA_HOME']}: no {java}")
-        return str(java)
-    return _require("java", "the Apache Kafka broker is a JVM (OpenJDK 17+)")
-
-
-# -- one node ---------------------------------------------------------------------------------
+# -- the cluster --------------------------------------------------------------------------------
 
 
 def _cluster_id() -> str:
@@ -161,136 +75,10 @@ def _cluster_id() -> str:
             return text
 
 
-class KafkaNode(ServerProcess):
-    """One combined broker+controller JVM. Ready (for :meth:`start`) when its client port
-    accepts connections, which in KRaft happens once it has joined the controller quorum;
-    :class:`ApacheKafka` checks the cluster as a whole."""
-
-    def __init__(
-        self,
-        node_id: int,
-        directory: Path,
-        jars: Path,
-        *,
-        heap: str,
-        host: str = HOST,
-        security: KafkaSecurity | None = None,
-    ) -> None:
-        super().__init__(host=host)
-        self.node_id = node_id
-        self.controller_port = free_port(host)
-        self.directory = directory
-        self.jars = jars
-        self.heap = heap
-        self.security = security
-        self.secure_port = free_port(host) if security else None
-
-    @property
-    def secure_address(self) -> str | None:
-        """``host:port`` of the SASL_SSL listener, if the node has one."""
-        return f"{self.host}:{self.secure_port}" if self.secure_port else None
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    @property
-    def config_path(self) -> Path:
-        return self.directory / "server.properties"
-
-    @property
-    def server_log(self) -> Path:
-        return self.directory / "logs" / "server.log"
-
-    def write_config(self, voters: str, overrides: Mapping[str, str]) -> None:
-        """server.properties as shipped, then this node's lines (later lines win)."""
-        advertised = f"PLAINTEXT://{self.address}"
-        secure: dict[str, str] = {}
-        self.directory.mkdir(parents=True, exist_ok=True)
-        if self.security is not None:
-            advertised += f",SASL_SSL://{self.secure_address}"
-            keystore = self.directory / "keystore.pem"  # Kafka's PEM keystore: key, then chain
-            keystore.write_text(
-                self.security.keyfile.read_text() + self.security.certfile.read_text()
-            )
-            secure = self.security.overrides(keystore)
-        own = {
-            "node.id": str(self.node_id),
-            "controller.quorum.voters": voters,
-            "listeners": f"{advertised},CONTROLLER://{self.host}:{self.controller_port}",
-            "advertised.listeners": advertised,
-            "log.dirs": str(self.directory / "data"),
-            **secure,
-            **overrides,
-        }
-        lines = [f"{key}={value}" for key, value in own.items()]
-        self.config_path.write_text(
-            SERVER_PROPERTIES.read_text()
-            + "\n# -- this node (worker/tools/apache_kafka.py) --\n"
-            + "\n".join(lines)
-            + "\n"
-        )
-
-    def java(self, main: str, *args: str) -> list[str]:
-        """argv of a JVM running ``main`` of the broker's jars, heap bounded, logging to file."""
-        return [
-            _java(),
-            f"-Xmx{self.heap}",
-            "-Xms64m",
-            "-XX:+UseG1GC",
-            "-XX:MaxGCPauseMillis=20",
-            "-XX:+ExitOnOutOfMemoryError",
-            "-Djava.awt.headless=true",
-            f"-Dlog4j2.configurationFile={LOG4J}",
-            f"-Dkafka.logs.dir={self.directory / 'logs'}",
-            "-cp",
-            str(self.jars / "*"),
-            main,
-            *args,
-        ]
-
-    def format_storage(self, cluster_id: str) -> None:
-        """``kafka-storage format``: the data directory with its cluster id and node id."""
-        scram = self.security.scram_arguments() if self.security else []
-        argv = self.java(
-            "kafka.tools.StorageTool",
-            "format",
-            "-t",
-            cluster_id,
-            "-c",
-            str(self.config_path),
-            *scram,
-        )
-        result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=180)
-        if result.returncode != 0:
-            raise BrokerUnavailable(
-                f"node {self.node_id}: storage format failed:\n{result.stdout}{result.stderr}"
-            )
-
-    def command(self) -> list[str]:
-        return self.java("kafka.Kafka", str(self.config_path))
-
-    def environment(self) -> dict[str, str]:
-        env = super().environment()
-        for name in ("KAFKA_HEAP_OPTS", "KAFKA_OPTS", "JAVA_TOOL_OPTIONS", "CLASSPATH"):
-            env.pop(name, None)  # the argv says everything
-        return env
-
-    def log_tail(self, chars: int = 4000) -> str:
-        """The JVM's own output, then the end of the node's server.log."""
-        out = super().log_tail(chars)
-        with contextlib.suppress(OSError):
-            out += self.server_log.read_text(errors="replace")[-chars:]
-        return out
-
-
-# -- the cluster --------------------------------------------------------------------------------
-
-
 class ApacheKafka(KafkaServer):
     """``nodes`` combined broker+controller nodes (1 or 3); see the module docstring.
 
-    A :class:`~worker.tools.embedded.KafkaServer` like Tansu's ``Broker``: ``with ApacheKafka()
+    A :class:`~worker.tools.servers.KafkaServer` like Tansu's ``Broker``: ``with ApacheKafka()
     as kafka:``, ``kafka.bootstrap``, ``create_topics``; plus ``pause``/``resume``, and
     :attr:`nodes` (each with its ``pid``, ``kill()``, ``start()``, ``pause()``) for faults on a
     single node.

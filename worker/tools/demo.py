@@ -30,10 +30,11 @@ from worker.clock import SimulatedClock
 from worker.core.dimensions import SEGMENT_CLASS
 from worker.core.rules import Rules
 from worker.core.timeutil import DAY_MS, format_ms, parse_rfc3339
-from worker.kafka import ensure_topics
+from worker.kafka_topics import ensure_topics
 from worker.service import Worker
 from worker.settings import PREFIX, Settings, redact_url
-from worker.tools.embedded import Broker, RedisServer, free_port
+from worker.tools.embedded import Broker, RedisServer
+from worker.tools.servers import free_port
 from worker.tools.simulate import FeedFaults, Simulator
 
 log = logging.getLogger("segment_worker.demo")

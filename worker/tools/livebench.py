@@ -32,12 +32,13 @@ from aiokafka import TopicPartition
 from worker import kafka
 from worker.clock import SimulatedClock
 from worker.core.rules import load_rules
-from worker.kafka import ensure_topics
+from worker.kafka_topics import ensure_topics
 from worker.keys import offset_topic
 from worker.service import Worker
 from worker.store import Store
-from worker.tools.apache_kafka import ApacheKafka, chosen_broker, kafka_version
+from worker.tools.apache_kafka import ApacheKafka, chosen_broker
 from worker.tools.embedded import Broker, RedisServer
+from worker.tools.kafka_jars import kafka_version
 from worker.tools.livesetup import (
     PARTITIONS,
     SOURCE,

@@ -21,10 +21,11 @@ from aiokafka import TopicPartition
 
 from worker import kafka
 from worker.core.timeutil import format_ms
-from worker.kafka import ensure_topics, partition_of
+from worker.kafka import partition_of
+from worker.kafka_topics import ensure_topics
 from worker.progress import Progress
 from worker.settings import Settings
-from worker.tools.embedded import free_port
+from worker.tools.servers import free_port
 from worker.tools.simulate import SimEvent
 
 PARTITIONS = 4
