@@ -5,6 +5,7 @@ import pytest
 
 from worker.cli import main
 from worker.core.rules import default_rules_text, parse_rules
+from worker.display import width
 from worker.tools.demo import View
 
 RULES = parse_rules(
@@ -76,6 +77,57 @@ def test_the_rate_is_the_current_one_not_the_average_since_start() -> None:
         view.produced += 100
         view.sample(float(second))
     assert view.rate() == 100.0
+
+
+WIDE = parse_rules(
+    default_rules_text()
+    .replace(
+        b'{ name = "potential", when', '{ name = "potential", label = "見込み客", when'.encode()
+    )
+    .replace(
+        b'{ name = "new", when = "orders_total == 1',
+        '{ name = "new", label = "Nouve\u0301au", when = "orders_total == 1'.encode(),
+    ),
+    "wide.toml",
+)
+
+
+def test_the_feed_lines_up_wide_and_combining_characters(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    view = View(WIDE, "t0k")
+    changes = [
+        change("cus_a", "lifecycle", None, "potential"),
+        change("顧客_一二三", "lifecycle", "potential", "new"),  # labels 見込み客, Nouve\u0301au
+        change("cafe\u0301", "value_tier", None, "high"),
+        change("ＡＢＣ", "lifecycle", "new", "potential"),
+    ]
+    for each in changes:
+        view.absorb(each)
+    lines = view.render(0, 0, 0, "http://h").splitlines()[-len(changes) :]
+    assert lines == list(view.feed)
+    starts = {
+        (
+            width(line[: line.index(str(each["customer_id"]))]),
+            width(line[: line.index(str(each["dimension"]))]),
+            width(line[: line.index(" -> ")]),  # where the right-aligned from ends
+            width(line[: line.index(" -> ") + 4]),
+            width(line[: line.rindex(" (")]),
+        )
+        for each, line in zip(changes, lines, strict=True)
+    }
+    assert len(starts) == 1, lines
+
+
+def test_a_narrow_terminal_cuts_lines_at_its_columns_not_characters(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("COLUMNS", "40")
+    view = View(WIDE, "t0k")
+    view.absorb(change("顧客" * 20, "lifecycle", None, "potential"))
+    view.absorb(change("a", "lifecycle", None, "potential"))
+    lines = view.render(0, 0, 0, "http://h").splitlines()[3:]  # below the status lines
+    assert max(width(line) for line in lines) == 40, lines
+    assert lines[-2].startswith("2026-01-02  顧客顧客")
 
 
 def test_the_lookup_hint_names_only_a_customer_it_has_seen() -> None:

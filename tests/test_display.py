@@ -6,7 +6,7 @@ import pytest
 from aiokafka import ConsumerRecord
 
 from worker.cli.changes import render, row
-from worker.display import pad, width
+from worker.display import clip, pad, width
 
 
 @pytest.mark.parametrize(
@@ -28,6 +28,21 @@ def test_pad_fills_to_the_columns_and_leaves_longer_text_whole() -> None:
     assert pad("顧客", 6) == "顧客  "
     assert pad("e\u0301", 3, right=True) == "  e\u0301"
     assert pad("顧客顧客", 3) == "顧客顧客"
+
+
+@pytest.mark.parametrize(
+    ("text", "columns", "clipped"),
+    [
+        ("abcdef", 4, "abcd"),
+        ("顧客顧客", 5, "顧客"),  # the third would straddle the edge
+        ("顧客顧客", 6, "顧客顧"),
+        ("cafe\u0301s", 4, "cafe\u0301"),  # the mark stays with its e
+        ("abc", 10, "abc"),
+        ("顧", 0, ""),
+    ],
+)
+def test_clip_keeps_the_start_that_fits_the_columns(text: str, columns: int, clipped: str) -> None:
+    assert clip(text, columns) == clipped
 
 
 def record(customer: str, dimension: str, to: str) -> ConsumerRecord[bytes, bytes]:

@@ -25,3 +25,14 @@ def pad(text: str, columns: int, *, right: bool = False) -> str:
     longer text is left whole."""
     fill = " " * max(0, columns - width(text))
     return fill + text if right else text + fill
+
+
+def clip(text: str, columns: int) -> str:
+    """The longest start of ``text`` that takes at most ``columns`` (a wide character that
+    would straddle the edge is left out, a combining mark stays with its character)."""
+    used = 0
+    for end, char in enumerate(text):
+        used += _columns(char)
+        if used > columns:
+            return text[:end]
+    return text

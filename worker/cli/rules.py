@@ -30,6 +30,7 @@ from worker.core.predict import model_features
 from worker.core.rules import load_rules
 from worker.core.rulesdiff import class_moves, render
 from worker.core.state import CustomerState
+from worker.display import pad
 from worker.keys import name_in
 from worker.redis.client import tls_options
 from worker.replay import Replayer
@@ -97,14 +98,14 @@ def _check(args: argparse.Namespace) -> int:
         print(f"  dimension {dim.name}{applies}")
         for cls in dim.classes:
             label = f"  [{cls.label}]" if cls.label != cls.name else ""
-            print(f"    {cls.name:<20} {cls.when or '(otherwise)'}{label}")
+            print(f"    {pad(cls.name, 20)} {cls.when or '(otherwise)'}{label}")
     if args.features:
         print("  features:")
         described = {**INVARIANT, **DAYS_SINCE}
         for name, kind in feature_kinds(rules.windows, rules.scores).items():
-            print(f"    {name:<26} {kind.value:<11} {described.get(name, '')}")
+            print(f"    {pad(name, 26)} {pad(kind.value, 11)} {described.get(name, '')}")
         for name, text in model_features(rules.model.horizons).items() if rules.model else ():
-            print(f"    {name:<26} {'model':<11} {text}")
+            print(f"    {pad(name, 26)} {pad('model', 11)} {text}")
     return 0
 
 

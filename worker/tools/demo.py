@@ -30,6 +30,7 @@ from worker.clock import SimulatedClock
 from worker.core.dimensions import SEGMENT_CLASS
 from worker.core.rules import Rules
 from worker.core.timeutil import DAY_MS, format_ms, parse_rfc3339
+from worker.display import clip, pad
 from worker.kafka_topics import ensure_topics
 from worker.service import Worker
 from worker.settings import PREFIX, Settings, redact_url
@@ -111,8 +112,9 @@ class View:
         kind = cause.get("type") if isinstance(cause, dict) else "?"
         before, after = self.label(dim, change["from"]), self.label(dim, change["to"])
         self.feed.append(
-            f"{str(change['occurred_at'])[:10]}  {change['customer_id']!s:<12} "
-            f"{dim:<13} {'-' if change['from'] is None else before:>18} -> {after:<18} ({kind})"
+            f"{str(change['occurred_at'])[:10]}  {pad(str(change['customer_id']), 12)} "
+            f"{pad(dim, 13)} {pad('-' if change['from'] is None else before, 18, right=True)} "
+            f"-> {pad(after, 18)} ({kind})"
         )
 
     def sample(self, now: float) -> None:
@@ -138,10 +140,10 @@ class View:
             f"{len(self.customers):,} customers seen; per dimension:",
         ]
         for dim in sorted(self.population):
-            lines.append(f"{dim:<13} {self._row(dim)}"[:width])
-        lines += [f"  {note}"[:width] for note in self._notes()]
+            lines.append(clip(f"{pad(dim, 13)} {self._row(dim)}", width))
+        lines += [clip(f"  {note}", width) for note in self._notes()]
         lines += ["", "latest segment changes:"]
-        lines += [line[:width] for line in self.feed]
+        lines += [clip(line, width) for line in self.feed]
         return "\n".join(lines)
 
     def lookup(self, url: str) -> str:
@@ -166,7 +168,7 @@ class View:
         text = "  ".join(f"{self.label(dim, c)} {n:,}" for c, n in counts)
         # Before the classes, so that a narrow terminal cuts classes, not this count.
         na = f"n/a {outside:,}" if outside > 0 else ""
-        return f"{na:<10} {text}"
+        return f"{pad(na, 10)} {text}"
 
     def _notes(self) -> list[str]:
         """Why some rows have n/a: the conditions under which a dimension applies."""
