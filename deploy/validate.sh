@@ -205,6 +205,11 @@ from pathlib import Path
 
 import yaml
 
+from worker.kafka_topics import co_partitioned_topics
+from worker.settings import Settings
+
+settings = Settings()
+inputs = co_partitioned_topics(settings)  # the topics the worker consumes
 path = Path("deploy/k8s/keda-scaledobject.yaml")
 docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
 scaled = [d for d in docs if d.get("kind") == "ScaledObject"]
@@ -235,15 +240,20 @@ for trigger in kafka:
             problems.append(f"kafka trigger: metadata.{key} missing")
     if not (meta.get("bootstrapServers") or meta.get("bootstrapServersFromEnv")):
         problems.append("kafka trigger: bootstrapServers(FromEnv) missing")
-    if meta.get("topic") != "orders":
-        problems.append(f"kafka trigger: topic {meta.get('topic')!r}, expected orders")
+    if meta.get("topic") not in inputs:
+        problems.append(f"kafka trigger: topic {meta.get('topic')!r}, not an input {inputs}")
+    if meta.get("consumerGroup") != settings.group_id:
+        problems.append(f"kafka trigger: consumerGroup {meta.get('consumerGroup')!r}, expected {settings.group_id}")
     ref = trigger.get("authenticationRef", {}).get("name")
     if ref and not any(d.get("kind") == "TriggerAuthentication" and d["metadata"]["name"] == ref for d in docs):
         problems.append(f"kafka trigger: authenticationRef {ref!r} not defined")
+topics = sorted(t.get("metadata", {}).get("topic") or "" for t in kafka)
+if topics != sorted(inputs):
+    problems.append(f"kafka triggers on {topics}: expected one per input topic {sorted(inputs)}")
 if problems:
     sys.exit("\n".join(f"{path}: {p}" for p in problems))
 print(f"{path}: ScaledObject/{so['metadata']['name']} -> Deployment/{target['name']}, "
-      f"{low}..{high} replicas, kafka lag on {kafka[0]['metadata']['topic']}")
+      f"{low}..{high} replicas, kafka lag on {', '.join(topics)}")
 PY
 npm_install "$WORK/keda" "$KEDA_MODELS_PKG" "$NODE_YAML_PKG" || die "cannot install $KEDA_MODELS_PKG from npm"
 cat >"$WORK/keda/check.mjs" <<'JS'

@@ -386,8 +386,12 @@ def test_topics_match_the_settings_and_are_co_partitioned() -> None:
     assert "--if-not-exists" in script
     scaled = k8s_objects()[("ScaledObject", "segment-worker")]
     assert scaled["spec"]["maxReplicaCount"] == created[s.topic_orders]
-    trigger = scaled["spec"]["triggers"][0]["metadata"]
-    assert (trigger["topic"], trigger["consumerGroup"]) == (s.topic_orders, s.group_id)
+    # One lag trigger per input topic the worker consumes, all on the worker's group: lag on
+    # any of them scales (the HPA takes the highest of the triggers).
+    triggers = [t["metadata"] for t in scaled["spec"]["triggers"]]
+    assert sorted(t["topic"] for t in triggers) == sorted(inputs)
+    assert {t["consumerGroup"] for t in triggers} == {s.group_id}
+    assert {t["allowIdleConsumers"] for t in triggers} == {"false"}
 
 
 # --- Redis ACL -------------------------------------------------------------------------------
