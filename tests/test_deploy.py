@@ -202,7 +202,9 @@ def compose_worker_env(service_name: str = "segment-worker") -> dict[str, str]:
     if isinstance(env, list):
         env = dict(item.split("=", 1) for item in env)
     secrets = compose_secrets()
-    return {key: secrets.get(str(value), str(value)) for key, value in env.items()}
+    # ${VAR:-default} as compose gives it with VAR unset
+    env = {key: re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(value)) for key, value in env.items()}
+    return {key: secrets.get(value, value) for key, value in env.items()}
 
 
 def test_compose_worker_settings_load() -> None:
@@ -213,6 +215,7 @@ def test_compose_worker_settings_load() -> None:
     assert (url.username, url.hostname, url.port) == ("segment-worker", "redis", 6379)
     assert url.password
     assert settings.http_host == "0.0.0.0"  # the published port reaches the container
+    assert settings.http_token is None  # customer data off unless SEGMENT_WORKER_HTTP_TOKEN is set
     # The one-shot redis-install loads the library as the admin; the worker waits for it.
     install = compose()["services"]["redis-install"]
     assert install["command"] == ["redis", "install"]
