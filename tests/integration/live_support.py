@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from itertools import islice
 from pathlib import Path
 
 import orjson
+from aiohttp import ClientSession
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
@@ -176,6 +178,19 @@ async def wait_until(check: Callable[[], object], timeout: float, what: str) -> 
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.2)
+
+
+KAFKA_ERRORS = re.compile(r'^segment_worker_kafka_errors_total\{op="([a-z]+)"\} (\S+)$', re.M)
+
+
+async def kafka_errors(port: int) -> dict[str, float]:
+    """segment_worker_kafka_errors_total by op, as Prometheus scrapes it from the worker."""
+    async with (
+        ClientSession(f"http://127.0.0.1:{port}") as http,
+        http.get("/metrics") as resp,
+    ):
+        text = await resp.text()
+    return {op: float(value) for op, value in KAFKA_ERRORS.findall(text)}
 
 
 async def all_committed(settings: Settings, produced: Produced) -> bool:

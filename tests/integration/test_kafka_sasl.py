@@ -2,8 +2,8 @@
 run, ACLs enforced by the StandardAuthorizer) as the least-privilege principal that
 docs/security.md documents: it works; a wrong password, an untrusted CA and plaintext stop the
 start with a message naming the setting, and so does a principal without ACLs; a missing WRITE on the dead-letter topic holds the
-partition (named in the log, nothing committed past it) until the ACL is back, then nothing
-is lost."""
+partition (named in the log, counted in segment_worker_kafka_errors_total, nothing
+committed past it) until the ACL is back, then nothing is lost."""
 
 import asyncio
 import os
@@ -25,6 +25,7 @@ from tests.integration.live_support import (
     change_ids,
     committed,
     documents,
+    kafka_errors,
     make_settings,
     one_day_of_traffic,
     produce,
@@ -178,6 +179,9 @@ async def test_a_missing_dlq_write_holds_the_partition_until_the_acl_is_back(
         assert proc.poll() is None, worker_log(proc)
         assert (await committed(plain, [held]))[held] <= bad.offset
         assert await read_all(plain, plain.topic_dlq, timeout=1.0) == []
+        # Counted as the call refused: the relay asks for the topic's partitions before it
+        # sends (segment_worker_kafka_errors_total{op="metadata"}, what the alert reads).
+        assert (await kafka_errors(secure.http_port)).get("metadata", 0) >= 1
 
         await grant(secure_kafka.bootstrap, [dlq_write])
         await wait_until(lambda: all_committed(plain, produced), 120, "offsets committed")

@@ -172,9 +172,8 @@ class Pipeline:
             most = self._settings.batch_size * max(1, len(self.owned_partitions()))
             takes = self._partitions.takes
             try:
-                batch = await self._pacing.fetch(
-                    self._consumer, self._listener, self._settings, most
-                )
+                fetching = self._pacing.fetch(self._consumer, self._listener, self._settings, most)
+                batch = await self._health.kafka("fetch", fetching)
             except KafkaError as exc:
                 await self._health.trouble("kafka", "getmany", exc)
                 continue

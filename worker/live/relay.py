@@ -157,7 +157,7 @@ class Relay:
             if not offsets:
                 return
             try:
-                await self.consumer.commit(offsets)
+                await self.health.kafka("commit", self.consumer.commit(offsets))
             except KafkaError as exc:  # e.g. rebalancing: the next owner resumes from Redis
                 log.warning("offset commit refused: %s", exc)
 
@@ -173,8 +173,10 @@ class Relay:
         """The change topic's partitions (asked once). Fewer than the inputs' is a deployment
         error the worker survives: changes then go by key, without the read-back."""
         if self._change_partitions is None:
-            self._change_partitions = set(await self.producer.partitions_for(self.topics.changes))
-            inputs = await self.producer.partitions_for(self.topics.orders)
+            kafka = self.health.kafka
+            changes = await kafka("metadata", self.producer.partitions_for(self.topics.changes))
+            self._change_partitions = set(changes)
+            inputs = await kafka("metadata", self.producer.partitions_for(self.topics.orders))
             if not inputs <= self._change_partitions:
                 log.error(
                     "%s has fewer partitions than %s: changes go by key instead, and a Redis "
@@ -203,7 +205,10 @@ class Relay:
         picks for their key, as a keyed send would. Everything goes as whole record batches,
         closed at once (one future each, not one per record): the producer sends all the
         batches queued meanwhile in one request, where records sent one by one wait out its
-        linger (5 ms) and take a request of their own. Records without a key go by send."""
+        linger (5 ms) and take a request of their own. Records without a key go by send.
+        A failed call is counted (segment_worker_kafka_errors_total) as ``metadata`` or
+        ``produce``, and raised to the retry."""
+        kafka = self.health.kafka
         mine = partition if partition in await self.changes_partitions() else None
         sorted_partitions: dict[str, list[int]] = {}
         open_batches: dict[tuple[str, int], BatchBuilder] = {}
@@ -214,12 +219,13 @@ class Relay:
                 target = mine
             elif r.key is not None:
                 if r.topic not in sorted_partitions:
-                    known = await self.producer.partitions_for(r.topic)
+                    known = await kafka("metadata", self.producer.partitions_for(r.topic))
                     sorted_partitions[r.topic] = sorted(known)
                 candidates = sorted_partitions[r.topic]
                 target = candidates[(murmur2(r.key) & 0x7FFFFFFF) % len(candidates)]
             else:
-                others.append(await self.producer.send(r.topic, r.value, headers=list(r.headers)))
+                sending = self.producer.send(r.topic, r.value, headers=list(r.headers))
+                others.append(await kafka("produce", sending))
                 continue
             headers = list(r.headers)
             batch = open_batches.get((r.topic, target))
@@ -234,12 +240,13 @@ class Relay:
             sent.append(await self._send_batch(batch, topic, target))
         relayed = None
         for topic, future, count in sent:
-            meta = await future
+            meta = await kafka("produce", future)
             if topic == self.topics.changes:
                 relayed = max(relayed or 0, meta.offset + count)
-        for meta in await asyncio.gather(*others):
-            if meta.topic == self.topics.changes:
-                relayed = max(relayed or 0, meta.offset + 1)
+        if others:
+            for meta in await kafka("produce", asyncio.gather(*others)):
+                if meta.topic == self.topics.changes:
+                    relayed = max(relayed or 0, meta.offset + 1)
         counts: dict[str, int] = defaultdict(int)
         for r in records:
             counts[r.topic] += 1
@@ -253,5 +260,7 @@ class Relay:
         # Closed, it goes out at once: an open batch waits out the producer's linger (5 ms)
         # in case more records come, and the relay knows none will.
         batch.close()
-        future = await self.producer.send_batch(batch, topic, partition=partition)
+        future = await self.health.kafka(
+            "produce", self.producer.send_batch(batch, topic, partition=partition)
+        )
         return topic, future, batch.record_count()
