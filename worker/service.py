@@ -7,10 +7,11 @@ import asyncio
 import errno
 import gc
 import logging
+import os
 import signal
 import tempfile
 from functools import partial
-from typing import Final
+from typing import Final, NoReturn
 
 import faust
 import mode
@@ -44,6 +45,16 @@ def _unbindable(settings: Settings, exc: OSError) -> SettingsError:
         f"{PREFIX}{name}: cannot listen on {settings.http_host}:{settings.http_port}: "
         f"{exc.strerror or exc}"
     )
+
+
+def _exit_unfinished(why: str) -> NoReturn:
+    log.error(
+        "%s: exiting without finishing the stop; the next owner of this worker's partitions "
+        "reads what was not committed again from Kafka and relays the outbox from Redis",
+        why,
+    )
+    logging.shutdown()
+    os._exit(1)
 
 
 def _settle_garbage_collector() -> None:
@@ -228,9 +239,22 @@ class Worker:
         self.pipeline.stop()
 
     def install_signal_handlers(self) -> None:
+        """For `run` alone, because a stop that cannot finish ends the process: SIGTERM and
+        SIGINT stop gracefully, bounded by SHUTDOWN_TIMEOUT_MS (a Kafka or Redis call that
+        keeps failing would otherwise hold the process for good); a second one exits at once.
+        Exiting then loses nothing: the next owner starts from the outbox and the input
+        offsets in Redis, as after a crash."""
         loop = asyncio.get_running_loop()
+        limit = self.settings.shutdown_timeout_ms / 1000
+
+        def on_signal(sig: signal.Signals) -> None:
+            if self.pipeline.stopping:
+                _exit_unfinished(f"{sig.name} again")
+            self.stop()
+            loop.call_later(limit, _exit_unfinished, f"still stopping after {limit:g} s")
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stop)
+            loop.add_signal_handler(sig, on_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, self.pipeline.request_reload)
 
     async def _start_clients(self) -> None:

@@ -158,6 +158,13 @@ class Settings:
     max_poll_interval_ms: int = 300_000
     timer_interval_ms: int = field(default=500, metadata=_doc("how often due customers are swept"))
     timer_batch: int = 1000
+    shutdown_timeout_ms: int = field(
+        default=30_000,
+        metadata=_doc(
+            "how long a stop signal waits for the batch in flight and its relay before "
+            "`run` exits without them (exit status 1); a second signal exits at once"
+        ),
+    )
     stuck_retry_ms: int = field(
         default=30_000,
         metadata=_doc("how often a partition stopped on an unreadable stored state is retried"),
@@ -193,6 +200,7 @@ class Settings:
             "timer_batch": (lambda v: v >= 1, ">= 1"),
             "topic_replication": (lambda v: 1 <= v <= 32767, "1..32767"),
             "stuck_retry_ms": (lambda v: v >= 100, ">= 100"),
+            "shutdown_timeout_ms": (lambda v: 0 <= v <= 3_600_000, "0..3600000"),
             "max_event_bytes": (lambda v: v >= 256, ">= 256"),
             "future_skew_ms": (lambda v: v >= 0, ">= 0"),
             "erasure_marker_days": (lambda v: 1 <= v <= 36_500, "1..36500"),
