@@ -354,3 +354,46 @@ def test_a_rules_file_may_start_with_a_byte_order_mark(tmp_path: Path) -> None:
         text = default_rules_yaml() if name.endswith("yaml") else default_rules_text().decode()
         path.write_bytes(b"\xef\xbb\xbf" + text.encode())
         assert load_rules(path).version == load_rules().version
+
+
+def recipes() -> list[bytes]:
+    """The rules files of docs/rules.md's recipes, in order."""
+    text = (Path(__file__).parents[2] / "docs/rules.md").read_text()
+    section = text.split("## Recipes from the playbooks", 1)[1]
+    return [block.split("```", 1)[0].encode() for block in section.split("```toml\n")[1:]]
+
+
+def test_the_8_class_rfm_recipe_marks_r_f_and_m_high_or_low() -> None:
+    rfm = recipes()[0]
+    rules = parse_rules(rfm, "docs/rules.md")
+    cases = {  # orders (day, cents) -> the class on day 100
+        "important_value": [(60, 10_000), (95, 10_000), (100, 5_000)],  # R 5, F 4, M 4
+        "important_development": [(100, 25_000)],  # R 5, F 2, M 4
+        "important_retention": [(15, 10_000), (20, 10_000), (30, 10_000)],  # R 2, F 4, M 4
+        "important_win_back": [(30, 20_000)],  # R 2, F 2, M 4
+        "general_value": [(90, 1_000), (99, 1_000)],  # R 5, F 3, M 1
+        "general_development": [(99, 1_000)],  # R 5, F 2, M 1
+        "general_retention": [(20, 1_000), (25, 1_000)],  # R 2, F 3, M 1
+        "general_win_back": [(20, 1_000)],  # R 2, F 2, M 1
+    }
+    assert [c.name for c in rules.dimensions[0].classes] == list(cases)  # each class reached
+    day = 20_454 + 100
+    for expected, orders in cases.items():
+        state = CustomerState("c1")
+        for n, (at, amount) in enumerate(orders):
+            ms = T0 + at * DAY_MS
+            order = Order(f"e{n}", "c1", ms, amount, "USD", "paid", f"o{n}", None)
+            process_event(state, order, rules, T0 + 100 * DAY_MS, 0)
+        facts = facts_of(state, rules.counting, rules.calendar)
+        assert rules.classes_at(facts, day) == {"rfm_value": expected}, (expected, orders)
+
+
+def test_the_purchase_cycle_recipe_fires_on_the_overdue_day() -> None:
+    rules = parse_rules(recipes()[1], "docs/rules.md")
+    state = CustomerState("c1")
+    for n, at in enumerate([0, 10, 20]):  # a 10-day cycle: overdue after 20 days
+        ms = T0 + at * DAY_MS
+        order = Order(f"e{n}", "c1", ms, 1_000, "USD", "paid", f"o{n}", None)
+        process_event(state, order, rules, ms, 0)
+    assert state.classes == {"cycle": "on_cycle"}
+    assert state.due_day == 20_454 + 20 + 21  # the first day more than 2 x 10 days after
