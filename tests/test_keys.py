@@ -3,6 +3,7 @@ and the library's code writes no key or meta field the spec does not list. No se
 
 from __future__ import annotations
 
+import fnmatch
 import re
 
 import pytest
@@ -117,3 +118,24 @@ def test_names_and_fields_read_back() -> None:
     assert keys.population_of(b"off:orders") is None
     with pytest.raises(ValueError, match="separator"):
         keys.population_name("a\x1fb", "c")
+
+
+def test_the_keys_of_the_prefix_are_documented_spelled_and_outside_every_partition() -> None:
+    doc = keys.__doc__ or ""
+    for key, kind in keys.PREFIX_KEY_TYPES.items():
+        assert f"``<prefix>:{key}`` ({kind})" in doc
+    layout = Layout("s*w")
+    record = layout.partitions()
+    assert record == "s*w:partitions"
+    assert "{" not in record  # no hash tag: a key of its own slot, not of a partition's
+    # No SCAN over a partition's keys picks it up, nor does partition_in read one from it.
+    patterns = {
+        layout.every_customer(): layout.customer(3, "a"),
+        layout.every_meta(): layout.meta(3),
+        layout.markers(): layout.erased(3, "0" * 64),
+    }
+    for pattern, matched in patterns.items():
+        glob = pattern.replace("\\*", "[*]")  # Redis's escape as fnmatch spells it
+        assert fnmatch.fnmatchcase(matched, glob) and not fnmatch.fnmatchcase(record, glob)
+    with pytest.raises(ValueError, match="not a key of a partition"):
+        keys.partition_in(record)

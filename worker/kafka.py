@@ -243,9 +243,17 @@ async def _speaks_tls(host: str, port: int) -> bool:
     return True
 
 
-async def send_erasures(settings: Settings, customer_ids: Sequence[str]) -> None:
-    """Erasure requests, keyed by customer id so they reach the partition owning the customer."""
+async def send_erasures(
+    settings: Settings,
+    customer_ids: Sequence[str],
+    *,
+    before: Callable[[AIOKafkaProducer], Awaitable[None]] | None = None,
+) -> None:
+    """Erasure requests, keyed by customer id so they reach the partition owning the customer;
+    ``before`` runs on the started producer first (a check that may refuse to send any)."""
     async with started_producer(settings) as client:
+        if before is not None:
+            await before(client)
         for customer_id in customer_ids:
             value = orjson.dumps({"customer_id": customer_id})
             await client.send_and_wait(settings.topic_erasures, value, key=customer_id.encode())

@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, Final
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -87,6 +87,14 @@ def co_partitioned_topics(settings: Settings) -> tuple[str, ...]:
         settings.topic_profiles,
         settings.topic_erasures,
     )
+
+
+def known_count(consumer: AIOKafkaConsumer, settings: Settings) -> int | None:
+    """The largest partition count of the co-partitioned topics in ``consumer``'s metadata
+    as it stands (no request: refreshed every ``metadata_max_age_ms``); None if it knows none
+    of them yet."""
+    found = (consumer.partitions_for_topic(topic) for topic in co_partitioned_topics(settings))
+    return max((len(partitions) for partitions in found if partitions), default=None)
 
 
 async def partition_counts(client: AIOKafkaProducer, settings: Settings) -> dict[str, int]:

@@ -50,6 +50,17 @@ Fields of the meta hash:
 
 The Functions library ``worker/redis/segment_worker.lua`` mirrors this layout in its header
 (tests/test_keys.py holds the two together).
+
+Keys of the whole prefix, not of one partition (``<prefix>:<name>``: no ``{...}``, so each is
+one key in the Redis Cluster slot of its own name; read and written with plain commands,
+never by the Functions, which touch the keys of one partition only):
+
+- ``<prefix>:partitions`` (string): the input topics' partition count, in decimal, that the
+  state under the prefix is built with: a customer's partition, hence where their state
+  lives, depends on it. Set once, if absent (SET NX), by the first worker that starts under
+  the prefix, or on the first start of a release that has it, the count of an older state
+  inferred from its meta hashes; a worker, and every command that places customers, refuses
+  topics of another count (worker/partition_count.py, docs/sizing.md).
 """
 
 from __future__ import annotations
@@ -74,6 +85,8 @@ RULES_PASS: Final = "rules_pass"
 RELAYED: Final = "relayed"
 WRITES: Final = "writes"
 
+PARTITIONS: Final = "partitions"  # a key of the prefix: <prefix>:partitions
+
 # The layout as data, for checks: key (after <base>) -> Redis type; the meta hash's fields.
 KEY_TYPES: Final = {
     META: "hash",
@@ -93,6 +106,8 @@ META_FIELDS: Final = (
     RELAYED,
     WRITES,
 )
+# The keys of the whole prefix (after "<prefix>:") -> Redis type.
+PREFIX_KEY_TYPES: Final = {PARTITIONS: "string"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +125,10 @@ class Layout:
         if partition < 0:
             raise ValueError(f"partition must be >= 0, got {partition}")
         return f"{self.prefix}:{{p{partition}}}:"
+
+    def partitions(self) -> str:
+        """``<prefix>:partitions``: the input partition count the prefix's state is built with."""
+        return f"{self.prefix}:{PARTITIONS}"
 
     def meta(self, partition: int) -> str:
         return self.base(partition) + META

@@ -18,7 +18,7 @@ from typing import Final
 
 from aiokafka import AIOKafkaProducer
 
-from worker import kafka, kafka_topics
+from worker import kafka, kafka_topics, partition_count
 from worker.core.engine import convert
 from worker.core.events import Event, Order, ParseLimits, Rejection, Visit, parse_event
 from worker.core.rules import Rules
@@ -62,14 +62,23 @@ async def produce(
     *,
     now_ms: int,
     on_progress: Callable[[Sent], None] = lambda _: None,
+    on_warning: Callable[[str], None] = lambda _: None,
 ) -> Sent:
     """Send every valid line of ``lines`` (numbered lines without their line ends); return
     once all are acknowledged. A line the worker would refuse (the parser's checks, and an
-    order in a currency ``rules`` cannot convert) goes to ``on_reject``."""
+    order in a currency ``rules`` cannot convert) goes to ``on_reject``. Before the first:
+    the topics' partition count is checked against the one the state in Redis is built with
+    (:class:`PartitionCountChanged` if they differ; ``on_warning`` is told if Redis cannot
+    be asked)."""
     limits = ParseLimits(settings.max_event_bytes, settings.future_skew_ms)
     sent = Sent()
     async with kafka.started_producer(settings, **PRODUCER_BATCHING) as client:
         partitions = await _partitions(client, settings)
+        unchecked = await partition_count.check_against_redis(
+            settings, partitions[settings.topic_orders]
+        )
+        if unchecked is not None:
+            on_warning(unchecked)
         pending: list[asyncio.Future[object]] = []
         for line_no, raw in lines:
             sent.lines += 1

@@ -259,13 +259,24 @@ class Worker:
 
     async def _start_clients(self) -> None:
         """Start Redis and the Kafka clients, waiting for servers that are down; topics that
-        are not co-partitioned stop the start before anything is consumed."""
+        are not co-partitioned, or whose partition count is not the one the state in Redis is
+        built with, stop the start before anything is consumed or written."""
+        counts: dict[str, int] = {}
+
+        async def count_partitions() -> None:
+            counts.update(await kafka_topics.partition_counts(self.producer, self.settings))
+
+        async def check_partition_count() -> None:
+            if counts:  # co-partitioned: one count (else the topics do not exist yet)
+                await self.pipeline.check_partition_count(next(iter(counts.values())))
+
         steps = start_steps(
             self.settings,
             self.store.library.ensure,
             partial(kafka.start_producer, self.settings, self.producer),
-            partial(kafka_topics.partition_counts, self.producer, self.settings),
+            count_partitions,
             partial(kafka.start_checked, self.settings, self.consumer.start),
+            then=check_partition_count,
         )
         await wait_for_servers(
             steps, self.pipeline.stop_requested, lambda: self.metrics.ready.set(0)

@@ -34,13 +34,20 @@ def start_steps(
     settings: Settings,
     load_library: Callable[[], Awaitable[None]],
     *kafka_steps: Callable[[], Awaitable[object]],
+    then: Callable[[], Awaitable[object]] | None = None,
 ) -> list[Step]:
     """Redis first (its Functions library), then each Kafka step (a client's checked start,
-    a question about topics), named for the log; a SettingsError they raise (a refusal that
-    settings cause, see start_checked) stops the start."""
+    a question about topics), then ``then``, a Redis step on what Kafka told (the partition
+    count against the state's), named for the log; a SettingsError they raise (a refusal
+    that settings cause, see start_checked) stops the start."""
     redis = f"Redis at {redact_url(settings.redis_url)}"
     kafka = f"Kafka at {settings.kafka_bootstrap}"
-    return [(redis, load_library, REDIS_DOWN), *((kafka, s, KAFKA_DOWN) for s in kafka_steps)]
+    last = [] if then is None else [(redis, then, REDIS_DOWN)]
+    return [
+        (redis, load_library, REDIS_DOWN),
+        *((kafka, s, KAFKA_DOWN) for s in kafka_steps),
+        *last,
+    ]
 
 
 async def wait_for_servers(

@@ -41,7 +41,7 @@ from worker.redis.client import Client, text
 from worker.redis.functions import CHANGED, RESET, Functions
 from worker.redis.library import Library
 from worker.redis.pseudonyms import Pseudonyms
-from worker.settings import Settings
+from worker.settings import Settings, SettingsError
 
 
 def store_for(settings: Settings, client: Client | None) -> Store:
@@ -49,6 +49,18 @@ def store_for(settings: Settings, client: Client | None) -> Store:
     unwrap values read by other means)."""
     key = settings.pseudonym_key.encode() if settings.pseudonym_key else None
     return Store(cast(Client, client), settings.redis_prefix, pseudonym_key=key)
+
+
+class DamagedRecord(SettingsError):
+    """Raised when ``<prefix>:partitions`` holds something other than a partition count: like a
+    bad setting, a refusal to start (or to place customers) until an operator sees to it."""
+
+    def __init__(self, key: str, value: str) -> None:
+        super().__init__(
+            f"Redis key {key!r} holds {value[:40]!r}, not the input partition count the state "
+            "under its prefix is built with: set it to that count (a decimal number), or delete "
+            "it to have it inferred again from the partitions' meta hashes (docs/sizing.md)"
+        )
 
 
 class Counts(NamedTuple):
@@ -161,6 +173,40 @@ class Store:
             if name == self.keys.meta(partition):  # not a state key that happens to match
                 found.add(partition)
         return sorted(found)
+
+    async def claimed_among(self, partitions: Sequence[int]) -> set[int]:
+        """Which of ``partitions`` some worker has claimed (they have a meta hash): one EXISTS
+        each, in one pipeline (per master of a cluster), not a SCAN of the whole keyspace."""
+        if not partitions:
+            return set()
+        pipe = self.client.pipeline(transaction=False)
+        for partition in partitions:
+            pipe.exists(self.keys.meta(partition))
+        found = cast(list[int], await pipe.execute())
+        return {p for p, exists in zip(partitions, found, strict=True) if exists}
+
+    async def recorded_partitions(self) -> int | None:
+        """The input partition count recorded for the prefix's state (``<prefix>:partitions``),
+        None if none is; :class:`DamagedRecord` if the key holds anything but a count."""
+        return self._count(await self.client.get(self.keys.partitions()))
+
+    async def record_partitions(self, count: int) -> int:
+        """Record ``count`` as the input partition count the prefix's state is built with,
+        unless a count is recorded already (one atomic SET NX GET: of workers starting at
+        once, the first wins); the count recorded now."""
+        if count <= 0:
+            raise ValueError(f"a partition count must be > 0, got {count}")
+        before = await self.client.set(self.keys.partitions(), count, nx=True, get=True)
+        recorded = self._count(before)
+        return count if recorded is None else recorded
+
+    def _count(self, value: object) -> int | None:
+        if value is None:
+            return None
+        text_value = cast(bytes, value).decode(errors="replace")
+        if not (text_value.isascii() and text_value.isdigit() and int(text_value) > 0):
+            raise DamagedRecord(self.keys.partitions(), text_value)
+        return int(text_value)
 
     async def rules_version(self, partition: int) -> str | None:
         """The rules version every customer of the partition was last re-evaluated under."""

@@ -1,7 +1,8 @@
 """`segment-worker produce` puts an events file where the worker reads it: each valid line, as
 it is, on the topic of its type, keyed and partitioned by its customer id, in file order per
 partition; bad lines stay out and are reported; missing topics, or topics of different partition
-counts, stop it before anything is sent."""
+counts (or a count other than the one the state in Redis is built with, see
+test_partition_count.py), stop it before anything is sent."""
 
 import asyncio
 import subprocess
@@ -21,12 +22,13 @@ from tests.integration.live_support import DAY0, PARTITIONS, env_of, make_settin
 from worker.core.events import ParseLimits, Rejection, parse_event
 from worker.kafka import partition_of
 from worker.settings import Settings
+from worker.tools.embedded import RedisServer
 from worker.tools.servers import KafkaServer, free_port
 from worker.tools.simulate import FeedFaults, Simulator
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
-UNUSED_REDIS = "redis://127.0.0.1:1/0"  # produce talks to Kafka only
+UNUSED_REDIS = "redis://127.0.0.1:1/0"  # a Redis that does not answer
 BAD = [
     b'{"type":"order","event_id":"x1","customer_id":"cus_bad"}',  # no amount, currency, ...
     b"not json",
@@ -62,9 +64,10 @@ def topics_of(settings: Settings) -> dict[str, list[ConsumerRecord[bytes, bytes]
 
 
 def test_a_file_lands_on_the_partitions_the_worker_reads(
-    broker: KafkaServer, tmp_path: Path
+    broker: KafkaServer, redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    settings = asyncio.run(make_settings(broker, UNUSED_REDIS))
+    # Redis is asked which partition count the state is built with: none yet (empty).
+    settings = asyncio.run(make_settings(broker, redis_server.url))
     sim = Simulator(3, 300, DAY0, faults=FeedFaults.realistic())
     lines = [e.jsonl() for e in islice(sim, 3000)]
     lines[10:10] = BAD
@@ -108,6 +111,28 @@ def test_a_file_lands_on_the_partitions_the_worker_reads(
 
     strict = run_produce(settings, "--strict", "--quiet", str(path))
     assert strict.returncode == 1 and strict.stderr == ""
+
+
+def test_a_redis_that_does_not_answer_is_said_and_the_file_still_sent(
+    broker: KafkaServer, tmp_path: Path
+) -> None:
+    """Redis is asked only to compare partition counts (a worker refuses topics of another
+    count than its state's anyway): a producer that cannot reach it still sends."""
+    settings = asyncio.run(make_settings(broker, UNUSED_REDIS))
+    path = tmp_path / "one.jsonl"
+    path.write_bytes(VISIT)
+
+    done = run_produce(settings, "--quiet", str(path))
+
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.startswith(
+        f"segment-worker: the partition count ({PARTITIONS}) not checked against the state in "
+        f"Redis at {UNUSED_REDIS}, which could not be asked (Error 111 connecting to 127.0.0.1:1."
+    )
+    assert done.stderr.endswith(
+        "; a worker refuses to run on topics of another count than its state's\n"
+    )
+    assert len(topics_of(settings)[settings.topic_visits]) == 1
 
 
 def test_missing_topics_stop_it_before_anything_is_sent(

@@ -226,6 +226,12 @@ async def test_every_store_operation_works_with_least_privilege(locked_redis: Re
     assert await store.get(2, "c2") is None
     assert await store.erase(claim, "c1", 60_000)
     assert (await store.read_checked(2, ["c1"])).erased == {"c1"}
+    # The partition count the state is built with (worker/partition_count.py).
+    assert await store.claimed_among(range(4)) == {2}
+    assert await store.recorded_partitions() is None
+    assert await store.record_partitions(4) == 4
+    assert await store.record_partitions(6) == 4
+    assert await store.recorded_partitions() == 4
     await client.aclose()
 
 

@@ -30,6 +30,7 @@ from tests.integration.live_support import (
 from worker.core.codec import encode_state
 from worker.core.state import CustomerState
 from worker.keys import Layout, glob_escape
+from worker.partition_count import Built, PartitionCountChanged, settle, state_count
 from worker.store import Store
 from worker.tools.embedded import Broker, RedisServer
 from worker.tools.servers import free_port
@@ -155,5 +156,32 @@ async def test_recount_rewrites_the_counts_of_partitions_on_every_master(
         assert "tier: 54 -> 21 customers in a class" in done.stdout
         for p in partitions:
             assert await store.populations(p) == {("tier", "gold"): p + 1}
+    finally:
+        await client.aclose()
+
+
+async def test_the_partition_count_is_inferred_across_masters_and_recorded_once(
+    cluster: list[RedisServer],
+) -> None:
+    """The meta hashes of a state from before the record live on several masters (one
+    pipeline per master); the record, a key of no partition, on the master of its own slot."""
+    client = RedisCluster.from_url(f"redis://127.0.0.1:{cluster[0].port}/0")
+    store = Store(client)
+    try:
+        await store.library.load()
+        partitions = range(6)
+        assert len({owner_of(cluster, Layout().meta(p)) for p in partitions}) > 1
+        for p in partitions:
+            await store.claim(p)
+        assert await state_count(store, 6) == Built(6, recorded=False)
+        with pytest.raises(PartitionCountChanged):
+            await settle(store, 8)
+        assert await store.recorded_partitions() is None  # a refusal writes nothing
+        assert await settle(store, 6) == Built(6, recorded=True)
+        holder = cluster[owner_of(cluster, Layout().partitions())]
+        assert redis.Redis(port=holder.port).get(Layout().partitions()) == b"6"
+        assert await store.record_partitions(8) == 6  # set once: the first count stays
+        with pytest.raises(PartitionCountChanged):
+            await settle(store, 8)
     finally:
         await client.aclose()

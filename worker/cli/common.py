@@ -98,7 +98,10 @@ def store_arguments(parser: argparse.ArgumentParser, *, computed: str | None = N
     `run`: the input partition count, which places a customer, and, where it computes window
     and score values (``computed`` names them), the instant it computes them at."""
     parser.add_argument(
-        "--partitions", type=positive, help="partition count of the input topics (asked of Kafka)"
+        "--partitions",
+        type=positive,
+        help="partition count of the input topics (asked of Kafka); must be the one the state "
+        "in Redis is built with",
     )
     if computed is not None:
         parser.add_argument(

@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from worker.cli.common import (
@@ -21,7 +22,9 @@ from worker.cli.common import (
 )
 from worker.core.events import ParseLimits, valid_id
 from worker.kafka import input_partitions, send_erasures
+from worker.kafka_topics import partition_counts
 from worker.lookup import forget, print_customers
+from worker.partition_count import check, check_against_redis
 from worker.redis.client import connect
 from worker.redis.library import LibraryNotLoaded
 from worker.settings import Settings
@@ -40,7 +43,8 @@ def register(sub: Subparsers) -> None:
         "state and due entry, keeps a marker so that replayed or late events cannot bring them "
         "back (SEGMENT_WORKER_ERASURE_MARKER_DAYS), and produces a tombstone (null value) for "
         "them on the segment-change topic and the compacted classes topic. Kafka settings "
-        "come from the same environment variables as `run`.",
+        "come from the same environment variables as `run`. An erasure topic whose partition "
+        "count is not the one the state in Redis is built with is refused, nothing sent.",
     )
     erase.add_argument("customer_ids", nargs="+", metavar="CUSTOMER_ID")
     erase.set_defaults(func=_erase)
@@ -90,8 +94,17 @@ def _erase(args: argparse.Namespace) -> int:
         )
         return 2
     settings = Settings.from_env()
+
+    async def counted(client: AIOKafkaProducer) -> None:
+        """The erasure topic's partition count, which places a request, against the one the
+        state is built with: requests placed by another count would miss their customers."""
+        count = (await partition_counts(client, settings)).get(settings.topic_erasures)
+        unchecked = None if count is None else await check_against_redis(settings, count)
+        if unchecked is not None:
+            print(unchecked, file=sys.stderr)
+
     try:
-        asyncio.run(send_erasures(settings, args.customer_ids))
+        asyncio.run(send_erasures(settings, args.customer_ids, before=counted))
     except KAFKA_DOWN as exc:
         then = "run it again once it is up (an erasure requested twice is erased once)"
         print(kafka_failure(exc, settings, then), file=sys.stderr)
@@ -130,7 +143,10 @@ def against_redis(
         count = partitions or await input_partitions(settings)
         client = connect(settings)
         try:
-            return await work(settings, store_for(settings, client), count)
+            store = store_for(settings, client)
+            # Customers are found on their partition of the count the state is built with.
+            await check(store, count, option="--partitions" if partitions else None)
+            return await work(settings, store, count)
         finally:
             await client.aclose()
 

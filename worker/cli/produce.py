@@ -39,7 +39,9 @@ def register(sub: Subparsers) -> None:
         "its reason to --rejects (--strict: exit status 1 if any was). Sending a file twice "
         "changes no state (orders count once per order_id; visits and profiles are "
         "idempotent). Kafka settings, topic names and the event limits as for `run` "
-        "(SEGMENT_WORKER_*); the topics must exist.",
+        "(SEGMENT_WORKER_*); the topics must exist, with the partition count the worker's "
+        "state in Redis is built with (asked of the Redis of the same settings; one that does "
+        "not answer is said on stderr, and the file sent).",
     )
     parser.add_argument("events", type=Path, help="events file (JSON lines); - for stdin")
     parser.add_argument("--kafka", metavar="BOOTSTRAP", help="this broker instead of the setting")
@@ -74,6 +76,7 @@ def _produce(args: argparse.Namespace) -> int:
                     reject_writer(rejects, name),
                     now_ms=int(time.time() * 1000),
                     on_progress=on_progress,
+                    on_warning=lambda line: print(line, file=sys.stderr),
                 )
             )
         except MissingTopic as exc:

@@ -58,7 +58,7 @@ class Batches:
         clock: Clock,
         topics: Topics,
         rules: Callable[[], Rules],
-        input_partitions: Callable[[], int | None],
+        input_partitions: Callable[[], int | None],  # raises on a count other than the state's
     ) -> None:
         self._settings, self._consumer = settings, consumer
         self._storage, self._relay, self._ownership = storage, relay, ownership
@@ -125,11 +125,13 @@ class Batches:
     async def _apply(self, claim: Claim, records: Sequence[InRecord]) -> Outcome | None:
         """Parse, load, apply and commit; None if the partition was taken over meanwhile.
         Erasure requests in the batch are carried out after its events."""
+        # The topics' partition count; one other than the state's raises, before any write.
+        partitions = self._input_partitions()
         await self._storage.guard()
         now = self._clock.now_ms()
         erasures = [r for r in records if r.topic == self._settings.topic_erasures]
         events = [r for r in records if r.topic != self._settings.topic_erasures]
-        parsed = parse_batch(events, self._topics, now, self._limits, self._input_partitions())
+        parsed = parse_batch(events, self._topics, now, self._limits, partitions)
         states, erased = await self._storage.read(claim.partition, customers_of(parsed))
         offsets: dict[str, int] = {}
         if erased:  # an erased customer's late or replayed events must not resurrect them
@@ -161,11 +163,15 @@ class Batches:
             state.recovering = None  # the timer now classifies what was absorbed
             log.warning("partition %d: re-read of the lost window done", claim.partition)
         if erasures:
-            return await self._erase(claim, erasures, outcome)
+            return await self._erase(claim, erasures, outcome, partitions)
         return outcome
 
     async def _erase(
-        self, claim: Claim, erasures: Sequence[InRecord], outcome: Outcome
+        self,
+        claim: Claim,
+        erasures: Sequence[InRecord],
+        outcome: Outcome,
+        partitions: int | None,
     ) -> Outcome | None:
         """Delete each customer's state and due entry, leave a marker, and put a tombstone
         (null value) for them on the change and classes topics; idempotent, so a retry is
@@ -174,7 +180,6 @@ class Batches:
         ttl = self._settings.erasure_marker_days * DAY_MS
         erased: list[tuple[bytes, CustomerState | None]] = []
         refused = Outcome()
-        partitions = self._input_partitions()
         for key, customer_id in accept_erasures(
             erasures, refused, self._topics, self._limits, partitions
         ):

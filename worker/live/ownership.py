@@ -23,11 +23,13 @@ from worker.core.outbox import OutRecord
 from worker.core.packing import CorruptRecord
 from worker.core.reconcile import Trust, lost_window, read_back, reconcile
 from worker.kafka import end_offsets, partition_of
+from worker.kafka_topics import known_count
 from worker.live.partitions import Partitions
 from worker.live.relay import Relay
 from worker.live.retry import TRANSIENT, Health
 from worker.live.storage import RedisReset, Storage
 from worker.metrics import Metrics
+from worker.partition_count import Guard, PartitionCountChanged
 from worker.redis.claims import Claim
 from worker.settings import Settings
 
@@ -51,21 +53,31 @@ class Ownership:
         metrics: Metrics,
         topics: Topics,
         rules_version: Callable[[], str],
+        guard: Guard,
     ) -> None:
         self.settings, self.consumer = settings, consumer
         self.reader = reader  # a group-less consumer, to read back the change topic
         self.storage, self.relay, self.partitions = storage, relay, partitions
         self.health, self.metrics, self.topics = health, metrics, topics
         self.rules_version = rules_version
+        # The partition count the state is built with, and the refusal of another count met
+        # while taking partitions: the loop stops the worker with it (see Pipeline.run).
+        self.guard = guard
+        self.refusal: PartitionCountChanged | None = None
 
     async def take(self, assigned: list[TopicPartition]) -> None:
         """Take the partitions (fencing their previous owners), bring their states in line
         with the changes Kafka already holds, relay what the outbox still holds, and resume
         from the offsets Redis holds (it may be ahead of the group's committed offsets).
-        If Redis restarts meanwhile (a write of the take was refused), take them again."""
+        If Redis restarts meanwhile (a write of the take was refused), take them again.
+        Input topics of another partition count than the state's raise
+        :class:`PartitionCountChanged` before anything is claimed, kept in :attr:`refusal`."""
         while True:
             try:
                 return await self._take(assigned)
+            except PartitionCountChanged as exc:
+                self.refusal = exc
+                raise
             except RedisReset:
                 numbers = sorted({tp.partition for tp in assigned})
                 log.warning("Redis restarted while taking partitions %s: again", numbers)
@@ -73,6 +85,14 @@ class Ownership:
     async def _take(self, assigned: list[TopicPartition]) -> None:
         store, retry = self.storage.store, self.health.retry
         partitions = sorted({tp.partition for tp in assigned})
+        # The topics' partition count, the largest the producer's or the consumer's metadata
+        # or the assignment shows (partitions added reach each at its own metadata refresh),
+        # against the state's, before the first claim: partitions of another count are not
+        # taken.
+        listed = await retry("partitions", partial(self._input_partitions))
+        seen = known_count(self.consumer, self.settings) or 0
+        count = max([len(listed), seen, *(p + 1 for p in partitions)])
+        await retry("partition count", partial(self.guard.check, count))
         await self.partitions.settled(partitions, handing_over=True)
         for tp in assigned:  # superseded by the offsets Redis holds, below
             known = self.partitions.get(tp.partition)
@@ -93,7 +113,6 @@ class Ownership:
             versions[partition] = frozenset({current, done or "", begun or ""})
         starts = {p: await retry("relayed", partial(store.relayed, p)) for p in partitions}
         emitted, ends = await retry("read back", partial(self._emitted_since, starts, assigned))
-        count = len(await retry("partitions", partial(self._input_partitions)))
         for partition in partitions:
             taken = self.partitions.get(partition)
             claim = None if taken is None else taken.claim
@@ -202,6 +221,8 @@ class Ownership:
                 state.stopped_until = None
                 try:
                     await self.take(tps)  # stops it again if the state still does not read
+                except PartitionCountChanged:
+                    raise  # stops the worker (Pipeline.run)
                 except Exception as exc:  # e.g. damaged partition metadata: again later
                     self.stop(partition, exc)
                 if state.stopped_until is None:
@@ -329,6 +350,8 @@ class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         async with self.ownership.partitions.lock:
             try:
                 await self.ownership.take(list(assigned))
+            except PartitionCountChanged:
+                return  # nothing taken; the loop stops the worker (Ownership.refusal)
             except Exception as exc:
                 # aiokafka would log this and go on consuming partitions never taken: stop
                 # them instead, to be taken again every SEGMENT_WORKER_STUCK_RETRY_MS.

@@ -23,6 +23,7 @@ from aiokafka.errors import KafkaError
 
 from worker.clock import Clock
 from worker.core.rules import Rules
+from worker.kafka_topics import known_count
 from worker.live.batches import Batches
 from worker.live.fetch import Batch, Pacing
 from worker.live.ownership import Listener, Ownership
@@ -32,6 +33,7 @@ from worker.live.retry import Health
 from worker.live.storage import RedisReset, Storage
 from worker.live.timers import Timers
 from worker.metrics import Metrics
+from worker.partition_count import Guard
 from worker.settings import Settings
 from worker.store import Store
 
@@ -70,6 +72,7 @@ class Pipeline:
             topics=self._topics,
             signing_key=next(iter(settings.signing_keys()), None),
         )
+        self._guard = Guard(store)
         self._ownership = Ownership(
             settings,
             consumer=consumer,
@@ -81,6 +84,7 @@ class Pipeline:
             metrics=metrics,
             topics=self._topics,
             rules_version=lambda: self.rules.version,
+            guard=self._guard,
         )
         self._timers = Timers(
             settings,
@@ -106,7 +110,7 @@ class Pipeline:
             clock=clock,
             topics=self._topics,
             rules=lambda: self.rules,
-            input_partitions=self.input_partitions,
+            input_partitions=self._checked_partitions,
         )
         self._listener = Listener(self._ownership)
         self._stopping = asyncio.Event()
@@ -156,6 +160,27 @@ class Pipeline:
         partitions = self._consumer.partitions_for_topic(self._topics.orders)
         return len(partitions) if partitions else None
 
+    async def check_partition_count(self, count: int) -> None:
+        """At start: the topics' partition count against the one the state is built with
+        (recorded now if none is); :class:`PartitionCountChanged` if they differ."""
+        await self._guard.check(count)
+
+    def _checked_partitions(self) -> int | None:
+        """:meth:`input_partitions` for a batch about to be applied: one that grew since the
+        partitions were taken (partitions added while the worker runs, seen at the consumer's
+        next metadata refresh) raises :class:`PartitionCountChanged` before it is applied."""
+        count = self.input_partitions()
+        self._guard.check_known(count)
+        return count
+
+    def _check_topic_counts(self) -> None:
+        """The input topics' partition counts in the consumer's metadata (refreshed every
+        METADATA_MAX_AGE_MS) against the state's: partitions added while the worker runs stop
+        it here, before anything of theirs is applied, whether or not a rebalance follows
+        (the group's leader may have assigned on the old metadata) and whether or not their
+        records reach a batch."""
+        self._guard.check_known(known_count(self._consumer, self._settings))
+
     def listener(self) -> ConsumerRebalanceListener:
         return self._listener
 
@@ -177,6 +202,9 @@ class Pipeline:
             except KafkaError as exc:
                 await self._health.trouble("kafka", "getmany", exc)
                 continue
+            if self._ownership.refusal is not None:  # met while taking partitions
+                raise self._ownership.refusal
+            self._check_topic_counts()
             if batch is None:
                 continue  # the group is rebalancing
             if not batch and self._partitions.any_committable():
