@@ -89,7 +89,7 @@ class Ownership:
         # or the assignment shows (partitions added reach each at its own metadata refresh),
         # against the state's, before the first claim: partitions of another count are not
         # taken.
-        listed = await retry("partitions", partial(self._input_partitions))
+        listed = await retry("partitions", self._input_partitions)
         seen = known_count(self.consumer, self.settings) or 0
         count = max([len(listed), seen, *(p + 1 for p in partitions)])
         await retry("partition count", partial(self.guard.check, count))
